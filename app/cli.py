@@ -1,0 +1,137 @@
+"""`imaging-facade` command line: thin commands over the same functions the tests call."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from app.config import CONFIG_ENV, ConfigError, load_config
+
+CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
+
+
+def _load(path):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@click.group()
+def main():
+    """FHIR R4 ImagingStudy facade over DICOM archives."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+def check_config(config_path):
+    """Validate the config file and say what it configures."""
+    config = _load(config_path)
+    click.echo(f"config OK: {config.path}")
+    click.echo(f"  store: {_redact(config.store)}")
+    click.echo(f"  FHIR base URL: {config.server.base_url}  (search dates without a zone read in {config.timezone})")
+    click.echo(f"  security: {'OPEN (no token needed)' if config.security.open else 'tokens required'}")
+    for src in config.sources:
+        where = src.path if src.type == "folder" else src.url
+        click.echo(f"  source {src.name}: {src.type} {where} (local times in {src.timezone})")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+@click.option("--source", "source_name", default=None, help="sync only this source")
+def sync(config_path, source_name):
+    """Run one sync of every source (or one) with a progress bar and a summary."""
+    from app.store.repository import Store
+
+    config = _load(config_path)
+    try:
+        sources = [config.source(source_name)] if source_name else config.sources
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if not sources:
+        click.echo("no sources configured", err=True)
+        sys.exit(2)
+    store = Store(config.store, config.timezone, config.server.base_url)
+    failed = False
+    for src in sources:
+        summary = _sync_with_progress(store, src)
+        failed = failed or bool(summary.error)
+    sys.exit(1 if failed else 0)
+
+
+def _sync_with_progress(store, src):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from app.sync import sync_source
+
+    console = Console(stderr=True)
+    columns = [TextColumn(f"[bold]{src.name}[/]"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f} studies/s"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(src.name, total=None, rate=0.0)
+
+        def progress(summary, total):
+            elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
+            bar.update(task, completed=summary.done, total=total, rate=summary.done / elapsed)
+
+        summary = sync_source(store, src, progress)
+    stats = ", ".join(f"{k} {v}" for k, v in summary.source_stats.items())
+    click.echo(
+        f"{src.name}: {summary.new} new, {summary.updated} updated, {summary.unchanged} unchanged, "
+        f"{summary.failed} failed ({summary.repaired} repaired) in {summary.seconds:.1f}s"
+        + (f" [{stats}]" if stats else "")
+    )
+    if summary.failed:
+        click.echo(f"{src.name}: {summary.failed} studies quarantined; see the quarantine table for reasons")
+    if summary.error:
+        click.echo(f"{src.name}: sync stopped: {summary.error}", err=True)
+    return summary
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+@click.option("--host", default=None, help="address to bind (default: server.host)")
+@click.option("--port", default=None, type=int, help="port (default: server.port)")
+@click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: server.workers)")
+def serve(config_path, host, port, workers):
+    """Serve the FHIR API at http://HOST:PORT/fhir with gunicorn."""
+    from app.security import check_open_mode
+    from app.server import run_gunicorn
+    from app.store.repository import Store
+
+    config = _load(config_path)
+    host = host or config.server.host
+    port = port or config.server.port
+    workers = workers or config.server.workers
+    try:
+        warning = check_open_mode(config, host)
+    except SystemExit as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if warning:
+        logging.getLogger("imaging_facade").warning(warning)
+    store = Store(config.store, config.timezone, config.server.base_url)  # creates tables before workers fork
+    store.paging_secret()
+    if config.server.sync_on_start:
+        for src in config.sources:
+            _sync_with_progress(store, src)
+    store.close()
+    click.echo(f"serving FHIR R4 at http://{host}:{port}/fhir (base URL in links: {config.server.base_url})")
+    run_gunicorn(config, host, port, workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Configuration: one YAML file, checked by a marshmallow schema before anything runs.
+
+Every error names the key (as a dotted path such as `sources[1].url`) and the reason, so an
+integration engineer can fix a hand-written file without reading code. Secrets are never
+literal in the file: they are `${ENV_VAR}` references resolved at load time.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
+
+DEFAULT_CONFIG = "config.yaml"
+CONFIG_ENV = "IMAGING_FACADE_CONFIG"
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+SECRET_KEYS = ("password", "token", "secret")
+
+
+class ConfigError(Exception):
+    """A configuration problem; `problems` maps each dotted key to its reasons."""
+
+    def __init__(self, source: str, problems: dict[str, list[str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{key}: {reason}" for key, reasons in sorted(problems.items()) for reason in reasons]
+        super().__init__(f"invalid configuration in {source}:\n  " + "\n  ".join(lines))
+
+
+def _check_zone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class SourceSchema(Strict):
+    name = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["folder", "dicomweb"]))
+    timezone = fields.String(load_default=None, validate=_check_zone)
+    patient_id_system = fields.String(load_default=None)
+    accession_system = fields.String(load_default=None)
+    issuer_systems = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    wado_url = fields.URL(load_default=None, require_tld=False)
+    # folder
+    path = fields.String(load_default=None)
+    # dicomweb
+    url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    username = fields.String(load_default=None)
+    password = fields.String(load_default=None)
+    token = fields.String(load_default=None)
+    timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1))
+    page_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+
+    @validates("name")
+    def _name(self, value, **_):
+        if not FHIR_ID.match(value):
+            raise ValidationError(
+                "must be 1-64 letters, digits, '-' or '.', because it becomes the id of the source's Endpoint"
+            )
+
+    @validates_schema(skip_on_field_errors=False)
+    def _by_type(self, data, **_):
+        if data.get("type") == "folder" and not data.get("path"):
+            raise ValidationError("a folder source needs a path", "path")
+        if data.get("type") == "dicomweb" and not data.get("url"):
+            raise ValidationError("a dicomweb source needs a url", "url")
+        if data.get("password") and not data.get("username"):
+            raise ValidationError("a password needs a username", "username")
+
+
+class ServerSchema(Strict):
+    base_url = fields.URL(load_default="http://127.0.0.1:8080/fhir", require_tld=False, schemes={"http", "https"})
+    host = fields.String(load_default="127.0.0.1")
+    port = fields.Integer(load_default=8080, validate=validate.Range(min=1, max=65535))
+    workers = fields.Integer(load_default=2, validate=validate.Range(min=1, max=64))
+    sync_on_start = fields.Boolean(load_default=False)
+    default_count = fields.Integer(load_default=50, validate=validate.Range(min=1))
+    max_count = fields.Integer(load_default=1000, validate=validate.Range(min=1))
+    secret = fields.String(load_default=None)
+
+    @validates_schema
+    def _counts(self, data, **_):
+        if data["default_count"] > data["max_count"]:
+            raise ValidationError("must not exceed server.max_count", "default_count")
+
+
+class SecuritySchema(Strict):
+    open = fields.Boolean(load_default=False)
+    allow_open_on_network = fields.Boolean(load_default=False)
+
+
+class ConfigSchema(Strict):
+    store = fields.String(required=True)
+    timezone = fields.String(load_default="UTC", validate=_check_zone)
+    server = fields.Nested(ServerSchema, load_default=lambda: ServerSchema().load({}))
+    security = fields.Nested(SecuritySchema, load_default=lambda: SecuritySchema().load({}))
+    sources = fields.List(fields.Nested(SourceSchema), load_default=list)
+
+    @validates("store")
+    def _store(self, value, **_):
+        if not re.match(r"^(sqlite|postgresql(\+psycopg)?)://", value):
+            raise ValidationError("must be a sqlite:/// or postgresql+psycopg:// URL")
+
+    @validates("sources")
+    def _unique(self, value, **_):
+        names = [s.get("name") for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValidationError(f"source names must be unique; repeated: {', '.join(dupes)}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    type: str
+    timezone: str
+    patient_id_system: str
+    accession_system: str | None
+    issuer_systems: dict
+    wado_url: str | None
+    path: Path | None = None
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    timeout: float = 30.0
+    page_size: int = 100
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    base_url: str
+    host: str
+    port: int
+    workers: int
+    sync_on_start: bool
+    default_count: int
+    max_count: int
+    secret: str | None
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    open: bool
+    allow_open_on_network: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    store: str
+    timezone: str
+    server: ServerConfig
+    security: SecurityConfig
+    sources: list[SourceConfig] = field(default_factory=list)
+    path: Path | None = None
+
+    def source(self, name: str) -> SourceConfig:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        raise ConfigError(str(self.path), {"sources": [f"no source named {name!r}"]})
+
+
+def _flatten(messages, prefix="") -> dict[str, list[str]]:
+    """marshmallow's nested error dict -> {"sources[1].url": [...]}."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, list):
+        out[prefix or "(file)"] = [str(m) for m in messages]
+        return out
+    for key, value in messages.items():
+        if isinstance(key, int):
+            path = f"{prefix}[{key}]"
+        elif key == "_schema":
+            path = prefix or "(file)"
+        else:
+            path = f"{prefix}.{key}" if prefix else str(key)
+        for k, v in _flatten(value, path).items():
+            out.setdefault(k, []).extend(v)
+    return out
+
+
+def _resolve_env(node, path: str, problems: dict, environ) -> object:
+    """Replace `${VAR}` references; secrets must be references, never literals."""
+    if isinstance(node, dict):
+        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k), problems, environ) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_env(v, f"{path}[{i}]", problems, environ) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        match = ENV_REF.match(node.strip())
+        if match:
+            var = match.group(1)
+            if var not in environ:
+                problems.setdefault(path, []).append(f"environment variable {var} is not set")
+                return None
+            return environ[var]
+        if path.rsplit(".", 1)[-1] in SECRET_KEYS:
+            problems.setdefault(path, []).append(
+                "secrets must not be written in the file; reference an environment variable, e.g. ${PACS_PASSWORD}"
+            )
+            return None
+    return node
+
+
+def load_config(path: str | os.PathLike | None = None, environ=None) -> Config:
+    """Read, resolve and validate the config; raise ConfigError naming every bad key."""
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    if not path.is_file():
+        raise ConfigError(str(path), {"(file)": [f"no such config file: {path}"]})
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), {"(file)": [f"not valid YAML: {exc}"]}) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), {"(file)": ["the top level must be a mapping of keys"]})
+    problems: dict[str, list[str]] = {}
+    raw = _resolve_env(raw, "", problems, environ)
+    try:
+        data = ConfigSchema().load(raw)
+    except ValidationError as exc:
+        for key, reasons in _flatten(exc.messages).items():
+            problems.setdefault(key, []).extend(reasons)
+        data = None
+    if problems:
+        raise ConfigError(str(path), problems)
+    return _build(data, path.resolve().parent, path)
+
+
+def _build(data: dict, root: Path, path: Path) -> Config:
+    store = data["store"]
+    if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+        rel = store[len("sqlite:///"):]
+        if rel and rel != ":memory:":
+            store = "sqlite:///" + str((root / rel).resolve())
+    sources = []
+    for src in data["sources"]:
+        zone = src["timezone"] or data["timezone"]
+        sources.append(
+            SourceConfig(
+                name=src["name"],
+                type=src["type"],
+                timezone=zone,
+                patient_id_system=src["patient_id_system"] or f"urn:imaging-facade:source:{src['name']}",
+                accession_system=src["accession_system"],
+                issuer_systems=dict(src["issuer_systems"]),
+                wado_url=(src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)),
+                path=(root / src["path"]).resolve() if src["path"] else None,
+                url=src["url"].rstrip("/") if src["url"] else None,
+                username=src["username"],
+                password=src["password"],
+                token=src["token"],
+                timeout=src["timeout"],
+                page_size=src["page_size"],
+            )
+        )
+    server = data["server"]
+    return Config(
+        store=store,
+        timezone=data["timezone"],
+        server=ServerConfig(**{**server, "base_url": server["base_url"].rstrip("/")}),
+        security=SecurityConfig(**data["security"]),
+        sources=sources,
+        path=path.resolve(),
+    )

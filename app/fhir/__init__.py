@@ -1,0 +1,1 @@
+"""The FHIR REST API: search parameter registry, query parsing, bundles, routes."""

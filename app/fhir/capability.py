@@ -1,0 +1,54 @@
+"""The CapabilityStatement, generated from the parameter registry: it lists what works."""
+from __future__ import annotations
+
+from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES
+
+SOFTWARE_VERSION = "0.1.0"
+
+
+def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
+    resources = []
+    for rtype in RESOURCE_TYPES:
+        params = BY_RESOURCE[rtype]
+        resources.append({
+            "type": rtype,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
+            "versioning": "versioned",
+            "readHistory": False,
+            "conditionalRead": "full-support",
+            "searchInclude": [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype],
+            "searchParam": [
+                {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
+                for p in params.values()
+            ],
+        })
+    security = {
+        "description": (
+            "Open mode: no token is required (configured with security.open)." if open_mode else
+            "Every request for data needs a bearer token; this server answers 401 without one."
+        )
+    }
+    return {
+        "resourceType": "CapabilityStatement",
+        "id": "imaging-facade",
+        "status": "active",
+        "date": released,
+        "publisher": "imaging-facade",
+        "kind": "instance",
+        "software": {"name": "imaging-facade", "version": SOFTWARE_VERSION},
+        "implementation": {"description": "FHIR R4 ImagingStudy facade over DICOM archives", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["json", "application/fhir+json", "application/json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": (
+                "Read-only. Search results are ordered by resource id; paging links are signed and stateless. "
+                "Date search values without a time zone are read in the server's configured zone. "
+                "Search by POST [type]/_search with a form body returns what GET returns. "
+                "Unknown parameters are ignored unless the request carries 'Prefer: handling=strict'."
+            ),
+            "security": security,
+            "resource": resources,
+        }],
+    }

@@ -1,0 +1,155 @@
+"""FHIR REST interactions: one small handler each, answered from stored JSON bytes."""
+from __future__ import annotations
+
+from email.utils import format_datetime, parsedate_to_datetime
+from datetime import datetime, timezone
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+
+from app.fhir.bundle import search_url, searchset
+from app.fhir.capability import capability_statement
+from app.fhir.errors import FHIR_JSON, FhirError
+from app.fhir.paging import PageTokens
+from app.search.params import RESOURCE_TYPES
+from app.search.query import SearchError, parse_search
+from app.store.search_sql import run_search
+from app.store import tables as t
+
+bp = Blueprint("fhir", __name__)
+JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+
+
+def _state():
+    return current_app.extensions["imaging-facade"]
+
+
+def _check_type(rtype: str) -> None:
+    if rtype not in RESOURCE_TYPES:
+        raise FhirError(404, "not-supported", f"resource type '{rtype}' is not served here "
+                                              f"(served: {', '.join(RESOURCE_TYPES)})")
+
+
+def _check_format() -> None:
+    fmt = request.args.get("_format")
+    if fmt is not None and fmt.split(";")[0].strip() not in JSON_FORMATS:
+        raise FhirError(406, "not-supported", f"parameter '_format': {fmt!r} is not supported; this server speaks JSON")
+
+
+def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(body, status=status, headers=headers, content_type=FHIR_JSON)
+
+
+@bp.before_request
+def _negotiate():
+    _check_format()
+
+
+@bp.get("/metadata")
+def metadata():
+    state = _state()
+    return _json(state.capability)
+
+
+def _http_date(micros: int) -> str:
+    return format_datetime(datetime.fromtimestamp(micros // 1_000_000, tz=timezone.utc), usegmt=True)
+
+
+def _not_modified(etag: str, micros: int) -> bool:
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        return etag in [tag.strip() for tag in if_none_match.split(",")] or if_none_match.strip() == "*"
+    since = request.headers.get("If-Modified-Since")
+    if since:
+        try:
+            return micros // 1_000_000 <= int(parsedate_to_datetime(since).timestamp())
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def _resource_response(rtype: str, rid: str, version: int, micros: int, content: bytes) -> Response:
+    etag = f'W/"{version}"'
+    headers = {"ETag": etag, "Last-Modified": _http_date(micros)}
+    if _not_modified(etag, micros):
+        return Response(status=304, headers=headers)
+    headers["Content-Location"] = f"{_state().base_url}/{rtype}/{rid}/_history/{version}"
+    return _json(content, headers=headers)
+
+
+@bp.get("/<rtype>/<rid>")
+def read(rtype: str, rid: str):
+    _check_type(rtype)
+    found = _state().store.get(rtype, rid)
+    if found is None:
+        raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
+    return _resource_response(rtype, rid, found.version, found.last_updated, found.content)
+
+
+@bp.get("/<rtype>/<rid>/_history/<vid>")
+def vread(rtype: str, rid: str, vid: str):
+    _check_type(rtype)
+    if not vid.isdigit():
+        raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid!r}")
+    from sqlalchemy import select
+
+    V = t.ResourceVersion
+    with _state().store.engine.connect() as conn:
+        row = conn.execute(select(V.last_updated, V.content).where(
+            V.rtype == rtype, V.id == rid, V.version == int(vid))).first()
+    if row is None:
+        raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
+    return _resource_response(rtype, rid, int(vid), row.last_updated, row.content)
+
+
+@bp.get("/<rtype>")
+def search_get(rtype: str):
+    _check_type(rtype)
+    return _search(rtype, list(request.args.items(multi=True)))
+
+
+@bp.post("/<rtype>/_search")
+def search_post(rtype: str):
+    _check_type(rtype)
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise FhirError(415, "not-supported", "POST _search takes an application/x-www-form-urlencoded body")
+    items = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
+    return _search(rtype, items)
+
+
+def _strict() -> bool:
+    prefer = request.headers.get("Prefer", "")
+    return any(part.strip() == "handling=strict" for part in prefer.split(";") + prefer.split(","))
+
+
+def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
+    state = _state()
+    try:
+        query = parse_search(
+            rtype, items, zone=state.config.timezone, base_url=state.base_url,
+            default_count=state.config.server.default_count, max_count=state.config.server.max_count,
+            strict=_strict(),
+        )
+        after = state.page_tokens.read(rtype, query.page) if query.page else None
+    except SearchError as err:
+        raise FhirError(400, err.code, err.diagnostics) from None
+    with state.store.engine.connect() as conn:
+        result = run_search(conn, query, after)
+    self_params = list(query.applied) + ([("_page", query.page)] if query.page else [])
+    next_url = None
+    if result.has_more and result.matches:
+        token = state.page_tokens.make(rtype, result.matches[-1][0])
+        next_url = search_url(state.base_url, rtype, list(query.applied) + [("_page", token)])
+    return _json(searchset(state.base_url, rtype, result, search_url(state.base_url, rtype, self_params), next_url))
+
+
+class ApiState:
+    """What the handlers share: built once per process, never per request."""
+
+    def __init__(self, config, store):
+        self.config = config
+        self.store = store
+        self.base_url = config.server.base_url
+        self.page_tokens = PageTokens(config.server.secret or store.paging_secret())
+        released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.capability = orjson.dumps(capability_statement(self.base_url, released, config.security.open))

@@ -1,0 +1,106 @@
+"""FHIR date, dateTime and instant values as half-open ranges of epoch microseconds.
+
+A FHIR date stands for the whole interval its precision covers (`2013-01-14` is that whole
+day), so both stored values and search values are ranges [low, high) and every search
+prefix is a comparison of two ranges (FHIR R4 search, 3.1.1.5.9). Values without a zone
+are read in the server's configured zone.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+_DATE = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class DateFormatError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str):
+    return ZoneInfo(name)
+
+
+def _micros(dt: datetime) -> int:
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _add_months(year: int, month: int, n: int) -> tuple[int, int]:
+    month0 = month - 1 + n
+    return year + month0 // 12, month0 % 12 + 1
+
+
+def date_range(value: str, default_zone: str = "UTC") -> tuple[int, int]:
+    """Return [low, high) in epoch microseconds for a FHIR date/dateTime/instant string."""
+    match = _DATE.match(value or "")
+    if not match:
+        raise DateFormatError(f"{value!r} is not a FHIR date or dateTime")
+    g = match.groupdict()
+    tz = g["tz"]
+    if tz == "Z":
+        zone = timezone.utc
+    elif tz:
+        sign = 1 if tz[0] == "+" else -1
+        zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+    else:
+        zone = _zone(default_zone)
+    try:
+        year = int(g["y"])
+        if g["m"] is None:
+            low = datetime(year, 1, 1, tzinfo=zone)
+            high = datetime(year + 1, 1, 1, tzinfo=zone)
+        elif g["d"] is None:
+            month = int(g["m"])
+            low = datetime(year, month, 1, tzinfo=zone)
+            ny, nm = _add_months(year, month, 1)
+            high = datetime(ny, nm, 1, tzinfo=zone)
+        else:
+            month, day = int(g["m"]), int(g["d"])
+            if g["H"] is None:
+                low = datetime(year, month, day, tzinfo=zone)
+                high = low + timedelta(days=1)
+            else:
+                hour, minute = int(g["H"]), int(g["M"])
+                if g["S"] is None:
+                    low = datetime(year, month, day, hour, minute, tzinfo=zone)
+                    high = low + timedelta(minutes=1)
+                else:
+                    second = int(g["S"])
+                    frac = g["f"] or ""
+                    micro = int((frac + "000000")[:6]) if frac else 0
+                    low = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
+                    step = 10 ** (6 - min(len(frac), 6)) if frac else 1_000_000
+                    high = low + timedelta(microseconds=step)
+    except ValueError as exc:
+        raise DateFormatError(f"{value!r} is not a valid date: {exc}") from exc
+    # aware datetime + timedelta is wall-clock arithmetic, so a local day across a DST
+    # change is still one calendar day
+    return _micros(low), _micros(high)
+
+
+def instant_now_ms() -> tuple[int, str]:
+    """The current instant truncated to milliseconds: (epoch micros, FHIR instant string).
+
+    Stored `meta.lastUpdated` carries exactly the precision it is indexed with, so a client
+    that polls with `_lastUpdated=gt<the value it saw>` never gets the same version again.
+    """
+    now = datetime.now(timezone.utc)
+    now = now.replace(microsecond=(now.microsecond // 1000) * 1000)
+    text = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return _micros(now), text
+
+
+def micros_to_instant(micros: int) -> str:
+    dt = _EPOCH + timedelta(microseconds=micros)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+

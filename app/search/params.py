@@ -1,0 +1,122 @@
+"""The search parameters the server supports, as data.
+
+One registry drives the indexer (what rows a stored resource gets), the query parser and
+SQL builder, and the CapabilityStatement. Names, types, paths and definition URLs follow
+the official R4 SearchParameter resources (FHIR 4.0.1); a path is a dotted element path
+from the resource root, with lists flattened at every step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+R4_SP = "http://hl7.org/fhir/SearchParameter/"
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    resource: str
+    name: str
+    type: str  # token | reference | string | date | special
+    paths: tuple[str, ...]
+    definition: str
+    documentation: str
+    #: for references: resource types the parameter may point at
+    targets: tuple[str, ...] = ()
+    #: where the value lives: "index" (index tables) or a column of the resource table
+    column: str | None = None
+
+
+def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None):
+    return SearchParam(resource, name, type_, tuple(paths), R4_SP + definition, documentation, tuple(targets), column)
+
+
+def _common(resource: str) -> list[SearchParam]:
+    return [
+        _p(resource, "_id", "token", [], "Resource-id", "Logical id of this artifact", column="id"),
+        _p(resource, "_lastUpdated", "date", [], "Resource-lastUpdated", "When the resource version last changed",
+           column="last_updated"),
+    ]
+
+
+PRACTITIONER_LIKE = ("Practitioner", "PractitionerRole")
+
+PARAMS: list[SearchParam] = [
+    *_common("ImagingStudy"),
+    _p("ImagingStudy", "basedon", "reference", ["basedOn"], "ImagingStudy-basedon",
+       "The order for the image", ["ServiceRequest", "CarePlan", "Appointment", "AppointmentResponse", "Task"]),
+    _p("ImagingStudy", "bodysite", "token", ["series.bodySite"], "ImagingStudy-bodysite",
+       "The body site studied"),
+    _p("ImagingStudy", "dicom-class", "token", ["series.instance.sopClass"], "ImagingStudy-dicom-class",
+       "The type of the instance"),
+    _p("ImagingStudy", "encounter", "reference", ["encounter"], "ImagingStudy-encounter",
+       "The context of the study", ["Encounter"]),
+    _p("ImagingStudy", "endpoint", "reference", ["endpoint", "series.endpoint"], "ImagingStudy-endpoint",
+       "The endpoint for the study or series", ["Endpoint"]),
+    _p("ImagingStudy", "identifier", "token", ["identifier"], "clinical-identifier",
+       "Identifiers for the Study, such as DICOM Study Instance UID and Accession number"),
+    _p("ImagingStudy", "instance", "token", ["series.instance.uid"], "ImagingStudy-instance",
+       "SOP Instance UID for an instance"),
+    _p("ImagingStudy", "interpreter", "reference", ["interpreter"], "ImagingStudy-interpreter",
+       "Who interpreted the images", PRACTITIONER_LIKE),
+    _p("ImagingStudy", "modality", "token", ["series.modality"], "ImagingStudy-modality",
+       "The modality of the series"),
+    _p("ImagingStudy", "patient", "reference", ["subject"], "clinical-patient",
+       "Who the study is about", ["Patient"]),
+    _p("ImagingStudy", "performer", "reference", ["series.performer.actor"], "ImagingStudy-performer",
+       "The person who performed the study", PRACTITIONER_LIKE),
+    _p("ImagingStudy", "reason", "token", ["reasonCode"], "ImagingStudy-reason",
+       "The reason for the study"),
+    _p("ImagingStudy", "referrer", "reference", ["referrer"], "ImagingStudy-referrer",
+       "The referring physician", ["Practitioner", "PractitionerRole"]),
+    _p("ImagingStudy", "series", "token", ["series.uid"], "ImagingStudy-series",
+       "DICOM Series Instance UID for a series"),
+    _p("ImagingStudy", "started", "date", ["started"], "ImagingStudy-started",
+       "When the study was started"),
+    _p("ImagingStudy", "status", "token", ["status"], "ImagingStudy-status",
+       "The status of the study"),
+    _p("ImagingStudy", "subject", "reference", ["subject"], "ImagingStudy-subject",
+       "Who the study is about", ["Patient", "Device", "Group"]),
+    *_common("Patient"),
+    _p("Patient", "identifier", "token", ["identifier"], "Patient-identifier", "A patient identifier"),
+    _p("Patient", "name", "string", ["name"], "Patient-name",
+       "A server defined search that may match any of the string fields in the HumanName, "
+       "including family, given, prefix, suffix and text"),
+    _p("Patient", "family", "string", ["name.family"], "individual-family",
+       "A portion of the family name of the patient"),
+    _p("Patient", "given", "string", ["name.given"], "individual-given",
+       "A portion of the given name of the patient"),
+    _p("Patient", "birthdate", "date", ["birthDate"], "individual-birthdate", "The patient's date of birth"),
+    _p("Patient", "gender", "token", ["gender"], "individual-gender", "Gender of the patient"),
+    *_common("Endpoint"),
+    _p("Endpoint", "status", "token", ["status"], "Endpoint-status", "The current status of the Endpoint"),
+    _p("Endpoint", "connection-type", "token", ["connectionType"], "Endpoint-connection-type",
+       "Protocol/Profile/Standard to be used with this endpoint connection"),
+    _p("Endpoint", "identifier", "token", ["identifier"], "Endpoint-identifier", "Identifies this endpoint"),
+    _p("Endpoint", "name", "string", ["name"], "Endpoint-name",
+       "A name that this Endpoint can be identified by"),
+    _p("Endpoint", "organization", "reference", ["managingOrganization"], "Endpoint-organization",
+       "The organization that is managing the endpoint", ["Organization"]),
+    _p("Endpoint", "payload-type", "token", ["payloadType"], "Endpoint-payload-type",
+       "The type of content that may be used at this endpoint"),
+]
+
+RESOURCE_TYPES = ("ImagingStudy", "Patient", "Endpoint")
+
+BY_RESOURCE: dict[str, dict[str, SearchParam]] = {t: {} for t in RESOURCE_TYPES}
+for _param in PARAMS:
+    BY_RESOURCE[_param.resource][_param.name] = _param
+
+#: _include values the server resolves: (source type, param name) -> target type
+INCLUDES: dict[tuple[str, str], str] = {
+    ("ImagingStudy", "patient"): "Patient",
+    ("ImagingStudy", "subject"): "Patient",
+    ("ImagingStudy", "endpoint"): "Endpoint",
+}
+
+#: result parameters the server understands (everything else is an unknown parameter)
+CONTROL = {"_count", "_include", "_page", "_format", "_total", "_summary"}
+
+
+def indexed(resource: str) -> list[SearchParam]:
+    """Parameters whose values come from the index tables (not resource columns)."""
+    return [p for p in BY_RESOURCE[resource].values() if p.column is None]

@@ -1,0 +1,209 @@
+"""Parse a FHIR search request into typed clauses, or fail naming the parameter.
+
+Each parameter type has one "convert or fail" function. Comma means OR within a clause;
+a repeated parameter means AND (FHIR R4 search 3.1.1.4). Unknown parameters are ignored
+(lenient) unless the client sent `Prefer: handling=strict`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from app.search.dates import DateFormatError, date_range
+from app.search.params import BY_RESOURCE, CONTROL, INCLUDES, SearchParam
+
+ANY_SYSTEM = object()  # token without "|": any system matches
+DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+MODIFIERS = {
+    "token": {"not", "missing"},
+    "string": {"exact", "contains", "missing"},
+    "date": {"missing"},
+    "reference": {"missing"},
+}
+_ESCAPED_COMMA = "\x00"
+
+
+class SearchError(Exception):
+    """A search the server cannot run as asked; `code` is the OperationOutcome issue code."""
+
+    def __init__(self, code: str, diagnostics: str):
+        super().__init__(diagnostics)
+        self.code = code
+        self.diagnostics = diagnostics
+
+
+@dataclass
+class Clause:
+    param: SearchParam
+    modifier: str | None
+    values: list
+    #: the name=value text as the client sent it, for the self link
+    raw: tuple[str, str] = ("", "")
+
+
+@dataclass
+class SearchQuery:
+    rtype: str
+    clauses: list[Clause] = field(default_factory=list)
+    count: int = 50
+    includes: list[tuple[str, str, str]] = field(default_factory=list)  # (source type, param, target)
+    page: str | None = None
+    total: str = "accurate"
+    summary_count: bool = False
+    #: parameters applied, in request order, for the self and next links
+    applied: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _split(value: str) -> list[str]:
+    """Split a value on commas that are not escaped with a backslash."""
+    parts = value.replace("\\,", _ESCAPED_COMMA).split(",")
+    return [p.replace(_ESCAPED_COMMA, ",") for p in parts]
+
+
+def _unescape(value: str) -> str:
+    return value.replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
+
+
+def _token(param: str, raw: str):
+    if raw == "":
+        raise SearchError("invalid", f"parameter '{param}': empty value")
+    if "|" in raw.replace("\\|", ""):
+        system, _, code = raw.partition("|")
+        return _unescape(system), _unescape(code)
+    return ANY_SYSTEM, _unescape(raw)
+
+
+def _string(param: str, raw: str):
+    if raw == "":
+        raise SearchError("invalid", f"parameter '{param}': empty value")
+    return _unescape(raw)
+
+
+_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$")
+
+
+def _date(param: str, raw: str, zone: str):
+    prefix, text = _PREFIX.match(raw).groups()
+    try:
+        low, high = date_range(text, zone)
+    except DateFormatError:
+        raise SearchError("invalid",
+            f"parameter '{param}': {raw!r} is not a date; use an optional prefix "
+            f"({', '.join(DATE_PREFIXES)}) and a FHIR date such as 2024-05-01 or 2024-05-01T10:00:00+02:00",
+        ) from None
+    return prefix or "eq", low, high
+
+
+def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str | None):
+    if raw == "":
+        raise SearchError("invalid", f"parameter '{param.name}': empty value")
+    value = raw
+    if base_url and value.startswith(base_url + "/"):
+        value = value[len(base_url) + 1:]
+    if "://" in value:
+        return ("", "")  # another server's resource: never stored here, matches nothing
+    parts = value.split("/")
+    if len(parts) == 1:
+        rtype, rid = modifier_type, parts[0]
+    elif len(parts) == 2:
+        rtype, rid = parts
+    elif len(parts) == 4 and parts[2] == "_history":
+        rtype, rid = parts[0], parts[1]
+    else:
+        raise SearchError("invalid", f"parameter '{param.name}': {raw!r} is not an id, Type/id or URL")
+    if rtype is not None and param.targets and rtype not in param.targets:
+        raise SearchError("invalid",
+            f"parameter '{param.name}': {rtype} is not a target of this parameter "
+            f"(allowed: {', '.join(param.targets)})",
+        )
+    if modifier_type and rtype != modifier_type:
+        return ("", "")
+    return rtype, rid
+
+
+def _missing(param: str, raw: str) -> bool:
+    if raw not in ("true", "false"):
+        raise SearchError("invalid", f"parameter '{param}:missing': value must be true or false")
+    return raw == "true"
+
+
+def parse_search(
+    rtype: str,
+    items: list[tuple[str, str]],
+    *,
+    zone: str,
+    base_url: str,
+    default_count: int,
+    max_count: int,
+    strict: bool,
+) -> SearchQuery:
+    """Turn (name, value) pairs from the query string or form body into a SearchQuery."""
+    known = BY_RESOURCE[rtype]
+    query = SearchQuery(rtype=rtype, count=default_count)
+    for name, value in items:
+        base, _, modifier = name.partition(":")
+        if base in CONTROL:
+            _control(query, base, modifier, value, name, default_count, max_count)
+            continue
+        param = known.get(base)
+        if param is None:
+            if strict:
+                raise SearchError("not-supported", f"unknown search parameter '{name}' for {rtype}")
+            continue
+        query.clauses.append(_clause(param, modifier or None, value, name, zone, base_url, strict))
+        query.applied.append((name, value))
+    return query
+
+
+def _clause(param: SearchParam, modifier, value, name, zone, base_url, strict) -> Clause:
+    modifier_type = None
+    if modifier:
+        if param.type == "reference" and modifier in param.targets:
+            modifier_type, modifier = modifier, None
+        elif modifier not in MODIFIERS.get(param.type, set()):
+            raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
+    if modifier == "missing":
+        return Clause(param, "missing", [_missing(param.name, value)], (name, value))
+    values = []
+    for raw in _split(value):
+        if param.type == "token":
+            values.append(_token(param.name, raw))
+        elif param.type == "string":
+            values.append(_string(param.name, raw))
+        elif param.type == "date":
+            values.append(_date(param.name, raw, zone))
+        elif param.type == "reference":
+            values.append(_reference(param, raw, base_url, modifier_type))
+    return Clause(param, modifier, values, (name, value))
+
+
+def _control(query: SearchQuery, base, modifier, value, name, default_count, max_count) -> None:
+    if base == "_count":
+        if not value.isdigit():
+            raise SearchError("invalid", f"parameter '_count': {value!r} is not a non-negative integer")
+        query.count = min(int(value), max_count)
+        query.applied.append((name, str(query.count)))
+    elif base == "_include":
+        source, _, rest = value.partition(":")
+        pname, _, target = rest.partition(":")
+        resolved = INCLUDES.get((source, pname))
+        if source != query.rtype or resolved is None or (target and target != resolved):
+            supported = ", ".join(f"{s}:{p}" for (s, p) in INCLUDES if s == query.rtype) or "none"
+            raise SearchError("not-supported", f"parameter '_include': {value!r} is not supported "
+                                                  f"(supported: {supported})")
+        query.includes.append((source, pname, resolved))
+        query.applied.append((name, value))
+    elif base == "_page":
+        query.page = value
+    elif base == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise SearchError("invalid", "parameter '_total': must be none, estimate or accurate")
+        query.total = value
+        query.applied.append((name, value))
+    elif base == "_summary":
+        if value == "count":
+            query.summary_count = True
+            query.applied.append((name, value))
+        elif value != "false":
+            raise SearchError("not-supported", "parameter '_summary': only 'count' and 'false' are supported")
+    # _format is handled by the content negotiation in routes

@@ -1,0 +1,38 @@
+"""gunicorn as the WSGI server: one app per worker process, built after the fork."""
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+
+class FacadeServer(BaseApplication):
+    def __init__(self, config, options: dict):
+        self._config = config
+        self._options = options
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from app.web import create_app
+
+        return create_app(self._config)
+
+
+def run_gunicorn(config, host: str, port: int, workers: int) -> None:
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "sync",
+        "timeout": 60,
+        "graceful_timeout": 20,
+        # no access log: request lines carry patient ids in search parameters
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+    }
+    FacadeServer(config, options).run()

@@ -1,0 +1,252 @@
+"""Writes and reads of stored resources; one transaction per study.
+
+A resource gets a new `meta.versionId` and `meta.lastUpdated` only when its content (all
+but `meta`) changed, so syncing the same archive twice changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import create_engine, delete, event, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+from app.search.dates import instant_now_ms
+from app.store import tables as t
+from app.store.indexer import index_rows
+
+NEW, UPDATED, UNCHANGED = "new", "updated", "unchanged"
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    rtype: str
+    id: str
+    version: int
+    last_updated: int
+    content: bytes
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def content_hash(body: dict) -> str:
+    without_meta = {k: v for k, v in body.items() if k != "meta"}
+    return hashlib.sha256(orjson.dumps(without_meta, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+INDEX_TABLES = (t.TokenIndex, t.StringIndex, t.DateIndex, t.ReferenceIndex)
+
+
+class Store:
+    def __init__(self, url: str, default_zone: str = "UTC", base_url: str | None = None):
+        self.url = url
+        self.default_zone = default_zone
+        self.base_url = base_url
+        self.engine = make_engine(url)
+        SQLModel.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- writes
+
+    def _put(self, conn: Connection, body: dict) -> str:
+        rtype, rid = body["resourceType"], body["id"]
+        digest = content_hash(body)
+        row = conn.execute(
+            select(t.Resource.version, t.Resource.content_hash).where(
+                t.Resource.rtype == rtype, t.Resource.id == rid
+            )
+        ).first()
+        if row is not None and row.content_hash == digest:
+            return UNCHANGED
+        version = 1 if row is None else row.version + 1
+        micros, instant = instant_now_ms()
+        stored = {"resourceType": rtype, "id": rid, "meta": {**body.get("meta", {}),
+                  "versionId": str(version), "lastUpdated": instant}}
+        stored.update((k, v) for k, v in body.items() if k not in ("resourceType", "id", "meta"))
+        content = orjson.dumps(stored)
+        values = dict(version=version, last_updated=micros, content_hash=digest, content=content)
+        if row is None:
+            conn.execute(insert(t.Resource).values(rtype=rtype, id=rid, **values))
+        else:
+            conn.execute(update(t.Resource).where(t.Resource.rtype == rtype, t.Resource.id == rid).values(**values))
+            for table in INDEX_TABLES:
+                conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+        conn.execute(insert(t.ResourceVersion).values(rtype=rtype, id=rid, version=version,
+                                                      last_updated=micros, content=content))
+        self._write_index(conn, stored)
+        return NEW if row is None else UPDATED
+
+    def _write_index(self, conn: Connection, body: dict) -> None:
+        rows = index_rows(body, self.default_zone, self.base_url)
+        owner = {"rtype": body["resourceType"], "rid": body["id"]}
+        if rows.tokens:
+            conn.execute(insert(t.TokenIndex), [dict(owner, param=p, system=s, code=c) for p, s, c in rows.tokens])
+        if rows.strings:
+            conn.execute(insert(t.StringIndex), [dict(owner, param=p, norm=n, value=v) for p, n, v in rows.strings])
+        if rows.dates:
+            conn.execute(insert(t.DateIndex), [dict(owner, param=p, low=lo, high=hi) for p, lo, hi in rows.dates])
+        if rows.refs:
+            conn.execute(insert(t.ReferenceIndex),
+                         [dict(owner, param=p, target_type=tt, target_id=ti) for p, tt, ti in rows.refs])
+
+    def put_resource(self, body: dict) -> str:
+        with self.engine.begin() as conn:
+            return self._put(conn, body)
+
+    def put_study(self, study: dict, patient: dict, source: str) -> str:
+        """Store one study and its patient's contribution in one transaction.
+
+        Returns the study's outcome (new, updated, unchanged).
+        """
+        uid = study["id"]
+        rank = f"{study.get('started', '')}|{uid}"
+        contribution = orjson.dumps(patient, option=orjson.OPT_SORT_KEYS)
+        micros, _ = instant_now_ms()
+        with self.engine.begin() as conn:
+            previous = conn.execute(
+                select(t.PatientContribution.patient_id, t.PatientContribution.content).where(
+                    t.PatientContribution.source == source, t.PatientContribution.study_uid == uid
+                )
+            ).first()
+            if previous is None:
+                conn.execute(insert(t.PatientContribution).values(
+                    source=source, study_uid=uid, patient_id=patient["id"], rank=rank, content=contribution))
+                conn.execute(insert(t.StudySource).values(study_uid=uid, source=source, last_seen=micros))
+            elif previous.patient_id != patient["id"] or previous.content != contribution:
+                conn.execute(update(t.PatientContribution).where(
+                    t.PatientContribution.source == source, t.PatientContribution.study_uid == uid
+                ).values(patient_id=patient["id"], rank=rank, content=contribution))
+            touched = {patient["id"]}
+            if previous is not None and previous.patient_id != patient["id"]:
+                touched.add(previous.patient_id)
+            if previous is None or previous.content != contribution or len(touched) > 1:
+                for patient_id in sorted(touched):
+                    self._refresh_patient(conn, patient_id)
+            return self._put(conn, study)
+
+    def _refresh_patient(self, conn: Connection, patient_id: str) -> None:
+        rows = conn.execute(
+            select(t.PatientContribution.rank, t.PatientContribution.content).where(
+                t.PatientContribution.patient_id == patient_id
+            )
+        ).all()
+        if not rows:
+            self._delete(conn, "Patient", patient_id)
+            return
+        self._put(conn, merge_patient([orjson.loads(r.content) for r in sorted(rows, key=lambda r: r.rank,
+                                                                                 reverse=True)]))
+
+    def _delete(self, conn: Connection, rtype: str, rid: str) -> None:
+        conn.execute(delete(t.Resource).where(t.Resource.rtype == rtype, t.Resource.id == rid))
+        for table in INDEX_TABLES:
+            conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+
+    # ---------------------------------------------------------------- quarantine and runs
+
+    def quarantine(self, source: str, key: str, study_uid: str | None, reason: str) -> None:
+        micros, _ = instant_now_ms()
+        with self.engine.begin() as conn:
+            found = conn.execute(select(t.Quarantine.first_seen).where(
+                t.Quarantine.source == source, t.Quarantine.key == key)).first()
+            if found:
+                conn.execute(update(t.Quarantine).where(t.Quarantine.source == source, t.Quarantine.key == key)
+                             .values(reason=reason, last_seen=micros, study_uid=study_uid))
+            else:
+                conn.execute(insert(t.Quarantine).values(source=source, key=key, study_uid=study_uid,
+                                                         reason=reason, first_seen=micros, last_seen=micros))
+
+    def release(self, source: str, key: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.Quarantine).where(t.Quarantine.source == source, t.Quarantine.key == key))
+
+    def quarantined(self, source: str | None = None) -> list[t.Quarantine]:
+        query = select(t.Quarantine).order_by(t.Quarantine.source, t.Quarantine.key)
+        if source:
+            query = query.where(t.Quarantine.source == source)
+        with self.engine.connect() as conn:
+            return [t.Quarantine(**row._mapping) for row in conn.execute(query)]
+
+    def record_run(self, source: str, started: int, status: str, summary: dict) -> None:
+        finished, _ = instant_now_ms()
+        with self.engine.begin() as conn:
+            conn.execute(insert(t.SyncRun).values(source=source, started=started, finished=finished,
+                                                  status=status, summary=orjson.dumps(summary).decode()))
+
+    def setting(self, key: str, make) -> str:
+        """Read a shared setting, creating it with `make()` the first time (race-safe)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.Setting.value).where(t.Setting.key == key)).first()
+        if row:
+            return row.value
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(t.Setting).values(key=key, value=make()))
+        except Exception:  # another process created it first
+            pass
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.Setting.value).where(t.Setting.key == key)).scalar_one()
+
+    def paging_secret(self) -> str:
+        return self.setting("paging-secret", lambda: secrets.token_urlsafe(32))
+
+    # ---------------------------------------------------------------- reads
+
+    def get(self, rtype: str, rid: str) -> StoredResource | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.Resource.version, t.Resource.last_updated, t.Resource.content).where(
+                    t.Resource.rtype == rtype, t.Resource.id == rid
+                )
+            ).first()
+        if row is None:
+            return None
+        return StoredResource(rtype, rid, row.version, row.last_updated, row.content)
+
+    def count(self, rtype: str) -> int:
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(t.Resource).where(t.Resource.rtype == rtype)).scalar_one()
+
+
+def merge_patient(contributions: list[dict]) -> dict:
+    """One Patient from what its studies say, the most recent study first.
+
+    Demographics come from the most recent study; identifiers from all studies are united,
+    so an Other Patient ID seen once stays searchable.
+    """
+    merged = dict(contributions[0])
+    identifiers, seen = [], set()
+    for body in contributions:
+        for ident in body.get("identifier", []):
+            key = (ident.get("system"), ident.get("value"))
+            if key not in seen:
+                seen.add(key)
+                identifiers.append(ident)
+    if identifiers:
+        merged["identifier"] = identifiers
+    return merged

@@ -1,0 +1,145 @@
+"""Tables of the store. The serialized resource sits next to its search index rows.
+
+Times are epoch microseconds (BIGINT) so SQLite and PostgreSQL compare them the same way.
+"""
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text
+from sqlmodel import Field, SQLModel
+
+
+class Resource(SQLModel, table=True):
+    """Current version of every resource, as the JSON bytes the API serves."""
+
+    __tablename__ = "resource"
+    rtype: str = Field(primary_key=True, max_length=32)
+    id: str = Field(primary_key=True, max_length=64)
+    version: int
+    last_updated: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    content_hash: str = Field(max_length=64)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ResourceVersion(SQLModel, table=True):
+    """Every version ever stored, for history and `vread`."""
+
+    __tablename__ = "resource_version"
+    rtype: str = Field(primary_key=True, max_length=32)
+    id: str = Field(primary_key=True, max_length=64)
+    version: int = Field(primary_key=True)
+    last_updated: int = Field(sa_column=Column(BigInteger, nullable=False))
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class TokenIndex(SQLModel, table=True):
+    __tablename__ = "idx_token"
+    __table_args__ = (
+        Index("ix_token_lookup", "rtype", "param", "code", "system"),
+        Index("ix_token_owner", "rtype", "rid"),
+    )
+    pk: int | None = Field(default=None, primary_key=True)
+    rtype: str = Field(max_length=32)
+    rid: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    code: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class StringIndex(SQLModel, table=True):
+    __tablename__ = "idx_string"
+    __table_args__ = (
+        Index("ix_string_lookup", "rtype", "param", "norm"),
+        Index("ix_string_owner", "rtype", "rid"),
+    )
+    pk: int | None = Field(default=None, primary_key=True)
+    rtype: str = Field(max_length=32)
+    rid: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    norm: str = Field(sa_column=Column(Text, nullable=False))
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class DateIndex(SQLModel, table=True):
+    __tablename__ = "idx_date"
+    __table_args__ = (
+        Index("ix_date_lookup", "rtype", "param", "low", "high"),
+        Index("ix_date_owner", "rtype", "rid"),
+    )
+    pk: int | None = Field(default=None, primary_key=True)
+    rtype: str = Field(max_length=32)
+    rid: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    low: int = Field(sa_column=Column(BigInteger, nullable=False))
+    high: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ReferenceIndex(SQLModel, table=True):
+    __tablename__ = "idx_reference"
+    __table_args__ = (
+        Index("ix_reference_lookup", "rtype", "param", "target_id", "target_type"),
+        Index("ix_reference_owner", "rtype", "rid"),
+    )
+    pk: int | None = Field(default=None, primary_key=True)
+    rtype: str = Field(max_length=32)
+    rid: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    target_type: str = Field(max_length=32)
+    target_id: str = Field(max_length=64)
+
+
+class PatientContribution(SQLModel, table=True):
+    """What each study says about its patient.
+
+    A Patient is the merge of the contributions of all its studies (identifiers united,
+    demographics from the most recent study), so the result does not depend on the order
+    studies were synced in, and re-syncing the same archive changes nothing.
+    """
+
+    __tablename__ = "patient_contribution"
+    __table_args__ = (Index("ix_contribution_patient", "patient_id"),)
+    source: str = Field(primary_key=True, max_length=64)
+    study_uid: str = Field(primary_key=True, max_length=64)
+    patient_id: str = Field(max_length=64)
+    rank: str = Field(sa_column=Column(Text, nullable=False))
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class StudySource(SQLModel, table=True):
+    """Which archive holds which study."""
+
+    __tablename__ = "study_source"
+    study_uid: str = Field(primary_key=True, max_length=64)
+    source: str = Field(primary_key=True, max_length=64)
+    last_seen: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Quarantine(SQLModel, table=True):
+    """Studies (or files) a sync could not map, with the reason; retried by the next sync."""
+
+    __tablename__ = "quarantine"
+    source: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=512)
+    study_uid: str | None = Field(default=None, max_length=64)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    first_seen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_seen: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class SyncRun(SQLModel, table=True):
+    """One sync of one source: when, and what it did."""
+
+    __tablename__ = "sync_run"
+    pk: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=64, index=True)
+    started: int = Field(sa_column=Column(BigInteger, nullable=False))
+    finished: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    status: str = Field(max_length=16)
+    summary: str = Field(sa_column=Column(Text, nullable=False, default="{}"))
+
+
+class Setting(SQLModel, table=True):
+    """Server-wide values that every process must share (e.g. the paging link key)."""
+
+    __tablename__ = "setting"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
