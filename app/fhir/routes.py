@@ -1,6 +1,7 @@
 """FHIR REST interactions: one small handler each, answered from stored JSON bytes."""
 from __future__ import annotations
 
+import re
 from email.utils import format_datetime, parsedate_to_datetime
 from datetime import datetime, timezone
 
@@ -32,7 +33,8 @@ def _check_type(rtype: str) -> None:
 
 def _check_format() -> None:
     fmt = request.args.get("_format")
-    if fmt is not None and fmt.split(";")[0].strip() not in JSON_FORMATS:
+    # an unencoded "+" arrives as a space: application/fhir+json is meant
+    if fmt is not None and fmt.split(";")[0].strip().replace(" ", "+") not in JSON_FORMATS:
         raise FhirError(406, "not-supported", f"parameter '_format': {fmt!r} is not supported; this server speaks JSON")
 
 
@@ -119,7 +121,7 @@ def search_post(rtype: str):
 
 def _strict() -> bool:
     prefer = request.headers.get("Prefer", "")
-    return any(part.strip() == "handling=strict" for part in prefer.split(";") + prefer.split(","))
+    return "handling=strict" in (part.strip() for part in re.split(r"[;,]", prefer))
 
 
 def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
@@ -130,12 +132,12 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
             default_count=state.config.server.default_count, max_count=state.config.server.max_count,
             strict=_strict(),
         )
-        after = state.page_tokens.read(rtype, query.page) if query.page else None
+        after = state.page_tokens.read(rtype, query.page) if query.page is not None else None
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
     with state.store.engine.connect() as conn:
         result = run_search(conn, query, after)
-    self_params = list(query.applied) + ([("_page", query.page)] if query.page else [])
+    self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:
         token = state.page_tokens.make(rtype, result.matches[-1][0])

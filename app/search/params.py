@@ -22,12 +22,16 @@ class SearchParam:
     documentation: str
     #: for references: resource types the parameter may point at
     targets: tuple[str, ...] = ()
-    #: where the value lives: "index" (index tables) or a column of the resource table
+    #: where the value lives: None for the index tables, else a column of the resource table
     column: str | None = None
+    #: for tokens on a `code` element: the system of its required value set, so that
+    #: `system|code` matches as well as `code`
+    code_system: str | None = None
 
 
-def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None):
-    return SearchParam(resource, name, type_, tuple(paths), R4_SP + definition, documentation, tuple(targets), column)
+def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None, code_system=None):
+    return SearchParam(resource, name, type_, tuple(paths), R4_SP + definition, documentation, tuple(targets),
+                       column, code_system)
 
 
 def _common(resource: str) -> list[SearchParam]:
@@ -73,7 +77,7 @@ PARAMS: list[SearchParam] = [
     _p("ImagingStudy", "started", "date", ["started"], "ImagingStudy-started",
        "When the study was started"),
     _p("ImagingStudy", "status", "token", ["status"], "ImagingStudy-status",
-       "The status of the study"),
+       "The status of the study", code_system="http://hl7.org/fhir/imagingstudy-status"),
     _p("ImagingStudy", "subject", "reference", ["subject"], "ImagingStudy-subject",
        "Who the study is about", ["Patient", "Device", "Group"]),
     *_common("Patient"),
@@ -86,9 +90,11 @@ PARAMS: list[SearchParam] = [
     _p("Patient", "given", "string", ["name.given"], "individual-given",
        "A portion of the given name of the patient"),
     _p("Patient", "birthdate", "date", ["birthDate"], "individual-birthdate", "The patient's date of birth"),
-    _p("Patient", "gender", "token", ["gender"], "individual-gender", "Gender of the patient"),
+    _p("Patient", "gender", "token", ["gender"], "individual-gender", "Gender of the patient",
+       code_system="http://hl7.org/fhir/administrative-gender"),
     *_common("Endpoint"),
-    _p("Endpoint", "status", "token", ["status"], "Endpoint-status", "The current status of the Endpoint"),
+    _p("Endpoint", "status", "token", ["status"], "Endpoint-status", "The current status of the Endpoint",
+       code_system="http://hl7.org/fhir/endpoint-status"),
     _p("Endpoint", "connection-type", "token", ["connectionType"], "Endpoint-connection-type",
        "Protocol/Profile/Standard to be used with this endpoint connection"),
     _p("Endpoint", "identifier", "token", ["identifier"], "Endpoint-identifier", "Identifies this endpoint"),

@@ -94,6 +94,8 @@ def index_rows(resource: dict, default_zone: str = "UTC", base_url: str | None =
             for value in walk(resource, path):
                 if param.type == "token":
                     for system, code in _tokens(value):
+                        if system is None and isinstance(value, str):
+                            system = param.code_system
                         key = (param.name, system, code)
                         if key not in seen:
                             seen.add(key)
