@@ -29,7 +29,7 @@ STUDY = {
     "00081060": "NameOfPhysiciansReadingStudy",
     "00081030": "StudyDescription",
     "00081032": "ProcedureCodeSequence",
-    "00401002": "ReasonForRequestedProcedure",
+    "00401002": "ReasonForTheRequestedProcedure",
     "0040100A": "ReasonForRequestedProcedureCodeSequence",
     "00400275": "RequestAttributesSequence",
     "00080061": "ModalitiesInStudy",
@@ -62,6 +62,8 @@ INSTANCE = {
     "00700080": "ContentLabel",
     "0040A043": "ConceptNameCodeSequence",
     "00420010": "DocumentTitle",
+    # series.laterality when the series has no Laterality (0020,0060), e.g. mammography
+    "00200062": "ImageLaterality",
 }
 
 ALL = {**PATIENT, **STUDY, **SERIES, **INSTANCE}

@@ -1,0 +1,12 @@
+"""DICOM JSON -> FHIR R4 resources (ImagingStudy, Patient, Endpoint). Pure functions.
+
+    mapped = map_study(record, ctx)   # MappedStudy(imaging_study, patient, repairs)
+    endpoint = map_endpoint(ctx)
+
+MappingError(reason) is raised only for a study that cannot be represented at all.
+"""
+from app.mapping.dicom_values import MappingError
+from app.mapping.endpoint import map_endpoint
+from app.mapping.imaging_study import MappedStudy, map_study
+
+__all__ = ["MappedStudy", "MappingError", "map_endpoint", "map_study"]

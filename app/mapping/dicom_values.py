@@ -1,0 +1,470 @@
+"""Readers for DICOM JSON values (PS3.18 F.2) and their conversion to FHIR primitive forms.
+
+Attributes are dicts keyed by 8-hex-digit tags, each {"vr": ..., "Value": [...]}. Readers
+never raise on bad data: they return None (or an empty list) and, where the caller passes
+a `repairs` list, say in it what was left out. Repair notes name attributes and, for dates,
+times and codes, the offending value; callers never pass patient names or identifiers.
+"""
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from app.mapping import codes
+
+# --- attribute tags read below and by the resource mappers (nested ones are not in tags.py:
+# sources keep whole sequences, so nested attributes arrive with their parent) ------------
+CODE_VALUE = "00080100"
+CODING_SCHEME_DESIGNATOR = "00080102"
+CODING_SCHEME_VERSION = "00080103"
+CODE_MEANING = "00080104"
+LONG_CODE_VALUE = "00080119"
+URN_CODE_VALUE = "00080120"
+LOCAL_NAMESPACE_ENTITY_ID = "00400031"
+UNIVERSAL_ENTITY_ID = "00400032"
+UNIVERSAL_ENTITY_ID_TYPE = "00400033"
+IDENTIFIER_TYPE_CODE = "00400035"
+
+#: longest text kept in a FHIR string (DICOM LO is 64 characters, ST 1,024, LT 10,240)
+MAX_TEXT = 4096
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: R4 id
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+class MappingError(Exception):
+    """A study that cannot be represented as FHIR at all; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- plain values ------------------------------------------------------------------------
+
+
+def raw_values(attrs: dict, tag: str) -> list:
+    """The Value list of an attribute ([] when absent or empty)."""
+    element = attrs.get(tag)
+    if not element:
+        return []
+    return element.get("Value") or []
+
+
+def _as_text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip(" \x00\t\r\n")
+        return value or None
+    if isinstance(value, dict):  # a PN handed to a text reader
+        return pn_display(value)
+    return str(value)
+
+
+def first(attrs: dict, tag: str) -> str | None:
+    """First value as stripped text, None when absent or empty."""
+    values = raw_values(attrs, tag)
+    if not values:
+        return None
+    return _as_text(values[0])
+
+
+def all_text(attrs: dict, tag: str) -> list[str]:
+    """All non-empty values as stripped text (a value holding "\\" is split, as some
+    archives answer a multi-valued attribute as one string)."""
+    out: list[str] = []
+    for value in raw_values(attrs, tag):
+        text = _as_text(value)
+        if text is None:
+            continue
+        if "\\" in text:
+            out.extend(part for part in (p.strip() for p in text.split("\\")) if part)
+        else:
+            out.append(text)
+    return out
+
+
+def items(attrs: dict, tag: str) -> list[dict]:
+    """Items of a sequence attribute (non-dict entries are ignored)."""
+    return [item for item in raw_values(attrs, tag) if isinstance(item, dict)]
+
+
+def clean_text(value: str | None, label: str, repairs: list | None) -> str | None:
+    """A DICOM string made a valid FHIR string: no control characters, at most MAX_TEXT."""
+    if value is None:
+        return None
+    if _CONTROL.search(value):
+        value = _CONTROL.sub("", value).strip()
+        if repairs is not None:
+            repairs.append(f"{label} had control characters; removed")
+        if not value:
+            return None
+    if len(value) > MAX_TEXT:
+        value = value[:MAX_TEXT].rstrip()
+        if repairs is not None:
+            repairs.append(f"{label} is longer than {MAX_TEXT} characters; truncated")
+    return value
+
+
+def text(attrs: dict, tag: str, label: str, repairs: list | None) -> str | None:
+    """First value as a clean FHIR string."""
+    return clean_text(first(attrs, tag), label, repairs)
+
+
+def fhir_code(value: str | None) -> str | None:
+    """A FHIR `code`: no leading/trailing whitespace, single inner spaces."""
+    if value is None:
+        return None
+    value = " ".join(value.split())
+    return value or None
+
+
+def parse_int(value) -> int | None:
+    """IS value (JSON number or string) as int; None if it is not an integer."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        value = value.strip()
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                as_float = float(value)
+            except ValueError:
+                return None
+            return int(as_float) if as_float.is_integer() else None
+    return None
+
+
+_UNSIGNED_MAX = 2**31 - 1
+
+
+def unsigned(attrs: dict, tag: str, label: str, repairs: list | None) -> int | None:
+    """First value as a FHIR unsignedInt (0 .. 2^31-1); anything else is left out."""
+    values = raw_values(attrs, tag)
+    if not values or values[0] is None or values[0] == "":
+        return None
+    number = parse_int(values[0])
+    if number is None or number < 0 or number > _UNSIGNED_MAX:
+        if repairs is not None:
+            repairs.append(f"{label} {values[0]!r} is not a valid unsigned integer; left out")
+        return None
+    return number
+
+
+def valid_id(value: str | None) -> bool:
+    return value is not None and FHIR_ID.fullmatch(value) is not None
+
+
+# --- person names (PN) -------------------------------------------------------------------
+
+
+def pn_groups(value) -> tuple[str, str, str]:
+    """(alphabetic, ideographic, phonetic) component groups of a PN value.
+
+    DICOM JSON gives a dict; a plain "A=I=P" string (some archives) is accepted too.
+    """
+    if isinstance(value, dict):
+        return (
+            (value.get("Alphabetic") or "").strip(),
+            (value.get("Ideographic") or "").strip(),
+            (value.get("Phonetic") or "").strip(),
+        )
+    if isinstance(value, str):
+        parts = value.split("=")
+        parts += [""] * (3 - len(parts))
+        return parts[0].strip(), parts[1].strip(), parts[2].strip()
+    return "", "", ""
+
+
+def pn_components(group: str) -> list[str]:
+    """[family, given, middle, prefix, suffix] of one component group."""
+    parts = [part.strip() for part in group.split("^")[:5]]
+    parts += [""] * (5 - len(parts))
+    return parts
+
+
+def render_name(group: str) -> str | None:
+    """One group as a display name: prefix given middle family suffix ("Doe^John" ->
+    "John Doe")."""
+    family, given, middle, prefix, suffix = pn_components(group)
+    words = [w for w in (prefix, given, middle, family, suffix) if w]
+    return " ".join(" ".join(words).split()) or None
+
+
+def pn_display(value) -> str | None:
+    """Readable display of a PN value: the first non-empty group, rendered."""
+    for group in pn_groups(value):
+        if group:
+            rendered = render_name(group)
+            if rendered:
+                return rendered
+    return None
+
+
+def name_displays(attrs: dict, tag: str) -> list[str]:
+    """Display names of every value of a PN attribute, duplicates dropped, order kept."""
+    seen: list[str] = []
+    for value in raw_values(attrs, tag):
+        shown = pn_display(value)
+        if shown:
+            shown = clean_text(shown, "name", None)
+        if shown and shown not in seen:
+            seen.append(shown)
+    return seen
+
+
+# --- dates and times ---------------------------------------------------------------------
+
+_DA = re.compile(r"(\d{4})(\d{2})(\d{2})")
+_DA_LEGACY = re.compile(r"(\d{4})[.\-](\d{2})[.\-](\d{2})")  # ACR-NEMA "YYYY.MM.DD"
+_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?")
+_TM_LEGACY = re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?")  # "HH:MM:SS.frac"
+_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})")
+
+
+def parse_da(value: str | None) -> date | None:
+    """DA "YYYYMMDD" (or the retired "YYYY.MM.DD") as a date; None if not a real date."""
+    if not value:
+        return None
+    match = _DA.fullmatch(value) or _DA_LEGACY.fullmatch(value)
+    if match is None:
+        return None
+    try:
+        return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None
+
+
+def parse_tm(value: str | None) -> tuple[int, int, int, str] | None:
+    """TM "HH[MM[SS[.F{1,6}]]]" (or the retired "HH:MM[:SS]") as (h, m, s, fraction digits)."""
+    if not value:
+        return None
+    match = _TM.fullmatch(value) or _TM_LEGACY.fullmatch(value)
+    if match is None:
+        return None
+    hour = int(match[1])
+    minute = int(match[2] or 0)
+    second = int(match[3] or 0)
+    fraction = (match[4] or "").rstrip("0")
+    if hour > 23 or minute > 59 or second > 60:  # 60: DICOM allows a leap second
+        return None
+    return hour, minute, second, fraction
+
+
+def parse_offset(value: str | None) -> int | None:
+    """TimezoneOffsetFromUTC "+HHMM"/"-HHMM" in minutes; None when not valid (PS3.3 allows
+    -1200 .. +1400)."""
+    if not value:
+        return None
+    match = _OFFSET.fullmatch(value)
+    if match is None:
+        return None
+    hours, minutes = int(match[2]), int(match[3])
+    if minutes > 59:
+        return None
+    total = hours * 60 + minutes
+    if match[1] == "-":
+        total = -total
+    if total < -12 * 60 or total > 14 * 60:
+        return None
+    return total
+
+
+_DT = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?([+-]\d{4})?")
+
+
+def parse_dt(value: str | None):
+    """DT "YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]" as (date, time tuple or None, offset minutes
+    or None), or None. A DT with only year or year and month is not a full date: None."""
+    if not value:
+        return None
+    match = _DT.fullmatch(value.strip())
+    if match is None or match[3] is None:
+        return None
+    day = parse_da(match[1] + match[2] + match[3])
+    if day is None:
+        return None
+    clock = parse_tm(match[4]) if match[4] else None
+    if match[4] and clock is None:
+        return None
+    offset = parse_offset(match[5]) if match[5] else None
+    if match[5] and offset is None:
+        return None
+    return day, clock, offset
+
+
+@cache
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone (cached); MappingError if the configured zone does not exist."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise MappingError(f"time zone {name!r} is unknown") from exc
+
+
+def local_offset(day: date, clock: tuple[int, int, int, str], zone_name: str) -> int:
+    """UTC offset in minutes of a local wall-clock time in the zone (DST-aware; for a time
+    repeated or skipped by a DST change, the offset before the change)."""
+    hour, minute, second, _ = clock
+    wall = datetime(day.year, day.month, day.day, hour, minute, min(second, 59),
+                    tzinfo=zone(zone_name))
+    delta = wall.utcoffset() or timedelta(0)
+    return int(delta.total_seconds() // 60)
+
+
+def format_offset(minutes: int) -> str:
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def format_datetime(day: date, clock: tuple[int, int, int, str] | None,
+                    offset: int | None) -> str:
+    """FHIR dateTime: "YYYY-MM-DD" or "YYYY-MM-DDThh:mm:ss[.f]+zz:zz" (a time always has a
+    zone in FHIR)."""
+    if clock is None:
+        return day.isoformat()
+    hour, minute, second, fraction = clock
+    out = f"{day.isoformat()}T{hour:02d}:{minute:02d}:{second:02d}"
+    if fraction:
+        out += "." + fraction
+    return out + format_offset(offset or 0)
+
+
+def fhir_datetime(
+    date_value: str | None,
+    time_value: str | None,
+    offset_value: str | None,
+    zone_name: str,
+    labels: tuple[str, str],
+    target: str,
+    repairs: list | None,
+) -> str | None:
+    """FHIR dateTime from DICOM DA + TM + TimezoneOffsetFromUTC.
+
+    Without a valid offset the archive's configured zone gives it (DICOM times are local);
+    never "Z" by default. No time gives a date-only value; an invalid date leaves the
+    element out, an invalid time keeps the date. `labels` name the DA and TM attributes
+    and `target` the FHIR element, for the repair notes.
+    """
+    if date_value is None:
+        return None
+    day = parse_da(date_value)
+    if day is None:
+        if repairs is not None:
+            repairs.append(f"{labels[0]} {date_value!r} is not a valid DA; {target} left out")
+        return None
+    if time_value is None:
+        return day.isoformat()
+    clock = parse_tm(time_value)
+    if clock is None:
+        if repairs is not None:
+            repairs.append(
+                f"{labels[1]} {time_value!r} is not a valid TM; {target} kept as a date only")
+        return day.isoformat()
+    offset = parse_offset(offset_value)
+    if offset is None:
+        if offset_value is not None and repairs is not None:
+            repairs.append(
+                f"TimezoneOffsetFromUTC {offset_value!r} is not valid; "
+                f"{target} uses the source time zone {zone_name}")
+        offset = local_offset(day, clock, zone_name)
+    return format_datetime(day, clock, offset)
+
+
+def fhir_date(value: str | None) -> str | None:
+    """FHIR date "YYYY-MM-DD" from a DA, None if not a valid DA."""
+    day = parse_da(value)
+    return day.isoformat() if day else None
+
+
+# --- issuers (HL7 v2 HD: namespace / universal id / universal id type) -------------------
+
+
+def universal_entity_system(entity_id: str | None, entity_type: str | None, label: str,
+                            repairs: list | None) -> str | None:
+    """Identifier.system from Universal Entity ID (0040,0032) and its type (0040,0033):
+    ISO -> urn:oid:<oid>, URI/URL -> the URI itself, UUID -> urn:uuid:<uuid>; other types
+    (DNS, EUI64, X400, X500) have no URI form and give None."""
+    if not entity_id:
+        return None
+    kind = (entity_type or "").upper()
+    problem = None
+    if kind == "ISO":
+        oid = entity_id[8:] if entity_id.lower().startswith("urn:oid:") else entity_id
+        if codes.OID_RE.fullmatch(oid):
+            return "urn:oid:" + oid
+        problem = "Universal Entity ID of type ISO is not an OID"
+    elif kind in ("URI", "URL"):
+        if ":" in entity_id and not any(c.isspace() for c in entity_id):
+            return entity_id
+        problem = f"Universal Entity ID of type {kind} is not a URI"
+    elif kind == "UUID":
+        return "urn:uuid:" + entity_id.lower()
+    else:
+        problem = f"Universal Entity ID type {entity_type!r} has no URI form"
+    if repairs is not None:
+        repairs.append(f"{label}: {problem}; ignored")
+    return None
+
+
+# --- coded entries -----------------------------------------------------------------------
+
+
+def coding_from_item(item: dict, label: str, repairs: list | None) -> dict | None:
+    """FHIR Coding from one code sequence item (PS3.3 8.8, Basic Code Sequence Macro).
+
+    Code Value, else Long Code Value, else URN Code Value (a URN is its own system,
+    urn:ietf:rfc:3986). An unknown coding scheme keeps code and display without `system`.
+    """
+    meaning = clean_text(first(item, CODE_MEANING), label, repairs)
+    designator = first(item, CODING_SCHEME_DESIGNATOR)
+    code = fhir_code(first(item, CODE_VALUE) or first(item, LONG_CODE_VALUE))
+    if code is not None:
+        system, code = codes.coding_system_and_code(designator, code)
+        if system is None and designator and repairs is not None:
+            repairs.append(f"{label}: coding scheme {designator!r} has no known URI; "
+                           "system left out")
+    else:
+        urn = fhir_code(first(item, URN_CODE_VALUE))
+        if urn is None:
+            if meaning is None:
+                return None
+            return {"display": meaning}
+        system, code = codes.RFC3986, urn
+    coding: dict = {}
+    if system:
+        coding["system"] = system
+        version = fhir_code(first(item, CODING_SCHEME_VERSION))
+        if version:
+            coding["version"] = version
+    coding["code"] = code
+    if meaning:
+        coding["display"] = meaning
+    return coding
+
+
+def codeable_concepts(attrs: dict, tag: str, label: str, repairs: list | None) -> list[dict]:
+    """One CodeableConcept per code sequence item, text = the code meaning."""
+    out: list[dict] = []
+    for item in items(attrs, tag):
+        coding = coding_from_item(item, label, repairs)
+        if coding is None:
+            continue
+        concept: dict = {}
+        if "code" in coding:
+            concept["coding"] = [coding]
+        if coding.get("display"):
+            concept["text"] = coding["display"]
+        if concept and concept not in out:
+            out.append(concept)
+    return out

@@ -1,0 +1,436 @@
+"""StudyRecord (DICOM JSON) -> FHIR R4 ImagingStudy + Patient (BRIEF §2, R4 ImagingStudy
+mappings to DICOM).
+
+Pure: the output depends only on the record and the context, and is the same dict (same key
+order, same list order) whatever order the archive answered in: series are sorted by Series
+Number then UID, instances by Instance Number then UID.
+
+What is broken is repaired or left out and said in `MappedStudy.repairs`; only a study that
+cannot be represented at all raises MappingError. Repair notes name attributes and, for
+dates, codes and counts, the offending value; never patient names or identifiers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+
+from app.identity.keys import patient_key
+from app.mapping import codes
+from app.mapping.context import MappingContext
+from app.mapping.dicom_values import (
+    CODE_MEANING,
+    LOCAL_NAMESPACE_ENTITY_ID,
+    UNIVERSAL_ENTITY_ID,
+    UNIVERSAL_ENTITY_ID_TYPE,
+    MappingError,
+    all_text,
+    clean_text,
+    codeable_concepts,
+    fhir_code,
+    fhir_datetime,
+    first,
+    items,
+    name_displays,
+    raw_values,
+    text,
+    universal_entity_system,
+    unsigned,
+    valid_id,
+)
+from app.mapping.patient import map_patient
+
+# study level
+STUDY_UID = "0020000D"
+STUDY_DATE = "00080020"
+STUDY_TIME = "00080030"
+TZ_OFFSET = "00080201"
+ACCESSION = "00080050"
+ACCESSION_ISSUER = "00080051"
+REFERRING = "00080090"
+READING = "00081060"
+STUDY_DESCRIPTION = "00081030"
+PROCEDURE_CODES = "00081032"
+REASON_TEXT = "00401002"
+REASON_CODES = "0040100A"
+REQUEST_ATTRIBUTES = "00400275"
+MODALITIES_IN_STUDY = "00080061"
+STUDY_SERIES_COUNT = "00201206"
+STUDY_INSTANCE_COUNT = "00201208"
+# series level
+SERIES_UID = "0020000E"
+SERIES_NUMBER = "00200011"
+MODALITY = "00080060"
+SERIES_DESCRIPTION = "0008103E"
+SERIES_INSTANCE_COUNT = "00201209"
+BODY_PART = "00180015"
+LATERALITY = "00200060"
+SERIES_DATE = "00080021"
+SERIES_TIME = "00080031"
+PERFORMING = "00081050"
+OPERATORS = "00081070"
+# instance level
+SOP_INSTANCE_UID = "00080018"
+SOP_CLASS_UID = "00080016"
+INSTANCE_NUMBER = "00200013"
+IMAGE_TYPE = "00080008"
+CONTENT_LABEL = "00700080"
+CONCEPT_NAME = "0040A043"
+DOCUMENT_TITLE = "00420010"
+IMAGE_LATERALITY = "00200062"
+
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+
+
+@dataclass
+class MappedStudy:
+    """The FHIR resources of one study (plain dicts, no `meta`) and the repair notes."""
+
+    imaging_study: dict
+    patient: dict
+    repairs: list[str] = field(default_factory=list)
+
+    @property
+    def patient_key(self) -> tuple[str, str] | None:
+        """(system, value) the Patient is keyed by; None for a per-study Patient."""
+        return patient_key(self.patient)
+
+
+def _study_uid(record) -> str:
+    from_attrs = first(record.attrs or {}, STUDY_UID)
+    from_record = (record.uid or "").strip() or None
+    if from_attrs and from_record and from_attrs != from_record:
+        raise MappingError("StudyInstanceUID of the attributes differs from the record's uid")
+    uid = from_attrs or from_record
+    if not uid:
+        raise MappingError("no StudyInstanceUID")
+    if not valid_id(uid):
+        raise MappingError("StudyInstanceUID is not a valid FHIR id ([A-Za-z0-9-.]{1,64})")
+    return uid
+
+
+@cache
+def _sop_class_name(uid: str) -> str | None:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name and name != uid else None
+
+
+def _sop_class(uid: str) -> dict:
+    coding = {"system": codes.RFC3986, "code": "urn:oid:" + uid}
+    name = _sop_class_name(uid)
+    if name:
+        coding["display"] = name
+    return coding
+
+
+def _instance_title(inst: dict, repairs: list) -> str | None:
+    label = first(inst, CONTENT_LABEL)
+    if label is None:
+        names = items(inst, CONCEPT_NAME)
+        if names:
+            label = first(names[0], CODE_MEANING)
+        if label is None:
+            label = first(inst, DOCUMENT_TITLE)
+            if label is None:
+                kinds = raw_values(inst, IMAGE_TYPE)
+                if kinds:
+                    label = "\\".join(k.strip() if isinstance(k, str) else str(k)
+                                      for k in kinds if k is not None).strip("\\ ") or None
+    return clean_text(label, "instance title", repairs) if label else None
+
+
+def _map_instances(instances: list[dict], series_uid: str, repairs: list) -> list[dict]:
+    rows = []
+    missing_uid = bad_uid = no_class = duplicates = 0
+    seen: set[str] = set()
+    bad_numbers: list[str] = []  # one note per series, not one per instance
+    for inst in instances:
+        uid = first(inst, SOP_INSTANCE_UID)
+        if uid is None:
+            missing_uid += 1
+            continue
+        if not valid_id(uid):
+            bad_uid += 1
+            continue
+        sop_class = fhir_code(first(inst, SOP_CLASS_UID))
+        if sop_class is None:
+            no_class += 1
+            continue
+        number = unsigned(inst, INSTANCE_NUMBER, "InstanceNumber", bad_numbers)
+        rows.append((number is None, number or 0, uid, sop_class, inst))
+    rows.sort(key=lambda row: row[:3])
+    out = []
+    for no_number, number, uid, sop_class, inst in rows:
+        if uid in seen:
+            duplicates += 1
+            continue
+        seen.add(uid)
+        entry = {"uid": uid, "sopClass": _sop_class(sop_class)}
+        if not no_number:
+            entry["number"] = number
+        title = _instance_title(inst, repairs)
+        if title:
+            entry["title"] = title
+        out.append(entry)
+    where = f"series {series_uid}"
+    if missing_uid:
+        repairs.append(f"{where}: {missing_uid} instance(s) without SOPInstanceUID left out")
+    if bad_uid:
+        repairs.append(f"{where}: {bad_uid} instance(s) whose SOPInstanceUID is not a valid "
+                       "FHIR id left out")
+    if no_class:
+        repairs.append(f"{where}: {no_class} instance(s) without SOPClassUID left out")
+    if duplicates:
+        repairs.append(f"{where}: {duplicates} duplicate instance(s) left out")
+    if bad_numbers:
+        repairs.append(f"{where}: {len(bad_numbers)} instance(s) with an InstanceNumber that "
+                       "is not a valid unsigned integer; number left out")
+    return out
+
+
+def _modality(value: str | None, label: str, noted: set, repairs: list) -> dict | None:
+    code = fhir_code(value.upper()) if value else None
+    if code is None:
+        return None
+    coding, known = codes.modality_coding(code)
+    if not known and code not in noted:
+        noted.add(code)
+        repairs.append(f"{label} {code!r} is not a DICOM defined term (CID 33); kept as is")
+    return coding
+
+
+def _series_laterality(attrs: dict, instances: list[dict], where: str,
+                       repairs: list) -> dict | None:
+    value = first(attrs, LATERALITY)
+    if value is not None:
+        coding = codes.laterality_coding(value)
+        if coding is None:
+            repairs.append(f"{where}: Laterality {value!r} is not R, L, B or U; left out")
+        return coding
+    # no series Laterality: the Image Laterality its instances agree on, if any
+    found = {v.upper() for v in (first(inst, IMAGE_LATERALITY) for inst in instances) if v}
+    if len(found) == 1:
+        return codes.laterality_coding(found.pop())
+    return None
+
+
+def _performers(attrs: dict) -> list[dict]:
+    out = []
+    physicians = name_displays(attrs, PERFORMING)
+    for name in physicians:
+        out.append({"function": codes.copy_concept(codes.PERFORMER_FUNCTION),
+                    "actor": {"display": name}})
+    for name in name_displays(attrs, OPERATORS):
+        if name not in physicians:
+            out.append({"actor": {"display": name}})
+    return out
+
+
+def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None,
+                offset: str | None, ctx: MappingContext, noted: set,
+                repairs: list) -> dict:
+    where = f"series {uid}"
+    series: dict = {"uid": uid}
+    if number is not None:
+        series["number"] = number
+    modality = _modality(first(attrs, MODALITY), "Modality", noted, repairs)
+    if modality is None:  # R4 requires series.modality: DICOM's "Other"
+        modality = {"system": codes.DCM, "code": "OT", "display": "Other"}
+        repairs.append(f"{where}: Modality missing; series modality set to OT")
+    series["modality"] = modality
+    description = text(attrs, SERIES_DESCRIPTION, "SeriesDescription", repairs)
+    if description:
+        series["description"] = description
+    mapped_instances = _map_instances(instances, uid, repairs)
+    count = unsigned(attrs, SERIES_INSTANCE_COUNT, "NumberOfSeriesRelatedInstances", repairs)
+    series["numberOfInstances"] = count if count is not None else len(mapped_instances)
+    body_part = first(attrs, BODY_PART)
+    if body_part:
+        body_part = clean_text(body_part, "BodyPartExamined", repairs)
+        coding, known = codes.body_part_coding(body_part)
+        if not known:
+            repairs.append(f"{where}: BodyPartExamined {body_part!r} is not a PS3.16 "
+                           "Annex L term; kept as display only")
+        series["bodySite"] = coding
+    laterality = _series_laterality(attrs, instances, where, repairs)
+    if laterality:
+        series["laterality"] = laterality
+    started = fhir_datetime(first(attrs, SERIES_DATE), first(attrs, SERIES_TIME),
+                            first(attrs, TZ_OFFSET) or offset, ctx.timezone,
+                            ("SeriesDate", "SeriesTime"), f"{where} started", repairs)
+    if started:
+        series["started"] = started
+    performers = _performers(attrs)
+    if performers:
+        series["performer"] = performers
+    if mapped_instances:
+        series["instance"] = mapped_instances
+    return series
+
+
+def _map_series_list(record, offset: str | None, ctx: MappingContext,
+                     noted: set, repairs: list) -> list[dict]:
+    rows = []
+    missing = invalid = 0
+    for series_record in record.series:
+        attrs = series_record.attrs or {}
+        uid = first(attrs, SERIES_UID)
+        if uid is None:
+            missing += 1
+            continue
+        if not valid_id(uid):
+            invalid += 1
+            continue
+        number = unsigned(attrs, SERIES_NUMBER, f"series {uid}: SeriesNumber", repairs)
+        rows.append((number is None, number or 0, uid, series_record))
+    if missing:
+        repairs.append(f"{missing} series without SeriesInstanceUID left out")
+    if invalid:
+        repairs.append(f"{invalid} series whose SeriesInstanceUID is not a valid FHIR id "
+                       "left out")
+    rows.sort(key=lambda row: row[:3])
+    merged: dict[str, tuple[int | None, dict, list]] = {}
+    for no_number, number, uid, series_record in rows:
+        if uid in merged:  # the archive answered a series twice: one series, all instances
+            merged[uid][2].extend(series_record.instances)
+            repairs.append(f"series {uid} listed more than once; merged")
+            continue
+        merged[uid] = (None if no_number else number, series_record.attrs or {},
+                       list(series_record.instances))
+    return [
+        _map_series(attrs, instances, uid, number, offset, ctx, noted, repairs)
+        for uid, (number, attrs, instances) in merged.items()
+    ]
+
+
+def _accession(attrs: dict, ctx: MappingContext, repairs: list) -> dict | None:
+    """Accession identifier: value (0008,0050) (or of the first Request Attributes item that
+    has one) and system from its Issuer of Accession Number Sequence (0008,0051)."""
+    source = attrs
+    value = first(attrs, ACCESSION)
+    if value is None:
+        for item in items(attrs, REQUEST_ATTRIBUTES):
+            value = first(item, ACCESSION)
+            if value is not None:
+                source = item
+                break
+    value = clean_text(value, "AccessionNumber", repairs)
+    if value is None:
+        return None
+    issuers = items(source, ACCESSION_ISSUER) or (items(attrs, ACCESSION_ISSUER)
+                                                   if source is not attrs else [])
+    issuer = issuers[0] if issuers else {}
+    local = first(issuer, LOCAL_NAMESPACE_ENTITY_ID)
+    system = universal_entity_system(first(issuer, UNIVERSAL_ENTITY_ID),
+                                     first(issuer, UNIVERSAL_ENTITY_ID_TYPE),
+                                     "IssuerOfAccessionNumberSequence", repairs)
+    if system is None and local:
+        system = ctx.issuer_systems.get(local)
+        if system is None:
+            repairs.append(f"Issuer of Accession Number {local!r} is not configured in "
+                           "issuer_systems")
+    if system is None:
+        system = ctx.accession_system
+    identifier: dict = {"type": codes.copy_concept(codes.ACCESSION_TYPE)}
+    if system:
+        identifier["system"] = system
+    identifier["value"] = value
+    if local:
+        identifier["assigner"] = {"display": local}
+    return identifier
+
+
+def _reasons(attrs: dict, repairs: list) -> list[dict]:
+    def from_level(level: dict) -> list[dict]:
+        found = codeable_concepts(level, REASON_CODES, "ReasonForRequestedProcedureCode",
+                                  repairs)
+        reason = text(level, REASON_TEXT, "ReasonForTheRequestedProcedure", repairs)
+        if reason and not any(c.get("text") == reason for c in found):
+            found.append({"text": reason})
+        return found
+
+    reasons = from_level(attrs)
+    if not reasons:
+        for item in items(attrs, REQUEST_ATTRIBUTES):
+            for concept in from_level(item):
+                if concept not in reasons:
+                    reasons.append(concept)
+    return reasons
+
+
+def map_study(record, ctx: MappingContext) -> MappedStudy:
+    """Map one StudyRecord to FHIR R4 ImagingStudy and Patient dicts (see module doc)."""
+    uid = _study_uid(record)
+    if not valid_id(ctx.source):
+        raise MappingError(f"source name {ctx.source!r} is not a valid FHIR id")
+    if not record.series:
+        raise MappingError("the study has no series")
+    attrs = record.attrs or {}
+    repairs: list[str] = []
+    noted: set = set()
+
+    patient = map_patient(attrs, uid, ctx, repairs)
+    offset = first(attrs, TZ_OFFSET)
+    series = _map_series_list(record, offset, ctx, noted, repairs)
+    if not series:
+        raise MappingError("none of the study's series has a usable SeriesInstanceUID")
+
+    study: dict = {"resourceType": "ImagingStudy", "id": uid}
+    identifiers = [{"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + uid}]
+    accession = _accession(attrs, ctx, repairs)
+    if accession:
+        identifiers.append(accession)
+    study["identifier"] = identifiers
+    study["status"] = "available"
+
+    modalities = []
+    listed = all_text(attrs, MODALITIES_IN_STUDY)
+    if listed:
+        for value in listed:
+            coding = _modality(value, "ModalitiesInStudy", noted, repairs)
+            if coding and coding not in modalities:
+                modalities.append(coding)
+    else:
+        for entry in series:
+            if entry["modality"] not in modalities:
+                modalities.append(dict(entry["modality"]))
+    if modalities:
+        study["modality"] = modalities
+    study["subject"] = {"reference": "Patient/" + patient["id"]}
+
+    started = fhir_datetime(first(attrs, STUDY_DATE), first(attrs, STUDY_TIME), offset,
+                            ctx.timezone, ("StudyDate", "StudyTime"), "started", repairs)
+    if started:
+        study["started"] = started
+    if accession:
+        based_on = dict(accession, type=codes.copy_concept(codes.ACCESSION_TYPE))
+        if "assigner" in based_on:
+            based_on["assigner"] = dict(based_on["assigner"])
+        study["basedOn"] = [{"type": "ServiceRequest", "identifier": based_on}]
+    referrers = name_displays(attrs, REFERRING)
+    if referrers:
+        study["referrer"] = {"display": referrers[0]}
+    readers = name_displays(attrs, READING)
+    if readers:
+        study["interpreter"] = [{"display": name} for name in readers]
+    study["endpoint"] = [{"reference": "Endpoint/" + ctx.source}]
+
+    series_count = unsigned(attrs, STUDY_SERIES_COUNT, "NumberOfStudyRelatedSeries", repairs)
+    study["numberOfSeries"] = series_count if series_count is not None else len(series)
+    instance_count = unsigned(attrs, STUDY_INSTANCE_COUNT, "NumberOfStudyRelatedInstances",
+                              repairs)
+    study["numberOfInstances"] = (instance_count if instance_count is not None
+                                  else sum(s["numberOfInstances"] for s in series))
+    procedures = codeable_concepts(attrs, PROCEDURE_CODES, "ProcedureCodeSequence", repairs)
+    if procedures:
+        study["procedureCode"] = procedures
+    reasons = _reasons(attrs, repairs)
+    if reasons:
+        study["reasonCode"] = reasons
+    description = text(attrs, STUDY_DESCRIPTION, "StudyDescription", repairs)
+    if description:
+        study["description"] = description
+    study["series"] = series
+    return MappedStudy(imaging_study=study, patient=patient,
+                       repairs=list(dict.fromkeys(repairs)))

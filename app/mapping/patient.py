@@ -1,0 +1,152 @@
+"""DICOM Patient module -> FHIR R4 Patient (BRIEF §2 and §3).
+
+Identifiers follow HL7's v2-to-FHIR rules for CX/HD: the issuer decides Identifier.system,
+and the Patient's id is a digest of (system, value) of the identifier from Patient ID
+(0010,0020) (see app.identity.keys). Repair notes written here never contain the patient's
+name, identifiers or birth date.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from app.identity.keys import patient_id, patient_id_for_study
+from app.mapping import codes
+from app.mapping.context import MappingContext
+from app.mapping.dicom_values import (
+    IDENTIFIER_TYPE_CODE,
+    UNIVERSAL_ENTITY_ID,
+    UNIVERSAL_ENTITY_ID_TYPE,
+    clean_text,
+    fhir_code,
+    fhir_date,
+    first,
+    items,
+    pn_components,
+    pn_groups,
+    raw_values,
+    universal_entity_system,
+)
+
+PATIENT_NAME = "00100010"
+PATIENT_ID = "00100020"
+ISSUER_OF_PATIENT_ID = "00100021"
+ISSUER_QUALIFIERS = "00100024"
+OTHER_PATIENT_IDS = "00101002"
+BIRTH_DATE = "00100030"
+SEX = "00100040"
+
+#: Identifier.system of a local issuer that has no configured URI
+LOCAL_ISSUER_PREFIX = "urn:imaging-facade:issuer:"
+EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
+
+_GENDER = {"M": "male", "F": "female", "O": "other"}
+
+
+def issuer_system(attrs: dict, ctx: MappingContext, label: str,
+                  repairs: list) -> tuple[str, str | None, str | None]:
+    """(Identifier.system, local issuer for assigner.display, identifier type code).
+
+    Order: a usable Universal Entity ID in the Issuer of Patient ID Qualifiers Sequence;
+    then the bare Issuer of Patient ID (0010,0021) through ctx.issuer_systems, or, when not
+    configured, `urn:imaging-facade:issuer:<percent-encoded issuer>`; with no issuer at all,
+    ctx.patient_id_system.
+    """
+    local = first(attrs, ISSUER_OF_PATIENT_ID)
+    qualifiers = items(attrs, ISSUER_QUALIFIERS)
+    qualifier = qualifiers[0] if qualifiers else {}
+    type_code = fhir_code(first(qualifier, IDENTIFIER_TYPE_CODE))
+    system = universal_entity_system(first(qualifier, UNIVERSAL_ENTITY_ID),
+                               first(qualifier, UNIVERSAL_ENTITY_ID_TYPE), label, repairs)
+    if system:
+        return system, local, type_code
+    if local:
+        mapped = ctx.issuer_systems.get(local)
+        if mapped:
+            return mapped, local, type_code
+        return LOCAL_ISSUER_PREFIX + quote(local, safe=""), local, type_code
+    return ctx.patient_id_system, None, type_code
+
+
+def patient_identifier(attrs: dict, ctx: MappingContext, label: str,
+                       repairs: list) -> dict | None:
+    """Identifier from the Patient ID (0010,0020) of `attrs` and its issuer, or None."""
+    value = clean_text(first(attrs, PATIENT_ID), label, repairs)
+    if not value:
+        return None
+    system, local, type_code = issuer_system(attrs, ctx, label, repairs)
+    identifier: dict = {}
+    if type_code:
+        identifier["type"] = {"coding": [{"system": codes.V2_0203, "code": type_code}]}
+    identifier["system"] = system
+    identifier["value"] = value
+    if local:
+        identifier["assigner"] = {"display": local}
+    return identifier
+
+
+def human_names(value) -> list[dict]:
+    """HumanNames of one PN value: one per non-empty component group; the ideographic and
+    phonetic groups carry the iso21090-EN-representation extension (IDE / SYL)."""
+    names: list[dict] = []
+    for group, representation in zip(pn_groups(value), (None, "IDE", "SYL")):
+        group = clean_text(group, "PatientName", None)
+        if not group:
+            continue
+        family, given, middle, prefix, suffix = pn_components(group)
+        name: dict = {}
+        if representation:
+            name["extension"] = [{"url": EN_REPRESENTATION, "valueCode": representation}]
+        if family:
+            name["family"] = family
+        givens = [g for g in (given, middle) if g]
+        if givens:
+            name["given"] = givens
+        if prefix:
+            name["prefix"] = [prefix]
+        if suffix:
+            name["suffix"] = [suffix]
+        if len(name) > (1 if representation else 0):
+            names.append(name)
+    return names
+
+
+def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
+                repairs: list) -> dict:
+    """FHIR Patient for the patient-level attributes of one study."""
+    identifiers: list[dict] = []
+    primary = patient_identifier(attrs, ctx, "PatientID", repairs)
+    if primary is not None:
+        identifiers.append(primary)
+        resource_id = patient_id(primary["system"], primary["value"])
+        # Other Patient IDs Sequence: more (id, issuer) pairs for the same person
+        for item in items(attrs, OTHER_PATIENT_IDS):
+            other = patient_identifier(item, ctx, "OtherPatientIDsSequence", repairs)
+            if other is None:
+                continue
+            if any(o["system"] == other["system"] and o["value"] == other["value"]
+                   for o in identifiers):
+                continue
+            identifiers.append(other)
+    else:
+        # no Patient ID: a patient of its own, never merged with anybody
+        resource_id = patient_id_for_study(study_uid)
+        repairs.append("PatientID is empty; the study gets a Patient of its own")
+
+    patient: dict = {"resourceType": "Patient", "id": resource_id}
+    if identifiers:
+        patient["identifier"] = identifiers
+    names_values = raw_values(attrs, PATIENT_NAME)
+    if names_values:
+        names = human_names(names_values[0])
+        if names:
+            patient["name"] = names
+    sex = first(attrs, SEX)
+    patient["gender"] = _GENDER.get(sex.upper(), "unknown") if sex else "unknown"
+    birth = first(attrs, BIRTH_DATE)
+    if birth:
+        birth_date = fhir_date(birth)
+        if birth_date:
+            patient["birthDate"] = birth_date
+        else:
+            repairs.append("PatientBirthDate is not a valid DA; birthDate left out")
+    return patient

@@ -1,0 +1,291 @@
+"""A DICOMweb archive (QIDO-RS) as a source.
+
+Study listing first (paged with limit/offset), so `total()` is known before the first
+study is fetched; then, study by study, its series and each series' instances. Answers
+are yielded as the archive returned them (DICOM JSON, PS3.18 F.2).
+
+Attributes are asked for by tag (`includefield=00100010`), not by keyword: PS3.18 allows
+both, and tags do not depend on a server's keyword dictionary (Orthanc 1.10 rejects the
+whole list's unknown keywords one by one, e.g. a misspelt "ReasonForRequestedProcedure").
+
+Orthanc (1.10, DICOMweb plugin) answers study-level queries with ModalitiesInStudy and
+NumberOfStudyRelatedSeries/Instances, series with NumberOfSeriesRelatedInstances, but
+never returns sequence attributes in QIDO (OtherPatientIDsSequence,
+IssuerOfPatientIDQualifiersSequence, ProcedureCodeSequence...). With
+`instance_metadata=True` the source fills the study's missing PATIENT/STUDY attributes
+from the WADO-RS metadata of its first instance (one extra request per study).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from app.mapping import tags
+from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
+from app.sources.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+STUDY_FIELDS = sorted({**tags.PATIENT, **tags.STUDY})
+SERIES_FIELDS = sorted(tags.SERIES)
+INSTANCE_FIELDS = sorted(tags.INSTANCE)
+_STUDY_LEVEL = set(STUDY_FIELDS)
+#: HTTP statuses worth another try: the archive or a proxy in front of it is busy
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class _BadAnswer(Exception):
+    """An answer that is not a list of DICOM JSON objects, or misses a key attribute."""
+
+
+def _uid(answer: dict, key: str) -> str | None:
+    element = answer.get(key)
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if not isinstance(values, list) or not values:
+        return None
+    value = values[0]
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password@ (for messages)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+class DicomwebSource:
+    """Every study of a DICOMweb (QIDO-RS) archive."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        page_size: int = 100,
+        session: requests.Session | None = None,
+        retries: int = 3,
+        backoff: float = 0.25,
+        instance_metadata: bool = False,
+    ):
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.name = name
+        self.url = url.rstrip("/")
+        self.public_url = _public_url(self.url)
+        self.page_size = page_size
+        self.retries = retries
+        self.backoff = backoff
+        self.instance_metadata = instance_metadata
+        self._secrets = [s for s in (password, token, urlsplit(url).password) if s]
+        session = session if session is not None else requests.Session()
+        if username is not None:
+            session.auth = (username, password or "")
+        if token:
+            session.headers["Authorization"] = f"Bearer {token}"
+        self.session = session
+        self.client = DICOMwebClient(self.url, session=session, timeout=timeout,
+                                     permissive_uid=True)
+        self.client.set_http_retry_params(retry=False)  # retried here, with short backoff
+        # dicomweb-client sends "Host: <host>" without the port; archives build their
+        # RetrieveURL (0008,1190) from it (Orthanc answers http://127.0.0.1/... for a
+        # server on :8042) and virtual hosts route on it: send host:port as RFC 9110 says
+        netloc = urlsplit(self.url)
+        if netloc.port is not None and netloc.hostname:
+            host = f"[{netloc.hostname}]" if ":" in netloc.hostname else netloc.hostname
+            self.client.host = f"{host}:{netloc.port}"
+        self.stats: dict = {}
+        self._pending: list[dict] | None = None  # listed by total(), not iterated yet
+        self._total: int | None = None
+        self._reset_stats()
+
+    # -- Source protocol -------------------------------------------------------------
+    def total(self) -> int | None:
+        """Number of items `iter_studies` yields (StudyRecords + StudyFailures).
+
+        Known once the study listing is complete; lists the studies if no listing has
+        been made yet (the next `iter_studies` then uses that listing).
+        """
+        if self._total is None:
+            self._pending = self._list_studies()
+        return self._total
+
+    def iter_studies(self) -> Iterator[StudyRecord | StudyFailure]:
+        """Yield each listed study with its series and instances, or a StudyFailure.
+
+        Lists all studies first (raises SourceError if that fails), then fetches series
+        and instances study by study. Each call makes a fresh listing, unless `total()`
+        made one that was not iterated yet.
+        """
+        listing, self._pending = self._pending, None
+        if listing is None:
+            listing = self._list_studies()
+        for answer in listing:
+            yield self._fetch_study(answer)
+
+    # -- internals -------------------------------------------------------------------
+    def _reset_stats(self) -> None:
+        self.stats = {
+            "studies_listed": 0, "requests": 0, "retries": 0, "studies": 0,
+            "series": 0, "instances": 0, "failed": 0, "duplicates": 0,
+        }
+
+    def _clean(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _call(self, fn: Callable, **kwargs) -> list[dict]:
+        """One QIDO request, retried on connection errors and 429/502/503/504."""
+        attempt = 0
+        while True:
+            self.stats["requests"] += 1
+            try:
+                answer = fn(**kwargs)
+                if not isinstance(answer, list) or not all(isinstance(a, dict) for a in answer):
+                    raise _BadAnswer("answer is not a JSON array of DICOM JSON objects")
+                return answer
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                error, wait = exc, None
+            except requests.HTTPError as exc:
+                response = exc.response
+                if response is None or response.status_code not in RETRY_STATUSES:
+                    raise
+                error, wait = exc, response.headers.get("Retry-After")
+            if attempt >= self.retries:
+                raise error
+            delay = self.backoff * (2 ** attempt)
+            if wait and wait.isdigit():
+                delay = max(delay, min(float(wait), 10.0))
+            attempt += 1
+            self.stats["retries"] += 1
+            log.info("source %s: retry %d after %s", self.name, attempt, type(error).__name__)
+            time.sleep(delay)
+
+    def _paged(self, fn: Callable, **kwargs) -> list[dict]:
+        """All answers of a query, page by page, until a page comes back short."""
+        answers: list[dict] = []
+        offset = 0
+        while True:
+            page = self._call(fn, limit=self.page_size, offset=offset, **kwargs)
+            answers.extend(page)
+            if len(page) < self.page_size:
+                return answers
+            offset += len(page)
+
+    def _describe(self, exc: Exception) -> str:
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            status = exc.response.status_code
+            if status in (401, 403):
+                return self._clean(f"authentication refused (HTTP {status})")
+            return self._clean(f"HTTP {status} {exc.response.reason or ''}".strip())
+        if isinstance(exc, requests.ConnectionError):
+            return self._clean(f"cannot connect ({type(exc).__name__})")
+        if isinstance(exc, requests.Timeout):
+            return "timed out"
+        if isinstance(exc, ValueError):
+            return self._clean(f"invalid JSON answer: {exc}"[:300])
+        return self._clean(f"{type(exc).__name__}: {exc}"[:300])
+
+    def _list_studies(self) -> list[dict]:
+        self._reset_stats()
+        try:
+            answers = self._paged(self.client.search_for_studies, fields=STUDY_FIELDS)
+        except (requests.RequestException, ValueError, _BadAnswer) as exc:
+            raise SourceError(self.name, self.public_url,
+                              f"cannot list studies: {self._describe(exc)}") from None
+        listing, seen = [], set()
+        for answer in answers:
+            uid = _uid(answer, "0020000D")
+            if uid is not None and uid in seen:
+                # the archive changed while paging: the same study came on two pages
+                self.stats["duplicates"] += 1
+                continue
+            seen.add(uid)
+            listing.append(answer)
+        self.stats["studies_listed"] = len(listing)
+        self._total = len(listing)
+        return listing
+
+    def _fetch_study(self, attrs: dict) -> StudyRecord | StudyFailure:
+        uid = _uid(attrs, "0020000D")
+        if uid is None:
+            self.stats["failed"] += 1
+            return StudyFailure(uid=None, reason="study answer without StudyInstanceUID",
+                                location=self.public_url)
+        location = f"{self.public_url}/studies/{uid}"
+        try:
+            series_list: list[SeriesRecord] = []
+            seen_series: set[str] = set()
+            duplicates = 0
+            for series_attrs in self._paged(self.client.search_for_series,
+                                            study_instance_uid=uid, fields=SERIES_FIELDS):
+                series_uid = _uid(series_attrs, "0020000E")
+                if series_uid is None:
+                    raise _BadAnswer("series answer without SeriesInstanceUID")
+                if series_uid in seen_series:
+                    # Orthanc keys a study by PatientID + StudyInstanceUID: the same UID
+                    # under two Patient IDs is two Orthanc studies, and QIDO answers both
+                    duplicates += 1
+                    continue
+                seen_series.add(series_uid)
+                instances, seen_sops = [], set()
+                for instance in self._paged(self.client.search_for_instances,
+                                            study_instance_uid=uid,
+                                            series_instance_uid=series_uid,
+                                            fields=INSTANCE_FIELDS):
+                    sop = _uid(instance, "00080018")
+                    if sop is None:
+                        raise _BadAnswer(f"instance answer without SOPInstanceUID in series {series_uid}")
+                    if sop in seen_sops:
+                        duplicates += 1
+                        continue
+                    seen_sops.add(sop)
+                    instances.append(instance)
+                series_list.append(SeriesRecord(attrs=series_attrs, instances=instances))
+            repairs = []
+            if duplicates:
+                self.stats["duplicates"] += duplicates
+                repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
+            if self.instance_metadata and series_list and series_list[0].instances:
+                attrs, more = self._complete(uid, attrs, series_list[0])
+                repairs += more
+        except (requests.RequestException, ValueError, _BadAnswer) as exc:
+            self.stats["failed"] += 1
+            return StudyFailure(uid=uid, reason=f"cannot read series/instances: {self._describe(exc)}",
+                                location=location)
+        self.stats["studies"] += 1
+        self.stats["series"] += len(series_list)
+        self.stats["instances"] += sum(len(s.instances) for s in series_list)
+        return StudyRecord(uid=uid, attrs=attrs, series=series_list, repairs=repairs)
+
+    def _complete(self, uid: str, attrs: dict, series: SeriesRecord) -> tuple[dict, list[str]]:
+        """Fill study/patient attributes QIDO left out from one instance's metadata."""
+        sop = _uid(series.instances[0], "00080018")
+        series_uid = _uid(series.attrs, "0020000E")
+        try:
+            metadata = self._call(
+                lambda: [self.client.retrieve_instance_metadata(uid, series_uid, sop)])[0]
+        except (requests.RequestException, ValueError, IndexError, _BadAnswer) as exc:
+            return attrs, [f"instance metadata not read: {self._describe(exc)}"]
+        merged = dict(attrs)
+        for key, element in metadata.items():
+            if key in _STUDY_LEVEL and key not in merged:
+                merged[key] = element
+        return merged, []

@@ -1,0 +1,16 @@
+"""Errors a source raises when it cannot serve at all (as opposed to one bad study,
+which it yields as a `StudyFailure` and goes on)."""
+from __future__ import annotations
+
+
+class SourceError(Exception):
+    """The archive cannot be read: unreachable, refused, misconfigured.
+
+    The message names the source and its location; it never carries credentials.
+    """
+
+    def __init__(self, source: str, location: str, reason: str):
+        self.source = source
+        self.location = location
+        self.reason = reason
+        super().__init__(f"source {source!r} ({location}): {reason}")

@@ -1,0 +1,265 @@
+"""A real Orthanc PACS (with its DICOMweb plugin) for integration tests.
+
+`OrthancServer` runs the system `Orthanc` binary (Debian packages `orthanc` and
+`orthanc-dicomweb`) as a child process on free loopback ports, with its storage in a
+temporary directory that is removed on exit. It is never a system service.
+
+    with OrthancServer() as pacs:
+        pacs.upload(paths)
+        client = DICOMwebClient(pacs.dicomweb_url)
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ORTHANC_BINARY = "Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+INSTALL_HINT = (
+    "install them with `apt-get install -y orthanc orthanc-dicomweb` (the CI test job runs "
+    "this before pytest); the integration tests need a real Orthanc and are never skipped"
+)
+
+
+class OrthancError(RuntimeError):
+    """Orthanc is missing, did not start, or answered an upload badly."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fast_tmp() -> str | None:
+    """A RAM-backed temp dir if there is one: Orthanc syncs its SQLite index on every
+    stored instance, which dominates upload time on a disk."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def find_orthanc() -> tuple[str, str]:
+    """Paths of the Orthanc binary and the DICOMweb plugin, or a clear error."""
+    binary = shutil.which(ORTHANC_BINARY) or next(
+        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.access(p, os.X_OK)), None
+    )
+    if binary is None:
+        raise OrthancError(f"the `{ORTHANC_BINARY}` binary is not installed: {INSTALL_HINT}")
+    plugin = os.environ.get("ORTHANC_DICOMWEB_PLUGIN", DICOMWEB_PLUGIN)
+    if not os.path.exists(plugin):
+        raise OrthancError(f"the Orthanc DICOMweb plugin {plugin} is missing: {INSTALL_HINT}")
+    return binary, plugin
+
+
+class OrthancServer:
+    """Context manager around one throw-away Orthanc process.
+
+    `users` (name -> password) turns AuthenticationEnabled on; `.auth` is then the first
+    user's (name, password), used by `upload` and `studies`. Storage and log live in a
+    temporary directory (on /dev/shm when there is one), removed on exit.
+    """
+
+    def __init__(
+        self,
+        *,
+        users: dict[str, str] | None = None,
+        aet: str = "ORTHANCTEST",
+        startup_timeout: float = 30.0,
+        stop_grace: float = 1.0,
+        extra_config: dict | None = None,
+    ):
+        self.users = dict(users or {})
+        self.aet = aet
+        self.startup_timeout = startup_timeout
+        # Orthanc needs 3-5 s to stop cleanly (its threads poll once a second); the
+        # storage is thrown away, so after a short grace it is killed
+        self.stop_grace = stop_grace
+        self.extra_config = dict(extra_config or {})
+        self.http_port: int | None = None
+        self.dicom_port: int | None = None
+        self.tmpdir: Path | None = None
+        self.name = "facade-test"
+        self.log_path: Path | None = None
+        self.rejected: list[tuple[str, str]] = []
+        self._process: subprocess.Popen | None = None
+        self._log = None
+        self._session = requests.Session()
+        if self.users:
+            self._session.auth = next(iter(self.users.items()))
+
+    # -- addresses -----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return self.url + "/dicom-web"
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return self._session.auth
+
+    # -- lifecycle -----------------------------------------------------------------
+    def __enter__(self) -> "OrthancServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _config(self, plugin: str) -> dict:
+        storage = self.tmpdir / "storage"
+        config = {
+            "Name": self.name,
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
+            "HttpDescribeErrors": True,
+            "SaveJobs": False,
+            "StorageCompression": False,
+            "Plugins": [plugin],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Ssl": False},
+        }
+        config.update(self.extra_config)
+        return config
+
+    def start(self) -> None:
+        binary, plugin = find_orthanc()
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="orthanc-test-", dir=_fast_tmp()))
+        self.name = f"facade-{self.tmpdir.name}"  # tells our Orthanc from one on a reused port
+        self.log_path = self.tmpdir / "orthanc.log"
+        last_error = ""
+        for _attempt in range(3):  # a free port can be taken between probe and bind
+            self.http_port, self.dicom_port = _free_port(), _free_port()
+            config_path = self.tmpdir / "orthanc.json"
+            config_path.write_text(json.dumps(self._config(plugin), indent=2))
+            self._log = open(self.log_path, "ab")
+            self._process = subprocess.Popen(
+                [binary, "--no-jobs", str(config_path)],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.tmpdir,
+            )
+            atexit.register(self._terminate)  # never leave an Orthanc behind
+            try:
+                self._wait_ready()
+                return
+            except OrthancError as exc:
+                last_error = str(exc)
+                self._terminate()
+                if "DICOMweb plugin" in last_error:
+                    break
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        raise OrthancError(f"Orthanc did not start: {last_error}\n--- Orthanc log ---\n{log[-8000:]}")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise OrthancError(f"Orthanc exited with code {self._process.returncode}")
+            try:
+                response = self._session.get(self.url + "/system", timeout=2)
+            except requests.RequestException:
+                time.sleep(0.05)
+                continue
+            if response.status_code == 200 and response.json().get("Name") != self.name:
+                raise OrthancError(f"another server answers on port {self.http_port}")
+            if response.status_code == 200:
+                # Orthanc starts without a plugin it cannot load: check DICOMweb is there
+                plugins = self._session.get(self.url + "/plugins", timeout=5).json()
+                if "dicom-web" not in plugins:
+                    self._terminate()
+                    raise OrthancError(f"Orthanc runs without its DICOMweb plugin (plugins: {plugins}): "
+                                       f"{INSTALL_HINT}")
+                return
+            time.sleep(0.05)
+        raise OrthancError(f"/system did not answer within {self.startup_timeout:.0f}s")
+
+    def _terminate(self) -> None:
+        atexit.unregister(self._terminate)
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=self.stop_grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        self._terminate()
+        self._session.close()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    # -- REST helpers --------------------------------------------------------------
+    def get(self, path: str, **params):
+        response = self._session.get(self.url + path, params=params or None, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def upload(self, paths, workers: int = 4) -> list[dict]:
+        """POST each file to /instances; return Orthanc's answers for the accepted ones.
+
+        Files Orthanc rejects (not DICOM, no identifiers...) are skipped and recorded in
+        `self.rejected` as (path, reason). Uploads run on a few threads (Orthanc commits
+        each instance; in parallel the fixture loads several times faster).
+        """
+        local = threading.local()
+
+        def post(path):
+            session = getattr(local, "session", None)
+            if session is None:
+                session = local.session = requests.Session()
+                session.auth = self._session.auth
+            response = session.post(
+                self.url + "/instances", data=Path(path).read_bytes(),
+                headers={"Content-Type": "application/dicom"}, timeout=60,
+            )
+            if response.status_code == 200:
+                return path, response.json(), None
+            try:
+                body = response.json()
+                detail = body.get("Details") or body.get("Message")
+            except ValueError:
+                detail = response.text[:200]
+            return path, None, f"HTTP {response.status_code}: {detail}"
+
+        answers = []
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for path, answer, error in pool.map(post, list(paths)):
+                if error is None:
+                    answers.append(answer)
+                else:
+                    self.rejected.append((str(path), error))
+        return answers
+
+    def studies(self) -> list[dict]:
+        """Every study Orthanc holds, as GET /studies?expand gives them."""
+        return self.get("/studies", expand="")
