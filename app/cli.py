@@ -101,6 +101,19 @@ def _sync_with_progress(store, src):
     return summary
 
 
+def _with_bind(config, host: str, port: int):
+    """Links follow a --host/--port override when base_url named the configured address."""
+    from dataclasses import replace
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(config.server.base_url)
+    if parts.netloc != f"{config.server.host}:{config.server.port}" or (host, port) == (
+            config.server.host, config.server.port):
+        return config
+    base_url = urlunsplit(parts._replace(netloc=f"{host}:{port}"))
+    return replace(config, server=replace(config.server, base_url=base_url, host=host, port=port))
+
+
 @main.command()
 @click.option("--config", "config_path", default=None, help=CONFIG_HELP)
 @click.option("--host", default=None, help="address to bind (default: server.host)")
@@ -116,6 +129,7 @@ def serve(config_path, host, port, workers):
     host = host or config.server.host
     port = port or config.server.port
     workers = workers or config.server.workers
+    config = _with_bind(config, host, port)
     try:
         warning = check_open_mode(config, host)
     except SystemExit as exc:

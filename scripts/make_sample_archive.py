@@ -21,6 +21,8 @@ def main(target: str = "sample-archive") -> int:
     copied = 0
     for name in sorted(get_testdata_files()):
         path = Path(name)
+        if not path.is_file():  # the list also names folders, whose files are listed too
+            continue
         if root is None:
             # every shipped file lives under pydicom/data/test_files
             root = next(p for p in path.parents if p.name == "test_files")

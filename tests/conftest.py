@@ -84,3 +84,18 @@ def open_config(write_config, sqlite_url):
 
 def make_store(config) -> Store:
     return Store(config.store, config.timezone, config.server.base_url)
+
+
+def assert_valid_r4(resource: dict) -> None:
+    """Validate an emitted resource against the fhir.resources R4B model of its type."""
+    from fhir.resources.R4B.endpoint import Endpoint
+    from fhir.resources.R4B.imagingstudy import ImagingStudy
+    from fhir.resources.R4B.patient import Patient
+
+    models = {"ImagingStudy": ImagingStudy, "Patient": Patient, "Endpoint": Endpoint}
+    models[resource["resourceType"]].model_validate(resource)
+
+
+@pytest.fixture
+def valid_r4():
+    return assert_valid_r4
