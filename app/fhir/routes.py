@@ -14,8 +14,8 @@ from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import PageTokens
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
-from app.store.search_sql import run_search
-from app.store import tables as t
+from app.store.reader import Reader
+from app.store.search_sql import read_current, read_version, run_search
 
 bp = Blueprint("fhir", __name__)
 JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
@@ -75,17 +75,17 @@ def _resource_response(rtype: str, rid: str, version: int, micros: int, content:
     headers = {"ETag": etag, "Last-Modified": _http_date(micros)}
     if _not_modified(etag, micros):
         return Response(status=304, headers=headers)
-    headers["Content-Location"] = f"{_state().base_url}/{rtype}/{rid}/_history/{version}"
     return _json(content, headers=headers)
 
 
 @bp.get("/<rtype>/<rid>")
 def read(rtype: str, rid: str):
     _check_type(rtype)
-    found = _state().store.get(rtype, rid)
+    found = read_current(_state().reader, rtype, rid)
     if found is None:
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
-    return _resource_response(rtype, rid, found.version, found.last_updated, found.content)
+    version, micros, content = found
+    return _resource_response(rtype, rid, version, micros, content)
 
 
 @bp.get("/<rtype>/<rid>/_history/<vid>")
@@ -93,15 +93,10 @@ def vread(rtype: str, rid: str, vid: str):
     _check_type(rtype)
     if not vid.isdigit():
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid!r}")
-    from sqlalchemy import select
-
-    V = t.ResourceVersion
-    with _state().store.engine.connect() as conn:
-        row = conn.execute(select(V.last_updated, V.content).where(
-            V.rtype == rtype, V.id == rid, V.version == int(vid))).first()
+    row = read_version(_state().reader, rtype, rid, int(vid))
     if row is None:
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
-    return _resource_response(rtype, rid, int(vid), row.last_updated, row.content)
+    return _resource_response(rtype, rid, int(vid), row[0], row[1])
 
 
 @bp.get("/<rtype>")
@@ -135,8 +130,7 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
         after = state.page_tokens.read(rtype, query.page) if query.page is not None else None
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
-    with state.store.engine.connect() as conn:
-        result = run_search(conn, query, after)
+    result = run_search(state.reader, query, after)
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:
@@ -151,6 +145,7 @@ class ApiState:
     def __init__(self, config, store):
         self.config = config
         self.store = store
+        self.reader = Reader(store.url)
         self.base_url = config.server.base_url
         self.page_tokens = PageTokens(config.server.secret or store.paging_secret())
         released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

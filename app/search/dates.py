@@ -8,6 +8,7 @@ are read in the server's configured zone.
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -93,14 +94,12 @@ def instant_now_ms() -> tuple[int, str]:
     Stored `meta.lastUpdated` carries exactly the precision it is indexed with, so a client
     that polls with `_lastUpdated=gt<the value it saw>` never gets the same version again.
     """
-    now = datetime.now(timezone.utc)
-    now = now.replace(microsecond=(now.microsecond // 1000) * 1000)
-    text = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-    return _micros(now), text
+    micros = (time.time_ns() // 1_000_000) * 1000
+    return micros, micros_to_instant(micros)
 
 
 def micros_to_instant(micros: int) -> str:
-    dt = _EPOCH + timedelta(microseconds=micros)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    seconds, rest = divmod(micros, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:03d}Z"
 
 

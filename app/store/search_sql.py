@@ -1,23 +1,20 @@
 """SearchQuery -> SQL over the index tables; returns stored JSON bytes, never models.
 
-Each clause becomes `resource.id IN (SELECT rid FROM idx_... WHERE ...)`; clauses are
-ANDed, the values of one clause ORed. Results are ordered by id, and a page continues
-after the last id of the previous one (keyset paging), so pages stay stable while data
-is added.
+Each clause becomes `id IN (SELECT rid FROM idx_… WHERE …)`; clauses are ANDed, the values
+of one clause ORed. Results are ordered by id and a page continues after the last id of the
+previous one (keyset paging), so pages stay stable while data is added. The SQL is plain
+text with `?` placeholders (see reader.py), the same on SQLite and PostgreSQL.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, false, func, not_, or_, select, true
-from sqlalchemy.engine import Connection
-
 from app.search.query import ANY_SYSTEM, Clause, SearchQuery
-from app.store import tables as t
+from app.store.indexer import normalize
+from app.store.reader import Reader
 
-R = t.Resource
-_INDEX = {"token": t.TokenIndex, "string": t.StringIndex, "date": t.DateIndex, "reference": t.ReferenceIndex}
+_TABLE = {"token": "idx_token", "string": "idx_string", "date": "idx_date", "reference": "idx_reference"}
 
 
 @dataclass
@@ -32,121 +29,153 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _date_condition(low_col, high_col, prefix: str, low: int, high: int):
-    contained = and_(low_col >= low, high_col <= high)
+def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, params: list) -> str:
+    """Compare the target range [low_col, high_col) with the search range [low, high)."""
+    contained = f"({low_col} >= ? AND {high_col} <= ?)"
     if prefix == "eq":
+        params += [low, high]
         return contained
     if prefix == "ne":
-        return not_(contained)
+        params += [low, high]
+        return f"NOT {contained}"
     if prefix == "gt":
-        return high_col > high
+        params.append(high)
+        return f"{high_col} > ?"
     if prefix == "lt":
-        return low_col < low
+        params.append(low)
+        return f"{low_col} < ?"
     if prefix == "ge":
-        return or_(high_col > high, contained)
+        params += [high, low, high]
+        return f"({high_col} > ? OR {contained})"
     if prefix == "le":
-        return or_(low_col < low, contained)
+        params += [low, low, high]
+        return f"({low_col} < ? OR {contained})"
     if prefix == "sa":
-        return low_col >= high
+        params.append(high)
+        return f"{low_col} >= ?"
     if prefix == "eb":
-        return high_col <= low
+        params.append(low)
+        return f"{high_col} <= ?"
     # ap: overlap with the value widened by 10% of its distance from now (server-defined, documented)
     now = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
     slack = max(abs(now - low) // 10, high - low)
-    return and_(low_col < high + slack, high_col > low - slack)
+    params += [high + slack, low - slack]
+    return f"({low_col} < ? AND {high_col} > ?)"
 
 
-def _value_condition(clause: Clause, table, value):
+def _value_sql(clause: Clause, value, params: list) -> str:
     kind = clause.param.type
     if kind == "token":
         system, code = value
         if system is ANY_SYSTEM:
-            return table.code == code
+            params.append(code)
+            return "code = ?"
         if system == "":
-            return and_(table.code == code, table.system.is_(None))
+            params.append(code)
+            return "(code = ? AND system IS NULL)"
         if code == "":
-            return table.system == system
-        return and_(table.system == system, table.code == code)
+            params.append(system)
+            return "system = ?"
+        params += [system, code]
+        return "(system = ? AND code = ?)"
     if kind == "string":
-        from app.store.indexer import normalize
-
         if clause.modifier == "exact":
-            return table.value == value
+            params.append(value)
+            return "value = ?"
         pattern = _like_escape(normalize(value))
-        if clause.modifier == "contains":
-            return table.norm.like(f"%{pattern}%", escape="\\")
-        return table.norm.like(f"{pattern}%", escape="\\")
+        params.append(f"%{pattern}%" if clause.modifier == "contains" else f"{pattern}%")
+        return "norm LIKE ? ESCAPE '\\'"
     if kind == "date":
-        return _date_condition(table.low, table.high, *value)
+        return _date_sql("low", "high", *value, params)
     if kind == "reference":
         rtype, rid = value
         if rid == "":
-            return false()
-        cond = table.target_id == rid
-        return and_(cond, table.target_type == rtype) if rtype else cond
+            return "1 = 0"
+        if rtype:
+            params += [rid, rtype]
+            return "(target_id = ? AND target_type = ?)"
+        params.append(rid)
+        return "target_id = ?"
     raise ValueError(kind)
 
 
-def _column_condition(clause: Clause, value):
+def _column_sql(clause: Clause, value, params: list) -> str:
     if clause.param.column == "id":
-        system, code = value
-        return R.id == code
+        params.append(value[1])
+        return "id = ?"
     prefix, low, high = value  # last_updated: an instant with millisecond precision
-    return _date_condition(R.last_updated, R.last_updated + 1000, prefix, low, high)
+    return _date_sql("last_updated", "(last_updated + 1000)", prefix, low, high, params)
 
 
-def _clause_condition(rtype: str, clause: Clause):
+def _clause_sql(rtype: str, clause: Clause, params: list) -> str:
     param = clause.param
     if param.column:
         if clause.modifier == "missing":
-            return true() if not clause.values[0] else false()
-        return or_(*(_column_condition(clause, v) for v in clause.values))
-    table = _INDEX[param.type]
-    owned = and_(table.rtype == rtype, table.param == param.name)
+            return "1 = 0" if clause.values[0] else "1 = 1"  # every resource has an id and lastUpdated
+        return "(" + " OR ".join(_column_sql(clause, v, params) for v in clause.values) + ")"
+    table = _TABLE[param.type]
+    params += [rtype, param.name]
+    owned = f"SELECT rid FROM {table} WHERE rtype = ? AND param = ?"
     if clause.modifier == "missing":
-        has_value = R.id.in_(select(table.rid).where(owned))
-        return not_(has_value) if clause.values[0] else has_value
-    values = or_(*(_value_condition(clause, table, v) for v in clause.values))
-    subquery = select(table.rid).where(owned, values)
-    if clause.modifier == "not":
-        return not_(R.id.in_(subquery))
-    return R.id.in_(subquery)
+        return f"id NOT IN ({owned})" if clause.values[0] else f"id IN ({owned})"
+    values = " OR ".join(_value_sql(clause, v, params) for v in clause.values)
+    negate = "NOT " if clause.modifier == "not" else ""
+    return f"id {negate}IN ({owned} AND ({values}))"
 
 
-def run_search(conn: Connection, query: SearchQuery, after: str | None) -> SearchResult:
-    conditions = [R.rtype == query.rtype] + [_clause_condition(query.rtype, c) for c in query.clauses]
-    total = None
-    if query.total != "none" or query.summary_count:
-        total = conn.execute(select(func.count()).select_from(R).where(*conditions)).scalar_one()
+def run_search(reader: Reader, query: SearchQuery, after: str | None) -> SearchResult:
+    params: list = [query.rtype]
+    where = " AND ".join(["rtype = ?"] + [_clause_sql(query.rtype, c, params) for c in query.clauses])
+    want_total = query.total != "none" or query.summary_count
     if query.summary_count or query.count == 0:
+        total = reader.one(f"SELECT COUNT(*) FROM resource WHERE {where}", params)[0] if want_total else None
         return SearchResult([], total, False, [])
-    page_conditions = conditions + ([R.id > after] if after is not None else [])
-    rows = conn.execute(
-        select(R.id, R.content).where(*page_conditions).order_by(R.id).limit(query.count + 1)
-    ).all()
+    page_where, page_params = where, list(params)
+    if after is not None:
+        page_where += " AND id > ?"
+        page_params.append(after)
+    page_params.append(query.count + 1)
+    rows = reader.all(f"SELECT id, content FROM resource WHERE {page_where} ORDER BY id LIMIT ?", page_params)
     has_more = len(rows) > query.count
-    rows = rows[: query.count]
-    matches = [(r.id, r.content) for r in rows]
-    includes = _includes(conn, query, [m[0] for m in matches]) if query.includes and matches else []
+    matches = [(r[0], r[1]) for r in rows[: query.count]]
+    total = None
+    if want_total:
+        if after is None and not has_more:
+            total = len(matches)  # the first page holds everything: no need to count again
+        else:
+            total = reader.one(f"SELECT COUNT(*) FROM resource WHERE {where}", params)[0]
+    includes = _includes(reader, query, [m[0] for m in matches]) if query.includes and matches else []
     return SearchResult(matches, total, has_more, includes)
 
 
-def _includes(conn: Connection, query: SearchQuery, ids: list[str]) -> list[tuple[str, str, bytes]]:
+def _in(values) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[str, str, bytes]]:
     """Resources referenced by this page's matches, each once (search.mode = include)."""
     wanted: dict[str, set[str]] = {}
-    ref = t.ReferenceIndex
     for source, pname, target in query.includes:
-        rows = conn.execute(
-            select(ref.target_id).where(ref.rtype == source, ref.param == pname, ref.target_type == target,
-                                        ref.rid.in_(ids))
-        ).all()
-        wanted.setdefault(target, set()).update(r.target_id for r in rows)
+        rows = reader.all(
+            f"SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+            f"AND rid IN ({_in(ids)})", [source, pname, target, *ids])
+        wanted.setdefault(target, set()).update(r[0] for r in rows)
     out = []
     for target, target_ids in sorted(wanted.items()):
-        if not target_ids:
-            continue
-        rows = conn.execute(
-            select(R.id, R.content).where(R.rtype == target, R.id.in_(sorted(target_ids))).order_by(R.id)
-        ).all()
-        out.extend((target, r.id, r.content) for r in rows)
+        if target_ids:
+            ordered = sorted(target_ids)
+            rows = reader.all(f"SELECT id, content FROM resource WHERE rtype = ? AND id IN ({_in(ordered)}) "
+                              "ORDER BY id", [target, *ordered])
+            out.extend((target, r[0], r[1]) for r in rows)
     return out
+
+
+def read_current(reader: Reader, rtype: str, rid: str):
+    """(version, last_updated, content) of the current version, or None."""
+    return reader.one("SELECT version, last_updated, content FROM resource WHERE rtype = ? AND id = ?", [rtype, rid])
+
+
+def read_version(reader: Reader, rtype: str, rid: str, version: int):
+    """(last_updated, content) of one stored version, or None."""
+    return reader.one("SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",
+                      [rtype, rid, version])

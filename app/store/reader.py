@@ -1,0 +1,62 @@
+"""The API's read path: plain SQL on one DB-API connection per thread, in autocommit.
+
+Reads are the hot path (BRIEF §6: a bare Flask endpoint answers in ~0.3 ms), and building
+and executing SQLAlchemy expressions cost more than the query itself. Writes, schema and
+migrations stay with SQLAlchemy; reads here use SQL text with `?` placeholders that works
+unchanged on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from sqlalchemy.engine import make_url
+
+
+class Reader:
+    def __init__(self, url: str):
+        self._url = make_url(url)
+        self._local = threading.local()
+        self.is_sqlite = self._url.get_backend_name() == "sqlite"
+
+    def _connect(self):
+        if self.is_sqlite:
+            conn = sqlite3.connect(self._url.database, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA query_only=ON")
+            return conn
+        import psycopg
+
+        url = self._url.set(drivername="postgresql")
+        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+
+    @property
+    def connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.is_sqlite else sql.replace("?", "%s")
+
+    def all(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        try:
+            cur = self.connection.execute(self._sql(sql), tuple(params))
+            return cur.fetchall()
+        except Exception:
+            self.reset()
+            raise
+
+    def one(self, sql: str, params: tuple | list = ()):
+        rows = self.all(sql, params)
+        return rows[0] if rows else None
+
+    def reset(self) -> None:
+        """Drop this thread's connection (after an error, e.g. the database restarted)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken; nothing more to do
+                pass
