@@ -69,6 +69,7 @@ class SourceSchema(Strict):
     token = fields.String(load_default=None)
     timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1))
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+    instance_metadata = fields.Boolean(load_default=False)
 
     @validates("name")
     def _name(self, value, **_):
@@ -144,6 +145,7 @@ class SourceConfig:
     token: str | None = None
     timeout: float = 30.0
     page_size: int = 100
+    instance_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 token=src["token"],
                 timeout=src["timeout"],
                 page_size=src["page_size"],
+                instance_metadata=src["instance_metadata"],
             )
         )
     server = data["server"]

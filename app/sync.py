@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from app.config import SourceConfig
+from app.logsafe import describe
 from app.mapping import MappingError, map_endpoint, map_study
 from app.mapping.context import MappingContext
 from app.search.dates import instant_now_ms
@@ -61,7 +62,8 @@ def build_source(src: SourceConfig):
         from app.sources.dicomweb import DicomwebSource
 
         return DicomwebSource(src.name, src.url, username=src.username, password=src.password, token=src.token,
-                              timeout=src.timeout, page_size=src.page_size)
+                              timeout=src.timeout, page_size=src.page_size,
+                              instance_metadata=src.instance_metadata)
     raise ValueError(f"unknown source type {src.type}")
 
 
@@ -105,7 +107,7 @@ def _sync_one(store, source_name, ctx, record, summary, counters, quarantined) -
         summary.failed += 1
         return
     except Exception as exc:  # a mapping bug must not stop the other studies
-        log.exception("mapping failed for a study of source %s", source_name)
+        log.error("mapping failed for a study of source %s: %s", source_name, describe(exc))
         store.quarantine(source_name, record.uid, record.uid, f"internal mapping error: {type(exc).__name__}")
         summary.failed += 1
         return

@@ -5,6 +5,8 @@ import orjson
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from app.logsafe import describe
+
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
 _HTTP_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
@@ -51,5 +53,5 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        app.logger.exception("unexpected error while answering a request")
+        app.logger.error("unexpected error while answering a request: %s", describe(err))
         return outcome_response(500, "exception", "internal error; the server log has the details")

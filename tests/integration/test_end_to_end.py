@@ -210,3 +210,24 @@ def test_dicomweb_patient_search_matches_orthanc_grouping(open_config, sqlite_ur
             found = {e["resource"]["id"] for e in _every_page(client, f"/fhir/ImagingStudy?patient={form}")}
             assert found == uids, patient_id
     store.close()
+
+
+def test_dicomweb_instance_metadata_brings_other_patient_ids(open_config, sqlite_url, orthanc):
+    """QIDO-RS (Orthanc) never returns sequences; `instance_metadata: true` fills them."""
+    from pydicom.data import get_testdata_file
+
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    others = sorted(str(item.PatientID) for item in ct.OtherPatientIDsSequence)
+    results = {}
+    for flag in (False, True):
+        config = open_config(sqlite_url, sources=[{"name": f"pacs{int(flag)}", "type": "dicomweb",
+                                                   "url": orthanc.dicomweb_url, "instance_metadata": flag}])
+        store = Store(config.store, config.timezone, config.server.base_url)
+        sync_source(store, config.sources[0])
+        client = create_app(config, store).test_client()
+        system = config.sources[0].patient_id_system
+        patients = _every_page(client, f"/fhir/Patient?identifier={system}|{ct.PatientID}")
+        results[flag] = sorted(i["value"] for i in patients[0]["resource"]["identifier"] if i["value"] != ct.PatientID)
+        store.close()
+    assert results[False] == []
+    assert results[True] == others
