@@ -1,4 +1,6 @@
-"""Writes and reads of stored resources; one transaction per study.
+"""Writes of stored resources and their index rows; one transaction per study.
+
+Reads on the API's hot path go through reader.py.
 
 A resource gets a new `meta.versionId` and `meta.lastUpdated` only when its content (all
 but `meta`) changed, so syncing the same archive twice changes nothing.
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 from sqlalchemy import create_engine, delete, event, insert, select, update
@@ -21,21 +23,10 @@ from app.store.indexer import index_rows
 NEW, UPDATED, UNCHANGED = "new", "updated", "unchanged"
 
 
-@dataclass(frozen=True)
-class StoredResource:
-    rtype: str
-    id: str
-    version: int
-    last_updated: int
-    content: bytes
-
-
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
-            from pathlib import Path
-
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -212,25 +203,6 @@ class Store:
 
     def paging_secret(self) -> str:
         return self.setting("paging-secret", lambda: secrets.token_urlsafe(32))
-
-    # ---------------------------------------------------------------- reads
-
-    def get(self, rtype: str, rid: str) -> StoredResource | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.Resource.version, t.Resource.last_updated, t.Resource.content).where(
-                    t.Resource.rtype == rtype, t.Resource.id == rid
-                )
-            ).first()
-        if row is None:
-            return None
-        return StoredResource(rtype, rid, row.version, row.last_updated, row.content)
-
-    def count(self, rtype: str) -> int:
-        from sqlalchemy import func
-
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(t.Resource).where(t.Resource.rtype == rtype)).scalar_one()
 
 
 def merge_patient(contributions: list[dict]) -> dict:
