@@ -46,7 +46,8 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
                 "Read-only. Search results are ordered by resource id; paging links are signed and stateless. "
                 "Date search values without a time zone are read in the server's configured zone. "
                 "Search by POST [type]/_search with a form body returns what GET returns. "
-                "Unknown parameters are ignored unless the request carries 'Prefer: handling=strict'."
+                "Unknown parameters are ignored unless the request carries 'Prefer: handling=strict'. "
+                "At most 50 parameters per search and 100 comma-separated values per parameter."
             ),
             "security": security,
             "resource": resources,

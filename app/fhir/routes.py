@@ -19,6 +19,7 @@ from app.store.search_sql import read_current, read_version, run_search
 
 bp = Blueprint("fhir", __name__)
 JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 def _state():
@@ -29,6 +30,12 @@ def _check_type(rtype: str) -> None:
     if rtype not in RESOURCE_TYPES:
         raise FhirError(404, "not-supported", f"resource type '{rtype}' is not served here "
                                               f"(served: {', '.join(RESOURCE_TYPES)})")
+
+
+def _check_id(rtype: str, rid: str) -> None:
+    """Anything that is not a valid FHIR id cannot be stored here: 404 without a query."""
+    if not FHIR_ID.match(rid):
+        raise FhirError(404, "not-found", f"{rtype}/{rid[:64]} is not known (not a valid FHIR id)")
 
 
 def _check_format() -> None:
@@ -81,6 +88,7 @@ def _resource_response(rtype: str, rid: str, version: int, micros: int, content:
 @bp.get("/<rtype>/<rid>")
 def read(rtype: str, rid: str):
     _check_type(rtype)
+    _check_id(rtype, rid)
     found = read_current(_state().reader, rtype, rid)
     if found is None:
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
@@ -91,7 +99,8 @@ def read(rtype: str, rid: str):
 @bp.get("/<rtype>/<rid>/_history/<vid>")
 def vread(rtype: str, rid: str, vid: str):
     _check_type(rtype)
-    if not vid.isdigit():
+    _check_id(rtype, rid)
+    if not vid.isdigit() or len(vid) > 9:
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid!r}")
     row = read_version(_state().reader, rtype, rid, int(vid))
     if row is None:

@@ -19,6 +19,8 @@ _DATE = re.compile(
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: 10000-01-01T00:00:00Z: where the range of a value at the end of year 9999 ends
+_END_OF_TIME = 253402300800 * 1_000_000
 
 
 class DateFormatError(ValueError):
@@ -54,16 +56,17 @@ def date_range(value: str, default_zone: str = "UTC") -> tuple[int, int]:
         zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
     else:
         zone = _zone(default_zone)
+    high = None
     try:
         year = int(g["y"])
         if g["m"] is None:
             low = datetime(year, 1, 1, tzinfo=zone)
-            high = datetime(year + 1, 1, 1, tzinfo=zone)
+            high = datetime(year + 1, 1, 1, tzinfo=zone) if year < 9999 else None
         elif g["d"] is None:
             month = int(g["m"])
             low = datetime(year, month, 1, tzinfo=zone)
             ny, nm = _add_months(year, month, 1)
-            high = datetime(ny, nm, 1, tzinfo=zone)
+            high = datetime(ny, nm, 1, tzinfo=zone) if ny <= 9999 else None
         else:
             month, day = int(g["m"]), int(g["d"])
             if g["H"] is None:
@@ -81,11 +84,13 @@ def date_range(value: str, default_zone: str = "UTC") -> tuple[int, int]:
                     low = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
                     step = 10 ** (6 - min(len(frac), 6)) if frac else 1_000_000
                     high = low + timedelta(microseconds=step)
+    except OverflowError:
+        pass  # the range ends after year 9999: high stays None (end of time)
     except ValueError as exc:
         raise DateFormatError(f"{value!r} is not a valid date: {exc}") from exc
     # aware datetime + timedelta is wall-clock arithmetic, so a local day across a DST
     # change is still one calendar day
-    return _micros(low), _micros(high)
+    return _micros(low), (_END_OF_TIME if high is None else _micros(high))
 
 
 def instant_now_ms() -> tuple[int, str]:

@@ -13,6 +13,10 @@ from app.search.dates import DateFormatError, date_range
 from app.search.params import BY_RESOURCE, CONTROL, INCLUDES, SearchParam
 
 ANY_SYSTEM = object()  # token without "|": any system matches
+#: at most this many comma-separated values in one parameter, and parameters in one search
+MAX_VALUES = 100
+MAX_PARAMETERS = 50
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS = {
     "token": {"not", "missing"},
@@ -140,7 +144,12 @@ def parse_search(
     """Turn (name, value) pairs from the query string or form body into a SearchQuery."""
     known = BY_RESOURCE[rtype]
     query = SearchQuery(rtype=rtype, count=default_count)
+    if len(items) > MAX_PARAMETERS:
+        raise SearchError("too-costly", f"at most {MAX_PARAMETERS} search parameters are accepted in one search")
     for name, value in items:
+        if _CONTROL_CHARS.search(name) or _CONTROL_CHARS.search(value):
+            raise SearchError("invalid", f"parameter '{_CONTROL_CHARS.sub('?', name)}': control characters "
+                                         "are not allowed in names or values")
         base, _, modifier = name.partition(":")
         if base in CONTROL:
             _control(query, base, modifier, value, name, default_count, max_count)
@@ -164,8 +173,11 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url, strict) -
             raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
     if modifier == "missing":
         return Clause(param, "missing", [_missing(param.name, value)], (name, value))
+    raws = _split(value)
+    if len(raws) > MAX_VALUES:
+        raise SearchError("too-costly", f"parameter '{name}': at most {MAX_VALUES} comma-separated values")
     values = []
-    for raw in _split(value):
+    for raw in raws:
         if param.type == "token":
             values.append(_token(param.name, raw))
         elif param.type == "string":
