@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs; safe to run again (it only does what is missing).
 #   scripts/setup.sh            Python virtual environment + the package
-#   scripts/setup.sh --test     also test tools and Debian packages (Orthanc, DICOMweb plugin, dcmtk)
+#   scripts/setup.sh --test     also test tools and Debian packages (Orthanc, DICOMweb plugin, dcmtk, npm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,7 @@ if [ "$want_test" = 1 ]; then
   command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
   command -v findscu >/dev/null 2>&1 || missing+=(dcmtk)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)  # fetches the official R4 definitions
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq

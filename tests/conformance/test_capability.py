@@ -1,0 +1,88 @@
+"""The CapabilityStatement lists exactly what works, and the registry matches the official R4
+SearchParameter resources (npm package hl7.fhir.r4.examples@4.0.1, fetched once into .cache/)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from app.search.params import BY_RESOURCE, RESOURCE_TYPES
+from test_search import client  # noqa: F401 - the same data set and app fixture
+
+PACKAGE = "hl7.fhir.r4.examples@4.0.1"
+CACHE = Path(__file__).resolve().parents[2] / ".cache"
+
+
+@pytest.fixture(scope="session")
+def official_search_parameters() -> dict[tuple[str, str], dict]:
+    """(resource type, code) -> the official R4 SearchParameter resource."""
+    CACHE.mkdir(exist_ok=True)
+    tarball = CACHE / "hl7.fhir.r4.examples-4.0.1.tgz"
+    if not tarball.exists():
+        subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(CACHE)], check=True,
+                       capture_output=True, timeout=300)
+    found = {}
+    with tarfile.open(tarball) as tar:
+        for member in tar:
+            if member.name.startswith("package/SearchParameter-") and member.name.endswith(".json"):
+                resource = json.load(tar.extractfile(member))
+                for base in resource.get("base", []):
+                    found[(base, resource["code"])] = resource
+    return found
+
+
+def test_capability_statement_is_valid_r4(client):  # noqa: F811
+    body = client.get("/fhir/metadata").get_json()
+    CapabilityStatement.model_validate(body)
+    assert body["fhirVersion"] == "4.0.1" and body["kind"] == "instance"
+    assert {r["type"] for r in body["rest"][0]["resource"]} == set(RESOURCE_TYPES)
+
+
+def test_every_listed_parameter_and_include_works(client):  # noqa: F811
+    body = client.get("/fhir/metadata").get_json()
+    for resource in body["rest"][0]["resource"]:
+        rtype = resource["type"]
+        names = {p["name"] for p in resource["searchParam"]}
+        assert names == set(BY_RESOURCE[rtype])
+        for param in resource["searchParam"]:
+            for modifier_query in (f"{param['name']}:missing=false", f"{param['name']}:missing=true"):
+                response = client.get(f"/fhir/{rtype}?{modifier_query}", headers={"Prefer": "handling=strict"})
+                assert response.status_code == 200, (rtype, modifier_query, response.get_json())
+        for include in resource["searchInclude"]:
+            response = client.get(f"/fhir/{rtype}?_include={include}", headers={"Prefer": "handling=strict"})
+            assert response.status_code == 200, (rtype, include)
+        assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "search-type"}
+
+
+def test_missing_modifier_partitions_the_results(client):  # noqa: F811
+    every = client.get("/fhir/ImagingStudy?_count=50").get_json()["total"]
+    for name in BY_RESOURCE["ImagingStudy"]:
+        with_value = client.get(f"/fhir/ImagingStudy?{name}:missing=false").get_json()["total"]
+        without = client.get(f"/fhir/ImagingStudy?{name}:missing=true").get_json()["total"]
+        assert with_value + without == every, name
+
+
+def test_registry_matches_official_r4_definitions(official_search_parameters):
+    for rtype in RESOURCE_TYPES:
+        for name, param in BY_RESOURCE[rtype].items():
+            official = official_search_parameters.get((rtype, name)) or official_search_parameters.get(
+                ("Resource", name))
+            assert official is not None, (rtype, name)
+            assert official["url"] == param.definition, (rtype, name)
+            assert official["type"] == param.type, (rtype, name)
+            if param.column is None:
+                expression = official["expression"]
+                for path in param.paths:
+                    assert f"{rtype}.{path}" in expression, (rtype, name, expression)
+            if param.targets:
+                assert set(param.targets) <= set(official.get("target", [])), (rtype, name)
+
+
+def test_all_imaging_study_parameters_of_r4_are_supported(official_search_parameters):
+    official = {code for (base, code) in official_search_parameters if base == "ImagingStudy"}
+    assert len(official) == 17
+    assert official <= set(BY_RESOURCE["ImagingStudy"])
