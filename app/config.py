@@ -23,9 +23,10 @@ from marshmallow import (
     validates_schema,
 )
 
+from app.ids import valid_id
+
 DEFAULT_CONFIG = "config.yaml"
 CONFIG_ENV = "IMAGING_FACADE_CONFIG"
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 SECRET_KEYS = ("password", "token", "secret")
 
@@ -73,7 +74,7 @@ class SourceSchema(Strict):
 
     @validates("name")
     def _name(self, value, **_):
-        if not FHIR_ID.match(value):
+        if not valid_id(value):
             raise ValidationError(
                 "must be 1-64 letters, digits, '-' or '.', because it becomes the id of the source's Endpoint"
             )

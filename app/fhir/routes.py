@@ -12,6 +12,7 @@ from app.fhir.bundle import search_url, searchset
 from app.fhir.capability import capability_statement
 from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import PageTokens
+from app.ids import valid_id
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
 from app.store.reader import Reader
@@ -19,7 +20,6 @@ from app.store.search_sql import read_current, read_version, run_search
 
 bp = Blueprint("fhir", __name__)
 JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 def _state():
@@ -34,7 +34,7 @@ def _check_type(rtype: str) -> None:
 
 def _check_id(rtype: str, rid: str) -> None:
     """Anything that is not a valid FHIR id cannot be stored here: 404 without a query."""
-    if not FHIR_ID.match(rid):
+    if not valid_id(rid):
         raise FhirError(404, "not-found", f"{rtype}/{rid[:64]} is not known (not a valid FHIR id)")
 
 

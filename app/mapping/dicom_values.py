@@ -32,9 +32,6 @@ MAX_TEXT = 4096
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: R4 id
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-
-
 class MappingError(Exception):
     """A study that cannot be represented as FHIR at all; `reason` says why."""
 
@@ -158,10 +155,6 @@ def unsigned(attrs: dict, tag: str, label: str, repairs: list | None) -> int | N
             repairs.append(f"{label} {values[0]!r} is not a valid unsigned integer; left out")
         return None
     return number
-
-
-def valid_id(value: str | None) -> bool:
-    return value is not None and FHIR_ID.fullmatch(value) is not None
 
 
 # --- person names (PN) -------------------------------------------------------------------

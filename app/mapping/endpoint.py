@@ -9,7 +9,8 @@ while connectionType stays dicom-wado-rs (the kind of endpoint it would be once 
 from __future__ import annotations
 
 from app.mapping.context import MappingContext
-from app.mapping.dicom_values import MappingError, valid_id
+from app.ids import valid_id
+from app.mapping.dicom_values import MappingError
 
 CONNECTION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 PLACEHOLDER_ADDRESS_PREFIX = "urn:imaging-facade:source:"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from app.identity.keys import patient_key
+from app.ids import valid_id
 from app.mapping import codes
 from app.mapping.context import MappingContext
 from app.mapping.dicom_values import (
@@ -35,7 +36,6 @@ from app.mapping.dicom_values import (
     text,
     universal_entity_system,
     unsigned,
-    valid_id,
 )
 from app.mapping.patient import map_patient
 
