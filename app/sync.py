@@ -17,7 +17,7 @@ from app.mapping.context import MappingContext
 from app.search.dates import instant_now_ms
 from app.sources.base import StudyFailure
 from app.sources.errors import SourceError
-from app.store.repository import NEW, UNCHANGED, UPDATED, Store
+from app.store.repository import Store
 
 log = logging.getLogger("imaging_facade.sync")
 
@@ -33,6 +33,10 @@ class SyncSummary:
     seconds: float = 0.0
     error: str | None = None
     source_stats: dict = field(default_factory=dict)
+
+    def count(self, outcome: str) -> None:
+        """Add one study with its store outcome (new, updated or unchanged)."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
 
     @property
     def done(self) -> int:
@@ -78,7 +82,6 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
     source = source or build_source(src)
     ctx = mapping_context(src)
     quarantined = {q.key for q in store.quarantined(src.name)}
-    counters = {NEW: "new", UPDATED: "updated", UNCHANGED: "unchanged"}
     try:
         store.put_resource(map_endpoint(ctx))
         for item in source.iter_studies():
@@ -87,7 +90,7 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
                 store.quarantine(src.name, key, item.uid, item.reason)
                 summary.failed += 1
             else:
-                _sync_one(store, src.name, ctx, item, summary, counters, quarantined)
+                _sync_one(store, src.name, ctx, item, summary, quarantined)
             if progress:
                 progress(summary, source.total())
     except SourceError as exc:
@@ -99,7 +102,7 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
     return summary
 
 
-def _sync_one(store, source_name, ctx, record, summary, counters, quarantined) -> None:
+def _sync_one(store, source_name, ctx, record, summary, quarantined) -> None:
     try:
         mapped = map_study(record, ctx)
     except MappingError as exc:
@@ -111,8 +114,7 @@ def _sync_one(store, source_name, ctx, record, summary, counters, quarantined) -
         store.quarantine(source_name, record.uid, record.uid, f"internal mapping error: {type(exc).__name__}")
         summary.failed += 1
         return
-    outcome = store.put_study(mapped.imaging_study, mapped.patient, source_name)
-    setattr(summary, counters[outcome], getattr(summary, counters[outcome]) + 1)
+    summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name))
     if record.repairs or mapped.repairs:
         summary.repaired += 1
     if record.uid in quarantined:

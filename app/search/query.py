@@ -152,19 +152,21 @@ def parse_search(
                                          "are not allowed in names or values")
         base, _, modifier = name.partition(":")
         if base in CONTROL:
-            _control(query, base, modifier, value, name, default_count, max_count)
+            if modifier:
+                raise SearchError("not-supported", f"parameter '{name}': {base} takes no modifier")
+            _control(query, base, value, name, max_count)
             continue
         param = known.get(base)
         if param is None:
             if strict:
                 raise SearchError("not-supported", f"unknown search parameter '{name}' for {rtype}")
             continue
-        query.clauses.append(_clause(param, modifier or None, value, name, zone, base_url, strict))
+        query.clauses.append(_clause(param, modifier or None, value, name, zone, base_url))
         query.applied.append((name, value))
     return query
 
 
-def _clause(param: SearchParam, modifier, value, name, zone, base_url, strict) -> Clause:
+def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause:
     modifier_type = None
     if modifier:
         if param.type == "reference" and modifier in param.targets:
@@ -189,7 +191,7 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url, strict) -
     return Clause(param, modifier, values, (name, value))
 
 
-def _control(query: SearchQuery, base, modifier, value, name, default_count, max_count) -> None:
+def _control(query: SearchQuery, base, value, name, max_count) -> None:
     if base == "_count":
         if not value.isdigit():
             raise SearchError("invalid", f"parameter '_count': {value!r} is not a non-negative integer")
