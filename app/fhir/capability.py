@@ -1,7 +1,7 @@
 """The CapabilityStatement, generated from the parameter registry: it lists what works."""
 from __future__ import annotations
 
-from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES
+from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
 SOFTWARE_VERSION = "0.1.0"
 
@@ -17,7 +17,8 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
             "versioning": "versioned",
             "readHistory": False,
             "conditionalRead": "full-support",
-            "searchInclude": [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype],
+            "searchInclude": [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype] + ["*"],
+            "searchRevInclude": [f"{s}:{p}" for (s, p), t in REVINCLUDES.items() if t == rtype] + ["*"],
             "searchParam": [
                 {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
                 for p in params.values()
@@ -46,6 +47,11 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
                 "Read-only. Search results are ordered by resource id; paging links are signed and stateless. "
                 "Date search values without a time zone are read in the server's configured zone. "
                 "Search by POST [type]/_search with a form body returns what GET returns. "
+                "Reference parameters can be chained (patient.identifier, subject:Patient.name, "
+                "endpoint.status, also several levels) and reverse-chained with _has "
+                "(Patient?_has:ImagingStudy:patient:modality=MR). _include and _revinclude accept "
+                ":iterate and *; included resources carry search.mode=include, do not count toward "
+                "_count, and each page carries those of its own matches, never truncated. "
                 "Unknown parameters are ignored unless the request carries 'Prefer: handling=strict'. "
                 "At most 50 parameters per search and 100 comma-separated values per parameter."
             ),

@@ -112,15 +112,24 @@ BY_RESOURCE: dict[str, dict[str, SearchParam]] = {t: {} for t in RESOURCE_TYPES}
 for _param in PARAMS:
     BY_RESOURCE[_param.resource][_param.name] = _param
 
-#: _include values the server resolves: (source type, param name) -> target type
+def served_targets(param: SearchParam) -> tuple[str, ...]:
+    """The resource types a reference parameter can point at that this server holds."""
+    return tuple(t for t in param.targets if t in RESOURCE_TYPES)
+
+
+#: _include values the server resolves: (source type, param name) -> target type.
+#: Every reference parameter whose target this server holds; derived, never listed by hand.
 INCLUDES: dict[tuple[str, str], str] = {
-    ("ImagingStudy", "patient"): "Patient",
-    ("ImagingStudy", "subject"): "Patient",
-    ("ImagingStudy", "endpoint"): "Endpoint",
+    (p.resource, p.name): served_targets(p)[0]
+    for p in PARAMS if p.type == "reference" and len(served_targets(p)) == 1
 }
 
+#: _revinclude values: (source type, param name) -> the type it points at (the searched type)
+REVINCLUDES = INCLUDES
+
+
 #: result parameters the server understands (everything else is an unknown parameter)
-CONTROL = {"_count", "_include", "_page", "_format", "_total", "_summary"}
+CONTROL = {"_count", "_include", "_revinclude", "_page", "_format", "_total", "_summary"}
 
 
 def indexed(resource: str) -> list[SearchParam]:

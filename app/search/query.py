@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from app.search.dates import DateFormatError, date_range
-from app.search.params import BY_RESOURCE, CONTROL, INCLUDES, SearchParam
+from app.search.params import BY_RESOURCE, CONTROL, INCLUDES, REVINCLUDES, SearchParam, served_targets
 
 ANY_SYSTEM = object()  # token without "|": any system matches
 #: at most this many comma-separated values in one parameter, and parameters in one search
@@ -46,11 +46,42 @@ class Clause:
 
 
 @dataclass
+class ChainClause:
+    """`patient.identifier=…`: resources whose reference `param` points at a `target`
+    resource that matches `inner` (FHIR R4 search 3.1.1.4.3, chained parameters)."""
+
+    param: SearchParam
+    target: str
+    inner: "Clause | ChainClause | HasClause"
+
+
+@dataclass
+class HasClause:
+    """`_has:ImagingStudy:patient:modality=MR`: resources that a `source` resource whose
+    reference `param` points at them, and that matches `inner`, refers to (3.1.1.4.4)."""
+
+    source: str
+    param: SearchParam
+    inner: "Clause | ChainClause | HasClause"
+
+
+@dataclass(frozen=True)
+class Include:
+    """An _include or _revinclude directive: `source`'s reference `param` points at `target`."""
+
+    source: str
+    param: str
+    target: str
+    iterate: bool = False
+
+
+@dataclass
 class SearchQuery:
     rtype: str
-    clauses: list[Clause] = field(default_factory=list)
+    clauses: list = field(default_factory=list)  # Clause | ChainClause | HasClause, ANDed
     count: int = 50
-    includes: list[tuple[str, str, str]] = field(default_factory=list)  # (source type, param, target)
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
     page: str | None = None
     total: str = "accurate"
     summary_count: bool = False
@@ -152,18 +183,77 @@ def parse_search(
                                          "are not allowed in names or values")
         base, _, modifier = name.partition(":")
         if base in CONTROL:
-            if modifier:
+            if modifier and not (base in ("_include", "_revinclude") and modifier in ("iterate", "recurse")):
                 raise SearchError("not-supported", f"parameter '{name}': {base} takes no modifier")
-            _control(query, base, value, name, max_count)
+            _control(query, base, modifier, value, name, max_count)
             continue
-        param = known.get(base)
-        if param is None:
-            if strict:
-                raise SearchError("not-supported", f"unknown search parameter '{name}' for {rtype}")
-            continue
-        query.clauses.append(_clause(param, modifier or None, value, name, zone, base_url))
-        query.applied.append((name, value))
+        clause = _parse_param(rtype, name, value, zone, base_url, strict)
+        if clause is not None:
+            query.clauses.append(clause)
+            query.applied.append((name, value))
     return query
+
+
+def _unknown(rtype: str, name: str, strict: bool) -> None:
+    if strict:
+        raise SearchError("not-supported", f"unknown search parameter '{name}' for {rtype}")
+
+
+def _parse_param(rtype: str, name: str, value: str, zone: str, base_url: str, strict: bool):
+    """One name=value of `rtype`: a Clause, ChainClause or HasClause (None: unknown, lenient)."""
+    if name.startswith("_has:"):
+        return _parse_has(rtype, name, value, zone, base_url, strict)
+    head, dot, rest = name.partition(".")
+    if dot:
+        return _parse_chain(rtype, head, rest, name, value, zone, base_url, strict)
+    base, _, modifier = name.partition(":")
+    param = BY_RESOURCE[rtype].get(base)
+    if param is None:
+        return _unknown(rtype, name, strict)
+    return _clause(param, modifier or None, value, name, zone, base_url)
+
+
+def _parse_chain(rtype, head, rest, name, value, zone, base_url, strict):
+    base, _, type_modifier = head.partition(":")
+    param = BY_RESOURCE[rtype].get(base)
+    if param is None:
+        return _unknown(rtype, name, strict)
+    if param.type != "reference":
+        raise SearchError("invalid", f"parameter '{name}': only reference parameters can be chained")
+    targets = (type_modifier,) if type_modifier else served_targets(param)
+    if type_modifier and type_modifier not in served_targets(param):
+        raise SearchError("not-supported", f"parameter '{name}': {type_modifier} is not a target of '{base}' "
+                                           "that this server holds")
+    if len(targets) != 1:
+        raise SearchError("not-supported", f"parameter '{name}': '{base}' points at no resource type this "
+                                           "server holds" if not targets else
+                          f"parameter '{name}': name the target type, e.g. {base}:{targets[0]}.{rest}")
+    inner = _inner(targets[0], rest, name, value, zone, base_url, strict)
+    return None if inner is None else ChainClause(param, targets[0], inner)
+
+
+def _parse_has(rtype, name, value, zone, base_url, strict):
+    parts = name.split(":", 3)
+    if len(parts) < 4 or not all(parts[1:]):
+        raise SearchError("invalid", f"parameter '{name}': use _has:Type:reference:parameter=value")
+    _, source, ref_name, rest = parts
+    if source not in BY_RESOURCE:
+        raise SearchError("not-supported", f"parameter '{name}': {source} is not served here")
+    param = BY_RESOURCE[source].get(ref_name)
+    if param is None or param.type != "reference" or rtype not in param.targets:
+        raise SearchError("invalid", f"parameter '{name}': {source}.{ref_name} is not a reference to {rtype}")
+    inner = _inner(source, rest, name, value, zone, base_url, strict)
+    return None if inner is None else HasClause(source, param, inner)
+
+
+def _inner(rtype, rest, name, value, zone, base_url, strict):
+    """Parse the part after a chain or _has; errors name the whole parameter as sent."""
+    try:
+        return _parse_param(rtype, rest, value, zone, base_url, strict)
+    except SearchError as err:
+        if err.diagnostics.startswith(f"parameter '{name}'"):
+            raise
+        raise SearchError(err.code, f"parameter '{name}': {err.diagnostics}") from None
 
 
 def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause:
@@ -191,21 +281,38 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause
     return Clause(param, modifier, values, (name, value))
 
 
-def _control(query: SearchQuery, base, value, name, max_count) -> None:
+def _include_directives(rtype: str, kind: str, value: str, iterate: bool) -> list[Include]:
+    """`Source:param[:Target]` or `*` -> the Include directives it stands for."""
+    table = INCLUDES if kind == "_include" else REVINCLUDES
+    if value == "*":
+        if kind == "_include":
+            return [Include(s, p, t, iterate) for (s, p), t in table.items() if s == rtype or iterate]
+        return [Include(s, p, t, iterate) for (s, p), t in table.items() if t == rtype or iterate]
+    source, _, rest = value.partition(":")
+    pname, _, target = rest.partition(":")
+    resolved = table.get((source, pname))
+    # without :iterate an _include starts from the matches, a _revinclude points at them
+    anchored = iterate or (source == rtype if kind == "_include" else resolved == rtype)
+    if resolved is None or not anchored or (target and target != resolved):
+        if kind == "_include":
+            supported = [f"{s}:{p}" for (s, p) in table if s == rtype]
+        else:
+            supported = [f"{s}:{p}" for (s, p), t in table.items() if t == rtype]
+        raise SearchError("not-supported", f"parameter '{kind}': {value!r} is not supported "
+                                           f"(supported: {', '.join(supported) or 'none'}, or *)")
+    return [Include(source, pname, resolved, iterate)]
+
+
+def _control(query: SearchQuery, base, modifier, value, name, max_count) -> None:
     if base == "_count":
         if not value.isdigit():
             raise SearchError("invalid", f"parameter '_count': {value!r} is not a non-negative integer")
         query.count = min(int(value), max_count)
         query.applied.append((name, str(query.count)))
-    elif base == "_include":
-        source, _, rest = value.partition(":")
-        pname, _, target = rest.partition(":")
-        resolved = INCLUDES.get((source, pname))
-        if source != query.rtype or resolved is None or (target and target != resolved):
-            supported = ", ".join(f"{s}:{p}" for (s, p) in INCLUDES if s == query.rtype) or "none"
-            raise SearchError("not-supported", f"parameter '_include': {value!r} is not supported "
-                                                  f"(supported: {supported})")
-        query.includes.append((source, pname, resolved))
+    elif base in ("_include", "_revinclude"):
+        iterate = modifier in ("iterate", "recurse")
+        for directive in _include_directives(query.rtype, base, value, iterate):
+            (query.includes if base == "_include" else query.revincludes).append(directive)
         query.applied.append((name, value))
     elif base == "_page":
         query.page = value

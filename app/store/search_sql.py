@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from app.search.query import ANY_SYSTEM, Clause, SearchQuery
+from app.search.query import ANY_SYSTEM, ChainClause, Clause, HasClause, SearchQuery
 from app.store.indexer import normalize
 from app.store.reader import Reader
 
@@ -107,7 +107,18 @@ def _column_sql(clause: Clause, value, params: list) -> str:
     return _date_sql("last_updated", "(last_updated + 1000)", prefix, low, high, params)
 
 
-def _clause_sql(rtype: str, clause: Clause, params: list) -> str:
+def _clause_sql(rtype: str, clause, params: list) -> str:
+    """SQL condition on `id` of the `rtype` resource for one (possibly chained) clause."""
+    if isinstance(clause, ChainClause):
+        params += [rtype, clause.param.name, clause.target, clause.target]
+        inner = _clause_sql(clause.target, clause.inner, params)
+        return ("id IN (SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+                f"AND target_id IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))")
+    if isinstance(clause, HasClause):
+        params += [clause.source, clause.param.name, rtype, clause.source]
+        inner = _clause_sql(clause.source, clause.inner, params)
+        return ("id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+                f"AND rid IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))")
     param = clause.param
     if param.column:
         if clause.modifier == "missing":
@@ -144,29 +155,62 @@ def run_search(reader: Reader, query: SearchQuery, after: str | None) -> SearchR
             total = len(matches)  # the first page holds everything: no need to count again
         else:
             total = reader.one(f"SELECT COUNT(*) FROM resource WHERE {where}", params)[0]
-    includes = _includes(reader, query, [m[0] for m in matches]) if query.includes and matches else []
+    wanted = (query.includes or query.revincludes) and matches
+    includes = _includes(reader, query, [m[0] for m in matches]) if wanted else []
     return SearchResult(matches, total, has_more, includes)
+
+
+def _chunks(values: list, size: int = 500):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def _in(values) -> str:
     return ", ".join("?" * len(values))
 
 
-def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[str, str, bytes]]:
-    """Resources referenced by this page's matches, each once (search.mode = include)."""
-    wanted: dict[str, set[str]] = {}
-    for source, pname, target in query.includes:
+def _follow(reader: Reader, directive, ids: list[str], reverse: bool) -> set[str]:
+    """Ids one include step reaches from `ids` (forward: targets; reverse: referrers)."""
+    found: set[str] = set()
+    known, wanted = ("target_id", "rid") if reverse else ("rid", "target_id")
+    for chunk in _chunks(sorted(ids)):
         rows = reader.all(
-            f"SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
-            f"AND rid IN ({_in(ids)})", [source, pname, target, *ids])
-        wanted.setdefault(target, set()).update(r[0] for r in rows)
+            f"SELECT {wanted} FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+            f"AND {known} IN ({_in(chunk)})", [directive.source, directive.param, directive.target, *chunk])
+        found.update(r[0] for r in rows)
+    return found
+
+
+def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[str, str, bytes]]:
+    """Resources that _include/_revinclude reach from this page's matches, each once.
+
+    The first round starts from the matches; directives marked :iterate then run again on
+    what the previous round added, until nothing new turns up. Nothing is truncated: every
+    resource reached is in the page that carries the matches.
+    """
+    in_bundle: dict[str, set[str]] = {query.rtype: set(ids)}
+    frontier = {query.rtype: set(ids)}
+    added: dict[str, set[str]] = {}
+    first = True
+    while frontier:
+        new: dict[str, set[str]] = {}
+        for reverse, directives in ((False, query.includes), (True, query.revincludes)):
+            for d in directives:
+                start, end = (d.target, d.source) if reverse else (d.source, d.target)
+                if (first or d.iterate) and frontier.get(start):
+                    reached = _follow(reader, d, list(frontier[start]), reverse)
+                    new.setdefault(end, set()).update(reached - in_bundle.get(end, set()))
+        frontier = {t: v for t, v in new.items() if v}
+        for rtype, more in frontier.items():
+            in_bundle.setdefault(rtype, set()).update(more)
+            added.setdefault(rtype, set()).update(more)
+        first = False
     out = []
-    for target, target_ids in sorted(wanted.items()):
-        if target_ids:
-            ordered = sorted(target_ids)
-            rows = reader.all(f"SELECT id, content FROM resource WHERE rtype = ? AND id IN ({_in(ordered)}) "
-                              "ORDER BY id", [target, *ordered])
-            out.extend((target, r[0], r[1]) for r in rows)
+    for rtype, target_ids in sorted(added.items()):
+        for chunk in _chunks(sorted(target_ids)):
+            rows = reader.all(f"SELECT id, content FROM resource WHERE rtype = ? AND id IN ({_in(chunk)}) "
+                              "ORDER BY id", [rtype, *chunk])
+            out.extend((rtype, r[0], r[1]) for r in rows)
     return out
 
 

@@ -52,9 +52,11 @@ def test_every_listed_parameter_and_include_works(client):  # noqa: F811
             for modifier_query in (f"{param['name']}:missing=false", f"{param['name']}:missing=true"):
                 response = client.get(f"/fhir/{rtype}?{modifier_query}", headers={"Prefer": "handling=strict"})
                 assert response.status_code == 200, (rtype, modifier_query, response.get_json())
-        for include in resource["searchInclude"]:
-            response = client.get(f"/fhir/{rtype}?_include={include}", headers={"Prefer": "handling=strict"})
-            assert response.status_code == 200, (rtype, include)
+        for kind in ("Include", "RevInclude"):
+            for include in resource[f"search{kind}"]:
+                response = client.get(f"/fhir/{rtype}?_{kind.lower()}={include}",
+                                      headers={"Prefer": "handling=strict"})
+                assert response.status_code == 200, (rtype, kind, include)
         assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "search-type"}
 
 
