@@ -35,7 +35,8 @@ def check_config(config_path):
     click.echo(f"  FHIR base URL: {config.server.base_url}  (search dates without a zone read in {config.timezone})")
     click.echo(f"  security: {'OPEN (no token needed)' if config.security.open else 'tokens required'}")
     for src in config.sources:
-        where = src.path if src.type == "folder" else src.url
+        where = {"folder": src.path, "dicomweb": src.url,
+                 "dimse": f"{src.host}:{src.port} (called {src.called_aet}, calling {src.calling_aet})"}[src.type]
         click.echo(f"  source {src.name}: {src.type} {where} (local times in {src.timezone})")
 
 
@@ -96,6 +97,8 @@ def _sync_with_progress(store, src):
     )
     if summary.failed:
         click.echo(f"{src.name}: {summary.failed} studies quarantined; see the quarantine table for reasons")
+    if summary.released:
+        click.echo(f"{src.name}: {summary.released} studies left the quarantine")
     if summary.error:
         click.echo(f"{src.name}: sync stopped: {summary.error}", err=True)
     return summary

@@ -48,6 +48,17 @@ def _check_zone(value: str) -> None:
         raise ValidationError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
 
 
+def _check_aet(value: str) -> None:
+    """A DICOM AE title (PS3.5 AE VR): 1-16 characters, no backslash or control
+    character, not only spaces (leading and trailing spaces are not significant)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("must be a DICOM AE title of 1-16 characters, not only spaces")
+    if len(value) > 16:
+        raise ValidationError(f"a DICOM AE title has at most 16 characters (this one has {len(value)})")
+    if "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValidationError("a DICOM AE title must not contain a backslash or control characters")
+
+
 class Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -55,7 +66,7 @@ class Strict(Schema):
 
 class SourceSchema(Strict):
     name = fields.String(required=True)
-    type = fields.String(required=True, validate=validate.OneOf(["folder", "dicomweb"]))
+    type = fields.String(required=True, validate=validate.OneOf(["folder", "dicomweb", "dimse"]))
     timezone = fields.String(load_default=None, validate=_check_zone)
     patient_id_system = fields.String(load_default=None)
     accession_system = fields.String(load_default=None)
@@ -71,6 +82,11 @@ class SourceSchema(Strict):
     timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1))
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
     instance_metadata = fields.Boolean(load_default=False)
+    # dimse (C-FIND); `timeout` above applies too
+    host = fields.String(load_default=None, validate=validate.Length(min=1))
+    port = fields.Integer(load_default=104, validate=validate.Range(min=1, max=65535))
+    called_aet = fields.String(load_default=None, validate=_check_aet)
+    calling_aet = fields.String(load_default="FACADE", validate=_check_aet)
 
     @validates("name")
     def _name(self, value, **_):
@@ -85,6 +101,15 @@ class SourceSchema(Strict):
             raise ValidationError("a folder source needs a path", "path")
         if data.get("type") == "dicomweb" and not data.get("url"):
             raise ValidationError("a dicomweb source needs a url", "url")
+        if data.get("type") == "dimse":
+            # a key that failed its own check is absent here: its error is already reported
+            missing = {}
+            if "host" in data and not data["host"]:
+                missing["host"] = ["a dimse source needs a host (the archive's address)"]
+            if "called_aet" in data and not data["called_aet"]:
+                missing["called_aet"] = ["a dimse source needs a called_aet (the archive's AE title)"]
+            if missing:
+                raise ValidationError(missing)
         if data.get("password") and not data.get("username"):
             raise ValidationError("a password needs a username", "username")
 
@@ -147,6 +172,10 @@ class SourceConfig:
     timeout: float = 30.0
     page_size: int = 100
     instance_metadata: bool = False
+    host: str | None = None
+    port: int = 104
+    called_aet: str | None = None
+    calling_aet: str = "FACADE"
 
 
 @dataclass(frozen=True)
@@ -274,6 +303,10 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 timeout=src["timeout"],
                 page_size=src["page_size"],
                 instance_metadata=src["instance_metadata"],
+                host=src["host"],
+                port=src["port"],
+                called_aet=src["called_aet"].strip() if src["called_aet"] else None,
+                calling_aet=src["calling_aet"].strip(),
             )
         )
     server = data["server"]

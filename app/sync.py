@@ -30,6 +30,7 @@ class SyncSummary:
     unchanged: int = 0
     failed: int = 0
     repaired: int = 0
+    released: int = 0  # quarantined by an earlier run, fine now
     seconds: float = 0.0
     error: str | None = None
     source_stats: dict = field(default_factory=dict)
@@ -68,6 +69,11 @@ def build_source(src: SourceConfig):
         return DicomwebSource(src.name, src.url, username=src.username, password=src.password, token=src.token,
                               timeout=src.timeout, page_size=src.page_size,
                               instance_metadata=src.instance_metadata)
+    if src.type == "dimse":
+        from app.sources.dimse import DimseSource
+
+        return DimseSource(src.name, src.host, src.port, src.called_aet, calling_aet=src.calling_aet,
+                           timeout=src.timeout)
     raise ValueError(f"unknown source type {src.type}")
 
 
@@ -81,7 +87,6 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
     clock = time.perf_counter()
     source = source or build_source(src)
     ctx = mapping_context(src)
-    quarantined = {q.key for q in store.quarantined(src.name)}
     try:
         store.put_resource(map_endpoint(ctx))
         for item in source.iter_studies():
@@ -90,19 +95,22 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
                 store.quarantine(src.name, key, item.uid, item.reason)
                 summary.failed += 1
             else:
-                _sync_one(store, src.name, ctx, item, summary, quarantined)
+                _sync_one(store, src.name, ctx, item, summary)
             if progress:
                 progress(summary, source.total())
     except SourceError as exc:
         summary.error = str(exc)
         log.error("sync of source %s stopped: %s", src.name, exc)
+    else:
+        # the run saw every study: what it did not quarantine again now maps (or is gone)
+        summary.released = store.release_stale(src.name, started_micros)
     summary.seconds = time.perf_counter() - clock
     summary.source_stats = dict(getattr(source, "stats", {}))
     store.record_run(src.name, started_micros, "failed" if summary.error else "ok", summary.as_dict())
     return summary
 
 
-def _sync_one(store, source_name, ctx, record, summary, quarantined) -> None:
+def _sync_one(store, source_name, ctx, record, summary) -> None:
     try:
         mapped = map_study(record, ctx)
     except MappingError as exc:
@@ -117,5 +125,3 @@ def _sync_one(store, source_name, ctx, record, summary, quarantined) -> None:
     summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name))
     if record.repairs or mapped.repairs:
         summary.repaired += 1
-    if record.uid in quarantined:
-        store.release(source_name, record.uid)

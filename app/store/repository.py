@@ -170,9 +170,11 @@ class Store:
                 conn.execute(insert(t.Quarantine).values(source=source, key=key, study_uid=study_uid,
                                                          reason=reason, first_seen=micros, last_seen=micros))
 
-    def release(self, source: str, key: str) -> None:
+    def release_stale(self, source: str, before: int) -> int:
+        """Release what a complete sync (started at `before`) did not quarantine again."""
         with self.engine.begin() as conn:
-            conn.execute(delete(t.Quarantine).where(t.Quarantine.source == source, t.Quarantine.key == key))
+            return conn.execute(delete(t.Quarantine).where(
+                t.Quarantine.source == source, t.Quarantine.last_seen < before)).rowcount
 
     def quarantined(self, source: str | None = None) -> list[t.Quarantine]:
         query = select(t.Quarantine).order_by(t.Quarantine.source, t.Quarantine.key)

@@ -65,6 +65,8 @@ def find_orthanc() -> tuple[str, str]:
 class OrthancServer:
     """Context manager around one throw-away Orthanc process.
 
+    DIMSE: `dicom_port` and `aet`; C-ECHO and C-FIND are answered for any calling AET,
+    associations whose called AET is not `aet` are rejected (`extra_config` overrides).
     `users` (name -> password) turns AuthenticationEnabled on; `.auth` is then the first
     user's (name, password), used by `upload` and `studies`. Storage and log live in a
     temporary directory (on /dev/shm when there is one), removed on exit.
@@ -128,6 +130,11 @@ class OrthancServer:
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
             "DicomAet": self.aet,
+            # DIMSE tests query as an AE Orthanc does not know (no DicomModalities entry):
+            # answer its C-ECHO and C-FIND, and reject associations to another called AET
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomCheckCalledAet": True,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": bool(self.users),
             "RegisteredUsers": self.users,

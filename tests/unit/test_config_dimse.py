@@ -1,0 +1,111 @@
+"""A `dimse` source in the config: the issue's example loads as written; errors name the key."""
+from __future__ import annotations
+
+import pytest
+
+from app.config import ConfigError, SourceConfig, load_config
+
+ISSUE_EXAMPLE = """\
+store: sqlite:///facade.db
+sources:
+  - name: old-pacs
+    type: dimse
+    host: 10.1.2.3
+    port: 104
+    called_aet: PACS        # the archive's AE title
+    calling_aet: FACADE     # ours (a default is fine)
+    timezone: America/Chicago
+"""
+
+
+def _load(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return load_config(path, environ={})
+
+
+def _problems(tmp_path, text) -> dict:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    return info.value.problems
+
+
+def _source(**keys) -> str:
+    lines = ["store: sqlite:///facade.db", "sources:", "  - name: old-pacs", "    type: dimse"]
+    lines += [f"    {key}: {value}" for key, value in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_issue_example_loads_as_written(tmp_path):
+    (src,) = _load(tmp_path, ISSUE_EXAMPLE).sources
+    assert (src.name, src.type, src.host, src.port) == ("old-pacs", "dimse", "10.1.2.3", 104)
+    assert (src.called_aet, src.calling_aet) == ("PACS", "FACADE")
+    assert src.timezone == "America/Chicago"
+    assert src.timeout == 30.0
+    assert src.wado_url is None and src.url is None and src.path is None
+
+
+def test_defaults_port_104_and_calling_aet_facade(tmp_path):
+    (src,) = _load(tmp_path, _source(host="pacs.example.org", called_aet="PACS")).sources
+    assert (src.port, src.calling_aet) == (104, "FACADE")
+    assert src.timezone == "UTC"  # the server default
+
+
+def test_ae_titles_are_stripped_of_insignificant_spaces(tmp_path):
+    (src,) = _load(tmp_path, _source(host="h", called_aet='" PACS "', calling_aet="'US  '")).sources
+    assert (src.called_aet, src.calling_aet) == ("PACS", "US")
+
+
+def test_existing_constructors_keep_working():
+    src = SourceConfig(name="a", type="folder", timezone="UTC", patient_id_system="urn:x",
+                       accession_system=None, issuer_systems={}, wado_url=None)
+    assert (src.host, src.port, src.called_aet, src.calling_aet) == (None, 104, None, "FACADE")
+
+
+@pytest.mark.parametrize("keys, missing", [
+    ({"called_aet": "PACS"}, {"host"}),
+    ({"host": "10.1.2.3"}, {"called_aet"}),
+    ({}, {"host", "called_aet"}),
+])
+def test_missing_host_or_called_aet_names_the_key(tmp_path, keys, missing):
+    problems = _problems(tmp_path, _source(**keys))
+    assert set(problems) == {f"sources[0].{key}" for key in missing}
+    for key in missing:
+        assert "dimse source needs" in problems[f"sources[0].{key}"][0]
+
+
+@pytest.mark.parametrize("key", ["called_aet", "calling_aet"])
+@pytest.mark.parametrize("value, reason", [
+    ('"A2345678901234567"', "at most 16"),
+    ('"   "', "not only spaces"),
+    ('""', "not only spaces"),
+    ('"PA\\\\CS"', "backslash"),
+    ('"PA\\tCS"', "control"),
+    ('"PA\\nCS"', "control"),
+])
+def test_bad_ae_titles_name_the_key(tmp_path, key, value, reason):
+    keys = {"host": "10.1.2.3", "called_aet": "PACS", key: value}
+    problems = _problems(tmp_path, _source(**keys))
+    assert list(problems) == [f"sources[0].{key}"]
+    assert reason in problems[f"sources[0].{key}"][0]
+
+
+def test_a_sixteen_character_ae_title_is_fine(tmp_path):
+    (src,) = _load(tmp_path, _source(host="h", called_aet="A234567890123456")).sources
+    assert src.called_aet == "A234567890123456"
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, '"abc"'])
+def test_bad_port_names_the_key(tmp_path, port):
+    problems = _problems(tmp_path, _source(host="h", called_aet="PACS", port=port))
+    assert list(problems) == ["sources[0].port"]
+
+
+def test_empty_host_names_the_key(tmp_path):
+    problems = _problems(tmp_path, _source(host='""', called_aet="PACS"))
+    assert list(problems) == ["sources[0].host"]
+
+
+def test_unknown_type_still_refused(tmp_path):
+    problems = _problems(tmp_path, _source(host="h", called_aet="PACS").replace("type: dimse", "type: dimsex"))
+    assert "sources[0].type" in problems
