@@ -56,3 +56,39 @@ class Source(Protocol):
     def total(self) -> int | None:
         """Number of studies `iter_studies` will yield, once known (None if unknown)."""
         ...
+
+
+class ListedSource:
+    """An archive asked for its study list first, then for each study's series and instances.
+
+    Listing first makes `total()` known before the first study is fetched (the progress bar
+    shows it); a listing made by `total()` is used by the next `iter_studies`. Subclasses
+    give `_list_studies()` (sets `self._total`) and `_fetch_study(item)`.
+    """
+
+    _pending: list | None = None  # listed by total(), not iterated yet
+    _total: int | None = None
+
+    def total(self) -> int | None:
+        """Number of items `iter_studies` yields (StudyRecords + StudyFailures)."""
+        if self._total is None:
+            self._pending = self._list_studies()
+        return self._total
+
+    def iter_studies(self) -> Iterator[StudyRecord | StudyFailure]:
+        """Each listed study with its series and instances, or a StudyFailure.
+
+        Raises SourceError if the listing fails; each call lists afresh unless `total()`
+        made a listing that was not iterated yet.
+        """
+        listing, self._pending = self._pending, None
+        if listing is None:
+            listing = self._list_studies()
+        for item in listing:
+            yield self._fetch_study(item)
+
+    def _list_studies(self) -> list:
+        raise NotImplementedError
+
+    def _fetch_study(self, item) -> StudyRecord | StudyFailure:
+        raise NotImplementedError

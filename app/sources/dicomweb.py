@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from dicomweb_client.api import DICOMwebClient
 
 from app.mapping import tags
-from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
+from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def _public_url(url: str) -> str:
     return urlunsplit(parts)
 
 
-class DicomwebSource:
+class DicomwebSource(ListedSource):
     """Every study of a DICOMweb (QIDO-RS) archive."""
 
     def __init__(
@@ -110,33 +110,7 @@ class DicomwebSource:
             host = f"[{netloc.hostname}]" if ":" in netloc.hostname else netloc.hostname
             self.client.host = f"{host}:{netloc.port}"
         self.stats: dict = {}
-        self._pending: list[dict] | None = None  # listed by total(), not iterated yet
-        self._total: int | None = None
         self._reset_stats()
-
-    # -- Source protocol -------------------------------------------------------------
-    def total(self) -> int | None:
-        """Number of items `iter_studies` yields (StudyRecords + StudyFailures).
-
-        Known once the study listing is complete; lists the studies if no listing has
-        been made yet (the next `iter_studies` then uses that listing).
-        """
-        if self._total is None:
-            self._pending = self._list_studies()
-        return self._total
-
-    def iter_studies(self) -> Iterator[StudyRecord | StudyFailure]:
-        """Yield each listed study with its series and instances, or a StudyFailure.
-
-        Lists all studies first (raises SourceError if that fails), then fetches series
-        and instances study by study. Each call makes a fresh listing, unless `total()`
-        made one that was not iterated yet.
-        """
-        listing, self._pending = self._pending, None
-        if listing is None:
-            listing = self._list_studies()
-        for answer in listing:
-            yield self._fetch_study(answer)
 
     # -- internals -------------------------------------------------------------------
     def _reset_stats(self) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -39,7 +38,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 from pynetdicom.status import code_to_category
 
 from app.mapping import tags
-from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
+from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.dicom_json import dataset_to_dicom_json
 from app.sources.errors import SourceError
 
@@ -126,7 +125,7 @@ class _Session:
             assoc.release()
 
 
-class DimseSource:
+class DimseSource(ListedSource):
     """Every study of a DICOM archive, read with C-FIND (Study Root)."""
 
     def __init__(
@@ -163,33 +162,7 @@ class DimseSource:
         self._ae.connection_timeout = timeout
         self._no_sequences: set[str] = set()  # levels whose sequence keys the archive refused
         self.stats: dict = {}
-        self._pending: list[tuple[dict | None, list[str]]] | None = None
-        self._total: int | None = None
         self._reset_stats()
-
-    # -- Source protocol -------------------------------------------------------------
-    def total(self) -> int | None:
-        """Number of items `iter_studies` yields (StudyRecords + StudyFailures).
-
-        Known once the study listing is complete; lists the studies if no listing has
-        been made yet (the next `iter_studies` then uses that listing).
-        """
-        if self._total is None:
-            self._pending = self._list_studies()
-        return self._total
-
-    def iter_studies(self) -> Iterator[StudyRecord | StudyFailure]:
-        """Yield each listed study with its series and instances, or a StudyFailure.
-
-        Lists all studies first (raises SourceError if that fails), then queries series
-        and instances study by study, one association per study. Each call makes a fresh
-        listing, unless `total()` made one that was not iterated yet.
-        """
-        listing, self._pending = self._pending, None
-        if listing is None:
-            listing = self._list_studies()
-        for attrs, repairs in listing:
-            yield self._fetch_study(attrs, repairs)
 
     def echo(self) -> None:
         """C-ECHO the archive; raise SourceError saying why if it does not answer Success."""
@@ -321,7 +294,8 @@ class DimseSource:
         self._total = len(listing)
         return listing
 
-    def _fetch_study(self, attrs: dict | None, study_repairs: list[str]) -> StudyRecord | StudyFailure:
+    def _fetch_study(self, item: tuple[dict | None, list[str]]) -> StudyRecord | StudyFailure:
+        attrs, study_repairs = item
         uid = _uid(attrs, "0020000D") if attrs is not None else None
         if uid is None:
             self.stats["failed"] += 1

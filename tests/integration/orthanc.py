@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class OrthancError(RuntimeError):
     """Orthanc is missing, did not start, or answered an upload badly."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -154,7 +155,7 @@ class OrthancServer:
         self.log_path = self.tmpdir / "orthanc.log"
         last_error = ""
         for _attempt in range(3):  # a free port can be taken between probe and bind
-            self.http_port, self.dicom_port = _free_port(), _free_port()
+            self.http_port, self.dicom_port = free_port(), free_port()
             config_path = self.tmpdir / "orthanc.json"
             config_path.write_text(json.dumps(self._config(plugin), indent=2))
             self._log = open(self.log_path, "ab")
@@ -270,3 +271,34 @@ class OrthancServer:
     def studies(self) -> list[dict]:
         """Every study Orthanc holds, as GET /studies?expand gives them."""
         return self.get("/studies", expand="")
+
+
+# -- helpers the integration tests share ---------------------------------------------
+def orthanc_tree(server) -> dict:
+    """{StudyInstanceUID: {SeriesInstanceUID: {SOPInstanceUID}}} from Orthanc's REST API.
+
+    Orthanc keys a study by PatientID + StudyInstanceUID, so one UID may be two Orthanc
+    studies: the tree is by UID, as FHIR sees it.
+    """
+    studies = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in server.get("/studies", expand="")}
+    series = {
+        s["ID"]: (studies[s["ParentStudy"]], s["MainDicomTags"]["SeriesInstanceUID"])
+        for s in server.get("/series", expand="")
+    }
+    tree: dict = defaultdict(lambda: defaultdict(set))
+    for uid in studies.values():
+        tree[uid]  # noqa: B018 - a study without series still counts
+    for instance in server.get("/instances", expand=""):
+        study_uid, series_uid = series[instance["ParentSeries"]]
+        tree[study_uid][series_uid].add(instance["MainDicomTags"]["SOPInstanceUID"])
+    return {k: dict(v) for k, v in tree.items()}
+
+
+def source_tree(records) -> dict:
+    return {
+        r.uid: {
+            s.attrs["0020000E"]["Value"][0]: {i["00080018"]["Value"][0] for i in s.instances}
+            for s in r.series
+        }
+        for r in records
+    }

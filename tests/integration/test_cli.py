@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import requests
 import yaml
 from pydicom.data import get_testdata_file
 
+from orthanc import free_port
+
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "imaging-facade")
 
@@ -21,12 +22,6 @@ CLI = str(Path(sys.executable).parent / "imaging-facade")
 def run(*args, env=None, timeout=120):
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import io
-import socket
 from collections import defaultdict
 
 import pydicom
@@ -22,45 +21,9 @@ from requests.adapters import HTTPAdapter
 from app.sources.base import StudyFailure, StudyRecord
 from app.sources.dicomweb import DicomwebSource
 from app.sources.errors import SourceError
-from orthanc import OrthancServer
+from orthanc import OrthancServer, free_port, orthanc_tree, source_tree
 
 pytestmark = pytest.mark.integration
-
-
-def orthanc_tree(server) -> dict:
-    """{StudyInstanceUID: {SeriesInstanceUID: {SOPInstanceUID}}} from Orthanc's REST API.
-
-    Orthanc keys a study by PatientID + StudyInstanceUID, so one UID may be two Orthanc
-    studies: the tree is by UID, as FHIR sees it.
-    """
-    studies = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in server.get("/studies", expand="")}
-    series = {
-        s["ID"]: (studies[s["ParentStudy"]], s["MainDicomTags"]["SeriesInstanceUID"])
-        for s in server.get("/series", expand="")
-    }
-    tree: dict = defaultdict(lambda: defaultdict(set))
-    for uid in studies.values():
-        tree[uid]  # noqa: B018 - a study without series still counts
-    for instance in server.get("/instances", expand=""):
-        study_uid, series_uid = series[instance["ParentSeries"]]
-        tree[study_uid][series_uid].add(instance["MainDicomTags"]["SOPInstanceUID"])
-    return {k: dict(v) for k, v in tree.items()}
-
-
-def source_tree(records) -> dict:
-    return {
-        r.uid: {
-            s.attrs["0020000E"]["Value"][0]: {i["00080018"]["Value"][0] for i in s.instances}
-            for s in r.series
-        }
-        for r in records
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the whole archive -------------------------------------------------------------------

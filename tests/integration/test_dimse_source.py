@@ -25,44 +25,11 @@ from app.sources.errors import SourceError
 from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import build_source, sync_source
-from orthanc import OrthancServer
+from orthanc import OrthancServer, free_port, orthanc_tree, source_tree
 
 pytestmark = pytest.mark.integration
 
 CALLING_AET = "FACADE"
-
-
-def orthanc_tree(server) -> dict:
-    """{StudyInstanceUID: {SeriesInstanceUID: {SOPInstanceUID}}} from Orthanc's REST API
-    (by UID: Orthanc keys a study by PatientID + StudyInstanceUID)."""
-    studies = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in server.get("/studies", expand="")}
-    series = {
-        s["ID"]: (studies[s["ParentStudy"]], s["MainDicomTags"]["SeriesInstanceUID"])
-        for s in server.get("/series", expand="")
-    }
-    tree: dict = defaultdict(lambda: defaultdict(set))
-    for uid in studies.values():
-        tree[uid]  # noqa: B018 - a study without series still counts
-    for instance in server.get("/instances", expand=""):
-        study_uid, series_uid = series[instance["ParentSeries"]]
-        tree[study_uid][series_uid].add(instance["MainDicomTags"]["SOPInstanceUID"])
-    return {k: dict(v) for k, v in tree.items()}
-
-
-def source_tree(records) -> dict:
-    return {
-        r.uid: {
-            s.attrs["0020000E"]["Value"][0]: {i["00080018"]["Value"][0] for i in s.instances}
-            for s in r.series
-        }
-        for r in records
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dimse(server, **kwargs) -> DimseSource:
