@@ -39,3 +39,19 @@ def dataset_to_dicom_json(ds: Dataset, wanted=MAPPED_TAGS) -> tuple[dict, list[s
             keyword = tags.ALL.get(f"{tag:08X}", f"{tag:08X}")
             repairs.append(f"dropped {keyword} ({tag:08X}): {type(exc).__name__}")
     return out, repairs
+
+
+def first_uid(answer: dict, key: str) -> str | None:
+    """The first value of a UI attribute in an archive's DICOM JSON answer, stripped; None if absent.
+
+    Archive answers are untrusted: a missing element, an empty Value or a non-string all
+    give None, so the caller reports the study instead of failing on it.
+    """
+    element = answer.get(key)
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if not isinstance(values, list) or not values:
+        return None
+    value = values[0]
+    return value.strip() if isinstance(value, str) and value.strip() else None

@@ -27,6 +27,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from app.mapping import tags
 from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
+from app.sources.dicom_json import first_uid
 from app.sources.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,6 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 class _BadAnswer(Exception):
     """An answer that is not a list of DICOM JSON objects, or misses a key attribute."""
-
-
-def _uid(answer: dict, key: str) -> str | None:
-    element = answer.get(key)
-    if not isinstance(element, dict):
-        return None
-    values = element.get("Value")
-    if not isinstance(values, list) or not values:
-        return None
-    value = values[0]
-    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _public_url(url: str) -> str:
@@ -186,7 +176,7 @@ class DicomwebSource(ListedSource):
                               f"cannot list studies: {self._describe(exc)}") from None
         listing, seen = [], set()
         for answer in answers:
-            uid = _uid(answer, "0020000D")
+            uid = first_uid(answer, "0020000D")
             if uid is not None and uid in seen:
                 # the archive changed while paging: the same study came on two pages
                 self.stats["duplicates"] += 1
@@ -198,7 +188,7 @@ class DicomwebSource(ListedSource):
         return listing
 
     def _fetch_study(self, attrs: dict) -> StudyRecord | StudyFailure:
-        uid = _uid(attrs, "0020000D")
+        uid = first_uid(attrs, "0020000D")
         if uid is None:
             self.stats["failed"] += 1
             return StudyFailure(uid=None, reason="study answer without StudyInstanceUID",
@@ -210,7 +200,7 @@ class DicomwebSource(ListedSource):
             duplicates = 0
             for series_attrs in self._paged(self.client.search_for_series,
                                             study_instance_uid=uid, fields=SERIES_FIELDS):
-                series_uid = _uid(series_attrs, "0020000E")
+                series_uid = first_uid(series_attrs, "0020000E")
                 if series_uid is None:
                     raise _BadAnswer("series answer without SeriesInstanceUID")
                 if series_uid in seen_series:
@@ -224,7 +214,7 @@ class DicomwebSource(ListedSource):
                                             study_instance_uid=uid,
                                             series_instance_uid=series_uid,
                                             fields=INSTANCE_FIELDS):
-                    sop = _uid(instance, "00080018")
+                    sop = first_uid(instance, "00080018")
                     if sop is None:
                         raise _BadAnswer(f"instance answer without SOPInstanceUID in series {series_uid}")
                     if sop in seen_sops:
@@ -251,8 +241,8 @@ class DicomwebSource(ListedSource):
 
     def _complete(self, uid: str, attrs: dict, series: SeriesRecord) -> tuple[dict, list[str]]:
         """Fill study/patient attributes QIDO left out from one instance's metadata."""
-        sop = _uid(series.instances[0], "00080018")
-        series_uid = _uid(series.attrs, "0020000E")
+        sop = first_uid(series.instances[0], "00080018")
+        series_uid = first_uid(series.attrs, "0020000E")
         try:
             metadata = self._call(
                 lambda: [self.client.retrieve_instance_metadata(uid, series_uid, sop)])[0]

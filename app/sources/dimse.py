@@ -39,7 +39,7 @@ from pynetdicom.status import code_to_category
 
 from app.mapping import tags
 from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
-from app.sources.dicom_json import dataset_to_dicom_json
+from app.sources.dicom_json import dataset_to_dicom_json, first_uid
 from app.sources.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,6 @@ class _DimseError(Exception):
 
 class _BadAnswer(Exception):
     """An answer without its key attribute, or one pynetdicom could not decode."""
-
-
-def _uid(answer: dict, key: str) -> str | None:
-    element = answer.get(key)
-    if not isinstance(element, dict):
-        return None
-    values = element.get("Value")
-    if not isinstance(values, list) or not values:
-        return None
-    value = values[0]
-    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _identifier(level: str, wanted: list, keys: dict[str, str], sequences: bool) -> Dataset:
@@ -283,7 +272,7 @@ class DimseSource(ListedSource):
                 listing.append((None, []))
                 continue
             attrs, repairs = dataset_to_dicom_json(answer, STUDY_TAGS)
-            uid = _uid(attrs, "0020000D")
+            uid = first_uid(attrs, "0020000D")
             if uid is not None and uid in seen:
                 # Orthanc keys a study by PatientID + StudyInstanceUID and answers both
                 self.stats["duplicates"] += 1
@@ -296,7 +285,7 @@ class DimseSource(ListedSource):
 
     def _fetch_study(self, item: tuple[dict | None, list[str]]) -> StudyRecord | StudyFailure:
         attrs, study_repairs = item
-        uid = _uid(attrs, "0020000D") if attrs is not None else None
+        uid = first_uid(attrs, "0020000D") if attrs is not None else None
         if uid is None:
             self.stats["failed"] += 1
             reason = ("study answer pynetdicom could not decode" if attrs is None
@@ -313,7 +302,7 @@ class DimseSource(ListedSource):
                 if answer is None:
                     raise _BadAnswer("a series answer could not be decoded")
                 series_attrs, more = dataset_to_dicom_json(answer, SERIES_TAGS)
-                series_uid = _uid(series_attrs, "0020000E")
+                series_uid = first_uid(series_attrs, "0020000E")
                 if series_uid is None:
                     raise _BadAnswer("series answer without SeriesInstanceUID")
                 if series_uid in seen_series:
@@ -327,7 +316,7 @@ class DimseSource(ListedSource):
                     if found is None:
                         raise _BadAnswer(f"an instance answer in series {series_uid} could not be decoded")
                     instance, more = dataset_to_dicom_json(found, INSTANCE_TAGS)
-                    sop = _uid(instance, "00080018")
+                    sop = first_uid(instance, "00080018")
                     if sop is None:
                         raise _BadAnswer(f"instance answer without SOPInstanceUID in series {series_uid}")
                     if sop in seen_sops:

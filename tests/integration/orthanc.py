@@ -302,3 +302,21 @@ def source_tree(records) -> dict:
         }
         for r in records
     }
+
+
+def assert_whole_archive(source, items, expected: dict) -> list:
+    """A source's run over the fixture archive: every study once, the right series and
+    instances, no instance twice, and counters that agree. Returns the StudyRecords."""
+    from app.sources.base import StudyFailure, StudyRecord
+
+    records = [i for i in items if isinstance(i, StudyRecord)]
+    assert [i for i in items if isinstance(i, StudyFailure)] == []
+    assert sorted(r.uid for r in records) == sorted(expected)  # each study exactly once
+    assert source_tree(records) == expected
+    for record in records:
+        for series in record.series:  # no instance twice, even where Orthanc answers twice
+            uids = [i["00080018"]["Value"][0] for i in series.instances]
+            assert len(uids) == len(set(uids))
+    assert source.total() == len(items) == source.stats["studies_listed"]
+    assert source.stats["instances"] == sum(len(s) for st in expected.values() for s in st.values())
+    return records
