@@ -64,7 +64,7 @@ def sync(config_path, source_name):
     if not sources:
         click.echo("no sources configured", err=True)
         sys.exit(2)
-    store = Store(config.store, config.timezone, config.server.base_url)
+    store = Store.from_config(config)
     failed = False
     for src in sources:
         summary = _sync_with_progress(store, src)
@@ -140,7 +140,7 @@ def serve(config_path, host, port, workers):
         sys.exit(2)
     if warning:
         logging.getLogger("imaging_facade").warning(warning)
-    store = Store(config.store, config.timezone, config.server.base_url)  # creates tables before workers fork
+    store = Store.from_config(config)  # creates tables before workers fork
     store.paging_secret()
     if config.server.sync_on_start:
         for src in config.sources:

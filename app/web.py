@@ -13,7 +13,7 @@ from app.store.repository import Store
 
 def create_app(config: Config, store: Store | None = None) -> Flask:
     app = Flask("imaging-facade")
-    store = store or Store(config.store, config.timezone, config.server.base_url)
+    store = store or Store.from_config(config)
     app.extensions["imaging-facade"] = ApiState(config, store)
     errors.init_app(app)
     security.init_app(app, config)

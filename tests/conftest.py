@@ -10,7 +10,6 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from app.config import load_config
-from app.store.repository import Store
 
 POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -80,10 +79,6 @@ def open_config(write_config, sqlite_url):
         })
 
     return make
-
-
-def make_store(config) -> Store:
-    return Store(config.store, config.timezone, config.server.base_url)
 
 
 def assert_valid_r4(resource: dict) -> None:

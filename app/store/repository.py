@@ -58,6 +58,11 @@ class Store:
         self.engine = make_engine(url)
         SQLModel.metadata.create_all(self.engine)
 
+    @classmethod
+    def from_config(cls, config) -> "Store":
+        """The store a loaded Config names, indexing dates in its zone and links on its base URL."""
+        return cls(config.store, config.timezone, config.server.base_url)
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -48,7 +48,7 @@ ENDPOINT = {"resourceType": "Endpoint", "id": "pacs", "status": "active",
 @pytest.fixture
 def client(store_url, open_config):
     config = open_config(store_url, default_count=2, max_count=50)
-    store = Store(config.store, config.timezone, config.server.base_url)
+    store = Store.from_config(config)
     store.put_resource(ENDPOINT)
     alice = _patient("alice", "Müller", "Zoë", "female", "1970-05-01", "111")
     bob = _patient("bob", "Mueller", "Bob", "male", "1980-02-29", "222")

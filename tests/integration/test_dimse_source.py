@@ -274,7 +274,7 @@ def test_sync_from_a_yaml_config_stores_every_study_and_resync_is_a_no_op(orthan
     }])
     src = config.sources[0]
     assert isinstance(build_source(src), DimseSource)
-    store = Store(config.store, config.timezone, config.server.base_url)
+    store = Store.from_config(config)
     expected = set(orthanc_tree(orthanc))
 
     summary = sync_source(store, src)

@@ -21,6 +21,13 @@ from app.web import create_app
 pytestmark = pytest.mark.integration
 
 
+def _synced(config):
+    """A store synced once from the config's only source: (store, summary, API test client)."""
+    store = Store.from_config(config)
+    summary = sync_source(store, config.sources[0])
+    return store, summary, create_app(config, store).test_client()
+
+
 def _every_page(client, url):
     entries = []
     while url:
@@ -95,10 +102,8 @@ def sample_folder(tmp_path):
 
 def test_folder_sync_serves_every_study(store_url, open_config, sample_folder, valid_r4):
     config = open_config(store_url, sources=[{"name": "sample", "type": "folder", "path": str(sample_folder)}])
-    store = Store(config.store, config.timezone, config.server.base_url)
-    summary = sync_source(store, config.sources[0])
+    store, summary, client = _synced(config)
     assert summary.error is None
-    client = create_app(config, store).test_client()
     studies, patients, endpoints = _check_emitted(client, valid_r4)
 
     expected = _independent_folder_view(sample_folder)
@@ -125,9 +130,7 @@ def test_folder_sync_serves_every_study(store_url, open_config, sample_folder, v
 
 def test_folder_sync_finds_a_patients_studies(open_config, sqlite_url, sample_folder):
     config = open_config(sqlite_url, sources=[{"name": "sample", "type": "folder", "path": str(sample_folder)}])
-    store = Store(config.store, config.timezone, config.server.base_url)
-    sync_source(store, config.sources[0])
-    client = create_app(config, store).test_client()
+    store, _, client = _synced(config)
     ct = pydicom.dcmread(sample_folder / "CT_small.dcm", stop_before_pixels=True)
     system = config.sources[0].patient_id_system
     found = _every_page(client, f"/fhir/Patient?identifier={system}|{ct.PatientID}")
@@ -161,10 +164,8 @@ def _orthanc_view(orthanc):
 def test_dicomweb_sync_matches_orthanc(store_url, open_config, orthanc, valid_r4):
     config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": orthanc.dicomweb_url,
                                               "timezone": "Europe/Berlin"}])
-    store = Store(config.store, config.timezone, config.server.base_url)
-    summary = sync_source(store, config.sources[0])
+    store, summary, client = _synced(config)
     assert summary.error is None
-    client = create_app(config, store).test_client()
     studies, patients, endpoints = _check_emitted(client, valid_r4)
 
     expected = _orthanc_view(orthanc)
@@ -192,9 +193,7 @@ def test_dicomweb_sync_matches_orthanc(store_url, open_config, orthanc, valid_r4
 
 def test_dicomweb_patient_search_matches_orthanc_grouping(open_config, sqlite_url, orthanc):
     config = open_config(sqlite_url, sources=[{"name": "pacs", "type": "dicomweb", "url": orthanc.dicomweb_url}])
-    store = Store(config.store, config.timezone, config.server.base_url)
-    sync_source(store, config.sources[0])
-    client = create_app(config, store).test_client()
+    store, _, client = _synced(config)
     quarantined = {q.study_uid for q in store.quarantined("pacs")}
     system = config.sources[0].patient_id_system
     by_patient_id = defaultdict(set)  # Orthanc's own grouping of studies by Patient ID
@@ -222,9 +221,7 @@ def test_dicomweb_instance_metadata_brings_other_patient_ids(open_config, sqlite
     for flag in (False, True):
         config = open_config(sqlite_url, sources=[{"name": f"pacs{int(flag)}", "type": "dicomweb",
                                                    "url": orthanc.dicomweb_url, "instance_metadata": flag}])
-        store = Store(config.store, config.timezone, config.server.base_url)
-        sync_source(store, config.sources[0])
-        client = create_app(config, store).test_client()
+        store, _, client = _synced(config)
         system = config.sources[0].patient_id_system
         patients = _every_page(client, f"/fhir/Patient?identifier={system}|{ct.PatientID}")
         results[flag] = sorted(i["value"] for i in patients[0]["resource"]["identifier"] if i["value"] != ct.PatientID)

@@ -21,7 +21,7 @@ def test_quarantined_file_is_released_once_it_reads(tmp_path, open_config, sqlit
     del broken.StudyInstanceUID
     broken.save_as(archive / "broken.dcm")
     config = open_config(sqlite_url, sources=[{"name": "sample", "type": "folder", "path": str(archive)}])
-    store = Store(config.store, config.timezone, config.server.base_url)
+    store = Store.from_config(config)
 
     first = sync_source(store, config.sources[0])
     assert (first.new, first.failed) == (1, 1)
@@ -43,7 +43,7 @@ def test_quarantined_file_is_released_once_it_reads(tmp_path, open_config, sqlit
 def test_unreachable_archive_keeps_the_quarantine(tmp_path, open_config, sqlite_url):
     config = open_config(sqlite_url, sources=[{"name": "pacs", "type": "dicomweb",
                                                "url": "http://127.0.0.1:9/dicom-web", "timeout": 1}])
-    store = Store(config.store, config.timezone, config.server.base_url)
+    store = Store.from_config(config)
     store.quarantine("pacs", "1.2.3", "1.2.3", "earlier failure")
     summary = sync_source(store, config.sources[0])
     assert summary.error and "pacs" in summary.error
