@@ -28,6 +28,7 @@ from app.ids import valid_id
 DEFAULT_CONFIG = "config.yaml"
 CONFIG_ENV = "IMAGING_FACADE_CONFIG"
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+ENV_IN_TEXT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 SECRET_KEYS = ("password", "token", "secret")
 
 
@@ -236,20 +237,30 @@ def _resolve_env(node, path: str, problems: dict, environ) -> object:
         return {k: _resolve_env(v, f"{path}.{k}" if path else str(k), problems, environ) for k, v in node.items()}
     if isinstance(node, list):
         return [_resolve_env(v, f"{path}[{i}]", problems, environ) for i, v in enumerate(node)]
-    if isinstance(node, str):
-        match = ENV_REF.match(node.strip())
-        if match:
-            var = match.group(1)
-            if var not in environ:
-                problems.setdefault(path, []).append(f"environment variable {var} is not set")
-                return None
-            return environ[var]
-        if path.rsplit(".", 1)[-1] in SECRET_KEYS:
-            problems.setdefault(path, []).append(
-                "secrets must not be written in the file; reference an environment variable, e.g. ${PACS_PASSWORD}"
-            )
-            return None
-    return node
+    if not isinstance(node, str):
+        return node
+    if path.rsplit(".", 1)[-1] in SECRET_KEYS and not ENV_REF.match(node.strip()):
+        problems.setdefault(path, []).append(
+            "secrets must not be written in the file; reference an environment variable, e.g. ${PACS_PASSWORD}"
+        )
+        return None
+    if path == "store" and _literal_password(node):
+        problems.setdefault(path, []).append(
+            "the database password must not be written in the file; use user:${PGPASSWORD}@host"
+        )
+        return None
+    unset = [var for var in ENV_IN_TEXT.findall(node) if var not in environ]
+    for var in unset:
+        problems.setdefault(path, []).append(f"environment variable {var} is not set")
+    if unset:
+        return None
+    return ENV_IN_TEXT.sub(lambda m: environ[m.group(1)], node)
+
+
+def _literal_password(url: str) -> bool:
+    """A database URL whose password is written out rather than referenced as ${VAR}."""
+    match = re.match(r"^[a-z0-9+]+://[^/@]*?:([^/@]*)@", url)
+    return bool(match and match.group(1) and not ENV_REF.match(match.group(1)))
 
 
 def load_config(path: str | os.PathLike | None = None, environ=None) -> Config:
@@ -269,8 +280,10 @@ def load_config(path: str | os.PathLike | None = None, environ=None) -> Config:
     try:
         data = ConfigSchema().load(raw)
     except ValidationError as exc:
+        unresolved = set(problems)  # their schema errors only echo the missing value
         for key, reasons in _flatten(exc.messages).items():
-            problems.setdefault(key, []).extend(reasons)
+            if key not in unresolved:
+                problems.setdefault(key, []).extend(reasons)
         data = None
     if problems:
         raise ConfigError(str(path), problems)

@@ -114,3 +114,22 @@ def test_postgres_url_and_absolute_paths_kept(tmp_path):
     config = load_config(_write(tmp_path, text), environ={})
     assert config.store == "postgresql+psycopg://facade@db.example/facade"
     assert config.sources[0].path == Path("/srv/x")
+
+
+def test_database_password_must_be_a_reference(tmp_path):
+    problems = _problems(tmp_path, "store: postgresql+psycopg://facade:hunter2@db/facade\n")
+    assert "database password" in problems["store"][0]
+    assert "hunter2" not in str(problems)
+
+
+def test_references_inside_a_value_are_resolved(tmp_path):
+    text = "store: 'postgresql+psycopg://facade:${PGPASSWORD}@${PGHOST}/facade'\n"
+    config = load_config(_write(tmp_path, text), environ={"PGPASSWORD": "s3cret", "PGHOST": "db.example"})
+    assert config.store == "postgresql+psycopg://facade:s3cret@db.example/facade"
+    problems = _problems(tmp_path, text, environ={"PGPASSWORD": "s3cret"})
+    assert problems["store"] == ["environment variable PGHOST is not set"]
+
+
+def test_user_without_password_is_fine(tmp_path):
+    config = load_config(_write(tmp_path, "store: postgresql+psycopg://postgres@127.0.0.1:5432/test\n"), environ={})
+    assert config.store == "postgresql+psycopg://postgres@127.0.0.1:5432/test"
