@@ -124,6 +124,7 @@ class ServerSchema(Strict):
     default_count = fields.Integer(load_default=50, validate=validate.Range(min=1))
     max_count = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     secret = fields.String(load_default=None)
+    page_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=1, max=7 * 86400))
 
     @validates_schema
     def _counts(self, data, **_):
@@ -189,6 +190,7 @@ class ServerConfig:
     default_count: int
     max_count: int
     secret: str | None
+    page_ttl: int = 3600
 
 
 @dataclass(frozen=True)

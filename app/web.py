@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import orjson
 from flask import Flask, Response
+from flask_compress import Compress
 
 from app import security
 from app.config import Config
@@ -18,9 +19,21 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     errors.init_app(app)
     security.init_app(app, config)
     app.register_blueprint(fhir_bp, url_prefix="/fhir")
+    _compress(app)
 
     @app.get("/health")
     def health():
         return Response(orjson.dumps({"status": "ok"}), content_type="application/json")
 
     return app
+
+
+def _compress(app: Flask) -> None:
+    """gzip (or deflate) when the client sends Accept-Encoding; Bundles of JSON shrink ~10x."""
+    app.config.update(
+        COMPRESS_MIMETYPES=["application/fhir+json", "application/json"],
+        COMPRESS_ALGORITHM=["gzip", "deflate"],
+        COMPRESS_LEVEL=5,
+        COMPRESS_MIN_SIZE=1024,
+    )
+    Compress(app)

@@ -13,9 +13,10 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
         resources.append({
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
-            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
+            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
+                            {"code": "search-type"}],
             "versioning": "versioned",
-            "readHistory": False,
+            "readHistory": True,
             "conditionalRead": "full-support",
             "searchInclude": [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype] + ["*"],
             "searchRevInclude": [f"{s}:{p}" for (s, p), t in REVINCLUDES.items() if t == rtype] + ["*"],
@@ -53,6 +54,16 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
                 ":iterate and *; included resources carry search.mode=include, do not count toward "
                 "_count, and each page carries those of its own matches, never truncated. "
                 "Unknown parameters are ignored unless the request carries 'Prefer: handling=strict'. "
+                "Modifiers: token :not, :text, :of-type (identifier), :missing; string :exact, :contains, "
+                ":missing; reference :[type], :identifier, :missing; date :missing. Patient phonetic matches "
+                "every word of the value by Metaphone. "
+                "_sort takes several parameters, '-' for descending; a repeating element sorts by its lowest "
+                "value ascending and its highest descending, dates by the start of their period, resources "
+                "without a value last; ties are broken by id. Paging links expire after server.page_ttl "
+                "seconds (400 then). _total=estimate counts exactly up to 1000 matches, beyond that it is "
+                "PostgreSQL's planner estimate (absent on SQLite). _summary (true, text, data, count, false) "
+                "and _elements work on searches and reads; _elements applies to the matches, _summary to "
+                "included resources too. Responses are gzip-compressed when the client accepts it. "
                 "At most 50 parameters per search and 100 comma-separated values per parameter."
             ),
             "security": security,

@@ -8,15 +8,15 @@ from datetime import datetime, timezone
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from app.fhir.bundle import search_url, searchset
+from app.fhir.bundle import history, search_url, searchset, subset
 from app.fhir.capability import capability_statement
 from app.fhir.errors import FHIR_JSON, FhirError
-from app.fhir.paging import PageTokens
+from app.fhir.paging import PageTokens, search_digest
 from app.ids import valid_id
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
 from app.store.reader import Reader
-from app.store.search_sql import read_current, read_version, run_search
+from app.store.search_sql import read_current, read_history, read_version, run_search
 
 bp = Blueprint("fhir", __name__)
 JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
@@ -77,12 +77,30 @@ def _not_modified(etag: str, micros: int) -> bool:
     return False
 
 
+_SUBSETTING = ("_summary", "_elements")
+
+
+def _subsetting(rtype: str):
+    """`_summary` / `_elements` on a read: the (summary, elements) asked for, or 400."""
+    items = [(k, v) for k, v in request.args.items(multi=True) if k in _SUBSETTING]
+    if not items:
+        return "false", None
+    try:
+        query = _parse(rtype, items)
+    except SearchError as err:
+        raise FhirError(400, err.code, err.diagnostics) from None
+    if query.summary == "count":
+        raise FhirError(400, "invalid", "parameter '_summary': count applies to searches, not reads")
+    return query.summary, query.elements
+
+
 def _resource_response(rtype: str, rid: str, version: int, micros: int, content: bytes) -> Response:
+    summary, elements = _subsetting(rtype)
     etag = f'W/"{version}"'
     headers = {"ETag": etag, "Last-Modified": _http_date(micros)}
     if _not_modified(etag, micros):
         return Response(status=304, headers=headers)
-    return _json(content, headers=headers)
+    return _json(subset(content, summary, elements), headers=headers)
 
 
 @bp.get("/<rtype>/<rid>")
@@ -108,6 +126,17 @@ def vread(rtype: str, rid: str, vid: str):
     return _resource_response(rtype, rid, int(vid), row[0], row[1])
 
 
+@bp.get("/<rtype>/<rid>/_history")
+def history_instance(rtype: str, rid: str):
+    _check_type(rtype)
+    _check_id(rtype, rid)
+    versions = read_history(_state().reader, rtype, rid)
+    if not versions:
+        raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
+    state = _state()
+    return _json(history(state.base_url, rtype, rid, versions, f"{state.base_url}/{rtype}/{rid}/_history"))
+
+
 @bp.get("/<rtype>")
 def search_get(rtype: str):
     _check_type(rtype)
@@ -128,24 +157,31 @@ def _strict() -> bool:
     return "handling=strict" in (part.strip() for part in re.split(r"[;,]", prefer))
 
 
+def _parse(rtype: str, items: list[tuple[str, str]]):
+    state = _state()
+    return parse_search(
+        rtype, items, zone=state.config.timezone, base_url=state.base_url,
+        default_count=state.config.server.default_count, max_count=state.config.server.max_count,
+        strict=_strict(),
+    )
+
+
 def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
     state = _state()
     try:
-        query = parse_search(
-            rtype, items, zone=state.config.timezone, base_url=state.base_url,
-            default_count=state.config.server.default_count, max_count=state.config.server.max_count,
-            strict=_strict(),
-        )
-        after = state.page_tokens.read(rtype, query.page) if query.page is not None else None
+        query = _parse(rtype, items)
+        digest = search_digest(rtype, query.applied)
+        cursor = state.page_tokens.read(digest, query.page) if query.page is not None else None
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
-    result = run_search(state.reader, query, after)
+    result = run_search(state.reader, query, cursor)
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:
-        token = state.page_tokens.make(rtype, result.matches[-1][0])
+        token = state.page_tokens.make(digest, result.cursor)
         next_url = search_url(state.base_url, rtype, list(query.applied) + [("_page", token)])
-    return _json(searchset(state.base_url, rtype, result, search_url(state.base_url, rtype, self_params), next_url))
+    return _json(searchset(state.base_url, rtype, result, search_url(state.base_url, rtype, self_params), next_url,
+                           query.summary, query.elements))
 
 
 class ApiState:
@@ -156,6 +192,6 @@ class ApiState:
         self.store = store
         self.reader = Reader(store.url)
         self.base_url = config.server.base_url
-        self.page_tokens = PageTokens(config.server.secret or store.paging_secret())
+        self.page_tokens = PageTokens(config.server.secret or store.paging_secret(), config.server.page_ttl)
         released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.capability = orjson.dumps(capability_statement(self.base_url, released, config.security.open))

@@ -27,11 +27,20 @@ class SearchParam:
     #: for tokens on a `code` element: the system of its required value set, so that
     #: `system|code` matches as well as `code`
     code_system: str | None = None
+    #: for tokens on Identifier elements: `:of-type` applies
+    identifiers: bool = False
+    #: a server-defined way of matching instead of the type's own ("phonetic")
+    matcher: str | None = None
+
+    @property
+    def sortable(self) -> bool:
+        return self.matcher is None
 
 
-def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None, code_system=None):
+def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None, code_system=None,
+       identifiers=False, matcher=None):
     return SearchParam(resource, name, type_, tuple(paths), R4_SP + definition, documentation, tuple(targets),
-                       column, code_system)
+                       column, code_system, identifiers, matcher)
 
 
 def _common(resource: str) -> list[SearchParam]:
@@ -57,7 +66,7 @@ PARAMS: list[SearchParam] = [
     _p("ImagingStudy", "endpoint", "reference", ["endpoint", "series.endpoint"], "ImagingStudy-endpoint",
        "The endpoint for the study or series", ["Endpoint"]),
     _p("ImagingStudy", "identifier", "token", ["identifier"], "clinical-identifier",
-       "Identifiers for the Study, such as DICOM Study Instance UID and Accession number"),
+       "Identifiers for the Study, such as DICOM Study Instance UID and Accession number", identifiers=True),
     _p("ImagingStudy", "instance", "token", ["series.instance.uid"], "ImagingStudy-instance",
        "SOP Instance UID for an instance"),
     _p("ImagingStudy", "interpreter", "reference", ["interpreter"], "ImagingStudy-interpreter",
@@ -81,7 +90,8 @@ PARAMS: list[SearchParam] = [
     _p("ImagingStudy", "subject", "reference", ["subject"], "ImagingStudy-subject",
        "Who the study is about", ["Patient", "Device", "Group"]),
     *_common("Patient"),
-    _p("Patient", "identifier", "token", ["identifier"], "Patient-identifier", "A patient identifier"),
+    _p("Patient", "identifier", "token", ["identifier"], "Patient-identifier", "A patient identifier",
+       identifiers=True),
     _p("Patient", "name", "string", ["name"], "Patient-name",
        "A server defined search that may match any of the string fields in the HumanName, "
        "including family, given, prefix, suffix and text"),
@@ -89,6 +99,10 @@ PARAMS: list[SearchParam] = [
        "A portion of the family name of the patient"),
     _p("Patient", "given", "string", ["name.given"], "individual-given",
        "A portion of the given name of the patient"),
+    _p("Patient", "phonetic", "string", ["name"], "individual-phonetic",
+       "A portion of either family or given name using some kind of phonetic matching algorithm: here every "
+       "word of the value must sound (Metaphone, after removing accents) like a word of one of the names",
+       matcher="phonetic"),
     _p("Patient", "birthdate", "date", ["birthDate"], "individual-birthdate", "The patient's date of birth"),
     _p("Patient", "gender", "token", ["gender"], "individual-gender", "Gender of the patient",
        code_system="http://hl7.org/fhir/administrative-gender"),
@@ -97,7 +111,8 @@ PARAMS: list[SearchParam] = [
        code_system="http://hl7.org/fhir/endpoint-status"),
     _p("Endpoint", "connection-type", "token", ["connectionType"], "Endpoint-connection-type",
        "Protocol/Profile/Standard to be used with this endpoint connection"),
-    _p("Endpoint", "identifier", "token", ["identifier"], "Endpoint-identifier", "Identifies this endpoint"),
+    _p("Endpoint", "identifier", "token", ["identifier"], "Endpoint-identifier", "Identifies this endpoint",
+       identifiers=True),
     _p("Endpoint", "name", "string", ["name"], "Endpoint-name",
        "A name that this Endpoint can be identified by"),
     _p("Endpoint", "organization", "reference", ["managingOrganization"], "Endpoint-organization",
@@ -129,7 +144,7 @@ REVINCLUDES = INCLUDES
 
 
 #: result parameters the server understands (everything else is an unknown parameter)
-CONTROL = {"_count", "_include", "_revinclude", "_page", "_format", "_total", "_summary"}
+CONTROL = {"_count", "_include", "_revinclude", "_page", "_format", "_total", "_summary", "_elements", "_sort"}
 
 
 def indexed(resource: str) -> list[SearchParam]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from app.fhir.elements import ELEMENTS, SUMMARY_MODES
 from app.search.dates import DateFormatError, date_range
 from app.search.params import BY_RESOURCE, CONTROL, INCLUDES, REVINCLUDES, SearchParam, served_targets
+from app.search.text import phonetic_codes
 
 ANY_SYSTEM = object()  # token without "|": any system matches
 #: at most this many comma-separated values in one parameter, and parameters in one search
@@ -19,10 +21,10 @@ MAX_PARAMETERS = 50
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS = {
-    "token": {"not", "missing"},
+    "token": {"not", "missing", "text", "of-type"},
     "string": {"exact", "contains", "missing"},
     "date": {"missing"},
-    "reference": {"missing"},
+    "reference": {"missing", "identifier"},
 }
 _ESCAPED_COMMA = "\x00"
 
@@ -43,6 +45,20 @@ class Clause:
     values: list
     #: the name=value text as the client sent it, for the self link
     raw: tuple[str, str] = ("", "")
+    #: how the values are matched (token, string, date, reference, phonetic) and the name
+    #: their index rows carry: a modifier such as :text or :of-type has rows of its own
+    kind: str = ""
+    index: str = ""
+
+    def __post_init__(self):
+        self.kind = self.kind or self.param.type
+        self.index = self.index or self.param.name
+
+
+@dataclass(frozen=True)
+class SortKey:
+    param: SearchParam
+    descending: bool = False
 
 
 @dataclass
@@ -84,7 +100,11 @@ class SearchQuery:
     revincludes: list[Include] = field(default_factory=list)
     page: str | None = None
     total: str = "accurate"
-    summary_count: bool = False
+    #: _summary: true, text, data, count or false
+    summary: str = "false"
+    #: _elements: the top-level elements asked for, or None
+    elements: frozenset[str] | None = None
+    sort: list[SortKey] = field(default_factory=list)
     #: parameters applied, in request order, for the self and next links
     applied: list[tuple[str, str]] = field(default_factory=list)
 
@@ -156,6 +176,15 @@ def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str |
     return rtype, rid
 
 
+def _of_type(param: str, raw: str):
+    """`system|code|value`: an identifier of that type with that value -> (system, 'code|value')."""
+    parts = [_unescape(p) for p in re.split(r"(?<!\\)\|", raw)]
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise SearchError("invalid", f"parameter '{param}:of-type': {raw!r} is not system|code|value "
+                                     "(the identifier's type and its value)")
+    return parts[0], f"{parts[1]}|{parts[2]}"
+
+
 def _missing(param: str, raw: str) -> bool:
     if raw not in ("true", "false"):
         raise SearchError("invalid", f"parameter '{param}:missing': value must be true or false")
@@ -191,6 +220,7 @@ def parse_search(
         if clause is not None:
             query.clauses.append(clause)
             query.applied.append((name, value))
+    check_result_controls(query)
     return query
 
 
@@ -261,13 +291,24 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause
     if modifier:
         if param.type == "reference" and modifier in param.targets:
             modifier_type, modifier = modifier, None
-        elif modifier not in MODIFIERS.get(param.type, set()):
+        elif (modifier not in MODIFIERS.get(param.type, set())
+              or (modifier == "of-type" and not param.identifiers)
+              or (param.matcher and modifier != "missing")):
             raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
     if modifier == "missing":
         return Clause(param, "missing", [_missing(param.name, value)], (name, value))
     raws = _split(value)
     if len(raws) > MAX_VALUES:
         raise SearchError("too-costly", f"parameter '{name}': at most {MAX_VALUES} comma-separated values")
+    if modifier == "text":
+        return Clause(param, None, [_string(name, raw) for raw in raws], (name, value), "string", name)
+    if modifier == "of-type":
+        return Clause(param, None, [_of_type(param.name, raw) for raw in raws], (name, value), "token", name)
+    if modifier == "identifier":
+        return Clause(param, None, [_token(name, raw) for raw in raws], (name, value), "token", name)
+    if param.matcher == "phonetic":
+        return Clause(param, None, [phonetic_codes(_string(name, raw)) for raw in raws], (name, value),
+                      "phonetic")
     values = []
     for raw in raws:
         if param.type == "token":
@@ -322,9 +363,45 @@ def _control(query: SearchQuery, base, modifier, value, name, max_count) -> None
         query.total = value
         query.applied.append((name, value))
     elif base == "_summary":
-        if value == "count":
-            query.summary_count = True
-            query.applied.append((name, value))
-        elif value != "false":
-            raise SearchError("not-supported", "parameter '_summary': only 'count' and 'false' are supported")
+        if value not in SUMMARY_MODES:
+            raise SearchError("invalid", f"parameter '_summary': must be one of {', '.join(SUMMARY_MODES)}")
+        query.summary = value
+        query.applied.append((name, value))
+    elif base == "_elements":
+        query.elements = _elements(query.rtype, value)
+        query.applied.append((name, value))
+    elif base == "_sort":
+        query.sort = _sort_keys(query.rtype, value)
+        query.applied.append((name, value))
     # _format is handled by the content negotiation in routes
+
+
+def _elements(rtype: str, value: str) -> frozenset[str]:
+    names = frozenset(v.strip() for v in value.split(",") if v.strip())
+    unknown = sorted(n for n in names if n not in ELEMENTS[rtype])
+    if not names or unknown:
+        raise SearchError("invalid", f"parameter '_elements': {', '.join(unknown) or 'no element'} is not an "
+                                     f"element of {rtype}")
+    return names
+
+
+def _sort_keys(rtype: str, value: str) -> list[SortKey]:
+    """`_sort=a,-b`: sort by a ascending, then b descending (FHIR R4 search 3.1.1.5.7)."""
+    keys, seen = [], set()
+    for raw in value.split(","):
+        name = raw.strip()
+        descending = name.startswith("-")
+        name = name.lstrip("-")
+        param = BY_RESOURCE[rtype].get(name)
+        if param is None or not param.sortable:
+            raise SearchError("invalid", f"parameter '_sort': {name or raw!r} is not a sortable parameter of {rtype}")
+        if name not in seen:
+            seen.add(name)
+            keys.append(SortKey(param, descending))
+    return keys
+
+
+def check_result_controls(query: SearchQuery) -> None:
+    """Combinations of result parameters the server refuses, after all are parsed."""
+    if query.elements is not None and query.summary not in ("false",):
+        raise SearchError("invalid", "parameters '_elements' and '_summary' cannot be combined")

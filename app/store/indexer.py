@@ -5,11 +5,11 @@ four narrow tables (token, string, date, reference) and never parses stored JSON
 """
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
 from app.search.dates import DateFormatError, date_range
 from app.search.params import indexed
+from app.search.text import normalize, phonetic_codes
 
 
 @dataclass
@@ -20,10 +20,8 @@ class IndexRows:
     refs: list[tuple[str, str, str]] = field(default_factory=list)  # param, target type, target id
 
 
-def normalize(text: str) -> str:
-    """Case- and accent-insensitive form used for string search (FHIR R4 search 3.1.1.5.13)."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+#: index rows for modifiers live under the parameter's name with the modifier appended
+TEXT, OF_TYPE, IDENTIFIER = ":text", ":of-type", ":identifier"
 
 
 def walk(node, path: str):
@@ -59,6 +57,30 @@ def _tokens(value):
             yield value.get("system"), value["value"]
 
 
+def _token_texts(value):
+    """The text a token's `:text` modifier searches: CodeableConcept.text, Coding.display,
+    Identifier.type.text (FHIR R4 search 3.1.1.5.10)."""
+    if not isinstance(value, dict):
+        return
+    if isinstance(value.get("text"), str):
+        yield value["text"]
+    for coding in value.get("coding", []) if isinstance(value.get("coding"), list) else [value]:
+        if isinstance(coding.get("display"), str):
+            yield coding["display"]
+    kind = value.get("type")
+    if "value" in value and isinstance(kind, dict) and isinstance(kind.get("text"), str):
+        yield kind["text"]
+
+
+def _identifier_types(value):
+    """(type system, type code) of an Identifier, for `:of-type`."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if isinstance(kind, dict) and value.get("value") is not None:
+        for coding in kind.get("coding", []):
+            if coding.get("code") is not None:
+                yield coding.get("system"), coding["code"]
+
+
 def _strings(value):
     if isinstance(value, str):
         yield value
@@ -86,35 +108,65 @@ def _reference(value, base_url: str | None):
     return parts[-2], parts[-1]
 
 
+class _Collector:
+    """Index rows of one resource, each distinct row once."""
+
+    def __init__(self):
+        self.rows = IndexRows()
+        self._seen: set = set()
+
+    def _add(self, table: list, row: tuple) -> None:
+        if (id(table), row) not in self._seen:
+            self._seen.add((id(table), row))
+            table.append(row)
+
+    def token(self, param: str, system, code: str) -> None:
+        self._add(self.rows.tokens, (param, system, code))
+
+    def string(self, param: str, text: str, norm: str | None = None) -> None:
+        self._add(self.rows.strings, (param, normalize(text) if norm is None else norm, text))
+
+    def date(self, param: str, low: int, high: int) -> None:
+        self._add(self.rows.dates, (param, low, high))
+
+    def ref(self, param: str, target_type: str, target_id: str) -> None:
+        self._add(self.rows.refs, (param, target_type, target_id))
+
+
 def index_rows(resource: dict, default_zone: str = "UTC", base_url: str | None = None) -> IndexRows:
-    rows = IndexRows()
+    out = _Collector()
     for param in indexed(resource["resourceType"]):
-        seen: set = set()
+        name = param.name
         for path in param.paths:
             for value in walk(resource, path):
-                if param.type == "token":
+                if param.matcher == "phonetic":
+                    for text in _strings(value):
+                        for code in phonetic_codes(text):
+                            out.string(name, code, code)
+                elif param.type == "token":
                     for system, code in _tokens(value):
                         if system is None and isinstance(value, str):
                             system = param.code_system
-                        key = (param.name, system, code)
-                        if key not in seen:
-                            seen.add(key)
-                            rows.tokens.append(key)
+                        out.token(name, system, code)
+                    for text in _token_texts(value):
+                        out.string(name + TEXT, text)
+                    if param.identifiers:
+                        for system, code in _identifier_types(value):
+                            out.token(name + OF_TYPE, system, f"{code}|{value['value']}")
                 elif param.type == "string":
                     for text in _strings(value):
-                        key = (param.name, normalize(text), text)
-                        if key not in seen:
-                            seen.add(key)
-                            rows.strings.append(key)
+                        out.string(name, text)
                 elif param.type == "date":
                     try:
                         low, high = date_range(value, default_zone)
                     except (DateFormatError, TypeError):
                         continue
-                    rows.dates.append((param.name, low, high))
+                    out.date(name, low, high)
                 elif param.type == "reference":
                     target = _reference(value, base_url)
-                    if target and (not param.targets or target[0] in param.targets) and (param.name, *target) not in seen:
-                        seen.add((param.name, *target))
-                        rows.refs.append((param.name, *target))
-    return rows
+                    if target and (not param.targets or target[0] in param.targets):
+                        out.ref(name, *target)
+                    ident = value.get("identifier") if isinstance(value, dict) else None
+                    if isinstance(ident, dict) and ident.get("value") is not None:
+                        out.token(name + IDENTIFIER, ident.get("system"), ident["value"])
+    return out.rows

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from app.search.query import ANY_SYSTEM, ChainClause, Clause, HasClause, SearchQuery
-from app.store.indexer import normalize
+from app.search.text import normalize
 from app.store.reader import Reader
 
 _TABLE = {"token": "idx_token", "string": "idx_string", "date": "idx_date", "reference": "idx_reference"}
@@ -23,6 +23,8 @@ class SearchResult:
     total: int | None
     has_more: bool
     includes: list[tuple[str, str, bytes]]  # (type, id, content)
+    #: the last match's sort values and id: where the next page starts
+    cursor: list | None = None
 
 
 def _like_escape(text: str) -> str:
@@ -64,7 +66,7 @@ def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, par
 
 
 def _value_sql(clause: Clause, value, params: list) -> str:
-    kind = clause.param.type
+    kind = clause.kind
     if kind == "token":
         system, code = value
         if system is ANY_SYSTEM:
@@ -107,6 +109,15 @@ def _column_sql(clause: Clause, value, params: list) -> str:
     return _date_sql("last_updated", "(last_updated + 1000)", prefix, low, high, params)
 
 
+def _phonetic_sql(rtype: str, clause: Clause, codes: list[str], params: list) -> str:
+    """Every word's code among the resource's codes (a value without letters matches nothing)."""
+    if not codes:
+        return "1 = 0"
+    params += [rtype, clause.index, *codes, len(codes)]
+    return (f"id IN (SELECT rid FROM idx_string WHERE rtype = ? AND param = ? AND norm IN ({_in(codes)}) "
+            "GROUP BY rid HAVING COUNT(DISTINCT norm) = ?)")
+
+
 def _clause_sql(rtype: str, clause, params: list) -> str:
     """SQL condition on `id` of the `rtype` resource for one (possibly chained) clause."""
     if isinstance(clause, ChainClause):
@@ -124,8 +135,10 @@ def _clause_sql(rtype: str, clause, params: list) -> str:
         if clause.modifier == "missing":
             return "1 = 0" if clause.values[0] else "1 = 1"  # every resource has an id and lastUpdated
         return "(" + " OR ".join(_column_sql(clause, v, params) for v in clause.values) + ")"
-    table = _TABLE[param.type]
-    params += [rtype, param.name]
+    if clause.kind == "phonetic":
+        return "(" + " OR ".join(_phonetic_sql(rtype, clause, codes, params) for codes in clause.values) + ")"
+    table = _TABLE[clause.kind]
+    params += [rtype, clause.index]
     owned = f"SELECT rid FROM {table} WHERE rtype = ? AND param = ?"
     if clause.modifier == "missing":
         return f"id NOT IN ({owned})" if clause.values[0] else f"id IN ({owned})"
@@ -134,30 +147,98 @@ def _clause_sql(rtype: str, clause, params: list) -> str:
     return f"id {negate}IN ({owned} AND ({values}))"
 
 
-def run_search(reader: Reader, query: SearchQuery, after: str | None) -> SearchResult:
+#: `_total=estimate` counts exactly up to this many matches; beyond, PostgreSQL's planner estimates
+ESTIMATE_EXACT_UP_TO = 1000
+
+_SORT_AGGREGATE = {  # type -> (index table, value expression); ascending takes MIN, descending MAX
+    "token": ("idx_token", "code"),
+    "string": ("idx_string", "norm"),
+    "date": ("idx_date", "low"),
+    "reference": ("idx_reference", "target_type || '/' || target_id"),
+}
+
+
+def _sort_expr(key, params: list, text_collation: str) -> str:
+    """One _sort key as a value per resource: the value that comes first in the asked order.
+
+    A repeating element sorts by its lowest value ascending and its highest descending
+    (FHIR R4 search 3.1.1.5.7); dates by the start of their period. A resource without a
+    value gets NULL, which sorts last either way.
+    """
+    param = key.param
+    if param.column:
+        return f"r.{param.column}"
+    table, value = _SORT_AGGREGATE[param.type]
+    collate = text_collation if param.type != "date" else ""
+    params.append(param.name)
+    return (f"(SELECT {'MAX' if key.descending else 'MIN'}({value}{collate}) FROM {table} "
+            f"WHERE rtype = r.rtype AND rid = r.id AND param = ?)")
+
+
+def _after_sql(query: SearchQuery, cursor: list, params: list) -> str:
+    """Rows after the cursor (the last row's sort values and id) in the search's order."""
+    keys = [f"k{i}" for i in range(len(query.sort))] + ["id"]
+    descending = [k.descending for k in query.sort] + [False]
+    alternatives = []
+    for i, (key, value) in enumerate(zip(keys, cursor)):
+        if value is None:
+            continue  # NULLs sort last: nothing comes after a NULL in this key
+        same = []
+        for prior, prior_value in zip(keys[:i], cursor[:i]):
+            if prior_value is None:
+                same.append(f"{prior} IS NULL")
+            else:
+                same.append(f"{prior} = ?")
+                params.append(prior_value)
+        params.append(value)
+        step = f"({key} {'<' if descending[i] else '>'} ? OR {key} IS NULL)" if key != "id" else "id > ?"
+        alternatives.append("(" + " AND ".join(same + [step]) + ")")
+    return "(" + (" OR ".join(alternatives) or "1 = 0") + ")"
+
+
+def _count(reader: Reader, query: SearchQuery, where: str, params: list) -> int | None:
+    if query.total != "estimate":
+        return reader.one(f"SELECT COUNT(*) FROM resource WHERE {where}", params)[0]
+    limited = reader.one(f"SELECT COUNT(*) FROM (SELECT 1 FROM resource WHERE {where} LIMIT ?) AS m",
+                         [*params, ESTIMATE_EXACT_UP_TO + 1])[0]
+    if limited <= ESTIMATE_EXACT_UP_TO or reader.is_sqlite:
+        return limited if limited <= ESTIMATE_EXACT_UP_TO else None
+    plan = reader.one(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM resource WHERE {where}", params)[0]
+    return max(int(plan[0]["Plan"]["Plan Rows"]), limited)
+
+
+def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
+    """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page)."""
     params: list = [query.rtype]
     where = " AND ".join(["rtype = ?"] + [_clause_sql(query.rtype, c, params) for c in query.clauses])
-    want_total = query.total != "none" or query.summary_count
-    if query.summary_count or query.count == 0:
-        total = reader.one(f"SELECT COUNT(*) FROM resource WHERE {where}", params)[0] if want_total else None
-        return SearchResult([], total, False, [])
-    page_where, page_params = where, list(params)
-    if after is not None:
-        page_where += " AND id > ?"
-        page_params.append(after)
+    want_total = query.total != "none" or query.summary == "count"
+    if query.summary == "count" or query.count == 0:
+        return SearchResult([], _count(reader, query, where, params) if want_total else None, False, [])
+    text_collation = "" if reader.is_sqlite else ' COLLATE "C"'
+    page_params: list = []
+    sort_columns = [_sort_expr(k, page_params, text_collation) for k in query.sort]
+    page_params += params
+    order = ", ".join([f"k{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(query.sort)]
+                      + ["id"])
+    select = ", ".join(["id", "content"] + [f"{expr} AS k{i}" for i, expr in enumerate(sort_columns)])
+    sql = f"SELECT {select} FROM resource r WHERE {where}"
+    if cursor is not None:
+        sql = f"SELECT * FROM ({sql}) AS s WHERE {_after_sql(query, cursor, page_params)}"
     page_params.append(query.count + 1)
-    rows = reader.all(f"SELECT id, content FROM resource WHERE {page_where} ORDER BY id LIMIT ?", page_params)
+    rows = reader.all(f"{sql} ORDER BY {order} LIMIT ?", page_params)
     has_more = len(rows) > query.count
-    matches = [(r[0], r[1]) for r in rows[: query.count]]
+    rows = rows[: query.count]
+    matches = [(r[0], r[1]) for r in rows]
     total = None
     if want_total:
-        if after is None and not has_more:
+        if cursor is None and not has_more:
             total = len(matches)  # the first page holds everything: no need to count again
         else:
-            total = reader.one(f"SELECT COUNT(*) FROM resource WHERE {where}", params)[0]
+            total = _count(reader, query, where, params)
     wanted = (query.includes or query.revincludes) and matches
     includes = _includes(reader, query, [m[0] for m in matches]) if wanted else []
-    return SearchResult(matches, total, has_more, includes)
+    last = [*rows[-1][2:], rows[-1][0]] if rows else None
+    return SearchResult(matches, total, has_more, includes, last)
 
 
 def _chunks(values: list, size: int = 500):
@@ -223,3 +304,9 @@ def read_version(reader: Reader, rtype: str, rid: str, version: int):
     """(last_updated, content) of one stored version, or None."""
     return reader.one("SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",
                       [rtype, rid, version])
+
+
+def read_history(reader: Reader, rtype: str, rid: str) -> list[tuple[int, int, bytes]]:
+    """(version, last_updated, content) of every stored version, newest first."""
+    return reader.all("SELECT version, last_updated, content FROM resource_version WHERE rtype = ? AND id = ? "
+                      "ORDER BY version DESC", [rtype, rid])

@@ -34,7 +34,10 @@ CASES = [
     ("/fhir/ImagingStudy?_include=", 400),
     ("/fhir/ImagingStudy?modality=" + ",".join(["MR"] * 40000), 400),
     ("/fhir/ImagingStudy?" + "&".join(f"modality=M{i}" for i in range(60)), 400),
-    ("/fhir/ImagingStudy?_summary=true", 400),
+    ("/fhir/ImagingStudy?_summary=maybe", 400),
+    ("/fhir/ImagingStudy?_sort=colour", 400),
+    ("/fhir/ImagingStudy?_elements=colour", 400),
+    ("/fhir/ImagingStudy?identifier:of-type=urn:x|ACSN", 400),
     ("/fhir/ImagingStudy?_page=%00", 400),
 ]
 

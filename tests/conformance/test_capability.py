@@ -57,7 +57,8 @@ def test_every_listed_parameter_and_include_works(client):  # noqa: F811
                 response = client.get(f"/fhir/{rtype}?_{kind.lower()}={include}",
                                       headers={"Prefer": "handling=strict"})
                 assert response.status_code == 200, (rtype, kind, include)
-        assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "search-type"}
+        assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "history-instance",
+                                                                "search-type"}
 
 
 def test_missing_modifier_partitions_the_results(client):  # noqa: F811
