@@ -378,10 +378,11 @@ def _control(query: SearchQuery, base, modifier, value, name, max_count) -> None
 
 def _elements(rtype: str, value: str) -> frozenset[str]:
     names = frozenset(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise SearchError("invalid", "parameter '_elements': name at least one element")
     unknown = sorted(n for n in names if n not in ELEMENTS[rtype])
-    if not names or unknown:
-        raise SearchError("invalid", f"parameter '_elements': {', '.join(unknown) or 'no element'} is not an "
-                                     f"element of {rtype}")
+    if unknown:
+        raise SearchError("invalid", f"parameter '_elements': {', '.join(unknown)} is not an element of {rtype}")
     return names
 
 
