@@ -96,12 +96,47 @@ def _sync_with_progress(store, src):
         + (f" [{stats}]" if stats else "")
     )
     if summary.failed:
-        click.echo(f"{src.name}: {summary.failed} studies quarantined; see the quarantine table for reasons")
+        click.echo(f"{src.name}: {summary.failed} studies quarantined; "
+                   f"`imaging-facade quarantine list --source {src.name}` shows why")
     if summary.released:
         click.echo(f"{src.name}: {summary.released} studies left the quarantine")
     if summary.error:
         click.echo(f"{src.name}: sync stopped: {summary.error}", err=True)
     return summary
+
+
+@main.group()
+def quarantine():
+    """Studies a sync could not map, with the reason; each later sync retries them."""
+
+
+@quarantine.command("list")
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+@click.option("--source", "source_name", default=None, help="only this source")
+def quarantine_list(config_path, source_name):
+    """List quarantined studies: source, study UID, where it was found, since when, and why."""
+    from app.search.dates import micros_to_instant
+    from app.store.repository import Store
+
+    config = _load(config_path)
+    if source_name:
+        try:
+            config.source(source_name)
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(2)
+    store = Store.from_config(config)
+    entries = store.quarantined(source_name)
+    store.close()
+    if not entries:
+        click.echo("the quarantine is empty")
+        return
+    click.echo("source\tstudy uid\tlocation\tfirst seen\tlast seen\treason")
+    for entry in entries:
+        location = entry.key if entry.key != entry.study_uid else "-"
+        click.echo("\t".join([entry.source, entry.study_uid or "-", location, micros_to_instant(entry.first_seen),
+                              micros_to_instant(entry.last_seen), entry.reason]))
+    click.echo(f"{len(entries)} quarantined", err=True)
 
 
 def _with_bind(config, host: str, port: int):

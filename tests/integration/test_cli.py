@@ -72,6 +72,26 @@ def test_sync_prints_progress_and_summary_and_is_idempotent(project):
     assert "sample: 0 new, 0 updated, 3 unchanged, 0 failed" in second.stdout
 
 
+def test_quarantine_list_shows_what_failed_and_why(project):
+    path, _ = project
+    archive = path.parent / "archive"
+    broken = __import__("pydicom").dcmread(get_testdata_file("CT_small.dcm"))
+    del broken.StudyInstanceUID
+    broken.save_as(archive / "broken.dcm")
+    assert run("quarantine", "list", "--config", str(path)).stdout.strip() == "the quarantine is empty"
+    synced = run("sync", "--config", str(path))
+    assert "1 failed" in synced.stdout and "quarantine list --source sample" in synced.stdout
+    listed = run("quarantine", "list", "--config", str(path), "--source", "sample")
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.strip().splitlines()
+    assert header.split("\t") == ["source", "study uid", "location", "first seen", "last seen", "reason"]
+    source, uid, location, first, last, reason = row.split("\t")
+    assert (source, uid, location) == ("sample", "-", "broken.dcm")
+    assert first.endswith("Z") and "StudyInstanceUID" in reason
+    unknown = run("quarantine", "list", "--config", str(path), "--source", "nope")
+    assert unknown.returncode == 2 and "nope" in unknown.stderr
+
+
 def test_sync_unknown_source_is_named(project):
     path, _ = project
     result = run("sync", "--config", str(path), "--source", "nope")
