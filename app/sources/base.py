@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
+from app.sources.matching import match_key
+
 
 @dataclass
 class SeriesRecord:
@@ -62,32 +64,52 @@ class ListedSource:
     """An archive asked for its study list first, then for each study's series and instances.
 
     Listing first makes `total()` known before the first study is fetched (the progress bar
-    shows it); a listing made by `total()` is used by the next `iter_studies`. Subclasses
-    give `_list_studies()` (sets `self._total`) and `_fetch_study(item)`.
+    shows it); a listing made by `total(match)` is used by the next `iter_studies(match)`
+    with the same match. `match` narrows the listing to study-level matching keys (see
+    `app.sources.matching`); the archive does the matching. Subclasses give
+    `_list_studies(match)` (sets `self._total` and `self.listing_gaps`) and
+    `_fetch_study(item)`.
     """
 
-    _pending: list | None = None  # listed by total(), not iterated yet
+    _pending: tuple | None = None  # (match key, listing) listed by total(), not iterated yet
+    _listed: tuple | None = None  # match key of the listing `_total` counts
     _total: int | None = None
+    #: where the last listing may have missed studies (a capped answer it could not cut)
+    listing_gaps: list[str] = []
 
-    def total(self) -> int | None:
-        """Number of items `iter_studies` yields (StudyRecords + StudyFailures)."""
-        if self._total is None:
-            self._pending = self._list_studies()
+    @property
+    def listing_complete(self) -> bool:
+        """False when the last listing may have missed studies: do not infer deletions from it."""
+        return not self.listing_gaps
+
+    def total(self, match: dict | None = None) -> int | None:
+        """Number of items `iter_studies(match)` yields (StudyRecords + StudyFailures).
+
+        Pass the same `match` as to `iter_studies`: another match is another listing.
+        """
+        key = match_key(match)
+        if self._total is None or self._listed != key:
+            self._pending = (key, self._list_studies(match))
+            self._listed = key
         return self._total
 
-    def iter_studies(self) -> Iterator[StudyRecord | StudyFailure]:
+    def iter_studies(self, match: dict | None = None) -> Iterator[StudyRecord | StudyFailure]:
         """Each listed study with its series and instances, or a StudyFailure.
 
-        Raises SourceError if the listing fails; each call lists afresh unless `total()`
-        made a listing that was not iterated yet.
+        Raises SourceError if the listing fails, ValueError for a `match` it cannot send;
+        each call lists afresh unless `total(match)` made a listing that was not iterated yet.
         """
-        listing, self._pending = self._pending, None
-        if listing is None:
-            listing = self._list_studies()
+        key = match_key(match)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == key:
+            listing = pending[1]
+        else:
+            listing = self._list_studies(match)
+            self._listed = key
         for item in listing:
             yield self._fetch_study(item)
 
-    def _list_studies(self) -> list:
+    def _list_studies(self, match: dict | None = None) -> list:
         raise NotImplementedError
 
     def _fetch_study(self, item) -> StudyRecord | StudyFailure:

@@ -14,10 +14,22 @@ never returns sequence attributes in QIDO (OtherPatientIDsSequence,
 IssuerOfPatientIDQualifiersSequence, ProcedureCodeSequence...). With
 `instance_metadata=True` the source fills the study's missing PATIENT/STUDY attributes
 from the WADO-RS metadata of its first instance (one extra request per study).
+
+Capped answers. An archive may return fewer studies than match a query. PS3.18 says it
+then sends `Warning: 299 ...: The number of results exceeded the maximum supported by the
+server...`; Orthanc (1.10, DICOMweb plugin 1.7) sends no Warning: with `LimitFindResults`
+= N it silently answers N+1 studies, and `offset` never reaches further. So a listing
+answer is taken as cut when a page carries such a Warning, or when it holds `max_results`
+(the archive's limit, from the config) studies or more; the listing then asks again by
+StudyDate slices (`app.sources.matching`). Series and instance answers are cut the same
+way (Orthanc: LimitFindResults, LimitFindInstances); a study whose series or instances
+are fewer than its own NumberOfStudyRelatedSeries / NumberOfSeriesRelatedInstances says
+is reported as a StudyFailure, rather than indexed with series or instances missing.
 """
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -27,8 +39,10 @@ from dicomweb_client.api import DICOMwebClient
 
 from app.mapping import tags
 from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
+from app.sources.counts import ShortAnswer, check_count
 from app.sources.dicom_json import first_uid
 from app.sources.errors import SourceError
+from app.sources.matching import normalize_match, qido_params, sliced_listing
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +52,8 @@ INSTANCE_FIELDS = sorted(tags.INSTANCE)
 _STUDY_LEVEL = set(STUDY_FIELDS)
 #: HTTP statuses worth another try: the archive or a proxy in front of it is busy
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: the PS3.18 warning of a QIDO-RS answer cut at the server's maximum number of results
+_CUT_WARNING = re.compile(r"exceed|additional results|remaining results", re.IGNORECASE)
 
 
 class _BadAnswer(Exception):
@@ -72,9 +88,12 @@ class DicomwebSource(ListedSource):
         retries: int = 3,
         backoff: float = 0.25,
         instance_metadata: bool = False,
+        max_results: int | None = None,
     ):
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
+        if max_results is not None and max_results < 1:
+            raise ValueError("max_results must be at least 1")
         self.name = name
         self.url = url.rstrip("/")
         self.public_url = _public_url(self.url)
@@ -82,12 +101,16 @@ class DicomwebSource(ListedSource):
         self.retries = retries
         self.backoff = backoff
         self.instance_metadata = instance_metadata
+        #: the most studies the archive returns for one query (Orthanc: LimitFindResults)
+        self.max_results = max_results
+        self._cut = False  # a response of the current query carried the PS3.18 "cut" warning
         self._secrets = [s for s in (password, token, urlsplit(url).password) if s]
         session = session if session is not None else requests.Session()
         if username is not None:
             session.auth = (username, password or "")
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
+        session.hooks["response"].append(self._note_warning)
         self.session = session
         self.client = DICOMwebClient(self.url, session=session, timeout=timeout,
                                      permissive_uid=True)
@@ -100,6 +123,7 @@ class DicomwebSource(ListedSource):
             host = f"[{netloc.hostname}]" if ":" in netloc.hostname else netloc.hostname
             self.client.host = f"{host}:{netloc.port}"
         self.stats: dict = {}
+        self.listing_gaps: list[str] = []
         self._reset_stats()
 
     # -- internals -------------------------------------------------------------------
@@ -107,7 +131,14 @@ class DicomwebSource(ListedSource):
         self.stats = {
             "studies_listed": 0, "requests": 0, "retries": 0, "studies": 0,
             "series": 0, "instances": 0, "failed": 0, "duplicates": 0,
+            "listing_queries": 0, "listing_gaps": 0,
         }
+
+    def _note_warning(self, response, *args, **kwargs):
+        warning = response.headers.get("Warning")
+        if warning and _CUT_WARNING.search(warning):
+            self._cut = True
+        return response
 
     def _clean(self, text: str) -> str:
         for secret in self._secrets:
@@ -143,9 +174,13 @@ class DicomwebSource(ListedSource):
             time.sleep(delay)
 
     def _paged(self, fn: Callable, **kwargs) -> list[dict]:
-        """All answers of a query, page by page, until a page comes back short."""
+        """All answers of a query, page by page, until a page comes back short.
+
+        `self._cut` tells afterwards whether a page carried the server's "cut" warning.
+        """
         answers: list[dict] = []
         offset = 0
+        self._cut = False
         while True:
             page = self._call(fn, limit=self.page_size, offset=offset, **kwargs)
             answers.extend(page)
@@ -153,7 +188,17 @@ class DicomwebSource(ListedSource):
                 return answers
             offset += len(page)
 
+    def _at_limit(self, answers: list) -> bool:
+        return self._cut or (self.max_results is not None and len(answers) >= self.max_results)
+
+    def _query_studies(self, match: dict) -> tuple[list[dict], bool]:
+        answers = self._paged(self.client.search_for_studies, fields=STUDY_FIELDS,
+                              search_filters=qido_params(match) or None)
+        return answers, self._at_limit(answers)
+
     def _describe(self, exc: Exception) -> str:
+        if isinstance(exc, ShortAnswer):
+            return str(exc)
         if isinstance(exc, requests.HTTPError) and exc.response is not None:
             status = exc.response.status_code
             if status in (401, 403):
@@ -167,15 +212,23 @@ class DicomwebSource(ListedSource):
             return self._clean(f"invalid JSON answer: {exc}"[:300])
         return self._clean(f"{type(exc).__name__}: {exc}"[:300])
 
-    def _list_studies(self) -> list[dict]:
+    def _list_studies(self, match: dict | None = None) -> list[dict]:
+        match = normalize_match(match)
         self._reset_stats()
+        self.listing_gaps = []
         try:
-            answers = self._paged(self.client.search_for_studies, fields=STUDY_FIELDS)
+            found = sliced_listing(self._query_studies, match, lambda a: first_uid(a, "0020000D"),
+                                   uids_per_query=40)
         except (requests.RequestException, ValueError, _BadAnswer) as exc:
             raise SourceError(self.name, self.public_url,
                               f"cannot list studies: {self._describe(exc)}") from None
+        self.stats["listing_queries"] = found.queries
+        self.stats["listing_gaps"] = len(found.gaps)
+        self.listing_gaps = found.gaps
+        for gap in found.gaps:
+            log.warning("source %s: listing incomplete: %s", self.name, gap)
         listing, seen = [], set()
-        for answer in answers:
+        for answer in found.answers:
             uid = first_uid(answer, "0020000D")
             if uid is not None and uid in seen:
                 # the archive changed while paging: the same study came on two pages
@@ -198,8 +251,11 @@ class DicomwebSource(ListedSource):
             series_list: list[SeriesRecord] = []
             seen_series: set[str] = set()
             duplicates = 0
-            for series_attrs in self._paged(self.client.search_for_series,
-                                            study_instance_uid=uid, fields=SERIES_FIELDS):
+            series_answers = self._paged(self.client.search_for_series,
+                                         study_instance_uid=uid, fields=SERIES_FIELDS)
+            if self._cut:
+                raise ShortAnswer("the archive cut its series answer short (Warning header)")
+            for series_attrs in series_answers:
                 series_uid = first_uid(series_attrs, "0020000E")
                 if series_uid is None:
                     raise _BadAnswer("series answer without SeriesInstanceUID")
@@ -210,10 +266,14 @@ class DicomwebSource(ListedSource):
                     continue
                 seen_series.add(series_uid)
                 instances, seen_sops = [], set()
-                for instance in self._paged(self.client.search_for_instances,
-                                            study_instance_uid=uid,
-                                            series_instance_uid=series_uid,
-                                            fields=INSTANCE_FIELDS):
+                instance_answers = self._paged(self.client.search_for_instances,
+                                               study_instance_uid=uid,
+                                               series_instance_uid=series_uid,
+                                               fields=INSTANCE_FIELDS)
+                if self._cut:
+                    raise ShortAnswer(f"the archive cut its instance answer for series {series_uid} "
+                                     "short (Warning header)")
+                for instance in instance_answers:
                     sop = first_uid(instance, "00080018")
                     if sop is None:
                         raise _BadAnswer(f"instance answer without SOPInstanceUID in series {series_uid}")
@@ -222,7 +282,9 @@ class DicomwebSource(ListedSource):
                         continue
                     seen_sops.add(sop)
                     instances.append(instance)
+                check_count(f"series {series_uid}", "instance", len(instances), series_attrs, "00201209")
                 series_list.append(SeriesRecord(attrs=series_attrs, instances=instances))
+            check_count("the study", "series", len(series_list), attrs, "00201206")
             repairs = []
             if duplicates:
                 self.stats["duplicates"] += duplicates
@@ -230,7 +292,7 @@ class DicomwebSource(ListedSource):
             if self.instance_metadata and series_list and series_list[0].instances:
                 attrs, more = self._complete(uid, attrs, series_list[0])
                 repairs += more
-        except (requests.RequestException, ValueError, _BadAnswer) as exc:
+        except (requests.RequestException, ValueError, _BadAnswer, ShortAnswer) as exc:
             self.stats["failed"] += 1
             return StudyFailure(uid=uid, reason=f"cannot read series/instances: {self._describe(exc)}",
                                 location=location)

@@ -20,6 +20,14 @@ query-only counts (NumberOfStudyRelated*, NumberOfSeriesRelatedInstances) and
 ModalitiesInStudy. It answers a study UID once per Patient ID holding it: repeated
 answers are dropped and counted (`stats["duplicates"]`).
 
+Capped answers. Orthanc with `LimitFindResults` (studies, series) or `LimitFindInstances`
+= N sends N matches, then ends the C-FIND with status 0xFE00 (Cancel) although no C-CANCEL
+was sent: that status, or, with `max_results` set (for an archive that just stops at its
+limit), an answer of `max_results` studies or more, marks a listing answer as cut, and the
+listing asks again by StudyDate slices (`app.sources.matching`). A cut series or instance
+answer, or fewer series/instances than the archive's own NumberOfStudyRelatedSeries /
+NumberOfSeriesRelatedInstances, makes the study a StudyFailure instead of a partial record.
+
 pynetdicom logs the identifiers it receives at INFO level by default (patient names and
 IDs): that is switched off here, and its chatty INFO lines are lowered to WARNING unless
 the application set a level for the `pynetdicom` logger itself.
@@ -39,8 +47,10 @@ from pynetdicom.status import code_to_category
 
 from app.mapping import tags
 from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
+from app.sources.counts import ShortAnswer, check_count
 from app.sources.dicom_json import dataset_to_dicom_json, first_uid
 from app.sources.errors import SourceError
+from app.sources.matching import cfind_keys, normalize_match, sliced_listing
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,8 @@ SERIES_TAGS = sorted(Tag(t) for t in tags.SERIES)
 INSTANCE_TAGS = sorted(Tag(t) for t in tags.INSTANCE)
 #: C-FIND failure statuses worth another try (PS3.4 C.4.1.1.4): Out of Resources
 RETRY_STATUSES = frozenset({0xA700})
+#: "Matching terminated due to Cancel": sent unasked, the archive stopped at its limit
+CUT_STATUS = 0xFE00
 
 
 class _DimseError(Exception):
@@ -70,7 +82,13 @@ class _BadAnswer(Exception):
     """An answer without its key attribute, or one pynetdicom could not decode."""
 
 
-def _identifier(level: str, wanted: list, keys: dict[str, str], sequences: bool) -> Dataset:
+class _Answers(list):
+    """The Pending identifiers of one C-FIND; `cut` when the archive ended it early."""
+
+    cut = False
+
+
+def _identifier(level: str, wanted: list, keys: dict, sequences: bool) -> Dataset:
     """A C-FIND identifier: QueryRetrieveLevel, the unique keys, empty return keys."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level
@@ -88,6 +106,13 @@ def _identifier(level: str, wanted: list, keys: dict[str, str], sequences: bool)
 
 def _has_sequences(wanted: list) -> bool:
     return any(dictionary_VR(tag) == "SQ" for tag in wanted)
+
+
+def _study_uid(answer: Dataset | None) -> str | None:
+    value = answer.get("StudyInstanceUID") if answer is not None else None
+    if value is None:
+        return None
+    return str(value).strip() or None
 
 
 class _Session:
@@ -127,11 +152,14 @@ class DimseSource(ListedSource):
         timeout: float = 30.0,
         retries: int = 2,
         backoff: float = 0.5,
+        max_results: int | None = None,
     ):
         if not host:
             raise ValueError("host is required")
         if not called_aet or not called_aet.strip():
             raise ValueError("called_aet is required")
+        if max_results is not None and max_results < 1:
+            raise ValueError("max_results must be at least 1")
         self.name = name
         self.host = host
         self.port = int(port)
@@ -140,6 +168,8 @@ class DimseSource(ListedSource):
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        #: the most studies the archive answers to one C-FIND, for one that stops there silently
+        self.max_results = max_results
         #: where the archive is, for messages (no credentials in DIMSE)
         self.location = f"{host}:{self.port} ({self.called_aet})"
         self._ae = AE(ae_title=self.calling_aet)
@@ -151,6 +181,7 @@ class DimseSource(ListedSource):
         self._ae.connection_timeout = timeout
         self._no_sequences: set[str] = set()  # levels whose sequence keys the archive refused
         self.stats: dict = {}
+        self.listing_gaps: list[str] = []
         self._reset_stats()
 
     def echo(self) -> None:
@@ -176,6 +207,7 @@ class DimseSource(ListedSource):
         self.stats = {
             "studies_listed": 0, "associations": 0, "requests": 0, "retries": 0, "studies": 0,
             "series": 0, "instances": 0, "failed": 0, "duplicates": 0, "warnings": 0,
+            "listing_queries": 0, "listing_gaps": 0,
         }
 
     def _associate(self, context: str):
@@ -206,9 +238,12 @@ class DimseSource(ListedSource):
         raise _DimseError(f"association aborted or not answered within {self.timeout:g}s", transient=True)
 
     def _run_find(self, assoc, identifier: Dataset) -> list[Dataset | None]:
-        """Send one C-FIND; return the Pending identifiers (None for an undecodable one)."""
+        """Send one C-FIND; return the Pending identifiers (None for an undecodable one).
+
+        The list's `cut` is True when the archive ended the matches with Cancel unasked.
+        """
         self.stats["requests"] += 1
-        answers: list[Dataset | None] = []
+        answers = _Answers()
         try:
             responses = assoc.send_c_find(identifier, FIND_MODEL)
             for status, answer in responses:
@@ -224,6 +259,9 @@ class DimseSource(ListedSource):
                     if category == "Warning":
                         self.stats["warnings"] += 1
                     return answers
+                if code == CUT_STATUS:
+                    answers.cut = True
+                    return answers
                 raise _DimseError(f"C-FIND answered {category.lower()} status 0x{code:04X}",
                                   transient=code in RETRY_STATUSES, status=code)
         except RuntimeError:  # the association went away between two queries
@@ -231,7 +269,7 @@ class DimseSource(ListedSource):
         raise _DimseError("C-FIND ended without a final status", transient=True)
 
     def _find(self, session: _Session, level: str, wanted: list,
-              keys: dict[str, str] | None = None) -> list[Dataset | None]:
+              keys: dict | None = None) -> list[Dataset | None]:
         """One C-FIND at `level`, retried on transient failures on a new association."""
         attempt = 0
         while True:
@@ -256,15 +294,29 @@ class DimseSource(ListedSource):
             log.info("source %s: retry %d after: %s", self.name, attempt, error)
             time.sleep(self.backoff * (2 ** (attempt - 1)))
 
-    def _list_studies(self) -> list[tuple[dict | None, list[str]]]:
+    def _list_studies(self, match: dict | None = None) -> list[tuple[dict | None, list[str]]]:
+        match = normalize_match(match)
         self._reset_stats()
+        self.listing_gaps = []
         session = _Session(self)
+
+        def query(keys: dict) -> tuple[list, bool]:
+            answers = self._find(session, "STUDY", STUDY_TAGS, cfind_keys(keys))
+            cut = getattr(answers, "cut", False)
+            return answers, cut or (self.max_results is not None and len(answers) >= self.max_results)
+
         try:
-            answers = self._find(session, "STUDY", STUDY_TAGS)
+            found = sliced_listing(query, match, _study_uid, uids_per_query=500)
         except _DimseError as exc:
             raise SourceError(self.name, self.location, f"cannot list studies: {exc}") from None
         finally:
             session.close()
+        self.stats["listing_queries"] = found.queries
+        self.stats["listing_gaps"] = len(found.gaps)
+        self.listing_gaps = found.gaps
+        for gap in found.gaps:
+            log.warning("source %s: listing incomplete: %s", self.name, gap)
+        answers = found.answers
         listing: list[tuple[dict | None, list[str]]] = []
         seen: set[str] = set()
         for answer in answers:
@@ -298,7 +350,11 @@ class DimseSource(ListedSource):
             series_list: list[SeriesRecord] = []
             seen_series: set[str] = set()
             duplicates = 0
-            for answer in self._find(session, "SERIES", SERIES_TAGS, {"StudyInstanceUID": uid}):
+            series_answers = self._find(session, "SERIES", SERIES_TAGS, {"StudyInstanceUID": uid})
+            if getattr(series_answers, "cut", False):
+                raise ShortAnswer("the archive ended its series answer early (C-FIND status 0xFE00, "
+                                  "as Orthanc does beyond LimitFindResults)")
+            for answer in series_answers:
                 if answer is None:
                     raise _BadAnswer("a series answer could not be decoded")
                 series_attrs, more = dataset_to_dicom_json(answer, SERIES_TAGS)
@@ -311,8 +367,12 @@ class DimseSource(ListedSource):
                 seen_series.add(series_uid)
                 repairs += more
                 instances, seen_sops = [], set()
-                for found in self._find(session, "IMAGE", INSTANCE_TAGS,
-                                        {"StudyInstanceUID": uid, "SeriesInstanceUID": series_uid}):
+                instance_answers = self._find(session, "IMAGE", INSTANCE_TAGS,
+                                              {"StudyInstanceUID": uid, "SeriesInstanceUID": series_uid})
+                if getattr(instance_answers, "cut", False):
+                    raise ShortAnswer(f"the archive ended its instance answer for series {series_uid} early "
+                                      "(C-FIND status 0xFE00, as Orthanc does beyond LimitFindInstances)")
+                for found in instance_answers:
                     if found is None:
                         raise _BadAnswer(f"an instance answer in series {series_uid} could not be decoded")
                     instance, more = dataset_to_dicom_json(found, INSTANCE_TAGS)
@@ -325,11 +385,13 @@ class DimseSource(ListedSource):
                     seen_sops.add(sop)
                     repairs += more
                     instances.append(instance)
+                check_count(f"series {series_uid}", "instance", len(instances), series_attrs, "00201209")
                 series_list.append(SeriesRecord(attrs=series_attrs, instances=instances))
+            check_count("the study", "series", len(series_list), attrs, "00201206")
             if duplicates:
                 self.stats["duplicates"] += duplicates
                 repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
-        except (_DimseError, _BadAnswer) as exc:
+        except (_DimseError, _BadAnswer, ShortAnswer) as exc:
             self.stats["failed"] += 1
             return StudyFailure(uid=uid, reason=f"cannot read series/instances: {exc}", location=location)
         finally:
