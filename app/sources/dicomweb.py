@@ -71,6 +71,12 @@ def _public_url(url: str) -> str:
     return urlunsplit(parts)
 
 
+def _study_date(answer: dict) -> str | None:
+    element = answer.get("00080020")
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
+
+
 class DicomwebSource(ListedSource):
     """Every study of a DICOMweb (QIDO-RS) archive."""
 
@@ -218,7 +224,7 @@ class DicomwebSource(ListedSource):
         self.listing_gaps = []
         try:
             found = sliced_listing(self._query_studies, match, lambda a: first_uid(a, "0020000D"),
-                                   uids_per_query=40)
+                                   _study_date, uids_per_query=40)
         except (requests.RequestException, ValueError, _BadAnswer) as exc:
             raise SourceError(self.name, self.public_url,
                               f"cannot list studies: {self._describe(exc)}") from None

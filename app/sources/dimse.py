@@ -108,6 +108,11 @@ def _has_sequences(wanted: list) -> bool:
     return any(dictionary_VR(tag) == "SQ" for tag in wanted)
 
 
+def _study_date(answer: Dataset | None) -> str | None:
+    value = answer.get("StudyDate") if answer is not None else None
+    return str(value) if value else None
+
+
 def _study_uid(answer: Dataset | None) -> str | None:
     value = answer.get("StudyInstanceUID") if answer is not None else None
     if value is None:
@@ -306,7 +311,7 @@ class DimseSource(ListedSource):
             return answers, cut or (self.max_results is not None and len(answers) >= self.max_results)
 
         try:
-            found = sliced_listing(query, match, _study_uid, uids_per_query=500)
+            found = sliced_listing(query, match, _study_uid, _study_date, uids_per_query=500)
         except _DimseError as exc:
             raise SourceError(self.name, self.location, f"cannot list studies: {exc}") from None
         finally:

@@ -12,8 +12,11 @@ archive does the filtering (PS3.4 C.2.2.2, PS3.18 8.3.4):
 
 Archives cap how many studies one query returns (Orthanc's `LimitFindResults`, a C-FIND
 SCP's maximum, a QIDO server's result limit). `sliced_listing` asks again, with the
-StudyDate range cut in halves, for every answer that came back at the cap, down to single
+StudyDate range cut in parts, for every answer that came back at the cap, down to single
 days and then, within a day, StudyTime halves, so the union of the slices is complete.
+A date range is cut around the median date of the capped answer (the day itself becomes
+a slice of its own), or in halves when the answer has no dates in the range: a crowded
+day is isolated at once instead of after twenty halvings of the years 0001-9999.
 
 What the slices cannot see: a study whose StudyDate (or, within a crowded day, StudyTime)
 is empty or absent matches no date range. Neither C-FIND nor QIDO-RS can ask for "the
@@ -174,6 +177,10 @@ class DayRange:
     def one_day(self) -> bool:
         return self.first is not None and self.first == self.last
 
+    def contains(self, day: int) -> bool:
+        return ((self.first is None or day >= self.first)
+                and (self.last is None or day <= self.last))
+
     def halves(self) -> tuple["DayRange", "DayRange"] | None:
         lo = self.first if self.first is not None else _FIRST_DAY
         hi = self.last if self.last is not None else _LAST_DAY
@@ -181,6 +188,18 @@ class DayRange:
             return None
         mid = (lo + hi) // 2
         return DayRange(self.first, mid), DayRange(mid + 1, self.last)
+
+    def around(self, day: int) -> tuple["DayRange", ...] | None:
+        """The range cut into the days before `day`, `day` itself, and the days after."""
+        lo = self.first if self.first is not None else _FIRST_DAY
+        hi = self.last if self.last is not None else _LAST_DAY
+        if lo >= hi or not lo <= day <= hi:
+            return None
+        parts = [DayRange(self.first, day - 1)] if day > lo else []
+        parts.append(DayRange(day, day))
+        if day < hi:
+            parts.append(DayRange(day + 1, self.last))
+        return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -230,11 +249,18 @@ class _Slice:
         days = self.days.text() if (self.days.first, self.days.last) != (None, None) else "any date"
         return f"StudyDate {days}" + (f", StudyTime {self.times.text()}" if self.times else "")
 
-    def halves(self) -> tuple["_Slice", "_Slice"] | None:
+    def parts(self, dates: list[int]) -> tuple["_Slice", ...] | None:
+        """This slice cut in parts that together match what it matches; None if it cannot be.
+
+        `dates` are the study dates (ordinals) of its capped answer: the range is cut
+        around their median, else in halves.
+        """
         if self.times is None:
-            days = self.days.halves()
+            inside = sorted(d for d in dates if self.days.contains(d))
+            days = self.days.around(inside[len(inside) // 2]) if inside else None
+            days = days or self.days.halves()
             if days is not None:
-                return _Slice(days[0]), _Slice(days[1])
+                return tuple(_Slice(d) for d in days)
             if not self.days.one_day:
                 return None
             times = TimeRange().halves()
@@ -274,38 +300,50 @@ class Listing:
 Query = Callable[[dict], tuple[Sequence, bool]]
 
 
-def sliced_listing(query: Query, match: dict, uid_of: Callable, *, uids_per_query: int = 50) -> Listing:
+def sliced_listing(query: Query, match: dict, uid_of: Callable, date_of: Callable = lambda a: None,
+                   *, uids_per_query: int = 50) -> Listing:
     """Every study `match` selects: the query as given, then slices of each capped answer.
 
     `match` is a normalized match (see `normalize_match`); `uid_of(answer)` gives an
-    answer's StudyInstanceUID or None. A long UID list is sent `uids_per_query` at a time.
+    answer's StudyInstanceUID or None, `date_of(answer)` its StudyDate text or None.
+    A long UID list is sent `uids_per_query` at a time.
     """
     listing = Listing()
     for chunk in uid_chunks(match, uids_per_query):
         listing.queries += 1
         answers, capped = query(chunk)
         top = _Slice(DayRange.parse(chunk.get("StudyDate")))
-        listing.answers.extend(_resolve(query, chunk, uid_of, listing, top, list(answers), capped))
+        listing.answers.extend(_resolve(query, chunk, (uid_of, date_of), listing, top, list(answers), capped))
     return listing
 
 
-def _resolve(query: Query, base: dict, uid_of: Callable, listing: Listing, piece: _Slice,
+def _ordinal(text) -> int | None:
+    if not isinstance(text, str) or not _DA.match(text.strip()):
+        return None
+    try:
+        return _day(text.strip())
+    except ValueError:
+        return None
+
+
+def _resolve(query: Query, base: dict, read: tuple, listing: Listing, piece: _Slice,
              answers: list, capped: bool) -> list:
-    """The answers of `piece`; a capped answer is replaced by those of its halves."""
+    """The answers of `piece`; a capped answer is replaced by those of its parts."""
     if not capped:
         return answers
-    halves = piece.halves()
-    if halves is None:
+    uid_of, date_of = read
+    parts = piece.parts([d for d in (_ordinal(date_of(a)) for a in answers) if d is not None])
+    if parts is None:
         listing.gaps.append(f"{piece.describe()}: the answer is still at the archive's limit and "
                             "cannot be cut further; studies beyond the limit are not listed")
         return answers
     listing.sliced = True
     merged: list = []
     merged_uids: set = set()
-    for half in halves:
+    for part_slice in parts:
         listing.queries += 1
-        half_answers, half_capped = query(half.match(base))
-        part = _resolve(query, base, uid_of, listing, half, list(half_answers), half_capped)
+        part_answers, part_capped = query(part_slice.match(base))
+        part = _resolve(query, base, read, listing, part_slice, list(part_answers), part_capped)
         keep = [a for a in part if uid_of(a) is None or uid_of(a) not in merged_uids]
         listing.overlaps += len(part) - len(keep)
         merged.extend(keep)

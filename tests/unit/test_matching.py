@@ -59,8 +59,9 @@ def uids(listing):
     return sorted(a["uid"] for a in listing.answers)
 
 
-def run(archive, match=None):
-    return sliced_listing(archive.query, normalize_match(match), lambda a: a["uid"])
+def run(archive, match=None, dates=True):
+    date_of = (lambda a: a["date"]) if dates else (lambda a: None)
+    return sliced_listing(archive.query, normalize_match(match), lambda a: a["uid"], date_of)
 
 
 # -- match keys --------------------------------------------------------------------------
@@ -120,14 +121,23 @@ def test_an_answer_under_the_limit_is_the_listing_in_one_query():
     assert (listing.queries, listing.sliced, listing.complete) == (1, False, True)
 
 
-def test_a_capped_archive_is_listed_completely_by_date_slices():
+@pytest.mark.parametrize("dates", [True, False], ids=["around-the-median", "halves"])
+def test_a_capped_archive_is_listed_completely_by_date_slices(dates):
     studies = [study(n, f"202401{1 + n % 9:02d}", f"{8 + n % 5:02d}0000") for n in range(40)]
     archive = CappedArchive(studies, cap=6)
-    listing = run(archive)
+    listing = run(archive, dates=dates)
     assert uids(listing) == sorted(s["uid"] for s in studies)
     assert listing.complete and listing.sliced
     assert len(listing.answers) == 40  # no study twice
     assert listing.queries == len(archive.queries) > 1
+
+
+def test_cutting_around_the_median_date_isolates_a_crowded_day_in_few_queries():
+    studies = [study(n, "20240105", f"{n:02d}0000") for n in range(10)] + [study(99, "19990101")]
+    by_median, by_halves = CappedArchive(studies, cap=4), CappedArchive(studies, cap=4)
+    assert uids(run(by_median)) == uids(run(by_halves, dates=False)) == sorted(s["uid"] for s in studies)
+    assert len(by_median.queries) < len(by_halves.queries) / 2
+    assert {"StudyDate": "20240105"} in by_median.queries[:4]
 
 
 def test_a_day_above_the_limit_is_cut_by_study_time_with_shared_boundaries():
