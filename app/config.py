@@ -83,6 +83,11 @@ class SourceSchema(Strict):
     timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1))
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
     instance_metadata = fields.Boolean(load_default=False)
+    changes = fields.String(load_default=None, validate=validate.OneOf(
+        ["orthanc"], error="must be 'orthanc' (Orthanc's /changes feed is the one change feed supported)"))
+    rest_url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    # dicomweb and dimse: the most studies the archive answers to one query
+    max_results = fields.Integer(load_default=None, validate=validate.Range(min=1))
     # dimse (C-FIND); `timeout` above applies too
     host = fields.String(load_default=None, validate=validate.Length(min=1))
     port = fields.Integer(load_default=104, validate=validate.Range(min=1, max=65535))
@@ -113,6 +118,29 @@ class SourceSchema(Strict):
                 raise ValidationError(missing)
         if data.get("password") and not data.get("username"):
             raise ValidationError("a password needs a username", "username")
+
+    @validates_schema(skip_on_field_errors=False)
+    def _change_feed(self, data, **_):
+        problems = {}
+        kind = data.get("type")
+        if data.get("max_results") is not None and kind == "folder":
+            problems["max_results"] = ["max_results is for dicomweb and dimse sources (a folder has no limit)"]
+        if data.get("changes") is not None and kind != "dicomweb":
+            problems["changes"] = ["changes: orthanc is for a dicomweb source on Orthanc (it reads Orthanc's REST API)"]
+        if data.get("rest_url") is not None and data.get("changes") is None and "changes" not in problems:
+            problems["rest_url"] = ["rest_url is only used with changes: orthanc"]
+        if (data.get("changes") == "orthanc" and kind == "dicomweb" and data.get("url")
+                and not data.get("rest_url") and orthanc_rest_url(data["url"]) is None):
+            problems["rest_url"] = ["changes: orthanc needs the rest_url of Orthanc's REST API (e.g. "
+                                    "http://pacs:8042), because the url does not end in /dicom-web"]
+        if problems:
+            raise ValidationError(problems)
+
+
+def orthanc_rest_url(dicomweb_url: str) -> str | None:
+    """Orthanc's REST API root under its DICOMweb URL (…/dicom-web), or None if it is not one."""
+    url = dicomweb_url.rstrip("/")
+    return url[: -len("/dicom-web")] if url.endswith("/dicom-web") and len(url) > len("/dicom-web") else None
 
 
 class ServerSchema(Strict):
@@ -174,6 +202,11 @@ class SourceConfig:
     timeout: float = 30.0
     page_size: int = 100
     instance_metadata: bool = False
+    #: "orthanc": follow Orthanc's /changes feed at `rest_url`
+    changes: str | None = None
+    rest_url: str | None = None
+    #: the most studies the archive answers to one query (Orthanc: LimitFindResults)
+    max_results: int | None = None
     host: str | None = None
     port: int = 104
     called_aet: str | None = None
@@ -292,6 +325,12 @@ def load_config(path: str | os.PathLike | None = None, environ=None) -> Config:
     return _build(data, path.resolve().parent, path)
 
 
+def _rest_url(src: dict) -> str | None:
+    if src["changes"] != "orthanc":
+        return None
+    return (src["rest_url"] or orthanc_rest_url(src["url"])).rstrip("/")
+
+
 def _build(data: dict, root: Path, path: Path) -> Config:
     store = data["store"]
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
@@ -318,6 +357,9 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 timeout=src["timeout"],
                 page_size=src["page_size"],
                 instance_metadata=src["instance_metadata"],
+                changes=src["changes"],
+                rest_url=_rest_url(src),
+                max_results=src["max_results"],
                 host=src["host"],
                 port=src["port"],
                 called_aet=src["called_aet"].strip() if src["called_aet"] else None,
