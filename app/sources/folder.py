@@ -13,9 +13,11 @@ What is a DICOM file: a Part 10 file ("DICM" after the 128-byte preamble), or a 
 without preamble that pydicom reads (force=True) and that carries both SOPInstanceUID
 and StudyInstanceUID. Everything else is skipped and counted. A DICOMDIR is read for
 its references (checked against what the walk found), never as an instance. A DICOM file
-that cannot be parsed, or lacks Study/Series/SOP Instance UID, becomes a StudyFailure
-with its location (path relative to the folder), unless its study was otherwise read,
-in which case the study's `repairs` say which file was left out.
+that cannot be parsed, lacks Study/Series/SOP Instance UID, or whose StudyInstanceUID
+cannot be a FHIR id (over 64 characters, characters a UID cannot have), becomes a
+StudyFailure with its location (path relative to the folder), unless its study was
+otherwise read, in which case the study's `repairs` say which file was left out. A file
+cut short inside a mapped attribute loses that attribute, with a repair note.
 
 Query-only attributes (ModalitiesInStudy, NumberOfStudyRelated*) are not invented:
 files do not carry them; mapping counts series and instances itself.
@@ -32,6 +34,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
 
+from app.ids import valid_id
 from app.mapping import tags
 from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
 from app.sources.dicom_json import dataset_to_dicom_json
@@ -82,6 +85,8 @@ def _fast_value(elem, vr: str):
     raw = elem.value
     if raw is None:
         return _NOT_FAST  # deferred
+    if vr == "UI" and (raw[-1:] == b" " or raw[-2:] == b"\x00\x00"):
+        return _NOT_FAST  # padding a UID cannot have: the slow path notes it
     try:
         text = raw.decode("ascii").rstrip(" \x00")
     except (UnicodeDecodeError, AttributeError):
@@ -175,6 +180,22 @@ def _first_value(element: dict | None) -> str | None:
         return None
     value = values[0]
     return value if isinstance(value, str) and value else None
+
+
+def _cut_element(ds, size: int):
+    """The mapped element the end of the file cuts short, if any (pydicom reads what is left)."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if (type(elem) is RawDataElement and elem.length != 0xFFFFFFFF
+                and elem.value_tell + elem.length > size):
+            return elem
+    return None
+
+
+def _uid_problem(uid: str) -> str:
+    if len(uid) > 64:
+        return f"StudyInstanceUID is {len(uid)} characters long; a UID has at most 64"
+    return f"StudyInstanceUID {uid!r} has characters a UID cannot have"
 
 
 def _has_dicm_prefix(path: str) -> bool:
@@ -284,6 +305,8 @@ class FolderSource:
 
     def _fail(self, uid: str | None, reason: str, path: str) -> None:
         location = self._location(path) if path.startswith(self._root) else path
+        # a file name that is not UTF-8 cannot be stored as text: shown with U+FFFD instead
+        location = location.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         self.stats["failed"] += 1
         study = self._studies.get(uid) if uid else None
         if study is not None:
@@ -331,6 +354,8 @@ class FolderSource:
             with open(path, "rb") as fp:
                 ds = read_partial(fp, _stop, defer_size=_DEFER_SIZE, force=True,
                                   specific_tags=_SPECIFIC_TAGS)
+                size = os.fstat(fp.fileno()).st_size
+                cut = _cut_element(ds, size) if fp.tell() >= size else None
         except Exception as exc:  # noqa: BLE001 - any parse error of any file
             if _has_dicm_prefix(path):
                 self._fail(None, f"unreadable DICOM file: {type(exc).__name__}: {exc}"[:300], path)
@@ -338,6 +363,12 @@ class FolderSource:
             stats["skipped"] += 1
             return False
         part10 = ds.preamble is not None
+        truncated = ""
+        if cut is not None:
+            del ds[cut.tag]
+            truncated = (f"the file ends inside {tags.ALL.get(f'{cut.tag:08X}', 'an attribute')} "
+                         f"({cut.tag:08X}), {cut.value_tell + cut.length - size} bytes short: "
+                         "truncated")
 
         if _DIRECTORY_RECORD_SEQUENCE in ds or (
             _raw_text(ds.file_meta.get_item(0x00020002, keep_deferred=True))
@@ -361,14 +392,18 @@ class FolderSource:
         if not part10 and not (study_uid and sop_uid):
             stats["skipped"] += 1  # read by force, but not an instance: not DICOM
             return False
+        missing = f"{truncated}; DICOM file without" if truncated else "DICOM file without"
         if not study_uid:
-            self._fail(None, "DICOM file without StudyInstanceUID", path)
+            self._fail(None, f"{missing} StudyInstanceUID", path)
+            return True
+        if not valid_id(study_uid):
+            self._fail(None, _uid_problem(study_uid), path)
             return True
         if not series_uid:
-            self._fail(study_uid, "DICOM file without SeriesInstanceUID", path)
+            self._fail(study_uid, f"{missing} SeriesInstanceUID", path)
             return True
         if not sop_uid:
-            self._fail(study_uid, "DICOM file without SOPInstanceUID", path)
+            self._fail(study_uid, f"{missing} SOPInstanceUID", path)
             return True
 
         stats["dicom"] += 1
@@ -392,6 +427,9 @@ class FolderSource:
         stats["instances"] += 1
         for repair in repairs:
             study.repairs[repair] = None
+        if truncated:
+            stats["failed"] += 1
+            study.repairs[f"{self._location(path)}: {truncated}; left out"] = None
         return True
 
     def _check_dicomdir(self, path: str, found: set[str]) -> None:
