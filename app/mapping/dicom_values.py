@@ -1,9 +1,11 @@
 """Readers for DICOM JSON values (PS3.18 F.2) and their conversion to FHIR primitive forms.
 
-Attributes are dicts keyed by 8-hex-digit tags, each {"vr": ..., "Value": [...]}. Readers
-never raise on bad data: they return None (or an empty list) and, where the caller passes
-a `repairs` list, say in it what was left out. Repair notes name attributes and, for dates,
-times and codes, the offending value; callers never pass patient names or identifiers.
+Attributes are dicts keyed by 8-hex-digit tags, each {"vr": ..., "Value": [...]}. An
+archive's answer is checked once against that shape (`checked`) before anything reads it;
+readers then never raise on bad data: they return None (or an empty list) and, where the
+caller passes a `repairs` list, say in it what was left out. Repair notes name attributes
+and, for dates, times and codes, the offending value; callers never pass patient names or
+identifiers.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from datetime import date, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from app.mapping import codes
+from app.mapping import codes, tags
 
 # --- attribute tags read below and by the resource mappers (nested ones are not in tags.py:
 # sources keep whole sequences, so nested attributes arrive with their parent) ------------
@@ -29,8 +31,12 @@ IDENTIFIER_TYPE_CODE = "00400035"
 
 #: longest text kept in a FHIR string (DICOM LO is 64 characters, ST 1,024, LT 10,240)
 MAX_TEXT = 4096
+#: most values (or sequence items) of one attribute kept; real headers hold a handful
+MAX_VALUES = 100
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# control characters FHIR strings cannot hold, and lone surrogates (from a JSON "\ud800"
+# escape), which no UTF-8 encoder writes
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 #: R4 id
 class MappingError(Exception):
     """A study that cannot be represented as FHIR at all; `reason` says why."""
@@ -38,6 +44,164 @@ class MappingError(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+# --- the shape of DICOM JSON (PS3.18 F.2) -----------------------------------------------
+
+#: every attribute the mapping reads, at any level (nested ones arrive inside sequences)
+READ_TAGS = frozenset(tags.ALL) | {
+    CODE_VALUE, CODING_SCHEME_DESIGNATOR, CODING_SCHEME_VERSION, CODE_MEANING,
+    LONG_CODE_VALUE, URN_CODE_VALUE, LOCAL_NAMESPACE_ENTITY_ID, UNIVERSAL_ENTITY_ID,
+    UNIVERSAL_ENTITY_ID_TYPE, IDENTIFIER_TYPE_CODE,
+}
+_TEXT_VRS = frozenset("AE AS AT CS DA DT LO LT SH ST TM UC UI UR UT".split())
+_NUMBER_VRS = frozenset("DS IS FL FD SL SS UL US SV UV".split())
+
+
+def _kind(vr) -> str:
+    """What a VR's values are in DICOM JSON: text, number, PN, SQ, or binary (no Value)."""
+    if vr in _TEXT_VRS:
+        return "text"
+    if vr in _NUMBER_VRS:
+        return "number"
+    return vr if vr in ("PN", "SQ") else "binary"
+
+
+_VALUE_TYPES = {"text": "strings", "number": "numbers", "PN": "person names", "SQ": "items"}
+
+
+@cache
+def _attribute(tag: str) -> tuple[str, str]:
+    """(keyword, VR) of an attribute the mapping reads, from pydicom's DICOM dictionary."""
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+
+    number = int(tag, 16)
+    return keyword_for_tag(number) or tag, dictionary_VR(number)
+
+
+def _clean_string(value: str, label: str, notes: list, uid: bool = False):
+    if uid and value != value.rstrip(" \x00"):
+        value = value.rstrip(" \x00")
+        notes.append(f"{label} has padding a UID cannot have (spaces or NULs); removed")
+    if _CONTROL.search(value):
+        if uid:  # without them it would be another UID
+            notes.append(f"{label} has control characters; left out")
+            return None
+        value = _CONTROL.sub("", value)
+        notes.append(f"{label} had control characters; removed")
+    if len(value) > MAX_TEXT:
+        value = value[:MAX_TEXT]
+        notes.append(f"{label} is longer than {MAX_TEXT} characters; truncated")
+    return value
+
+
+def _checked_value(value, vr: str, kind: str, label: str, notes: list):
+    """The value as mapping reads it, or _BAD."""
+    if value is None:  # PS3.18 F.2.5: an empty value of a multi-valued attribute
+        return None
+    if kind == "SQ":
+        return checked(value, notes) if isinstance(value, dict) else _BAD
+    if isinstance(value, str):
+        return _clean_string(value, label, notes, vr == "UI")
+    if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if kind == "PN" and isinstance(value, dict):
+        groups = {}
+        for group in ("Alphabetic", "Ideographic", "Phonetic"):
+            part = value.get(group)
+            if isinstance(part, str):
+                groups[group] = _clean_string(part, label, notes)
+            elif part is not None:
+                return _BAD
+        return groups if groups != value else value
+    return _BAD
+
+
+_BAD = object()
+
+
+def _checked_element(tag: str, element, notes: list):
+    """The element as mapping reads it, the same object when it is fine; None to leave out."""
+    keyword, vr = _attribute(tag)
+    if not isinstance(element, dict):
+        notes.append(f"{keyword} is not a DICOM JSON attribute; left out")
+        return None
+    found = element.get("vr")
+    if found != vr:
+        if not isinstance(found, str):
+            notes.append(f"{keyword} has no VR; read as {vr}")
+        elif _kind(found) != _kind(vr):
+            shown_vr = found if found.isalpha() and len(found) == 2 else shown(found, 8)
+            notes.append(f"{keyword} has VR {shown_vr}, not {vr}; left out")
+            return None
+        else:
+            notes.append(f"{keyword} has VR {found}, not {vr}; read as {vr}")
+    values = element.get("Value")
+    if values is None:
+        if _kind(vr) != "binary" and ("BulkDataURI" in element or "InlineBinary" in element):
+            notes.append(f"{keyword} came as bulk data, not as values; left out")
+        return element
+    if not isinstance(values, list):
+        notes.append(f"{keyword}: Value is not a list; left out")
+        return None
+    kind = _kind(vr)
+    if kind == "binary":
+        return element  # mapping reads no binary attribute's values
+    kept = []
+    bad = 0
+    for value in values[:MAX_VALUES]:
+        fixed = _checked_value(value, vr, kind, keyword, notes)
+        if fixed is _BAD:
+            bad += 1
+        else:
+            kept.append(fixed)
+    if len(values) > MAX_VALUES:
+        what = "items" if kind == "SQ" else "values"
+        notes.append(f"{keyword} has {len(values)} {what}; the first {MAX_VALUES} kept")
+    if bad:
+        notes.append(f"{keyword} has {bad} value(s) that are not {_VALUE_TYPES[kind]}; "
+                     "left out")
+    if len(kept) == len(values) and all(a is b for a, b in zip(kept, values)):
+        return element
+    return {**element, "Value": kept}
+
+
+def checked(attrs, repairs: list) -> dict:
+    """`attrs` with every attribute the mapping reads in the shape PS3.18 F.2 gives it.
+
+    An archive's answer (or a file's header) may hold anything: an element that is not an
+    object, a VR that does not fit the tag (a US value in a DA), values of the wrong JSON
+    type, control characters, values far longer or more numerous than any real header's.
+    What cannot be read as the tag's VR is left out, oversized values and sequences are cut
+    (`MAX_TEXT`, `MAX_VALUES`), and `repairs` says so, naming the attribute, never quoting a
+    value. Returns `attrs` itself when nothing needed fixing.
+    """
+    if not isinstance(attrs, dict):
+        if attrs:
+            repairs.append("attributes that are not a DICOM JSON object were ignored")
+        return {}
+    out = None
+    for tag, element in attrs.items():
+        if tag not in READ_TAGS:
+            continue
+        fixed = _checked_element(tag, element, repairs)
+        if fixed is element:
+            continue
+        if out is None:
+            out = dict(attrs)
+        if fixed is None:
+            del out[tag]
+        else:
+            out[tag] = fixed
+    return attrs if out is None else out
+
+
+def shown(value, limit: int = 64) -> str:
+    """A value quoted for a repair note (repr, so control characters show), at most `limit`
+    characters of it."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "..."
+    return repr(value)
 
 
 # --- plain values ------------------------------------------------------------------------
@@ -372,12 +536,6 @@ def fhir_datetime(
                 f"{target} uses the source time zone {zone_name}")
         offset = local_offset(day, clock, zone_name)
     return format_datetime(day, clock, offset)
-
-
-def fhir_date(value: str | None) -> str | None:
-    """FHIR date "YYYY-MM-DD" from a DA, None if not a valid DA."""
-    day = parse_da(value)
-    return day.isoformat() if day else None
 
 
 # --- issuers (HL7 v2 HD: namespace / universal id / universal id type) -------------------

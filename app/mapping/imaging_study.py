@@ -7,7 +7,9 @@ Number then UID, instances by Instance Number then UID.
 
 What is broken is repaired or left out and said in `MappedStudy.repairs`; only a study that
 cannot be represented at all raises MappingError. Repair notes name attributes and, for
-dates, codes and counts, the offending value; never patient names or identifiers.
+dates, codes and counts, the offending value; never patient names or identifiers. The
+ImagingStudy carries them, with the source's own notes (`StudyRecord.repairs`), as
+`note` annotations: whoever reads the study sees what the facade changed or left out.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from app.mapping.dicom_values import (
     UNIVERSAL_ENTITY_ID_TYPE,
     MappingError,
     all_text,
+    checked,
     clean_text,
     codeable_concepts,
     fhir_code,
@@ -79,6 +82,11 @@ DOCUMENT_TITLE = "00420010"
 IMAGE_LATERALITY = "00200062"
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+#: most repair notes written into one ImagingStudy
+MAX_NOTES = 100
+#: longest repair note kept (a note may quote a value)
+MAX_NOTE = 500
+NOTE_AUTHOR = "imaging-facade"
 
 
 @dataclass
@@ -95,8 +103,8 @@ class MappedStudy:
         return patient_key(self.patient)
 
 
-def _study_uid(record) -> str:
-    from_attrs = first(record.attrs or {}, STUDY_UID)
+def _study_uid(record, attrs: dict) -> str:
+    from_attrs = first(attrs, STUDY_UID)
     from_record = (record.uid or "").strip() or None
     if from_attrs and from_record and from_attrs != from_record:
         raise MappingError("StudyInstanceUID of the attributes differs from the record's uid")
@@ -106,6 +114,11 @@ def _study_uid(record) -> str:
     if not valid_id(uid):
         raise MappingError("StudyInstanceUID is not a valid FHIR id ([A-Za-z0-9-.]{1,64})")
     return uid
+
+
+def _valid_uid(uid: str) -> bool:
+    """A DICOM UID (PS3.5 9.1): an OID of at most 64 characters, no leading zeros."""
+    return len(uid) <= 64 and codes.OID_RE.fullmatch(uid) is not None
 
 
 @cache
@@ -118,7 +131,7 @@ def _sop_class_name(uid: str) -> str | None:
 
 def _sop_class(uid: str) -> dict:
     coding = {"system": codes.RFC3986, "code": "urn:oid:" + uid}
-    name = _sop_class_name(uid)
+    name = _sop_class_name(uid) if _valid_uid(uid) else None
     if name:
         coding["display"] = name
     return coding
@@ -145,6 +158,7 @@ def _map_instances(instances: list[dict], series_uid: str, repairs: list) -> lis
     missing_uid = bad_uid = no_class = duplicates = 0
     seen: set[str] = set()
     bad_numbers: list[str] = []  # one note per series, not one per instance
+    not_dicom_uid = 0
     for inst in instances:
         uid = first(inst, SOP_INSTANCE_UID)
         if uid is None:
@@ -157,6 +171,8 @@ def _map_instances(instances: list[dict], series_uid: str, repairs: list) -> lis
         if sop_class is None:
             no_class += 1
             continue
+        if not _valid_uid(uid):
+            not_dicom_uid += 1
         number = unsigned(inst, INSTANCE_NUMBER, "InstanceNumber", bad_numbers)
         rows.append((number is None, number or 0, uid, sop_class, inst))
     rows.sort(key=lambda row: row[:3])
@@ -181,6 +197,9 @@ def _map_instances(instances: list[dict], series_uid: str, repairs: list) -> lis
                        "FHIR id left out")
     if no_class:
         repairs.append(f"{where}: {no_class} instance(s) without SOPClassUID left out")
+    if not_dicom_uid:
+        repairs.append(f"{where}: {not_dicom_uid} instance(s) whose SOPInstanceUID is not a "
+                       "valid DICOM UID; kept as the archive gave it")
     if duplicates:
         repairs.append(f"{where}: {duplicates} duplicate instance(s) left out")
     if bad_numbers:
@@ -231,6 +250,7 @@ def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None
                 offset: str | None, ctx: MappingContext, noted: set,
                 repairs: list) -> dict:
     where = f"series {uid}"
+    instances = [checked(inst, repairs) for inst in instances]
     series: dict = {"uid": uid}
     if number is not None:
         series["number"] = number
@@ -274,7 +294,7 @@ def _map_series_list(record, offset: str | None, ctx: MappingContext,
     rows = []
     missing = invalid = 0
     for series_record in record.series:
-        attrs = series_record.attrs or {}
+        attrs = checked(series_record.attrs, repairs)
         uid = first(attrs, SERIES_UID)
         if uid is None:
             missing += 1
@@ -282,8 +302,11 @@ def _map_series_list(record, offset: str | None, ctx: MappingContext,
         if not valid_id(uid):
             invalid += 1
             continue
+        if not _valid_uid(uid):
+            repairs.append(f"series {uid}: SeriesInstanceUID is not a valid DICOM UID; "
+                           "kept as the archive gave it")
         number = unsigned(attrs, SERIES_NUMBER, f"series {uid}: SeriesNumber", repairs)
-        rows.append((number is None, number or 0, uid, series_record))
+        rows.append((number is None, number or 0, uid, attrs, series_record))
     if missing:
         repairs.append(f"{missing} series without SeriesInstanceUID left out")
     if invalid:
@@ -291,13 +314,12 @@ def _map_series_list(record, offset: str | None, ctx: MappingContext,
                        "left out")
     rows.sort(key=lambda row: row[:3])
     merged: dict[str, tuple[int | None, dict, list]] = {}
-    for no_number, number, uid, series_record in rows:
+    for no_number, number, uid, attrs, series_record in rows:
         if uid in merged:  # the archive answered a series twice: one series, all instances
             merged[uid][2].extend(series_record.instances)
             repairs.append(f"series {uid} listed more than once; merged")
             continue
-        merged[uid] = (None if no_number else number, series_record.attrs or {},
-                       list(series_record.instances))
+        merged[uid] = (None if no_number else number, attrs, list(series_record.instances))
     return [
         _map_series(attrs, instances, uid, number, offset, ctx, noted, repairs)
         for uid, (number, attrs, instances) in merged.items()
@@ -361,13 +383,16 @@ def _reasons(attrs: dict, repairs: list) -> list[dict]:
 
 def map_study(record, ctx: MappingContext) -> MappedStudy:
     """Map one StudyRecord to FHIR R4 ImagingStudy and Patient dicts (see module doc)."""
-    uid = _study_uid(record)
+    repairs: list[str] = []
+    attrs = checked(record.attrs, repairs)
+    uid = _study_uid(record, attrs)
     if not valid_id(ctx.source):
         raise MappingError(f"source name {ctx.source!r} is not a valid FHIR id")
     if not record.series:
         raise MappingError("the study has no series")
-    attrs = record.attrs or {}
-    repairs: list[str] = []
+    if not _valid_uid(uid):
+        repairs.append("StudyInstanceUID is not a valid DICOM UID (digits and dots, no "
+                       "leading zeros); kept as the archive gave it")
     noted: set = set()
 
     patient = map_patient(attrs, uid, ctx, repairs)
@@ -429,8 +454,25 @@ def map_study(record, ctx: MappingContext) -> MappedStudy:
     if reasons:
         study["reasonCode"] = reasons
     description = text(attrs, STUDY_DESCRIPTION, "StudyDescription", repairs)
+    repairs = [_note_text(note) for note in dict.fromkeys(repairs)]
+    notes = _notes([*(record.repairs or []), *repairs])
+    if notes:
+        study["note"] = notes
     if description:
         study["description"] = description
     study["series"] = series
-    return MappedStudy(imaging_study=study, patient=patient,
-                       repairs=list(dict.fromkeys(repairs)))
+    return MappedStudy(imaging_study=study, patient=patient, repairs=repairs)
+
+
+def _note_text(note) -> str:
+    """A repair note as a FHIR string: no control characters, at most MAX_NOTE characters."""
+    note = clean_text(str(note), "note", None) or "?"
+    return note if len(note) <= MAX_NOTE else note[:MAX_NOTE - 3] + "..."
+
+
+def _notes(repairs: list) -> list[dict]:
+    """ImagingStudy.note: one Annotation per repair the source or the mapping made."""
+    texts = list(dict.fromkeys(_note_text(note) for note in repairs))
+    if len(texts) > MAX_NOTES:
+        texts[MAX_NOTES - 1:] = [f"... and {len(texts) - MAX_NOTES + 1} more repairs"]
+    return [{"authorString": NOTE_AUTHOR, "text": text} for text in texts]

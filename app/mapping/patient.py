@@ -18,9 +18,9 @@ from app.mapping.dicom_values import (
     UNIVERSAL_ENTITY_ID_TYPE,
     clean_text,
     fhir_code,
-    fhir_date,
     first,
     items,
+    parse_da,
     pn_components,
     pn_groups,
     raw_values,
@@ -34,6 +34,7 @@ ISSUER_QUALIFIERS = "00100024"
 OTHER_PATIENT_IDS = "00101002"
 BIRTH_DATE = "00100030"
 SEX = "00100040"
+STUDY_DATE = "00080020"
 
 #: Identifier.system of a local issuer that has no configured URI
 LOCAL_ISSUER_PREFIX = "urn:imaging-facade:issuer:"
@@ -84,12 +85,12 @@ def patient_identifier(attrs: dict, ctx: MappingContext, label: str,
     return identifier
 
 
-def human_names(value) -> list[dict]:
+def human_names(value, repairs: list | None = None) -> list[dict]:
     """HumanNames of one PN value: one per non-empty component group; the ideographic and
     phonetic groups carry the iso21090-EN-representation extension (IDE / SYL)."""
     names: list[dict] = []
     for group, representation in zip(pn_groups(value), (None, "IDE", "SYL")):
-        group = clean_text(group, "PatientName", None)
+        group = clean_text(group, "PatientName", repairs)
         if not group:
             continue
         family, given, middle, prefix, suffix = pn_components(group)
@@ -119,13 +120,12 @@ def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
         identifiers.append(primary)
         resource_id = patient_id(primary["system"], primary["value"])
         # Other Patient IDs Sequence: more (id, issuer) pairs for the same person
+        seen = {(primary["system"], primary["value"])}
         for item in items(attrs, OTHER_PATIENT_IDS):
             other = patient_identifier(item, ctx, "OtherPatientIDsSequence", repairs)
-            if other is None:
+            if other is None or (other["system"], other["value"]) in seen:
                 continue
-            if any(o["system"] == other["system"] and o["value"] == other["value"]
-                   for o in identifiers):
-                continue
+            seen.add((other["system"], other["value"]))
             identifiers.append(other)
     else:
         # no Patient ID: a patient of its own, never merged with anybody
@@ -137,16 +137,22 @@ def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
         patient["identifier"] = identifiers
     names_values = raw_values(attrs, PATIENT_NAME)
     if names_values:
-        names = human_names(names_values[0])
+        names = human_names(names_values[0], repairs)
         if names:
             patient["name"] = names
     sex = first(attrs, SEX)
     patient["gender"] = _GENDER.get(sex.upper(), "unknown") if sex else "unknown"
+    if sex and sex.upper() not in _GENDER:
+        repairs.append(f"PatientSex {sex!r} is not M, F or O; gender set to unknown")
     birth = first(attrs, BIRTH_DATE)
     if birth:
-        birth_date = fhir_date(birth)
-        if birth_date:
-            patient["birthDate"] = birth_date
-        else:
+        birth_date = parse_da(birth)
+        study_date = parse_da(first(attrs, STUDY_DATE))
+        if birth_date is None:
             repairs.append("PatientBirthDate is not a valid DA; birthDate left out")
+        elif study_date is not None and birth_date > study_date:
+            # mapping has no clock: the study's own date is the latest the birth can be
+            repairs.append("PatientBirthDate is after the StudyDate; birthDate left out")
+        else:
+            patient["birthDate"] = birth_date.isoformat()
     return patient
