@@ -136,7 +136,7 @@ def test_every_damaged_file_is_repaired_with_a_note_or_quarantined_with_its_reas
     _check_logs(caplog)
 
 
-def test_random_byte_damage_never_stops_the_sync(tmp_path, sqlite_url, write_config, valid_r4, caplog):
+def test_random_byte_damage_never_stops_the_sync(tmp_path, store_url, write_config, valid_r4, caplog):
     """Bytes of real headers overwritten at random: whatever each file becomes, the sync reads
     the rest, and what it emits is valid R4."""
     caplog.set_level(logging.INFO)
@@ -154,7 +154,7 @@ def test_random_byte_damage_never_stops_the_sync(tmp_path, sqlite_url, write_con
         for _ in range(rng.randint(1, 8)):
             data[rng.randrange(start, min(len(data), start + 1500))] = rng.randrange(256)
         (archive / f"mutant_{n:02d}.dcm").write_bytes(bytes(data))
-    config = _config(write_config, sqlite_url, archive)
+    config = _config(write_config, store_url, archive)
     store = Store.from_config(config)
     summary = sync_source(store, config.sources[0])
     assert summary.error is None
