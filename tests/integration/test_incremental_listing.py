@@ -254,6 +254,43 @@ def test_a_bad_match_is_refused_before_the_archive_is_asked(capped, kind):
     assert src.stats["requests"] == 0
 
 
+class WarningAdapter(HTTPAdapter):
+    """Real answers; the first `times` whose URL contains `needle` get the PS3.18 Warning
+    a QIDO-RS server sends when it cut the answer at its maximum number of results."""
+
+    WARNING = ('299 {+service}: "The number of results exceeded the maximum supported by the '
+               'server. Additional results can be requested."')
+
+    def __init__(self, needle: str, times: int = 1):
+        super().__init__()
+        self.needle, self.times = needle, times
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if self.needle in request.url and self.times > 0:
+            self.times -= 1
+            response.headers["Warning"] = self.WARNING
+        return response
+
+
+def test_a_qido_answer_with_the_cut_warning_is_sliced_without_max_results(orthanc):
+    session = requests.Session()
+    session.mount("http://", WarningAdapter("/dicom-web/studies?"))
+    src = DicomwebSource("pacs", orthanc.dicomweb_url, session=session)
+    items = list(src.iter_studies())
+    assert_whole_archive(src, items, orthanc_tree(orthanc))
+    assert src.stats["listing_queries"] > 1 and src.listing_complete
+
+
+def test_a_series_answer_with_the_cut_warning_fails_the_study(orthanc):
+    uid = sorted(orthanc_tree(orthanc))[0]
+    session = requests.Session()
+    session.mount("http://", WarningAdapter(f"/studies/{uid}/series?"))
+    items = list(DicomwebSource("pacs", orthanc.dicomweb_url, session=session).iter_studies({"StudyInstanceUID": uid}))
+    assert len(items) == 1 and isinstance(items[0], StudyFailure)
+    assert "cut its series answer short (Warning header)" in items[0].reason
+
+
 # -- what slicing cannot reach, and studies cut at series or instance level ----------------
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory):
