@@ -220,6 +220,7 @@ class DicomwebSource(ListedSource):
 
     def _list_studies(self, match: dict | None = None) -> list[dict]:
         match = normalize_match(match)
+        qido_params(match)  # a value QIDO cannot carry is refused before the archive is asked
         self._reset_stats()
         self.listing_gaps = []
         try:

@@ -62,8 +62,8 @@ _DAY_SECONDS = 86400
 def normalize_match(match: dict | None) -> dict:
     """A checked copy of `match`: lists as tuples, empty values dropped (they match all).
 
-    Raises ValueError naming the key for an unknown keyword or a value the archive would
-    read as something else (a backslash is a value separator in C-FIND, a comma in QIDO).
+    Raises ValueError naming the key for an unknown keyword, or for a value the archive
+    would read as something else (a backslash separates values in C-FIND).
     """
     out: dict = {}
     for key, value in (match or {}).items():
@@ -110,7 +110,13 @@ def match_key(match: dict | None) -> tuple:
 
 
 def qido_params(match: dict) -> dict[str, str]:
-    """QIDO-RS query parameters: lists comma-separated (PS3.18 8.3.4.1)."""
+    """QIDO-RS query parameters: lists comma-separated (PS3.18 8.3.4.1).
+
+    A single value holding a comma is refused: the archive would read it as a list.
+    """
+    for key, value in match.items():
+        if isinstance(value, str) and "," in value:
+            raise ValueError(f"{key}: {value!r} holds a comma, which QIDO-RS reads as a list of values")
     return {k: ",".join(v) if isinstance(v, tuple) else v for k, v in match.items()}
 
 

@@ -104,10 +104,6 @@ def study_uid_of(answer: dict) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-class _BadAnswer(Exception):
-    """An answer that is not what Orthanc's REST API documents."""
-
-
 class OrthancChanges:
     """A reader of one Orthanc's change feed and study IDs (its REST API at `rest_url`)."""
 
@@ -149,7 +145,11 @@ class OrthancChanges:
 
     # -- the feed ------------------------------------------------------------------------
     def last_seq(self) -> int:
-        """The Seq of the last change Orthanc logged (0 for an empty feed): follow from here."""
+        """The Seq of the last change Orthanc logged (0 for an empty feed).
+
+        A first run reads it before its full listing and then follows the feed from it: a
+        study that changes during the listing is then read twice rather than missed.
+        """
         answer = self._feed({"last": ""}, "cannot read the end of the change feed")
         return answer["Last"]
 

@@ -388,6 +388,9 @@ def test_a_new_study_is_reported_once_stable_with_its_orthanc_id(feed_orthanc):
     assert {("NewInstance", "Instance"), ("NewSeries", "Series"), ("NewStudy", "Study"),
             ("StableSeries", "Series"), ("StableStudy", "Study")} <= kinds
     assert since < last <= feed.last_seq()
+    pages = list(feed.pages(since, limit=3))
+    assert len(pages) > 2 and pages[-1].done and not any(p.done for p in pages[:-1])
+    assert [e for p in pages for e in p.events] == [ChangeEvent("study", orthanc_id, uid)]
 
 
 def test_a_series_added_to_a_stable_study_reports_the_study_again(feed_orthanc):

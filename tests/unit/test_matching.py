@@ -73,6 +73,9 @@ def test_a_match_is_normalized_and_sent_as_query_parameters_or_c_find_keys():
     assert qido_params(match)["StudyInstanceUID"] == "1.2.3,1.2.4"
     assert cfind_keys(match)["StudyInstanceUID"] == ["1.2.3", "1.2.4"]
     assert match_key({"PatientID": "P1"}) == match_key({"PatientID": "P1 "}) != match_key(None)
+    assert cfind_keys(normalize_match({"PatientID": "DOE,J"})) == {"PatientID": "DOE,J"}
+    with pytest.raises(ValueError, match="QIDO-RS reads as a list"):
+        qido_params(normalize_match({"PatientID": "DOE,J"}))
 
 
 @pytest.mark.parametrize("match, message", [
