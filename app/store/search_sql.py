@@ -46,12 +46,14 @@ def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, par
     if prefix == "lt":
         params.append(low)
         return f"{low_col} < ?"
+    # ge and le also state the bound both of their branches imply (a range ends after it
+    # starts), so one index range serves the whole condition instead of a scan or an OR
     if prefix == "ge":
-        params += [high, low, high]
-        return f"({high_col} > ? OR {contained})"
+        params += [low, high, low, high]
+        return f"({high_col} > ? AND ({high_col} > ? OR {contained}))"
     if prefix == "le":
-        params += [low, low, high]
-        return f"({low_col} < ? OR {contained})"
+        params += [high, low, low, high]
+        return f"({low_col} < ? AND ({low_col} < ? OR {contained}))"
     if prefix == "sa":
         params.append(high)
         return f"{low_col} >= ?"
