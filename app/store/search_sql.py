@@ -120,8 +120,19 @@ def _phonetic_sql(rtype: str, clause: Clause, codes: list[str], params: list) ->
             "GROUP BY rid HAVING COUNT(DISTINCT norm) = ?)")
 
 
-def _clause_sql(rtype: str, clause, params: list) -> str:
-    """SQL condition on `id` of the `rtype` resource for one (possibly chained) clause."""
+def _lists_matches(clause) -> bool:
+    """Whether the clause's SQL lists its matches (`id IN …`), so later clauses can probe them."""
+    modifier = getattr(clause, "modifier", None)
+    return modifier != "not" and not (modifier == "missing" and clause.values[0])
+
+
+def _clause_sql(rtype: str, clause, params: list, probe: bool = False) -> str:
+    """SQL condition on `id` of the `rtype` resource for one (possibly chained) clause.
+
+    `probe`: a clause ANDed after one that lists the candidates checks each candidate's own
+    rows (EXISTS on the owner index) instead of listing every resource it matches: SQLite
+    materializes an IN list, which for `modality=CT` is a third of all studies.
+    """
     if isinstance(clause, ChainClause):
         params += [rtype, clause.param.name, clause.target, clause.target]
         inner = _clause_sql(clause.target, clause.inner, params)
@@ -146,6 +157,8 @@ def _clause_sql(rtype: str, clause, params: list) -> str:
         return f"id NOT IN ({owned})" if clause.values[0] else f"id IN ({owned})"
     values = " OR ".join(_value_sql(clause, v, params) for v in clause.values)
     negate = "NOT " if clause.modifier == "not" else ""
+    if probe and not negate:
+        return f"EXISTS ({owned} AND rid = id AND ({values}))"  # `id`: the outer resource's
     return f"id {negate}IN ({owned} AND ({values}))"
 
 
@@ -212,7 +225,11 @@ def _count(reader: Reader, query: SearchQuery, where: str, params: list) -> int 
 def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
     """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page)."""
     params: list = [query.rtype]
-    where = " AND ".join(["rtype = ?"] + [_clause_sql(query.rtype, c, params) for c in query.clauses])
+    conditions, driven = ["rtype = ?"], False
+    for clause in query.clauses:
+        conditions.append(_clause_sql(query.rtype, clause, params, probe=driven))
+        driven = driven or _lists_matches(clause)
+    where = " AND ".join(conditions)
     want_total = query.total != "none" or query.summary == "count"
     if query.summary == "count" or query.count == 0:
         return SearchResult([], _count(reader, query, where, params) if want_total else None, False, [])
