@@ -2,37 +2,18 @@
 SearchParameter resources (npm package hl7.fhir.r4.examples@4.0.1, fetched once into .cache/)."""
 from __future__ import annotations
 
-import json
-import subprocess
-import tarfile
-from pathlib import Path
-
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from app.search.params import BY_RESOURCE, RESOURCE_TYPES
+import r4_package
 from test_search import client  # noqa: F401 - the same data set and app fixture
-
-PACKAGE = "hl7.fhir.r4.examples@4.0.1"
-CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
 
 @pytest.fixture(scope="session")
 def official_search_parameters() -> dict[tuple[str, str], dict]:
     """(resource type, code) -> the official R4 SearchParameter resource."""
-    CACHE.mkdir(exist_ok=True)
-    tarball = CACHE / "hl7.fhir.r4.examples-4.0.1.tgz"
-    if not tarball.exists():
-        subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(CACHE)], check=True,
-                       capture_output=True, timeout=300)
-    found = {}
-    with tarfile.open(tarball) as tar:
-        for member in tar:
-            if member.name.startswith("package/SearchParameter-") and member.name.endswith(".json"):
-                resource = json.load(tar.extractfile(member))
-                for base in resource.get("base", []):
-                    found[(base, resource["code"])] = resource
-    return found
+    return r4_package.search_parameters()
 
 
 def test_capability_statement_is_valid_r4(client):  # noqa: F811
