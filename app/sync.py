@@ -2,6 +2,11 @@
 
 A study that cannot be read or mapped goes to the quarantine with its reason and the sync
 goes on; the next sync retries it. Only a source that cannot be reached at all ends the run.
+
+A complete listing is also how deletions are found: a study of this source that the whole
+listing did not show is no longer in the archive, and its copy is removed (the study stays
+while another archive holds it). A run that did not finish (archive unreachable, stopped)
+deletes nothing and releases nothing from the quarantine.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ class SyncSummary:
     failed: int = 0
     repaired: int = 0
     released: int = 0  # quarantined by an earlier run, fine now
+    deleted: int = 0  # studies gone from the archive
     seconds: float = 0.0
     error: str | None = None
     source_stats: dict = field(default_factory=dict)
@@ -42,6 +48,10 @@ class SyncSummary:
     @property
     def done(self) -> int:
         return self.new + self.updated + self.unchanged + self.failed
+
+    @property
+    def changed(self) -> int:
+        return self.new + self.updated + self.deleted
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,48 +90,78 @@ def build_source(src: SourceConfig):
 Progress = Callable[[SyncSummary, int | None], None]
 
 
-def sync_source(store: Store, src: SourceConfig, progress: Progress | None = None, source=None) -> SyncSummary:
-    """Run one full sync of `src` into `store` and return what it did."""
+def sync_source(store: Store, src: SourceConfig, progress: Progress | None = None, source=None,
+                stop: Callable[[], bool] | None = None) -> SyncSummary:
+    """Run one full sync of `src` into `store` and return what it did.
+
+    `stop()` is asked between studies; when it says yes the run ends after the study in hand,
+    as an incomplete run.
+    """
     summary = SyncSummary(src.name)
     started_micros, _ = instant_now_ms()
     clock = time.perf_counter()
     source = source or build_source(src)
     ctx = mapping_context(src)
+    stopped = False
+    store.update_source_state(src.name, last_attempt=started_micros)
     try:
         store.put_resource(map_endpoint(ctx))
         for item in source.iter_studies():
-            if isinstance(item, StudyFailure):
-                key = item.location or item.uid or "unknown"
-                store.quarantine(src.name, key, item.uid, item.reason)
-                summary.failed += 1
-            else:
-                _sync_one(store, src.name, ctx, item, summary)
+            sync_item(store, src.name, ctx, item, summary)
             if progress:
                 progress(summary, source.total())
+            if stop and stop():
+                stopped = True
+                break
     except SourceError as exc:
         summary.error = str(exc)
         log.error("sync of source %s stopped: %s", src.name, exc)
-    else:
-        # the run saw every study: what it did not quarantine again now maps (or is gone)
+    if not summary.error and not stopped:
+        # the run saw every study: what it did not see is gone, what it did not quarantine again now maps
+        for uid in store.copies_not_seen_since(src.name, started_micros):
+            if store.remove_copy(src.name, uid):
+                summary.deleted += 1
         summary.released = store.release_stale(src.name, started_micros)
     summary.seconds = time.perf_counter() - clock
     summary.source_stats = dict(getattr(source, "stats", {}))
-    store.record_run(src.name, started_micros, "failed" if summary.error else "ok", summary.as_dict())
+    status = "failed" if summary.error else "stopped" if stopped else "ok"
+    store.record_run(src.name, started_micros, status, summary.as_dict())
+    record_outcome(store, src.name, summary, full=status == "ok", started=started_micros)
     return summary
 
 
-def _sync_one(store, source_name, ctx, record, summary) -> None:
+def record_outcome(store: Store, source_name: str, summary: SyncSummary, full: bool = False,
+                   started: int | None = None, **state) -> None:
+    """Note in the source's state how a run went (what the health endpoint reports)."""
+    now, _ = instant_now_ms()
+    if summary.error:
+        state.update(last_error=summary.error, last_error_at=now)
+    else:
+        state.update(last_success=now)
+        if full:
+            state.update(last_full=started)
+    store.update_source_state(source_name, **state)
+
+
+def sync_item(store: Store, source_name: str, ctx: MappingContext, item, summary: SyncSummary,
+              archive_key: str | None = None) -> None:
+    """Store one study a source yielded, or quarantine it with the reason."""
+    if isinstance(item, StudyFailure):
+        key = item.location or item.uid or "unknown"
+        store.quarantine(source_name, key, item.uid, item.reason)
+        summary.failed += 1
+        return
     try:
-        mapped = map_study(record, ctx)
+        mapped = map_study(item, ctx)
     except MappingError as exc:
-        store.quarantine(source_name, record.uid, record.uid, str(exc))
+        store.quarantine(source_name, item.uid, item.uid, str(exc))
         summary.failed += 1
         return
     except Exception as exc:  # a mapping bug must not stop the other studies
         log.error("mapping failed for a study of source %s: %s", source_name, describe(exc))
-        store.quarantine(source_name, record.uid, record.uid, f"internal mapping error: {type(exc).__name__}")
+        store.quarantine(source_name, item.uid, item.uid, f"internal mapping error: {type(exc).__name__}")
         summary.failed += 1
         return
-    summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name))
-    if record.repairs or mapped.repairs:
+    summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name, archive_key))
+    if item.repairs or mapped.repairs:
         summary.repaired += 1

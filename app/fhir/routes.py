@@ -13,10 +13,11 @@ from app.fhir.capability import capability_statement
 from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import PageTokens, search_digest
 from app.ids import valid_id
+from app.search.dates import micros_to_instant
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
 from app.store.reader import Reader
-from app.store.search_sql import read_current, read_history, read_version, run_search
+from app.store.search_sql import read_current, read_deleted, read_history, read_version, run_search
 
 bp = Blueprint("fhir", __name__)
 JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
@@ -109,6 +110,10 @@ def read(rtype: str, rid: str):
     _check_id(rtype, rid)
     found = read_current(_state().reader, rtype, rid)
     if found is None:
+        gone = read_deleted(_state().reader, rtype, rid)
+        if gone is not None:
+            raise FhirError(410, "deleted", f"{rtype}/{rid} was deleted at {micros_to_instant(gone[1])}: no archive "
+                                            "holds it any more", headers={"ETag": f'W/"{gone[0]}"'})
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     version, micros, content = found
     return _resource_response(rtype, rid, version, micros, content)

@@ -18,9 +18,10 @@ from sqlmodel import SQLModel
 
 from app.search.dates import instant_now_ms
 from app.store import tables as t
+from app.store.copies import merge_copies
 from app.store.indexer import index_rows
 
-NEW, UPDATED, UNCHANGED = "new", "updated", "unchanged"
+NEW, UPDATED, UNCHANGED, DELETED = "new", "updated", "unchanged", "deleted"
 
 
 def make_engine(url: str) -> Engine:
@@ -79,6 +80,12 @@ class Store:
         if row is not None and row.content_hash == digest:
             return UNCHANGED
         version = 1 if row is None else row.version + 1
+        if row is None:  # served before and deleted: its versions go on
+            gone = conn.execute(select(t.Tombstone.version).where(t.Tombstone.rtype == rtype,
+                                                                  t.Tombstone.id == rid)).first()
+            if gone is not None:
+                version = gone.version + 1
+                conn.execute(delete(t.Tombstone).where(t.Tombstone.rtype == rtype, t.Tombstone.id == rid))
         micros, instant = instant_now_ms()
         stored = {"resourceType": rtype, "id": rid, "meta": {**body.get("meta", {}),
                   "versionId": str(version), "lastUpdated": instant}}
@@ -113,36 +120,103 @@ class Store:
         with self.engine.begin() as conn:
             return self._put(conn, body)
 
-    def put_study(self, study: dict, patient: dict, source: str) -> str:
-        """Store one study and its patient's contribution in one transaction.
+    def put_study(self, study: dict, patient: dict, source: str, archive_key: str | None = None) -> str:
+        """Store one archive's copy of a study and its patient's contribution in one transaction.
 
-        Returns the study's outcome (new, updated, unchanged).
+        The served ImagingStudy is the merge of every archive's copy. Returns its outcome
+        (new, updated, unchanged).
         """
-        uid = study["id"]
-        rank = f"{study.get('started', '')}|{uid}"
-        contribution = orjson.dumps(patient, option=orjson.OPT_SORT_KEYS)
-        micros, _ = instant_now_ms()
         with self.engine.begin() as conn:
-            previous = conn.execute(
-                select(t.PatientContribution.patient_id, t.PatientContribution.content).where(
-                    t.PatientContribution.source == source, t.PatientContribution.study_uid == uid
-                )
-            ).first()
-            if previous is None:
-                conn.execute(insert(t.PatientContribution).values(
-                    source=source, study_uid=uid, patient_id=patient["id"], rank=rank, content=contribution))
-                conn.execute(insert(t.StudySource).values(study_uid=uid, source=source, last_seen=micros))
-            elif previous.patient_id != patient["id"] or previous.content != contribution:
-                conn.execute(update(t.PatientContribution).where(
-                    t.PatientContribution.source == source, t.PatientContribution.study_uid == uid
-                ).values(patient_id=patient["id"], rank=rank, content=contribution))
-            touched = {patient["id"]}
-            if previous is not None and previous.patient_id != patient["id"]:
-                touched.add(previous.patient_id)
-            if previous is None or previous.content != contribution or len(touched) > 1:
-                for patient_id in sorted(touched):
-                    self._refresh_patient(conn, patient_id)
-            return self._put(conn, study)
+            return self._put_study(conn, study, patient, source, archive_key)
+
+    def _put_study(self, conn: Connection, study: dict, patient: dict, source: str,
+                   archive_key: str | None = None) -> str:
+        uid = study["id"]
+        self._save_copy(conn, source, study, archive_key)
+        self._save_contribution(conn, source, uid, patient, f"{study.get('started', '')}|{uid}")
+        others = conn.execute(select(t.StudyCopy.source, t.StudyCopy.content).where(
+            t.StudyCopy.study_uid == uid, t.StudyCopy.source != source)).all()
+        copies = {source: study, **{r.source: orjson.loads(r.content) for r in others}}
+        return self._put(conn, merge_copies(copies))
+
+    def _save_copy(self, conn: Connection, source: str, study: dict, archive_key: str | None) -> None:
+        """Keep the archive's copy and note that this sync saw it."""
+        uid = study["id"]
+        micros, _ = instant_now_ms()
+        content = orjson.dumps(study)
+        where = (t.StudyCopy.source == source, t.StudyCopy.study_uid == uid)
+        found = conn.execute(select(t.StudyCopy.content, t.StudyCopy.archive_key).where(*where)).first()
+        if found is None:
+            conn.execute(insert(t.StudyCopy).values(source=source, study_uid=uid, archive_key=archive_key,
+                                                    last_seen=micros, content=content))
+            return
+        values: dict = {"last_seen": micros}
+        if found.content != content:
+            values["content"] = content
+        if archive_key and archive_key != found.archive_key:
+            values["archive_key"] = archive_key
+        conn.execute(update(t.StudyCopy).where(*where).values(**values))
+
+    def _save_contribution(self, conn: Connection, source: str, uid: str, patient: dict, rank: str) -> None:
+        contribution = orjson.dumps(patient, option=orjson.OPT_SORT_KEYS)
+        where = (t.PatientContribution.source == source, t.PatientContribution.study_uid == uid)
+        previous = conn.execute(
+            select(t.PatientContribution.patient_id, t.PatientContribution.content).where(*where)).first()
+        if previous is None:
+            conn.execute(insert(t.PatientContribution).values(
+                source=source, study_uid=uid, patient_id=patient["id"], rank=rank, content=contribution))
+        elif previous.patient_id != patient["id"] or previous.content != contribution:
+            conn.execute(update(t.PatientContribution).where(*where).values(
+                patient_id=patient["id"], rank=rank, content=contribution))
+        touched = {patient["id"]}
+        if previous is not None and previous.patient_id != patient["id"]:
+            touched.add(previous.patient_id)
+        if previous is None or previous.content != contribution or len(touched) > 1:
+            for patient_id in sorted(touched):
+                self._refresh_patient(conn, patient_id)
+
+    def remove_copy(self, source: str, uid: str) -> str | None:
+        """The archive no longer holds the study: drop its copy and what its copy said.
+
+        The study stays, merged from the other archives' copies, while one still holds it;
+        otherwise it leaves search and a read of it answers 410. Returns the study's outcome
+        (updated or deleted), or None if the archive was not known to hold it.
+        """
+        with self.engine.begin() as conn:
+            where = (t.StudyCopy.source == source, t.StudyCopy.study_uid == uid)
+            if conn.execute(delete(t.StudyCopy).where(*where)).rowcount == 0:
+                return None
+            contribution = (t.PatientContribution.source == source, t.PatientContribution.study_uid == uid)
+            previous = conn.execute(select(t.PatientContribution.patient_id).where(*contribution)).first()
+            conn.execute(delete(t.PatientContribution).where(*contribution))
+            others = conn.execute(select(t.StudyCopy.source, t.StudyCopy.content).where(
+                t.StudyCopy.study_uid == uid)).all()
+            if others:
+                outcome = self._put(conn, merge_copies({r.source: orjson.loads(r.content) for r in others}))
+            else:
+                self._delete(conn, "ImagingStudy", uid)
+                outcome = DELETED
+            if previous is not None:
+                self._refresh_patient(conn, previous.patient_id)
+            return outcome
+
+    def copies_not_seen_since(self, source: str, since: int) -> list[str]:
+        """Studies of `source` that no listing since `since` (epoch micros) has shown."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(t.StudyCopy.study_uid).where(
+                t.StudyCopy.source == source, t.StudyCopy.last_seen < since).order_by(t.StudyCopy.study_uid)).scalars())
+
+    def study_for_archive_key(self, source: str, archive_key: str) -> str | None:
+        """The study an archive knows by its own id (Orthanc's study id)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.StudyCopy.study_uid).where(
+                t.StudyCopy.source == source, t.StudyCopy.archive_key == archive_key)).scalar()
+
+    def holders(self, uid: str) -> list[str]:
+        """The sources that hold a study."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(t.StudyCopy.source).where(t.StudyCopy.study_uid == uid)
+                                     .order_by(t.StudyCopy.source)).scalars())
 
     def _refresh_patient(self, conn: Connection, patient_id: str) -> None:
         rows = conn.execute(
@@ -157,15 +231,29 @@ class Store:
                                                                                  reverse=True)]))
 
     def _delete(self, conn: Connection, rtype: str, rid: str) -> None:
+        """Take a resource out of search; a tombstone answers reads with 410 from now on."""
+        row = conn.execute(select(t.Resource.version).where(t.Resource.rtype == rtype, t.Resource.id == rid)).first()
+        if row is None:
+            return
         conn.execute(delete(t.Resource).where(t.Resource.rtype == rtype, t.Resource.id == rid))
         for table in INDEX_TABLES:
             conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+        micros, _ = instant_now_ms()
+        conn.execute(insert(t.Tombstone).values(rtype=rtype, id=rid, version=row.version + 1, deleted=micros))
 
     # ---------------------------------------------------------------- quarantine and runs
 
     def quarantine(self, source: str, key: str, study_uid: str | None, reason: str) -> None:
+        """Keep what could not be mapped, with the reason.
+
+        The archive still holds the study, so a copy stored by an earlier sync counts as
+        seen: the study stays served as it was, and is not taken for deleted.
+        """
         micros, _ = instant_now_ms()
         with self.engine.begin() as conn:
+            if study_uid:
+                conn.execute(update(t.StudyCopy).where(t.StudyCopy.source == source, t.StudyCopy.study_uid == study_uid)
+                             .values(last_seen=micros))
             found = conn.execute(select(t.Quarantine.first_seen).where(
                 t.Quarantine.source == source, t.Quarantine.key == key)).first()
             if found:
@@ -193,6 +281,27 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(insert(t.SyncRun).values(source=source, started=started, finished=finished,
                                                   status=status, summary=orjson.dumps(summary).decode()))
+
+    # ---------------------------------------------------------------- source state
+
+    def source_state(self, source: str) -> t.SourceState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.SourceState).where(t.SourceState.source == source)).first()
+        return t.SourceState(**row._mapping) if row else None
+
+    def source_states(self) -> list[t.SourceState]:
+        with self.engine.connect() as conn:
+            return [t.SourceState(**row._mapping) for row in
+                    conn.execute(select(t.SourceState).order_by(t.SourceState.source))]
+
+    def update_source_state(self, source: str, **values) -> None:
+        """Set some columns of a source's state (cursor as a dict), creating the row if needed."""
+        if "cursor" in values:
+            values["cursor"] = orjson.dumps(values["cursor"]).decode()
+        with self.engine.begin() as conn:
+            done = conn.execute(update(t.SourceState).where(t.SourceState.source == source).values(**values)).rowcount
+            if not done:
+                conn.execute(insert(t.SourceState).values(source=source, **{"cursor": "{}", **values}))
 
     def setting(self, key: str, make) -> str:
         """Read a shared setting, creating it with `make()` the first time (race-safe)."""

@@ -319,6 +319,11 @@ def read_current(reader: Reader, rtype: str, rid: str):
     return reader.one("SELECT version, last_updated, content FROM resource WHERE rtype = ? AND id = ?", [rtype, rid])
 
 
+def read_deleted(reader: Reader, rtype: str, rid: str):
+    """(version, deleted) of a resource that was served and is gone, or None."""
+    return reader.one("SELECT version, deleted FROM tombstone WHERE rtype = ? AND id = ?", [rtype, rid])
+
+
 def read_version(reader: Reader, rtype: str, rid: str, version: int):
     """(last_updated, content) of one stored version, or None."""
     return reader.one("SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",

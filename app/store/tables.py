@@ -104,13 +104,48 @@ class PatientContribution(SQLModel, table=True):
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
-class StudySource(SQLModel, table=True):
-    """Which archive holds which study."""
+class StudyCopy(SQLModel, table=True):
+    """Which archive holds which study, and what that archive's copy maps to.
 
-    __tablename__ = "study_source"
-    study_uid: str = Field(primary_key=True, max_length=64)
+    The served ImagingStudy is the merge of the copies (app/store/copies.py); a study
+    leaves search only when no archive holds it any more. `last_seen` is the last sync
+    that listed it (a complete listing that misses it means the archive deleted it);
+    `archive_key` is the archive's own id for the study where it has one (Orthanc's), so a
+    deletion reported by that id finds the study.
+    """
+
+    __tablename__ = "study_copy"
+    __table_args__ = (Index("ix_copy_archive_key", "source", "archive_key"),
+                      Index("ix_copy_study", "study_uid"))
     source: str = Field(primary_key=True, max_length=64)
+    study_uid: str = Field(primary_key=True, max_length=64)
+    archive_key: str | None = Field(default=None, max_length=128)
     last_seen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Tombstone(SQLModel, table=True):
+    """A resource that was served and is gone: a read answers 410, and if it comes back its
+    versions go on from here."""
+
+    __tablename__ = "tombstone"
+    rtype: str = Field(primary_key=True, max_length=32)
+    id: str = Field(primary_key=True, max_length=64)
+    version: int
+    deleted: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class SourceState(SQLModel, table=True):
+    """Where each source's sync stands: its cursor, and how its last attempts went."""
+
+    __tablename__ = "source_state"
+    source: str = Field(primary_key=True, max_length=64)
+    cursor: str = Field(sa_column=Column(Text, nullable=False, default="{}"))
+    last_full: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    last_success: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    last_attempt: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_error_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class Quarantine(SQLModel, table=True):

@@ -232,6 +232,10 @@ class OrthancServer:
         response.raise_for_status()
         return response.json()
 
+    def delete(self, path: str) -> None:
+        response = self._session.delete(self.url + path, timeout=30)
+        response.raise_for_status()
+
     def upload(self, paths, workers: int = 4) -> list[dict]:
         """POST each file to /instances; return Orthanc's answers for the accepted ones.
 
