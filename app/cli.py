@@ -51,7 +51,8 @@ def _redact(url: str) -> str:
 @main.command()
 @click.option("--config", "config_path", default=None, help=CONFIG_HELP)
 @click.option("--source", "source_name", default=None, help="sync only this source")
-def sync(config_path, source_name):
+@click.option("--watch", is_flag=True, help="keep syncing until stopped (SIGTERM or Ctrl-C)")
+def sync(config_path, source_name, watch):
     """Run one sync of every source (or one) with a progress bar and a summary."""
     from app.store.repository import Store
 
@@ -65,11 +66,39 @@ def sync(config_path, source_name):
         click.echo("no sources configured", err=True)
         sys.exit(2)
     store = Store.from_config(config)
+    if watch:
+        _watch(store, sources)
+        return
     failed = False
     for src in sources:
         summary = _sync_with_progress(store, src)
         failed = failed or bool(summary.error)
     sys.exit(1 if failed else 0)
+
+
+def _watch(store, sources) -> None:
+    """Poll until SIGTERM or SIGINT; the study in hand is finished first."""
+    import signal
+    import threading
+
+    from app.watch import watch
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def report(summary):
+        if summary.error:
+            click.echo(f"{summary.source}: poll failed: {summary.error}", err=True)
+        elif summary.changed or summary.failed:
+            click.echo(f"{summary.source}: {summary.new} new, {summary.updated} updated, {summary.deleted} deleted, "
+                       f"{summary.failed} failed")
+
+    names = ", ".join(src.name for src in sources)
+    click.echo(f"watching {names}; stop with SIGTERM or Ctrl-C")
+    watch(store, sources, stop, report)
+    store.close()
+    click.echo("stopped")
 
 
 def _sync_with_progress(store, src):
@@ -100,6 +129,8 @@ def _sync_with_progress(store, src):
                    f"`imaging-facade quarantine list --source {src.name}` shows why")
     if summary.released:
         click.echo(f"{src.name}: {summary.released} studies left the quarantine")
+    if summary.deleted:
+        click.echo(f"{src.name}: {summary.deleted} studies are no longer in the archive")
     if summary.error:
         click.echo(f"{src.name}: sync stopped: {summary.error}", err=True)
     return summary
@@ -182,7 +213,21 @@ def serve(config_path, host, port, workers):
             _sync_with_progress(store, src)
     store.close()
     click.echo(f"serving FHIR R4 at http://{host}:{port}/fhir (base URL in links: {config.server.base_url})")
-    run_gunicorn(config, host, port, workers)
+    watcher = _start_watcher(config) if config.server.watch and config.sources else None
+    try:
+        run_gunicorn(config, host, port, workers)
+    finally:
+        if watcher is not None:
+            watcher.terminate()  # SIGTERM: it finishes the study in hand
+            watcher.wait(timeout=60)
+
+
+def _start_watcher(config):
+    """`sync --watch` as a child process: the API workers never wait for an archive."""
+    import subprocess
+
+    click.echo("server.watch: syncing continuously in a child process")
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "sync", "--watch", "--config", str(config.path)])
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ class SourceSchema(Strict):
     port = fields.Integer(load_default=104, validate=validate.Range(min=1, max=65535))
     called_aet = fields.String(load_default=None, validate=_check_aet)
     calling_aet = fields.String(load_default="FACADE", validate=_check_aet)
+    # continuous sync (sync --watch, server.watch)
+    poll_interval = fields.Float(load_default=None, validate=validate.Range(min=0.2, max=86400))
+    full_every = fields.Float(load_default=86400.0, validate=validate.Range(min=10))
+    window_overlap_days = fields.Integer(load_default=1, validate=validate.Range(min=0, max=366))
 
     @validates("name")
     def _name(self, value, **_):
@@ -149,6 +153,7 @@ class ServerSchema(Strict):
     port = fields.Integer(load_default=8080, validate=validate.Range(min=1, max=65535))
     workers = fields.Integer(load_default=2, validate=validate.Range(min=1, max=64))
     sync_on_start = fields.Boolean(load_default=False)
+    watch = fields.Boolean(load_default=False)
     default_count = fields.Integer(load_default=50, validate=validate.Range(min=1))
     max_count = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     secret = fields.String(load_default=None)
@@ -211,6 +216,12 @@ class SourceConfig:
     port: int = 104
     called_aet: str | None = None
     calling_aet: str = "FACADE"
+    #: seconds between incremental polls in watch mode
+    poll_interval: float = 60.0
+    #: seconds between full reconciliations (complete listings that also find deletions)
+    full_every: float = 86400.0
+    #: days before the last polled date that a date-window poll asks for again
+    window_overlap_days: int = 1
 
 
 @dataclass(frozen=True)
@@ -220,6 +231,7 @@ class ServerConfig:
     port: int
     workers: int
     sync_on_start: bool
+    watch: bool
     default_count: int
     max_count: int
     secret: str | None
@@ -364,6 +376,9 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 port=src["port"],
                 called_aet=src["called_aet"].strip() if src["called_aet"] else None,
                 calling_aet=src["calling_aet"].strip(),
+                poll_interval=src["poll_interval"] if src["poll_interval"] is not None else 60.0,
+                full_every=src["full_every"],
+                window_overlap_days=src["window_overlap_days"],
             )
         )
     server = data["server"]

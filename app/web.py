@@ -1,11 +1,10 @@
 """The Flask application factory: each module registers its own part."""
 from __future__ import annotations
 
-import orjson
-from flask import Flask, Response
+from flask import Flask
 from flask_compress import Compress
 
-from app import security
+from app import health, security
 from app.config import Config
 from app.fhir import errors
 from app.fhir.routes import ApiState, bp as fhir_bp
@@ -15,16 +14,12 @@ from app.store.repository import Store
 def create_app(config: Config, store: Store | None = None) -> Flask:
     app = Flask("imaging-facade")
     store = store or Store.from_config(config)
-    app.extensions["imaging-facade"] = ApiState(config, store)
+    state = app.extensions["imaging-facade"] = ApiState(config, store)
     errors.init_app(app)
     security.init_app(app, config)
     app.register_blueprint(fhir_bp, url_prefix="/fhir")
+    health.init_app(app, config, state.reader)
     _compress(app)
-
-    @app.get("/health")
-    def health():
-        return Response(orjson.dumps({"status": "ok"}), content_type="application/json")
-
     return app
 
 
