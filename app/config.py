@@ -65,6 +65,11 @@ class Strict(Schema):
         unknown = RAISE
 
 
+class OnDemandSchema(Strict):
+    max_age = fields.Float(required=True, validate=validate.Range(min=0))
+    deadline = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=300))
+
+
 class SourceSchema(Strict):
     name = fields.String(required=True)
     type = fields.String(required=True, validate=validate.OneOf(["folder", "dicomweb", "dimse"]))
@@ -97,6 +102,7 @@ class SourceSchema(Strict):
     poll_interval = fields.Float(load_default=None, validate=validate.Range(min=0.2, max=86400))
     full_every = fields.Float(load_default=86400.0, validate=validate.Range(min=10))
     window_overlap_days = fields.Integer(load_default=1, validate=validate.Range(min=0, max=366))
+    on_demand = fields.Nested(OnDemandSchema, load_default=None)
 
     @validates("name")
     def _name(self, value, **_):
@@ -120,6 +126,9 @@ class SourceSchema(Strict):
                 missing["called_aet"] = ["a dimse source needs a called_aet (the archive's AE title)"]
             if missing:
                 raise ValidationError(missing)
+        if data.get("on_demand") and data.get("type") == "folder":
+            raise ValidationError("on-demand fetching needs an archive that answers queries (dicomweb or dimse)",
+                                  "on_demand")
         if data.get("password") and not data.get("username"):
             raise ValidationError("a password needs a username", "username")
 
@@ -191,6 +200,14 @@ class ConfigSchema(Strict):
 
 
 @dataclass(frozen=True)
+class OnDemandConfig:
+    #: seconds: a patient's studies older than this are fetched from the archive before a search
+    max_age: float
+    #: seconds a search waits for that fetch before answering 503 with Retry-After
+    deadline: float = 5.0
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     name: str
     type: str
@@ -222,6 +239,7 @@ class SourceConfig:
     full_every: float = 86400.0
     #: days before the last polled date that a date-window poll asks for again
     window_overlap_days: int = 1
+    on_demand: OnDemandConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -379,6 +397,7 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 poll_interval=src["poll_interval"] if src["poll_interval"] is not None else 60.0,
                 full_every=src["full_every"],
                 window_overlap_days=src["window_overlap_days"],
+                on_demand=OnDemandConfig(**src["on_demand"]) if src["on_demand"] else None,
             )
         )
     server = data["server"]

@@ -13,6 +13,7 @@ from app.fhir.capability import capability_statement
 from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import PageTokens, search_digest
 from app.ids import valid_id
+from app.ondemand import OnDemand
 from app.search.dates import micros_to_instant
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
@@ -179,6 +180,8 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
         cursor = state.page_tokens.read(digest, query.page) if query.page is not None else None
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
+    if cursor is None:
+        state.on_demand.before_search(query)
     result = run_search(state.reader, query, cursor)
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
@@ -197,6 +200,7 @@ class ApiState:
         self.store = store
         self.reader = Reader(store.url)
         self.base_url = config.server.base_url
+        self.on_demand = OnDemand(config, store, lambda rtype, rid: read_current(self.reader, rtype, rid))
         self.page_tokens = PageTokens(config.server.secret or store.paging_secret(), config.server.page_ttl)
         released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.capability = orjson.dumps(capability_statement(self.base_url, released, config.security.open))

@@ -303,6 +303,19 @@ class Store:
             if not done:
                 conn.execute(insert(t.SourceState).values(source=source, **{"cursor": "{}", **values}))
 
+    def patient_fetched(self, source: str, system: str, value: str) -> int | None:
+        """When the archive was last asked for this patient's studies (epoch micros), or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.PatientFetch.fetched).where(
+                t.PatientFetch.source == source, t.PatientFetch.system == system,
+                t.PatientFetch.value == value)).scalar()
+
+    def mark_patient_fetched(self, source: str, system: str, value: str, when: int) -> None:
+        where = (t.PatientFetch.source == source, t.PatientFetch.system == system, t.PatientFetch.value == value)
+        with self.engine.begin() as conn:
+            if not conn.execute(update(t.PatientFetch).where(*where).values(fetched=when)).rowcount:
+                conn.execute(insert(t.PatientFetch).values(source=source, system=system, value=value, fetched=when))
+
     def setting(self, key: str, make) -> str:
         """Read a shared setting, creating it with `make()` the first time (race-safe)."""
         with self.engine.connect() as conn:

@@ -148,6 +148,16 @@ class SourceState(SQLModel, table=True):
     last_error_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
+class PatientFetch(SQLModel, table=True):
+    """When the facade last asked an archive for one patient's studies (on-demand mode)."""
+
+    __tablename__ = "patient_fetch"
+    source: str = Field(primary_key=True, max_length=64)
+    system: str = Field(primary_key=True, max_length=512)
+    value: str = Field(primary_key=True, max_length=256)
+    fetched: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class Quarantine(SQLModel, table=True):
     """Studies (or files) a sync could not map, with the reason; retried by the next sync."""
 

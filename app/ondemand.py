@@ -1,0 +1,133 @@
+"""On-demand mode: ask the archive for a patient's studies before answering a search.
+
+For sources with `on_demand` set, a search that names a patient (`ImagingStudy?patient=…`,
+`?subject=…`, `?patient.identifier=system|value`, `Patient?identifier=system|value`) first
+asks each such archive for that patient's studies when the last ask is older than
+`max_age`, so an app sees studies the periodic sync has not reached yet. The fetch runs in
+the background; if it is not done within `deadline` the search answers 503 with
+Retry-After (as the SMART Imaging Access IG allows) and the fetch goes on, so the app's
+retry finds the studies. An archive that cannot be reached does not fail the search: it
+is answered from what the store holds, and the failure is logged.
+
+The archive is asked by Patient ID (0010,0020), the value of an identifier whose system is
+one the source produces (its `patient_id_system` or a mapped issuer in `issuer_systems`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+import orjson
+
+from app.config import SourceConfig
+from app.fhir.errors import FhirError
+from app.logsafe import describe
+from app.search.dates import instant_now_ms
+from app.search.query import ANY_SYSTEM, ChainClause, Clause, SearchQuery
+from app.sources.errors import SourceError
+from app.sync import SyncSummary, build_source, mapping_context, sync_item
+
+log = logging.getLogger("imaging_facade.on_demand")
+
+_PATIENT_REFERENCES = ("patient", "subject")
+
+
+def claimed_systems(src: SourceConfig) -> set[str]:
+    """Identifier systems of the patients this source's studies map to."""
+    return {src.patient_id_system, *src.issuer_systems.values()}
+
+
+def _identifier_values(clause: Clause) -> list[tuple[str, str]]:
+    return [(system, code) for system, code in clause.values if system is not ANY_SYSTEM and system and code]
+
+
+def searched_identifiers(query: SearchQuery, read_patient) -> list[tuple[str, str]]:
+    """(system, value) of the patients a search names; `read_patient(id)` gives a stored Patient."""
+    pairs: list[tuple[str, str]] = []
+    for clause in query.clauses:
+        if query.rtype == "Patient" and isinstance(clause, Clause) and clause.param.name == "identifier" \
+                and clause.modifier is None and clause.kind == "token":
+            pairs += _identifier_values(clause)
+        elif query.rtype != "ImagingStudy":
+            continue
+        elif isinstance(clause, ChainClause) and clause.param.name in _PATIENT_REFERENCES \
+                and clause.target == "Patient" and isinstance(clause.inner, Clause) \
+                and clause.inner.param.name == "identifier" and clause.inner.modifier is None \
+                and clause.inner.kind == "token":
+            pairs += _identifier_values(clause.inner)
+        elif isinstance(clause, Clause) and clause.param.name in _PATIENT_REFERENCES and clause.modifier is None:
+            for rtype, rid in clause.values:
+                patient = read_patient(rid) if rtype in (None, "Patient") and rid else None
+                for ident in (patient or {}).get("identifier", []):
+                    if ident.get("system") and ident.get("value"):
+                        pairs.append((ident["system"], ident["value"]))
+    return list(dict.fromkeys(pairs))
+
+
+class OnDemand:
+    """Per API process: the on-demand sources, their fetches under way, one thread pool."""
+
+    def __init__(self, config, store, read_current):
+        self.sources = [src for src in config.sources if src.on_demand]
+        self._store = store
+        self._read_current = read_current
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str, str], Future] = {}
+        self._built: dict[str, object] = {}
+        self._source_locks = {src.name: threading.Lock() for src in self.sources}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="on-demand") if self.sources else None
+
+    def before_search(self, query: SearchQuery) -> None:
+        """Fetch stale patients from their archives; 503 if that takes longer than allowed."""
+        if not self.sources or query.rtype not in ("ImagingStudy", "Patient"):
+            return
+        pairs = searched_identifiers(query, self._read_patient)
+        now, _ = instant_now_ms()
+        futures, deadline = [], 0.0
+        for system, value in pairs:
+            for src in self.sources:
+                if system not in claimed_systems(src):
+                    continue
+                fetched = self._store.patient_fetched(src.name, system, value)
+                if fetched is not None and now - fetched < src.on_demand.max_age * 1_000_000:
+                    continue
+                futures.append(self._start(src, system, value))
+                deadline = max(deadline, src.on_demand.deadline)
+        if futures:
+            _done, pending = wait(futures, timeout=deadline)
+            if pending:
+                raise FhirError(503, "transient", "the archive is still being asked for this patient's studies; "
+                                                  "retry after the time in Retry-After",
+                                headers={"Retry-After": str(math.ceil(deadline))})
+
+    def _read_patient(self, rid: str) -> dict | None:
+        found = self._read_current("Patient", rid)
+        return orjson.loads(found[2]) if found else None
+
+    def _start(self, src: SourceConfig, system: str, value: str) -> Future:
+        key = (src.name, system, value)
+        with self._lock:
+            running = self._running.get(key)
+            if running is None or running.done():
+                running = self._running[key] = self._pool.submit(self._fetch, src, system, value)
+            return running
+
+    def _fetch(self, src: SourceConfig, system: str, value: str) -> SyncSummary:
+        started, _ = instant_now_ms()
+        summary = SyncSummary(src.name)
+        try:
+            with self._source_locks[src.name]:
+                source = self._built.get(src.name) or self._built.setdefault(src.name, build_source(src))
+                ctx = mapping_context(src)
+                for item in source.iter_studies(match={"PatientID": value}):
+                    sync_item(self._store, src.name, ctx, item, summary)
+            self._store.mark_patient_fetched(src.name, system, value, started)
+        except SourceError as exc:
+            summary.error = str(exc)
+            log.error("on-demand fetch from source %s failed: %s", src.name, exc)
+        except Exception as exc:  # a failed fetch must never break the search that asked for it
+            summary.error = describe(exc)
+            log.error("on-demand fetch from source %s failed: %s", src.name, describe(exc))
+        return summary
