@@ -19,11 +19,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 import requests
+from pydicom.data import get_testdata_files
 
 ORTHANC_BINARY = "Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -216,6 +219,20 @@ class OrthancServer:
             self._log.close()
             self._log = None
 
+    def halt(self) -> None:
+        """Stop the process but keep its storage and ports, for `resume()` (fault tests)."""
+        self._terminate()
+
+    def resume(self) -> None:
+        """Start a halted Orthanc again, with the same storage, ports and configuration."""
+        binary, _ = find_orthanc()
+        self._log = open(self.log_path, "ab")
+        self._process = subprocess.Popen([binary, "--no-jobs", str(self.tmpdir / "orthanc.json")],
+                                         stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.tmpdir)
+        atexit.register(self._terminate)
+        self._wait_ready()
+
     def stop(self) -> None:
         self._terminate()
         self._session.close()
@@ -278,6 +295,31 @@ class OrthancServer:
 
 
 # -- helpers the integration tests share ---------------------------------------------
+def readable_testdata_files() -> list[str]:
+    """pydicom's shipped test files that pydicom reads as DICOM instances.
+
+    Part 10 files, plus files without preamble that still carry SOP and Study Instance
+    UIDs; Orthanc decides about the rest (its rejections end up in `orthanc.rejected`).
+    """
+    files = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in sorted(get_testdata_files()):
+            if not os.path.isfile(path):
+                continue
+            try:
+                pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - no preamble: keep it only if it is an instance
+                try:
+                    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                except Exception:  # noqa: BLE001
+                    continue
+                if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+                    continue
+            files.append(path)
+    return files
+
+
 def orthanc_tree(server) -> dict:
     """{StudyInstanceUID: {SeriesInstanceUID: {SOPInstanceUID}}} from Orthanc's REST API.
 
