@@ -131,6 +131,9 @@ def _sync_with_progress(store, src):
         click.echo(f"{src.name}: {summary.released} studies left the quarantine")
     if summary.deleted:
         click.echo(f"{src.name}: {summary.deleted} studies are no longer in the archive")
+    if summary.incomplete:
+        click.echo(f"{src.name}: the archive's listing was incomplete (it caps its answers); deleted studies "
+                   "were not looked for", err=True)
     if summary.error:
         click.echo(f"{src.name}: sync stopped: {summary.error}", err=True)
     return summary

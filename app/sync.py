@@ -41,6 +41,7 @@ class SyncSummary:
     repaired: int = 0
     released: int = 0  # quarantined by an earlier run, fine now
     deleted: int = 0  # studies gone from the archive
+    incomplete: bool = False  # the archive capped its listing: deletions were not looked for
     seconds: float = 0.0
     error: str | None = None
     source_stats: dict = field(default_factory=dict)
@@ -122,7 +123,9 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
     except SourceError as exc:
         summary.error = str(exc)
         log.error("sync of source %s stopped: %s", src.name, exc)
-    if not summary.error and not stopped:
+    complete = getattr(source, "listing_complete", True)
+    summary.incomplete = not complete
+    if not summary.error and not stopped and complete:
         # the run saw every study: what it did not see is gone, what it did not quarantine again now maps
         for uid in store.copies_not_seen_since(src.name, started_micros):
             if store.remove_copy(src.name, uid):
@@ -130,7 +133,7 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
         summary.released = store.release_stale(src.name, started_micros)
     summary.seconds = time.perf_counter() - clock
     summary.source_stats = dict(getattr(source, "stats", {}))
-    status = "failed" if summary.error else "stopped" if stopped else "ok"
+    status = "failed" if summary.error else "stopped" if stopped else "ok" if complete else "incomplete"
     store.record_run(src.name, started_micros, status, summary.as_dict())
     if status == "ok":
         record_outcome(store, src.name, summary, full=True, started=started_micros, cursor=cursor)

@@ -51,7 +51,19 @@ SERIES_FIELDS = sorted(tags.SERIES)
 INSTANCE_FIELDS = sorted(tags.INSTANCE)
 _STUDY_LEVEL = set(STUDY_FIELDS)
 #: HTTP statuses worth another try: the archive or a proxy in front of it is busy
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# dicomweb-client's retry decorator logs each failed request with its URL, whose query
+# string can carry a Patient ID; this module retries and logs without the data instead
+logging.getLogger("retrying").setLevel(logging.ERROR)
+
+
+def _archive_down(exc: Exception) -> bool:
+    """A failure of the archive as a whole (unreachable, timing out, 5xx, refusing our
+    credentials), as opposed to a bad answer about one study."""
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
+        return True
+    response = getattr(exc, "response", None) if isinstance(exc, requests.HTTPError) else None
+    return response is not None and (response.status_code >= 500 or response.status_code in (401, 403, 429))
 #: the PS3.18 warning of a QIDO-RS answer cut at the server's maximum number of results
 _CUT_WARNING = re.compile(r"exceed|additional results|remaining results", re.IGNORECASE)
 
@@ -300,6 +312,9 @@ class DicomwebSource(ListedSource):
                 attrs, more = self._complete(uid, attrs, series_list[0])
                 repairs += more
         except (requests.RequestException, ValueError, _BadAnswer, ShortAnswer) as exc:
+            if _archive_down(exc):  # not this study's fault: end the run, the next one resumes
+                raise SourceError(self.name, self.public_url,
+                                  f"cannot read studies: {self._describe(exc)}") from None
             self.stats["failed"] += 1
             return StudyFailure(uid=uid, reason=f"cannot read series/instances: {self._describe(exc)}",
                                 location=location)

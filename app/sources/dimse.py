@@ -397,6 +397,8 @@ class DimseSource(ListedSource):
                 self.stats["duplicates"] += duplicates
                 repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
         except (_DimseError, _BadAnswer, ShortAnswer) as exc:
+            if isinstance(exc, _DimseError) and exc.transient:  # the archive went away: end the run
+                raise SourceError(self.name, self.location, f"cannot read studies: {exc}") from None
             self.stats["failed"] += 1
             return StudyFailure(uid=uid, reason=f"cannot read series/instances: {exc}", location=location)
         finally:

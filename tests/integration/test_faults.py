@@ -31,10 +31,12 @@ CLI = str(Path(sys.executable).parent / "imaging-facade")
 
 
 def contents(store: Store) -> dict:
-    """(type, id) -> the resource without meta: what a clean sync must also produce."""
+    """(type, id) -> the resource without meta (and without the archive's address, which is
+    another port for each Orthanc): what a clean sync must also produce."""
     with store.engine.connect() as conn:
         rows = conn.execute(select(Resource.rtype, Resource.id, Resource.content)).all()
-    return {(r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k != "meta"} for r in rows}
+    return {(r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k not in ("meta", "address")}
+            for r in rows}
 
 
 @pytest.fixture(scope="module")
