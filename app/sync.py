@@ -114,7 +114,7 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
         cursor = cursor_before_listing(src, source)
         store.put_resource(map_endpoint(ctx))
         for item in source.iter_studies():
-            sync_item(store, src.name, ctx, item, summary)
+            sync_item(store, src.name, ctx, item, summary, archive_key(src, item))
             if progress:
                 progress(summary, source.total())
             if stop and stop():
@@ -147,11 +147,37 @@ def _today(src: SourceConfig) -> date:
     return datetime.now(ZoneInfo(src.timezone)).date()
 
 
+def follows_changes(src: SourceConfig) -> bool:
+    return src.changes == "orthanc"
+
+
 def cursor_before_listing(src: SourceConfig, source) -> dict:
     """Where incremental polls go on from once a complete listing that starts now is done."""
+    if follows_changes(src):
+        return {"seq": change_feed(src, source).last_seq()}
     if src.type in ("dicomweb", "dimse"):
         return {"window_end": _today(src).isoformat()}
     return {}
+
+
+def change_feed(src: SourceConfig, source):
+    """The Orthanc change feed of a source, kept on the source object between polls."""
+    from app.sources.orthanc_changes import OrthancChanges
+
+    feed = getattr(source, "change_feed", None)
+    if feed is None:
+        feed = source.change_feed = OrthancChanges.from_config(src)
+    return feed
+
+
+def archive_key(src: SourceConfig, item) -> str | None:
+    """The archive's own id of a study, where deletions are reported by it (Orthanc's)."""
+    if not follows_changes(src) or isinstance(item, StudyFailure):
+        return None
+    from app.sources.orthanc_changes import orthanc_study_id
+
+    patient = (item.attrs or {}).get("00100020", {}).get("Value") or [None]
+    return orthanc_study_id(patient[0] if isinstance(patient[0], str) else None, item.uid)
 
 
 def sync_incremental(store: Store, src: SourceConfig, source, stop: Callable[[], bool] | None = None) -> SyncSummary:
@@ -161,9 +187,76 @@ def sync_incremental(store: Store, src: SourceConfig, source, stop: Callable[[],
     now, _ = instant_now_ms()
     due = state is None or state.last_full is None or now - state.last_full >= src.full_every * 1_000_000
     cursor = orjson.loads(state.cursor) if state is not None else {}
-    if due or src.type == "folder" or "window_end" not in cursor:
+    if due or src.type == "folder" or not ("seq" in cursor or "window_end" in cursor):
         return sync_source(store, src, source=source, stop=stop)
+    if follows_changes(src) and "seq" in cursor:
+        return sync_changes(store, src, source, cursor, stop)
     return sync_window(store, src, source, cursor, stop)
+
+
+#: seconds between two comparisons of Orthanc's study list with ours (its feed logs no deletions)
+DELETION_CHECK_EVERY = 30.0
+
+
+def sync_changes(store: Store, src: SourceConfig, source, cursor: dict,
+                 stop: Callable[[], bool] | None = None) -> SyncSummary:
+    """Follow Orthanc's change feed from the cursor: read again every study that became stable
+    (new or grown), and every so often look for studies Orthanc no longer holds.
+
+    The cursor moves after each page is stored, so a run that stops or fails resumes there;
+    reading a study twice changes nothing.
+    """
+    from app.sources.orthanc_changes import ChangeEvent
+
+    summary = SyncSummary(src.name)
+    clock = time.perf_counter()
+    started, _ = instant_now_ms()
+    store.update_source_state(src.name, last_attempt=started)
+    ctx = mapping_context(src)
+    feed = change_feed(src, source)
+    cursor = dict(cursor)
+    stopped = False
+    try:
+        for page in feed.pages(cursor["seq"]):
+            if page.reset:  # the archive's database was replaced: only a full listing can tell
+                store.update_source_state(src.name, last_full=None)
+                return sync_source(store, src, source=source, stop=stop)
+            for event in page.events:
+                _apply_change(store, src, source, ctx, event, summary)
+                if stop and stop():
+                    stopped = True
+                    break
+            if stopped:
+                break
+            cursor["seq"] = page.last
+            store.update_source_state(src.name, cursor=cursor)
+        now = time.time()
+        if not stopped and now - cursor.get("deletions_checked", 0) >= DELETION_CHECK_EVERY:
+            for event in feed.deleted_studies(store.archive_keys(src.name)):
+                _apply_change(store, src, source, ctx, ChangeEvent("deleted", event.orthanc_id, None), summary)
+            cursor["deletions_checked"] = now
+    except SourceError as exc:
+        summary.error = str(exc)
+        log.error("poll of source %s stopped: %s", src.name, exc)
+    summary.seconds = time.perf_counter() - clock
+    if summary.error or summary.changed or summary.failed:
+        store.record_run(src.name, started, "failed" if summary.error else "ok", summary.as_dict())
+    record_outcome(store, src.name, summary, cursor=cursor)
+    return summary
+
+
+def _apply_change(store: Store, src: SourceConfig, source, ctx: MappingContext, event, summary: SyncSummary) -> None:
+    if event.kind == "deleted":
+        uid = store.study_for_archive_key(src.name, event.orthanc_id)
+        if uid and store.remove_copy(src.name, uid):
+            summary.deleted += 1
+        return
+    found = False
+    for item in source.iter_studies(match={"StudyInstanceUID": event.study_uid}):
+        found = True
+        sync_item(store, src.name, ctx, item, summary, event.orthanc_id)
+    if not found and store.remove_copy(src.name, event.study_uid):  # deleted again before it was read
+        summary.deleted += 1
 
 
 def sync_window(store: Store, src: SourceConfig, source, cursor: dict, stop: Callable[[], bool] | None = None

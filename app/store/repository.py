@@ -212,6 +212,13 @@ class Store:
             return conn.execute(select(t.StudyCopy.study_uid).where(
                 t.StudyCopy.source == source, t.StudyCopy.archive_key == archive_key)).scalar()
 
+    def archive_keys(self, source: str) -> dict[str, str]:
+        """The archive's own ids of the studies it holds -> their StudyInstanceUIDs."""
+        with self.engine.connect() as conn:
+            return {r.archive_key: r.study_uid for r in conn.execute(
+                select(t.StudyCopy.archive_key, t.StudyCopy.study_uid).where(
+                    t.StudyCopy.source == source, t.StudyCopy.archive_key.is_not(None)))}
+
     def holders(self, uid: str) -> list[str]:
         """The sources that hold a study."""
         with self.engine.connect() as conn:
