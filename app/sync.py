@@ -83,12 +83,12 @@ def build_source(src: SourceConfig):
 
         return DicomwebSource(src.name, src.url, username=src.username, password=src.password, token=src.token,
                               timeout=src.timeout, page_size=src.page_size,
-                              instance_metadata=src.instance_metadata)
+                              instance_metadata=src.instance_metadata, max_results=src.max_results)
     if src.type == "dimse":
         from app.sources.dimse import DimseSource
 
         return DimseSource(src.name, src.host, src.port, src.called_aet, calling_aet=src.calling_aet,
-                           timeout=src.timeout)
+                           timeout=src.timeout, max_results=src.max_results)
     raise ValueError(f"unknown source type {src.type}")
 
 

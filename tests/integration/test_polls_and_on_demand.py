@@ -139,3 +139,49 @@ def test_on_demand_archive_down_answers_from_the_store(tmp_path, open_config, sq
     response = _patient_search(client, "OD-3")
     assert response.status_code == 200 and response.get_json()["total"] == 1
     store.close()
+
+
+def test_change_feed_poll_sees_new_grown_and_deleted_studies(tmp_path, open_config, store_url, monkeypatch):
+    import app.sync
+
+    with OrthancServer(extra_config={"StableAge": 1}) as pacs:
+        pacs.upload([get_testdata_file("CT_small.dcm")])
+        config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url,
+                                                  "timezone": "UTC", "changes": "orthanc"}])
+        src = config.sources[0]
+        assert src.poll_interval == 2.0  # a change feed is polled often by default
+        store = Store.from_config(config)
+        client = create_app(config, store).test_client()
+        source = build_source(src)
+        assert sync_incremental(store, src, source).new == 1  # first a full listing
+        seq = store.source_state("pacs").cursor
+
+        def poll_until(check, timeout=20.0):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                summary = sync_incremental(store, src, source)
+                assert summary.error is None
+                if check(summary):
+                    return summary
+                time.sleep(0.3)
+            raise AssertionError("the change never arrived")
+
+        path, uid = _today_study(tmp_path, "new.dcm", template="CT_small.dcm", StudyDate="20010101")
+        pacs.upload([path])  # an old date: a date window would not see it, the feed does
+        poll_until(lambda s: s.new == 1)
+        assert _served(client, uid) and store.source_state("pacs").cursor != seq
+
+        grown = pydicom.dcmread(path)
+        grown.SeriesInstanceUID, grown.SOPInstanceUID = generate_uid(), generate_uid()
+        grown.file_meta.MediaStorageSOPInstanceUID = grown.SOPInstanceUID
+        grown.save_as(tmp_path / "grown.dcm")
+        pacs.upload([str(tmp_path / "grown.dcm")])
+        poll_until(lambda s: s.updated == 1)
+        assert client.get(f"/fhir/ImagingStudy/{uid}").get_json()["numberOfSeries"] == 2
+
+        monkeypatch.setattr(app.sync, "DELETION_CHECK_EVERY", 0.0)
+        orthanc_id = next(s["ID"] for s in pacs.studies() if s["MainDicomTags"]["StudyInstanceUID"] == uid)
+        pacs.delete(f"/studies/{orthanc_id}")
+        poll_until(lambda s: s.deleted == 1)
+        assert client.get(f"/fhir/ImagingStudy/{uid}").status_code == 410
+        store.close()
