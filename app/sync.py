@@ -131,6 +131,8 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
             if store.remove_copy(src.name, uid):
                 summary.deleted += 1
         summary.released = store.release_stale(src.name, started_micros)
+    if summary.changed:
+        store.analyze()
     summary.seconds = time.perf_counter() - clock
     summary.source_stats = dict(getattr(source, "stats", {}))
     status = "failed" if summary.error else "stopped" if stopped else "ok" if complete else "incomplete"

@@ -64,6 +64,9 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
                 "PostgreSQL's planner estimate (absent on SQLite). _summary (true, text, data, count, false) "
                 "and _elements work on searches and reads; _elements applies to the matches, _summary to "
                 "included resources too. Responses are gzip-compressed when the client accepts it. "
+                "A study that no archive holds any more answers 410 on read; a study held by several "
+                "archives is one ImagingStudy with an Endpoint for each. Sources in on-demand mode may "
+                "answer a patient search with 503 and Retry-After while the archive is asked. "
                 "At most 50 parameters per search and 100 comma-separated values per parameter."
             ),
             "security": security,

@@ -57,15 +57,22 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 logging.getLogger("retrying").setLevel(logging.ERROR)
 
 
-def _archive_down(exc: Exception) -> bool:
-    """A failure of the archive as a whole (unreachable, timing out, 5xx, refusing our
-    credentials), as opposed to a bad answer about one study."""
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
+#: this many studies in a row failing with 5xx answers means the archive, not the studies, is failing
+ARCHIVE_DOWN_AFTER = 3
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The archive cannot be reached at all (after retries): no other study would read now."""
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError))
+
+
+def _archive_fault(exc: Exception) -> bool:
+    """A failure on the archive's side (5xx, refusing our credentials, unreachable): one such
+    study fails alone; several in a row end the run."""
+    if _unreachable(exc):
         return True
     response = getattr(exc, "response", None) if isinstance(exc, requests.HTTPError) else None
     return response is not None and (response.status_code >= 500 or response.status_code in (401, 403, 429))
-#: the PS3.18 warning of a QIDO-RS answer cut at the server's maximum number of results
-_CUT_WARNING = re.compile(r"exceed|additional results|remaining results", re.IGNORECASE)
 
 
 class _BadAnswer(Exception):
@@ -142,6 +149,7 @@ class DicomwebSource(ListedSource):
             self.client.host = f"{host}:{netloc.port}"
         self.stats: dict = {}
         self.listing_gaps: list[str] = []
+        self._failing = 0  # studies in a row that failed on the archive's side
         self._reset_stats()
 
     # -- internals -------------------------------------------------------------------
@@ -312,12 +320,15 @@ class DicomwebSource(ListedSource):
                 attrs, more = self._complete(uid, attrs, series_list[0])
                 repairs += more
         except (requests.RequestException, ValueError, _BadAnswer, ShortAnswer) as exc:
-            if _archive_down(exc):  # not this study's fault: end the run, the next one resumes
+            self._failing = self._failing + 1 if _archive_fault(exc) else 0
+            if _unreachable(exc) or self._failing >= ARCHIVE_DOWN_AFTER:
+                # not this study's fault: end the run, the next one resumes
                 raise SourceError(self.name, self.public_url,
                                   f"cannot read studies: {self._describe(exc)}") from None
             self.stats["failed"] += 1
             return StudyFailure(uid=uid, reason=f"cannot read series/instances: {self._describe(exc)}",
                                 location=location)
+        self._failing = 0
         self.stats["studies"] += 1
         self.stats["series"] += len(series_list)
         self.stats["instances"] += sum(len(s.instances) for s in series_list)
