@@ -42,12 +42,15 @@ def two_archives():
         yield a, b
 
 
-@pytest.fixture
-def setup(two_archives, store_url, open_config):
+@pytest.fixture(params=["dicomweb", "dimse"])
+def setup(request, two_archives, store_url, open_config):
+    """Archive a over DICOMweb; archive b over DICOMweb or DIMSE C-FIND."""
     a, b = two_archives
+    second = ({"type": "dicomweb", "url": b.dicomweb_url} if request.param == "dicomweb" else
+              {"type": "dimse", "host": "127.0.0.1", "port": b.dicom_port, "called_aet": b.aet})
     config = open_config(store_url, sources=[
         {"name": "pacs-a", "type": "dicomweb", "url": a.dicomweb_url, "timezone": "UTC"},
-        {"name": "pacs-b", "type": "dicomweb", "url": b.dicomweb_url, "timezone": "UTC"},
+        {"name": "pacs-b", "timezone": "UTC", "wado_url": b.dicomweb_url, **second},
     ])
     store = Store.from_config(config)
     client = create_app(config, store).test_client()

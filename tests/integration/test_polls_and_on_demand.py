@@ -43,11 +43,13 @@ def _served(client, uid) -> bool:
     return client.get(f"/fhir/ImagingStudy/{uid}").status_code == 200
 
 
+@pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
 def test_date_window_poll_finds_new_studies_and_full_reconciliation_finds_deletions(pacs, tmp_path, open_config,
-                                                                                   store_url):
+                                                                                   store_url, kind):
     pacs.upload([get_testdata_file("CT_small.dcm")])
-    config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url,
-                                              "timezone": "UTC", "full_every": 3600}])
+    reach = ({"type": "dicomweb", "url": pacs.dicomweb_url} if kind == "dicomweb" else
+             {"type": "dimse", "host": "127.0.0.1", "port": pacs.dicom_port, "called_aet": pacs.aet})
+    config = open_config(store_url, sources=[{"name": "pacs", "timezone": "UTC", "full_every": 3600, **reach}])
     src = config.sources[0]
     store = Store.from_config(config)
     client = create_app(config, store).test_client()
