@@ -41,7 +41,7 @@ from app.mapping import tags
 from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.counts import ShortAnswer, check_count
 from app.sources.dicom_json import first_uid
-from app.sources.errors import SourceError
+from app.sources.errors import ARCHIVE_DOWN_AFTER, SourceError
 from app.sources.matching import normalize_match, qido_params, sliced_listing
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,11 @@ INSTANCE_FIELDS = sorted(tags.INSTANCE)
 _STUDY_LEVEL = set(STUDY_FIELDS)
 #: HTTP statuses worth another try: the archive or a proxy in front of it is busy
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: the PS3.18 warning of a QIDO-RS answer cut at the server's maximum number of results
+_CUT_WARNING = re.compile(r"exceed|additional results|remaining results", re.IGNORECASE)
 # dicomweb-client's retry decorator logs each failed request with its URL, whose query
 # string can carry a Patient ID; this module retries and logs without the data instead
 logging.getLogger("retrying").setLevel(logging.ERROR)
-
-
-#: this many studies in a row failing with 5xx answers means the archive, not the studies, is failing
-ARCHIVE_DOWN_AFTER = 3
 
 
 def _unreachable(exc: Exception) -> bool:

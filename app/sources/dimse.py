@@ -49,7 +49,7 @@ from app.mapping import tags
 from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.counts import ShortAnswer, check_count
 from app.sources.dicom_json import dataset_to_dicom_json, first_uid
-from app.sources.errors import SourceError
+from app.sources.errors import ARCHIVE_DOWN_AFTER, SourceError
 from app.sources.matching import cfind_keys, normalize_match, sliced_listing
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ class DimseSource(ListedSource):
         self._no_sequences: set[str] = set()  # levels whose sequence keys the archive refused
         self.stats: dict = {}
         self.listing_gaps: list[str] = []
+        self._failing = 0  # studies in a row whose association failed
         self._reset_stats()
 
     def echo(self) -> None:
@@ -397,12 +398,14 @@ class DimseSource(ListedSource):
                 self.stats["duplicates"] += duplicates
                 repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
         except (_DimseError, _BadAnswer, ShortAnswer) as exc:
-            if isinstance(exc, _DimseError) and exc.transient:  # the archive went away: end the run
+            self._failing = self._failing + 1 if isinstance(exc, _DimseError) and exc.transient else 0
+            if self._failing >= ARCHIVE_DOWN_AFTER:  # the archive, not the studies, is failing: end the run
                 raise SourceError(self.name, self.location, f"cannot read studies: {exc}") from None
             self.stats["failed"] += 1
             return StudyFailure(uid=uid, reason=f"cannot read series/instances: {exc}", location=location)
         finally:
             session.close()
+        self._failing = 0
         self.stats["studies"] += 1
         self.stats["series"] += len(series_list)
         self.stats["instances"] += sum(len(s.instances) for s in series_list)

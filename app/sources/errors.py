@@ -14,3 +14,8 @@ class SourceError(Exception):
         self.location = location
         self.reason = reason
         super().__init__(f"source {source!r} ({location}): {reason}")
+
+
+#: this many studies in a row failing on the archive's side (5xx answers, dropped associations)
+#: means the archive, not the studies, is failing: the run ends instead of quarantining the rest
+ARCHIVE_DOWN_AFTER = 3

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from app.sources.dicomweb import ARCHIVE_DOWN_AFTER
+from app.sources.errors import ARCHIVE_DOWN_AFTER
 from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
