@@ -328,5 +328,6 @@ def sync_item(store: Store, source_name: str, ctx: MappingContext, item, summary
         summary.failed += 1
         return
     summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name, archive_key))
+    summary.released += store.release_study(source_name, item.uid)
     if item.repairs or mapped.repairs:
         summary.repaired += 1

@@ -10,9 +10,10 @@ What Orthanc 1.10 logs, as the tests see it:
 - a new study: NewInstance, NewSeries, NewStudy, NewPatient; once no instance arrived for
   `StableAge` seconds: StableSeries, StableStudy, StablePatient;
 - a series or instance added to a study (stable or not): NewInstance (NewSeries), then
-  StableSeries and StableStudy again. So StableStudy alone reports every study that is
-  new or grew, once it is complete; the New* changes come while it is still arriving and
-  are not reported;
+  StableSeries and StableStudy again. So StableStudy reports every study that is new or
+  grew, once it is complete. NewStudy is reported too, so a new study is found within
+  seconds instead of after StableAge (60 s by default); what it read then may lack
+  instances still arriving, and the StableStudy that follows reads it whole;
 - a deletion (DELETE /studies/{id}, /series/{id}, /instances/{id}, /patients/{id}): nothing.
   Orthanc logs no `Deleted` change in /changes (its Lua and plugin callbacks get one), and
   it drops the logged changes of the deleted resources from the feed. A `Deleted` change of
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: ChangeType whose study the sync should (re)read: the study is complete for now
 STABLE_STUDY = "StableStudy"
+#: a new study is read at once, so search finds it within seconds, and again once it is stable
+#: (Orthanc waits `StableAge`, 60 s by default, after its last instance): complete from then on
+READ_STUDY = ("NewStudy", STABLE_STUDY)
 DELETED = "Deleted"
 
 
@@ -157,8 +161,8 @@ class OrthancChanges:
         """The changes after `since` (at most `limit`) as events.
 
         A study is reported once per page, in the order of its last change: "study" for a
-        StableStudy (its StudyInstanceUID read from /studies/{id}), "deleted" for a Deleted
-        study. A stable study deleted before it was read gives no event.
+        NewStudy or StableStudy (its StudyInstanceUID read from /studies/{id}), "deleted" for
+        a Deleted study. A stable study deleted before it was read gives no event.
         """
         if since < 0 or limit < 1:
             raise ValueError("since must be >= 0 and limit >= 1")
@@ -323,7 +327,7 @@ class OrthancChanges:
 def _kind(change: dict) -> str | None:
     if change.get("ResourceType") != "Study":
         return None
-    if change.get("ChangeType") == STABLE_STUDY:
+    if change.get("ChangeType") in READ_STUDY:
         return "study"
     if change.get("ChangeType") == DELETED:
         return "deleted"

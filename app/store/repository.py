@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
+from app.ids import valid_id
 from app.search.dates import instant_now_ms
 from app.store import tables as t
 from app.store.copies import merge_copies
@@ -270,6 +271,11 @@ class Store:
         seen: the study stays served as it was, and is not taken for deleted.
         """
         micros, _ = instant_now_ms()
+        # what an archive sent may not fit the columns (a UID of 80 characters, a NUL PostgreSQL
+        # refuses in text): the entry is kept all the same, its values made storable
+        study_uid = study_uid if study_uid and valid_id(study_uid) else None
+        key = _storable(key)[:512]
+        reason = _storable(reason)
         with self.engine.begin() as conn:
             if study_uid:
                 conn.execute(update(t.StudyCopy).where(t.StudyCopy.source == source, t.StudyCopy.study_uid == study_uid)
@@ -282,6 +288,12 @@ class Store:
             else:
                 conn.execute(insert(t.Quarantine).values(source=source, key=key, study_uid=study_uid,
                                                          reason=reason, first_seen=micros, last_seen=micros))
+
+    def release_study(self, source: str, uid: str) -> int:
+        """A quarantined study of `source` stored fine now: it leaves the quarantine."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(t.Quarantine).where(t.Quarantine.source == source,
+                                                           t.Quarantine.study_uid == uid)).rowcount
 
     def release_stale(self, source: str, before: int) -> int:
         """Release what a complete sync (started at `before`) did not quarantine again."""
@@ -352,6 +364,10 @@ class Store:
 
     def paging_secret(self) -> str:
         return self.setting("paging-secret", lambda: secrets.token_urlsafe(32))
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\\0")
 
 
 def merge_patient(contributions: list[dict]) -> dict:

@@ -49,3 +49,15 @@ def test_unreachable_archive_keeps_the_quarantine(tmp_path, open_config, sqlite_
     assert summary.error and "pacs" in summary.error
     assert [q.key for q in store.quarantined("pacs")] == ["1.2.3"]  # an incomplete run releases nothing
     store.close()
+
+
+def test_whatever_an_archive_sent_can_be_quarantined(store_url):
+    """A UID longer than a UID may be, NULs PostgreSQL refuses in text: kept, made storable."""
+    store = Store(store_url)
+    long_uid = "1.2." + "3" * 76
+    store.quarantine("pacs", long_uid, long_uid, "StudyInstanceUID is 80 characters long")
+    store.quarantine("pacs", "bad\x00key", "1.2.3", "reason with a \x00 inside")
+    entries = {q.key: q for q in store.quarantined("pacs")}
+    assert entries[long_uid].study_uid is None and "80 characters" in entries[long_uid].reason
+    assert entries["bad\\0key"].reason == "reason with a \\0 inside" and entries["bad\\0key"].study_uid == "1.2.3"
+    store.close()
