@@ -395,7 +395,7 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 called_aet=src["called_aet"].strip() if src["called_aet"] else None,
                 calling_aet=src["calling_aet"].strip(),
                 poll_interval=(src["poll_interval"] if src["poll_interval"] is not None
-                               else 2.0 if src["changes"] == "orthanc" else 60.0),
+                               else 1.0 if src["changes"] == "orthanc" else 60.0),
                 full_every=src["full_every"],
                 window_overlap_days=src["window_overlap_days"],
                 on_demand=OnDemandConfig(**src["on_demand"]) if src["on_demand"] else None,

@@ -151,7 +151,7 @@ def test_change_feed_poll_sees_new_grown_and_deleted_studies(tmp_path, open_conf
         config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url,
                                                   "timezone": "UTC", "changes": "orthanc"}])
         src = config.sources[0]
-        assert src.poll_interval == 2.0  # a change feed is polled often by default
+        assert src.poll_interval == 1.0  # a change feed is polled often by default
         store = Store.from_config(config)
         client = create_app(config, store).test_client()
         source = build_source(src)
