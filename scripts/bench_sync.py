@@ -81,7 +81,7 @@ class ClonedSource(ReplaySource):
         self.count = count
         self.listing = []
         for n in range(count):
-            attrs = dict(records[n % len(records)].attrs)
+            attrs = orjson.loads(orjson.dumps(records[n % len(records)].attrs))  # its own objects, as parsed
             attrs["0020000D"] = {"vr": "UI", "Value": [f"2.25.{uuid.uuid4().int}"]}
             self.listing.append(attrs)
 
