@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from app.fhir.elements import ELEMENTS, SUMMARY_MODES
 from app.search.dates import DateFormatError, date_range
 from app.search.params import BY_RESOURCE, CONTROL, INCLUDES, REVINCLUDES, SearchParam, served_targets
+from app.search.references import external_reference
 from app.search.text import phonetic_codes
 
 ANY_SYSTEM = object()  # token without "|": any system matches
@@ -155,10 +156,13 @@ def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str |
     value = raw
     if base_url and value.startswith(base_url + "/"):
         value = value[len(base_url) + 1:]
-    if "://" in value:
-        return ("", "")  # another server's resource: never stored here, matches nothing
     parts = value.split("/")
-    if len(parts) == 1:
+    if "://" in value:  # another server's resource
+        external = external_reference(value)
+        if external is None:
+            raise SearchError("invalid", f"parameter '{param.name}': {raw!r} is not a resource URL")
+        rtype, rid = external
+    elif len(parts) == 1:
         rtype, rid = modifier_type, parts[0]
     elif len(parts) == 2:
         rtype, rid = parts
@@ -293,7 +297,8 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause
             modifier_type, modifier = modifier, None
         elif (modifier not in MODIFIERS.get(param.type, set())
               or (modifier == "of-type" and not param.identifiers)
-              or (param.matcher and modifier != "missing")):
+              or (param.matcher and modifier != "missing")
+              or (param.column and modifier not in ("not", "missing"))):
             raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
     if modifier == "missing":
         return Clause(param, "missing", [_missing(param.name, value)], (name, value))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from app.search.dates import DateFormatError, date_range
 from app.search.params import indexed
+from app.search.references import external_reference
 from app.search.text import normalize, phonetic_codes
 
 
@@ -100,8 +101,10 @@ def _reference(value, base_url: str | None):
         return None
     if base_url and ref.startswith(base_url + "/"):
         ref = ref[len(base_url) + 1:]
+    if "://" in ref:
+        return external_reference(ref)
     parts = ref.split("/")
-    if "://" in ref or len(parts) < 2:
+    if len(parts) < 2:
         return None
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]

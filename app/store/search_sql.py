@@ -105,7 +105,10 @@ def _value_sql(clause: Clause, value, params: list) -> str:
 
 def _column_sql(clause: Clause, value, params: list) -> str:
     if clause.param.column == "id":
-        params.append(value[1])
+        system, code = value
+        if system is not ANY_SYSTEM and system != "":
+            return "1 = 0"  # Resource.id has no system: system|id matches nothing
+        params.append(code)
         return "id = ?"
     prefix, low, high = value  # last_updated: an instant with millisecond precision
     return _date_sql("last_updated", "(last_updated + 1000)", prefix, low, high, params)
@@ -147,7 +150,8 @@ def _clause_sql(rtype: str, clause, params: list, probe: bool = False) -> str:
     if param.column:
         if clause.modifier == "missing":
             return "1 = 0" if clause.values[0] else "1 = 1"  # every resource has an id and lastUpdated
-        return "(" + " OR ".join(_column_sql(clause, v, params) for v in clause.values) + ")"
+        values = "(" + " OR ".join(_column_sql(clause, v, params) for v in clause.values) + ")"
+        return f"NOT {values}" if clause.modifier == "not" else values
     if clause.kind == "phonetic":
         return "(" + " OR ".join(_phonetic_sql(rtype, clause, codes, params) for codes in clause.values) + ")"
     table = _TABLE[clause.kind]

@@ -6,10 +6,8 @@ them, over every parameter of the registry; each query is answered by the server
 followed) and by `fhirpath_oracle`, which applies the official R4 SearchParameter expressions
 and the R4 matching rules. The id sets (and the Bundle total) must agree.
 
-A disagreement the server is known to have is listed in KNOWN_SERVER_BUGS, with a minimal
-reproduction below marked xfail(strict=True): the property tolerates a difference in that
-shape of clause (and checks the rest of the query), and the reproduction fails as soon as
-the server is fixed, so the entry is removed then.
+Every disagreement found so far was a server bug; each has a minimal reproduction in
+REPRODUCTIONS, run on both databases, so it cannot come back unnoticed.
 
 Covering a new search feature: a modifier (`:text`, `:of-type`, `:identifier`) goes into
 MODIFIERS, with a branch in `Queries.value` that draws its values and one in the oracle's
@@ -612,14 +610,7 @@ def test_search_agrees_with_the_fhirpath_oracle(server):
         stats["queries"] += 1
         stats["with matches"] += bool(expected)
         stats["on several pages"] += answer.pages > 1
-        if actual != expected:
-            bugs = [b for b in KNOWN_SERVER_BUGS if b.applies(search)]
-            assert bugs, server.explain(search.rtype, items, actual, expected)
-            stats["differing by a known server bug (the rest of the query agreed)"] += 1
-            rest = [(n, v) for n, v in items if not any(b.shape(_leaf(n), v) for b in bugs)]
-            if rest:
-                actual, expected, _ = server.compare(search.rtype, rest, search.count)
-                assert actual == expected, server.explain(search.rtype, rest, actual, expected)
+        assert actual == expected, server.explain(search.rtype, items, actual, expected)
 
     weights = {focus: WEIGHT[BY_RESOURCE[focus[0]][focus[1]].type] for focus in focuses}
     for focus in focuses:
@@ -633,78 +624,43 @@ def test_search_agrees_with_the_fhirpath_oracle(server):
     assert stats["with matches"] >= stats["queries"] // 3, stats
 
 
-# ---------------------------------------------------------------------------- known server bugs
-
-def _leaf(name: str) -> str:
-    """The parameter a (chained) name finally tests, with its modifier: `patient._id:not` -> `_id:not`."""
-    if name.startswith("_has:"):
-        return _leaf(name.split(":", 3)[3])
-    head, dot, rest = name.partition(".")
-    return _leaf(rest) if dot else name
-
+# ---------------------------------------------------------------------------- fixed server bugs
 
 @dataclass(frozen=True)
-class KnownBug:
-    """A server bug: the clause shape the property tolerates, and a minimal reproduction."""
+class Reproduction:
+    """A disagreement the property found, reduced to one search over a few resources."""
 
     name: str
-    reason: str
-    shape: Callable[[str, str], bool]  # (leaf parameter with modifier, value) -> the clause shows the bug
+    found: str
     rtype: str
     items: tuple[tuple[str, str], ...]
     resources: tuple[dict, ...]
 
-    def applies(self, search: Search) -> bool:
-        return any(self.shape(_leaf(name), value) for name, value in search.items)
 
-
-def _has_system(value: str) -> bool:
-    return any(not piece.startswith("|") and "|" in piece for piece in value.split(","))
-
-
-REFERENCE_PARAMETERS = {p.name for t in RESOURCE_TYPES for p in BY_RESOURCE[t].values() if p.type == "reference"}
-
-
-def _other_server_url(name: str, value: str) -> bool:
-    return name.split(":")[0] in REFERENCE_PARAMETERS and any(
-        "://" in piece and not piece.startswith(BASE + "/") for piece in value.split(","))
-
-
-KNOWN_SERVER_BUGS = [
-    KnownBug("id-not", "_id:not=x is answered as _id=x: the :not modifier is dropped for _id",
-             lambda name, value: name == "_id:not",
-             "Endpoint", (("_id:not", "pacs-a"),), (ENDPOINTS[0], ENDPOINTS[1])),
-    KnownBug("id-system", "_id=system|x matches the resource x: the system is ignored, though Resource.id "
-                          "has none (R4 search.html#token: system|code needs the element's system to match)",
-             lambda name, value: name == "_id" and _has_system(value),
-             "Endpoint", (("_id", "urn:other|pacs-a"),), (ENDPOINTS[0],)),
-    KnownBug("absolute-reference", "a reference to another server's URL is neither indexed nor searchable, "
-                                   "though R4 search.html#reference matches [parameter]=[absolute url] against it",
-             _other_server_url,
-             "ImagingStudy", (("endpoint", "http://other.example/fhir/Endpoint/pacs-a"),),
-             ({"resourceType": "ImagingStudy", "id": "1.2.3", "status": "available",
-               "subject": {"reference": "Patient/pat-00"},
-               "endpoint": [{"reference": "http://other.example/fhir/Endpoint/pacs-a"}],
-               "series": [{"uid": "1.2.3.1", "modality": {"system": DCM, "code": "MR"}}]},)),
+REPRODUCTIONS = [
+    Reproduction("id-not", "_id:not=x was answered as _id=x: the :not modifier was dropped for _id",
+                 "Endpoint", (("_id:not", "pacs-a"),), (ENDPOINTS[0], ENDPOINTS[1])),
+    Reproduction("id-system", "_id=system|x matched the resource x: the system was ignored, though "
+                              "Resource.id has none (R4 search.html#token: system|code needs the element's system)",
+                 "Endpoint", (("_id", "urn:other|pacs-a"),), (ENDPOINTS[0],)),
+    Reproduction("absolute-reference", "a reference to another server's URL was neither indexed nor searchable, "
+                                       "though R4 search.html#reference matches [parameter]=[absolute url] against it",
+                 "ImagingStudy", (("endpoint", "http://other.example/fhir/Endpoint/pacs-a"),),
+                 ({"resourceType": "ImagingStudy", "id": "1.2.3", "status": "available",
+                   "subject": {"reference": "Patient/pat-00"},
+                   "endpoint": [{"reference": "http://other.example/fhir/Endpoint/pacs-a"}],
+                   "series": [{"uid": "1.2.3.1", "modality": {"system": DCM, "code": "MR"}}]},)),
 ]
 
 
-class Disagreement(AssertionError):
-    """The server and the oracle answered a valid search differently."""
-
-
-@pytest.mark.parametrize("bug", [
-    pytest.param(b, id=b.name, marks=pytest.mark.xfail(strict=True, raises=Disagreement, reason=b.reason))
-    for b in KNOWN_SERVER_BUGS])
-def test_known_server_bug(bug, store_url, write_config):
-    """Fails with Disagreement while the bug is there; any other failure is a failure."""
+@pytest.mark.parametrize("bug", REPRODUCTIONS, ids=[b.name for b in REPRODUCTIONS])
+def test_fixed_server_bug_stays_fixed(bug, store_url, write_config):
     endpoints = [r for r in bug.resources if r["resourceType"] == "Endpoint"]
     studies = [(r, {"resourceType": "Patient", "id": "pat-00"}, "pacs-a")
                for r in bug.resources if r["resourceType"] == "ImagingStudy"]
     served, store = serve(write_config, store_url, endpoints, studies, [])
     try:
         actual, expected, _ = served.compare(bug.rtype, list(bug.items))
-        if actual != expected:
-            raise Disagreement(served.explain(bug.rtype, bug.items, actual, expected))
+        assert actual == expected, served.explain(bug.rtype, bug.items, actual, expected)
     finally:
         store.close()
