@@ -41,7 +41,12 @@ class Reader:
 
     def all(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         try:
-            cur = self.connection.execute(self._sql(sql), tuple(params))
+            if self.is_sqlite:
+                cur = self.connection.execute(sql, tuple(params))
+            else:
+                # binary results: stored JSON arrives as its bytes, not as hex text twice its
+                # size to decode (a page of 50 studies is megabytes)
+                cur = self.connection.execute(self._sql(sql), tuple(params), binary=True)
             return cur.fetchall()
         except Exception:
             self.reset()

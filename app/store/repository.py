@@ -23,6 +23,8 @@ from app.store.copies import merge_copies
 from app.store.indexer import index_rows
 
 NEW, UPDATED, UNCHANGED, DELETED = "new", "updated", "unchanged", "deleted"
+#: Connection.info key under which put_studies collects index rows until the batch ends
+_PENDING_INDEX = "imaging-facade.pending-index"
 
 
 def make_engine(url: str) -> Engine:
@@ -110,25 +112,38 @@ class Store:
             conn.execute(insert(t.Resource).values(rtype=rtype, id=rid, **values))
         else:
             conn.execute(update(t.Resource).where(t.Resource.rtype == rtype, t.Resource.id == rid).values(**values))
-            for table in INDEX_TABLES:
-                conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+            self._drop_index(conn, rtype, rid)
         conn.execute(insert(t.ResourceVersion).values(rtype=rtype, id=rid, version=version,
                                                       last_updated=micros, content=content))
         self._write_index(conn, stored)
         return NEW if row is None else UPDATED
 
-    def _write_index(self, conn: Connection, body: dict) -> None:
+    def _index_values(self, body: dict) -> list[tuple[type, list[dict]]]:
+        """The index rows of a resource, per table, as column -> value dicts."""
         rows = index_rows(body, self.default_zone, self.base_url)
         owner = {"rtype": body["resourceType"], "rid": body["id"]}
-        if rows.tokens:
-            conn.execute(insert(t.TokenIndex), [dict(owner, param=p, system=s, code=c) for p, s, c in rows.tokens])
-        if rows.strings:
-            conn.execute(insert(t.StringIndex), [dict(owner, param=p, norm=n, value=v) for p, n, v in rows.strings])
-        if rows.dates:
-            conn.execute(insert(t.DateIndex), [dict(owner, param=p, low=lo, high=hi) for p, lo, hi in rows.dates])
-        if rows.refs:
-            conn.execute(insert(t.ReferenceIndex),
-                         [dict(owner, param=p, target_type=tt, target_id=ti) for p, tt, ti in rows.refs])
+        return [(table, values) for table, values in (
+            (t.TokenIndex, [dict(owner, param=p, system=s, code=c) for p, s, c in rows.tokens]),
+            (t.StringIndex, [dict(owner, param=p, norm=n, value=v) for p, n, v in rows.strings]),
+            (t.DateIndex, [dict(owner, param=p, low=lo, high=hi) for p, lo, hi in rows.dates]),
+            (t.ReferenceIndex, [dict(owner, param=p, target_type=tt, target_id=ti) for p, tt, ti in rows.refs]),
+        ) if values]
+
+    def _write_index(self, conn: Connection, body: dict) -> None:
+        pending = conn.info.get(_PENDING_INDEX)
+        if pending is not None:  # inside put_studies: written together at the end
+            pending[(body["resourceType"], body["id"])] = self._index_values(body)
+            return
+        for table, values in self._index_values(body):
+            conn.execute(insert(table), values)
+
+    @staticmethod
+    def _drop_index(conn: Connection, rtype: str, rid: str) -> None:
+        for table in INDEX_TABLES:
+            conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+        pending = conn.info.get(_PENDING_INDEX)
+        if pending is not None:
+            pending.pop((rtype, rid), None)
 
     def put_resource(self, body: dict) -> str:
         with self.engine.begin() as conn:
@@ -142,6 +157,40 @@ class Store:
         """
         with self.engine.begin() as conn:
             return self._put_study(conn, study, patient, source, archive_key)
+
+    def put_studies(self, studies: list[tuple[dict, dict]], source: str) -> list[str]:
+        """put_study for each (study, patient) in turn, all in one transaction: for bulk loads.
+
+        Stores the same resources, versions and index rows as put_study one by one, but
+        writes the index rows of the whole batch at the end (COPY on PostgreSQL), where
+        put_study costs one statement per row: loading the benchmarks' 40,000 studies takes
+        minutes instead of an hour. Returns each study's outcome, in order.
+        """
+        with self.engine.begin() as conn:
+            conn.info[_PENDING_INDEX] = pending = {}
+            try:
+                outcomes = [self._put_study(conn, study, patient, source) for study, patient in studies]
+            finally:
+                del conn.info[_PENDING_INDEX]
+            by_table: dict = {}
+            for tables in pending.values():
+                for table, values in tables:
+                    by_table.setdefault(table, []).extend(values)
+            for table, values in by_table.items():
+                self._bulk_insert(conn, table, values)
+            return outcomes
+
+    @staticmethod
+    def _bulk_insert(conn: Connection, table, values: list[dict]) -> None:
+        if conn.dialect.name != "postgresql":
+            conn.execute(insert(table), values)
+            return
+        columns = list(values[0])
+        cursor = conn.connection.dbapi_connection.cursor()
+        with cursor.copy(f"COPY {table.__tablename__} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row([row[c] for c in columns])
+        cursor.close()
 
     def _put_study(self, conn: Connection, study: dict, patient: dict, source: str,
                    archive_key: str | None = None) -> str:
@@ -257,8 +306,7 @@ class Store:
         if row is None:
             return
         conn.execute(delete(t.Resource).where(t.Resource.rtype == rtype, t.Resource.id == rid))
-        for table in INDEX_TABLES:
-            conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+        self._drop_index(conn, rtype, rid)
         micros, _ = instant_now_ms()
         conn.execute(insert(t.Tombstone).values(rtype=rtype, id=rid, version=row.version + 1, deleted=micros))
 

@@ -1,11 +1,22 @@
 """Tables of the store. The serialized resource sits next to its search index rows.
 
 Times are epoch microseconds (BIGINT) so SQLite and PostgreSQL compare them the same way.
+
+Every index table has a lookup index (find resources by value) that ends with `rid`, so a
+search clause (`id IN (SELECT rid … WHERE value …)`) reads the index alone, never the table:
+a clause that matches many rows (`modality=CT`, a third of all studies) costs an index range,
+not one random table read per row. And an owner index on (rtype, rid, param): a search that
+ANDs clauses probes the later clauses' rows of each candidate resource with it, reading that
+parameter's few rows, not all of the resource's rows (an ImagingStudy has one token row per
+instance); the token one also holds the code, so such a probe never reads the table.
 """
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text
+from sqlalchemy import DDL, BigInteger, Column, Index, LargeBinary, Text, event
 from sqlmodel import Field, SQLModel
+
+
+NORM_TEXT = Text().with_variant(Text(collation="C"), "postgresql").with_variant(Text(collation="NOCASE"), "sqlite")
 
 
 class Resource(SQLModel, table=True):
@@ -34,8 +45,8 @@ class ResourceVersion(SQLModel, table=True):
 class TokenIndex(SQLModel, table=True):
     __tablename__ = "idx_token"
     __table_args__ = (
-        Index("ix_token_lookup", "rtype", "param", "code", "system"),
-        Index("ix_token_owner", "rtype", "rid"),
+        Index("ix_token_lookup", "rtype", "param", "code", "system", "rid"),
+        Index("ix_token_owner", "rtype", "rid", "param", "code"),
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
@@ -45,25 +56,52 @@ class TokenIndex(SQLModel, table=True):
     code: str = Field(sa_column=Column(Text, nullable=False))
 
 
+def _value_statistics(table, columns: str) -> None:
+    """PostgreSQL statistics on `param` and the value together.
+
+    A value belongs to one parameter (code "CT" only to `modality`), so the planner's
+    default of multiplying the two selectivities estimates `modality=CT` at a handful of
+    rows when it is a third of all studies, and drives an AND from it instead of from the
+    narrow clause. Multi-column MCV lists and dependencies give it the real counts once
+    ANALYZE (or autovacuum) has run.
+    """
+    name = f"st_{table.__tablename__}_values"
+    event.listen(table.__table__, "after_create", DDL(
+        f"CREATE STATISTICS {name} (mcv, dependencies) ON {columns} FROM {table.__tablename__}"
+    ).execute_if(dialect="postgresql"))
+
+
+_value_statistics(TokenIndex, "param, code")
+
+
 class StringIndex(SQLModel, table=True):
     __tablename__ = "idx_string"
     __table_args__ = (
-        Index("ix_string_lookup", "rtype", "param", "norm"),
-        Index("ix_string_owner", "rtype", "rid"),
+        Index("ix_string_lookup", "rtype", "param", "norm", "rid"),
+        Index("ix_string_owner", "rtype", "rid", "param"),
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
     rid: str = Field(max_length=64)
     param: str = Field(max_length=64)
-    norm: str = Field(sa_column=Column(Text, nullable=False))
+    #: string search is a prefix LIKE on `norm`; an index serves it only under a collation
+    #: that orders by code point and matches LIKE's case rule: "C" on PostgreSQL (whatever
+    #: the database's locale), NOCASE on SQLite (LIKE ignores ASCII case; `norm` is casefolded
+    #: anyway, so equality and LIKE give the same answers as under BINARY)
+    norm: str = Field(sa_column=Column(NORM_TEXT, nullable=False))
     value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+_value_statistics(StringIndex, "param, norm")
 
 
 class DateIndex(SQLModel, table=True):
     __tablename__ = "idx_date"
     __table_args__ = (
-        Index("ix_date_lookup", "rtype", "param", "low", "high"),
-        Index("ix_date_owner", "rtype", "rid"),
+        Index("ix_date_lookup", "rtype", "param", "low", "high", "rid"),
+        # `ge`/`gt` bound `high` alone (a range that ends after the value): by its own index
+        Index("ix_date_high", "rtype", "param", "high", "low", "rid"),
+        Index("ix_date_owner", "rtype", "rid", "param"),
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
@@ -76,8 +114,8 @@ class DateIndex(SQLModel, table=True):
 class ReferenceIndex(SQLModel, table=True):
     __tablename__ = "idx_reference"
     __table_args__ = (
-        Index("ix_reference_lookup", "rtype", "param", "target_id", "target_type"),
-        Index("ix_reference_owner", "rtype", "rid"),
+        Index("ix_reference_lookup", "rtype", "param", "target_id", "target_type", "rid"),
+        Index("ix_reference_owner", "rtype", "rid", "param"),
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
