@@ -7,9 +7,10 @@ is shared with the server's parser, index or SQL, so a disagreement between the 
 in one of them.
 
 Scope: the parameter types token, string, date and reference; modifiers :missing, :not,
-:exact, :contains and :[type]; chains, `_has`, comma OR and repeated-parameter AND. A form
-outside that raises `Unsupported` rather than guessing. Extending it for a new feature means
-one more branch in `_clause_test` (a modifier) or in `_values` (an element type).
+:exact, :contains, :[type], token :text and :of-type, reference :identifier; chains, `_has`,
+comma OR and repeated-parameter AND; `_sort` (`order`). A form outside that raises
+`Unsupported` rather than guessing. Extending it for a new feature means one more branch in
+`_clause_test` (a modifier) or in `_values` (an element type).
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ import r4_package
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 #: abstract types a FHIRPath expression may start with; they match every resource
 _SUPERTYPES = ("Resource", "DomainResource")
+#: the element types whose text a token's `:text` searches (R4 SearchModifierCode `text`: "text
+#: associated with the code/value - either CodeableConcept.text, Coding.display, or Identifier.type.text")
+TEXT_ELEMENTS = ("CodeableConcept", "Coding", "Identifier")
+#: modifiers that match another part of an element than its search value (see `Oracle.values`)
+ASPECT_MODIFIERS = ("text", "of-type", "identifier")
 _DATE = re.compile(
     r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})(?:T(?P<H>\d{2}):(?P<M>\d{2})"
     r"(?::(?P<S>\d{2})(?:\.(?P<f>\d+))?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
@@ -256,22 +262,36 @@ class Oracle:
         systems = {inc.get("system") for inc in value_set.get("compose", {}).get("include", [])}
         return systems.pop() if len(systems) == 1 else None
 
+    @cache
+    def element_types(self, rtype: str, code: str) -> frozenset[str]:
+        """The R4 types of the elements parameter `code` selects on `rtype` (from the StructureDefinition)."""
+        elements = {e["path"]: e for e in r4_package.definition("StructureDefinition", rtype)["snapshot"]["element"]}
+        found = set()
+        for path, _ in self._compiled(rtype, code):
+            found.update(t["code"] for t in elements.get(path, {}).get("type", []))
+        return frozenset(found)
+
     # ------------------------------------------------------------------ values of a resource
 
-    def values(self, rtype: str, rid: str, code: str) -> list:
-        """What resource `rtype/rid` offers to parameter `code`: Tokens, strings, date strings or Refs."""
-        key = (rtype, rid, code)
+    def values(self, rtype: str, rid: str, code: str, aspect: str = "") -> list:
+        """What resource `rtype/rid` offers to parameter `code`: Tokens, strings, date strings or Refs.
+
+        `aspect` names a modifier that matches another part of the elements: "text" (strings
+        a token's `:text` searches), "of-type" ((type system, type code, value) of
+        Identifiers) or "identifier" (Tokens of `Reference.identifier`).
+        """
+        key = (rtype, rid, code, aspect)
         if key not in self._cache:
             resource = self.by_type[rtype][rid]
             kind = self.search_parameter(rtype, code)["type"]
             found = []
             for path, evaluate in self._compiled(rtype, code):
                 for node in evaluate(resource):
-                    found.extend(self._values(kind, path, node))
+                    found.extend(self._values(kind, path, node, aspect))
             self._cache[key] = found
         return self._cache[key]
 
-    def _values(self, kind: str, path: str, node) -> list:
+    def _values(self, kind: str, path: str, node, aspect: str = "") -> list:
         """The search values of one element, by its FHIR type.
 
         A value is what a search of the parameter's type can match: a Coding or Identifier
@@ -282,6 +302,8 @@ class Oracle:
         """
         element_type = node.path if isinstance(node, ResourceNode) else None
         data = node.data if isinstance(node, ResourceNode) else node
+        if aspect:
+            return self._aspect_values(kind, aspect, element_type, data, path)
         if kind == "token":
             if element_type == "Coding":
                 return [Token(data.get("system"), data.get("code"))] if ("code" in data or "system" in data) else []
@@ -311,6 +333,38 @@ class Oracle:
                 ref = _parse_reference(data.get("reference"), self.base_url)
                 return [ref] if ref else []
         raise Unsupported(f"{kind} values of {element_type} elements ({path})")
+
+    @staticmethod
+    def _aspect_values(kind: str, aspect: str, element_type: str | None, data, path: str) -> list:
+        """What a modifier that looks past the search value matches in one element.
+
+        `:text` is "processed as a string that searches text associated with the code/value -
+        either CodeableConcept.text, Coding.display, or Identifier.type.text" (a
+        CodeableConcept's codings are Codings, so their displays count too); other element
+        types have no associated text. For `:of-type` (R4 search.html#token) "the system and
+        code refer to an Identifier.type.coding.system and .code, and match if any of the type
+        codes match", and the value to Identifier.value. With reference `:identifier`
+        (search.html#reference) "the search value works as a token search" on
+        Reference.identifier.
+        """
+        if kind == "token" and aspect == "text":
+            if element_type == "CodeableConcept":
+                texts = [data.get("text"), *(c.get("display") for c in data.get("coding", []))]
+            elif element_type == "Coding":
+                texts = [data.get("display")]
+            elif element_type == "Identifier":
+                texts = [data.get("type", {}).get("text")]
+            else:
+                texts = []
+            return [t for t in texts if t]
+        if kind == "token" and aspect == "of-type":
+            if element_type != "Identifier" or "value" not in data:
+                return []
+            return [(c.get("system"), c.get("code"), data["value"]) for c in data.get("type", {}).get("coding", [])]
+        if kind == "reference" and aspect == "identifier" and element_type == "Reference":
+            ident = data.get("identifier") or {}
+            return [Token(ident.get("system"), ident.get("value"))] if ("value" in ident or "system" in ident) else []
+        raise Unsupported(f":{aspect} on {kind} values of {element_type} elements ({path})")
 
     # ------------------------------------------------------------------ search
 
@@ -342,7 +396,8 @@ class Oracle:
                     if any((ref.type, ref.id) in hits for ref in self.values(rtype, rid, ref_code))}
         code, _, modifier = name.partition(":")
         test = self._clause_test(rtype, code, modifier, value)
-        return {rid for rid in self.by_type.get(rtype, {}) if test(self.values(rtype, rid, code))}
+        aspect = modifier if modifier in ASPECT_MODIFIERS else ""
+        return {rid for rid in self.by_type.get(rtype, {}) if test(self.values(rtype, rid, code, aspect))}
 
     def _defines(self, rtype: str, rest: str) -> bool:
         first = rest.split(".")[0].split(":")[0]
@@ -358,10 +413,16 @@ class Oracle:
                 raise Unsupported(f"{code}:missing={value}")
             return lambda values: (not values) == (value == "true")
         alternatives = split_escaped(value, ",")
-        if kind == "token" and modifier in ("", "not"):
+        if (kind == "token" and modifier in ("", "not")) or (kind == "reference" and modifier == "identifier"):
             tokens = [_parse_token(raw) for raw in alternatives]
             negate = modifier == "not"
             return lambda values: any(_token_matches(t, v) for t in tokens for v in values) != negate
+        if kind == "token" and modifier == "text":  # "processed as a string": starts with, normalized
+            texts = [unescape(raw) for raw in alternatives]
+            return lambda values: any(_string_matches("", t, v) for t in texts for v in values)
+        if kind == "token" and modifier == "of-type":
+            wanted = [_parse_of_type(raw) for raw in alternatives]
+            return lambda values: any(w == v for w in wanted for v in values)
         if kind == "string" and modifier in ("", "exact", "contains"):
             texts = [unescape(raw) for raw in alternatives]
             return lambda values: any(_string_matches(modifier, t, v) for t in texts for v in values)
@@ -373,6 +434,57 @@ class Oracle:
             wanted = [_parse_reference(unescape(raw), self.base_url) for raw in alternatives]
             return lambda values: any(_reference_matches(w, modifier or None, v) for w in wanted for v in values)
         raise Unsupported(f"{kind} parameter {code!r} with modifier {modifier!r}")
+
+    # ------------------------------------------------------------------ _sort
+
+    def order(self, rtype: str, ids, sort: list[str]) -> list[str]:
+        """`ids` in the order `_sort=<sort>` asks for (R4 search.html#_sort), ties by id.
+
+        Each key sorts the resources that have a value for it, and puts those without one
+        last, in both directions; sorting stably from the last key to the first, after
+        ordering by id, gives the order of the whole key list.
+        """
+        ordered = sorted(ids)
+        for key in reversed(sort):
+            descending = key.startswith("-")
+            values = {rid: self.sort_value(rtype, rid, key) for rid in ordered}
+            present = [rid for rid in ordered if values[rid] is not None]
+            ordered = (sorted(present, key=values.__getitem__, reverse=descending)
+                       + [rid for rid in ordered if values[rid] is None])
+        return ordered
+
+    def sort_value(self, rtype: str, rid: str, key: str):
+        """The value resource `rid` sorts by for one `_sort` key (`code` or `-code`); None: none.
+
+        R4: when an element repeats, "the sort is based on the item in the set of multiple
+        parameters that comes earliest in the specified sort order", so the lowest value going
+        up and the highest going down. What a value sorts as is the server's to define (R4
+        leaves it open); these follow the facade's README: strings in their normalized form
+        (`normalize`) and tokens by code, both by code point; references by `Type/id` (one to
+        another server by its URL, which is all that names it); dates by the start of their
+        period, in both directions.
+        """
+        descending = key.startswith("-")
+        code = key.lstrip("-")
+        kind = self.search_parameter(rtype, code)["type"]
+        keys = []
+        for value in self.values(rtype, rid, code):
+            if kind == "token":
+                if value.code is not None:
+                    keys.append(value.code)
+            elif kind == "string":
+                keys.append(normalize(value))
+            elif kind == "date":
+                keys.append(date_range(value, self.zone)[0])
+            elif kind == "reference":
+                if value.url is None and value.type is None:
+                    raise Unsupported(f"sorting by a reference without a type: {value}")
+                keys.append(value.url or f"{value.type}/{value.id}")
+            else:
+                raise Unsupported(f"sorting by a {kind} parameter")
+        if not keys:
+            return None
+        return max(keys) if descending else min(keys)
 
     def _search_date(self, raw: str) -> tuple[str, tuple[datetime, datetime]]:
         prefix = raw[:2] if raw[:2] in DATE_PREFIXES else "eq"
@@ -422,6 +534,14 @@ def _parse_token(raw: str) -> tuple:
         raise Unsupported(f"token {raw!r}")
     system, code = unescape(pieces[0]), unescape(pieces[1])
     return system or None, code if code or system == "" else _ANY
+
+
+def _parse_of_type(raw: str) -> tuple[str, str, str]:
+    """(type system, type code, value) of an `:of-type` value; R4: "All 3 parts must be present"."""
+    pieces = [unescape(p) for p in split_escaped(raw, "|")]
+    if len(pieces) != 3 or not all(pieces):
+        raise Unsupported(f":of-type value {raw!r}")
+    return pieces[0], pieces[1], pieces[2]
 
 
 def _token_matches(wanted: tuple, token: Token) -> bool:
