@@ -202,14 +202,13 @@ DELETION_CHECK_EVERY = 30.0
 
 def sync_changes(store: Store, src: SourceConfig, source, cursor: dict,
                  stop: Callable[[], bool] | None = None) -> SyncSummary:
-    """Follow Orthanc's change feed from the cursor: read again every study that became stable
-    (new or grown), and every so often look for studies Orthanc no longer holds.
+    """Follow Orthanc's change feed from the cursor: read each study that is new or became
+    stable (complete, or grown by a series), and every so often look for studies Orthanc no
+    longer holds.
 
     The cursor moves after each page is stored, so a run that stops or fails resumes there;
     reading a study twice changes nothing.
     """
-    from app.sources.orthanc_changes import ChangeEvent
-
     summary = SyncSummary(src.name)
     clock = time.perf_counter()
     started, _ = instant_now_ms()
@@ -235,16 +234,12 @@ def sync_changes(store: Store, src: SourceConfig, source, cursor: dict,
         now = time.time()
         if not stopped and now - cursor.get("deletions_checked", 0) >= DELETION_CHECK_EVERY:
             for event in feed.deleted_studies(store.archive_keys(src.name)):
-                _apply_change(store, src, source, ctx, ChangeEvent("deleted", event.orthanc_id, None), summary)
+                _apply_change(store, src, source, ctx, event, summary)
             cursor["deletions_checked"] = now
     except SourceError as exc:
         summary.error = str(exc)
         log.error("poll of source %s stopped: %s", src.name, exc)
-    summary.seconds = time.perf_counter() - clock
-    if summary.error or summary.changed or summary.failed:
-        store.record_run(src.name, started, "failed" if summary.error else "ok", summary.as_dict())
-    record_outcome(store, src.name, summary, cursor=cursor)
-    return summary
+    return _end_poll(store, summary, started, clock, cursor)
 
 
 def _apply_change(store: Store, src: SourceConfig, source, ctx: MappingContext, event, summary: SyncSummary) -> None:
@@ -285,13 +280,20 @@ def sync_window(store: Store, src: SourceConfig, source, cursor: dict, stop: Cal
     except SourceError as exc:
         summary.error = str(exc)
         log.error("poll of source %s stopped: %s", src.name, exc)
+    return _end_poll(store, summary, started, clock,
+                     None if stopped or summary.error else {"window_end": today.isoformat()})
+
+
+def _end_poll(store: Store, summary: SyncSummary, started: int, clock: float, cursor: dict | None) -> SyncSummary:
+    """Record a poll: a run row only when it did something (a watcher polls every second or
+    so), and the source's state, with the cursor it reached if any."""
     summary.seconds = time.perf_counter() - clock
     if summary.error or summary.changed or summary.failed:
-        store.record_run(src.name, started, "failed" if summary.error else "ok", summary.as_dict())
-    if stopped or summary.error:
-        record_outcome(store, src.name, summary)
+        store.record_run(summary.source, started, "failed" if summary.error else "ok", summary.as_dict())
+    if cursor is None:
+        record_outcome(store, summary.source, summary)
     else:
-        record_outcome(store, src.name, summary, cursor={"window_end": today.isoformat()})
+        record_outcome(store, summary.source, summary, cursor=cursor)
     return summary
 
 
