@@ -2,12 +2,11 @@
 
 R4 matches `endpoint=http://other.example/fhir/Endpoint/5` against a reference with that
 absolute URL. Such a resource is never stored here, so its key only has to be equal on both
-sides: "~" and a digest of the URL (without a version), which fits the index column and can
-never be a FHIR id, so it never meets a local resource.
+sides: "~" and the URL without a version. "~" is never in a FHIR id, so the key never meets
+a local resource, and it sorts after the local ids of the same type, the URLs among
+themselves in their own order.
 """
 from __future__ import annotations
-
-from hashlib import sha1
 
 
 def external_reference(url: str) -> tuple[str, str] | None:
@@ -17,4 +16,4 @@ def external_reference(url: str) -> tuple[str, str] | None:
         parts = parts[:-2]
     if len(parts) < 5 or not parts[-2] or not parts[-1]:
         return None
-    return parts[-2], "~" + sha1("/".join(parts).encode("utf-8")).hexdigest()
+    return parts[-2], "~" + "/".join(parts)

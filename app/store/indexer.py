@@ -111,6 +111,15 @@ def _reference(value, base_url: str | None):
     return parts[-2], parts[-1]
 
 
+def _may_target(param, target, value: dict) -> bool:
+    """Whether a reference can point at one of the parameter's types, judged by its literal
+    reference or its `type` (`patient:identifier` must not match a Group subject)."""
+    if not param.targets:
+        return True
+    kind = target[0] if target else (value.get("type") or "").rsplit("/", 1)[-1] or None
+    return kind is None or kind in param.targets
+
+
 class _Collector:
     """Index rows of one resource, each distinct row once."""
 
@@ -170,6 +179,7 @@ def index_rows(resource: dict, default_zone: str = "UTC", base_url: str | None =
                     if target and (not param.targets or target[0] in param.targets):
                         out.ref(name, *target)
                     ident = value.get("identifier") if isinstance(value, dict) else None
-                    if isinstance(ident, dict) and ident.get("value") is not None:
+                    if isinstance(ident, dict) and ident.get("value") is not None \
+                            and _may_target(param, target, value):
                         out.token(name + IDENTIFIER, ident.get("system"), ident["value"])
     return out.rows

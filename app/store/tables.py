@@ -12,10 +12,11 @@ instance); the token one also holds the code, so such a probe never reads the ta
 """
 from __future__ import annotations
 
-from sqlalchemy import DDL, BigInteger, Column, Index, LargeBinary, Text, event
+from sqlalchemy import DDL, BigInteger, Column, Index, LargeBinary, String, Text, event
 from sqlmodel import Field, SQLModel
 
 
+ID_TEXT = String(64).with_variant(String(64, collation="C"), "postgresql")
 NORM_TEXT = Text().with_variant(Text(collation="C"), "postgresql").with_variant(Text(collation="NOCASE"), "sqlite")
 
 
@@ -24,7 +25,9 @@ class Resource(SQLModel, table=True):
 
     __tablename__ = "resource"
     rtype: str = Field(primary_key=True, max_length=32)
-    id: str = Field(primary_key=True, max_length=64)
+    #: ids order by code point on both databases (results are ordered by id), whatever the
+    #: PostgreSQL database's own collation
+    id: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
     version: int
     last_updated: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     content_hash: str = Field(max_length=64)
@@ -122,7 +125,8 @@ class ReferenceIndex(SQLModel, table=True):
     rid: str = Field(max_length=64)
     param: str = Field(max_length=64)
     target_type: str = Field(max_length=32)
-    target_id: str = Field(max_length=64)
+    #: an id here, or "~" and the URL of another server's resource (app/search/references.py)
+    target_id: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class PatientContribution(SQLModel, table=True):

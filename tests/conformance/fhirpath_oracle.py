@@ -460,9 +460,9 @@ class Oracle:
         parameters that comes earliest in the specified sort order", so the lowest value going
         up and the highest going down. What a value sorts as is the server's to define (R4
         leaves it open); these follow the facade's README: strings in their normalized form
-        (`normalize`) and tokens by code, both by code point; references by `Type/id` (one to
-        another server by its URL, which is all that names it); dates by the start of their
-        period, in both directions.
+        (`normalize`) and tokens by code, both by code point; references by `Type/id`, one to
+        another server by `Type/~URL` (after the local ids of its type); dates by the start of
+        their period, in both directions.
         """
         descending = key.startswith("-")
         code = key.lstrip("-")
@@ -479,7 +479,7 @@ class Oracle:
             elif kind == "reference":
                 if value.url is None and value.type is None:
                     raise Unsupported(f"sorting by a reference without a type: {value}")
-                keys.append(value.url or f"{value.type}/{value.id}")
+                keys.append(_external_sort_key(value.url) if value.url else f"{value.type}/{value.id}")
             else:
                 raise Unsupported(f"sorting by a {kind} parameter")
         if not keys:
@@ -490,6 +490,14 @@ class Oracle:
         prefix = raw[:2] if raw[:2] in DATE_PREFIXES else "eq"
         text = raw[2:] if raw[:2] in DATE_PREFIXES else raw
         return prefix, date_range(text, self.zone)
+
+
+def _external_sort_key(url: str) -> str:
+    """`Type/~URL` of a reference to another server, the URL without a version."""
+    parts = url.split("/")
+    if len(parts) >= 7 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return f"{parts[-2]}/~{'/'.join(parts)}"
 
 
 def _parse_reference(text: str | None, base_url: str) -> Ref | None:

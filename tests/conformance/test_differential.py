@@ -9,9 +9,9 @@ to three keys; each query is answered by the server (every page followed) and by
 matching rules. The id sets (and the Bundle total) must agree; for a sorted search, the id
 lists across all pages.
 
-Every disagreement found so far was a server bug; each has a minimal reproduction, run on
-both databases: in REPRODUCTIONS once fixed, so it cannot come back unnoticed, and as a
-`test_server_bug_…` test while open.
+Every disagreement found so far was a server bug, now fixed; each has a minimal
+reproduction, run on both databases (REPRODUCTIONS and the tests after it), so it cannot
+come back unnoticed.
 
 Covering a new search feature: a modifier goes into MODIFIERS (and MODIFIER_ELEMENTS if R4
 restricts it to some element types), with a branch in `Queries.value` that draws its values
@@ -811,10 +811,9 @@ def test_fixed_server_bug_stays_fixed(bug, store_url, write_config):
     _reproduce(bug, store_url, write_config)
 
 
-# ---------------------------------------------------------------------------- open server bugs
-# Each asserts what R4 (or the README, where R4 leaves it to the server) says, and fails until
-# the server is fixed; then it moves to REPRODUCTIONS. The property's data set leaves out what
-# triggers them, so that it keeps checking everything else meanwhile.
+# ---------------------------------------------------------------------------- more fixed server bugs
+# Each asserts what R4 (or the README, where R4 leaves it to the server) says; each failed
+# before the server was fixed.
 
 GROUP_STUDY = {"resourceType": "ImagingStudy", "id": "1.2.4", "status": "available",
                "subject": {"reference": "Group/grp-1", "identifier": {"system": "urn:example:groups", "value": "g1"}},
@@ -830,13 +829,13 @@ PATIENT_STUDY = {"resourceType": "ImagingStudy", "id": "1.2.5", "status": "avail
     (("subject:identifier", "urn:example:groups|g1"),),  # subject takes any type: the Group study
     (("patient:identifier", "urn:oid:1.2.3.4|1000"),),   # a Patient's identifier: the Patient study
 ], ids=["patient-finds-group", "subject-finds-group", "patient-finds-patient"])
-def test_server_bug_patient_identifier_matches_a_group_subject(items, store_url, write_config):
+def test_patient_identifier_ignores_a_group_subject(items, store_url, write_config):
     """`patient:identifier` must only test the identifiers of references to Patients.
 
     R4's `patient` on ImagingStudy is `ImagingStudy.subject.where(resolve() is Patient)`, and
     search.html#reference says the `:identifier` modifier tests the `Reference.identifier` of
     the parameter's references; a subject that is `Group/grp-1` is not one of them, whatever
-    identifier it carries. The server indexes `Reference.identifier` under `patient:identifier`
+    identifier it carries. The server indexed `Reference.identifier` under `patient:identifier`
     for every subject, including the Group it leaves out of `patient` itself.
     """
     bug = Reproduction("patient-identifier-of-group", "patient:identifier matched a study about a Group",
@@ -851,14 +850,13 @@ def _study_with_endpoint(uid: str, reference: str) -> dict:
 
 
 @pytest.mark.parametrize("sort", ["endpoint", "-endpoint"])
-def test_server_bug_references_to_other_servers_sort_by_a_digest(sort, store_url, write_config):
-    """References to another server's resources sort by their URL, not in an arbitrary order.
+def test_references_to_other_servers_sort_by_type_and_url(sort, store_url, write_config):
+    """References to another server's resources sort by type and URL, not in an arbitrary order.
 
-    R4 leaves sort order to the server; the README sorts references by "Type/id". The server
-    sorts by its index key, which for a reference to another server is the type and "~" plus
-    the SHA-1 of the URL (`app/search/references.py`), so such references come out in digest
-    order: `http://d.example/fhir/Endpoint/2` before `http://c.example/fhir/Endpoint/1`, though
-    they are in the other order both by URL and by Type/id (`Endpoint/1` < `Endpoint/2`).
+    R4 leaves sort order to the server; the README sorts references by "Type/id", and one to
+    another server by "Type/~URL". The server used to key those by a SHA-1 of the URL, so they
+    came out in digest order: `http://d.example/fhir/Endpoint/2` before
+    `http://c.example/fhir/Endpoint/1`.
     """
     bug = Reproduction("external-reference-order", "references to other servers sorted by a digest",
                        "ImagingStudy", (("_sort", sort),),
@@ -867,15 +865,15 @@ def test_server_bug_references_to_other_servers_sort_by_a_digest(sort, store_url
     _reproduce(bug, store_url, write_config)
 
 
-def test_server_bug_id_order_follows_the_database_collation(postgres_url, write_config):
+def test_id_order_is_code_point_order_on_any_database(postgres_url, write_config):
     """`_sort=_id`, and the id that breaks every tie, order ids by code point on any database.
 
     In the README "ties are broken by id", and the server compares every other sort value by
-    code point (`COLLATE "C"` on PostgreSQL, as SQLite compares); but `_id` and the tie-break
-    use the database's default collation, so on a PostgreSQL database created with a
-    linguistic one (ICU `en-US` here; glibc's `en_US.UTF-8`, the default of many
-    installations, orders these the same way) `PACS-A` sorts after `archive-c`, and one
-    search orders its matches differently on SQLite and on PostgreSQL.
+    code point (`COLLATE "C"` on PostgreSQL, as SQLite compares). `_id` and the tie-break used
+    the database's default collation, so on a PostgreSQL database created with a linguistic
+    one (ICU `en-US` here; glibc's `en_US.UTF-8`, the default of many installations, orders
+    these the same way) `PACS-A` sorted after `archive-c`, and one search ordered its matches
+    differently on SQLite and on PostgreSQL.
     """
     name = f"facade_test_{uuid.uuid4().hex[:10]}_icu"
     engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
