@@ -17,6 +17,10 @@ from sqlmodel import Field, SQLModel
 
 
 ID_TEXT = String(64).with_variant(String(64, collation="C"), "postgresql")
+#: index rows name resources (rid, target_id) in the collation of resource.id: PostgreSQL
+#: compares columns of two collations without the index of either, so `rid = id` and
+#: `id IN (SELECT rid …)` would probe nothing and scan instead
+REF_TEXT = Text().with_variant(Text(collation="C"), "postgresql")
 NORM_TEXT = Text().with_variant(Text(collation="C"), "postgresql").with_variant(Text(collation="NOCASE"), "sqlite")
 
 
@@ -53,7 +57,7 @@ class TokenIndex(SQLModel, table=True):
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
-    rid: str = Field(max_length=64)
+    rid: str = Field(sa_column=Column(ID_TEXT, nullable=False))
     param: str = Field(max_length=64)
     system: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     code: str = Field(sa_column=Column(Text, nullable=False))
@@ -85,7 +89,7 @@ class StringIndex(SQLModel, table=True):
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
-    rid: str = Field(max_length=64)
+    rid: str = Field(sa_column=Column(ID_TEXT, nullable=False))
     param: str = Field(max_length=64)
     #: string search is a prefix LIKE on `norm`; an index serves it only under a collation
     #: that orders by code point and matches LIKE's case rule: "C" on PostgreSQL (whatever
@@ -108,7 +112,7 @@ class DateIndex(SQLModel, table=True):
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
-    rid: str = Field(max_length=64)
+    rid: str = Field(sa_column=Column(ID_TEXT, nullable=False))
     param: str = Field(max_length=64)
     low: int = Field(sa_column=Column(BigInteger, nullable=False))
     high: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -122,11 +126,11 @@ class ReferenceIndex(SQLModel, table=True):
     )
     pk: int | None = Field(default=None, primary_key=True)
     rtype: str = Field(max_length=32)
-    rid: str = Field(max_length=64)
+    rid: str = Field(sa_column=Column(ID_TEXT, nullable=False))
     param: str = Field(max_length=64)
     target_type: str = Field(max_length=32)
     #: an id here, or "~" and the URL of another server's resource (app/search/references.py)
-    target_id: str = Field(sa_column=Column(Text, nullable=False))
+    target_id: str = Field(sa_column=Column(REF_TEXT, nullable=False))
 
 
 class PatientContribution(SQLModel, table=True):
