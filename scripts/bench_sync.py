@@ -72,8 +72,9 @@ class ReplaySource:
 class ClonedSource(ReplaySource):
     """`count` studies made from the recorded ones under new UIDs, one at a time.
 
-    The study-level answers of all of them are held, as a DICOMweb listing holds them; the
-    series and instances of each are made only when it is read, as a fetch brings them.
+    The study-level answers of all of them are held, as a DICOMweb listing holds them (JSON
+    bytes until fetched); the series and instances of each are made only when it is read, as
+    a fetch brings them.
     """
 
     def __init__(self, records: list[StudyRecord], count: int):
@@ -81,15 +82,16 @@ class ClonedSource(ReplaySource):
         self.count = count
         self.listing = []
         for n in range(count):
-            attrs = orjson.loads(orjson.dumps(records[n % len(records)].attrs))  # its own objects, as parsed
+            attrs = dict(records[n % len(records)].attrs)
             attrs["0020000D"] = {"vr": "UI", "Value": [f"2.25.{uuid.uuid4().int}"]}
-            self.listing.append(attrs)
+            self.listing.append(orjson.dumps(attrs))  # held as the DICOMweb source holds its listing
 
     def total(self) -> int:
         return self.count
 
     def iter_studies(self, match=None):
-        for n, attrs in enumerate(self.listing):
+        for n, packed in enumerate(self.listing):
+            attrs = orjson.loads(packed)
             template = self.records[n % len(self.records)]
             uid = attrs["0020000D"]["Value"][0]
             series = []
