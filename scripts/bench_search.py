@@ -1,7 +1,7 @@
 """Benchmark: search latency at S, M and L studies on SQLite and PostgreSQL, next to Orthanc's QIDO-RS.
 
-Usage: python scripts/bench_search.py [--sizes S,M,L] [--databases sqlite,postgresql] [--seconds 4]
-           [--rounds 3] [--connections 1] [--orthanc-sizes S,M] [--orthanc-instances 2] [--no-plans]
+Usage: python scripts/bench_search.py [--sizes S,M,L] [--databases sqlite,postgresql] [--seconds 3]
+           [--rounds 5] [--connections 1] [--orthanc-sizes S,M] [--orthanc-instances 2] [--no-plans]
 
 For each database, every size is loaded into a store of its own (scripts/dataset.py: the
 real mapping and the store's batched write) and served by the facade under gunicorn (one
@@ -109,19 +109,20 @@ def query_paths(arch: Archive, per_query: int = 200, seed: int = 11) -> dict[str
 
 
 def preflight(base: str, paths: list[str]) -> dict:
-    """GET every path once (also warms caches): all must answer 200; how many matches each gives."""
-    counts = []
+    """GET every path once (also warms caches): all must answer 200; how many matches and bytes each gives."""
+    counts, sizes = [], []
     with requests.Session() as session:
         for path in paths:
             response = session.get(base + path, timeout=60)
             if response.status_code != 200:
                 raise SystemExit(f"{path}: HTTP {response.status_code} {response.text[:300]}")
+            sizes.append(len(response.content))
             body = response.json()
             if isinstance(body, list):  # QIDO-RS
                 counts.append(len(body))
             else:
                 counts.append(sum(1 for e in body.get("entry", []) if e["search"]["mode"] == "match"))
-    return {"mean": statistics.mean(counts), "min": min(counts), "max": max(counts)}
+    return {"mean": statistics.mean(counts), "min": min(counts), "max": max(counts), "bytes": statistics.mean(sizes)}
 
 
 # ---------------------------------------------------------------- wrk
@@ -295,7 +296,7 @@ def explain(config_path: Path, path: str, full: bool) -> list[str]:
         _plan_nodes(plan["Plan"], nodes)
         seq = [n for n in nodes if n.startswith("Seq Scan")]
         lines.append(f"  nodes: {' > '.join(nodes)}")
-        lines.append(f"  execution {plan['Execution Time']:.2f} ms, shared buffers hit "
+        lines.append(f"  planning {plan['Planning Time']:.2f} ms, execution {plan['Execution Time']:.2f} ms, shared buffers hit "
                      f"{plan['Plan'].get('Shared Hit Blocks', 0)} read {plan['Plan'].get('Shared Read Blocks', 0)}; "
                      f"sequential scans: {', '.join(seq) if seq else 'none'}")
         if full:
@@ -391,7 +392,7 @@ def print_database(kind: str, sizes: list[str], results: dict, args) -> None:
         load_stats = results["load"][size]
         print(f"  {size}: {arch_size} studies loaded in {load_stats['seconds']:.0f} s, "
               f"{load_stats['bytes'] / 2**20:.0f} MiB")
-    head = f"  {'query':11}" + "".join(f" {s + ' p50':>9} {s + ' p95':>9} {s + ' n':>6}" for s in sizes)
+    head = f"  {'query':11}" + "".join(f" {s + ' p50':>9} {s + ' p95':>9} {s + ' n':>6} {s + ' kB':>6}" for s in sizes)
     has_ratio = "S" in sizes and len(sizes) > 1
     last = sizes[-1]
     if has_ratio:
@@ -402,15 +403,16 @@ def print_database(kind: str, sizes: list[str], results: dict, args) -> None:
         line = f"  {q:11}"
         for size in sizes:
             sample = results["samples"][(q, size)]
+            matches = results["matches"][size][q]
             line += f" {fmt(sample.median('p50')):>9} {fmt(sample.median('p95')):>9} " \
-                    f"{results['matches'][size][q]['mean']:6.1f}"
+                    f"{matches['mean']:6.1f} {matches['bytes'] / 1000:6.0f}"
         if has_ratio:
             ratio = results["samples"][(q, last)].median("p50") / results["samples"][(q, "S")].median("p50")
             ok = ratio <= TARGET[kind]
             verdicts.append(ok)
             line += f" {ratio:9.2f} {'<= ' + str(TARGET[kind]):>7} {'ok' if ok else 'MISSED'}"
         print(line)
-    print("  n = mean matches per request (same answer size at every size, by choice of values)")
+    print("  n = mean matches per request, kB = mean answer size (the same at every size, by choice of values)")
     for size in results.get("plans", {}):
         print(f"\n  -- plans at {size} ({'EXPLAIN QUERY PLAN' if kind == 'sqlite' else 'EXPLAIN (ANALYZE, BUFFERS)'})")
         for q, lines in results["plans"][size].items():
@@ -471,8 +473,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="S,M,L")
     parser.add_argument("--databases", default="sqlite,postgresql")
-    parser.add_argument("--seconds", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--orthanc-sizes", default="S,M", help="sizes compared with Orthanc; '' for none")
     parser.add_argument("--orthanc-instances", type=int, default=2, help="at most this many instances per series")
