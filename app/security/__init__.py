@@ -10,6 +10,7 @@ import ipaddress
 from flask import Flask, request
 
 from app.fhir.errors import FhirError
+from app.security.access import OPEN, set_access
 
 PUBLIC_ENDPOINTS = {"fhir.metadata", "health"}
 
@@ -37,6 +38,7 @@ def check_open_mode(config, host: str) -> str | None:
 
 def init_app(app: Flask, config) -> None:
     if config.security.open:
+        app.before_request(lambda: set_access(OPEN))
         return
 
     @app.before_request
