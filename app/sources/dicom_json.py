@@ -32,9 +32,15 @@ def _converting():
     names among them; mapping checks every value it uses itself. What remains are the
     warnings about repairs pydicom makes while decoding (undecodable bytes replaced, a
     character set it does not know), which the caller turns into repair notes.
+
+    Only UserWarnings are taken, the category pydicom warns with: the capture is process-wide,
+    and a ResourceWarning from garbage collection (or a DeprecationWarning of another thread)
+    arriving meanwhile must not become a repair note of this file; it made the same file
+    map differently from one sync to the next.
     """
     with config.disable_value_validation(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", UserWarning)
         yield caught
 
 

@@ -358,3 +358,27 @@ def test_damaged_dicom_json_is_repaired_or_rejected_with_its_reason(name, damage
         orjson.dumps(resource)  # what the store writes: no lone surrogates, no NaN
         assert "\x00" not in orjson.dumps(resource).decode()
     assert repr(record) == repr(before)  # the archive's answer is not changed in place
+
+
+def test_warnings_of_other_code_are_not_repairs_of_the_file(monkeypatch):
+    """A ResourceWarning from garbage collection, or another thread's DeprecationWarning,
+    raised while a file's values are converted, is not something pydicom repaired in the
+    file: the same file must map the same on every sync. The stray warnings are injected
+    into pydicom's conversion (their real timing cannot be forced)."""
+    import warnings
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.dataelem import DataElement
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    clean = dataset_to_dicom_json(ds)
+    original = DataElement.to_json_dict
+
+    def with_stray_warnings(self, *args, **kwargs):
+        warnings.warn("unclosed socket", ResourceWarning)
+        warnings.warn("old API", DeprecationWarning)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DataElement, "to_json_dict", with_stray_warnings)
+    assert dataset_to_dicom_json(ds) == clean
