@@ -73,7 +73,8 @@ class AuthServer:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
-                raise RuntimeError(f"the test authorization server did not start: {(workdir / 'auth-server.log').read_text()}")
+                log = (workdir / "auth-server.log").read_text()
+                raise RuntimeError(f"the test authorization server did not start: {log}")
             time.sleep(0.1)
 
     def stop(self) -> None:
