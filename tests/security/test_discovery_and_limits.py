@@ -140,3 +140,18 @@ def test_audience_defaults_to_the_base_url(write_config, sqlite_url):
                                         "token_endpoint": "https://as.example.org/token"}})
     assert config.security.audience == "https://imaging.example.org/fhir"
     assert config.security.checks_tokens and config.security.algorithms == ("RS256", "RS384", "ES256", "ES384")
+
+
+def test_the_readme_configuration_example_loads(tmp_path):
+    """The README's configuration block, security keys included, is a valid config."""
+    import re
+    from pathlib import Path
+
+    from app.config import load_config
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    path = tmp_path / "config.yaml"
+    path.write_text(block)
+    config = load_config(path, environ={"FACADE_PAGING_SECRET": "x", "PACS_USER": "u", "PACS_PASSWORD": "p"})
+    assert config.security.checks_tokens and config.security.cors_origins == ("https://viewer.example.org",)
