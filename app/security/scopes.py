@@ -141,7 +141,3 @@ def _joined_types(rtype: str, name: str) -> set[str]:
         types.add(current)
     return types
 
-
-def scope_hint(resource_type: str, interaction: str) -> str:
-    """The narrowest v2 scope that would allow it, for the 403 explanation."""
-    return f"patient/{resource_type}.{interaction} (or user/, system/; v1 .read)"

@@ -182,7 +182,7 @@ class JwtValidator:
             except jwt.ExpiredSignatureError:
                 raise InvalidToken("the token has expired") from None
             except jwt.ImmatureSignatureError:
-                raise InvalidToken("the token is not valid yet (nbf)") from None
+                raise InvalidToken("the token is not valid yet (nbf or iat in the future)") from None
             except jwt.InvalidAudienceError:
                 raise InvalidToken(f"the token is not meant for this server (aud must be {self.audience})") from None
             except jwt.InvalidIssuerError:
