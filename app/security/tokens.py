@@ -72,8 +72,9 @@ class JwksKeys:
     """The authorization server's public keys, fetched from its `jwks_uri` and held.
 
     Fetched again after `max_age` seconds, and when a token names a key id not held (the
-    server rotated its keys) unless the last fetch was less than `min_refresh` seconds ago:
-    a stream of tokens with made-up key ids then costs one fetch per interval, not one each.
+    server rotated its keys), but never twice within `min_refresh` seconds: a stream of tokens
+    with made-up key ids then costs one fetch per interval, not one each, and while the server
+    is down requests do not each wait for it (the keys held go on verifying meanwhile).
     """
 
     def __init__(self, uri: str, min_refresh: float, max_age: float, timeout: float = 5.0, session=None):
@@ -91,10 +92,17 @@ class JwksKeys:
     def find(self, kid: str | None, now: float) -> list[tuple[dict, jwt.PyJWK]]:
         """The keys that may have signed a token with this `kid` (all keys when it names none)."""
         with self._lock:
-            if self._fetched_at is None or now - self._fetched_at >= self.max_age:
-                self._refresh(now, required=self._fetched_at is None)
+            may_fetch = self._tried_at is None or now - self._tried_at >= self.min_refresh
+            if self._fetched_at is None:
+                if not may_fetch:  # the server just failed to answer: do not wait on it again yet
+                    raise AuthServerUnavailable("the authorization server's signing keys could not be fetched")
+                self._refresh(now, required=True)
+                may_fetch = False
+            elif now - self._fetched_at >= self.max_age and may_fetch:
+                self._refresh(now, required=False)
+                may_fetch = False
             keys = self._lookup(kid)
-            if not keys and (self._tried_at is None or now - self._tried_at >= self.min_refresh):
+            if not keys and may_fetch:
                 self._refresh(now, required=False)
                 keys = self._lookup(kid)
             return keys

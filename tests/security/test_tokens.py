@@ -210,3 +210,31 @@ def test_jwks_keys_of_the_wrong_type_are_not_used(auth_server):
     from app.security.tokens import _fits
     found = keys.find("as-key-1", time.time())
     assert found and all(not _fits(data, "ES384") and _fits(data, "RS384") for data, _ in found)
+
+
+def test_keys_are_fetched_again_after_max_age_and_kept_when_the_server_is_down(auth_server):
+    from smart_auth import free_port
+    keys = JwksKeys(auth_server.jwks_uri, min_refresh=30, max_age=60)
+    now = time.time()
+    before = auth_server.jwks_fetches()
+    assert keys.find("as-key-1", now)
+    assert keys.find("as-key-1", now + 59) and auth_server.jwks_fetches() == before + 1  # held
+    assert keys.find("as-key-1", now + 61) and auth_server.jwks_fetches() == before + 2  # too old: fetched
+    keys.uri = f"http://127.0.0.1:{free_port()}/jwks"  # the authorization server goes away
+    assert keys.find("as-key-1", now + 200)  # the keys held still verify
+    assert keys.find("as-key-1", now + 210)  # and no request waits on the server for min_refresh
+    assert keys._tried_at == now + 200
+
+
+def test_a_server_that_never_answered_is_not_asked_on_every_request(auth_server):
+    from smart_auth import free_port
+
+    from app.security.tokens import AuthServerUnavailable
+    keys = JwksKeys(f"http://127.0.0.1:{free_port()}/jwks", min_refresh=30, max_age=60)
+    now = time.time()
+    for offset in (0, 10):
+        with pytest.raises(AuthServerUnavailable):
+            keys.find("as-key-1", now + offset)
+    assert keys._tried_at == now
+    keys.uri = auth_server.jwks_uri  # back
+    assert keys.find("as-key-1", now + 31)
