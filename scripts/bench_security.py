@@ -1,7 +1,7 @@
 """Benchmark: what token checking costs. `ImagingStudy?patient=` in open mode and with bearer
 tokens, same data, same gunicorn settings, same run; prints each and the ratio.
 
-Usage: python scripts/bench_security.py [--studies 300] [--seconds 3] [--rounds 3] [--connections 16]
+Usage: python scripts/bench_security.py [--studies 300] [--seconds 3] [--rounds 5] [--connections 16]
                                         [--tokens 20] [--modes open,token]
 
 Token mode checks signed JWTs (RS384) against a JWKS served from a local HTTP server, as an
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--studies", type=int, default=300)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3, help="runs per mode, taking turns; the median is shown")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per mode, taking turns; the median is shown")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=20, help="distinct tokens sent in turn")
     parser.add_argument("--modes", default="open,token", help=f"comma-separated, from: {', '.join(MODES)}")

@@ -10,7 +10,9 @@ from app.fhir.errors import FhirError
 from app.security.access import Access
 from app.security.scopes import needed, parse_scopes
 
-_BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
+#: RFC 6750 b64token (the scheme name is matched apart: case-insensitive matching of the
+#: token's characters would cost a case fold per character on every request)
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -35,10 +37,11 @@ def bearer_token(headers, realm: str) -> str:
     if not value or not value[:7].lower().startswith("bearer"):
         raise FhirError(401, "login", "this server needs an OAuth2 bearer token (Authorization: Bearer …)",
                         headers={"WWW-Authenticate": challenge(realm)})
-    match = _BEARER.match(value)
-    if match is None:
+    scheme, _, token = value.partition(" ")
+    token = token.strip(" ")
+    if scheme.lower() != "bearer" or not _TOKEN.fullmatch(token):
         raise unauthorized(realm, "the Authorization header does not hold a bearer token")
-    return match.group(1)
+    return token
 
 
 def unauthorized(realm: str, reason: str) -> FhirError:
