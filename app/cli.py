@@ -25,6 +25,17 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _security_summary(security) -> str:
+    if security.open:
+        return "OPEN (no token needed)"
+    if security.jwks_uri:
+        return f"tokens required: JWTs from {security.issuer} (keys at {security.jwks_uri}), aud {security.audience}"
+    if security.introspection:
+        return f"tokens required: introspected at {security.introspection.url}, aud {security.audience}"
+    return ("tokens required, but no token validator configured (security.jwks_uri or introspection): "
+            "every data request gets 401")
+
+
 @main.command("check-config")
 @click.option("--config", "config_path", default=None, help=CONFIG_HELP)
 def check_config(config_path):
@@ -33,7 +44,7 @@ def check_config(config_path):
     click.echo(f"config OK: {config.path}")
     click.echo(f"  store: {_redact(config.store)}")
     click.echo(f"  FHIR base URL: {config.server.base_url}  (search dates without a zone read in {config.timezone})")
-    click.echo(f"  security: {'OPEN (no token needed)' if config.security.open else 'tokens required'}")
+    click.echo(f"  security: {_security_summary(config.security)}")
     for src in config.sources:
         where = {"folder": src.path, "dicomweb": src.url,
                  "dimse": f"{src.host}:{src.port} (called {src.called_aet}, calling {src.calling_aet})"}[src.type]

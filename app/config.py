@@ -29,7 +29,7 @@ DEFAULT_CONFIG = "config.yaml"
 CONFIG_ENV = "IMAGING_FACADE_CONFIG"
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 ENV_IN_TEXT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-SECRET_KEYS = ("password", "token", "secret")
+SECRET_KEYS = ("password", "token", "secret", "client_secret")
 
 
 class ConfigError(Exception):
@@ -174,9 +174,75 @@ class ServerSchema(Strict):
             raise ValidationError("must not exceed server.max_count", "default_count")
 
 
+#: JWS algorithms a token may be signed with: asymmetric only (RFC 8725 §3.1; SMART asks for
+#: RS384/ES384); "none" and the HMAC family never, since a public key must not act as a secret
+TOKEN_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
+#: codes of http://terminology.hl7.org/CodeSystem/smart-capabilities an authorization server may offer
+SMART_CAPABILITIES = (
+    "launch-ehr", "launch-standalone", "authorize-post", "client-public", "client-confidential-symmetric",
+    "client-confidential-asymmetric", "sso-openid-connect", "context-passthrough-banner",
+    "context-passthrough-style", "context-ehr-patient", "context-ehr-encounter", "context-standalone-patient",
+    "context-standalone-encounter", "permission-offline", "permission-online", "permission-patient",
+    "permission-user", "permission-v1", "permission-v2", "smart-app-state",
+)
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+
+
+class IntrospectionSchema(Strict):
+    url = fields.URL(required=True, require_tld=False, schemes={"http", "https"})
+    client_id = fields.String(required=True, validate=validate.Length(min=1))
+    client_secret = fields.String(required=True)
+    cache_seconds = fields.Float(load_default=30.0, validate=validate.Range(min=0, max=3600))
+    timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=60))
+
+
 class SecuritySchema(Strict):
     open = fields.Boolean(load_default=False)
     allow_open_on_network = fields.Boolean(load_default=False)
+    # how tokens are checked: signed JWTs against the server's keys, or RFC 7662 introspection
+    issuer = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    audience = fields.String(load_default=None, validate=validate.Length(min=1))
+    jwks_uri = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    introspection = fields.Nested(IntrospectionSchema, load_default=None)
+    algorithms = fields.List(fields.String(validate=validate.OneOf(
+        TOKEN_ALGORITHMS, error="must be one of " + ", ".join(TOKEN_ALGORITHMS) + " (asymmetric signatures only)")),
+        load_default=lambda: list(TOKEN_ALGORITHMS), validate=validate.Length(min=1))
+    clock_skew = fields.Integer(load_default=30, validate=validate.Range(min=0, max=300))
+    patient_claim = fields.String(load_default="patient", validate=validate.Length(min=1))
+    jwks_min_refresh = fields.Float(load_default=30.0, validate=validate.Range(min=0, max=3600))
+    jwks_max_age = fields.Float(load_default=3600.0, validate=validate.Range(min=1))
+    token_cache_size = fields.Integer(load_default=10000, validate=validate.Range(min=0, max=1_000_000))
+    realm = fields.String(load_default="imaging-facade", validate=validate.Regexp(
+        r'^[^"\\\x00-\x1f]+$', error="must be plain text without quotes or backslashes"))
+    # what /.well-known/smart-configuration tells apps about the authorization server
+    authorization_endpoint = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    token_endpoint = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    grant_types_supported = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None)
+    capabilities = fields.List(fields.String(validate=validate.OneOf(
+        SMART_CAPABILITIES, error="not a SMART capability code (see the SMART App Launch capability list)")),
+        load_default=list)
+    # browsers and request limits
+    cors_origins = fields.List(fields.String(validate=validate.Regexp(
+        _ORIGIN, error="must be an origin such as https://viewer.example.org (scheme, host, port; no path)")),
+        load_default=list)
+    max_body_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024, max=100 * 1_048_576))
+
+    @validates_schema(skip_on_field_errors=False)
+    def _token_check(self, data, **_):
+        problems = {}
+        jwks, introspection = data.get("jwks_uri"), data.get("introspection")
+        if jwks and introspection:
+            problems["introspection"] = ["use jwks_uri (signed JWT access tokens) or introspection, not both"]
+        if jwks and not data.get("issuer"):
+            problems["issuer"] = ["tokens checked against jwks_uri need the issuer they must carry (iss)"]
+        if (jwks or introspection) and not data.get("token_endpoint"):
+            problems["token_endpoint"] = ["apps find the authorization server's token endpoint in "
+                                          "/.well-known/smart-configuration: set it"]
+        if not (jwks or introspection) and (data.get("issuer") or data.get("token_endpoint")):
+            problems["jwks_uri"] = ["an authorization server is named but nothing checks its tokens: set "
+                                    "jwks_uri or introspection"]
+        if problems:
+            raise ValidationError(problems)
 
 
 class ConfigSchema(Strict):
@@ -257,9 +323,43 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class IntrospectionConfig:
+    url: str
+    client_id: str
+    client_secret: str
+    #: seconds an answer is reused (never beyond the token's exp)
+    cache_seconds: float = 30.0
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     open: bool
     allow_open_on_network: bool
+    issuer: str | None = None
+    #: the `aud` a token must carry; defaults to server.base_url, as SMART apps send it
+    audience: str | None = None
+    jwks_uri: str | None = None
+    introspection: IntrospectionConfig | None = None
+    algorithms: tuple = TOKEN_ALGORITHMS
+    clock_skew: int = 30
+    #: the claim carrying the patient in context (SMART's `patient` launch context)
+    patient_claim: str = "patient"
+    #: seconds between key set fetches caused by an unknown key id, and before keys are fetched again anyway
+    jwks_min_refresh: float = 30.0
+    jwks_max_age: float = 3600.0
+    token_cache_size: int = 10000
+    realm: str = "imaging-facade"
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    grant_types_supported: tuple | None = None
+    capabilities: tuple = ()
+    cors_origins: tuple = ()
+    max_body_bytes: int = 1_048_576
+
+    @property
+    def checks_tokens(self) -> bool:
+        return not self.open and (self.jwks_uri is not None or self.introspection is not None)
 
 
 @dataclass(frozen=True)
@@ -361,6 +461,19 @@ def _rest_url(src: dict) -> str | None:
     return (src["rest_url"] or orthanc_rest_url(src["url"])).rstrip("/")
 
 
+def _security(sec: dict, base_url: str) -> SecurityConfig:
+    introspection = IntrospectionConfig(**sec["introspection"]) if sec["introspection"] else None
+    return SecurityConfig(**{
+        **sec,
+        "audience": sec["audience"] or base_url,
+        "introspection": introspection,
+        "algorithms": tuple(sec["algorithms"]),
+        "grant_types_supported": tuple(sec["grant_types_supported"]) if sec["grant_types_supported"] else None,
+        "capabilities": tuple(sec["capabilities"]),
+        "cors_origins": tuple(o.rstrip("/") for o in sec["cors_origins"]),
+    })
+
+
 def _build(data: dict, root: Path, path: Path) -> Config:
     store = data["store"]
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
@@ -406,7 +519,7 @@ def _build(data: dict, root: Path, path: Path) -> Config:
         store=store,
         timezone=data["timezone"],
         server=ServerConfig(**{**server, "base_url": server["base_url"].rstrip("/")}),
-        security=SecurityConfig(**data["security"]),
+        security=_security(data["security"], server["base_url"].rstrip("/")),
         sources=sources,
         path=path.resolve(),
     )

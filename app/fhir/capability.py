@@ -6,7 +6,8 @@ from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 SOFTWARE_VERSION = "0.1.0"
 
 
-def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
+def capability_statement(base_url: str, released: str, security: dict) -> dict:
+    """`security` is the rest.security element (app/security/discovery.py builds it from the config)."""
     resources = []
     for rtype in RESOURCE_TYPES:
         params = BY_RESOURCE[rtype]
@@ -25,12 +26,6 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
                 for p in params.values()
             ],
         })
-    security = {
-        "description": (
-            "Open mode: no token is required (configured with security.open)." if open_mode else
-            "Every request for data needs a bearer token; this server answers 401 without one."
-        )
-    }
     return {
         "resourceType": "CapabilityStatement",
         "id": "imaging-facade",

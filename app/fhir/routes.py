@@ -14,6 +14,7 @@ from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import PageTokens, search_digest
 from app.ids import valid_id
 from app.ondemand import OnDemand
+from app.security.discovery import rest_security
 from app.search.dates import micros_to_instant
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
@@ -203,4 +204,4 @@ class ApiState:
         self.on_demand = OnDemand(config, store, lambda rtype, rid: read_current(self.reader, rtype, rid))
         self.page_tokens = PageTokens(config.server.secret or store.paging_secret(), config.server.page_ttl)
         released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.capability = orjson.dumps(capability_statement(self.base_url, released, config.security.open))
+        self.capability = orjson.dumps(capability_statement(self.base_url, released, rest_security(config.security)))

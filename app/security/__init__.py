@@ -1,18 +1,28 @@
 """Access control around the FHIR API: no token, no data, unless the config says open.
 
-Token validation (SMART on FHIR) plugs in here; until a token validator is configured a
-closed server answers every data request with 401, and only the CapabilityStatement is public.
+Closed (the default), every data request needs a bearer token, checked against the
+authorization server configured in `security` (its JWKS, or token introspection); its scopes
+must cover the request before any query runs, and the request's `Access` (who, scopes,
+patient in context) is set for the compartment filter and audit to read via
+`current_access()`. Routes outside the FHIR read/search interactions get the Access of a
+valid token and check `current_access().allows(...)` themselves. Without a validator
+configured, a closed server answers every data request with 401. `/fhir/metadata`,
+`/fhir/.well-known/smart-configuration` and `/health` are public.
 """
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 
 from flask import Flask, request
 
 from app.fhir.errors import FhirError
+from app.security import discovery, limits
 from app.security.access import OPEN, set_access
+from app.security.authorize import access_from_claims, bearer_token, challenge, enforce, unauthorized
+from app.security.tokens import AuthServerUnavailable, InvalidToken, TokenChecker
 
-PUBLIC_ENDPOINTS = {"fhir.metadata", "health"}
+PUBLIC_ENDPOINTS = {"fhir.metadata", "health", "smart_configuration_document"}
 
 
 def is_loopback(host: str) -> bool:
@@ -27,6 +37,9 @@ def is_loopback(host: str) -> bool:
 def check_open_mode(config, host: str) -> str | None:
     """Refuse to serve open on a network address unless explicitly allowed; return a warning."""
     if not config.security.open:
+        if not config.security.checks_tokens:
+            return ("security: no token validator configured (security.jwks_uri or security.introspection): "
+                    "every data request gets 401")
         return None
     if not is_loopback(host) and not config.security.allow_open_on_network:
         raise SystemExit(
@@ -36,17 +49,43 @@ def check_open_mode(config, host: str) -> str | None:
     return "security.open is true: the FHIR API answers without any token"
 
 
+def _public() -> bool:
+    return request.method == "OPTIONS" or request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None
+
+
 def init_app(app: Flask, config) -> None:
-    if config.security.open:
+    security = config.security
+    limits.init_app(app, security)
+    discovery.init_app(app, config)
+    if security.open:
         app.before_request(lambda: set_access(OPEN))
         return
 
+    if not security.checks_tokens:
+        @app.before_request
+        def _require_token():
+            if _public():
+                return None
+            raise FhirError(
+                401, "login", "this server needs a bearer token and has no token validator configured; "
+                              "set security.jwks_uri or security.introspection (security.open: true only for "
+                              "a local demo)",
+                headers={"WWW-Authenticate": challenge(security.realm)},
+            )
+        return
+
+    checker = TokenChecker(security, partial(access_from_claims, security))
+
     @app.before_request
-    def _require_token():
-        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+    def _authorize():
+        if _public():
             return None
-        raise FhirError(
-            401, "login", "this server needs a bearer token and has no token validator configured; "
-                          "set security.open: true only for a local demo",
-            headers={"WWW-Authenticate": 'Bearer realm="imaging-facade"'},
-        )
+        token = bearer_token(request.headers, security.realm)
+        try:
+            access = checker.check(token)
+        except InvalidToken as err:
+            raise unauthorized(security.realm, str(err)) from None
+        except AuthServerUnavailable as err:
+            raise FhirError(503, "transient", f"{err}; try again shortly", headers={"Retry-After": "5"}) from None
+        enforce(access, request, security.realm)
+        set_access(access)

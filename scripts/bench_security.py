@@ -1,0 +1,193 @@
+"""Benchmark: what token checking costs. `ImagingStudy?patient=` in open mode and with bearer
+tokens, same data, same gunicorn settings, same run; prints each and the ratio.
+
+Usage: python scripts/bench_security.py [--studies 300] [--seconds 3] [--rounds 5] [--connections 16]
+                                        [--tokens 20] [--modes open,token]
+
+Token mode checks signed JWTs (RS384) against a JWKS served from a local HTTP server, as an
+authorization server would publish it; `--tokens` distinct tokens are sent in turn (as many
+clients would), so each is verified once and then answered from the token cache. Target:
+token mode keeps at least 80% of open mode's throughput. A mode is a set of `security` keys
+(MODES below): a new one, such as token checking plus audit, is one entry more.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jwt
+import requests
+import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_api import free_port, start  # noqa: E402
+from dataset import generate  # noqa: E402
+
+AUDIENCE = "https://imaging.example.org/fhir"
+SCOPE = "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs"
+
+
+def token_security(jwks_uri: str, issuer: str) -> dict:
+    return {"open": False, "issuer": issuer, "audience": AUDIENCE, "jwks_uri": jwks_uri,
+            "token_endpoint": f"{issuer}/token"}
+
+
+#: mode -> (security keys for the config, whether requests carry a token)
+MODES = {
+    "open": (lambda jwks_uri, issuer: {"open": True}, False),
+    "token": (token_security, True),
+}
+
+
+class Keys:
+    """An RSA signing key and a loopback HTTP server publishing its JWKS."""
+
+    def __init__(self):
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        public.update({"kid": "bench-1", "alg": "RS384", "use": "sig"})
+        body = json.dumps({"keys": [public]}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.jwks_uri = f"{self.issuer}/jwks"
+
+    def token(self, client: str) -> str:
+        now = int(time.time())
+        return jwt.encode({"iss": self.issuer, "aud": AUDIENCE, "sub": client, "client_id": client,
+                           "scope": SCOPE, "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex},
+                          self.key, algorithm="RS384", headers={"kid": "bench-1"})
+
+
+def wrk(base: str, paths: list[str], tokens: list[str], seconds: int, connections: int, workdir: Path) -> dict:
+    script = workdir / "requests.lua"
+    lua_paths = ",".join(json.dumps(p) for p in paths)
+    lua_tokens = ",".join(json.dumps(t) for t in tokens)
+    # requests are formatted once, when wrk starts, so the client spends no more per request
+    # with a token than without: on two shared cores its work would come out of the server's
+    script.write_text(
+        f"local paths = {{{lua_paths}}}\nlocal tokens = {{{lua_tokens}}}\nlocal formatted = {{}}\n"
+        "math.randomseed(7)\n"
+        "init = function(args)\n"
+        "  for i = 1, math.max(#paths, #tokens) * 4 do\n"
+        "    local headers = {}\n"
+        "    if #tokens > 0 then headers['Authorization'] = 'Bearer ' .. tokens[(i % #tokens) + 1] end\n"
+        "    formatted[i] = wrk.format('GET', paths[math.random(#paths)], headers)\n"
+        "  end\n"
+        "end\n"
+        "request = function() return formatted[math.random(#formatted)] end\n"
+    )
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="runs per mode, taking turns; the median is shown")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=20, help="distinct tokens sent in turn")
+    parser.add_argument("--modes", default="open,token", help=f"comma-separated, from: {', '.join(MODES)}")
+    parser.add_argument("--data", type=Path, default=Path(".bench/folder"))
+    args = parser.parse_args(argv)
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or "open" not in modes:
+        raise SystemExit(f"--modes: known modes are {', '.join(MODES)}, and open (the baseline) must be one")
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    generate(args.data, args.studies, 3, 10)
+    keys = Keys()
+    tokens = [keys.token(f"client-{i}") for i in range(args.tokens)]
+    python = sys.executable
+    gunicorn = [python, "-m", "gunicorn", "-w", str(args.workers), "-k", "sync", "--log-level", "warning"]
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    servers = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        db = tmp / "bench.db"
+        source = [{"name": "bench", "type": "folder", "path": str(args.data.resolve())}]
+        targets = {}
+        try:
+            for mode in modes:
+                make_security, sends_token = MODES[mode]
+                port = free_port()
+                config = tmp / f"{mode}.yaml"
+                config.write_text(yaml.safe_dump({
+                    "store": f"sqlite:///{db}", "server": {"base_url": f"http://127.0.0.1:{port}/fhir"},
+                    "security": make_security(keys.jwks_uri, keys.issuer), "sources": source,
+                }))
+                env = {**os.environ, "IMAGING_FACADE_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+                if not targets:
+                    subprocess.run([python, "-m", "app.cli", "sync", "--config", str(config)], env=env,
+                                   check=True, capture_output=True)
+                servers.append(start(gunicorn + ["-b", f"127.0.0.1:{port}", "app.wsgi:application"], env,
+                                     f"http://127.0.0.1:{port}/fhir/metadata"))
+                targets[mode] = (f"http://127.0.0.1:{port}", tokens if sends_token else [])
+            open_base = targets["open"][0]
+            bundle = requests.get(f"{open_base}/fhir/ImagingStudy?_count=1000", timeout=30).json()
+            patients = sorted({e["resource"]["subject"]["reference"] for e in bundle["entry"]})
+            paths = [f"/fhir/ImagingStudy?patient={p}" for p in patients]
+            for mode, (base, sent) in targets.items():
+                headers = {"Authorization": f"Bearer {sent[0]}"} if sent else {}
+                check = requests.get(f"{base}{paths[0]}", headers=headers, timeout=30)
+                if check.status_code != 200:
+                    raise SystemExit(f"{mode}: a search answered {check.status_code}: {check.text[:300]}")
+            # modes take turns, so a neighbour's load on a shared machine falls on each alike
+            for _ in range(args.rounds):
+                for mode, (base, sent) in targets.items():
+                    runs[mode].append(wrk(base, paths, sent, args.seconds, args.connections, tmp))
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait()
+    results = {mode: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for mode, rs in runs.items()}
+    keys.server.shutdown()
+    base = results["open"]["rps"]
+    print(f"data: {args.studies} studies, {len(patients)} patients; ImagingStudy?patient= over every patient; "
+          f"gunicorn sync workers: {args.workers}; wrk: {args.connections} connections, "
+          f"median of {args.rounds} turns of {args.seconds}s; "
+          f"{args.tokens} distinct RS384 tokens; cpu: {os.cpu_count()}")
+    print(f"{'mode':12} {'req/s':>9} {'p50':>9} {'p99':>9} {'ratio':>6} {'non-2xx':>8}")
+    for mode, r in results.items():
+        print(f"{mode:12} {r['rps']:9.0f} {r['p50']:>9} {r['p99']:>9} {r['rps'] / base:6.2f} {r['errors']:8d}")
+    print("target: ratio >= 0.80 for every mode with tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

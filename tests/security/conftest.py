@@ -1,0 +1,78 @@
+"""Fixtures for the security tests: a real authorization server process, and facades that
+check its tokens, over a store synced from real DICOM files (pydicom's test data)."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ has no __init__.py: import smart_auth.py
+
+from smart_auth import AUDIENCE, AuthServer  # noqa: E402
+
+from app.store.repository import Store  # noqa: E402
+from app.sync import sync_source  # noqa: E402
+from app.web import create_app  # noqa: E402
+
+SAMPLE_FILES = ("CT_small.dcm", "MR_small.dcm")
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory):
+    server = AuthServer(tmp_path_factory.mktemp("auth-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("archive")
+    for name in SAMPLE_FILES:
+        shutil.copyfile(get_testdata_file(name), folder / name)
+    return folder
+
+
+def security_config(auth_server, **overrides) -> dict:
+    return {
+        "open": False,
+        "issuer": auth_server.issuer,
+        "audience": AUDIENCE,
+        "jwks_uri": auth_server.jwks_uri,
+        "token_endpoint": auth_server.token_url,
+        "jwks_min_refresh": 0,
+        **overrides,
+    }
+
+
+@pytest.fixture
+def make_app(write_config, sqlite_url, archive, auth_server):
+    """A facade over the synced sample archive, checking the test server's tokens."""
+
+    def make(**security):
+        config = write_config({
+            "store": sqlite_url,
+            "server": {"base_url": AUDIENCE},
+            "security": security_config(auth_server, **security),
+            "sources": [{"name": "sample", "type": "folder", "path": str(archive), "timezone": "UTC"}],
+        })
+        store = Store.from_config(config)
+        sync_source(store, config.sources[0])
+        return create_app(config, store)
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def patients(app, auth_server):
+    """The Patient ids of the synced studies, read with a system-level token."""
+    token = auth_server.sign({"scope": "system/*.rs"})
+    bundle = app.test_client().get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"}).get_json()
+    return sorted(entry["resource"]["id"] for entry in bundle["entry"])
