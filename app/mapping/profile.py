@@ -1,0 +1,519 @@
+"""Mapping profiles: the per-archive rules the mapping consults, written as YAML layers.
+
+A source's profile is three layers, each optional but the first:
+
+    fhir_profiles/mapping/base.yaml          what every source starts from
+    fhir_profiles/mapping/vendors/<v>.yaml   the source's `vendor` (or a file it names)
+    the source's own layer                   `profile:` in its config: a file, or the
+                                             mapping written there; plus the older keys
+                                             patient_id_system, accession_system and
+                                             issuer_systems, which are shorthand for it
+
+Merge rule: mappings merge key by key, a later layer's value replacing an earlier one's
+(so `issuers` and `modality.synonyms` entries add up, and `PET: null` removes the base
+synonym PET); lists replace, except `private_tags`, whose rules add up (a later rule for
+the same creator, group and element replaces the earlier one).
+
+Each layer is checked on its own by a marshmallow schema, so an error names the file and
+the line it is on. The merged result is a frozen `Profile`: plain data the mapping reads
+without any I/O, which also remembers the file and line of every rule (`rule(...)`) so the
+explain command can cite them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from app.mapping.claims import STRUCTURE_DEFINITION
+from app.mapping.profile_yaml import YamlProblem, line_of, load_marked
+
+#: the bundled profiles: fhir_profiles/mapping next to the app package
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "fhir_profiles" / "mapping"
+BASE_FILE = PROFILES_DIR / "base.yaml"
+VENDORS_DIR = PROFILES_DIR / "vendors"
+#: private attributes mapped to extensions get URLs under our canonical (app/mapping/claims.py)
+EXTENSION_BASE = STRUCTURE_DEFINITION
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_HEX_GROUP = re.compile(r"[0-9A-Fa-f]{4}")
+_HEX_BYTE = re.compile(r"[0-9A-Fa-f]{2}")
+
+
+class ProfileError(Exception):
+    """A profile that cannot be used: every problem as `file:line: key: reason`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --- what a layer may say ------------------------------------------------------------------
+
+
+def _uri(value) -> None:
+    if not isinstance(value, str) or ":" not in value or any(c.isspace() for c in value):
+        raise ValidationError(f"{value!r} is not a URI (e.g. urn:oid:1.2.3 or https://hospital.example/mrn)")
+
+
+def _modality_code(value) -> None:
+    if value not in modality_codes():
+        raise ValidationError(f"{value!r} is not a DICOM modality code (CID 29 acquisition modalities or "
+                              "CID 33 modalities)")
+
+
+def _snomed_code(value) -> None:
+    if not isinstance(value, str) or value not in snomed_meanings():
+        raise ValidationError(f"{value!r} is not a SNOMED CT code that DICOM PS3.16 lists (CID 4031 and the "
+                              "Annex L body parts are)")
+
+
+def _strptime_format(value) -> None:
+    if not isinstance(value, str) or "%" not in value:
+        raise ValidationError(f"{value!r} is not a strptime format such as %d.%m.%Y")
+    from datetime import datetime
+
+    try:
+        datetime(2001, 2, 3).strftime(value)
+    except ValueError as exc:
+        raise ValidationError(f"{value!r} is not a valid strptime format: {exc}") from exc
+    if not {"%Y", "%m", "%d"} <= set(re.findall(r"%.", value)) and not {"%Y", "%b", "%d"} <= set(
+            re.findall(r"%.", value)):
+        raise ValidationError(f"{value!r} must contain a year, a month and a day (%Y, %m or %b, %d)")
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class SystemSchema(Strict):
+    system = fields.String(allow_none=True, validate=_uri)
+
+
+class ModalitySchema(Strict):
+    synonyms = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=16)),
+                           values=fields.String(allow_none=True, validate=_modality_code))
+
+
+class BodyPartSchema(Strict):
+    cid4031_meanings = fields.Boolean()
+    terms = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=64)),
+                        values=fields.String(allow_none=True, validate=_snomed_code))
+
+
+class InstitutionSchema(Strict):
+    location = fields.Boolean()
+    names = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
+                        values=fields.String(allow_none=True, validate=validate.Length(min=1, max=200)))
+    default = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
+
+
+class NamesSchema(Strict):
+    format = fields.String(validate=validate.OneOf(["dicom", "given-family", "family-given"]))
+
+
+class DatesSchema(Strict):
+    formats = fields.List(fields.String(validate=_strptime_format))
+
+
+class EndpointSchema(Strict):
+    requires_access_token = fields.Boolean()
+
+
+#: FHIR elements a private attribute may fill, and the level it is read at
+PRIVATE_TARGETS = {
+    "ImagingStudy.description": "study",
+    "ImagingStudy.location": "study",
+    "ImagingStudy.series.description": "series",
+    "ImagingStudy.series.bodySite": "series",
+}
+
+
+class PrivateTagSchema(Strict):
+    creator = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    group = fields.String(required=True)
+    element = fields.String(required=True)
+    target = fields.String(validate=validate.OneOf(sorted(PRIVATE_TARGETS)))
+    extension = fields.String()
+    level = fields.String(validate=validate.OneOf(["study", "series"]))
+
+    @validates_schema(skip_on_field_errors=False)
+    def _shape(self, data, **_):
+        problems: dict[str, list[str]] = {}
+        group = data.get("group")
+        if group is not None and (not isinstance(group, str) or not _HEX_GROUP.fullmatch(group)
+                                  or int(group, 16) % 2 == 0 or int(group, 16) < 9):
+            problems["group"] = [f"{group!r} is not a private group: four hex digits, odd, from 0009 on"]
+        element = data.get("element")
+        if element is not None and (not isinstance(element, str) or not _HEX_BYTE.fullmatch(element)):
+            problems["element"] = [f"{element!r} is not an element within the creator's block: two hex digits "
+                                   "(the EE of gggg,xxEE)"]
+        if ("target" in data) == ("extension" in data):
+            problems["target"] = ["give either target (a FHIR element) or extension (a name), not both or neither"]
+        name = data.get("extension")
+        if name is not None and not _NAME_RE.fullmatch(name):
+            problems["extension"] = [f"{name!r} is not an extension name: lower-case letters, digits and '-' "
+                                     f"(it becomes {EXTENSION_BASE}<name>)"]
+        if "target" in data and "level" in data and data["level"] != PRIVATE_TARGETS.get(data["target"]):
+            problems["level"] = [f"{data['target']} is filled at {PRIVATE_TARGETS[data['target']]} level"]
+        if problems:
+            raise ValidationError(problems)
+
+
+class LayerSchema(Strict):
+    description = fields.String()
+    vendor = fields.String(validate=validate.Length(min=1))
+    patient_id = fields.Nested(SystemSchema)
+    accession = fields.Nested(SystemSchema)
+    issuers = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
+                          values=fields.String(allow_none=True, validate=_uri))
+    modality = fields.Nested(ModalitySchema)
+    body_part = fields.Nested(BodyPartSchema)
+    institution = fields.Nested(InstitutionSchema)
+    names = fields.Nested(NamesSchema)
+    dates = fields.Nested(DatesSchema)
+    endpoint = fields.Nested(EndpointSchema)
+    private_tags = fields.List(fields.Nested(PrivateTagSchema))
+
+
+# --- code tables the checks use ---------------------------------------------------------------
+
+
+@cache
+def modality_codes() -> frozenset:
+    from pydicom.sr.codedict import codes
+
+    return frozenset(getattr(cid, name).value for cid in (codes.cid29, codes.cid33) for name in cid.dir())
+
+
+@cache
+def snomed_meanings() -> dict[str, str]:
+    """SNOMED CT code -> meaning, for every SCT concept in pydicom's copy of PS3.16."""
+    from pydicom.sr._concepts_dict import concepts
+
+    out: dict[str, str] = {}
+    for by_code in concepts["SCT"].values():
+        for code, (meaning, _cids) in by_code.items():
+            out.setdefault(code, meaning)
+    return out
+
+
+# --- one layer: read, check ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One profile file (or config mapping) after its check."""
+
+    label: str  # the file (or "config.yaml sources[0].profile")
+    data: dict
+    lines: dict  # key path -> line (empty for data not written in a file)
+
+    def where(self, path: tuple) -> str:
+        line = line_of(self.lines, path) if self.lines else None
+        return f"{self.label}:{line}" if line else self.label
+
+
+def _path_text(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(profile)"
+
+
+def _flatten(messages, path=()) -> list[tuple[tuple, str]]:
+    if isinstance(messages, list):
+        return [(path, str(m)) for m in messages]
+    out = []
+    for key, value in messages.items():
+        if key == "_schema":
+            out += _flatten(value, path)
+        else:
+            out += _flatten(value, path + (key,))
+    return out
+
+
+def check_layer(data, lines: dict, label: str) -> Layer:
+    """A checked Layer, or ProfileError naming file, line, key and reason for each problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProfileError([f"{label}:{lines.get((), 1)}: a profile is a mapping of keys, not "
+                            f"{type(data).__name__}"])
+    try:
+        LayerSchema().load(data)
+    except ValidationError as exc:
+        problems = []
+        for path, reason in _flatten(exc.messages):
+            # marshmallow reports a bad dict entry under its key as {"key": …} / {"value": …}
+            shown = path[:-1] if path and path[-1] in ("key", "value") and path[:-1] and \
+                path[:-1] in lines else path
+            if reason == "Unknown field.":
+                reason = "unknown key (see fhir_profiles/README.md for the keys a profile has)"
+            line = line_of(lines, shown) if lines else None
+            problems.append(f"{label}:{line}: {_path_text(shown)}: {reason}" if line
+                            else f"{label}: {_path_text(shown)}: {reason}")
+        raise ProfileError(problems) from exc
+    return Layer(label, data, lines)
+
+
+def read_layer(path: Path, label: str | None = None) -> Layer:
+    label = label or _shown_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError([f"{label}: cannot read the profile: {exc.strerror or exc}"]) from exc
+    try:
+        data, lines = load_marked(text, label)
+    except YamlProblem as exc:
+        raise ProfileError([f"{label}:{exc.line}: {exc.reason}" if exc.line else f"{label}: {exc.reason}"]) from exc
+    return check_layer(data, lines, label)
+
+
+def _shown_path(path: Path) -> str:
+    """A path as errors show it: relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# --- the merged profile -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrivateTag:
+    creator: str
+    group: int
+    element: int  # the low byte: the tag is (group, block << 8 | element)
+    level: str  # "study" or "series"
+    target: str | None  # a FHIR element of PRIVATE_TARGETS …
+    extension: str | None  # … or our extension URL
+    rule: str  # file:line
+
+    @property
+    def label(self) -> str:
+        return f"({self.group:04X},xx{self.element:02X}) of {self.creator!r}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The merged layers of one source: what mapping reads, and where each rule was written."""
+
+    layers: tuple[str, ...]
+    patient_id_system: str | None = None
+    accession_system: str | None = None
+    issuers: dict = field(default_factory=dict)
+    modality_synonyms: dict = field(default_factory=dict)  # upper-case value -> code
+    body_parts: dict = field(default_factory=dict)  # normalized term -> (code, meaning)
+    institution_location: bool = True
+    institution_names: dict = field(default_factory=dict)  # normalized variant -> name
+    institution_default: str | None = None
+    name_format: str = "dicom"
+    date_formats: tuple = ()
+    requires_access_token: bool = False
+    private_tags: tuple = ()
+    rules: dict = field(default_factory=dict, compare=False, repr=False)  # key path -> "file:line"
+
+    def rule(self, *path) -> str | None:
+        """Where the rule at `path` (e.g. "issuers", "HOSP_A") was written, as file:line."""
+        return self.rules.get(tuple(path))
+
+    def private_tag_numbers(self) -> list[int]:
+        """Every tag a private rule may read: the creator slots (gggg,0010-00FF) and the
+        rule's element in each block, for sources that must ask for tags by number."""
+        out: set[int] = set()
+        for rule in self.private_tags:
+            for block in range(0x10, 0x100):
+                out.add(rule.group << 16 | block)
+                out.add(rule.group << 16 | block << 8 | rule.element)
+        return sorted(out)
+
+
+_NOT_ALNUM = re.compile(r"[^A-Z0-9]")
+
+
+def body_part_key(value: str) -> str:
+    """Body Part Examined as looked up: capitals, no spaces or punctuation ("Whole Body" ->
+    WHOLEBODY); CS allows capitals, digits, space and underscore, archives write more."""
+    return _NOT_ALNUM.sub("", value.upper())
+
+
+def institution_key(value: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", value.casefold())
+
+
+@cache
+def _cid4031() -> list:
+    from pydicom.sr.codedict import codes
+
+    cid = codes.cid4031
+    return [(code.value, code.meaning) for code in (getattr(cid, name) for name in cid.dir())
+            if code.scheme_designator == "SCT"]
+
+
+@cache
+def _cid4031_meanings() -> dict:
+    """Each CID 4031 concept under its meaning in capitals: "CHEST" -> (code, meaning)."""
+    return {body_part_key(meaning): (code, meaning) for code, meaning in _cid4031()}
+
+
+def body_part_meaning(code: str) -> str:
+    """The display of a SNOMED CT body part code: its CID 4031 meaning, else PS3.16's."""
+    return dict(_cid4031()).get(code) or snomed_meanings()[code]
+
+
+def merge(layers: list[Layer]) -> Profile:
+    """One Profile from layers, earliest first (see the module doc for the rule)."""
+    values: dict[tuple, object] = {}
+    rules: dict[tuple, str] = {}
+    private: dict[tuple, PrivateTag] = {}
+
+    def walk(node, path, layer):
+        for key, value in node.items():
+            here = path + (key,)
+            if isinstance(value, dict) and here not in (("description",),):
+                if not value:
+                    rules.setdefault(here, layer.where(here))
+                walk(value, here, layer)
+            else:
+                values[here] = value
+                rules[here] = layer.where(here)
+
+    for layer in layers:
+        data = dict(layer.data)
+        tags = data.pop("private_tags", None) or []
+        data.pop("vendor", None)
+        data.pop("description", None)
+        walk(data, (), layer)
+        for index, item in enumerate(tags):
+            group, element = int(item["group"], 16), int(item["element"], 16)
+            target = item.get("target")
+            level = PRIVATE_TARGETS[target] if target else item.get("level", "study")
+            private[(item["creator"], group, element)] = PrivateTag(
+                creator=item["creator"], group=group, element=element, level=level, target=target,
+                extension=EXTENSION_BASE + item["extension"] if item.get("extension") else None,
+                rule=layer.where(("private_tags", index)))
+
+    def table(prefix: tuple) -> dict:
+        return {path[len(prefix)]: value for path, value in values.items()
+                if len(path) == len(prefix) + 1 and path[:len(prefix)] == prefix and value is not None}
+
+    def one(*path, default=None):
+        value = values.get(path)
+        return default if value is None else value
+
+    body_parts: dict = {}
+    if one("body_part", "cid4031_meanings", default=True):
+        body_parts.update(_cid4031_meanings())
+    for term, code in table(("body_part", "terms")).items():
+        body_parts[body_part_key(term)] = (code, body_part_meaning(code))
+    for term, code in table(("body_part", "terms")).items():
+        rules[("body_part", "term", body_part_key(term))] = rules[("body_part", "terms", term)]
+    synonyms = {}
+    for value, code in table(("modality", "synonyms")).items():
+        synonyms[value.upper()] = code
+        rules[("modality", "synonym", value.upper())] = rules[("modality", "synonyms", value)]
+    names = {}
+    for variant, name in table(("institution", "names")).items():
+        names[institution_key(variant)] = name
+        rules[("institution", "name", institution_key(variant))] = rules[("institution", "names", variant)]
+    return Profile(
+        layers=tuple(layer.label for layer in layers),
+        patient_id_system=one("patient_id", "system"),
+        accession_system=one("accession", "system"),
+        issuers=table(("issuers",)),
+        modality_synonyms=synonyms,
+        body_parts=body_parts,
+        institution_location=one("institution", "location", default=True),
+        institution_names=names,
+        institution_default=one("institution", "default"),
+        name_format=one("names", "format", default="dicom"),
+        date_formats=tuple(one("dates", "formats", default=())),
+        requires_access_token=one("endpoint", "requires_access_token", default=False),
+        private_tags=tuple(private.values()),
+        rules=rules,
+    )
+
+
+@cache
+def base_layer() -> Layer:
+    return read_layer(BASE_FILE, "fhir_profiles/mapping/base.yaml")
+
+
+@cache
+def base_profile() -> Profile:
+    """The base profile alone: what a MappingContext without a profile maps with."""
+    return merge([base_layer()])
+
+
+def vendor_layer(vendor: str, root: Path | None = None) -> Layer:
+    """The vendor layer: a bundled vendors/<name>.yaml, or a file path (relative to `root`)."""
+    if vendor.endswith((".yaml", ".yml")) or "/" in vendor:
+        path = Path(vendor)
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        return read_layer(path)
+    path = VENDORS_DIR / f"{vendor}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", vendor) or not path.is_file():
+        known = sorted(p.stem for p in VENDORS_DIR.glob("*.yaml"))
+        raise ProfileError([f"vendor {vendor!r}: no such vendor profile (bundled: {', '.join(known) or 'none'}; "
+                            "or name a .yaml file)"])
+    return read_layer(path, f"fhir_profiles/mapping/vendors/{vendor}.yaml")
+
+
+def source_profile(vendor: str | None, profile, root: Path | None, label: str,
+                   legacy: dict | None = None) -> Profile:
+    """The merged profile of one source.
+
+    `profile` is the source's `profile:` config value: None, a file path (relative to
+    `root`, the config file's folder), or a mapping written in the config (`label` names
+    it in errors). `legacy` holds the older per-source keys (patient_id_system,
+    accession_system, issuer_systems) as a layer of their own on top; a key set both there
+    and in the source's profile to different values is refused.
+    """
+    layers = [base_layer()]
+    own: Layer | None = None
+    if isinstance(profile, str):
+        path = Path(profile)
+        own = read_layer(path if path.is_absolute() or root is None else root / path)
+    elif isinstance(profile, dict):
+        own = check_layer(profile, {}, label)
+    elif profile is not None:
+        raise ProfileError([f"{label}: must be a file name or a mapping of profile keys"])
+    named_vendor = own.data.get("vendor") if own else None
+    if vendor and named_vendor and vendor != named_vendor:
+        raise ProfileError([f"{own.where(('vendor',))}: vendor {named_vendor!r} differs from the source's "
+                            f"vendor {vendor!r}"])
+    vendor = vendor or named_vendor
+    if vendor:
+        layers.append(vendor_layer(vendor, root))
+    if own is not None:
+        layers.append(own)
+    if legacy:
+        legacy_layer = check_layer(legacy, {}, label.rsplit(".", 1)[0])
+        _refuse_conflicts(own, legacy_layer)
+        layers.append(legacy_layer)
+    return merge(layers)
+
+
+def _refuse_conflicts(own: Layer | None, legacy: Layer) -> None:
+    if own is None:
+        return
+    problems = []
+    for section in ("patient_id", "accession"):
+        mine, old = own.data.get(section, {}).get("system"), legacy.data.get(section, {}).get("system")
+        if mine and old and mine != old:
+            problems.append(f"{own.where((section, 'system'))}: {section}.system {mine!r} differs from "
+                            f"{section}_system {old!r} in the source's config; keep one")
+    for issuer, system in legacy.data.get("issuers", {}).items():
+        mine = own.data.get("issuers", {}).get(issuer)
+        if mine and mine != system:
+            problems.append(f"{own.where(('issuers', issuer))}: issuer {issuer!r} maps to {mine!r} here and to "
+                            f"{system!r} in the source's issuer_systems; keep one")
+    if problems:
+        raise ProfileError(problems)
