@@ -70,6 +70,7 @@ def mapping_context(src: SourceConfig) -> MappingContext:
         issuer_systems=dict(src.issuer_systems),
         accession_system=src.accession_system,
         wado_url=src.wado_url,
+        profile=src.profile,
     )
 
 
@@ -77,7 +78,7 @@ def build_source(src: SourceConfig):
     if src.type == "folder":
         from app.sources.folder import FolderSource
 
-        return FolderSource(src.name, src.path)
+        return FolderSource(src.name, src.path, src.profile.private_tag_numbers() if src.profile else ())
     if src.type == "dicomweb":
         from app.sources.dicomweb import DicomwebSource
 

@@ -467,14 +467,14 @@ def vendor_layer(vendor: str, root: Path | None = None) -> Layer:
 
 
 def source_profile(vendor: str | None, profile, root: Path | None, label: str,
-                   legacy: dict | None = None) -> Profile:
+                   legacy: dict | None = None, lines: dict | None = None) -> Profile:
     """The merged profile of one source.
 
     `profile` is the source's `profile:` config value: None, a file path (relative to
     `root`, the config file's folder), or a mapping written in the config (`label` names
-    it in errors). `legacy` holds the older per-source keys (patient_id_system,
-    accession_system, issuer_systems) as a layer of their own on top; a key set both there
-    and in the source's profile to different values is refused.
+    it in errors, `lines` gives its lines there). `legacy` holds the older per-source keys
+    (patient_id_system, accession_system, issuer_systems) as a layer of their own on top; a
+    key set both there and in the source's profile to different values is refused.
     """
     layers = [base_layer()]
     own: Layer | None = None
@@ -482,7 +482,7 @@ def source_profile(vendor: str | None, profile, root: Path | None, label: str,
         path = Path(profile)
         own = read_layer(path if path.is_absolute() or root is None else root / path)
     elif isinstance(profile, dict):
-        own = check_layer(profile, {}, label)
+        own = check_layer(profile, lines or {}, _shown_path(Path(label)))
     elif profile is not None:
         raise ProfileError([f"{label}: must be a file name or a mapping of profile keys"])
     named_vendor = own.data.get("vendor") if own else None
@@ -495,7 +495,8 @@ def source_profile(vendor: str | None, profile, root: Path | None, label: str,
     if own is not None:
         layers.append(own)
     if legacy:
-        legacy_layer = check_layer(legacy, {}, label.rsplit(".", 1)[0])
+        legacy_layer = check_layer(legacy, {}, _shown_path(Path(label)) + " (issuer_systems, patient_id_system, "
+                                   "accession_system)")
         _refuse_conflicts(own, legacy_layer)
         layers.append(legacy_layer)
     return merge(layers)

@@ -229,11 +229,21 @@ class _Study:
 
 
 class FolderSource:
-    """Every study found under `path` (files and DICOMDIR media)."""
+    """Every study found under `path` (files and DICOMDIR media).
 
-    def __init__(self, name: str, path: str | Path):
+    `extra_tags` (tag numbers) are read as well, into the study and series attributes: the
+    private attributes a mapping profile maps (`Profile.private_tag_numbers()`).
+    """
+
+    def __init__(self, name: str, path: str | Path, extra_tags=()):
         self.name = name
         self.path = Path(path)
+        extra = sorted({Tag(t) for t in extra_tags})
+        self._study_tags = sorted({*_STUDY_TAGS, *extra}) if extra else _STUDY_TAGS
+        self._series_tags = sorted({*_SERIES_TAGS, *extra}) if extra else _SERIES_TAGS
+        self._specific_tags = sorted({*_SPECIFIC_TAGS, *extra}) if extra else _SPECIFIC_TAGS
+        last = max([*extra, max(_SPECIFIC_TAGS)])
+        self._stop = (lambda tag, vr, length: tag > last) if extra else _stop
         self.stats: dict = {}
         self._studies: dict[str, _Study] | None = None
         self._failures: list[StudyFailure] = []
@@ -352,8 +362,8 @@ class FolderSource:
         stats = self.stats
         try:
             with open(path, "rb") as fp:
-                ds = read_partial(fp, _stop, defer_size=_DEFER_SIZE, force=True,
-                                  specific_tags=_SPECIFIC_TAGS)
+                ds = read_partial(fp, self._stop, defer_size=_DEFER_SIZE, force=True,
+                                  specific_tags=self._specific_tags)
                 size = os.fstat(fp.fileno()).st_size
                 cut = _cut_element(ds, size) if fp.tell() >= size else None
         except Exception as exc:  # noqa: BLE001 - any parse error of any file
@@ -409,7 +419,7 @@ class FolderSource:
         stats["dicom"] += 1
         study = self._studies.get(study_uid)
         if study is None:
-            attrs, study_repairs = dataset_to_dicom_json(ds, _STUDY_TAGS)
+            attrs, study_repairs = dataset_to_dicom_json(ds, self._study_tags)
             study = self._studies[study_uid] = _Study(study_uid, attrs, study_repairs)
         if (series_uid, sop_uid) in study.sops:
             study.duplicates += 1
@@ -418,7 +428,7 @@ class FolderSource:
         study.sops.add((series_uid, sop_uid))
         series = study.series.get(series_uid)
         if series is None:
-            series_attrs, series_repairs = dataset_to_dicom_json(ds, _SERIES_TAGS)
+            series_attrs, series_repairs = dataset_to_dicom_json(ds, self._series_tags)
             series = study.series[series_uid] = SeriesRecord(attrs=series_attrs)
             stats["series"] += 1
             for repair in series_repairs:
