@@ -326,12 +326,21 @@ def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None
         ctx.trace(at + ".performer", [PERFORMING, OPERATORS])
     if mapped_instances:
         series["instance"] = mapped_instances
-        ctx.trace(at + ".instance", [SOP_INSTANCE_UID, SOP_CLASS_UID, INSTANCE_NUMBER])
-        for i, entry in enumerate(mapped_instances):
-            if "title" in entry:
-                ctx.trace(f"{at}.instance[{i}].title", [CONTENT_LABEL, CONCEPT_NAME, DOCUMENT_TITLE, IMAGE_TYPE])
+        if ctx.recorder is not None:
+            _trace_instances(mapped_instances, at, ctx)
     _private_series(series, attrs, at, ctx, repairs, where)
     return series
+
+
+def _trace_instances(instances: list[dict], at: str, ctx: MappingContext) -> None:
+    ctx.trace(at + ".instance", [SOP_INSTANCE_UID])
+    for i, entry in enumerate(instances):
+        ctx.trace(f"{at}.instance[{i}].uid", [SOP_INSTANCE_UID])
+        ctx.trace(f"{at}.instance[{i}].sopClass", [SOP_CLASS_UID])
+        ctx.trace(f"{at}.instance[{i}].number", [INSTANCE_NUMBER])
+        if "title" in entry:
+            ctx.trace(f"{at}.instance[{i}].title", [CONTENT_LABEL, CONCEPT_NAME, DOCUMENT_TITLE, IMAGE_TYPE],
+                      None, "Content Label, else Concept Name, Document Title or Image Type")
 
 
 def _apply_private(resource: dict, rule, values: list[str], at: str, ctx: MappingContext,

@@ -72,7 +72,8 @@ def issuer_system_and_rule(attrs: dict, ctx: MappingContext, label: str, repairs
         if mapped:
             return mapped, local, type_code, rule
         return LOCAL_ISSUER_PREFIX + quote(local, safe=""), local, type_code, None
-    return ctx.patient_id_system, None, type_code, ctx.rules.rule("patient_id", "system")
+    configured = ctx.rules.patient_id_system is not None and ctx.rules.patient_id_system == ctx.patient_id_system
+    return ctx.patient_id_system, None, type_code, ctx.rules.rule("patient_id", "system") if configured else None
 
 
 def patient_identifier(attrs: dict, ctx: MappingContext, label: str,

@@ -235,9 +235,11 @@ class FolderSource:
     private attributes a mapping profile maps (`Profile.private_tag_numbers()`).
     """
 
-    def __init__(self, name: str, path: str | Path, extra_tags=()):
+    def __init__(self, name: str, path: str | Path, extra_tags=(), only=None):
         self.name = name
         self.path = Path(path)
+        #: these files (under `path`) instead of a walk of the folder, e.g. one file to explain
+        self._only = [str(Path(p)) for p in only] if only is not None else None
         extra = sorted({Tag(t) for t in extra_tags})
         self._study_tags = sorted({*_STUDY_TAGS, *extra}) if extra else _STUDY_TAGS
         self._series_tags = sorted({*_SERIES_TAGS, *extra}) if extra else _SERIES_TAGS
@@ -339,7 +341,7 @@ class FolderSource:
             # pydicom warns about every oddity of every file; the stats and failures are
             # the report, and a large walk must not flood stderr
             warnings.simplefilter("ignore")
-            for path in self._walk(self._root):
+            for path in (self._only if self._only is not None else self._walk(self._root)):
                 stats["files"] += 1
                 kind = self._read_one(path, dicomdirs)
                 if kind:
