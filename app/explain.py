@@ -43,6 +43,9 @@ def explain_file(path: str | Path, ctx: MappingContext) -> Explanation:
     source = FolderSource(ctx.source, path.parent.resolve(), ctx.rules.private_tag_numbers(),
                           only=[path.resolve()])
     items = list(source.iter_studies())
+    if source.stats.get("dicomdir"):
+        raise ExplainError(f"{path}: a DICOMDIR (the index of a DICOM medium), not an instance: map one of "
+                           "the files it references")
     if not items:
         raise ExplainError(f"{path}: not a DICOM file")
     item = items[0]
