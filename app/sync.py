@@ -84,7 +84,8 @@ def build_source(src: SourceConfig):
 
         return DicomwebSource(src.name, src.url, username=src.username, password=src.password, token=src.token,
                               timeout=src.timeout, page_size=src.page_size,
-                              instance_metadata=src.instance_metadata, max_results=src.max_results)
+                              instance_metadata=src.instance_metadata, max_results=src.max_results,
+                              private_tags=src.profile.private_tag_numbers() if src.profile else ())
     if src.type == "dimse":
         from app.sources.dimse import DimseSource
 

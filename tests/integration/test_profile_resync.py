@@ -121,3 +121,24 @@ def test_a_changed_inline_profile_updates_studies_read_from_orthanc(tmp_path, sq
 def _uids(client):
     body = client.get("/fhir/ImagingStudy?_count=1000&_elements=id").get_json()
     return [entry["resource"]["id"] for entry in body.get("entry", [])]
+
+
+def test_private_attributes_from_orthanc_instance_metadata(tmp_path, orthanc):
+    """QIDO-RS never returns private attributes; with instance_metadata the study-level rules
+    of a vendor profile read them from the first instance's WADO-RS metadata."""
+    ct = _read("CT_small.dcm")
+    suite = ct.private_block(0x0009, "GEMS_IDEN_01")[0x02].value
+    results = {}
+    for flag in (False, True):
+        source = {"name": f"pacs{int(flag)}", "type": "dicomweb", "url": orthanc.dicomweb_url, "vendor": "ge",
+                  "instance_metadata": flag}
+        # a store each: one study in two archives would be served as their merge
+        config = _write_config(tmp_path, f"sqlite:///{tmp_path / f'facade{int(flag)}.db'}", source)
+        store = Store.from_config(config)
+        sync_source(store, config.sources[0])
+        client = create_app(config, store).test_client()
+        results[flag] = _study(client, ct.StudyInstanceUID).get("extension")
+        store.close()
+    assert results[False] is None
+    assert results[True] == [{"url": "http://imaging-facade.org/fhir/StructureDefinition/ge-suite-id",
+                              "valueString": suite}]
