@@ -38,6 +38,8 @@ def check_config(config_path):
         where = {"folder": src.path, "dicomweb": src.url,
                  "dimse": f"{src.host}:{src.port} (called {src.called_aet}, calling {src.calling_aet})"}[src.type]
         click.echo(f"  source {src.name}: {src.type} {where} (local times in {src.timezone})")
+        if src.profile is not None:
+            click.echo(f"    mapping profile: {' -> '.join(src.profile.layers)}")
 
 
 def _redact(url: str) -> str:
