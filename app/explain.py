@@ -80,12 +80,13 @@ def _rows(resources: list[dict], recorder: Recorder) -> list[dict]:
 
 def render(explanation: Explanation, console) -> None:
     """The explanation as rich tables, one per resource."""
+    from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]profile layers:[/] {' -> '.join(explanation.layers)}")
+    console.print(f"[bold]profile layers:[/] {escape(' -> '.join(explanation.layers))}")
     for resource in explanation.resources:
         rtype = resource["resourceType"]
-        table = Table(title=f"{rtype}/{resource['id']}", title_justify="left", show_lines=False)
+        table = Table(title=escape(f"{rtype}/{resource['id']}"), title_justify="left", show_lines=False)
         table.add_column("element", overflow="fold")
         table.add_column("value", overflow="fold", max_width=48)
         table.add_column("DICOM", overflow="fold")
@@ -94,7 +95,8 @@ def render(explanation: Explanation, console) -> None:
             if row["resource"] != rtype:
                 continue
             rule = row["rule"] + (f" ({row['note']})" if row.get("note") else "")
-            table.add_row(row["path"][len(rtype) + 1:], str(row["value"]), "\n".join(row["tags"]) or "-", rule)
+            table.add_row(*(escape(text) for text in (row["path"][len(rtype) + 1:], str(row["value"]),
+                                                      "\n".join(row["tags"]) or "-", rule)))
         console.print(table)
     if explanation.repairs:
         console.print("[bold]repairs noted on the study:[/]")

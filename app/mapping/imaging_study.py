@@ -328,7 +328,7 @@ def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None
         series["instance"] = mapped_instances
         if ctx.recorder is not None:
             _trace_instances(mapped_instances, at, ctx)
-    _private_series(series, attrs, at, ctx, repairs, where)
+    _apply_private(series, "series", attrs, at, ctx, repairs, where)
     return series
 
 
@@ -343,41 +343,30 @@ def _trace_instances(instances: list[dict], at: str, ctx: MappingContext) -> Non
                       None, "Content Label, else Concept Name, Document Title or Image Type")
 
 
-def _apply_private(resource: dict, rule, values: list[str], at: str, ctx: MappingContext,
+def _apply_private(resource: dict, level: str, attrs: dict, at: str, ctx: MappingContext,
                    repairs: list, where: str) -> None:
-    """Write a private attribute's values where its profile rule says."""
-    if rule.extension:
-        extensions = resource.setdefault("extension", [])
-        for value in values:
-            ctx.trace(f"{at}.extension[{len(extensions)}]", rule.tags, rule.rule)
-            extensions.append({"url": rule.extension, "valueString": value})
-        return
-    element = rule.target.rsplit(".", 1)[1]
-    if element == "bodySite":
-        resource["bodySite"], _ = _body_site(values[0], where, ctx, repairs)
-    elif element == "location":
-        resource["location"] = {"display": values[0]}
-    else:
-        resource[element] = values[0]
-    ctx.trace(f"{at}.{element}", rule.tags, rule.rule)
-
-
-def _private_series(series: dict, attrs: dict, at: str, ctx: MappingContext, repairs: list,
-                    where: str) -> None:
+    """Write the private attributes the profile maps at `level` ("study" or "series") where
+    each rule says: extensions (one per value) or one FHIR element (the first value)."""
     for rule in ctx.rules.private_tags:
-        if rule.level != "series":
+        if rule.level != level:
             continue
         values, tags_read = private.read(attrs, rule)
-        if values:
-            _apply_private(series, _Traced(rule, tags_read), values, at, ctx, repairs, where)
-
-
-class _Traced:
-    """A private-tag rule with the tags it was found under in this study (for provenance)."""
-
-    def __init__(self, rule, tags_read: list[str]):
-        self.extension, self.target, self.rule, self.tags = (rule.extension, rule.target, rule.rule,
-                                                             tags_read)
+        if not values:
+            continue
+        if rule.extension:
+            extensions = resource.setdefault("extension", [])
+            for value in values:
+                ctx.trace(f"{at}.extension[{len(extensions)}]", tags_read, rule.rule)
+                extensions.append({"url": rule.extension, "valueString": value})
+            continue
+        element = rule.target.rsplit(".", 1)[1]
+        if element == "bodySite":
+            resource["bodySite"], _ = _body_site(values[0], where, ctx, repairs)
+        elif element == "location":
+            resource["location"] = {"display": values[0]}
+        else:
+            resource[element] = values[0]
+        ctx.trace(f"{at}.{element}", tags_read, rule.rule)
 
 
 def _map_series_list(record, offset: str | None, ctx: MappingContext,
@@ -578,15 +567,10 @@ def map_study(record, ctx: MappingContext) -> MappedStudy:
         trace("ImagingStudy.reasonCode", [REASON_CODES, REASON_TEXT, REQUEST_ATTRIBUTES])
     description = text(attrs, STUDY_DESCRIPTION, "StudyDescription", repairs)
     if description:
+        study["description"] = description
         trace("ImagingStudy.description", [STUDY_DESCRIPTION])
-    for rule in ctx.rules.private_tags:
-        if rule.level == "study":
-            values, tags_read = private.read(attrs, rule)
-            if values:
-                target = {"description": description} if rule.target == "ImagingStudy.description" else study
-                _apply_private(target, _Traced(rule, tags_read), values, "ImagingStudy", ctx, repairs,
-                               "study")
-                description = target.get("description", description)
+    _apply_private(study, "study", attrs, "ImagingStudy", ctx, repairs, "study")
+    description = study.pop("description", None)  # R4 order: note, then description
     repairs = [_note_text(note) for note in dict.fromkeys(repairs)]
     notes = _notes([*(record.repairs or []), *repairs])
     if notes:

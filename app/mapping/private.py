@@ -23,8 +23,8 @@ def _strings(element) -> list[str]:
     if isinstance(values, list):
         out = []
         for value in values[:100]:
-            if isinstance(value, dict):
-                value = pn_display(value)
+            if isinstance(value, dict):  # a PN: its groups must be strings
+                value = pn_display(value) if all(isinstance(v, str) for v in value.values()) else None
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = str(value)
             if isinstance(value, str):

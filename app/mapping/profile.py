@@ -376,7 +376,7 @@ def merge(layers: list[Layer]) -> Profile:
     def walk(node, path, layer):
         for key, value in node.items():
             here = path + (key,)
-            if isinstance(value, dict) and here not in (("description",),):
+            if isinstance(value, dict):
                 if not value:
                     rules.setdefault(here, layer.where(here))
                 walk(value, here, layer)

@@ -326,3 +326,24 @@ def test_requires_access_token_comes_from_the_profile(tmp_path):
 def test_shipped_vendor_profiles_load():
     for path in sorted(VENDORS_DIR.glob("*.yaml")):
         assert source_profile(path.stem, None, None, "config.yaml").layers[1].endswith(path.name)
+
+
+def test_private_values_are_read_defensively(tmp_path):
+    """Private attributes skip the standard checks: an undecoded (UN) value arrives as
+    InlineBinary, and an archive may send anything at all."""
+    import base64
+
+    from app.mapping import private
+
+    profile = source_profile(None, {"private_tags": [
+        {"creator": "ACME 1.0", "group": "0019", "element": "10", "extension": "acme"}]}, tmp_path, "config.yaml")
+    rule = profile.private_tags[0]
+    un = {"vr": "UN", "InlineBinary": base64.b64encode(b"VALUE A\\VALUE B ").decode()}
+    # the creator reserved block 0x11 here, so the attribute is (0019,1110)
+    attrs = {"00190010": {"vr": "LO", "Value": ["OTHER"]}, "00190011": {"vr": "LO", "Value": ["ACME 1.0 "]},
+             "00191110": un, "00191010": {"vr": "LO", "Value": ["not ours"]}}
+    assert private.read(attrs, rule) == (["VALUE A", "VALUE B"], ["00190011", "00191110"])
+    for broken in ({"00190010": "ACME 1.0"}, {"00190010": {"Value": ["ACME 1.0"]}, "00191010": ["x"]},
+                   {"00190010": {"Value": ["ACME 1.0"]}, "00191010": {"InlineBinary": "@@@"}},
+                   {"00190010": {"Value": [{"Alphabetic": 5}]}}, "not a dict"):
+        assert private.read(broken, rule) == ([], [])
