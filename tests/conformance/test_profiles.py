@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import orjson
 import pytest
 from fhir.resources.R4B.structuredefinition import StructureDefinition
-from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
 import r4_package
@@ -146,23 +145,23 @@ def test_changing_a_profile_file_changes_what_is_checked(mapped_ct):
 
 @pytest.fixture(scope="module")
 def synced_sample(tmp_path_factory):
-    """The sample archive: every file pydicom ships, synced into a fresh SQLite store."""
-    root = tmp_path_factory.mktemp("sample") / "archive"
-    base = None
-    for name in get_testdata_files():
-        path = Path(name)
-        if not path.is_file():
-            continue
-        base = base or next(p for p in path.parents if p.name == "test_files")
-        dest = root / path.relative_to(base)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest)
-    from app.config import SourceConfig
+    """The sample archive (scripts/make_sample_archive.py: every file pydicom ships), synced
+    with the shipped config.yaml's source into a fresh SQLite store."""
+    import runpy
 
-    src = SourceConfig(name="sample", type="folder", timezone="UTC", patient_id_system="urn:x",
-                       accession_system=None, issuer_systems={}, wado_url=None, path=root)
-    store = Store(f"sqlite:///{root.parent / 'facade.db'}")
-    summary = sync_source(store, src)
+    import yaml
+
+    from app.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    work = tmp_path_factory.mktemp("sample")
+    runpy.run_path(str(repo / "scripts" / "make_sample_archive.py"))["main"](str(work / "sample-archive"))
+    shipped = yaml.safe_load((repo / "config.yaml").read_text())
+    shipped["store"] = f"sqlite:///{work / 'facade.db'}"
+    (work / "config.yaml").write_text(yaml.safe_dump(shipped))
+    config = load_config(work / "config.yaml", environ={})
+    store = Store.from_config(config)
+    summary = sync_source(store, config.sources[0])
     assert summary.error is None and summary.new >= 25
     with store.engine.connect() as conn:
         resources = [orjson.loads(r.content) for r in conn.execute(select(Resource.content))]
