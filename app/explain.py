@@ -41,7 +41,7 @@ def explain_file(path: str | Path, ctx: MappingContext) -> Explanation:
     recorder = Recorder()
     ctx = replace(ctx, recorder=recorder)
     source = FolderSource(ctx.source, path.parent.resolve(), ctx.rules.private_tag_numbers(),
-                          only=[path.resolve()])
+                          only=[path.resolve()], default_charset=ctx.rules.default_character_set)
     items = list(source.iter_studies())
     if source.stats.get("dicomdir"):
         raise ExplainError(f"{path}: a DICOMDIR (the index of a DICOM medium), not an instance: map one of "

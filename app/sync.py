@@ -78,7 +78,9 @@ def build_source(src: SourceConfig):
     if src.type == "folder":
         from app.sources.folder import FolderSource
 
-        return FolderSource(src.name, src.path, src.profile.private_tag_numbers() if src.profile else ())
+        profile = src.profile
+        return FolderSource(src.name, src.path, profile.private_tag_numbers() if profile else (),
+                            default_charset=profile.default_character_set if profile else None)
     if src.type == "dicomweb":
         from app.sources.dicomweb import DicomwebSource
 

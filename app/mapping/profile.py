@@ -120,6 +120,18 @@ class DatesSchema(Strict):
     formats = fields.List(fields.String(validate=_strptime_format))
 
 
+def _character_set(value) -> None:
+    from pydicom.charset import python_encoding
+
+    if value not in python_encoding or not value:
+        raise ValidationError(f"{value!r} is not a DICOM Specific Character Set defined term (e.g. ISO_IR 100, "
+                              "ISO_IR 192)")
+
+
+class CharacterSetSchema(Strict):
+    default = fields.String(allow_none=True, validate=_character_set)
+
+
 class EndpointSchema(Strict):
     requires_access_token = fields.Boolean()
 
@@ -176,6 +188,7 @@ class LayerSchema(Strict):
     institution = fields.Nested(InstitutionSchema)
     names = fields.Nested(NamesSchema)
     dates = fields.Nested(DatesSchema)
+    character_set = fields.Nested(CharacterSetSchema)
     endpoint = fields.Nested(EndpointSchema)
     private_tags = fields.List(fields.Nested(PrivateTagSchema))
 
@@ -315,6 +328,8 @@ class Profile:
     institution_default: str | None = None
     name_format: str = "dicom"
     date_formats: tuple = ()
+    #: Specific Character Set assumed for files that declare none (None: the DICOM default)
+    default_character_set: str | None = None
     requires_access_token: bool = False
     private_tags: tuple = ()
     rules: dict = field(default_factory=dict, compare=False, repr=False)  # key path -> "file:line"
@@ -434,6 +449,7 @@ def merge(layers: list[Layer]) -> Profile:
         institution_default=one("institution", "default"),
         name_format=one("names", "format", default="dicom"),
         date_formats=tuple(one("dates", "formats", default=())),
+        default_character_set=one("character_set", "default"),
         requires_access_token=one("endpoint", "requires_access_token", default=False),
         private_tags=tuple(private.values()),
         rules=rules,

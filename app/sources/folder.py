@@ -30,6 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import orjson
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
@@ -233,11 +235,15 @@ class FolderSource:
 
     `extra_tags` (tag numbers) are read as well, into the study and series attributes: the
     private attributes a mapping profile maps (`Profile.private_tag_numbers()`).
+    `default_charset` (a Specific Character Set term, a profile's `character_set.default`)
+    is how the text of files that declare no Specific Character Set is read.
     """
 
-    def __init__(self, name: str, path: str | Path, extra_tags=(), only=None):
+    def __init__(self, name: str, path: str | Path, extra_tags=(), only=None,
+                 default_charset: str | None = None):
         self.name = name
         self.path = Path(path)
+        self._default_charset = default_charset
         #: these files (under `path`) instead of a walk of the folder, e.g. one file to explain
         self._only = [str(Path(p)) for p in only] if only is not None else None
         extra = sorted({Tag(t) for t in extra_tags})
@@ -390,6 +396,9 @@ class FolderSource:
             dicomdirs.append(path)
             return True
 
+        charset_assumed = self._default_charset and 0x00080005 not in ds
+        if charset_assumed:
+            ds.set_original_encoding(*ds.original_encoding, convert_encodings([self._default_charset]))
         try:
             instance, repairs = _instance_json(ds)
         except Exception as exc:  # noqa: BLE001
@@ -422,6 +431,9 @@ class FolderSource:
         study = self._studies.get(study_uid)
         if study is None:
             attrs, study_repairs = dataset_to_dicom_json(ds, self._study_tags)
+            if charset_assumed and not orjson.dumps(attrs).isascii():
+                study_repairs.append(f"SpecificCharacterSet (0008,0005) absent; text read as "
+                                     f"{self._default_charset} (mapping profile character_set.default)")
             study = self._studies[study_uid] = _Study(study_uid, attrs, study_repairs)
         if (series_uid, sop_uid) in study.sops:
             study.duplicates += 1

@@ -347,3 +347,34 @@ def test_private_values_are_read_defensively(tmp_path):
                    {"00190010": {"Value": ["ACME 1.0"]}, "00191010": {"InlineBinary": "@@@"}},
                    {"00190010": {"Value": [{"Alphabetic": 5}]}}, "not a dict"):
         assert private.read(broken, rule) == ([], [])
+
+
+def test_a_default_character_set_reads_undeclared_utf8(tmp_path, archive):
+    """A modality that writes UTF-8 without Specific Character Set: read as Latin-1 by
+    default, correctly with the profile's character_set.default."""
+    from pydicom.dataelem import DataElement
+
+    from app.sources.folder import FolderSource
+
+    ds = _read("CT_small.dcm")
+    del ds.SpecificCharacterSet
+    ds["InstitutionName"] = DataElement(0x00080080, "LO", "Klinik Süd".encode("utf-8"))
+    ds["PatientName"] = DataElement(0x00100010, "PN", "Müller^Hans".encode("utf-8"))
+    root = archive()
+    ds.save_as(root / "utf8.dcm")
+    ctx = MappingContext("s", "UTC", "urn:x")
+    plain = map_study(next(iter(FolderSource("s", root).iter_studies())), ctx)
+    assert plain.imaging_study["location"] == {"display": "Klinik SÃ¼d"}
+
+    profile = source_profile(None, {"character_set": {"default": "ISO_IR 192"}}, tmp_path, "config.yaml")
+    record = next(iter(FolderSource("s", root, default_charset=profile.default_character_set).iter_studies()))
+    result = map_study(record, replace(ctx, profile=profile))
+    assert result.imaging_study["location"] == {"display": "Klinik Süd"}
+    assert result.patient["name"] == [{"family": "Müller", "given": ["Hans"]}]
+    assert any("read as ISO_IR 192" in note["text"] for note in result.imaging_study["note"])
+
+
+def test_an_unknown_character_set_is_refused(config_with):
+    with pytest.raises(ConfigError) as caught:
+        config_with(profile={"character_set": {"default": "LATIN1"}})
+    assert "character_set.default: 'LATIN1' is not a DICOM Specific Character Set" in str(caught.value)
