@@ -20,7 +20,7 @@ from app.mapping import map_endpoint, map_study
 from app.mapping.claims import STRUCTURE_DEFINITION
 from app.mapping.context import MappingContext
 from app.mapping.endpoint import REQUIRES_ACCESS_TOKEN
-from app.mapping.profile import BASE_FILE, VENDORS_DIR, ProfileError, base_profile, source_profile
+from app.mapping.profile import BASE_FILE, VENDORS_DIR, base_profile, source_profile
 from app.sync import build_source, mapping_context
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
