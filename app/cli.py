@@ -49,6 +49,8 @@ def check_config(config_path):
         where = {"folder": src.path, "dicomweb": src.url,
                  "dimse": f"{src.host}:{src.port} (called {src.called_aet}, calling {src.calling_aet})"}[src.type]
         click.echo(f"  source {src.name}: {src.type} {where} (local times in {src.timezone})")
+        if src.profile is not None:
+            click.echo(f"    mapping profile: {' -> '.join(src.profile.layers)}")
 
 
 def _redact(url: str) -> str:
@@ -182,6 +184,41 @@ def quarantine_list(config_path, source_name):
         click.echo("\t".join([entry.source, entry.study_uid or "-", location, micros_to_instant(entry.first_seen),
                               micros_to_instant(entry.last_seen), entry.reason]))
     click.echo(f"{len(entries)} quarantined", err=True)
+
+
+@main.command("map")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--source", "source_name", default=None,
+              help="map as this source of the config does (its profile, zone, Endpoint); default: the base profile")
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP + "; read only with --source")
+@click.option("--json", "as_json", is_flag=True, help="print JSON: the resources and each element's origin")
+def map_file(file, source_name, config_path, as_json):
+    """Print the FHIR resources FILE becomes, with the DICOM tags and profile rule behind each element."""
+    import orjson
+    from rich.console import Console
+
+    from app.explain import ExplainError, explain_file, render
+    from app.mapping.context import MappingContext
+    from app.sync import mapping_context
+
+    if source_name:
+        config = _load(config_path)
+        try:
+            ctx = mapping_context(config.source(source_name))
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(2)
+    else:
+        ctx = MappingContext(source="explain", timezone="UTC", patient_id_system="urn:imaging-facade:source:explain")
+    try:
+        explanation = explain_file(file, ctx)
+    except ExplainError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(orjson.dumps(explanation.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(explanation, Console())
 
 
 def _with_bind(config, host: str, port: int):

@@ -24,6 +24,8 @@ from marshmallow import (
 )
 
 from app.ids import valid_id
+from app.mapping.profile import Profile, ProfileError, source_profile
+from app.mapping.profile_yaml import YamlProblem, load_marked
 
 DEFAULT_CONFIG = "config.yaml"
 CONFIG_ENV = "IMAGING_FACADE_CONFIG"
@@ -60,6 +62,16 @@ def _check_aet(value: str) -> None:
         raise ValidationError("a DICOM AE title must not contain a backslash or control characters")
 
 
+def _check_uri(value: str) -> None:
+    if not isinstance(value, str) or ":" not in value or any(c.isspace() for c in value):
+        raise ValidationError(f"{value!r} is not a URI (e.g. urn:oid:1.2.3 or https://hospital.example/mrn)")
+
+
+def _check_profile(value) -> None:
+    if not isinstance(value, (str, dict)):
+        raise ValidationError("must be the name of a mapping profile file, or a mapping of profile keys")
+
+
 class Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -74,9 +86,12 @@ class SourceSchema(Strict):
     name = fields.String(required=True)
     type = fields.String(required=True, validate=validate.OneOf(["folder", "dicomweb", "dimse"]))
     timezone = fields.String(load_default=None, validate=_check_zone)
-    patient_id_system = fields.String(load_default=None)
-    accession_system = fields.String(load_default=None)
-    issuer_systems = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    patient_id_system = fields.String(load_default=None, validate=_check_uri)
+    accession_system = fields.String(load_default=None, validate=_check_uri)
+    issuer_systems = fields.Dict(keys=fields.String(), values=fields.String(validate=_check_uri), load_default=dict)
+    # mapping profile layers (fhir_profiles/README.md): a vendor, and the source's own
+    vendor = fields.String(load_default=None, validate=validate.Length(min=1))
+    profile = fields.Raw(load_default=None, validate=_check_profile)
     wado_url = fields.URL(load_default=None, require_tld=False)
     # folder
     path = fields.String(load_default=None)
@@ -306,6 +321,8 @@ class SourceConfig:
     #: days before the last polled date that a date-window poll asks for again
     window_overlap_days: int = 1
     on_demand: OnDemandConfig | None = None
+    #: the merged mapping profile (base, vendor, the source's own); None: the base alone
+    profile: Profile | None = None
 
 
 @dataclass(frozen=True)
@@ -452,7 +469,34 @@ def load_config(path: str | os.PathLike | None = None, environ=None) -> Config:
         data = None
     if problems:
         raise ConfigError(str(path), problems)
-    return _build(data, path.resolve().parent, path)
+    return _build(data, path.resolve().parent, path, _profile_lines(path))
+
+
+def _profile_lines(path: Path) -> dict:
+    """Lines of the config file by key path, so an inline `profile:` error names its line."""
+    try:
+        _, lines = load_marked(path.read_text(encoding="utf-8"), str(path))
+    except YamlProblem:
+        return {}
+    return lines
+
+
+def _profile(src: dict, index: int, root: Path, path: Path, lines: dict) -> Profile:
+    """The merged mapping profile of one source; ConfigError naming the file and line."""
+    legacy: dict = {}
+    if src["patient_id_system"]:
+        legacy["patient_id"] = {"system": src["patient_id_system"]}
+    if src["accession_system"]:
+        legacy["accession"] = {"system": src["accession_system"]}
+    if src["issuer_systems"]:
+        legacy["issuers"] = dict(src["issuer_systems"])
+    prefix = ("sources", index, "profile")
+    inline_lines = {key[len(prefix):]: line for key, line in lines.items() if key[:len(prefix)] == prefix}
+    try:
+        return source_profile(src["vendor"], src["profile"], root, str(path), legacy, inline_lines)
+    except ProfileError as exc:
+        key = f"sources[{index}].vendor" if src["vendor"] and not src["profile"] else f"sources[{index}].profile"
+        raise ConfigError(str(path), {key: exc.problems}) from exc
 
 
 def _rest_url(src: dict) -> str | None:
@@ -474,23 +518,24 @@ def _security(sec: dict, base_url: str) -> SecurityConfig:
     })
 
 
-def _build(data: dict, root: Path, path: Path) -> Config:
+def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Config:
     store = data["store"]
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
         rel = store[len("sqlite:///"):]
         if rel and rel != ":memory:":
             store = "sqlite:///" + str((root / rel).resolve())
     sources = []
-    for src in data["sources"]:
+    for index, src in enumerate(data["sources"]):
         zone = src["timezone"] or data["timezone"]
+        profile = _profile(src, index, root, path, lines or {})
         sources.append(
             SourceConfig(
                 name=src["name"],
                 type=src["type"],
                 timezone=zone,
-                patient_id_system=src["patient_id_system"] or f"urn:imaging-facade:source:{src['name']}",
-                accession_system=src["accession_system"],
-                issuer_systems=dict(src["issuer_systems"]),
+                patient_id_system=profile.patient_id_system or f"urn:imaging-facade:source:{src['name']}",
+                accession_system=profile.accession_system,
+                issuer_systems=dict(profile.issuers),
                 wado_url=(src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)),
                 path=(root / src["path"]).resolve() if src["path"] else None,
                 url=src["url"].rstrip("/") if src["url"] else None,
@@ -512,6 +557,7 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 full_every=src["full_every"],
                 window_overlap_days=src["window_overlap_days"],
                 on_demand=OnDemandConfig(**src["on_demand"]) if src["on_demand"] else None,
+                profile=profile,
             )
         )
     server = data["server"]

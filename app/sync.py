@@ -70,6 +70,7 @@ def mapping_context(src: SourceConfig) -> MappingContext:
         issuer_systems=dict(src.issuer_systems),
         accession_system=src.accession_system,
         wado_url=src.wado_url,
+        profile=src.profile,
     )
 
 
@@ -77,13 +78,16 @@ def build_source(src: SourceConfig):
     if src.type == "folder":
         from app.sources.folder import FolderSource
 
-        return FolderSource(src.name, src.path)
+        profile = src.profile
+        return FolderSource(src.name, src.path, profile.private_tag_numbers() if profile else (),
+                            default_charset=profile.default_character_set if profile else None)
     if src.type == "dicomweb":
         from app.sources.dicomweb import DicomwebSource
 
         return DicomwebSource(src.name, src.url, username=src.username, password=src.password, token=src.token,
                               timeout=src.timeout, page_size=src.page_size,
-                              instance_metadata=src.instance_metadata, max_results=src.max_results)
+                              instance_metadata=src.instance_metadata, max_results=src.max_results,
+                              private_tags=src.profile.private_tag_numbers() if src.profile else ())
     if src.type == "dimse":
         from app.sources.dimse import DimseSource
 

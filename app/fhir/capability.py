@@ -1,6 +1,7 @@
 """The CapabilityStatement, generated from the parameter registry: it lists what works."""
 from __future__ import annotations
 
+from app.mapping.claims import PROFILES
 from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
 SOFTWARE_VERSION = "0.1.0"
@@ -14,6 +15,8 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         resources.append({
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            # the constraint profiles every served resource claims (fhir_profiles/structure)
+            "supportedProfile": [PROFILES[rtype]],
             "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
                             {"code": "search-type"}],
             "versioning": "versioned",

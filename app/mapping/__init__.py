@@ -3,7 +3,9 @@
     mapped = map_study(record, ctx)   # MappedStudy(imaging_study, patient, repairs)
     endpoint = map_endpoint(ctx)
 
-MappingError(reason) is raised only for a study that cannot be represented at all.
+MappingError(reason) is raised only for a study that cannot be represented at all. What a
+source's archive needs read differently (issuers, vendor terms, private attributes…) comes
+from the mapping profile the context carries (profile.py, fhir_profiles/mapping/).
 """
 from app.mapping.dicom_values import MappingError
 from app.mapping.endpoint import map_endpoint

@@ -122,120 +122,21 @@ def modality_coding(value: str) -> tuple[dict, bool]:
 
 
 # --- Body Part Examined (0018,0015) -> SNOMED CT, PS3.16 Annex L / CID 4031 ---------------
-
-# Annex L defined terms whose spelling is not simply the CID 4031 code meaning written in
-# capitals without spaces, mapped to the CID 4031 keyword pydicom gives the concept.
-_BODY_PART_TERMS_CID4031 = {
-    "ABDOMENPELVIS": "AbdomenAndPelvis",
-    "ACJOINT": "AcromioclavicularJoint",
-    "ANKLE": "AnkleJoint",
-    "ARM": "UpperArm",
-    "CHESTABDOMEN": "ChestAndAbdomen",
-    "CHESTABDPELVIS": "ChestAbdomenAndPelvis",
-    "CSPINE": "CervicalSpine",
-    "CTSPINE": "CervicoThoracicSpine",
-    "ELBOW": "ElbowJoint",
-    "HEADNECK": "HeadAndNeck",
-    "HIP": "HipJoint",
-    "IAC": "InternalAuditoryCanal",
-    "JAW": "JawRegion",
-    "LEG": "LowerLeg",
-    "LSPINE": "LumbarSpine",
-    "LSSPINE": "LumboSacralSpine",
-    "MASTOID": "MastoidBone",
-    "NECKCHEST": "NeckAndChest",
-    "NECKCHESTABDOMEN": "NeckChestAndAbdomen",
-    "NECKCHESTABDPELV": "NeckChestAbdomenAndPelvis",
-    "ORBIT": "OrbitalStructure",
-    "PANCBILEDUCT": "PancreaticDuctAndBileDuctSystems",
-    "PAROTID": "ParotidGland",
-    "PELVISLOWEXTREMT": "PelvisAndLowerExtremities",
-    "SCJOINT": "SternoclavicularJoint",
-    "SELLA": "SellaTurcica",
-    "SESAMOID": "SesamoidBonesOfFoot",
-    "SIJOINT": "SacroiliacJoint",
-    "SSPINE": "Sacrum",
-    "SUBMANDIBULAR": "SubmandibularGland",
-    "TLSPINE": "ThoracoLumbarSpine",
-    "TMJ": "TemporomandibularJoint",
-    "TSPINE": "ThoracicSpine",
-    "UPRURINARYTRACT": "UpperUrinaryTract",
-    "WHOLEBODY": "EntireBody",
-    "WRIST": "WristJoint",
-}
-
-# Frequent Annex L defined terms for organs outside CID 4031 (which lists regions), mapped to
-# pydicom's SCT keyword; the SNOMED CT codes are the ones Annex L gives.
-_BODY_PART_TERMS_SCT = {
-    "ADRENAL": "AdrenalGland",
-    "AORTA": "Aorta",
-    "APPENDIX": "Appendix",
-    "AXILLA": "Axilla",
-    "BACK": "Back",
-    "BRAIN": "Brain",
-    "BUTTOCK": "Buttock",
-    "CAROTID": "CarotidArtery",
-    "CEREBELLUM": "Cerebellum",
-    "CERVIX": "Cervix",
-    "CORONARYARTERY": "CoronaryArtery",
-    "EAR": "Ear",
-    "EYELID": "Eyelid",
-    "KIDNEY": "Kidney",
-    "LIVER": "Liver",
-    "LUNG": "Lung",
-    "MOUTH": "Mouth",
-    "NOSE": "Nose",
-    "OVARY": "Ovary",
-    "PHARYNX": "Pharynx",
-    "SIGMOID": "SigmoidColon",
-    "SPINALCORD": "SpinalCord",
-    "SPLEEN": "Spleen",
-    "TESTIS": "Testis",
-    "THYMUS": "Thymus",
-    "THYROID": "Thyroid",
-    "TIBIA": "Tibia",
-    "TONGUE": "Tongue",
-    "TRUNK": "Trunk",
-    "ULNA": "Ulna",
-}
-
-_NOT_ALNUM = re.compile(r"[^A-Z0-9]")
+# The table is data of the mapping profile (fhir_profiles/mapping/base.yaml, `body_part`),
+# which vendor and source layers extend or override.
 
 
-def _body_part_key(value: str) -> str:
-    # CS allows capitals, digits, space and underscore; "WHOLE BODY" and "Chest" occur
-    return _NOT_ALNUM.sub("", value.upper())
-
-
-@cache
-def _body_parts() -> dict[str, tuple[str, str]]:
-    """Normalized Body Part Examined term -> (SNOMED CT code, code meaning)."""
-    from pydicom.sr.codedict import codes
-
-    cid = codes.cid4031
-    table: dict[str, tuple[str, str]] = {}
-    # 1. every CID 4031 concept under its code meaning in capitals ("CHEST", "KNEE", ...)
-    for name in cid.dir():
-        code = getattr(cid, name)
-        if code.scheme_designator == "SCT":
-            table[_body_part_key(code.meaning)] = (code.value, code.meaning)
-    # 2. Annex L spellings win over the derived ones (HIP is the hip joint in Annex L)
-    for term, name in _BODY_PART_TERMS_CID4031.items():
-        code = getattr(cid, name)
-        table[term] = (code.value, code.meaning)
-    for term, name in _BODY_PART_TERMS_SCT.items():
-        code = getattr(codes.SCT, name)
-        table.setdefault(term, (code.value, code.meaning))
-    return table
-
-
-def body_part_coding(value: str) -> tuple[dict, bool]:
-    """(Coding, known) for a Body Part Examined value.
+def body_part_coding(value: str, table: dict | None = None) -> tuple[dict, bool]:
+    """(Coding, known) for a Body Part Examined value, looked up in `table` (a profile's
+    `body_parts`; the base profile's when None).
 
     Known terms give a SNOMED CT Coding; an unknown value is kept as {"display": value}
     (R4 series.bodySite is a single Coding, so there is no CodeableConcept.text to use).
     """
-    found = _body_parts().get(_body_part_key(value))
+    from app.mapping.profile import base_profile, body_part_key
+
+    table = base_profile().body_parts if table is None else table
+    found = table.get(body_part_key(value))
     if found is None:
         return {"display": value}, False
     return {"system": SNOMED, "code": found[0], "display": found[1]}, True

@@ -401,6 +401,21 @@ def parse_da(value: str | None) -> date | None:
         return None
 
 
+def parse_da_with(value: str | None, formats=()) -> tuple[date | None, str | None]:
+    """(date, the extra format that read it) for a DA, trying a profile's `dates.formats`
+    (strptime patterns such as "%d.%m.%Y") when the value is not a DICOM date; the format is
+    None when the value was a DICOM date (or nothing read it)."""
+    day = parse_da(value)
+    if day is not None or not value or not formats:
+        return day, None
+    for pattern in formats:
+        try:
+            return datetime.strptime(value.strip(), pattern).date(), pattern
+        except ValueError:
+            continue
+    return None, None
+
+
 def parse_tm(value: str | None) -> tuple[int, int, int, str] | None:
     """TM "HH[MM[SS[.F{1,6}]]]" (or the retired "HH:MM[:SS]") as (h, m, s, fraction digits)."""
     if not value:
@@ -505,17 +520,22 @@ def fhir_datetime(
     labels: tuple[str, str],
     target: str,
     repairs: list | None,
+    date_formats=(),
 ) -> str | None:
     """FHIR dateTime from DICOM DA + TM + TimezoneOffsetFromUTC.
 
     Without a valid offset the archive's configured zone gives it (DICOM times are local);
     never "Z" by default. No time gives a date-only value; an invalid date leaves the
     element out, an invalid time keeps the date. `labels` name the DA and TM attributes
-    and `target` the FHIR element, for the repair notes.
+    and `target` the FHIR element, for the repair notes. `date_formats` are a mapping
+    profile's extra date formats, tried on a date that is not a valid DA.
     """
     if date_value is None:
         return None
-    day = parse_da(date_value)
+    day, pattern = parse_da_with(date_value, date_formats)
+    if pattern is not None and repairs is not None:
+        repairs.append(f"{labels[0]} {date_value!r} is not a valid DA; read as {pattern} "
+                       "(mapping profile dates.formats)")
     if day is None:
         if repairs is not None:
             repairs.append(f"{labels[0]} {date_value!r} is not a valid DA; {target} left out")

@@ -18,7 +18,7 @@ from functools import cache
 
 from app.identity.keys import patient_key
 from app.ids import valid_id
-from app.mapping import codes
+from app.mapping import claims, codes, private
 from app.mapping.context import MappingContext
 from app.mapping.dicom_values import (
     CODE_MEANING,
@@ -41,6 +41,7 @@ from app.mapping.dicom_values import (
     unsigned,
 )
 from app.mapping.patient import map_patient
+from app.mapping.profile import body_part_key, institution_key
 
 # study level
 STUDY_UID = "0020000D"
@@ -74,6 +75,7 @@ OPERATORS = "00081070"
 # instance level
 SOP_INSTANCE_UID = "00080018"
 SOP_CLASS_UID = "00080016"
+INSTITUTION = "00080080"
 INSTANCE_NUMBER = "00200013"
 IMAGE_TYPE = "00080008"
 CONTENT_LABEL = "00700080"
@@ -208,15 +210,30 @@ def _map_instances(instances: list[dict], series_uid: str, repairs: list) -> lis
     return out
 
 
-def _modality(value: str | None, label: str, noted: set, repairs: list) -> dict | None:
+def _modality(value: str | None, label: str, noted: set, repairs: list,
+              ctx: MappingContext) -> tuple[dict | None, str | None]:
+    """(Coding, the profile rule that normalized it) of a Modality value.
+
+    A synonym of the profile (`modality.synonyms`, e.g. PET -> PT) gives its DICOM code; a
+    value that is neither a DICOM modality (CID 29 / CID 33) nor a synonym is no code of
+    any system: it is kept as text (Coding.display) and noted.
+    """
     code = fhir_code(value.upper()) if value else None
     if code is None:
-        return None
+        return None, None
+    rules = ctx.rules
+    rule = None
+    if code in rules.modality_synonyms:
+        rule = rules.rule("modality", "synonym", code)
+        code = rules.modality_synonyms[code]
     coding, known = codes.modality_coding(code)
-    if not known and code not in noted:
-        noted.add(code)
-        repairs.append(f"{label} {code!r} is not a DICOM defined term (CID 33); kept as is")
-    return coding
+    if not known:
+        if code not in noted:
+            noted.add(code)
+            repairs.append(f"{label} {code!r} is not a DICOM modality (CID 29 or 33) nor a "
+                           "synonym of the mapping profile; kept as text")
+        coding = {"display": code}
+    return coding, rule
 
 
 def _series_laterality(attrs: dict, instances: list[dict], where: str,
@@ -246,47 +263,110 @@ def _performers(attrs: dict) -> list[dict]:
     return out
 
 
+def _body_site(value: str, where: str, ctx: MappingContext,
+               repairs: list) -> tuple[dict, str | None]:
+    """(series.bodySite Coding, rule) for a Body Part Examined term (profile `body_part`)."""
+    rules = ctx.rules
+    coding, known = codes.body_part_coding(value, rules.body_parts)
+    if not known:
+        repairs.append(f"{where}: BodyPartExamined {value!r} is not a PS3.16 Annex L term "
+                       "nor a term of the mapping profile; kept as display only")
+        return coding, None
+    key = body_part_key(value)
+    return coding, rules.rule("body_part", "term", key) or rules.rule("body_part", "cid4031_meanings")
+
+
 def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None,
                 offset: str | None, ctx: MappingContext, noted: set,
-                repairs: list) -> dict:
+                repairs: list, index: int = 0) -> dict:
     where = f"series {uid}"
+    at = f"ImagingStudy.series[{index}]"
     instances = [checked(inst, repairs) for inst in instances]
     series: dict = {"uid": uid}
+    ctx.trace(at + ".uid", [SERIES_UID])
     if number is not None:
         series["number"] = number
-    modality = _modality(first(attrs, MODALITY), "Modality", noted, repairs)
+        ctx.trace(at + ".number", [SERIES_NUMBER])
+    modality, rule = _modality(first(attrs, MODALITY), "Modality", noted, repairs, ctx)
     if modality is None:  # R4 requires series.modality: DICOM's "Other"
         modality = {"system": codes.DCM, "code": "OT", "display": "Other"}
         repairs.append(f"{where}: Modality missing; series modality set to OT")
+        ctx.trace(at + ".modality", [MODALITY], None, "Modality missing: OT (Other)")
+    else:
+        ctx.trace(at + ".modality", [MODALITY], rule)
     series["modality"] = modality
     description = text(attrs, SERIES_DESCRIPTION, "SeriesDescription", repairs)
     if description:
         series["description"] = description
+        ctx.trace(at + ".description", [SERIES_DESCRIPTION])
     mapped_instances = _map_instances(instances, uid, repairs)
     count = unsigned(attrs, SERIES_INSTANCE_COUNT, "NumberOfSeriesRelatedInstances", repairs)
     series["numberOfInstances"] = count if count is not None else len(mapped_instances)
+    ctx.trace(at + ".numberOfInstances", [SERIES_INSTANCE_COUNT] if count is not None else
+              [SOP_INSTANCE_UID], None, None if count is not None else "instances counted")
     body_part = first(attrs, BODY_PART)
     if body_part:
         body_part = clean_text(body_part, "BodyPartExamined", repairs)
-        coding, known = codes.body_part_coding(body_part)
-        if not known:
-            repairs.append(f"{where}: BodyPartExamined {body_part!r} is not a PS3.16 "
-                           "Annex L term; kept as display only")
-        series["bodySite"] = coding
+        series["bodySite"], rule = _body_site(body_part, where, ctx, repairs)
+        ctx.trace(at + ".bodySite", [BODY_PART], rule)
     laterality = _series_laterality(attrs, instances, where, repairs)
     if laterality:
         series["laterality"] = laterality
+        ctx.trace(at + ".laterality", [LATERALITY] if first(attrs, LATERALITY) else [IMAGE_LATERALITY])
     started = fhir_datetime(first(attrs, SERIES_DATE), first(attrs, SERIES_TIME),
                             first(attrs, TZ_OFFSET) or offset, ctx.timezone,
-                            ("SeriesDate", "SeriesTime"), f"{where} started", repairs)
+                            ("SeriesDate", "SeriesTime"), f"{where} started", repairs,
+                            ctx.rules.date_formats)
     if started:
         series["started"] = started
+        ctx.trace(at + ".started", [SERIES_DATE, SERIES_TIME, TZ_OFFSET])
     performers = _performers(attrs)
     if performers:
         series["performer"] = performers
+        ctx.trace(at + ".performer", [PERFORMING, OPERATORS])
     if mapped_instances:
         series["instance"] = mapped_instances
+        if ctx.recorder is not None:
+            _trace_instances(mapped_instances, at, ctx)
+    _apply_private(series, "series", attrs, at, ctx, repairs, where)
     return series
+
+
+def _trace_instances(instances: list[dict], at: str, ctx: MappingContext) -> None:
+    ctx.trace(at + ".instance", [SOP_INSTANCE_UID])
+    for i, entry in enumerate(instances):
+        ctx.trace(f"{at}.instance[{i}].uid", [SOP_INSTANCE_UID])
+        ctx.trace(f"{at}.instance[{i}].sopClass", [SOP_CLASS_UID])
+        ctx.trace(f"{at}.instance[{i}].number", [INSTANCE_NUMBER])
+        if "title" in entry:
+            ctx.trace(f"{at}.instance[{i}].title", [CONTENT_LABEL, CONCEPT_NAME, DOCUMENT_TITLE, IMAGE_TYPE],
+                      None, "Content Label, else Concept Name, Document Title or Image Type")
+
+
+def _apply_private(resource: dict, level: str, attrs: dict, at: str, ctx: MappingContext,
+                   repairs: list, where: str) -> None:
+    """Write the private attributes the profile maps at `level` ("study" or "series") where
+    each rule says: extensions (one per value) or one FHIR element (the first value)."""
+    for rule in ctx.rules.private_tags:
+        if rule.level != level:
+            continue
+        values, tags_read = private.read(attrs, rule)
+        if not values:
+            continue
+        if rule.extension:
+            extensions = resource.setdefault("extension", [])
+            for value in values:
+                ctx.trace(f"{at}.extension[{len(extensions)}]", tags_read, rule.rule)
+                extensions.append({"url": rule.extension, "valueString": value})
+            continue
+        element = rule.target.rsplit(".", 1)[1]
+        if element == "bodySite":
+            resource["bodySite"], _ = _body_site(values[0], where, ctx, repairs)
+        elif element == "location":
+            resource["location"] = {"display": values[0]}
+        else:
+            resource[element] = values[0]
+        ctx.trace(f"{at}.{element}", tags_read, rule.rule)
 
 
 def _map_series_list(record, offset: str | None, ctx: MappingContext,
@@ -321,12 +401,12 @@ def _map_series_list(record, offset: str | None, ctx: MappingContext,
             continue
         merged[uid] = (None if no_number else number, attrs, list(series_record.instances))
     return [
-        _map_series(attrs, instances, uid, number, offset, ctx, noted, repairs)
-        for uid, (number, attrs, instances) in merged.items()
+        _map_series(attrs, instances, uid, number, offset, ctx, noted, repairs, index)
+        for index, (uid, (number, attrs, instances)) in enumerate(merged.items())
     ]
 
 
-def _accession(attrs: dict, ctx: MappingContext, repairs: list) -> dict | None:
+def _accession(attrs: dict, ctx: MappingContext, repairs: list) -> tuple[dict | None, str | None]:
     """Accession identifier: value (0008,0050) (or of the first Request Attributes item that
     has one) and system from its Issuer of Accession Number Sequence (0008,0051)."""
     source = attrs
@@ -339,7 +419,7 @@ def _accession(attrs: dict, ctx: MappingContext, repairs: list) -> dict | None:
                 break
     value = clean_text(value, "AccessionNumber", repairs)
     if value is None:
-        return None
+        return None, None
     issuers = items(source, ACCESSION_ISSUER) or (items(attrs, ACCESSION_ISSUER)
                                                    if source is not attrs else [])
     issuer = issuers[0] if issuers else {}
@@ -347,20 +427,21 @@ def _accession(attrs: dict, ctx: MappingContext, repairs: list) -> dict | None:
     system = universal_entity_system(first(issuer, UNIVERSAL_ENTITY_ID),
                                      first(issuer, UNIVERSAL_ENTITY_ID_TYPE),
                                      "IssuerOfAccessionNumberSequence", repairs)
+    rule = None
     if system is None and local:
-        system = ctx.issuer_systems.get(local)
+        system, rule = ctx.issuer(local)
         if system is None:
             repairs.append(f"Issuer of Accession Number {local!r} is not configured in "
-                           "issuer_systems")
+                           "issuer_systems nor in the mapping profile's issuers")
     if system is None:
-        system = ctx.accession_system
+        system, rule = ctx.accession_default()
     identifier: dict = {"type": codes.copy_concept(codes.ACCESSION_TYPE)}
     if system:
         identifier["system"] = system
     identifier["value"] = value
     if local:
         identifier["assigner"] = {"display": local}
-    return identifier
+    return identifier, rule
 
 
 def _reasons(attrs: dict, repairs: list) -> list[dict]:
@@ -401,67 +482,124 @@ def map_study(record, ctx: MappingContext) -> MappedStudy:
     if not series:
         raise MappingError("none of the study's series has a usable SeriesInstanceUID")
 
-    study: dict = {"resourceType": "ImagingStudy", "id": uid}
+    trace = ctx.trace
+    study: dict = {"resourceType": "ImagingStudy", "id": uid, "meta": claims.meta("ImagingStudy")}
+    trace("ImagingStudy.id", [STUDY_UID])
+    trace("ImagingStudy.meta.profile", (), None, "the profile every ImagingStudy claims "
+          "(fhir_profiles/structure)")
     identifiers = [{"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + uid}]
-    accession = _accession(attrs, ctx, repairs)
+    trace("ImagingStudy.identifier[0]", [STUDY_UID])
+    accession, rule = _accession(attrs, ctx, repairs)
     if accession:
         identifiers.append(accession)
+        trace("ImagingStudy.identifier[1]", [ACCESSION, ACCESSION_ISSUER])
+        trace("ImagingStudy.identifier[1].system", [ACCESSION_ISSUER], rule)
     study["identifier"] = identifiers
     study["status"] = "available"
+    trace("ImagingStudy.status", (), None, "the study is held by the archive")
 
     modalities = []
     listed = all_text(attrs, MODALITIES_IN_STUDY)
     if listed:
         for value in listed:
-            coding = _modality(value, "ModalitiesInStudy", noted, repairs)
+            coding, rule = _modality(value, "ModalitiesInStudy", noted, repairs, ctx)
             if coding and coding not in modalities:
+                trace(f"ImagingStudy.modality[{len(modalities)}]", [MODALITIES_IN_STUDY], rule)
                 modalities.append(coding)
     else:
-        for entry in series:
+        for index, entry in enumerate(series):
             if entry["modality"] not in modalities:
+                found = ctx.recorder.explain(f"ImagingStudy.series[{index}].modality") if ctx.recorder else None
+                trace(f"ImagingStudy.modality[{len(modalities)}]", [MODALITY],
+                      found[1].rule if found else None, "the distinct series modalities")
                 modalities.append(dict(entry["modality"]))
     if modalities:
         study["modality"] = modalities
     study["subject"] = {"reference": "Patient/" + patient["id"]}
+    trace("ImagingStudy.subject", ["00100020", "00100021", "00100024"], None,
+          "the Patient keyed by (issuer system, Patient ID)")
 
     started = fhir_datetime(first(attrs, STUDY_DATE), first(attrs, STUDY_TIME), offset,
-                            ctx.timezone, ("StudyDate", "StudyTime"), "started", repairs)
+                            ctx.timezone, ("StudyDate", "StudyTime"), "started", repairs,
+                            ctx.rules.date_formats)
     if started:
         study["started"] = started
+        trace("ImagingStudy.started", [STUDY_DATE, STUDY_TIME, TZ_OFFSET], None,
+              None if offset else f"local time in the source's zone {ctx.timezone}")
     if accession:
         based_on = dict(accession, type=codes.copy_concept(codes.ACCESSION_TYPE))
         if "assigner" in based_on:
             based_on["assigner"] = dict(based_on["assigner"])
         study["basedOn"] = [{"type": "ServiceRequest", "identifier": based_on}]
+        trace("ImagingStudy.basedOn", [ACCESSION, ACCESSION_ISSUER])
     referrers = name_displays(attrs, REFERRING)
     if referrers:
         study["referrer"] = {"display": referrers[0]}
+        trace("ImagingStudy.referrer", [REFERRING])
     readers = name_displays(attrs, READING)
     if readers:
         study["interpreter"] = [{"display": name} for name in readers]
+        trace("ImagingStudy.interpreter", [READING])
     study["endpoint"] = [{"reference": "Endpoint/" + ctx.source}]
+    trace("ImagingStudy.endpoint", (), None, f"the Endpoint of source {ctx.source}")
 
     series_count = unsigned(attrs, STUDY_SERIES_COUNT, "NumberOfStudyRelatedSeries", repairs)
     study["numberOfSeries"] = series_count if series_count is not None else len(series)
+    trace("ImagingStudy.numberOfSeries", [STUDY_SERIES_COUNT] if series_count is not None
+          else [SERIES_UID], None, None if series_count is not None else "series counted")
     instance_count = unsigned(attrs, STUDY_INSTANCE_COUNT, "NumberOfStudyRelatedInstances",
                               repairs)
     study["numberOfInstances"] = (instance_count if instance_count is not None
                                   else sum(s["numberOfInstances"] for s in series))
+    trace("ImagingStudy.numberOfInstances", [STUDY_INSTANCE_COUNT] if instance_count is not None
+          else [SOP_INSTANCE_UID], None, None if instance_count is not None else "instances counted")
     procedures = codeable_concepts(attrs, PROCEDURE_CODES, "ProcedureCodeSequence", repairs)
     if procedures:
         study["procedureCode"] = procedures
+        trace("ImagingStudy.procedureCode", [PROCEDURE_CODES])
+    location, rule = _location(attrs, ctx, repairs)
+    if location:
+        study["location"] = location
+        trace("ImagingStudy.location", [INSTITUTION] if first(attrs, INSTITUTION) else (), rule)
     reasons = _reasons(attrs, repairs)
     if reasons:
         study["reasonCode"] = reasons
+        trace("ImagingStudy.reasonCode", [REASON_CODES, REASON_TEXT, REQUEST_ATTRIBUTES])
     description = text(attrs, STUDY_DESCRIPTION, "StudyDescription", repairs)
+    if description:
+        study["description"] = description
+        trace("ImagingStudy.description", [STUDY_DESCRIPTION])
+    _apply_private(study, "study", attrs, "ImagingStudy", ctx, repairs, "study")
+    description = study.pop("description", None)  # R4 order: note, then description
     repairs = [_note_text(note) for note in dict.fromkeys(repairs)]
     notes = _notes([*(record.repairs or []), *repairs])
     if notes:
         study["note"] = notes
+        trace("ImagingStudy.note", (), None, "what was repaired or left out to read the study")
     if description:
         study["description"] = description
     study["series"] = series
+    if "extension" in study:  # R4 element order: extensions right after meta
+        study = {"resourceType": study.pop("resourceType"), "id": study.pop("id"),
+                 "meta": study.pop("meta"), "extension": study.pop("extension"), **study}
     return MappedStudy(imaging_study=study, patient=patient, repairs=repairs)
+
+
+def _location(attrs: dict, ctx: MappingContext, repairs: list) -> tuple[dict | None, str | None]:
+    """ImagingStudy.location from Institution Name (0008,0080), named as the profile's
+    `institution` says: a variant of `names` becomes its one name; no name, the `default`."""
+    rules = ctx.rules
+    if not rules.institution_location:
+        return None, None
+    name = text(attrs, INSTITUTION, "InstitutionName", repairs)
+    if name:
+        key = institution_key(name)
+        if key in rules.institution_names:
+            return {"display": rules.institution_names[key]}, rules.rule("institution", "name", key)
+        return {"display": name}, rules.rule("institution", "location")
+    if rules.institution_default:
+        return {"display": rules.institution_default}, rules.rule("institution", "default")
+    return None, None
 
 
 def _note_text(note) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from app.identity.keys import patient_id, patient_id_for_study
-from app.mapping import codes
+from app.mapping import claims, codes
 from app.mapping.context import MappingContext
 from app.mapping.dicom_values import (
     IDENTIFIER_TYPE_CODE,
@@ -20,7 +20,7 @@ from app.mapping.dicom_values import (
     fhir_code,
     first,
     items,
-    parse_da,
+    parse_da_with,
     pn_components,
     pn_groups,
     raw_values,
@@ -48,10 +48,17 @@ def issuer_system(attrs: dict, ctx: MappingContext, label: str,
     """(Identifier.system, local issuer for assigner.display, identifier type code).
 
     Order: a usable Universal Entity ID in the Issuer of Patient ID Qualifiers Sequence;
-    then the bare Issuer of Patient ID (0010,0021) through ctx.issuer_systems, or, when not
-    configured, `urn:imaging-facade:issuer:<percent-encoded issuer>`; with no issuer at all,
+    then the bare Issuer of Patient ID (0010,0021) through ctx.issuer_systems and the
+    profile's `issuers`, or, when not configured,
+    `urn:imaging-facade:issuer:<percent-encoded issuer>`; with no issuer at all,
     ctx.patient_id_system.
     """
+    system, local, type_code, _ = issuer_system_and_rule(attrs, ctx, label, repairs)
+    return system, local, type_code
+
+
+def issuer_system_and_rule(attrs: dict, ctx: MappingContext, label: str, repairs: list):
+    """issuer_system and the profile rule (file:line) that gave the system, if one did."""
     local = first(attrs, ISSUER_OF_PATIENT_ID)
     qualifiers = items(attrs, ISSUER_QUALIFIERS)
     qualifier = qualifiers[0] if qualifiers else {}
@@ -59,22 +66,28 @@ def issuer_system(attrs: dict, ctx: MappingContext, label: str,
     system = universal_entity_system(first(qualifier, UNIVERSAL_ENTITY_ID),
                                first(qualifier, UNIVERSAL_ENTITY_ID_TYPE), label, repairs)
     if system:
-        return system, local, type_code
+        return system, local, type_code, None
     if local:
-        mapped = ctx.issuer_systems.get(local)
+        mapped, rule = ctx.issuer(local)
         if mapped:
-            return mapped, local, type_code
-        return LOCAL_ISSUER_PREFIX + quote(local, safe=""), local, type_code
-    return ctx.patient_id_system, None, type_code
+            return mapped, local, type_code, rule
+        return LOCAL_ISSUER_PREFIX + quote(local, safe=""), local, type_code, None
+    configured = ctx.rules.patient_id_system is not None and ctx.rules.patient_id_system == ctx.patient_id_system
+    return ctx.patient_id_system, None, type_code, ctx.rules.rule("patient_id", "system") if configured else None
 
 
 def patient_identifier(attrs: dict, ctx: MappingContext, label: str,
-                       repairs: list) -> dict | None:
-    """Identifier from the Patient ID (0010,0020) of `attrs` and its issuer, or None."""
+                       repairs: list, at: str | None = None) -> dict | None:
+    """Identifier from the Patient ID (0010,0020) of `attrs` and its issuer, or None;
+    `at` is the element path provenance is recorded under."""
     value = clean_text(first(attrs, PATIENT_ID), label, repairs)
     if not value:
         return None
-    system, local, type_code = issuer_system(attrs, ctx, label, repairs)
+    system, local, type_code, rule = issuer_system_and_rule(attrs, ctx, label, repairs)
+    if at:
+        ctx.trace(at, [PATIENT_ID, ISSUER_OF_PATIENT_ID, ISSUER_QUALIFIERS])
+        ctx.trace(at + ".system", [ISSUER_OF_PATIENT_ID, ISSUER_QUALIFIERS], rule,
+                  None if local or rule else "no issuer: the source's Patient ID system")
     identifier: dict = {}
     if type_code:
         identifier["type"] = {"coding": [{"system": codes.V2_0203, "code": type_code}]}
@@ -85,7 +98,24 @@ def patient_identifier(attrs: dict, ctx: MappingContext, label: str,
     return identifier
 
 
-def human_names(value, repairs: list | None = None) -> list[dict]:
+def _components(group: str, name_format: str) -> list[str]:
+    """PN components of a group; a group without "^" is read as the profile's `names.format`
+    says ("JOHN SMITH" given-family, "SMITH JOHN" or "SMITH, JOHN" family-given)."""
+    if name_format == "dicom" or "^" in group:
+        return pn_components(group)
+    if name_format == "family-given" and "," in group:
+        family, _, given = group.partition(",")
+        words = given.split()
+        return [family.strip(), words[0] if words else "", " ".join(words[1:]), "", ""]
+    words = group.split()
+    if len(words) < 2:
+        return pn_components(group)
+    if name_format == "given-family":
+        return [words[-1], words[0], " ".join(words[1:-1]), "", ""]
+    return [words[0], words[1], " ".join(words[2:]), "", ""]
+
+
+def human_names(value, repairs: list | None = None, name_format: str = "dicom") -> list[dict]:
     """HumanNames of one PN value: one per non-empty component group; the ideographic and
     phonetic groups carry the iso21090-EN-representation extension (IDE / SYL)."""
     names: list[dict] = []
@@ -93,7 +123,7 @@ def human_names(value, repairs: list | None = None) -> list[dict]:
         group = clean_text(group, "PatientName", repairs)
         if not group:
             continue
-        family, given, middle, prefix, suffix = pn_components(group)
+        family, given, middle, prefix, suffix = _components(group, name_format)
         name: dict = {}
         if representation:
             name["extension"] = [{"url": EN_REPRESENTATION, "valueCode": representation}]
@@ -115,7 +145,8 @@ def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
                 repairs: list) -> dict:
     """FHIR Patient for the patient-level attributes of one study."""
     identifiers: list[dict] = []
-    primary = patient_identifier(attrs, ctx, "PatientID", repairs)
+    trace = ctx.trace
+    primary = patient_identifier(attrs, ctx, "PatientID", repairs, "Patient.identifier[0]")
     if primary is not None:
         identifiers.append(primary)
         resource_id = patient_id(primary["system"], primary["value"])
@@ -126,28 +157,44 @@ def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
             if other is None or (other["system"], other["value"]) in seen:
                 continue
             seen.add((other["system"], other["value"]))
+            trace(f"Patient.identifier[{len(identifiers)}]", [OTHER_PATIENT_IDS])
             identifiers.append(other)
+        trace("Patient.id", [PATIENT_ID, ISSUER_OF_PATIENT_ID, ISSUER_QUALIFIERS], None,
+              "a digest of the first identifier's system and value")
     else:
         # no Patient ID: a patient of its own, never merged with anybody
         resource_id = patient_id_for_study(study_uid)
         repairs.append("PatientID is empty; the study gets a Patient of its own")
+        trace("Patient.id", ["0020000D"], None, "no Patient ID: a Patient of the study's own")
 
-    patient: dict = {"resourceType": "Patient", "id": resource_id}
+    patient: dict = {"resourceType": "Patient", "id": resource_id, "meta": claims.meta("Patient")}
+    trace("Patient.meta.profile", (), None, "the profile every Patient claims (fhir_profiles/structure)")
     if identifiers:
         patient["identifier"] = identifiers
     names_values = raw_values(attrs, PATIENT_NAME)
     if names_values:
-        names = human_names(names_values[0], repairs)
+        rules = ctx.rules
+        groups = [g for g in pn_groups(names_values[0]) if g]
+        reformatted = rules.name_format != "dicom" and any(" " in g.strip() and "^" not in g for g in groups)
+        names = human_names(names_values[0], repairs, rules.name_format)
         if names:
             patient["name"] = names
+            if reformatted:
+                repairs.append(f"PatientName has no component separators (^); read as "
+                               f"{rules.name_format} (mapping profile names.format)")
+            trace("Patient.name", [PATIENT_NAME], rules.rule("names", "format") if reformatted else None)
     sex = first(attrs, SEX)
     patient["gender"] = _GENDER.get(sex.upper(), "unknown") if sex else "unknown"
+    trace("Patient.gender", [SEX], None, None if sex else "no Patient's Sex: unknown")
     if sex and sex.upper() not in _GENDER:
         repairs.append(f"PatientSex {sex!r} is not M, F or O; gender set to unknown")
     birth = first(attrs, BIRTH_DATE)
     if birth:
-        birth_date = parse_da(birth)
-        study_date = parse_da(first(attrs, STUDY_DATE))
+        birth_date, pattern = parse_da_with(birth, ctx.rules.date_formats)
+        study_date, _ = parse_da_with(first(attrs, STUDY_DATE), ctx.rules.date_formats)
+        if pattern is not None:
+            repairs.append("PatientBirthDate is not a valid DA; read with the mapping profile's "
+                           "dates.formats")
         if birth_date is None:
             repairs.append("PatientBirthDate is not a valid DA; birthDate left out")
         elif study_date is not None and birth_date > study_date:
@@ -155,4 +202,5 @@ def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
             repairs.append("PatientBirthDate is after the StudyDate; birthDate left out")
         else:
             patient["birthDate"] = birth_date.isoformat()
+            trace("Patient.birthDate", [BIRTH_DATE], ctx.rules.rule("dates", "formats") if pattern else None)
     return patient

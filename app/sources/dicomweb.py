@@ -13,7 +13,9 @@ NumberOfStudyRelatedSeries/Instances, series with NumberOfSeriesRelatedInstances
 never returns sequence attributes in QIDO (OtherPatientIDsSequence,
 IssuerOfPatientIDQualifiersSequence, ProcedureCodeSequence...). With
 `instance_metadata=True` the source fills the study's missing PATIENT/STUDY attributes
-from the WADO-RS metadata of its first instance (one extra request per study).
+from the WADO-RS metadata of its first instance (one extra request per study), and
+takes from it the private attributes a mapping profile maps (`private_tags`, given as
+`private_tags` tag numbers): QIDO-RS answers never carry those.
 
 Capped answers. An archive may return fewer studies than match a query. PS3.18 says it
 then sends `Warning: 299 ...: The number of results exceeded the maximum supported by the
@@ -112,6 +114,7 @@ class DicomwebSource(ListedSource):
         backoff: float = 0.25,
         instance_metadata: bool = False,
         max_results: int | None = None,
+        private_tags=(),
     ):
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -124,6 +127,8 @@ class DicomwebSource(ListedSource):
         self.retries = retries
         self.backoff = backoff
         self.instance_metadata = instance_metadata
+        #: DICOM JSON keys of the private attributes kept from instance metadata
+        self._private_keys = frozenset(f"{tag:08X}" for tag in private_tags)
         #: the most studies the archive returns for one query (Orthanc: LimitFindResults)
         self.max_results = max_results
         self._cut = False  # a response of the current query carried the PS3.18 "cut" warning
@@ -343,6 +348,6 @@ class DicomwebSource(ListedSource):
             return attrs, [f"instance metadata not read: {self._describe(exc)}"]
         merged = dict(attrs)
         for key, element in metadata.items():
-            if key in _STUDY_LEVEL and key not in merged:
+            if (key in _STUDY_LEVEL or key in self._private_keys) and key not in merged:
                 merged[key] = element
         return merged, []

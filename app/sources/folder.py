@@ -30,6 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import orjson
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
@@ -229,11 +231,27 @@ class _Study:
 
 
 class FolderSource:
-    """Every study found under `path` (files and DICOMDIR media)."""
+    """Every study found under `path` (files and DICOMDIR media).
 
-    def __init__(self, name: str, path: str | Path):
+    `extra_tags` (tag numbers) are read as well, into the study and series attributes: the
+    private attributes a mapping profile maps (`Profile.private_tag_numbers()`).
+    `default_charset` (a Specific Character Set term, a profile's `character_set.default`)
+    is how the text of files that declare no Specific Character Set is read.
+    """
+
+    def __init__(self, name: str, path: str | Path, extra_tags=(), only=None,
+                 default_charset: str | None = None):
         self.name = name
         self.path = Path(path)
+        self._default_charset = default_charset
+        #: these files (under `path`) instead of a walk of the folder, e.g. one file to explain
+        self._only = [str(Path(p)) for p in only] if only is not None else None
+        extra = sorted({Tag(t) for t in extra_tags})
+        self._study_tags = sorted({*_STUDY_TAGS, *extra}) if extra else _STUDY_TAGS
+        self._series_tags = sorted({*_SERIES_TAGS, *extra}) if extra else _SERIES_TAGS
+        self._specific_tags = sorted({*_SPECIFIC_TAGS, *extra}) if extra else _SPECIFIC_TAGS
+        last = max([*extra, max(_SPECIFIC_TAGS)])
+        self._stop = (lambda tag, vr, length: tag > last) if extra else _stop
         self.stats: dict = {}
         self._studies: dict[str, _Study] | None = None
         self._failures: list[StudyFailure] = []
@@ -329,7 +347,7 @@ class FolderSource:
             # pydicom warns about every oddity of every file; the stats and failures are
             # the report, and a large walk must not flood stderr
             warnings.simplefilter("ignore")
-            for path in self._walk(self._root):
+            for path in (self._only if self._only is not None else self._walk(self._root)):
                 stats["files"] += 1
                 kind = self._read_one(path, dicomdirs)
                 if kind:
@@ -352,8 +370,8 @@ class FolderSource:
         stats = self.stats
         try:
             with open(path, "rb") as fp:
-                ds = read_partial(fp, _stop, defer_size=_DEFER_SIZE, force=True,
-                                  specific_tags=_SPECIFIC_TAGS)
+                ds = read_partial(fp, self._stop, defer_size=_DEFER_SIZE, force=True,
+                                  specific_tags=self._specific_tags)
                 size = os.fstat(fp.fileno()).st_size
                 cut = _cut_element(ds, size) if fp.tell() >= size else None
         except Exception as exc:  # noqa: BLE001 - any parse error of any file
@@ -378,6 +396,9 @@ class FolderSource:
             dicomdirs.append(path)
             return True
 
+        charset_assumed = self._default_charset and 0x00080005 not in ds
+        if charset_assumed:
+            ds.set_original_encoding(*ds.original_encoding, convert_encodings([self._default_charset]))
         try:
             instance, repairs = _instance_json(ds)
         except Exception as exc:  # noqa: BLE001
@@ -409,7 +430,10 @@ class FolderSource:
         stats["dicom"] += 1
         study = self._studies.get(study_uid)
         if study is None:
-            attrs, study_repairs = dataset_to_dicom_json(ds, _STUDY_TAGS)
+            attrs, study_repairs = dataset_to_dicom_json(ds, self._study_tags)
+            if charset_assumed and not orjson.dumps(attrs).isascii():
+                study_repairs.append(f"SpecificCharacterSet (0008,0005) absent; text read as "
+                                     f"{self._default_charset} (mapping profile character_set.default)")
             study = self._studies[study_uid] = _Study(study_uid, attrs, study_repairs)
         if (series_uid, sop_uid) in study.sops:
             study.duplicates += 1
@@ -418,7 +442,7 @@ class FolderSource:
         study.sops.add((series_uid, sop_uid))
         series = study.series.get(series_uid)
         if series is None:
-            series_attrs, series_repairs = dataset_to_dicom_json(ds, _SERIES_TAGS)
+            series_attrs, series_repairs = dataset_to_dicom_json(ds, self._series_tags)
             series = study.series[series_uid] = SeriesRecord(attrs=series_attrs)
             stats["series"] += 1
             for repair in series_repairs:

@@ -3,7 +3,8 @@
 Reads on the API's hot path go through reader.py.
 
 A resource gets a new `meta.versionId` and `meta.lastUpdated` only when its content (all
-but `meta`) changed, so syncing the same archive twice changes nothing.
+but those two) changed, so syncing the same archive twice changes nothing, while a new
+profile claim in `meta.profile` is a new version.
 """
 from __future__ import annotations
 
@@ -46,9 +47,15 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+_VERSION_META = ("versionId", "lastUpdated")
+
+
 def content_hash(body: dict) -> str:
-    without_meta = {k: v for k, v in body.items() if k != "meta"}
-    return hashlib.sha256(orjson.dumps(without_meta, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    content = {k: v for k, v in body.items() if k != "meta"}
+    meta = {k: v for k, v in (body.get("meta") or {}).items() if k not in _VERSION_META}
+    if meta:
+        content["meta"] = meta
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 INDEX_TABLES = (t.TokenIndex, t.StringIndex, t.DateIndex, t.ReferenceIndex)

@@ -258,7 +258,11 @@ class OrthancServer:
 
         Files Orthanc rejects (not DICOM, no identifiers...) are skipped and recorded in
         `self.rejected` as (path, reason). Uploads run on a few threads (Orthanc commits
-        each instance; in parallel the fixture loads several times faster).
+        each instance; in parallel the fixture loads several times faster), after the first
+        file of each study (in the given order) went alone: Orthanc takes a study's
+        attributes from its first instance, and instances of one study may disagree (the
+        pydicom NM study's files name two institutions), so every Orthanc of the same files
+        answers the same.
         """
         local = threading.local()
 
@@ -281,8 +285,9 @@ class OrthancServer:
             return path, None, f"HTTP {response.status_code}: {detail}"
 
         answers = []
+        firsts, rest = _first_of_each_study(list(paths))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for path, answer, error in pool.map(post, list(paths)):
+            for path, answer, error in [*map(post, firsts), *pool.map(post, rest)]:
                 if error is None:
                     answers.append(answer)
                 else:
@@ -292,6 +297,26 @@ class OrthancServer:
     def studies(self) -> list[dict]:
         """Every study Orthanc holds, as GET /studies?expand gives them."""
         return self.get("/studies", expand="")
+
+
+def _first_of_each_study(paths: list) -> tuple[list, list]:
+    """(the first file of each StudyInstanceUID, all the others), order kept."""
+    seen: set = set()
+    firsts, rest = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in paths:
+            try:
+                uid = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                      specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID")
+            except Exception:  # noqa: BLE001 - Orthanc decides about files pydicom cannot read
+                uid = None
+            if uid and str(uid) not in seen:
+                seen.add(str(uid))
+                firsts.append(path)
+            else:
+                rest.append(path)
+    return firsts, rest
 
 
 # -- helpers the integration tests share ---------------------------------------------

@@ -17,6 +17,7 @@ from pydicom.data import get_testdata_files
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
+from structure_check import profile_problems
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +56,12 @@ def _snapshot(store):
 
 
 def _check_emitted(client, assert_valid_r4):
-    """Every resource the API serves validates against the R4 models; references resolve."""
+    """Every resource the API serves validates against the R4 models and meets the profile it
+    claims (fhir_profiles/structure); references resolve."""
     studies, patients, endpoints = _all(client, "ImagingStudy"), _all(client, "Patient"), _all(client, "Endpoint")
     for resource in [*studies.values(), *patients.values(), *endpoints.values()]:
         assert_valid_r4(resource)
+        assert profile_problems(resource) == [], (resource["resourceType"], resource["id"])
     for study in studies.values():
         assert study["subject"]["reference"].removeprefix("Patient/") in patients
         assert {e["reference"].removeprefix("Endpoint/") for e in study["endpoint"]} <= set(endpoints)

@@ -391,12 +391,21 @@ def test_procedure_code_sequence():
 # --- modality, body part, laterality, performers -----------------------------------------
 
 
-def test_unknown_modality_is_kept():
+def test_unknown_modality_is_kept_as_text():
+    # not a DICOM code: no DCM system is claimed for it, the value stays readable
     rec = record([series("1.2.3.1", 1, modality="XYZ")])
     result = mapped(rec)
-    assert result.imaging_study["series"][0]["modality"] == {"system": DCM, "code": "XYZ"}
-    assert result.imaging_study["modality"] == [{"system": DCM, "code": "XYZ"}]
-    assert any("'XYZ'" in note for note in result.repairs)
+    assert result.imaging_study["series"][0]["modality"] == {"display": "XYZ"}
+    assert result.imaging_study["modality"] == [{"display": "XYZ"}]
+    assert any("'XYZ'" in note and "kept as text" in note for note in result.repairs)
+
+
+def test_modality_synonyms_of_the_base_profile_become_dicom_codes():
+    rec = record([series("1.2.3.1", 1, modality="PET"), series("1.2.3.2", 2, modality="mri")])
+    result = mapped(rec)
+    assert [s["modality"]["code"] for s in result.imaging_study["series"]] == ["PT", "MR"]
+    assert all(s["modality"]["system"] == DCM for s in result.imaging_study["series"])
+    assert result.repairs == []
 
 
 def test_modalities_in_study_wins_over_series_modalities():
@@ -679,6 +688,10 @@ def test_endpoint_with_wado_url():
     assert endpoint == {
         "resourceType": "Endpoint",
         "id": "main-pacs",
+        "meta": {"profile": ["http://imaging-facade.org/fhir/StructureDefinition/imaging-facade-endpoint"]},
+        "extension": [{
+            "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+            "valueBoolean": False}],
         "status": "active",
         "connectionType": {
             "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
