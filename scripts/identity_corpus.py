@@ -27,6 +27,7 @@ import io
 import random
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import combinations
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from app.config import load_config  # noqa: E402
+from app.identity.scoring import score  # noqa: E402
 from app.store import links  # noqa: E402
 from app.store import tables as t  # noqa: E402
 from app.store.repository import Store  # noqa: E402
@@ -279,6 +281,8 @@ class Evaluation:
     linked: set
     review: set
     kin_pairs: dict  # pair -> "twin" | "namesake"
+    #: why pairs of one person were not linked: their explanation's non-agreeing features
+    missed: Counter = field(default_factory=Counter)
 
     @property
     def precision(self) -> float:
@@ -305,7 +309,9 @@ class Evaluation:
                  f"review queue: {len(self.review)} pairs ({len(self.review & self.true_pairs)} of one person); "
                  f"recall counting reviewed pairs as linked: "
                  f"{len((self.linked | self.review) & self.true_pairs) / max(1, len(self.true_pairs)):.4f}",
-                 f"twin/namesake pairs among the records: {len(self.kin_pairs)}; linked: {len(self.kin_links)}"]
+                 f"twin/namesake pairs among the records: {len(self.kin_pairs)}; linked: {len(self.kin_links)}",
+                 "pairs of one person not linked, by what disagreed:"]
+        lines += [f"  {count:4d}  {reason}" for reason, count in self.missed.most_common(12)]
         return "\n".join(lines)
 
 
@@ -334,7 +340,22 @@ def evaluate(store: Store, records: list[Record], people: list[Person]) -> Evalu
             kin[(a, b)] = pa.kin[0]
     linked = {(p.a, p.b) for p in pairs if p.status in links.LINKED}
     review = {(p.a, p.b) for p in pairs if p.status == "review"}
-    return Evaluation(len(ids), true_pairs, linked, review, kin)
+    missed: Counter = Counter()
+    scored = {(p.a, p.b): p for p in pairs}
+    for pair in true_pairs - linked:
+        row = scored.get(pair)
+        if row is None:
+            with store.engine.connect() as conn:
+                feats = links.features_of(conn, list(pair))
+            result = score(feats[pair[0]], feats[pair[1]])
+            explanation, where = result.as_dict(), ("not a candidate (no blocking key in common)"
+                                                    if result.points >= store.identity.review else "below review")
+        else:
+            explanation, where = row.explanation, row.status
+        weak = [f"{c['feature']}: {c['reason']}" for c in explanation["contributions"]
+                if c["points"] < 4 and not c["feature"].startswith("sex")]
+        missed[f"{where}, {explanation['points']:g} points; " + "; ".join(weak)] += 1
+    return Evaluation(len(ids), true_pairs, linked, review, kin, missed)
 
 
 def run(people_count: int, seed: int, store_url: str | None, workdir: Path) -> Evaluation:

@@ -16,7 +16,8 @@ reading every patient. Each key is built to survive one kind of error the scorin
   that a transposition does not change;
 - `n:<code>|<code>`: the sound of the family name and of the first given name, in sorted
   order, so a swap of the two still meets (typos in the birth date, or none at all);
-- `f:<code>|<year>`: family name and birth year (a typo in the given name and in the day).
+- `f:<code>|<year>` and `d:<code>|<month/day>`: one name with the birth year, or with the day
+  and month (a typo in the other name and one in the birth date).
 """
 from __future__ import annotations
 
@@ -82,17 +83,20 @@ def blocking_keys(feats: dict) -> list[str]:
     keys: list[str] = [f"i:{value}" for _, value in feats["ids"]]
     birth = feats.get("birth") or ""
     year = birth[:4] if len(birth) >= 4 else None
+    day_of_year = None
     if _FULL_DATE.match(birth):
         month, day = birth[5:7], birth[8:10]
-        keys.append(f"b:{year}-{min(month, day)}-{max(month, day)}")
+        day_of_year = f"{min(month, day)}-{max(month, day)}"
+        keys.append(f"b:{year}-{day_of_year}")
     for name in feats["names"]:
         family = sound(name["family"][0]) if name["family"] else None
         given = sound(name["given"][0]) if name["given"] else None
         if family and given:
             keys.append("n:" + "|".join(sorted((family, given))))
-        if year:
-            for word in (family, given):  # given too: family and given may be swapped
-                if word:
-                    keys.append(f"f:{word}|{year}")
+        for word in (family, given):  # given too: family and given may be swapped
+            if word and year:
+                keys.append(f"f:{word}|{year}")
+            if word and day_of_year:
+                keys.append(f"d:{word}|{day_of_year}")
     unique = list(dict.fromkeys(k[:200] for k in keys))
     return unique

@@ -12,7 +12,8 @@ archives come out on the right side of the thresholds (app.identity.settings):
 - one person with a typo in one name, a day/month transposition or a digit typo in the birth
   date, or family and given name swapped, still reaches `auto_link`;
 - a shared identifier (an Other Patient ID that is another record's Patient ID, in the same
-  namespace) is certain on its own.
+  namespace) is certain even when both names disagree; only names and birth date all
+  disagreeing (a reused or mistyped number) bring it down to review.
 
 Scores explain themselves: `Score.contributions` lists (feature, points, reason) and the
 reasons never quote names, dates or identifiers, so an explanation can be logged or shown.
@@ -25,13 +26,13 @@ from rapidfuzz.distance import JaroWinkler, Levenshtein
 
 from app.identity.features import sound
 
-SHARED_IDENTIFIER = 25.0
+SHARED_IDENTIFIER = 30.0
 SAME_ISSUER_OTHER_ID = -6.0
 SAME_VALUE_OTHER_ISSUER = 2.0
 FAMILY = {"same": 7.0, "similar": 5.0, "differs": -4.0}
 GIVEN = {"same": 6.0, "similar": 4.0, "initial": 1.0, "differs": -5.0}
 SWAP_PENALTY = -2.0
-BIRTH = {"same": 8.0, "transposed": 4.0, "typo": 3.0, "same-year": 1.0, "differs": -10.0, "other-year": -5.0}
+BIRTH = {"same": 8.0, "transposed": 4.0, "typo": 4.0, "same-year": 1.0, "differs": -10.0, "other-year": -5.0}
 SEX = {"same": 1.0, "differs": -8.0}
 #: Jaro-Winkler similarity from which two words count as one misspelled
 SIMILAR = 0.9
