@@ -283,6 +283,10 @@ class Evaluation:
     kin_pairs: dict  # pair -> "twin" | "namesake"
     #: why pairs of one person were not linked: their explanation's non-agreeing features
     missed: Counter = field(default_factory=Counter)
+    #: Patients holding a record under archive A's issuer and one under its legacy name
+    namespace_merged: int = 0
+    #: pairs where one record names the other's Patient ID in Other Patient IDs
+    other_id_pairs: set = field(default_factory=set)
 
     @property
     def precision(self) -> float:
@@ -310,6 +314,9 @@ class Evaluation:
                  f"recall counting reviewed pairs as linked: "
                  f"{len((self.linked | self.review) & self.true_pairs) / max(1, len(self.true_pairs)):.4f}",
                  f"twin/namesake pairs among the records: {len(self.kin_pairs)}; linked: {len(self.kin_links)}",
+                 f"records joined by identity.same_namespace (A's legacy issuer): {self.namespace_merged} Patients",
+                 f"pairs named by Other Patient IDs: {len(self.other_id_pairs)}; linked: "
+                 f"{len(self.other_id_pairs & self.linked)}",
                  "pairs of one person not linked, by what disagreed:"]
         lines += [f"  {count:4d}  {reason}" for reason, count in self.missed.most_common(12)]
         return "\n".join(lines)
@@ -323,8 +330,14 @@ def evaluate(store: Store, records: list[Record], people: list[Person]) -> Evalu
         rows = conn.execute(select(t.Resource.id, t.Resource.content).where(t.Resource.rtype == "Patient")).all()
         pairs = links.list_links(conn, None, limit=10**6)
     owner: dict[str, int] = {}
+    namespace_merged = 0
+    holder: dict[tuple, str] = {}
     for rid, content in rows:
         patient = orjson.loads(content)
+        systems = {i["system"] for i in patient.get("identifier", [])}
+        namespace_merged += {ARCHIVES["A"][1], LEGACY_A[1]} <= systems
+        for i in patient.get("identifier", [])[:1]:
+            holder[(i["system"], i["value"])] = rid
         found = {person_of[(i["system"], i["value"])] for i in patient.get("identifier", [])
                  if (i["system"], i["value"]) in person_of}
         if len(found) != 1:
@@ -355,7 +368,14 @@ def evaluate(store: Store, records: list[Record], people: list[Person]) -> Evalu
         weak = [f"{c['feature']}: {c['reason']}" for c in explanation["contributions"]
                 if c["points"] < 4 and not c["feature"].startswith("sex")]
         missed[f"{where}, {explanation['points']:g} points; " + "; ".join(weak)] += 1
-    return Evaluation(len(ids), true_pairs, linked, review, kin, missed)
+    other_id_pairs = set()
+    for r in records:
+        for value, issuer in r.other_ids:
+            mine = holder.get((system_of[r.issuer], r.patient_id))
+            theirs = holder.get((system_of[issuer], value))
+            if mine and theirs and mine != theirs:
+                other_id_pairs.add(tuple(sorted((mine, theirs))))
+    return Evaluation(len(ids), true_pairs, linked, review, kin, missed, namespace_merged, other_id_pairs)
 
 
 def run(people_count: int, seed: int, store_url: str | None, workdir: Path) -> Evaluation:
