@@ -38,9 +38,10 @@ def automatic_status(points: float, rules: IdentityConfig) -> str | None:
     return None
 
 
-def decide(conn: Connection, a: str, b: str, result: Score, rules: IdentityConfig) -> bool:
-    """Record the pair's new score and automatic status; True if Patient.link of the two changes."""
-    row = links.get_link(conn, a, b)
+def decide(conn: Connection, a: str, b: str, result: Score, rules: IdentityConfig,
+           row: links.LinkRow | None) -> bool:
+    """Record the pair's new score and automatic status, given its current row (None if the
+    pair was never scored); True if Patient.link of the two changes."""
     explanation = result.as_dict()
     if row is not None and row.status in links.MANUAL:
         links.put_link(conn, a, b, row.status, result.points, explanation, keep_decided=True)
@@ -78,11 +79,11 @@ def reconcile_in(conn: Connection, store: Store, patient_id: str, rules: Identit
         return []
     found = links.candidates(conn, blocking_keys(feats), exclude=patient_id)
     # pairs decided before whose partner no key finds any more are scored again too
-    known = [r.b if r.a == patient_id else r.a for r in links.links_of(conn, patient_id)]
+    known = {r.b if r.a == patient_id else r.a: r for r in links.links_of(conn, patient_id)}
     found.update(links.features_of(conn, [k for k in known if k not in found]))
     changed: set[str] = set()
     for other, other_feats in found.items():
-        if decide(conn, patient_id, other, score(feats, other_feats), rules):
+        if decide(conn, patient_id, other, score(feats, other_feats), rules, known.get(other)):
             changed.update((patient_id, other))
     store.refresh_patients(conn, changed)
     return sorted(changed)
