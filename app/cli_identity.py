@@ -77,3 +77,13 @@ def _pair_command(name, action_name, help_text):
 _pair_command("link", "link", "Link two Patients as one person (remembered: scoring never undoes it).")
 _pair_command("unlink", "unlink", "Unlink two Patients for good (remembered: never linked automatically again).")
 _pair_command("explain", "explain", "Score two Patients feature by feature, and say what is decided.")
+
+
+@identity.command("rematch")
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+def identity_rematch(config_path):
+    """Score every Patient again, e.g. after changing the thresholds (a person's decisions stay)."""
+    from app.identity.review import rematch
+
+    changed = _run(config_path, rematch)
+    click.echo(f"links changed on {changed} Patients")

@@ -333,7 +333,10 @@ def sync_item(store: Store, source_name: str, ctx: MappingContext, item, summary
         return
     mapped = resolve(mapped, store.identity)
     summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name, archive_key))
-    reconcile_patient(store, mapped.patient["id"])
+    try:
+        reconcile_patient(store, mapped.patient["id"])
+    except Exception as exc:  # the study is stored; matching runs again when its patient next changes
+        log.error("identity matching failed for a patient of source %s: %s", source_name, describe(exc))
     summary.released += store.release_study(source_name, item.uid)
     if item.repairs or mapped.repairs:
         summary.repaired += 1

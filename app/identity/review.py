@@ -79,3 +79,20 @@ def link(store: Store, a: str, b: str) -> dict:
 def unlink(store: Store, a: str, b: str) -> dict:
     """A person says the two are two people: unlinked now and never linked automatically."""
     return _decide(store, a, b, "manual-unlink")
+
+
+def rematch(store: Store) -> int:
+    """Score every Patient again (after the thresholds or namespace rules changed); returns how
+    many Patients' links changed. A person's decisions stay as they are."""
+    from sqlalchemy import select
+
+    from app.identity.reconcile import reconcile_patient
+    from app.store import tables as t
+
+    with store.engine.connect() as conn:
+        ids = list(conn.execute(select(t.Resource.id).where(t.Resource.rtype == "Patient").order_by(t.Resource.id))
+                   .scalars())
+    changed: set[str] = set()
+    for patient_id in ids:
+        changed.update(reconcile_patient(store, patient_id, force=True))
+    return len(changed)

@@ -206,7 +206,27 @@ def test_identity_cli(served, tmp_path):
     assert "no pairs (linked)" in runner.invoke(cli, ["identity", "list", "--status", "linked", *args]).output
     linked = runner.invoke(cli, ["identity", "link", *args, f"Patient/{A['id']}", B["id"]])
     assert json.loads(linked.output)["status"] == "manual-link"
+    rematched = runner.invoke(cli, ["identity", "rematch", *args])
+    assert rematched.exit_code == 0 and "links changed on 0 Patients" in rematched.output  # the manual link holds
     missing = runner.invoke(cli, ["identity", "link", *args, A["id"], "nobody"])
     assert missing.exit_code == 2 and "not known" in missing.output
     for line in (listed.output + explained.output).splitlines():
         assert "Miller" not in line and "1970" not in line  # ids and scores, never names or dates
+
+
+def test_rematch_applies_new_thresholds_but_not_over_a_person(served, write_config):
+    client, store, config = served
+    from app.identity.review import rematch, unlink
+
+    unlink(store, A["id"], B["id"])
+    lower = write_config({"store": config.store, "server": {"base_url": BASE}, "security": {"open": True},
+                          "identity": {"auto_link": 13, "review": 10}}, name="lower.yaml")
+    relaxed = Store.from_config(lower)
+    try:
+        assert rematch(relaxed) > 0
+    finally:
+        relaxed.close()
+    # 14 points to each of A and B (no birth date to tell): linked to both now, not to the namesake
+    assert {lnk["other"]["reference"] for lnk in links(client, UNSURE["id"])} == {f"Patient/{A['id']}",
+                                                                                   f"Patient/{B['id']}"}
+    assert f"Patient/{B['id']}" not in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
