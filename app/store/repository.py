@@ -306,7 +306,10 @@ class Store:
                 self._refresh_patient(conn, partner)
             return
         merged = merge_patient([orjson.loads(r.content) for r in sorted(rows, key=lambda r: r.rank, reverse=True)])
-        self._put(conn, with_links(merged, self._existing(conn, "Patient", links.linked_ids(conn, patient_id))))
+        partners = self._existing(conn, "Patient", links.linked_ids(conn, patient_id))
+        if self._put(conn, with_links(merged, partners)) == NEW:
+            for partner in partners:  # back after a deletion: a person's link to it holds again, both ways
+                self._refresh_patient(conn, partner)
 
     def refresh_patients(self, conn: Connection, patient_ids) -> None:
         """Store new versions of Patients whose links changed (in the caller's transaction)."""

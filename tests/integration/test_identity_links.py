@@ -230,3 +230,15 @@ def test_rematch_applies_new_thresholds_but_not_over_a_person(served, write_conf
     assert {lnk["other"]["reference"] for lnk in links(client, UNSURE["id"])} == {f"Patient/{A['id']}",
                                                                                    f"Patient/{B['id']}"}
     assert f"Patient/{B['id']}" not in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
+
+
+def test_a_manual_link_holds_when_a_deleted_patient_comes_back(served):
+    client, store, _ = served
+    from app.identity.review import link
+
+    link(store, A["id"], NAMESAKE["id"])
+    store.remove_copy("c", "1.4")
+    assert f"Patient/{NAMESAKE['id']}" not in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
+    store.put_study(study("1.4", NAMESAKE), NAMESAKE, "c")
+    assert f"Patient/{NAMESAKE['id']}" in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
+    assert f"Patient/{A['id']}" in {lnk["other"]["reference"] for lnk in links(client, NAMESAKE["id"])}
