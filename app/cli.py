@@ -281,5 +281,9 @@ def _start_watcher(config):
     return subprocess.Popen([sys.executable, "-m", "app.cli", "sync", "--watch", "--config", str(config.path)])
 
 
+from app.cli_identity import identity  # noqa: E402
+
+main.add_command(identity)
+
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ from marshmallow import (
 from app.ids import valid_id
 from app.mapping.profile import Profile, ProfileError, source_profile
 from app.mapping.profile_yaml import YamlProblem, load_marked
+from app.identity.settings import DEFAULT as IDENTITY_DEFAULT, IdentityConfig, IdentitySchema
 
 DEFAULT_CONFIG = "config.yaml"
 CONFIG_ENV = "IMAGING_FACADE_CONFIG"
@@ -266,6 +267,7 @@ class ConfigSchema(Strict):
     server = fields.Nested(ServerSchema, load_default=lambda: ServerSchema().load({}))
     security = fields.Nested(SecuritySchema, load_default=lambda: SecuritySchema().load({}))
     sources = fields.List(fields.Nested(SourceSchema), load_default=list)
+    identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
 
     @validates("store")
     def _store(self, value, **_):
@@ -387,6 +389,7 @@ class Config:
     security: SecurityConfig
     sources: list[SourceConfig] = field(default_factory=list)
     path: Path | None = None
+    identity: IdentityConfig = IDENTITY_DEFAULT
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:
@@ -568,4 +571,5 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         security=_security(data["security"], server["base_url"].rstrip("/")),
         sources=sources,
         path=path.resolve(),
+        identity=IdentityConfig.from_data(data["identity"]),
     )

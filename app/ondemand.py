@@ -60,9 +60,14 @@ def searched_identifiers(query: SearchQuery, read_patient) -> list[tuple[str, st
         elif isinstance(clause, Clause) and clause.param.name in _PATIENT_REFERENCES and clause.modifier is None:
             for rtype, rid in clause.values:
                 patient = read_patient(rid) if rtype in (None, "Patient") and rid else None
-                for ident in (patient or {}).get("identifier", []):
-                    if ident.get("system") and ident.get("value"):
-                        pairs.append((ident["system"], ident["value"]))
+                # the search also finds the studies of linked records (Patient.link): ask for theirs too
+                linked = [read_patient(ref.removeprefix("Patient/")) for ref in
+                          (lnk.get("other", {}).get("reference", "") for lnk in (patient or {}).get("link", []))
+                          if ref.startswith("Patient/")]
+                for record in [patient, *linked]:
+                    for ident in (record or {}).get("identifier", []):
+                        if ident.get("system") and ident.get("value"):
+                            pairs.append((ident["system"], ident["value"]))
     return list(dict.fromkeys(pairs))
 
 

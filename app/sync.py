@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from app.config import SourceConfig
+from app.identity.reconcile import reconcile_patient
+from app.identity.resolve import resolve
 from app.logsafe import describe
 from app.mapping import MappingError, map_endpoint, map_study
 from app.mapping.context import MappingContext
@@ -333,7 +335,12 @@ def sync_item(store: Store, source_name: str, ctx: MappingContext, item, summary
         store.quarantine(source_name, item.uid, item.uid, f"internal mapping error: {type(exc).__name__}")
         summary.failed += 1
         return
+    mapped = resolve(mapped, store.identity)
     summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name, archive_key))
+    try:
+        reconcile_patient(store, mapped.patient["id"])
+    except Exception as exc:  # the study is stored; matching runs again when its patient next changes
+        log.error("identity matching failed for a patient of source %s: %s", source_name, describe(exc))
     summary.released += store.release_study(source_name, item.uid)
     if item.repairs or mapped.repairs:
         summary.repaired += 1

@@ -5,6 +5,7 @@ from flask import Flask
 from flask_compress import Compress
 
 from app import health, security
+from app.admin import identity as admin_identity
 from app.config import Config
 from app.fhir import errors
 from app.fhir.routes import ApiState, bp as fhir_bp
@@ -19,6 +20,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     security.init_app(app, config)
     app.register_blueprint(fhir_bp, url_prefix="/fhir")
     health.init_app(app, config, state.reader)
+    admin_identity.init_app(app)
     _compress(app)
     return app
 

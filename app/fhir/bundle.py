@@ -43,6 +43,11 @@ def _bundle(kind: str, links: list[dict], entries: list[dict], total: int | None
     return orjson.dumps(bundle)
 
 
+def match_bundle(entries: list[dict], self_url: str) -> bytes:
+    """The searchset an operation such as `Patient/$match` answers with (entries carry scores)."""
+    return _bundle("searchset", [{"relation": "self", "url": self_url}], entries, len(entries))
+
+
 def searchset(base_url: str, rtype: str, result, self_url: str, next_url: str | None,
               summary: str = "false", elements: frozenset[str] | None = None) -> bytes:
     """`_elements` subsets the matches only (it names elements of the searched type);

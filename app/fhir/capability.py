@@ -29,6 +29,13 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
                 for p in params.values()
             ],
         })
+        if rtype == "Patient":
+            resources[-1]["operation"] = [{
+                "name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                "documentation": "POST a Parameters with 'resource' (a Patient), optional 'onlyCertainMatches' and "
+                                 "'count'; answers a searchset with search.score and the match-grade extension "
+                                 "(certain, probable, possible), scored like automatic record linkage.",
+            }]
     return {
         "resourceType": "CapabilityStatement",
         "id": "imaging-facade",
@@ -43,7 +50,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         "rest": [{
             "mode": "server",
             "documentation": (
-                "Read-only. Search results are ordered by resource id; paging links are signed and stateless. "
+                "Read-only (POST Patient/$match only reads too). Search results are ordered by resource id; paging links are signed and stateless. "
                 "Date search values without a time zone are read in the server's configured zone. "
                 "Search by POST [type]/_search with a form body returns what GET returns. "
                 "Reference parameters can be chained (patient.identifier, subject:Patient.name, "
@@ -65,7 +72,11 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
                 "A study that no archive holds any more answers 410 on read; a study held by several "
                 "archives is one ImagingStudy with an Endpoint for each. Sources in on-demand mode may "
                 "answer a patient search with 503 and Retry-After while the archive is asked. "
-                "At most 50 parameters per search and 100 comma-separated values per parameter."
+                "At most 50 parameters per search and 100 comma-separated values per parameter. "
+                "Records of one person in several archives are linked with Patient.link (type seealso, on both "
+                "Patients) by automatic record linkage or by an administrator; Patient?link=Patient/<id> finds "
+                "them. Beyond base FHIR, ImagingStudy?patient=<id> (and subject=Patient/<id>) also returns the "
+                "studies of every Patient linked to <id>."
             ),
             "security": security,
             "resource": resources,

@@ -48,7 +48,7 @@ def init_app(app: Flask) -> None:
             headers["Allow"] = ", ".join(err.valid_methods)
         message = err.description or err.name
         if err.code == 405:
-            message = "this server is read-only: only GET (and POST to _search) are supported"
+            message = "this server is read-only: only GET (and POST to _search and Patient/$match) are supported"
         return outcome_response(err.code or 500, _HTTP_CODES.get(err.code, "processing"), message, headers)
 
     @app.errorhandler(Exception)

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from app.fhir.bundle import history, search_url, searchset, subset
+from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
 from app.fhir.capability import capability_statement
 from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import PageTokens, search_digest
@@ -191,6 +191,34 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
         next_url = search_url(state.base_url, rtype, list(query.applied) + [("_page", token)])
     return _json(searchset(state.base_url, rtype, result, search_url(state.base_url, rtype, self_params), next_url,
                            query.summary, query.elements))
+
+
+@bp.post("/Patient/$match")
+def patient_match():
+    """FHIR MPI `$match`: a Parameters with a Patient in, a searchset of scored Patients out."""
+    from app.identity.match import MATCH_GRADE, MatchInputError, match, parse_parameters
+
+    if request.mimetype not in ("application/fhir+json", "application/json"):
+        raise FhirError(415, "not-supported", "POST Patient/$match takes a JSON Parameters resource")
+    state = _state()
+    try:
+        patient, only_certain, count = parse_parameters(orjson.loads(request.get_data() or b"null"))
+    except orjson.JSONDecodeError:
+        raise FhirError(400, "invalid", "the body is not valid JSON") from None
+    except MatchInputError as err:
+        raise FhirError(400, "invalid", str(err)) from None
+    count = min(count or state.config.server.default_count, state.config.server.max_count)
+    with state.store.engine.connect() as conn:
+        found = match(conn, patient, state.store.identity, only_certain, count)
+    entries = []
+    for rid, score, grade, _ in found:
+        current = read_current(state.reader, "Patient", rid)
+        if current is None:
+            continue
+        entries.append({"fullUrl": f"{state.base_url}/Patient/{rid}", "resource": orjson.Fragment(current[2]),
+                        "search": {"extension": [{"url": MATCH_GRADE, "valueCode": grade}],
+                                   "mode": "match", "score": round(score, 4)}})
+    return _json(match_bundle(entries, f"{state.base_url}/Patient/$match"))
 
 
 class ApiState:

@@ -31,6 +31,9 @@ class SearchParam:
     identifiers: bool = False
     #: a server-defined way of matching instead of the type's own ("phonetic")
     matcher: str | None = None
+    #: for references to Patients: a value also matches every Patient it carries a
+    #: Patient.link to (records of the same person in other archives; beyond base FHIR)
+    follows_links: bool = False
 
     @property
     def sortable(self) -> bool:
@@ -38,9 +41,14 @@ class SearchParam:
 
 
 def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None, code_system=None,
-       identifiers=False, matcher=None):
+       identifiers=False, matcher=None, follows_links=False):
     return SearchParam(resource, name, type_, tuple(paths), R4_SP + definition, documentation, tuple(targets),
-                       column, code_system, identifiers, matcher)
+                       column, code_system, identifiers, matcher, follows_links)
+
+
+#: what `patient` and `subject` do beyond base FHIR, said in the CapabilityStatement
+LINKED_PATIENTS = (" A Patient given by id also finds the studies of every Patient it carries a Patient.link to "
+                   "(another archive's record of the same person), beyond base FHIR.")
 
 
 def _common(resource: str) -> list[SearchParam]:
@@ -74,7 +82,7 @@ PARAMS: list[SearchParam] = [
     _p("ImagingStudy", "modality", "token", ["series.modality"], "ImagingStudy-modality",
        "The modality of the series"),
     _p("ImagingStudy", "patient", "reference", ["subject"], "clinical-patient",
-       "Who the study is about", ["Patient"]),
+       "Who the study is about." + LINKED_PATIENTS, ["Patient"], follows_links=True),
     _p("ImagingStudy", "performer", "reference", ["series.performer.actor"], "ImagingStudy-performer",
        "The person who performed the study", PRACTITIONER_LIKE),
     _p("ImagingStudy", "reason", "token", ["reasonCode"], "ImagingStudy-reason",
@@ -88,7 +96,7 @@ PARAMS: list[SearchParam] = [
     _p("ImagingStudy", "status", "token", ["status"], "ImagingStudy-status",
        "The status of the study", code_system="http://hl7.org/fhir/imagingstudy-status"),
     _p("ImagingStudy", "subject", "reference", ["subject"], "ImagingStudy-subject",
-       "Who the study is about", ["Patient", "Device", "Group"]),
+       "Who the study is about." + LINKED_PATIENTS, ["Patient", "Device", "Group"], follows_links=True),
     *_common("Patient"),
     _p("Patient", "identifier", "token", ["identifier"], "Patient-identifier", "A patient identifier",
        identifiers=True),
@@ -103,6 +111,9 @@ PARAMS: list[SearchParam] = [
        "A portion of either family or given name using some kind of phonetic matching algorithm: here every "
        "word of the value must sound (Metaphone, after removing accents) like a word of one of the names",
        matcher="phonetic"),
+    _p("Patient", "link", "reference", ["link.other"], "Patient-link",
+       "All patients linked to the given patient (Patient.link, type seealso: records of the same person)",
+       ["Patient", "RelatedPerson"]),
     _p("Patient", "birthdate", "date", ["birthDate"], "individual-birthdate", "The patient's date of birth"),
     _p("Patient", "gender", "token", ["gender"], "individual-gender", "Gender of the patient",
        code_system="http://hl7.org/fhir/administrative-gender"),

@@ -17,8 +17,10 @@ from sqlalchemy import create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
+from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
 from app.ids import valid_id
 from app.search.dates import instant_now_ms
+from app.store import links
 from app.store import tables as t
 from app.store.copies import merge_copies
 from app.store.indexer import index_rows
@@ -62,17 +64,19 @@ INDEX_TABLES = (t.TokenIndex, t.StringIndex, t.DateIndex, t.ReferenceIndex)
 
 
 class Store:
-    def __init__(self, url: str, default_zone: str = "UTC", base_url: str | None = None):
+    def __init__(self, url: str, default_zone: str = "UTC", base_url: str | None = None, identity=None):
         self.url = url
         self.default_zone = default_zone
         self.base_url = base_url
+        #: the `identity:` rules (app/identity/settings.py) that syncs into this store follow
+        self.identity = identity or IDENTITY_DEFAULT
         self.engine = make_engine(url)
         SQLModel.metadata.create_all(self.engine)
 
     @classmethod
     def from_config(cls, config) -> "Store":
         """The store a loaded Config names, indexing dates in its zone and links on its base URL."""
-        return cls(config.store, config.timezone, config.server.base_url)
+        return cls(config.store, config.timezone, config.server.base_url, config.identity)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -304,10 +308,30 @@ class Store:
             )
         ).all()
         if not rows:
+            partners = links.linked_ids(conn, patient_id)
             self._delete(conn, "Patient", patient_id)
+            links.forget_patient(conn, patient_id)
+            for partner in partners:  # their Patient.link to this one goes
+                self._refresh_patient(conn, partner)
             return
-        self._put(conn, merge_patient([orjson.loads(r.content) for r in sorted(rows, key=lambda r: r.rank,
-                                                                                 reverse=True)]))
+        merged = merge_patient([orjson.loads(r.content) for r in sorted(rows, key=lambda r: r.rank, reverse=True)])
+        partners = self._existing(conn, "Patient", links.linked_ids(conn, patient_id))
+        if self._put(conn, with_links(merged, partners)) == NEW:
+            for partner in partners:  # back after a deletion: a person's link to it holds again, both ways
+                self._refresh_patient(conn, partner)
+
+    def refresh_patients(self, conn: Connection, patient_ids) -> None:
+        """Store new versions of Patients whose links changed (in the caller's transaction)."""
+        for patient_id in sorted(set(patient_ids)):
+            self._refresh_patient(conn, patient_id)
+
+    @staticmethod
+    def _existing(conn: Connection, rtype: str, ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        found = set(conn.execute(select(t.Resource.id).where(t.Resource.rtype == rtype, t.Resource.id.in_(ids)))
+                    .scalars())
+        return [i for i in ids if i in found]
 
     def _delete(self, conn: Connection, rtype: str, rid: str) -> None:
         """Take a resource out of search; a tombstone answers reads with 410 from now on."""
@@ -425,6 +449,22 @@ class Store:
 
 def _storable(text: str) -> str:
     return text.replace("\x00", "\\0")
+
+
+#: Patient.link type for another record of the same person in another system. R4: "seealso: the
+#: patient resource containing this link is in use and valid, but points to another patient
+#: resource that is known to contain data about the same person ... both should be regarded as
+#: equally valid". `replaced-by`/`replaces` say one record is obsolete and `refer` that one is
+#: not authoritative; two archives' records are neither, so every link here is `seealso`.
+LINK_TYPE = "seealso"
+
+
+def with_links(patient: dict, linked: list[str]) -> dict:
+    """The Patient with a Patient.link (`seealso`) to each linked Patient id, or none."""
+    patient = {k: v for k, v in patient.items() if k != "link"}
+    if linked:
+        patient["link"] = [{"other": {"reference": f"Patient/{other}"}, "type": LINK_TYPE} for other in linked]
+    return patient
 
 
 def merge_patient(contributions: list[dict]) -> dict:

@@ -95,12 +95,26 @@ def _value_sql(clause: Clause, value, params: list) -> str:
         rtype, rid = value
         if rid == "":
             return "1 = 0"
+        if clause.param.follows_links and rtype in (None, "Patient") and not clause.modifier:
+            return _linked_patients_sql(rtype, rid, params)
         if rtype:
             params += [rid, rtype]
             return "(target_id = ? AND target_type = ?)"
         params.append(rid)
         return "target_id = ?"
     raise ValueError(kind)
+
+
+def _linked_patients_sql(rtype: str | None, rid: str, params: list) -> str:
+    """The Patient `rid` and every Patient it links to (its Patient.link, indexed as `link`).
+
+    Links are stored on both Patients of a pair, so one step from the searched Patient
+    reaches each record linked to it; the probe uses the index rows' owner index.
+    """
+    params += [rid, rid]
+    linked = ("target_id IN (SELECT ? UNION ALL SELECT target_id FROM idx_reference WHERE rtype = 'Patient' "
+              "AND rid = ? AND param = 'link' AND target_type = 'Patient')")
+    return f"(target_type = 'Patient' AND {linked})" if rtype else linked
 
 
 def _column_sql(clause: Clause, value, params: list) -> str:

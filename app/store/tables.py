@@ -234,3 +234,50 @@ class Setting(SQLModel, table=True):
     __tablename__ = "setting"
     key: str = Field(primary_key=True, max_length=64)
     value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class PatientMatch(SQLModel, table=True):
+    """Each Patient's match features (app/identity/features.py) as JSON, and their digest.
+
+    Scoring a candidate reads this small row instead of the resource; the digest tells
+    whether a stored Patient changed in what matching looks at (a new study of the same
+    patient usually does not, and then nothing is matched again).
+    """
+
+    __tablename__ = "patient_match"
+    patient_id: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    digest: str = Field(max_length=64)
+    features: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class PatientBlock(SQLModel, table=True):
+    """Blocking keys: which patients are worth scoring against each other.
+
+    A candidate search is `key IN (…)` on the primary key's leading column: an index range
+    per key, never a scan of all patients.
+    """
+
+    __tablename__ = "patient_block"
+    __table_args__ = (Index("ix_block_patient", "patient_id"),)
+    key: str = Field(sa_column=Column(REF_TEXT, primary_key=True))
+    patient_id: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+
+
+class PatientLink(SQLModel, table=True):
+    """A pair of Patients that matching or a person judged (`a` < `b`).
+
+    status: `linked` (scored at or above identity.auto_link: both carry Patient.link),
+    `review` (between the thresholds: waits for a person), `manual-link` (a person linked
+    them: Patient.link whatever the score) or `manual-unlink` (a person said they are two
+    people: never linked again automatically). `points` and `explanation` are the latest
+    score; `decided` when the status last changed (epoch micros).
+    """
+
+    __tablename__ = "patient_link"
+    __table_args__ = (Index("ix_link_b", "b"), Index("ix_link_status", "status", "points"))
+    a: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    b: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    status: str = Field(max_length=16)
+    points: float
+    explanation: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    decided: int = Field(sa_column=Column(BigInteger, nullable=False))

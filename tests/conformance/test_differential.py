@@ -311,6 +311,11 @@ def build_dataset(seed: int = SEED):
     rng = random.Random(seed)
     patients = [_patient(rng, n) for n in range(len(NAMES) + 3)]
     with_studies, lone = patients[:-3], patients[-3:]
+    # records of one person linked both ways (what identity reconciliation writes), and a link
+    # to a type this server does not hold: what `link` searches
+    lone[0]["link"] = [{"other": {"reference": f"Patient/{lone[1]['id']}"}, "type": "seealso"}]
+    lone[1]["link"] = [{"other": {"reference": f"Patient/{lone[0]['id']}"}, "type": "seealso"},
+                       {"other": {"reference": "RelatedPerson/rp-1"}, "type": "seealso"}]
     studies = []
     for n in range(1, 37):
         patient = dict(rng.choice(with_studies))

@@ -1,0 +1,1 @@
+"""Administration API (JSON, not FHIR): one blueprint per concern, mounted under /admin."""

@@ -1,0 +1,79 @@
+"""`/admin/identity/…`: the review queue and a person's link decisions over HTTP.
+
+The same functions as `imaging-facade identity …` (app/identity/review.py). Plain JSON, not
+FHIR; a blueprint of its own so that an admin scope can guard it as a whole.
+
+- `GET  /admin/identity/links?status=review|linked|manual-link|manual-unlink|all&patient=ID&limit=N`
+- `GET  /admin/identity/explain?a=ID&b=ID`
+- `POST /admin/identity/link`   `{"a": ID, "b": ID}`
+- `POST /admin/identity/unlink` `{"a": ID, "b": ID}`
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app.identity import review
+from app.identity.review import IdentityError
+from app.ids import valid_id
+
+bp = Blueprint("admin_identity", __name__)
+
+
+def _store():
+    return current_app.extensions["imaging-facade"].store
+
+
+@bp.errorhandler(IdentityError)
+def _identity_error(err: IdentityError):
+    return jsonify({"error": str(err)}), err.status
+
+
+def _patient_id(value, name: str) -> str:
+    value = value.removeprefix("Patient/") if isinstance(value, str) else value
+    if not valid_id(value):
+        raise IdentityError(f"'{name}' must be a Patient id")
+    return value
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", "1000")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        raise IdentityError("'limit' must be a whole number from 1 to 10000")
+    return int(raw)
+
+
+@bp.get("/links")
+def list_links():
+    status = request.args.get("status", "review")
+    patient = request.args.get("patient")
+    pairs = review.list_pairs(_store(), None if status == "all" else status,
+                              _patient_id(patient, "patient") if patient else None, _limit())
+    return jsonify({"status": status, "count": len(pairs), "pairs": pairs})
+
+
+@bp.get("/explain")
+def explain():
+    a = _patient_id(request.args.get("a"), "a")
+    b = _patient_id(request.args.get("b"), "b")
+    return jsonify(review.explain(_store(), a, b))
+
+
+def _pair_body() -> tuple[str, str]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise IdentityError('the body must be a JSON object {"a": "<Patient id>", "b": "<Patient id>"}')
+    return _patient_id(body.get("a"), "a"), _patient_id(body.get("b"), "b")
+
+
+@bp.post("/link")
+def link():
+    return jsonify(review.link(_store(), *_pair_body()))
+
+
+@bp.post("/unlink")
+def unlink():
+    return jsonify(review.unlink(_store(), *_pair_body()))
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp, url_prefix="/admin/identity")

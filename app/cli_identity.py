@@ -1,0 +1,89 @@
+"""`imaging-facade identity …`: the review queue and link decisions from the command line.
+
+Thin commands over app/identity/review.py, the functions the admin API calls too. Output is
+tab-separated (list) or JSON (link, unlink, explain); it shows patient ids, never names.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from app.config import CONFIG_ENV
+
+CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
+
+
+def _store(config_path):
+    from app.cli import _load
+    from app.store.repository import Store
+
+    return Store.from_config(_load(config_path))
+
+
+def _run(config_path, action, *args):
+    from app.identity.review import IdentityError
+
+    store = _store(config_path)
+    try:
+        return action(store, *args)
+    except IdentityError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    finally:
+        store.close()
+
+
+@click.group()
+def identity():
+    """Patient identity across archives: the review queue, links and why."""
+
+
+@identity.command("list")
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+@click.option("--status", default="review", show_default=True,
+              type=click.Choice(["review", "linked", "manual-link", "manual-unlink", "all"]))
+@click.option("--patient", default=None, help="only pairs with this Patient id")
+def identity_list(config_path, status, patient):
+    """Scored pairs of Patients, best first: patient a, patient b, status, points."""
+    from app.identity.review import list_pairs
+
+    pairs = _run(config_path, list_pairs, None if status == "all" else status, patient)
+    if not pairs:
+        click.echo(f"no pairs ({status})")
+        return
+    click.echo("patient a\tpatient b\tstatus\tpoints")
+    for p in pairs:
+        click.echo("\t".join([*p["patients"], p["status"], f"{p['points']:g}"]))
+    click.echo(f"{len(pairs)} pairs", err=True)
+
+
+def _pair_command(name, action_name, help_text):
+    @identity.command(name, help=help_text)
+    @click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+    @click.argument("a")
+    @click.argument("b")
+    def command(config_path, a, b):
+        from app.identity import review
+
+        result = _run(config_path, getattr(review, action_name), a.removeprefix("Patient/"),
+                      b.removeprefix("Patient/"))
+        click.echo(json.dumps(result, indent=2))
+
+    return command
+
+
+_pair_command("link", "link", "Link two Patients as one person (remembered: scoring never undoes it).")
+_pair_command("unlink", "unlink", "Unlink two Patients for good (remembered: never linked automatically again).")
+_pair_command("explain", "explain", "Score two Patients feature by feature, and say what is decided.")
+
+
+@identity.command("rematch")
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+def identity_rematch(config_path):
+    """Score every Patient again, e.g. after changing the thresholds (a person's decisions stay)."""
+    from app.identity.review import rematch
+
+    changed = _run(config_path, rematch)
+    click.echo(f"links changed on {changed} Patients")

@@ -1,0 +1,148 @@
+"""Store side of patient identity: match features, blocking keys and link decisions.
+
+Functions over an open Connection, so the identity step decides and writes in one
+transaction with the Patient versions its decisions make (app/identity/reconcile.py).
+Which links a Patient carries in `Patient.link` is read from here whenever the store
+rebuilds a Patient (Store._refresh_patient).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from app.search.dates import instant_now_ms
+from app.store import tables as t
+
+#: statuses under which both Patients carry a Patient.link to each other
+LINKED = ("linked", "manual-link")
+MANUAL = ("manual-link", "manual-unlink")
+STATUSES = ("linked", "review", "manual-link", "manual-unlink")
+
+
+@dataclass
+class LinkRow:
+    a: str
+    b: str
+    status: str
+    points: float
+    explanation: dict
+    decided: int
+
+    def as_dict(self) -> dict:
+        return {"patients": [self.a, self.b], "status": self.status, "points": self.points,
+                "explanation": self.explanation, "decided": self.decided}
+
+
+def pair(x: str, y: str) -> tuple[str, str]:
+    return (x, y) if x < y else (y, x)
+
+
+def _row(r) -> LinkRow:
+    return LinkRow(r.a, r.b, r.status, r.points, orjson.loads(r.explanation), r.decided)
+
+
+def stored_patient(conn: Connection, patient_id: str) -> dict | None:
+    content = conn.execute(select(t.Resource.content).where(
+        t.Resource.rtype == "Patient", t.Resource.id == patient_id)).scalar()
+    return orjson.loads(content) if content is not None else None
+
+
+def filed_digest(conn: Connection, patient_id: str) -> str | None:
+    return conn.execute(select(t.PatientMatch.digest).where(t.PatientMatch.patient_id == patient_id)).scalar()
+
+
+def file_patient(conn: Connection, patient_id: str, digest: str, features: dict, keys: list[str]) -> None:
+    """Keep a Patient's features and put it under exactly `keys`."""
+    content = orjson.dumps(features)
+    if conn.execute(update(t.PatientMatch).where(t.PatientMatch.patient_id == patient_id)
+                    .values(digest=digest, features=content)).rowcount == 0:
+        conn.execute(insert(t.PatientMatch).values(patient_id=patient_id, digest=digest, features=content))
+    conn.execute(delete(t.PatientBlock).where(t.PatientBlock.patient_id == patient_id))
+    if keys:
+        conn.execute(insert(t.PatientBlock), [{"key": k, "patient_id": patient_id} for k in keys])
+
+
+def unfile_patient(conn: Connection, patient_id: str) -> None:
+    conn.execute(delete(t.PatientBlock).where(t.PatientBlock.patient_id == patient_id))
+    conn.execute(delete(t.PatientMatch).where(t.PatientMatch.patient_id == patient_id))
+
+
+def features_of(conn: Connection, patient_ids: list[str]) -> dict[str, dict]:
+    if not patient_ids:
+        return {}
+    rows = conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.features).where(
+        t.PatientMatch.patient_id.in_(patient_ids)))
+    return {r.patient_id: orjson.loads(r.features) for r in rows}
+
+
+#: most candidates scored for one patient: a key shared by more (a very common name with no
+#: birth date) says little, and the other keys still find the real matches
+MAX_CANDIDATES = 500
+
+
+def candidates(conn: Connection, keys: list[str], exclude: str | None = None) -> dict[str, dict]:
+    """Features of the patients filed under any of `keys` (but `exclude`)."""
+    if not keys:
+        return {}
+    blocked = select(t.PatientBlock.patient_id).where(t.PatientBlock.key.in_(keys))
+    if exclude is not None:
+        blocked = blocked.where(t.PatientBlock.patient_id != exclude)
+    rows = conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.features).where(
+        t.PatientMatch.patient_id.in_(blocked.distinct())).limit(MAX_CANDIDATES))
+    return {r.patient_id: orjson.loads(r.features) for r in rows}
+
+
+def get_link(conn: Connection, x: str, y: str) -> LinkRow | None:
+    a, b = pair(x, y)
+    r = conn.execute(select(t.PatientLink).where(t.PatientLink.a == a, t.PatientLink.b == b)).first()
+    return _row(r) if r else None
+
+
+def put_link(conn: Connection, x: str, y: str, status: str, points: float, explanation: dict,
+             keep_decided: bool = False) -> None:
+    a, b = pair(x, y)
+    now, _ = instant_now_ms()
+    values = {"status": status, "points": float(points), "explanation": orjson.dumps(explanation)}
+    if not keep_decided:
+        values["decided"] = now
+    where = (t.PatientLink.a == a, t.PatientLink.b == b)
+    if conn.execute(update(t.PatientLink).where(*where).values(**values)).rowcount == 0:
+        conn.execute(insert(t.PatientLink).values(a=a, b=b, **{"decided": now, **values}))
+
+
+def drop_link(conn: Connection, x: str, y: str) -> None:
+    a, b = pair(x, y)
+    conn.execute(delete(t.PatientLink).where(t.PatientLink.a == a, t.PatientLink.b == b))
+
+
+def links_of(conn: Connection, patient_id: str, statuses=STATUSES) -> list[LinkRow]:
+    rows = conn.execute(select(t.PatientLink).where(
+        or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id),
+        t.PatientLink.status.in_(statuses)))
+    return [_row(r) for r in rows]
+
+
+def linked_ids(conn: Connection, patient_id: str) -> list[str]:
+    """The Patients `patient_id` carries a Patient.link to, sorted."""
+    return sorted((r.b if r.a == patient_id else r.a) for r in links_of(conn, patient_id, LINKED))
+
+
+def list_links(conn: Connection, status: str | None = None, patient_id: str | None = None,
+               limit: int = 1000) -> list[LinkRow]:
+    query = select(t.PatientLink).order_by(t.PatientLink.points.desc(), t.PatientLink.a, t.PatientLink.b)
+    if status:
+        query = query.where(t.PatientLink.status == status)
+    if patient_id:
+        query = query.where(or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id))
+    return [_row(r) for r in conn.execute(query.limit(limit))]
+
+
+def forget_patient(conn: Connection, patient_id: str) -> None:
+    """A Patient left the store: its automatic decisions and features go; a person's
+    decisions stay (should it come back, they hold again)."""
+    conn.execute(delete(t.PatientLink).where(
+        or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id), t.PatientLink.status.not_in(MANUAL)))
+    unfile_patient(conn, patient_id)
