@@ -8,7 +8,7 @@ import re
 
 from app.fhir.errors import FhirError
 from app.security.access import Access
-from app.security.scopes import needed, parse_scopes
+from app.security.scopes import may_update_patients, needed, parse_scopes
 
 #: RFC 6750 b64token (the scheme name is matched apart: case-insensitive matching of the
 #: token's characters would cost a case fold per character on every request)
@@ -86,8 +86,27 @@ def access_from_claims(security, claims: dict) -> Access:
     )
 
 
+def _enforce_across_patients(access: Access, request, realm: str) -> None:
+    """`Patient/$match` and the identity review API look across every patient: refused to a
+    token bound to one patient; `$match` needs Patient search, review needs Patient update."""
+    what = "Patient/$match" if request.blueprint == "fhir" else "the identity review API"
+    if access.patient is not None:
+        raise forbidden(realm, f"{what} searches across patients; a token bound to one patient may not use it")
+    if request.blueprint == "fhir":
+        if not access.allows("Patient", "s"):
+            raise forbidden(realm, "Patient/$match needs a scope such as user/Patient.rs or system/Patient.rs",
+                            scope="user/Patient.rs system/Patient.rs")
+    elif not may_update_patients(access.scopes):
+        raise forbidden(realm, "the identity review API needs a scope such as system/Patient.u or "
+                               "user/Patient.u (linking writes both Patients)",
+                        scope="user/Patient.u system/Patient.u")
+
+
 def enforce(access: Access, request, realm: str) -> None:
     """403 unless the scopes cover the request: checked before any query runs."""
+    if request.endpoint == "fhir.patient_match" or request.blueprint == "admin_identity":
+        _enforce_across_patients(access, request, realm)
+        return
     rtype = (request.view_args or {}).get("rtype")
     params = list(request.args.items(multi=True))
     if request.endpoint == "fhir.search_post" and request.mimetype == FORM:

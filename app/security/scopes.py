@@ -36,6 +36,28 @@ INTERACTIONS = {
 }
 
 
+#: SMART v2 permission letters, or v1 `write`/`*`, that include update
+_UPDATES = re.compile(r"^(c?r?ud?s?|write|\*)$")
+
+
+def may_update_patients(scopes) -> bool:
+    """Whether raw scopes grant update on Patient at user or system level.
+
+    Linking or unlinking two Patient records writes both (Patient.link), so the identity
+    review API asks for what writing a Patient asks for elsewhere: `user/Patient.u`,
+    `system/Patient.u` (or `*`, or v1 `.write`). A patient/ scope never does: review is
+    an administrator's work across patients.
+    """
+    for scope in scopes:
+        head = scope.partition("?")[0]
+        context, slash, rest = head.partition("/")
+        resource, dot, permissions = rest.rpartition(".")
+        if slash and dot and context in ("user", "system") and resource in ("Patient", "*") \
+                and _UPDATES.match(permissions):
+            return True
+    return False
+
+
 def parse_scope(scope: str) -> ScopeGrant | None:
     """One scope string -> its grant on FHIR resources, or None when it is not a resource scope."""
     head, _, query = scope.partition("?")

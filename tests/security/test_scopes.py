@@ -214,3 +214,50 @@ def test_granular_narrowing_reaches_the_access(app, auth_server):
     token = auth_server.sign({"scope": "patient/ImagingStudy.rs?modality=MR patient/Endpoint.rs", "patient": "p"})
     access = _access_seen_by(app, token)
     assert access.grants[0].narrowing == (("modality", "MR"),)
+
+
+MATCH_BODY = {"resourceType": "Parameters",
+              "parameter": [{"name": "resource", "resource": {"resourceType": "Patient", "name": [{"family": "X"}]}}]}
+
+
+@pytest.mark.parametrize("scope, patient_claim, expected", [
+    ("system/Patient.rs", None, 200),
+    ("user/*.read", None, 200),
+    ("system/ImagingStudy.rs", None, 403),
+    ("patient/Patient.rs", True, 403),   # one patient's app may not search across patients
+])
+def test_patient_match_needs_patient_search_across_patients(app, auth_server, patients, scope, patient_claim,
+                                                            expected):
+    claims = {"scope": scope}
+    if patient_claim:
+        claims["patient"] = patients[0]
+    token = auth_server.sign(claims)
+    answer = app.test_client().post("/fhir/Patient/$match", json=MATCH_BODY,
+                                    headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == expected, answer.get_json()
+
+
+@pytest.mark.parametrize("scope, patient_claim, expected", [
+    ("system/Patient.u", None, 200),
+    ("user/Patient.cruds", None, 200),
+    ("system/*.write", None, 200),
+    ("system/*.rs", None, 403),           # reading everything is not deciding who is who
+    ("patient/Patient.cruds", True, 403),
+    (None, None, 401),
+])
+def test_identity_review_api_needs_patient_update(app, auth_server, patients, scope, patient_claim, expected):
+    headers = {}
+    if scope is not None:
+        claims = {"scope": scope}
+        if patient_claim:
+            claims["patient"] = patients[0]
+        headers["Authorization"] = f"Bearer {auth_server.sign(claims)}"
+    client = app.test_client()
+    listed = client.get("/admin/identity/links?status=all", headers=headers)
+    assert listed.status_code == expected
+    linked = client.post("/admin/identity/link", json={"a": patients[0], "b": patients[1]}, headers=headers)
+    assert linked.status_code == expected
+    if expected != 200:
+        # refused before anything was written: no decision was recorded
+        system = {"Authorization": f"Bearer {auth_server.sign({'scope': 'system/Patient.u'})}"}
+        assert client.get("/admin/identity/links?status=all", headers=system).get_json()["count"] == 0
