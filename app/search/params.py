@@ -106,6 +106,8 @@ PARAMS: list[SearchParam] = [
     _p("Patient", "birthdate", "date", ["birthDate"], "individual-birthdate", "The patient's date of birth"),
     _p("Patient", "gender", "token", ["gender"], "individual-gender", "Gender of the patient",
        code_system="http://hl7.org/fhir/administrative-gender"),
+    _p("Patient", "link", "reference", ["link.other"], "Patient-link",
+       "All patients linked to the given patient", ["Patient", "RelatedPerson"]),
     *_common("Endpoint"),
     _p("Endpoint", "status", "token", ["status"], "Endpoint-status", "The current status of the Endpoint",
        code_system="http://hl7.org/fhir/endpoint-status"),
