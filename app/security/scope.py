@@ -99,7 +99,8 @@ def restrictions(interaction: str = SEARCH) -> dict[str, Restriction]:
 def require(rtype: str, interaction: str) -> None:
     """403 before any query when no scope of the token covers this type and interaction."""
     access = current_access()
-    if not allows(access, rtype, interaction):
+    limit = restrictions(interaction).get(rtype)
+    if not allows(access, rtype, interaction) or (limit is not None and limit.deny):
         verb = "read" if interaction == READ else "search"
         raise FhirError(403, "forbidden", f"the access token has no scope to {verb} {rtype}")
 

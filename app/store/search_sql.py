@@ -178,12 +178,13 @@ def _compartment_sql(rtype: str, patients, restrictions, params: list) -> str:
         return f"id IN ({_studies_of(patients, params)})"
     if rtype == "Endpoint":
         params += ["ImagingStudy", "endpoint", "Endpoint"]
-        studies = _studies_of(patients, params)
         narrowed = restrictions.get("ImagingStudy")
         if narrowed is not None and narrowed.alternatives is not None:
             params.append("ImagingStudy")
-            studies = (f"SELECT id FROM resource WHERE rtype = ? AND id IN ({studies}) AND "
-                       + _alternatives_sql("ImagingStudy", narrowed.alternatives, {}, params))
+            studies = f"SELECT id FROM resource WHERE rtype = ? AND id IN ({_studies_of(patients, params)}) AND "
+            studies += _alternatives_sql("ImagingStudy", narrowed.alternatives, {}, params)
+        else:
+            studies = _studies_of(patients, params)
         return f"id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? " \
                f"AND rid IN ({studies}))"
     return "1 = 0"  # a type outside this server's compartment rules: nothing
