@@ -150,6 +150,11 @@ class SourceSchema(Strict):
             raise ValidationError(problems)
 
 
+def gateway_url(base_url: str) -> str:
+    """The WADO-RS gateway's public address, next to the FHIR base (…/fhir -> …/wado-rs)."""
+    return base_url.rstrip("/").rsplit("/", 1)[0] + "/wado-rs"
+
+
 def orthanc_rest_url(dicomweb_url: str) -> str | None:
     """Orthanc's REST API root under its DICOMweb URL (…/dicom-web), or None if it is not one."""
     url = dicomweb_url.rstrip("/")
@@ -167,6 +172,7 @@ class ServerSchema(Strict):
     max_count = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     secret = fields.String(load_default=None)
     page_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=1, max=7 * 86400))
+    wado_gateway = fields.Boolean(load_default=False)
 
     @validates_schema
     def _counts(self, data, **_):
@@ -217,6 +223,10 @@ class SourceConfig:
     issuer_systems: dict
     wado_url: str | None
     path: Path | None = None
+    #: the address its Endpoint shows: `wado_url`, or the facade's WADO-RS gateway for it
+    endpoint_url: str | None = None
+    #: the Endpoint's requires-access-token: true behind the gateway of a server needing tokens
+    endpoint_requires_token: bool = False
     url: str | None = None
     username: str | None = None
     password: str | None = None
@@ -254,6 +264,12 @@ class ServerConfig:
     max_count: int
     secret: str | None
     page_ttl: int = 3600
+    #: serve WADO-RS at /wado-rs, forwarding to the archive of a study the token may see
+    wado_gateway: bool = False
+
+    @property
+    def wado_gateway_url(self) -> str:
+        return gateway_url(self.base_url)
 
 
 @dataclass(frozen=True)
@@ -368,8 +384,11 @@ def _build(data: dict, root: Path, path: Path) -> Config:
         if rel and rel != ":memory:":
             store = "sqlite:///" + str((root / rel).resolve())
     sources = []
+    server = data["server"]
+    gateway = gateway_url(server["base_url"]) if server["wado_gateway"] else None
     for src in data["sources"]:
         zone = src["timezone"] or data["timezone"]
+        wado_url = src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)
         sources.append(
             SourceConfig(
                 name=src["name"],
@@ -378,7 +397,9 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 patient_id_system=src["patient_id_system"] or f"urn:imaging-facade:source:{src['name']}",
                 accession_system=src["accession_system"],
                 issuer_systems=dict(src["issuer_systems"]),
-                wado_url=(src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)),
+                wado_url=wado_url.rstrip("/") if wado_url else None,
+                endpoint_url=f"{gateway}/{src['name']}" if gateway and wado_url else wado_url,
+                endpoint_requires_token=bool(gateway and wado_url and not data["security"]["open"]),
                 path=(root / src["path"]).resolve() if src["path"] else None,
                 url=src["url"].rstrip("/") if src["url"] else None,
                 username=src["username"],
@@ -401,7 +422,6 @@ def _build(data: dict, root: Path, path: Path) -> Config:
                 on_demand=OnDemandConfig(**src["on_demand"]) if src["on_demand"] else None,
             )
         )
-    server = data["server"]
     return Config(
         store=store,
         timezone=data["timezone"],

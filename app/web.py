@@ -8,7 +8,7 @@ from app import health, security
 from app.config import Config
 from app.fhir import errors
 from app.fhir.routes import ApiState, bp as fhir_bp
-from app.security import audit, audit_search
+from app.security import audit, audit_search, gateway
 from app.store.repository import Store
 
 
@@ -20,6 +20,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     security.init_app(app, config)
     audit_search.init_app(app)
     app.register_blueprint(fhir_bp, url_prefix="/fhir")
+    gateway.init_app(app, config)
     audit.init_app(app)
     health.init_app(app, config, state.reader)
     _compress(app)

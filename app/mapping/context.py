@@ -19,3 +19,6 @@ class MappingContext:
     accession_system: str | None = None
     #: the WADO-RS base URL the Endpoint points at (None when the source has none)
     wado_url: str | None = None
+    #: whether an app presents its SMART access token there (the facade's WADO-RS gateway
+    #: on a server that needs tokens), as the Endpoint's requires-access-token extension says
+    requires_access_token: bool = False

@@ -5,6 +5,8 @@ Endpoint, also a folder of files with no image service (ctx.wado_url None). That
 cannot honestly be active: it gets status "off" and the placeholder address
 "urn:imaging-facade:source:<name>", which tells apps that no images can be fetched there,
 while connectionType stays dicom-wado-rs (the kind of endpoint it would be once configured).
+With the WADO-RS gateway on, `ctx.wado_url` is the gateway's address for the source and the
+requires-access-token extension is true when the server needs tokens.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from app.mapping.context import MappingContext
 from app.ids import valid_id
 from app.mapping.dicom_values import MappingError
 
+#: SMART Imaging Access: whether the app presents its access token at the Endpoint's address
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 CONNECTION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 PLACEHOLDER_ADDRESS_PREFIX = "urn:imaging-facade:source:"
 
@@ -24,6 +28,7 @@ def map_endpoint(ctx: MappingContext) -> dict:
     return {
         "resourceType": "Endpoint",
         "id": ctx.source,
+        "extension": [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": bool(ctx.requires_access_token and url)}],
         "status": "active" if url else "off",
         "connectionType": {
             "system": CONNECTION_TYPE_SYSTEM,

@@ -156,7 +156,8 @@ def record(response: Response) -> Response:
     try:
         returned = g.get("returned") or []
         patients = touched_patients(state.reader, returned) if response.status_code < 400 else []
-        read = (request.view_args or {}).get("rtype"), (request.view_args or {}).get("rid")
+        args = request.view_args or {}
+        read = ("ImagingStudy", args.get("study")) if "study" in args else (args.get("rtype"), args.get("rid"))
         event, index, micros = build_event(
             subtype=interaction[0], action=interaction[1], status=response.status_code, base_url=state.base_url,
             access=current_access(), address=request.remote_addr, query=_query_text(), path=request.path,

@@ -679,6 +679,8 @@ def test_endpoint_with_wado_url():
     assert endpoint == {
         "resourceType": "Endpoint",
         "id": "main-pacs",
+        "extension": [{"url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+                       "valueBoolean": False}],
         "status": "active",
         "connectionType": {
             "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
