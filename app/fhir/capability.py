@@ -1,9 +1,34 @@
 """The CapabilityStatement, generated from the parameter registry: it lists what works."""
 from __future__ import annotations
 
-from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
+from app.search.params import BY_RESOURCE, INCLUDES, R4_SP, RESOURCE_TYPES, REVINCLUDES
 
 SOFTWARE_VERSION = "0.1.0"
+
+
+#: the audit trail (app/security/audit_search.py): search only, with a user or system scope
+AUDIT_EVENT_PARAMS = [
+    ("date", "date", "AuditEvent-date", "Time when the event was recorded"),
+    ("patient", "reference", "AuditEvent-patient", "A patient whose data the request returned (Patient/id or id)"),
+    ("agent", "reference", "AuditEvent-agent",
+     "Who asked: the access token's subject or client_id (the value of agent.who.identifier or agent.altId)"),
+    ("entity-type", "token", "AuditEvent-entity-type",
+     "Type of an entity: 2 (system object: the query, the resource read), 1 (person: a patient)"),
+    ("outcome", "token", "AuditEvent-outcome", "0 success, 4 refused or bad request, 8 server failure"),
+]
+
+COMPARTMENT_POLICY = (
+    "SMART on FHIR: a token with a patient in context sees that Patient and the Patients linked to it by "
+    "Patient.link one hop either way (its stored links, and records whose links point at it), their "
+    "ImagingStudies, and the Endpoints those studies point at (Endpoint is not in the Patient compartment; "
+    "an ImagingStudy scope covers them). Every search is restricted to that compartment, also in chains, "
+    "_has and every _include/_revinclude; a search naming another patient (ImagingStudy?patient=, subject=, "
+    "Patient?_id=) answers 403; a read of a resource outside answers 404, as for one that does not exist. "
+    "SMART v2 granular scopes (e.g. patient/ImagingStudy.rs?modality=MR) are ANDed with every search and "
+    "read of their type and ORed among themselves. Paging links are valid only for the token that made them. "
+    "Every read, search and refused request is recorded as an AuditEvent (IHE Basic Audit Log Patterns), "
+    "searchable at AuditEvent with a user- or system-level AuditEvent scope."
+)
 
 
 def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
@@ -25,11 +50,20 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
                 for p in params.values()
             ],
         })
+    resources.append({
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The audit trail of this server, newest first; needs a user- or system-level "
+                         "AuditEvent scope (a patient-context token gets 403).",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [{"name": name, "definition": R4_SP + definition, "type": kind, "documentation": doc}
+                        for name, kind, definition, doc in AUDIT_EVENT_PARAMS],
+    })
     security = {
         "description": (
             "Open mode: no token is required (configured with security.open)." if open_mode else
             "Every request for data needs a bearer token; this server answers 401 without one."
-        )
+        ) + " " + COMPARTMENT_POLICY
     }
     return {
         "resourceType": "CapabilityStatement",

@@ -222,3 +222,17 @@ def test_no_trail_no_data(audited):
     assert response.status_code == 500
     assert response.get_json()["resourceType"] == "OperationOutcome"
     assert "1.1" not in response.get_data(as_text=True)
+
+
+def test_capability_statement_lists_the_audit_search(audited):
+    body = audited.client.get("/fhir/metadata").get_json()
+    audit = next(r for r in body["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert [i["code"] for i in audit["interaction"]] == ["search-type"]
+    for param in audit["searchParam"]:  # each listed parameter is understood (strict: unknown ones are 400)
+        value = {"date": "ge2000-01-01", "patient": "alice", "agent": "x", "entity-type": "1", "outcome": "0"}
+        response = audited.client.get(f"/fhir/AuditEvent?{param['name']}={value[param['name']]}",
+                                      headers={"X-Test-Access": "auditor", "Prefer": "handling=strict"})
+        assert response.status_code == 200, param
+    assert audited.client.get("/fhir/AuditEvent?colour=x", headers={
+        "X-Test-Access": "auditor", "Prefer": "handling=strict"}).status_code == 400
+    assert "Patient.link" in body["rest"][0]["security"]["description"]
