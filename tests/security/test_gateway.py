@@ -169,3 +169,11 @@ def test_gateway_reads_are_audited(gateway):
     assert event["subtype"][0]["code"] == "read" and event["outcome"] == "0"
     what = [e["what"]["reference"] for e in event["entity"] if "what" in e]
     assert what == [f"ImagingStudy/{studies['CT']['id']}", studies["CT"]["subject"]["reference"]]
+
+
+def test_bad_gateway_setting_names_its_key(write_config, sqlite_url):
+    from app.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        write_config({"store": sqlite_url, "server": {"wado_gateway": "sometimes"}})
+    assert "server.wado_gateway" in str(err.value)
