@@ -28,7 +28,12 @@ class AuditLog:
         import psycopg
 
         url = self._url.set(drivername="postgresql")
-        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        # the event is in the database, visible to every reader, before the response leaves;
+        # waiting for the WAL to reach the disk as well would triple the cost of a read
+        # (~3.5 ms of fsync per request); a database crash may lose the last few hundred ms
+        conn.execute("SET synchronous_commit TO off")
+        return conn
 
     @property
     def _conn(self):
@@ -52,12 +57,11 @@ class AuditLog:
                 conn.executemany("INSERT INTO audit_index (event_id, param, value) VALUES (?, ?, ?)",
                                  [(event_id, p, v) for p, v in index])
                 conn.execute("COMMIT")
-            else:
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.execute(self._sql("INSERT INTO audit_event (id, recorded, outcome, content) "
-                                          "VALUES (?, ?, ?, ?)"), (event_id, recorded, outcome, content))
-                    cur.executemany(self._sql("INSERT INTO audit_index (event_id, param, value) VALUES (?, ?, ?)"),
-                                    [(event_id, p, v) for p, v in index])
+            else:  # one statement, so one round trip and one transaction
+                rows = ", ".join(["(%s, %s, %s)"] * len(index))
+                conn.execute("WITH event AS (INSERT INTO audit_event (id, recorded, outcome, content) "
+                             f"VALUES (%s, %s, %s, %s)) INSERT INTO audit_index (event_id, param, value) VALUES {rows}",
+                             [event_id, recorded, outcome, content, *(x for p, v in index for x in (event_id, p, v))])
         except Exception:
             self.reset()
             raise
