@@ -151,7 +151,12 @@ def restriction_sql(rtype: str, restrictions: dict[str, Restriction], params: li
 
 
 def _alternatives_sql(rtype: str, alternatives, restrictions, params: list) -> str:
-    """SMART v2 granular scopes: each scope's parameters ANDed, the scopes ORed."""
+    """SMART v2 granular scopes: each scope's parameters ANDed, the scopes ORed.
+
+    A chain inside a scope's parameters keeps to the compartment but not to the other
+    types' granular scopes: those could refer back to this one without end.
+    """
+    restrictions = {t: Restriction(r.patients, None, r.deny) for t, r in restrictions.items()}
     ors = ["(" + " AND ".join([_clause_sql(rtype, c, params, restrictions=restrictions) for c in clauses]
                                or ["1 = 1"]) + ")" for clauses in alternatives]
     return "(" + (" OR ".join(ors) or "1 = 0") + ")"

@@ -28,6 +28,9 @@ ACCESSES = {
     "user-ct": system_access(grant("user", "ImagingStudy", ("modality", "CT")), grant("user", "Patient")),
     "user-ct-of-alice": system_access(grant("user", "ImagingStudy", ("modality", "CT"), ("patient", "alice"))),
     "unusable": system_access(grant("user", "ImagingStudy", ("colour", "blue"))),
+    # each type's scope chains into the other's: applied once, not in an endless loop
+    "chained": patient_access("alice", grant("patient", "ImagingStudy", ("patient.family", "anders")),
+                              grant("patient", "Patient", ("_has:ImagingStudy:patient:modality", "MR"))),
 }
 
 
@@ -48,6 +51,7 @@ def api(people_app):
     ("user-ct", "/fhir/ImagingStudy?patient=bob&_count=50", ["2.2"]),
     ("user-ct-of-alice", "/fhir/ImagingStudy?_count=50", ["1.2"]),  # a scope's parameters are ANDed
     ("unusable", "/fhir/ImagingStudy?_count=50", None),  # a scope that cannot apply grants nothing
+    ("chained", "/fhir/ImagingStudy?_count=50", ["1.1", "1.2", "1.3", "1.4"]),
 ])
 def test_search_is_narrowed(api, who, url, expected):
     response = api(url, who)
@@ -55,6 +59,12 @@ def test_search_is_narrowed(api, who, url, expected):
         assert response.status_code == 403
     else:
         assert _ids(response) == expected
+
+
+def test_scopes_chaining_into_each_other(api):
+    assert _ids(api("/fhir/Patient?_count=50", "chained"), "Patient") == ["alice"]  # the only one with an MR
+    response = api("/fhir/Patient?_revinclude=ImagingStudy:patient&_count=50", "chained")
+    assert _ids(response, "Patient") == ["alice"] and _ids(response) == ["1.1", "1.2"]
 
 
 def test_narrowing_counts_and_pages(api):
