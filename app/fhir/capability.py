@@ -1,21 +1,10 @@
 """The CapabilityStatement, generated from the parameter registry: it lists what works."""
 from __future__ import annotations
 
-from app.search.params import BY_RESOURCE, INCLUDES, R4_SP, RESOURCE_TYPES, REVINCLUDES
+from app.search.params import AUDIT_EVENT_PARAMS, BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
 SOFTWARE_VERSION = "0.1.0"
 
-
-#: the audit trail (app/security/audit_search.py): search only, with a user or system scope
-AUDIT_EVENT_PARAMS = [
-    ("date", "date", "AuditEvent-date", "Time when the event was recorded"),
-    ("patient", "reference", "AuditEvent-patient", "A patient whose data the request returned (Patient/id or id)"),
-    ("agent", "reference", "AuditEvent-agent",
-     "Who asked: the access token's subject or client_id (the value of agent.who.identifier or agent.altId)"),
-    ("entity-type", "token", "AuditEvent-entity-type",
-     "Type of an entity: 2 (system object: the query, the resource read), 1 (person: a patient)"),
-    ("outcome", "token", "AuditEvent-outcome", "0 success, 4 refused or bad request, 8 server failure"),
-]
 
 COMPARTMENT_POLICY = (
     "SMART on FHIR: a token with a patient in context sees that Patient and the Patients linked to it by "
@@ -56,8 +45,8 @@ def capability_statement(base_url: str, released: str, open_mode: bool) -> dict:
         "documentation": "The audit trail of this server, newest first; needs a user- or system-level "
                          "AuditEvent scope (a patient-context token gets 403).",
         "interaction": [{"code": "search-type"}],
-        "searchParam": [{"name": name, "definition": R4_SP + definition, "type": kind, "documentation": doc}
-                        for name, kind, definition, doc in AUDIT_EVENT_PARAMS],
+        "searchParam": [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
+                        for p in AUDIT_EVENT_PARAMS],
     })
     security = {
         "description": (

@@ -15,6 +15,7 @@ from app.fhir.bundle import search_url, searchset
 from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import search_digest
 from app.search.dates import DateFormatError, date_range
+from app.search.params import AUDIT_EVENT_PARAMS
 from app.search.query import DATE_PREFIXES, SearchError
 from app.security.access import SEARCH, current_access
 from app.security.scope import binding
@@ -22,7 +23,7 @@ from app.store.search_sql import SearchResult, date_condition
 
 bp = Blueprint("audit", __name__)
 
-PARAMS = ("date", "patient", "agent", "entity-type", "outcome")
+PARAMS = tuple(p.name for p in AUDIT_EVENT_PARAMS)
 ENTITY_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OUTCOME_SYSTEM = "http://hl7.org/fhir/audit-event-outcome"
 _PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$")

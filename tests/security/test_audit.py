@@ -236,3 +236,14 @@ def test_capability_statement_lists_the_audit_search(audited):
     assert audited.client.get("/fhir/AuditEvent?colour=x", headers={
         "X-Test-Access": "auditor", "Prefer": "handling=strict"}).status_code == 400
     assert "Patient.link" in body["rest"][0]["security"]["description"]
+
+
+def test_audit_parameters_are_the_official_r4_ones():
+    import r4_package
+
+    from app.search.params import AUDIT_EVENT_PARAMS
+
+    official = r4_package.search_parameters()
+    for param in AUDIT_EVENT_PARAMS:
+        definition = official[("AuditEvent", param.name)]
+        assert (definition["url"], definition["type"]) == (param.definition, param.type), param.name
