@@ -42,7 +42,7 @@ def _check_id(rtype: str, rid: str) -> None:
         raise FhirError(404, "not-found", f"{rtype}/{rid[:64]} is not known (not a valid FHIR id)")
 
 
-def _check_format() -> None:
+def check_format() -> None:
     fmt = request.args.get("_format")
     # an unencoded "+" arrives as a space: application/fhir+json is meant
     if fmt is not None and fmt.split(";")[0].strip().replace(" ", "+") not in JSON_FORMATS:
@@ -55,7 +55,7 @@ def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Respon
 
 @bp.before_request
 def _negotiate():
-    _check_format()
+    check_format()
 
 
 @bp.get("/metadata")

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, request
 from app.fhir.bundle import search_url, searchset
 from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import search_digest
+from app.fhir.routes import check_format
 from app.search.dates import DateFormatError, date_range
 from app.search.params import AUDIT_EVENT_PARAMS
 from app.search.query import DATE_PREFIXES, SearchError
@@ -22,6 +23,7 @@ from app.security.scope import binding
 from app.store.search_sql import SearchResult, date_condition
 
 bp = Blueprint("audit", __name__)
+bp.before_request(check_format)
 
 PARAMS = tuple(p.name for p in AUDIT_EVENT_PARAMS)
 ENTITY_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-entity-type"

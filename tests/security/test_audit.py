@@ -247,3 +247,8 @@ def test_audit_parameters_are_the_official_r4_ones():
     for param in AUDIT_EVENT_PARAMS:
         definition = official[("AuditEvent", param.name)]
         assert (definition["url"], definition["type"]) == (param.definition, param.type), param.name
+
+
+def test_audit_search_speaks_json_only(audited):
+    response, event = audited("GET", "/fhir/AuditEvent?_format=xml", "auditor")
+    assert response.status_code == 406 and event["outcome"] == "4"
