@@ -6,13 +6,14 @@ revincludes with :iterate and *, Patient and Endpoint searches, paging links of 
 token) is tried and each resource of another patient that comes back is counted; the count
 must be 0. The same requests also have to reach everything alice may see (her record, the
 records linked to it one hop either way, their studies and the Endpoint they point at), so
-the test fails both when the compartment leaks and when it hides too much.
+the test fails both when the compartment leaks and when it hides too much. Images through the
+WADO-RS gateway are refused outside the compartment too: test_gateway.py, against a real Orthanc.
 """
 from __future__ import annotations
 
 import pytest
-from conftest import (ALICE_ENDPOINTS, ALICE_PATIENTS, ALICE_STUDIES, PEOPLE, STUDY_PATIENT, grant,
-                      patient_access, system_access)
+from access_fixtures import (ALICE_ENDPOINTS, ALICE_PATIENTS, ALICE_STUDIES, PEOPLE, STUDY_PATIENT, grant,  # noqa: F401
+                             patient_access, people_app, system_access)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import grant, install_accesses, patient_access
+from access_fixtures import grant, install_accesses, patient_access
 from pydicom.data import get_testdata_file
 
 from app.mapping import map_endpoint

@@ -1,5 +1,5 @@
-"""Fixtures for the data side of SMART-on-FHIR security: a store of several patients (some
-linked) and a way to answer a request as a given `Access`.
+"""Fixtures for the data side of SMART-on-FHIR security, imported by the test modules: a store
+of several patients (some linked) and a way to answer a request as a given `Access`.
 
 The token check that builds an Access from a bearer token is covered by the token tests of
 its own part; here each request carries the name of an Access the test built itself
@@ -8,17 +8,12 @@ the compartment, scope narrowing and audit are tested against exactly the Access
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from flask import request
 
 from app.security.access import Access, ScopeGrant, set_access
 from app.store.repository import Store
 from app.web import create_app
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 RS = frozenset("rs")
