@@ -190,7 +190,7 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
     if cursor is None:
-        state.on_demand.before_search(query)
+        state.on_demand.before_search(query, scope.fetchable_identifiers())
     result = run_search(state.reader, query, cursor)
     g.returned = [(rtype, rid) for rid, _ in result.matches] + [(t, i) for t, i, _ in result.includes]
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])

@@ -161,6 +161,18 @@ def version_visible(rtype: str, content: bytes) -> bool:
     return reference.startswith("Patient/") and reference[len("Patient/"):] in patients
 
 
+def fetchable_identifiers() -> set[tuple[str, str]] | None:
+    """(system, value) identifiers an on-demand fetch may ask the archives about for this
+    request: those of the compartment's stored Patients, or None (any) without a compartment."""
+    patients = compartment(current_access())
+    if patients is None or not _settings().on_demand.sources:
+        return None
+    rows = _settings().reader.all(
+        f"SELECT system, code FROM idx_token WHERE rtype = ? AND param = ? AND rid IN ({', '.join('?' * len(patients))})",
+        ["Patient", "identifier", *patients])
+    return {(r[0], r[1]) for r in rows if r[0]}
+
+
 def binding() -> str:
     """A fingerprint of who asks, mixed into paging links: one token's `next` link is not
     valid under another token (another patient, client or set of scopes)."""

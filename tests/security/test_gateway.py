@@ -177,3 +177,37 @@ def test_bad_gateway_setting_names_its_key(write_config, sqlite_url):
     with pytest.raises(ConfigError) as err:
         write_config({"store": sqlite_url, "server": {"wado_gateway": "sometimes"}})
     assert "server.wado_gateway" in str(err.value)
+
+
+def test_on_demand_fetches_only_the_compartments_patients(pacs, store_url, open_config):
+    """A patient-context search naming another patient's identifier must not make the facade
+    ask the archive about that patient (nor let the token time that fetch)."""
+    config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url,
+                                              "on_demand": {"max_age": 0, "deadline": 10}}])
+    store = Store.from_config(config)
+    sync_source(store, config.sources[0])
+    app = create_app(config, store)
+    app.accesses = {}
+    install_accesses(app, app.accesses)
+    client = app.test_client()
+    patients = {}
+    for entry in client.get("/fhir/ImagingStudy?_include=ImagingStudy:patient&_count=10").get_json()["entry"]:
+        if entry["resource"]["resourceType"] == "ImagingStudy":
+            pid = entry["resource"]["subject"]["reference"].removeprefix("Patient/")
+            patients[entry["resource"]["modality"][0]["code"]] = pid
+    identifiers = {kind: client.get(f"/fhir/Patient/{pid}").get_json()["identifier"][0]
+                   for kind, pid in patients.items()}
+    app.accesses["ct"] = patient_access(patients["CT"])
+    system = config.sources[0].patient_id_system
+    mr, ct = identifiers["MR"], identifiers["CT"]
+    assert mr["system"] == ct["system"] == system
+    before = store.patient_fetched("pacs", system, mr["value"])
+    response = client.get(f"/fhir/ImagingStudy?patient.identifier={system}|{mr['value']}",
+                          headers={"X-Test-Access": "ct"})
+    assert response.status_code == 200 and response.get_json()["total"] == 0
+    assert store.patient_fetched("pacs", system, mr["value"]) == before  # the archive was not asked
+    response = client.get(f"/fhir/ImagingStudy?patient.identifier={system}|{ct['value']}",
+                          headers={"X-Test-Access": "ct"})
+    assert response.status_code == 200 and response.get_json()["total"] == 1
+    assert store.patient_fetched("pacs", system, ct["value"]) is not None  # its own patient: asked
+    store.close()
