@@ -167,9 +167,9 @@ def fetchable_identifiers() -> set[tuple[str, str]] | None:
     patients = compartment(current_access())
     if patients is None or not _settings().on_demand.sources:
         return None
-    rows = _settings().reader.all(
-        f"SELECT system, code FROM idx_token WHERE rtype = ? AND param = ? AND rid IN ({', '.join('?' * len(patients))})",
-        ["Patient", "identifier", *patients])
+    marks = ", ".join("?" * len(patients))
+    sql = f"SELECT system, code FROM idx_token WHERE rtype = ? AND param = ? AND rid IN ({marks})"
+    rows = _settings().reader.all(sql, ["Patient", "identifier", *patients])
     return {(r[0], r[1]) for r in rows if r[0]}
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-from access_fixtures import grant, install_accesses, load, patient_access, people_app, system_access  # noqa: F401
+from access_fixtures import grant, load, patient_access, people_app, system_access  # noqa: F401
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import text
 

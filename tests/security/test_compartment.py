@@ -195,8 +195,9 @@ def test_every_patient_sees_only_their_own(people_app):
         mine = {pid} | links[pid] | {other for other, targets in links.items() if pid in targets}
         body = client.get("/fhir/ImagingStudy?_count=50&_include=ImagingStudy:patient",
                           headers={"X-Test-Access": pid}).get_json()
-        studies = {e["resource"]["id"] for e in body.get("entry", []) if e["resource"]["resourceType"] == "ImagingStudy"}
-        patients = {e["resource"]["id"] for e in body.get("entry", []) if e["resource"]["resourceType"] == "Patient"}
+        returned = [e["resource"] for e in body.get("entry", [])]
+        studies = {r["id"] for r in returned if r["resourceType"] == "ImagingStudy"}
+        patients = {r["id"] for r in returned if r["resourceType"] == "Patient"}
         assert studies == {uid for uid, owner in STUDY_PATIENT.items() if owner in mine}, pid
         assert patients == mine, pid
 
