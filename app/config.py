@@ -166,6 +166,11 @@ class SourceSchema(Strict):
             raise ValidationError(problems)
 
 
+def gateway_url(base_url: str) -> str:
+    """The WADO-RS gateway's public address, next to the FHIR base (…/fhir -> …/wado-rs)."""
+    return base_url.rstrip("/").rsplit("/", 1)[0] + "/wado-rs"
+
+
 def orthanc_rest_url(dicomweb_url: str) -> str | None:
     """Orthanc's REST API root under its DICOMweb URL (…/dicom-web), or None if it is not one."""
     url = dicomweb_url.rstrip("/")
@@ -183,6 +188,7 @@ class ServerSchema(Strict):
     max_count = fields.Integer(load_default=1000, validate=validate.Range(min=1))
     secret = fields.String(load_default=None)
     page_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=1, max=7 * 86400))
+    wado_gateway = fields.Boolean(load_default=False)
 
     @validates_schema
     def _counts(self, data, **_):
@@ -300,6 +306,10 @@ class SourceConfig:
     issuer_systems: dict
     wado_url: str | None
     path: Path | None = None
+    #: the address its Endpoint shows: `wado_url`, or the facade's WADO-RS gateway for it
+    endpoint_url: str | None = None
+    #: the Endpoint's requires-access-token: true behind the gateway of a server needing tokens
+    endpoint_requires_token: bool = False
     url: str | None = None
     username: str | None = None
     password: str | None = None
@@ -339,6 +349,12 @@ class ServerConfig:
     max_count: int
     secret: str | None
     page_ttl: int = 3600
+    #: serve WADO-RS at /wado-rs, forwarding to the archive of a study the token may see
+    wado_gateway: bool = False
+
+    @property
+    def wado_gateway_url(self) -> str:
+        return gateway_url(self.base_url)
 
 
 @dataclass(frozen=True)
@@ -528,9 +544,12 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         if rel and rel != ":memory:":
             store = "sqlite:///" + str((root / rel).resolve())
     sources = []
+    server = data["server"]
+    gateway = gateway_url(server["base_url"]) if server["wado_gateway"] else None
     for index, src in enumerate(data["sources"]):
         zone = src["timezone"] or data["timezone"]
         profile = _profile(src, index, root, path, lines or {})
+        wado_url = src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)
         sources.append(
             SourceConfig(
                 name=src["name"],
@@ -539,7 +558,9 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
                 patient_id_system=profile.patient_id_system or f"urn:imaging-facade:source:{src['name']}",
                 accession_system=profile.accession_system,
                 issuer_systems=dict(profile.issuers),
-                wado_url=(src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)),
+                wado_url=wado_url.rstrip("/") if wado_url else None,
+                endpoint_url=f"{gateway}/{src['name']}" if gateway and wado_url else wado_url,
+                endpoint_requires_token=bool(gateway and wado_url and not data["security"]["open"]),
                 path=(root / src["path"]).resolve() if src["path"] else None,
                 url=src["url"].rstrip("/") if src["url"] else None,
                 username=src["username"],
@@ -563,7 +584,6 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
                 profile=profile,
             )
         )
-    server = data["server"]
     return Config(
         store=store,
         timezone=data["timezone"],

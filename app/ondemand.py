@@ -84,11 +84,18 @@ class OnDemand:
         self._source_locks = {src.name: threading.Lock() for src in self.sources}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="on-demand") if self.sources else None
 
-    def before_search(self, query: SearchQuery) -> None:
-        """Fetch stale patients from their archives; 503 if that takes longer than allowed."""
+    def before_search(self, query: SearchQuery, allowed=None) -> None:
+        """Fetch stale patients from their archives; 503 if that takes longer than allowed.
+
+        `allowed`: the (system, value) identifiers the request may have fetched (those of its
+        patient compartment), or None for any: a patient-context token cannot make the
+        archive be asked about, or time the fetch of, another patient.
+        """
         if not self.sources or query.rtype not in ("ImagingStudy", "Patient"):
             return
         pairs = searched_identifiers(query, self._read_patient)
+        if allowed is not None:
+            pairs = [pair for pair in pairs if pair in allowed]
         now, _ = instant_now_ms()
         futures, deadline = [], 0.0
         for system, value in pairs:

@@ -71,7 +71,8 @@ def mapping_context(src: SourceConfig) -> MappingContext:
         patient_id_system=src.patient_id_system,
         issuer_systems=dict(src.issuer_systems),
         accession_system=src.accession_system,
-        wado_url=src.wado_url,
+        wado_url=src.endpoint_url or src.wado_url,
+        requires_access_token=src.endpoint_requires_token,
         profile=src.profile,
     )
 

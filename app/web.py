@@ -9,6 +9,7 @@ from app.admin import identity as admin_identity
 from app.config import Config
 from app.fhir import errors
 from app.fhir.routes import ApiState, bp as fhir_bp
+from app.security import audit, audit_search, gateway
 from app.store.repository import Store
 
 
@@ -18,7 +19,10 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     state = app.extensions["imaging-facade"] = ApiState(config, store)
     errors.init_app(app)
     security.init_app(app, config)
+    audit_search.init_app(app)
     app.register_blueprint(fhir_bp, url_prefix="/fhir")
+    gateway.init_app(app, config)
+    audit.init_app(app)
     health.init_app(app, config, state.reader)
     admin_identity.init_app(app)
     _compress(app)

@@ -2,9 +2,23 @@
 from __future__ import annotations
 
 from app.mapping.claims import PROFILES
-from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
+from app.search.params import AUDIT_EVENT_PARAMS, BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
 SOFTWARE_VERSION = "0.1.0"
+
+
+COMPARTMENT_POLICY = (
+    "SMART on FHIR: a token with a patient in context sees that Patient and the Patients linked to it by "
+    "Patient.link one hop either way (its stored links, and records whose links point at it), their "
+    "ImagingStudies, and the Endpoints those studies point at (Endpoint is not in the Patient compartment; "
+    "an ImagingStudy scope covers them). Every search is restricted to that compartment, also in chains, "
+    "_has and every _include/_revinclude; a search naming another patient (ImagingStudy?patient=, subject=, "
+    "Patient?_id=) answers 403; a read of a resource outside answers 404, as for one that does not exist. "
+    "SMART v2 granular scopes (e.g. patient/ImagingStudy.rs?modality=MR) are ANDed with every search and "
+    "read of their type and ORed among themselves. Paging links are valid only for the token that made them. "
+    "Every read, search and refused request is recorded as an AuditEvent (IHE Basic Audit Log Patterns), "
+    "searchable at AuditEvent with a user- or system-level AuditEvent scope."
+)
 
 
 def capability_statement(base_url: str, released: str, security: dict) -> dict:
@@ -36,6 +50,16 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
                                  "'count'; answers a searchset with search.score and the match-grade extension "
                                  "(certain, probable, possible), scored like automatic record linkage.",
             }]
+    resources.append({
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The audit trail of this server, newest first; needs a user- or system-level "
+                         "AuditEvent scope (a patient-context token gets 403).",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
+                        for p in AUDIT_EVENT_PARAMS],
+    })
+    security = {**security, "description": f"{security.get('description', '')} {COMPARTMENT_POLICY}".strip()}
     return {
         "resourceType": "CapabilityStatement",
         "id": "imaging-facade",

@@ -15,9 +15,10 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from app.search.query import SearchError
 
 
-def search_digest(rtype: str, applied: list[tuple[str, str]]) -> str:
-    """A short fingerprint of a search: its type and the parameters it applied, in order."""
-    text = "\n".join([rtype, *(f"{name}={value}" for name, value in applied)])
+def search_digest(rtype: str, applied: list[tuple[str, str]], binding: str = "") -> str:
+    """A short fingerprint of a search: its type, the parameters it applied, in order, and
+    `binding` (who asks: a link made for one access token is foreign to another)."""
+    text = "\n".join([rtype, *(f"{name}={value}" for name, value in applied), f"\x00{binding}"])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

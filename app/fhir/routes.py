@@ -6,7 +6,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from datetime import datetime, timezone
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
 from app.fhir.capability import capability_statement
@@ -18,6 +18,8 @@ from app.security.discovery import rest_security
 from app.search.dates import micros_to_instant
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
+from app.security import scope
+from app.store.audit_log import AuditLog
 from app.store.reader import Reader
 from app.store.search_sql import read_current, read_deleted, read_history, read_version, run_search
 
@@ -41,7 +43,7 @@ def _check_id(rtype: str, rid: str) -> None:
         raise FhirError(404, "not-found", f"{rtype}/{rid[:64]} is not known (not a valid FHIR id)")
 
 
-def _check_format() -> None:
+def check_format() -> None:
     fmt = request.args.get("_format")
     # an unencoded "+" arrives as a space: application/fhir+json is meant
     if fmt is not None and fmt.split(";")[0].strip().replace(" ", "+") not in JSON_FORMATS:
@@ -54,7 +56,7 @@ def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Respon
 
 @bp.before_request
 def _negotiate():
-    _check_format()
+    check_format()
 
 
 @bp.get("/metadata")
@@ -110,6 +112,7 @@ def _resource_response(rtype: str, rid: str, version: int, micros: int, content:
 def read(rtype: str, rid: str):
     _check_type(rtype)
     _check_id(rtype, rid)
+    scope.guard_read(rtype, rid)
     found = read_current(_state().reader, rtype, rid)
     if found is None:
         gone = read_deleted(_state().reader, rtype, rid)
@@ -118,6 +121,7 @@ def read(rtype: str, rid: str):
                                             "holds it any more", headers={"ETag": f'W/"{gone[0]}"'})
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     version, micros, content = found
+    g.returned = [(rtype, rid)]
     return _resource_response(rtype, rid, version, micros, content)
 
 
@@ -127,9 +131,11 @@ def vread(rtype: str, rid: str, vid: str):
     _check_id(rtype, rid)
     if not vid.isdigit() or len(vid) > 9:
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid!r}")
+    scope.guard_read(rtype, rid)
     row = read_version(_state().reader, rtype, rid, int(vid))
-    if row is None:
+    if row is None or not scope.version_visible(rtype, row[1]):
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
+    g.returned = [(rtype, rid)]
     return _resource_response(rtype, rid, int(vid), row[0], row[1])
 
 
@@ -137,10 +143,12 @@ def vread(rtype: str, rid: str, vid: str):
 def history_instance(rtype: str, rid: str):
     _check_type(rtype)
     _check_id(rtype, rid)
-    versions = read_history(_state().reader, rtype, rid)
+    scope.guard_read(rtype, rid)
+    versions = [v for v in read_history(_state().reader, rtype, rid) if scope.version_visible(rtype, v[2])]
     if not versions:
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     state = _state()
+    g.returned = [(rtype, rid)]
     return _json(history(state.base_url, rtype, rid, versions, f"{state.base_url}/{rtype}/{rid}/_history"))
 
 
@@ -177,13 +185,15 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
     state = _state()
     try:
         query = _parse(rtype, items)
-        digest = search_digest(rtype, query.applied)
+        scope.guard_search(rtype, query)
+        digest = search_digest(rtype, query.applied, scope.binding())
         cursor = state.page_tokens.read(digest, query.page) if query.page is not None else None
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
     if cursor is None:
-        state.on_demand.before_search(query)
+        state.on_demand.before_search(query, scope.fetchable_identifiers())
     result = run_search(state.reader, query, cursor)
+    g.returned = [(rtype, rid) for rid, _ in result.matches] + [(t, i) for t, i, _ in result.includes]
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:
@@ -228,6 +238,7 @@ class ApiState:
         self.config = config
         self.store = store
         self.reader = Reader(store.url)
+        self.audit_log = AuditLog(store.url)
         self.base_url = config.server.base_url
         self.on_demand = OnDemand(config, store, lambda rtype, rid: read_current(self.reader, rtype, rid))
         self.page_tokens = PageTokens(config.server.secret or store.paging_secret(), config.server.page_ttl)

@@ -51,3 +51,7 @@ class MappingContext:
         """Say where an element came from, when someone records it (see provenance.py)."""
         if self.recorder is not None:
             self.recorder.record(path, tags, rule, note)
+
+    #: whether an app presents its SMART access token there (the facade's WADO-RS gateway
+    #: on a server that needs tokens), as the Endpoint's requires-access-token extension says
+    requires_access_token: bool = False

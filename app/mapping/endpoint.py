@@ -5,6 +5,8 @@ Endpoint, also a folder of files with no image service (ctx.wado_url None). That
 cannot honestly be active: it gets status "off" and the placeholder address
 "urn:imaging-facade:source:<name>", which tells apps that no images can be fetched there,
 while connectionType stays dicom-wado-rs (the kind of endpoint it would be once configured).
+With the WADO-RS gateway on, `ctx.wado_url` is the gateway's address for the source and the
+requires-access-token extension is true when the server needs tokens.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from app.mapping import claims
 from app.mapping.context import MappingContext
 from app.mapping.dicom_values import MappingError
 
+#: SMART Imaging Access: whether the app presents its access token at the Endpoint's address
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 CONNECTION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 PLACEHOLDER_ADDRESS_PREFIX = "urn:imaging-facade:source:"
 #: SMART Imaging Access IG: whether an app presents its access token to this endpoint
@@ -39,7 +43,10 @@ def map_endpoint(ctx: MappingContext) -> dict:
         "resourceType": "Endpoint",
         "id": ctx.source,
         "meta": claims.meta("Endpoint"),
-        "extension": [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": ctx.rules.requires_access_token}],
+        # the facade's gateway on a server that needs tokens, or a profile saying the archive
+        # itself takes the SMART token
+        "extension": [{"url": REQUIRES_ACCESS_TOKEN,
+                       "valueBoolean": bool(url and (ctx.requires_access_token or ctx.rules.requires_access_token))}],
         "status": "active" if url else "off",
         "connectionType": {
             "system": CONNECTION_TYPE_SYSTEM,

@@ -154,6 +154,20 @@ INCLUDES: dict[tuple[str, str], str] = {
 REVINCLUDES = INCLUDES
 
 
+#: the audit trail's parameters (app/security/audit_search.py): AuditEvent rows live in tables
+#: of their own, not in `resource` and the index tables, so no ordinary search can reach them
+AUDIT_EVENT_PARAMS: list[SearchParam] = [
+    _p("AuditEvent", "date", "date", ["recorded"], "AuditEvent-date", "Time when the event was recorded"),
+    _p("AuditEvent", "patient", "reference", ["entity.what"], "AuditEvent-patient",
+       "A patient whose data the request returned (Patient/id or id)", ["Patient"]),
+    _p("AuditEvent", "agent", "reference", ["agent.who"], "AuditEvent-agent",
+       "Who asked: the access token's subject or client_id (agent.who.identifier or agent.altId)"),
+    _p("AuditEvent", "entity-type", "token", ["entity.type"], "AuditEvent-entity-type",
+       "Type of an entity: 2 (system object: the query, the resource read), 1 (person: a patient)"),
+    _p("AuditEvent", "outcome", "token", ["outcome"], "AuditEvent-outcome",
+       "0 success, 4 refused or bad request, 8 server failure"),
+]
+
 #: result parameters the server understands (everything else is an unknown parameter)
 CONTROL = {"_count", "_include", "_revinclude", "_page", "_format", "_total", "_summary", "_elements", "_sort"}
 

@@ -92,6 +92,21 @@ class Include:
     iterate: bool = False
 
 
+@dataclass(frozen=True)
+class Restriction:
+    """What one request may see of one resource type, applied inside the SQL of every
+    match, chain, `_has` and include of that type (app/security/scope.py builds it).
+
+    `patients`: the Patient ids of the compartment in force (None: no compartment);
+    `alternatives`: SMART v2 granular scopes as clause lists, ORed (a resource matches when
+    it matches every clause of one of them; None: not narrowed); `deny`: nothing at all.
+    """
+
+    patients: tuple[str, ...] | None = None
+    alternatives: tuple[tuple, ...] | None = None
+    deny: bool = False
+
+
 @dataclass
 class SearchQuery:
     rtype: str
@@ -108,6 +123,8 @@ class SearchQuery:
     sort: list[SortKey] = field(default_factory=list)
     #: parameters applied, in request order, for the self and next links
     applied: list[tuple[str, str]] = field(default_factory=list)
+    #: resource type -> what this request may see of it; a type not named is unrestricted
+    restrictions: dict[str, Restriction] = field(default_factory=dict)
 
 
 def _split(value: str) -> list[str]:

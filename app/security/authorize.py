@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from app.fhir.errors import FhirError
+from app.security import scope
 from app.security.access import Access
 from app.security.scopes import may_update_patients, needed, parse_scopes
 
@@ -112,7 +113,7 @@ def enforce(access: Access, request, realm: str) -> None:
     if request.endpoint == "fhir.search_post" and request.mimetype == FORM:
         params += list(request.form.items(multi=True))
     for resource_type, interaction, why in needed(request.endpoint, rtype, params):
-        if access.allows(resource_type, interaction):
+        if scope.allows(access, resource_type, interaction):
             continue
         verb = "read" if interaction == "r" else "search"
         because = f" (asked by {why.split('=')[0]})" if why else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from app.search.query import ANY_SYSTEM, ChainClause, Clause, HasClause, SearchQuery
+from app.search.query import ANY_SYSTEM, ChainClause, Clause, HasClause, Restriction, SearchQuery
 from app.search.text import normalize
 from app.store.reader import Reader
 
@@ -65,6 +65,10 @@ def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, par
     slack = max(abs(now - low) // 10, high - low)
     params += [high + slack, low - slack]
     return f"({low_col} < ? AND {high_col} > ?)"
+
+
+#: the date comparison of search, for tables of their own (the audit trail's `recorded`)
+date_condition = _date_sql
 
 
 def _value_sql(clause: Clause, value, params: list) -> str:
@@ -143,21 +147,93 @@ def _lists_matches(clause) -> bool:
     return modifier != "not" and not (modifier == "missing" and clause.values[0])
 
 
-def _clause_sql(rtype: str, clause, params: list, probe: bool = False) -> str:
+def restriction_sql(rtype: str, restrictions: dict[str, Restriction], params: list) -> str | None:
+    """The condition on `id` that keeps `rtype` resources to what the request may see
+    (None: no restriction). A compartment is an index probe on the reference rows, so it
+    drives the search instead of filtering its pages afterwards."""
+    restriction = restrictions.get(rtype)
+    if restriction is None:
+        return None
+    if restriction.deny:
+        return "1 = 0"
+    parts = []
+    if restriction.patients is not None:
+        parts.append(_compartment_sql(rtype, restriction.patients, restrictions, params))
+    if restriction.alternatives is not None:
+        parts.append(_alternatives_sql(rtype, restriction.alternatives, restrictions, params))
+    return " AND ".join(parts) if parts else None
+
+
+def _alternatives_sql(rtype: str, alternatives, restrictions, params: list) -> str:
+    """SMART v2 granular scopes: each scope's parameters ANDed, the scopes ORed.
+
+    A chain inside a scope's parameters keeps to the compartment but not to the other
+    types' granular scopes: those could refer back to this one without end.
+    """
+    restrictions = {t: Restriction(r.patients, None, r.deny) for t, r in restrictions.items()}
+    ors = ["(" + " AND ".join([_clause_sql(rtype, c, params, restrictions=restrictions) for c in clauses]
+                               or ["1 = 1"]) + ")" for clauses in alternatives]
+    return "(" + (" OR ".join(ors) or "1 = 0") + ")"
+
+
+def _studies_of(patients, params: list) -> str:
+    """ImagingStudy ids whose patient is one of `patients` (the lookup index, by target)."""
+    if not patients:
+        return "SELECT rid FROM idx_reference WHERE 1 = 0"
+    params += ["ImagingStudy", "patient", *patients, "Patient"]
+    return (f"SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_id IN ({_in(patients)}) "
+            "AND target_type = ?")
+
+
+def _compartment_sql(rtype: str, patients, restrictions, params: list) -> str:
+    """Patient: the compartment's patients; ImagingStudy: their studies; Endpoint: those
+    that a study the request may see points at (Endpoint is not in the Patient compartment)."""
+    if rtype == "Patient":
+        if not patients:
+            return "1 = 0"
+        params.extend(patients)
+        return f"id IN ({_in(patients)})"
+    if rtype == "ImagingStudy":
+        return f"id IN ({_studies_of(patients, params)})"
+    if rtype == "Endpoint":
+        params += ["ImagingStudy", "endpoint", "Endpoint"]
+        narrowed = restrictions.get("ImagingStudy")
+        if narrowed is not None and narrowed.alternatives is not None:
+            params.append("ImagingStudy")
+            studies = f"SELECT id FROM resource WHERE rtype = ? AND id IN ({_studies_of(patients, params)}) AND "
+            studies += _alternatives_sql("ImagingStudy", narrowed.alternatives, {}, params)
+        else:
+            studies = _studies_of(patients, params)
+        return f"id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? " \
+               f"AND rid IN ({studies}))"
+    return "1 = 0"  # a type outside this server's compartment rules: nothing
+
+
+def _restricted(rtype: str, restrictions, params: list) -> str:
+    """` AND <restriction>` for an inner `SELECT id FROM resource`, or nothing."""
+    sql = restriction_sql(rtype, restrictions or {}, params) if restrictions else None
+    return f" AND {sql}" if sql else ""
+
+
+def _clause_sql(rtype: str, clause, params: list, probe: bool = False, restrictions=None) -> str:
     """SQL condition on `id` of the `rtype` resource for one (possibly chained) clause.
 
     `probe`: a clause ANDed after one that lists the candidates checks each candidate's own
     rows (EXISTS on the owner index) instead of listing every resource it matches: SQLite
     materializes an IN list, which for `modality=CT` is a third of all studies.
+    `restrictions`: a chain or `_has` looks only at resources the request may see, so it
+    cannot tell whether another patient's data exist.
     """
     if isinstance(clause, ChainClause):
         params += [rtype, clause.param.name, clause.target, clause.target]
-        inner = _clause_sql(clause.target, clause.inner, params)
+        inner = _clause_sql(clause.target, clause.inner, params, restrictions=restrictions)
+        inner += _restricted(clause.target, restrictions, params)
         return ("id IN (SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
                 f"AND target_id IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))")
     if isinstance(clause, HasClause):
         params += [clause.source, clause.param.name, rtype, clause.source]
-        inner = _clause_sql(clause.source, clause.inner, params)
+        inner = _clause_sql(clause.source, clause.inner, params, restrictions=restrictions)
+        inner += _restricted(clause.source, restrictions, params)
         return ("id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
                 f"AND rid IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))")
     param = clause.param
@@ -244,8 +320,12 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> Searc
     """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page)."""
     params: list = [query.rtype]
     conditions, driven = ["rtype = ?"], False
+    restricted = restriction_sql(query.rtype, query.restrictions, params)
+    if restricted:
+        conditions.append(restricted)
+        driven = True
     for clause in query.clauses:
-        conditions.append(_clause_sql(query.rtype, clause, params, probe=driven))
+        conditions.append(_clause_sql(query.rtype, clause, params, probe=driven, restrictions=query.restrictions))
         driven = driven or _lists_matches(clause)
     where = " AND ".join(conditions)
     want_total = query.total != "none" or query.summary == "count"
@@ -317,6 +397,7 @@ def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[
                 start, end = (d.target, d.source) if reverse else (d.source, d.target)
                 if (first or d.iterate) and frontier.get(start):
                     reached = _follow(reader, d, list(frontier[start]), reverse)
+                    reached = visible_ids(reader, end, reached, query.restrictions)
                     new.setdefault(end, set()).update(reached - in_bundle.get(end, set()))
         frontier = {t: v for t, v in new.items() if v}
         for rtype, more in frontier.items():
@@ -330,6 +411,20 @@ def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[
                               "ORDER BY id", [rtype, *chunk])
             out.extend((rtype, r[0], r[1]) for r in rows)
     return out
+
+
+def visible_ids(reader: Reader, rtype: str, ids, restrictions: dict[str, Restriction]) -> set[str]:
+    """The `ids` of `rtype` the request may see (all of them when it is unrestricted)."""
+    if rtype not in restrictions or not ids:
+        return set(ids)
+    found: set[str] = set()
+    for chunk in _chunks(sorted(ids)):
+        params: list = [rtype, *chunk]
+        condition = restriction_sql(rtype, restrictions, params)
+        rows = reader.all(f"SELECT id FROM resource WHERE rtype = ? AND id IN ({_in(chunk)}) AND {condition}",
+                          params)
+        found.update(r[0] for r in rows)
+    return found
 
 
 def read_current(reader: Reader, rtype: str, rid: str):

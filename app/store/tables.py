@@ -281,3 +281,27 @@ class PatientLink(SQLModel, table=True):
     points: float
     explanation: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     decided: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One AuditEvent (FHIR R4, IHE Basic Audit Log Patterns) per read, search or refused
+    request: kept apart from `resource`, so no ordinary search can return one."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_recorded", "recorded", "id"),)
+    id: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    recorded: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: AuditEvent.outcome: 0 success, 4 minor failure (refused, bad request), 8 serious failure
+    outcome: str = Field(max_length=2)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AuditIndexRow(SQLModel, table=True):
+    """What AuditEvent search looks up: (param, value) of each event (patient, agent, entity-type)."""
+
+    __tablename__ = "audit_index"
+    __table_args__ = (Index("ix_audit_lookup", "param", "value", "event_id"),)
+    pk: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(sa_column=Column(ID_TEXT, nullable=False))
+    param: str = Field(max_length=32)
+    value: str = Field(sa_column=Column(REF_TEXT, nullable=False))

@@ -1,0 +1,118 @@
+"""A WADO-RS gateway: images only for studies the access token may see (`server.wado_gateway`).
+
+Apps follow `ImagingStudy.endpoint` to the images. With the gateway on, each source's
+Endpoint points at `<gateway>/<source>` instead of the archive, and the Endpoint says
+`requires-access-token: true` (SMART Imaging Access): the app presents the same token it
+searched with. The gateway applies the same scopes and compartment as a read of the
+ImagingStudy (404 outside them, 403 without an ImagingStudy scope), then forwards the
+request to the archive that holds the study, with the archive's own credentials, and
+streams the answer back as it arrives (status, Content-Type with its multipart boundary,
+and the bytes unchanged), never holding a study in memory.
+
+Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
+`…/series/{series}`, `…/series/{series}/metadata`, `…/instances/{instance}`,
+`…/instances/{instance}/metadata`, `…/instances/{instance}/frames/{frames}`.
+`/wado-rs/studies/…` (without a source) uses the first archive that holds the study.
+"""
+from __future__ import annotations
+
+import requests
+from flask import Blueprint, Response, current_app, g, request, stream_with_context
+
+from app.fhir.errors import FhirError
+from app.ids import valid_id
+from app.security import scope
+
+bp = Blueprint("wado", __name__)
+CHUNK = 64 * 1024
+#: request headers passed on to the archive (content negotiation); never the app's token
+FORWARDED_REQUEST = ("Accept", "Accept-Charset")
+#: response headers passed back to the app
+FORWARDED_RESPONSE = ("Content-Type", "Content-Length", "Content-Encoding", "Content-Location", "ETag",
+                      "Last-Modified", "Warning")
+_session = requests.Session()
+
+
+def _state():
+    return current_app.extensions["imaging-facade"]
+
+
+def _source(name: str | None, study: str):
+    """The configured source to ask for `study`: the named one if it holds the study, else
+    the first that holds it and has a WADO-RS URL."""
+    state = _state()
+    holders = [r[0] for r in state.reader.all("SELECT source FROM study_copy WHERE study_uid = ? ORDER BY source",
+                                              [study])]
+    by_name = {src.name: src for src in state.config.sources if src.wado_url}
+    candidates = [h for h in holders if h in by_name and (name is None or h == name)]
+    if not candidates:
+        raise FhirError(404, "not-found", f"no archive reachable through this gateway holds study {study}"
+                        + (f" as source {name}" if name else ""))
+    return by_name[candidates[0]]
+
+
+def _forward(source_name: str | None, study: str, rest: str) -> Response:
+    if not valid_id(study):
+        raise FhirError(404, "not-found", "not a valid Study Instance UID")
+    scope.guard_read("ImagingStudy", study)
+    g.returned = [("ImagingStudy", study)]
+    src = _source(source_name, study)
+    url = f"{src.wado_url}/studies/{study}{rest}"
+    headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
+    headers["Accept-Encoding"] = "identity"
+    auth = (src.username, src.password) if src.username else None
+    if src.token:
+        headers["Authorization"] = f"Bearer {src.token}"
+    try:
+        upstream = _session.get(url, params=request.args, headers=headers, auth=auth, stream=True,
+                                timeout=src.timeout)
+    except requests.Timeout:
+        raise FhirError(504, "timeout", f"archive {src.name} did not answer in time") from None
+    except requests.RequestException:
+        raise FhirError(502, "transient", f"archive {src.name} could not be reached") from None
+
+    def body():
+        try:
+            yield from upstream.raw.stream(CHUNK, decode_content=False)
+        finally:
+            upstream.close()
+
+    passed = {h: upstream.headers[h] for h in FORWARDED_RESPONSE if h in upstream.headers}
+    response = Response(stream_with_context(body()), status=upstream.status_code, headers=passed,
+                        direct_passthrough=True)
+    if "Content-Type" not in passed:
+        del response.headers["Content-Type"]
+    return response
+
+
+_PATHS = {
+    "study": ("/studies/<study>", ""),
+    "study_metadata": ("/studies/<study>/metadata", "/metadata"),
+    "series": ("/studies/<study>/series/<series>", "/series/{series}"),
+    "series_metadata": ("/studies/<study>/series/<series>/metadata", "/series/{series}/metadata"),
+    "instance": ("/studies/<study>/series/<series>/instances/<instance>", "/series/{series}/instances/{instance}"),
+    "instance_metadata": ("/studies/<study>/series/<series>/instances/<instance>/metadata",
+                          "/series/{series}/instances/{instance}/metadata"),
+    "frames": ("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>",
+               "/series/{series}/instances/{instance}/frames/{frames}"),
+}
+
+
+def _route(name: str, rule: str, rest: str) -> None:
+    def handler(study: str, source: str | None = None, **parts):
+        for value in parts.values():
+            if not all(c.isdigit() or c in ".," for c in value) or len(value) > 1024:
+                raise FhirError(404, "not-found", "not a valid UID or frame list")
+        return _forward(source, study, rest.format(**parts))
+
+    bp.add_url_rule(rule, f"{name}", handler, methods=["GET"])
+    bp.add_url_rule(f"/<source>{rule}", f"{name}_of_source", handler, methods=["GET"])
+
+
+for _name, (_rule, _rest) in _PATHS.items():
+    _route(_name, _rule, _rest)
+
+
+def init_app(app, config) -> None:
+    if config.server.wado_gateway:
+        app.register_blueprint(bp, url_prefix="/wado-rs")

@@ -1,0 +1,183 @@
+"""What the request's Access may see, enforced before any query runs.
+
+`restrictions()` turns the Access into one `Restriction` per resource type: the patient
+compartment (for a patient-context token) and the SMART v2 granular scopes (e.g.
+`patient/ImagingStudy.rs?modality=MR`: its parameters ANDed with the search, several
+such scopes of one type ORed). The search SQL applies them to the matches, to every chain
+and `_has`, and to every include, so no path of a search reaches a resource outside them;
+a read of such a resource answers 404, as if it did not exist.
+
+Endpoint is not in the Patient compartment (FHIR R4 CompartmentDefinition): under a patient
+context an Endpoint is visible when a study the token may see points at it, and an
+ImagingStudy grant covers it, because apps must follow `ImagingStudy.endpoint` to the images.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from flask import current_app, g
+
+from app.fhir.errors import FhirError
+from app.search.params import RESOURCE_TYPES
+from app.search.query import ChainClause, Clause, Restriction, SearchError, SearchQuery, parse_search
+from app.security.access import READ, SEARCH, Access, current_access
+from app.security.compartment import linked_patients
+from app.store.search_sql import visible_ids
+
+
+def _settings():
+    return current_app.extensions["imaging-facade"]
+
+
+def compartment(access: Access) -> tuple[str, ...] | None:
+    """The Patient ids a patient-context access sees (None: no compartment); once per request."""
+    if not access.in_patient_context:
+        return None
+    if "compartment" not in g:
+        state = _settings()
+        g.compartment = linked_patients(state.reader, access.patient, state.base_url)
+    return g.compartment
+
+
+def _grants(access: Access, rtype: str, interaction: str) -> list:
+    grants = [grant for grant in access.grants if grant.covers(rtype, interaction)]
+    if rtype == "Endpoint" and not grants and any(grant.covers("ImagingStudy", interaction)
+                                                  for grant in access.grants):
+        return [None]  # reached through the studies: an Endpoint grant without narrowing
+    return grants
+
+
+def allows(access: Access, rtype: str, interaction: str) -> bool:
+    return access.open or bool(_grants(access, rtype, interaction))
+
+
+def _narrowing(rtype: str, grant) -> tuple | None:
+    """The clauses of one granular scope on `rtype`, or None when it cannot apply to it
+    (a parameter unknown for the type, or not a filter): such a scope grants nothing."""
+    if not grant.narrowing:
+        return ()
+    state = _settings()
+    try:
+        parsed = parse_search(rtype, list(grant.narrowing), zone=state.config.timezone, base_url=state.base_url,
+                              default_count=1, max_count=1, strict=True)
+    except SearchError:
+        return None
+    if len(parsed.clauses) != len(grant.narrowing):
+        return None  # result parameters (_count, _include…) narrow nothing
+    return tuple(parsed.clauses)
+
+
+def restrictions(interaction: str = SEARCH) -> dict[str, Restriction]:
+    """Per resource type, what this request may see with `interaction` (empty: everything)."""
+    access = current_access()
+    if access.open:
+        return {}
+    cache = g.setdefault("restrictions", {})
+    if interaction in cache:
+        return cache[interaction]
+    patients = compartment(access)
+    out: dict[str, Restriction] = {}
+    for rtype in RESOURCE_TYPES:
+        grants = _grants(access, rtype, interaction)
+        alternatives: list = []
+        unnarrowed = False
+        for grant in grants:
+            clauses = () if grant is None else _narrowing(rtype, grant)
+            if clauses == ():
+                unnarrowed = True
+            elif clauses is not None:
+                alternatives.append(clauses)
+        if not unnarrowed and not alternatives:
+            out[rtype] = Restriction(deny=True)
+        elif patients is not None or not unnarrowed:
+            out[rtype] = Restriction(patients, None if unnarrowed else tuple(alternatives))
+    cache[interaction] = out
+    return out
+
+
+def require(rtype: str, interaction: str) -> None:
+    """403 before any query when no scope of the token covers this type and interaction."""
+    access = current_access()
+    limit = restrictions(interaction).get(rtype)
+    if not allows(access, rtype, interaction) or (limit is not None and limit.deny):
+        verb = "read" if interaction == READ else "search"
+        raise FhirError(403, "forbidden", f"the access token has no scope to {verb} {rtype}")
+
+
+def _named_patients(rtype: str, clause) -> list[str]:
+    """Patients a search names explicitly: `patient=`/`subject=` on ImagingStudy (also as
+    `patient._id=`), `_id=` on Patient."""
+    if isinstance(clause, ChainClause) and rtype == "ImagingStudy" and clause.target == "Patient" \
+            and clause.param.name in ("patient", "subject"):
+        return _named_patients("Patient", clause.inner)
+    if not isinstance(clause, Clause) or clause.modifier is not None:
+        return []
+    if rtype == "ImagingStudy" and clause.param.name in ("patient", "subject") and clause.kind == "reference":
+        return [rid for target, rid in clause.values if target in (None, "Patient") and rid]
+    if rtype == "Patient" and clause.param.name == "_id":
+        return [code for _, code in clause.values]
+    return []
+
+
+def guard_search(rtype: str, query: SearchQuery) -> None:
+    """Scope and compartment checks of a search, then its restrictions set on the query.
+
+    A search that names a patient outside the compartment is refused with 403 (SMART
+    Imaging Access), before the store is asked.
+    """
+    require(rtype, SEARCH)
+    access = current_access()
+    patients = compartment(access)
+    if patients is not None:
+        outside = sorted({p for clause in query.clauses for p in _named_patients(rtype, clause)} - set(patients))
+        if outside:
+            raise FhirError(403, "forbidden", "the search names a patient outside the patient in context "
+                                              "of the access token")
+    query.restrictions = restrictions(SEARCH)
+
+
+def visible(rtype: str, rid: str) -> bool:
+    """Whether a read of the current `rtype/rid` may show it (scope checked before)."""
+    limits = restrictions(READ)
+    return not limits or bool(visible_ids(_settings().reader, rtype, [rid], limits))
+
+
+def guard_read(rtype: str, rid: str) -> None:
+    """403 without a scope for the type; 404 for a resource outside what the token may see,
+    so a read cannot tell whether another patient's resource exists."""
+    require(rtype, READ)
+    if not visible(rtype, rid):
+        raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
+
+
+def version_visible(rtype: str, content: bytes) -> bool:
+    """An older version of a visible study belongs to the compartment only if its subject does
+    (a study can move to another patient when an archive corrects it)."""
+    patients = compartment(current_access())
+    if patients is None or rtype != "ImagingStudy":
+        return True
+    reference = (orjson.loads(content).get("subject") or {}).get("reference", "")
+    return reference.startswith("Patient/") and reference[len("Patient/"):] in patients
+
+
+def fetchable_identifiers() -> set[tuple[str, str]] | None:
+    """(system, value) identifiers an on-demand fetch may ask the archives about for this
+    request: those of the compartment's stored Patients, or None (any) without a compartment."""
+    patients = compartment(current_access())
+    if patients is None or not _settings().on_demand.sources:
+        return None
+    marks = ", ".join("?" * len(patients))
+    sql = f"SELECT system, code FROM idx_token WHERE rtype = ? AND param = ? AND rid IN ({marks})"
+    rows = _settings().reader.all(sql, ["Patient", "identifier", *patients])
+    return {(r[0], r[1]) for r in rows if r[0]}
+
+
+def binding() -> str:
+    """A fingerprint of who asks, mixed into paging links: one token's `next` link is not
+    valid under another token (another patient, client or set of scopes)."""
+    access = current_access()
+    if access.open:
+        return ""
+    text = "\n".join([access.subject or "", access.client_id or "", access.patient or "", *sorted(access.scopes)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

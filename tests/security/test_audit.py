@@ -1,0 +1,254 @@
+"""The audit trail (IHE Basic Audit Log Patterns, FHIR R4 AuditEvent), on SQLite and PostgreSQL.
+
+Each read, vread, history, search and refused request writes exactly one AuditEvent, read
+back here straight from its table; `GET /fhir/AuditEvent` searches them with a user- or
+system-level AuditEvent scope only. Data: see conftest.
+"""
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+from access_fixtures import grant, load, patient_access, people_app, system_access  # noqa: F401
+from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import text
+
+from app.store.repository import Store
+from app.web import create_app
+
+ACCESSES = {
+    "alice": patient_access("alice", subject="user-1", client_id="viewer"),
+    "auditor": system_access(grant("system", "AuditEvent"), client_id="audit-tool"),
+    "user-auditor": system_access(grant("user", "AuditEvent"), client_id="audit-ui"),
+    "studies-only": system_access(grant("system", "ImagingStudy"), client_id="backend"),
+    "alice-audit": patient_access("alice", grant("patient", "AuditEvent")),
+}
+
+
+@pytest.fixture
+def audited(people_app):
+    people_app.accesses.update(ACCESSES)
+    store = people_app.extensions["imaging-facade"].store
+    client = people_app.test_client()
+
+    def events() -> list[dict]:
+        with store.engine.connect() as conn:
+            rows = conn.execute(text("SELECT content FROM audit_event ORDER BY recorded, id")).all()
+        return [orjson.loads(r[0]) for r in rows]
+
+    def one(method, url, who=None, **kwargs):
+        """Run one request; return it and the one AuditEvent it wrote (asserting exactly one)."""
+        before = len(events())
+        headers = {"X-Test-Access": who} if who else {}
+        response = client.open(url, method=method, headers=headers, **kwargs)
+        after = events()
+        assert len(after) == before + 1, f"{url} wrote {len(after) - before} AuditEvents"
+        return response, after[-1]
+
+    one.events = events
+    one.client = client
+    return one
+
+
+def _patients(event) -> list[str]:
+    return sorted(e["what"]["reference"] for e in event["entity"] if e["role"]["code"] == "1")
+
+
+def _query(event) -> str:
+    entity = next(e for e in event["entity"] if e["role"]["code"] == "24")
+    assert entity["type"]["code"] == "2"
+    return base64.b64decode(entity["query"]).decode()
+
+
+def _check_common(event, who, client_id, outcome):
+    AuditEvent.model_validate(event)  # a valid R4 AuditEvent
+    assert event["type"] == {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+                             "display": "RESTful Operation"}
+    assert event["outcome"] == outcome
+    requestor = next(a for a in event["agent"] if a["requestor"])
+    assert requestor["who"]["identifier"]["value"] == who
+    assert requestor.get("altId") == client_id
+    assert requestor["network"]["address"] == "127.0.0.1"
+    assert event["source"]["site"] == "http://testserver/fhir"
+    recorded = datetime.fromisoformat(event["recorded"])
+    assert abs(datetime.now(timezone.utc) - recorded) < timedelta(minutes=1)
+
+
+@pytest.mark.parametrize("url, subtype, action, patients", [
+    ("/fhir/ImagingStudy/1.3", "read", "R", ["Patient/alice-b"]),
+    ("/fhir/ImagingStudy/1.1/_history/1", "vread", "R", ["Patient/alice"]),
+    ("/fhir/Patient/dora/_history", "history-instance", "R", ["Patient/dora"]),
+    ("/fhir/ImagingStudy?modality=CT&_count=10", "search-type", "E", ["Patient/alice", "Patient/alice-b"]),
+    ("/fhir/Patient?_id=alice&_revinclude=ImagingStudy:patient", "search-type", "E", ["Patient/alice"]),
+    ("/fhir/Endpoint?_revinclude=ImagingStudy:endpoint&_count=10", "search-type", "E",
+     ["Patient/alice", "Patient/alice-b", "Patient/dora"]),
+    ("/fhir/Endpoint/pacs", "read", "R", []),
+])
+def test_each_interaction_writes_one_event(audited, url, subtype, action, patients):
+    response, event = audited("GET", url, "alice")
+    assert response.status_code == 200
+    _check_common(event, "user-1", "viewer", "0")
+    assert event["subtype"][0]["code"] == subtype and event["action"] == action
+    assert _patients(event) == patients  # the patients whose data the answer carried
+    assert _query(event) == url.partition("?")[2]
+
+
+def test_post_search_records_the_form_body(audited):
+    response, event = audited("POST", "/fhir/ImagingStudy/_search", "alice", data={"modality": "US"})
+    assert response.status_code == 200
+    assert event["subtype"][0]["code"] == "search-type"
+    assert _query(event) == "modality=US"
+    assert _patients(event) == ["Patient/dora"]
+
+
+@pytest.mark.parametrize("url, status", [
+    ("/fhir/ImagingStudy?patient=bob", 403),
+    ("/fhir/ImagingStudy/2.1", 404),
+    ("/fhir/ImagingStudy?started=yesterday", 400),
+])
+def test_refused_requests_are_audited(audited, url, status):
+    response, event = audited("GET", url, "alice")
+    assert response.status_code == status
+    _check_common(event, "user-1", "viewer", "4")
+    assert event["outcomeDesc"] == f"HTTP {status}"
+    assert _patients(event) == []  # nothing was returned
+    assert _query(event) == url.partition("?")[2]
+
+
+def test_unauthenticated_requests_are_audited(store_url, write_config):
+    config = write_config({"store": store_url, "server": {"base_url": "http://testserver/fhir"},
+                           "security": {"open": False}})
+    store = Store.from_config(config)
+    load(store)
+    client = create_app(config, store).test_client()
+    assert client.get("/fhir/ImagingStudy?patient=alice").status_code == 401
+    assert client.get("/fhir/AuditEvent").status_code == 401
+    with store.engine.connect() as conn:
+        rows = [orjson.loads(r[0]) for r in conn.execute(text("SELECT content FROM audit_event ORDER BY recorded"))]
+    store.close()
+    assert len(rows) == 2
+    event = rows[0]
+    AuditEvent.model_validate(event)
+    assert event["outcome"] == "4" and event["outcomeDesc"] == "HTTP 401"
+    assert event["subtype"][0]["code"] == "search-type"
+    assert next(a for a in event["agent"] if a["requestor"])["who"] == {"display": "unknown (no valid access token)"}
+    assert base64.b64decode(event["entity"][0]["query"]) == b"patient=alice"
+
+
+def test_open_mode_is_audited_as_anonymous(audited):
+    response, event = audited("GET", "/fhir/Patient/alice")
+    assert response.status_code == 200
+    assert next(a for a in event["agent"] if a["requestor"])["who"] == {"display": "anonymous"}
+    assert _patients(event) == ["Patient/alice"]
+
+
+def test_metadata_and_health_are_not_audited(audited):
+    before = len(audited.events())
+    assert audited.client.get("/fhir/metadata").status_code == 200
+    assert audited.client.get("/health").status_code == 200
+    assert len(audited.events()) == before
+
+
+def _search(audited, query, who="auditor"):
+    response, _ = audited("GET", f"/fhir/AuditEvent?{query}", who)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def test_audit_event_search(audited):
+    audited("GET", "/fhir/ImagingStudy/1.1", "alice")  # alice
+    audited("GET", "/fhir/ImagingStudy?patient=bob", "alice")  # refused
+    audited("GET", "/fhir/ImagingStudy/2.2", "studies-only")  # bob, another client
+    events = audited.events()
+    assert [e["outcome"] for e in events] == ["0", "4", "0"]
+
+    by_patient = _search(audited, "patient=alice")
+    assert by_patient["total"] == 1 and by_patient["entry"][0]["resource"]["id"] == events[0]["id"]
+    assert _search(audited, "patient=Patient/bob")["entry"][0]["resource"]["id"] == events[2]["id"]
+    assert _search(audited, "patient=alice,bob")["total"] == 2
+    assert _search(audited, "outcome=4")["entry"][0]["resource"]["id"] == events[1]["id"]
+    assert _search(audited, "outcome=http://hl7.org/fhir/audit-event-outcome|0")["total"] >= 2
+    assert _search(audited, "agent=user-1")["total"] == 2  # the subject…
+    assert _search(audited, "agent=viewer")["total"] == 2  # …and the client both find them
+    assert _search(audited, "agent=backend")["total"] == 1
+    assert _search(audited, "entity-type=1&agent=viewer")["total"] == 1  # only the read returned a patient
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert _search(audited, f"date=ge{today}&agent=viewer,backend")["total"] == 3
+    assert _search(audited, "date=lt2000-01-01")["total"] == 0
+    # newest first, paged; the searches of the trail are in it as well
+    first = _search(audited, "_count=2")
+    assert first["entry"][0]["resource"]["recorded"] >= first["entry"][1]["resource"]["recorded"]
+    seen, url = [], "/fhir/AuditEvent?_count=2"
+    while url:
+        response = audited.client.get(url, headers={"X-Test-Access": "auditor"})
+        seen += [e["resource"]["id"] for e in response.get_json()["entry"]]
+        url = next((lnk["url"].replace("http://testserver", "") for lnk in response.get_json()["link"]
+                    if lnk["relation"] == "next"), None)
+    assert len(seen) == len(set(seen)) and set(e["id"] for e in events) <= set(seen)
+
+
+@pytest.mark.parametrize("query", ["date=yesterday", "outcome=urn:other|0", "patient=Device/x/y", "_count=x"])
+def test_audit_event_search_bad_values_are_400(audited, query):
+    response, _ = audited("GET", f"/fhir/AuditEvent?{query}", "auditor")
+    assert response.status_code == 400
+    assert query.split("=")[0] in response.get_json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("who, status", [
+    ("alice", 403), ("alice-audit", 403), ("studies-only", 403), ("auditor", 200), ("user-auditor", 200),
+])
+def test_audit_event_search_needs_a_user_or_system_scope(audited, who, status):
+    response, event = audited("GET", "/fhir/AuditEvent", who)
+    assert response.status_code == status
+    assert event["outcome"] == ("0" if status == 200 else "4")
+
+
+def test_audit_events_stay_out_of_resource_searches(audited):
+    audited("GET", "/fhir/ImagingStudy/1.1", "alice")
+    event_id = audited.events()[-1]["id"]
+    assert audited.client.get(f"/fhir/AuditEvent/{event_id}").status_code == 404
+    body = audited.client.get("/fhir/Patient?_revinclude=*&_include:iterate=*&_count=50").get_json()
+    assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Patient", "ImagingStudy", "Endpoint"}
+
+
+def test_no_trail_no_data(audited):
+    """If the event cannot be written, the answer is a 500, not the data."""
+    store = audited.client.application.extensions["imaging-facade"].store
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE audit_index"))
+    response = audited.client.get("/fhir/ImagingStudy/1.1", headers={"X-Test-Access": "alice"})
+    assert response.status_code == 500
+    assert response.get_json()["resourceType"] == "OperationOutcome"
+    assert "1.1" not in response.get_data(as_text=True)
+
+
+def test_capability_statement_lists_the_audit_search(audited):
+    body = audited.client.get("/fhir/metadata").get_json()
+    audit = next(r for r in body["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert [i["code"] for i in audit["interaction"]] == ["search-type"]
+    for param in audit["searchParam"]:  # each listed parameter is understood (strict: unknown ones are 400)
+        value = {"date": "ge2000-01-01", "patient": "alice", "agent": "x", "entity-type": "1", "outcome": "0"}
+        response = audited.client.get(f"/fhir/AuditEvent?{param['name']}={value[param['name']]}",
+                                      headers={"X-Test-Access": "auditor", "Prefer": "handling=strict"})
+        assert response.status_code == 200, param
+    assert audited.client.get("/fhir/AuditEvent?colour=x", headers={
+        "X-Test-Access": "auditor", "Prefer": "handling=strict"}).status_code == 400
+    assert "Patient.link" in body["rest"][0]["security"]["description"]
+
+
+def test_audit_parameters_are_the_official_r4_ones():
+    import r4_package
+
+    from app.search.params import AUDIT_EVENT_PARAMS
+
+    official = r4_package.search_parameters()
+    for param in AUDIT_EVENT_PARAMS:
+        definition = official[("AuditEvent", param.name)]
+        assert (definition["url"], definition["type"]) == (param.definition, param.type), param.name
+
+
+def test_audit_search_speaks_json_only(audited):
+    response, event = audited("GET", "/fhir/AuditEvent?_format=xml", "auditor")
+    assert response.status_code == 406 and event["outcome"] == "4"
