@@ -248,10 +248,14 @@ class SecuritySchema(Strict):
         _ORIGIN, error="must be an origin such as https://viewer.example.org (scheme, host, port; no path)")),
         load_default=list)
     max_body_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024, max=100 * 1_048_576))
+    audit = fields.Boolean(load_default=True)
 
     @validates_schema(skip_on_field_errors=False)
     def _token_check(self, data, **_):
         problems = {}
+        if not data.get("audit", True) and not data.get("open"):
+            problems["audit"] = ["a server that checks tokens keeps an audit trail; audit: false is for open "
+                                 "(demo) mode only"]
         jwks, introspection = data.get("jwks_uri"), data.get("introspection")
         if jwks and introspection:
             problems["introspection"] = ["use jwks_uri (signed JWT access tokens) or introspection, not both"]
@@ -371,6 +375,8 @@ class IntrospectionConfig:
 class SecurityConfig:
     open: bool
     allow_open_on_network: bool
+    #: record every request as an AuditEvent (false only in open mode)
+    audit: bool = True
     issuer: str | None = None
     #: the `aud` a token must carry; defaults to server.base_url, as SMART apps send it
     audience: str | None = None

@@ -22,7 +22,8 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     audit_search.init_app(app)
     app.register_blueprint(fhir_bp, url_prefix="/fhir")
     gateway.init_app(app, config)
-    audit.init_app(app)
+    if config.security.audit:
+        audit.init_app(app)
     health.init_app(app, config, state.reader)
     admin_identity.init_app(app)
     _compress(app)

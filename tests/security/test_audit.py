@@ -137,6 +137,24 @@ def test_unauthenticated_requests_are_audited(store_url, write_config):
     assert base64.b64decode(event["entity"][0]["query"]) == b"patient=alice"
 
 
+def test_audit_can_be_off_only_in_open_mode(store_url, write_config):
+    from app.config import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        write_config({"store": store_url, "security": {"open": False, "audit": False}})
+    assert "security.audit" in str(refused.value)
+    config = write_config({"store": store_url, "server": {"base_url": "http://testserver/fhir"},
+                           "security": {"open": True, "audit": False}})
+    store = Store.from_config(config)
+    load(store)
+    client = create_app(config, store).test_client()
+    assert client.get("/fhir/ImagingStudy?patient=alice").status_code == 200
+    with store.engine.connect() as conn:
+        count = conn.execute(text("SELECT COUNT(*) FROM audit_event")).scalar()
+    store.close()
+    assert count == 0
+
+
 def test_open_mode_is_audited_as_anonymous(audited):
     response, event = audited("GET", "/fhir/Patient/alice")
     assert response.status_code == 200
