@@ -61,12 +61,24 @@ def start(cmd: list[str], env: dict, url: str) -> subprocess.Popen:
     raise SystemExit(f"server did not answer at {url}")
 
 
-def wrk(base: str, paths: list[str], seconds: int, connections: int, workdir: Path) -> dict:
-    script = workdir / "paths.lua"
+def wrk(base: str, paths: list[str], seconds: int, connections: int, workdir: Path, tokens=()) -> dict:
+    """wrk sending GETs of `paths` at random (each with a bearer token of `tokens`, in turn, when given)."""
+    script = workdir / "requests.lua"
     lua_paths = ",".join(json.dumps(p) for p in paths)
+    lua_tokens = ",".join(json.dumps(t) for t in tokens)
+    # requests are formatted once, when wrk starts, so the client spends no more per request
+    # with a token than without: on two shared cores its work would come out of the server's
     script.write_text(
-        f"local paths = {{{lua_paths}}}\nmath.randomseed(7)\n"
-        "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
+        f"local paths = {{{lua_paths}}}\nlocal tokens = {{{lua_tokens}}}\nlocal formatted = {{}}\n"
+        "math.randomseed(7)\n"
+        "init = function(args)\n"
+        "  for i = 1, math.max(#paths, #tokens) * 4 do\n"
+        "    local headers = {}\n"
+        "    if #tokens > 0 then headers['Authorization'] = 'Bearer ' .. tokens[(i % #tokens) + 1] end\n"
+        "    formatted[i] = wrk.format('GET', paths[math.random(#paths)], headers)\n"
+        "  end\n"
+        "end\n"
+        "request = function() return formatted[math.random(#formatted)] end\n"
     )
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
                          capture_output=True, text=True, check=True).stdout

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from jwt.algorithms import RSAAlgorithm
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_api import free_port, start  # noqa: E402
+from bench_api import free_port, start, wrk  # noqa: E402
 from dataset import generate  # noqa: E402
 
 AUDIENCE = "https://imaging.example.org/fhir"
@@ -87,32 +86,6 @@ class Keys:
         return jwt.encode({"iss": self.issuer, "aud": AUDIENCE, "sub": client, "client_id": client,
                            "scope": SCOPE, "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex},
                           self.key, algorithm="RS384", headers={"kid": "bench-1"})
-
-
-def wrk(base: str, paths: list[str], tokens: list[str], seconds: int, connections: int, workdir: Path) -> dict:
-    script = workdir / "requests.lua"
-    lua_paths = ",".join(json.dumps(p) for p in paths)
-    lua_tokens = ",".join(json.dumps(t) for t in tokens)
-    # requests are formatted once, when wrk starts, so the client spends no more per request
-    # with a token than without: on two shared cores its work would come out of the server's
-    script.write_text(
-        f"local paths = {{{lua_paths}}}\nlocal tokens = {{{lua_tokens}}}\nlocal formatted = {{}}\n"
-        "math.randomseed(7)\n"
-        "init = function(args)\n"
-        "  for i = 1, math.max(#paths, #tokens) * 4 do\n"
-        "    local headers = {}\n"
-        "    if #tokens > 0 then headers['Authorization'] = 'Bearer ' .. tokens[(i % #tokens) + 1] end\n"
-        "    formatted[i] = wrk.format('GET', paths[math.random(#paths)], headers)\n"
-        "  end\n"
-        "end\n"
-        "request = function() return formatted[math.random(#formatted)] end\n"
-    )
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
 def main(argv=None) -> int:
@@ -172,7 +145,7 @@ def main(argv=None) -> int:
             # modes take turns, so a neighbour's load on a shared machine falls on each alike
             for _ in range(args.rounds):
                 for mode, (base, sent) in targets.items():
-                    runs[mode].append(wrk(base, paths, sent, args.seconds, args.connections, tmp))
+                    runs[mode].append(wrk(base, paths, args.seconds, args.connections, tmp, tokens=sent))
         finally:
             for server in servers:
                 server.terminate()

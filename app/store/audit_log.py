@@ -8,16 +8,12 @@ the hot path: one short transaction (the event row and its few lookup rows in on
 from __future__ import annotations
 
 import sqlite3
-import threading
 
-from sqlalchemy.engine import make_url
+from app.store.reader import Reader
 
 
-class AuditLog:
-    def __init__(self, url: str):
-        self._url = make_url(url)
-        self._local = threading.local()
-        self.is_sqlite = self._url.get_backend_name() == "sqlite"
+class AuditLog(Reader):
+    """A Reader whose connections may write: the audit tables only."""
 
     def _connect(self):
         if self.is_sqlite:
@@ -25,30 +21,17 @@ class AuditLog:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
-        import psycopg
-
-        url = self._url.set(drivername="postgresql")
-        conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        conn = super()._connect()
         # the event is in the database, visible to every reader, before the response leaves;
         # waiting for the WAL to reach the disk as well would triple the cost of a read
         # (~3.5 ms of fsync per request); a database crash may lose the last few hundred ms
         conn.execute("SET synchronous_commit TO off")
         return conn
 
-    @property
-    def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
-    def _sql(self, sql: str) -> str:
-        return sql if self.is_sqlite else sql.replace("?", "%s")
-
     def write(self, event_id: str, recorded: int, outcome: str, content: bytes,
               index: list[tuple[str, str]]) -> None:
         """Store one event and its lookup rows (param, value) in one transaction."""
-        conn = self._conn
+        conn = self.connection
         try:
             if self.is_sqlite:
                 conn.execute("BEGIN IMMEDIATE")
@@ -62,15 +45,6 @@ class AuditLog:
                 conn.execute("WITH event AS (INSERT INTO audit_event (id, recorded, outcome, content) "
                              f"VALUES (%s, %s, %s, %s)) INSERT INTO audit_index (event_id, param, value) VALUES {rows}",
                              [event_id, recorded, outcome, content, *(x for p, v in index for x in (event_id, p, v))])
-        except Exception:
-            self.reset()
-            raise
-
-    def all(self, sql: str, params: list) -> list[tuple]:
-        try:
-            if self.is_sqlite:
-                return self._conn.execute(sql, tuple(params)).fetchall()
-            return self._conn.execute(self._sql(sql), tuple(params), binary=True).fetchall()
         except Exception:
             self.reset()
             raise
