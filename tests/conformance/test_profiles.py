@@ -82,7 +82,7 @@ def test_profiles_carry_what_smart_imaging_access_asks_for():
 
 
 def test_capability_statement_names_our_profiles():
-    body = capability_statement("http://x/fhir", "2026-01-01", True)
+    body = capability_statement("http://x/fhir", "2026-01-01", {"cors": False, "description": "open"})
     for resource in body["rest"][0]["resource"]:
         assert resource["supportedProfile"] == [PROFILES[resource["type"]]]
         assert any(json.loads(p.read_text())["url"] == PROFILES[resource["type"]]
