@@ -83,7 +83,10 @@ def test_profiles_carry_what_smart_imaging_access_asks_for():
 
 def test_capability_statement_names_our_profiles():
     body = capability_statement("http://x/fhir", "2026-01-01", {"cors": False, "description": "open"})
-    for resource in body["rest"][0]["resource"]:
+    # the served resources claim our profiles; the audit trail (AuditEvent) is the base R4 one
+    profiled = [r for r in body["rest"][0]["resource"] if "supportedProfile" in r]
+    assert {r["type"] for r in profiled} == set(PROFILES)
+    for resource in profiled:
         assert resource["supportedProfile"] == [PROFILES[resource["type"]]]
         assert any(json.loads(p.read_text())["url"] == PROFILES[resource["type"]]
                    for p in STRUCTURE_DIR.glob("*.json"))
