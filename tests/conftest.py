@@ -10,6 +10,7 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from app.config import load_config
+from log_privacy import pytest_configure, pytest_sessionfinish  # noqa: F401 - the run's log check
 
 POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -1,0 +1,84 @@
+"""No patient data in the logs of a whole test run.
+
+Every log record the suite's processes emit in-process (at INFO, the level `imaging-facade`
+logs at) is kept while the suite runs; at the end, the patient names and IDs of the DICOM
+files the tests sync (pydicom's test data) and of the security tests' data set are looked
+for in them. Any hit fails the run, naming the record's logger and the kind of value, not
+the value. Served processes (gunicorn, the CLI) are checked by their own tests
+(tests/security/test_served.py), which read their output.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import pydicom
+
+#: values too short or too common to be told from ordinary words and numbers in a log line
+_MIN_LENGTH = 5
+_GENERIC = {"anonymized", "anonymous", "test", "patient", "unknown", "none"}
+#: the security tests' patients (tests/security/access_fixtures.py): family names
+_SECURITY_NAMES = ("Anders", "Baker", "Evans")
+
+
+class _Keep(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.INFO)
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not what this looks for
+            text = str(record.msg)
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.lines.append((record.name, text))
+
+
+def _patient_values() -> dict[str, str]:
+    """value (lower-cased) -> what kind of value it is, from the test data's headers."""
+    values = {name.lower(): "patient name (security tests)" for name in _SECURITY_NAMES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the files shipped in pydicom's package (get_testdata_files would also try downloads)
+        for path in sorted(p for p in (Path(pydicom.__file__).parent / "data" / "test_files").rglob("*") if p.is_file()):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                     specific_tags=["PatientName", "PatientID"])
+                name, pid = str(ds.get("PatientName", "") or ""), str(ds.get("PatientID", "") or "")
+            except Exception:  # noqa: BLE001 - files pydicom cannot read carry nothing to look for
+                continue
+            for part in re.split(r"[\^=]", name):
+                values.setdefault(part.strip().lower(), "patient name")
+            values.setdefault(pid.strip().lower(), "patient ID")
+    return {v: kind for v, kind in values.items() if len(v) >= _MIN_LENGTH and v not in _GENERIC}
+
+
+_KEEP = _Keep()
+
+
+def pytest_configure(config) -> None:
+    root = logging.getLogger()
+    root.addHandler(_KEEP)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    values = _patient_values()
+    pattern = re.compile("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)), re.I)
+    hits = {}
+    for logger, text in _KEEP.lines:
+        for match in pattern.finditer(text):
+            hits.setdefault((logger, values[match.group(0).lower()]), 0)
+            hits[(logger, values[match.group(0).lower()])] += 1
+    if hits:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"  logger {logger!r}: {count} line(s) with a {kind}" for (logger, kind), count in sorted(hits.items())]
+        message = "patient data in the log of this run:\n" + "\n".join(lines)
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = 1
