@@ -330,7 +330,8 @@ def load_store(store, arch: Archive, max_instances: int | None = None, batch: in
     """Map every study of `arch` (app.mapping) and write it with the sync's store write.
 
     Mapping runs in worker processes (it is pure), writes in this one, `batch` studies per
-    transaction (Store.put_studies). Returns outcome counts and timings.
+    transaction (Store.put_studies), then refreshes the planner statistics as a sync does.
+    Returns outcome counts and timings.
     """
     ctx = mapping_context()
     store.put_resource(map_endpoint(ctx))
@@ -348,6 +349,7 @@ def load_store(store, arch: Archive, max_instances: int | None = None, batch: in
             done += len(mapped)
             if progress:
                 progress(done, arch.size)
+    store.analyze()  # as a sync does after it changed the store: the planners need the statistics
     return {"outcomes": outcomes, "seconds": time.perf_counter() - started}
 
 

@@ -74,9 +74,12 @@ def touched_patients(reader, returned: list[tuple[str, str]]) -> list[str]:
     """Patients whose data an answer carries: returned Patients, subjects of returned studies."""
     patients = {rid for rtype, rid in returned if rtype == "Patient"}
     studies = sorted({rid for rtype, rid in returned if rtype == "ImagingStudy"})
+    # by the owner index: SQLite without statistics (a store not yet analyzed) would otherwise
+    # scan every study's patient reference in the covering lookup index, 9 ms at 40,000 studies
+    table = "idx_reference INDEXED BY ix_reference_owner" if reader.is_sqlite else "idx_reference"
     for start in range(0, len(studies), 500):
         chunk = studies[start:start + 500]
-        rows = reader.all("SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+        rows = reader.all(f"SELECT target_id FROM {table} WHERE rtype = ? AND param = ? AND target_type = ? "
                           f"AND rid IN ({', '.join('?' * len(chunk))})",
                           ["ImagingStudy", "patient", "Patient", *chunk])
         patients.update(r[0] for r in rows)
