@@ -16,12 +16,14 @@ Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
 """
 from __future__ import annotations
 
+import orjson
 import requests
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
 
 from app.fhir.errors import FhirError
 from app.ids import valid_id
 from app.security import scope
+from app.store.search_sql import read_current
 
 bp = Blueprint("wado", __name__)
 CHUNK = 64 * 1024
@@ -51,10 +53,11 @@ def _source(name: str | None, study: str):
     return by_name[candidates[0]]
 
 
-def _forward(source_name: str | None, study: str, rest: str) -> Response:
+def _forward(source_name: str | None, study: str, rest: str, check_parts=lambda: None) -> Response:
     if not valid_id(study):
         raise FhirError(404, "not-found", "not a valid Study Instance UID")
     scope.guard_read("ImagingStudy", study)
+    check_parts()
     g.returned = [("ImagingStudy", study)]
     src = _source(source_name, study)
     url = f"{src.wado_url}/studies/{study}{rest}"
@@ -98,12 +101,30 @@ _PATHS = {
 }
 
 
+def _check_parts(study: str, series: str | None, instance: str | None) -> None:
+    """The series (and instance) must be the study's, as its ImagingStudy lists them.
+
+    Access is decided on the study; an archive that did not check the hierarchy itself
+    would otherwise hand out another patient's series named under an allowed study.
+    """
+    if series is None:
+        return
+    found = read_current(_state().reader, "ImagingStudy", study)
+    listed = orjson.loads(found[2]).get("series", []) if found else []
+    match = next((s for s in listed if s.get("uid") == series), None)
+    if match is None or (instance is not None and
+                         not any(i.get("uid") == instance for i in match.get("instance", []))):
+        raise FhirError(404, "not-found", "no such series or instance in this study")
+
+
 def _route(name: str, rule: str, rest: str) -> None:
     def handler(study: str, source: str | None = None, **parts):
         for value in parts.values():
             if not all(c.isdigit() or c in ".," for c in value) or len(value) > 1024:
                 raise FhirError(404, "not-found", "not a valid UID or frame list")
-        return _forward(source, study, rest.format(**parts))
+        response = _forward(source, study, rest.format(**parts),
+                            lambda: _check_parts(study, parts.get("series"), parts.get("instance")))
+        return response
 
     bp.add_url_rule(rule, f"{name}", handler, methods=["GET"])
     bp.add_url_rule(f"/<source>{rule}", f"{name}_of_source", handler, methods=["GET"])

@@ -149,6 +149,26 @@ def test_a_study_outside_the_compartment_is_refused(gateway):
     assert no_scope.status_code == 403
 
 
+def test_another_studys_series_named_under_an_allowed_study_is_refused(gateway):
+    """Access is decided on the study: a series or instance of the MR study (another patient)
+    named under the CT study the token may see must not come through, whatever the archive
+    would make of such a path."""
+    client, studies, _ = gateway
+    headers = {"X-Test-Access": "ct-patient", "Accept": DICOM_PARTS}
+    ct, mr = studies["CT"], studies["MR"]
+    mr_series = mr["series"][0]
+    for rest in (f"/series/{mr_series['uid']}", f"/series/{mr_series['uid']}/metadata",
+                 f"/series/{mr_series['uid']}/instances/{mr_series['instance'][0]['uid']}",
+                 f"/series/{ct['series'][0]['uid']}/instances/{mr_series['instance'][0]['uid']}"):
+        response = client.get(f"/wado-rs/pacs/studies/{ct['id']}{rest}", headers=headers)
+        assert response.status_code == 404, rest
+        assert b"DICM" not in response.data
+        # refused here, before the archive was asked (an archive's own 404 passes through as it is)
+        assert response.get_json()["resourceType"] == "OperationOutcome"
+    # the CT study's own series still comes through
+    assert client.get("/wado-rs/pacs" + _instance_path(ct), headers=headers).status_code == 200
+
+
 def test_unknown_source_or_study_is_404(gateway):
     client, studies, _ = gateway
     assert client.get(f"/wado-rs/other/studies/{studies['CT']['id']}").status_code == 404
