@@ -90,9 +90,19 @@ def _value_sql(clause: Clause, value, params: list) -> str:
         if clause.modifier == "exact":
             params.append(value)
             return "value = ?"
-        pattern = _like_escape(normalize(value))
-        params.append(f"%{pattern}%" if clause.modifier == "contains" else f"{pattern}%")
-        return "norm LIKE ? ESCAPE '\\'"
+        norm = normalize(value)
+        pattern = _like_escape(norm)
+        if clause.modifier == "contains":
+            params.append(f"%{pattern}%")
+            return "norm LIKE ? ESCAPE '\\'"
+        if not norm or norm[-1] == "\U0010ffff":
+            params.append(f"{pattern}%")
+            return "norm LIKE ? ESCAPE '\\'"
+        # the prefix as a range too: a plan made once for any value (PostgreSQL switches a
+        # repeated prepared statement to such a generic plan) cannot derive the range from
+        # LIKE ?, and would scan every value of the parameter
+        params += [norm, norm[:-1] + chr(ord(norm[-1]) + 1), f"{pattern}%"]
+        return "(norm >= ? AND norm < ? AND norm LIKE ? ESCAPE '\\')"
     if kind == "date":
         return _date_sql("low", "high", *value, params)
     if kind == "reference":
