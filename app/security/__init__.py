@@ -5,7 +5,8 @@ authorization server configured in `security` (its JWKS, or token introspection)
 must cover the request before any query runs, and the request's `Access` (who, scopes,
 patient in context) is set for the compartment filter and audit to read via
 `current_access()`. Routes outside the FHIR read/search interactions get the Access of a
-valid token and check `current_access().allows(...)` themselves. Without a validator
+valid token and check it themselves with `app.security.scope` (`require`, `guard_read`), the
+one place that says what a scope allows. Without a validator
 configured, a closed server answers every data request with 401. `/fhir/metadata`,
 `/fhir/.well-known/smart-configuration` and `/health` are public.
 """

@@ -45,9 +45,6 @@ class Access:
     #: the patient in context (a Patient id of this server), or None
     patient: str | None = None
 
-    def allows(self, resource_type: str, interaction: str) -> bool:
-        return self.open or any(grant.covers(resource_type, interaction) for grant in self.grants)
-
     @property
     def in_patient_context(self) -> bool:
         return not self.open and self.patient is not None

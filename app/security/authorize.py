@@ -94,7 +94,7 @@ def _enforce_across_patients(access: Access, request, realm: str) -> None:
     if access.patient is not None:
         raise forbidden(realm, f"{what} searches across patients; a token bound to one patient may not use it")
     if request.blueprint == "fhir":
-        if not access.allows("Patient", "s"):
+        if not scope.allows(access, "Patient", "s"):
             raise forbidden(realm, "Patient/$match needs a scope such as user/Patient.rs or system/Patient.rs",
                             scope="user/Patient.rs system/Patient.rs")
     elif not may_update_patients(access.scopes):
