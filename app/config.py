@@ -13,6 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from sqlalchemy.engine import make_url
 from marshmallow import (
     RAISE,
     Schema,
@@ -249,6 +250,7 @@ class SecuritySchema(Strict):
         load_default=list)
     max_body_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024, max=100 * 1_048_576))
     audit = fields.Boolean(load_default=True)
+    audit_spool = fields.String(load_default=None, validate=validate.Length(min=1))
 
     @validates_schema(skip_on_field_errors=False)
     def _token_check(self, data, **_):
@@ -377,6 +379,8 @@ class SecurityConfig:
     allow_open_on_network: bool
     #: record every request as an AuditEvent (false only in open mode)
     audit: bool = True
+    #: where each process appends its AuditEvents before they are stored (app/store/audit_spool.py)
+    audit_spool: Path | None = None
     issuer: str | None = None
     #: the `aud` a token must carry; defaults to server.base_url, as SMART apps send it
     audience: str | None = None
@@ -530,10 +534,21 @@ def _rest_url(src: dict) -> str | None:
     return (src["rest_url"] or orthanc_rest_url(src["url"])).rstrip("/")
 
 
-def _security(sec: dict, base_url: str) -> SecurityConfig:
+def _audit_spool(sec: dict, store: str, root: Path) -> Path:
+    """Configured, else beside an SQLite store's file, else `.audit-spool` beside the config."""
+    if sec["audit_spool"]:
+        return (root / sec["audit_spool"]).resolve()
+    database = make_url(store).database if store.startswith("sqlite:") else None
+    if database and database != ":memory:":
+        return Path(database).with_name(Path(database).name + ".audit-spool")
+    return root / ".audit-spool"
+
+
+def _security(sec: dict, base_url: str, store: str, root: Path) -> SecurityConfig:
     introspection = IntrospectionConfig(**sec["introspection"]) if sec["introspection"] else None
     return SecurityConfig(**{
         **sec,
+        "audit_spool": _audit_spool(sec, store, root),
         "audience": sec["audience"] or base_url,
         "introspection": introspection,
         "algorithms": tuple(sec["algorithms"]),
@@ -594,7 +609,7 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         store=store,
         timezone=data["timezone"],
         server=ServerConfig(**{**server, "base_url": server["base_url"].rstrip("/")}),
-        security=_security(data["security"], server["base_url"].rstrip("/")),
+        security=_security(data["security"], server["base_url"].rstrip("/"), store, root),
         sources=sources,
         path=path.resolve(),
         identity=IdentityConfig.from_data(data["identity"]),

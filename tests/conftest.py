@@ -10,9 +10,17 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from app.config import load_config
+from app.store.audit_log import close_all as close_audit_logs
 from log_privacy import pytest_configure, pytest_sessionfinish  # noqa: F401 - the run's log check
 
 POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _audit_drained():
+    """Each test's audit events are stored by its end, never later into the next test's store."""
+    yield
+    close_audit_logs()
 
 
 @pytest.fixture(scope="session")

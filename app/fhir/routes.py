@@ -192,8 +192,10 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
         raise FhirError(400, err.code, err.diagnostics) from None
     if cursor is None:
         state.on_demand.before_search(query, scope.fetchable_identifiers())
-    result = run_search(state.reader, query, cursor)
+    result = run_search(state.reader, query, cursor, with_subjects=state.config.security.audit)
     g.returned = [(rtype, rid) for rid, _ in result.matches] + [(t, i) for t, i, _ in result.includes]
+    if result.subjects is not None:
+        g.subjects = {rid: subject for (rid, _), subject in zip(result.matches, result.subjects)}
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:
@@ -238,7 +240,9 @@ class ApiState:
         self.config = config
         self.store = store
         self.reader = Reader(store.url)
-        self.audit_log = AuditLog(store.url)
+        self.audit_log = AuditLog(store.url, config.security.audit_spool)
+        #: what follows from a token's scopes alone (app/security/scope.py), kept per process
+        self.by_grants = scope.ByGrants()
         self.base_url = config.server.base_url
         self.on_demand = OnDemand(config, store, lambda rtype, rid: read_current(self.reader, rtype, rid))
         self.page_tokens = PageTokens(config.server.secret or store.paging_secret(), config.server.page_ttl)

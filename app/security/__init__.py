@@ -50,8 +50,8 @@ def check_open_mode(config, host: str) -> str | None:
     return "security.open is true: the FHIR API answers without any token"
 
 
-def _public() -> bool:
-    return request.method == "OPTIONS" or request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None
+def _public(req) -> bool:
+    return req.method == "OPTIONS" or req.endpoint in PUBLIC_ENDPOINTS or req.endpoint is None
 
 
 def init_app(app: Flask, config) -> None:
@@ -65,7 +65,7 @@ def init_app(app: Flask, config) -> None:
     if not security.checks_tokens:
         @app.before_request
         def _require_token():
-            if _public():
+            if _public(request):
                 return None
             raise FhirError(
                 401, "login", "this server needs a bearer token and has no token validator configured; "
@@ -79,14 +79,15 @@ def init_app(app: Flask, config) -> None:
 
     @app.before_request
     def _authorize():
-        if _public():
+        req = request._get_current_object()  # noqa: SLF001 - Flask's documented way past the proxy
+        if _public(req):
             return None
-        token = bearer_token(request.headers, security.realm)
+        token = bearer_token(req.headers, security.realm)
         try:
             access = checker.check(token)
         except InvalidToken as err:
             raise unauthorized(security.realm, str(err)) from None
         except AuthServerUnavailable as err:
             raise FhirError(503, "transient", f"{err}; try again shortly", headers={"Retry-After": "5"}) from None
-        enforce(access, request, security.realm)
+        enforce(access, req, security.realm)
         set_access(access)

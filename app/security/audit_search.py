@@ -86,8 +86,15 @@ def _condition(name: str, value: str, params: list, zone: str, base_url: str) ->
         params.extend(codes)
         return f"outcome IN ({', '.join('?' * len(codes))})"
     if name == "entity-type":
-        values = [_token(name, v, ENTITY_TYPE_SYSTEM) for v in values]
-    elif name == "patient":
+        # every event has a system object (2: the query); a person (1) exactly when it names patients
+        codes = {_token(name, v, ENTITY_TYPE_SYSTEM) for v in values}
+        if "2" in codes:
+            return "1 = 1"
+        if "1" not in codes:
+            return "1 = 0"
+        params.append("patient")
+        return "id IN (SELECT event_id FROM audit_index WHERE param = ?)"
+    if name == "patient":
         values = [_patient(v, base_url) for v in values]
     params += [name, *values]
     return f"id IN (SELECT event_id FROM audit_index WHERE param = ? AND value IN ({', '.join('?' * len(values))}))"
@@ -132,6 +139,7 @@ def _search(items: list[tuple[str, str]]) -> Response:
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
     where = " AND ".join(conditions) or "1 = 1"
+    state.audit_log.flush()  # what this process spooled, up to the request before this one
     total = state.audit_log.all(f"SELECT COUNT(*) FROM audit_event WHERE {where}", params)[0][0]
     page_params = list(params)
     after = ""

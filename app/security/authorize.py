@@ -105,14 +105,15 @@ def _enforce_across_patients(access: Access, request, realm: str) -> None:
 
 def enforce(access: Access, request, realm: str) -> None:
     """403 unless the scopes cover the request: checked before any query runs."""
-    if request.endpoint == "fhir.patient_match" or request.blueprint == "admin_identity":
+    endpoint = request.endpoint or ""
+    if endpoint == "fhir.patient_match" or endpoint.startswith("admin_identity."):
         _enforce_across_patients(access, request, realm)
         return
     rtype = (request.view_args or {}).get("rtype")
     params = list(request.args.items(multi=True))
-    if request.endpoint == "fhir.search_post" and request.mimetype == FORM:
+    if endpoint == "fhir.search_post" and request.mimetype == FORM:
         params += list(request.form.items(multi=True))
-    for resource_type, interaction, why in needed(request.endpoint, rtype, params):
+    for resource_type, interaction, why in needed(endpoint, rtype, params):
         if scope.allows(access, resource_type, interaction):
             continue
         verb = "read" if interaction == "r" else "search"

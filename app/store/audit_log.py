@@ -1,19 +1,55 @@
 """The audit trail's own writes and reads: plain SQL on one DB-API connection per thread.
 
-Every answered request writes one AuditEvent before its response leaves, so the write is on
-the hot path: one short transaction (the event row and its few lookup rows in one
-`executemany`), without SQLAlchemy's statement building. The tables are `audit_event` and
-`audit_index` (tables.py), never `resource`.
+Every answered request records one AuditEvent before its response leaves, so recording is
+on the hot path: it is one append to this process's spool (app/store/audit_spool.py). A
+background thread moves the spooled events into the tables `audit_event` and `audit_index`
+(tables.py; never `resource`) every `DRAIN_SECONDS`, many per transaction, and an AuditEvent
+search first stores this process's events, so a trail read through the same server is
+never behind. Events spooled by other server processes are searchable within a drain period.
+If the database cannot take them, they stay on disk and the next drain tries again.
 """
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import sqlite3
+import threading
+import weakref
+from pathlib import Path
 
+from app.store.audit_spool import AuditSpool, Event
 from app.store.reader import Reader
+
+log = logging.getLogger(__name__)
+
+#: how often spooled events are moved into the tables
+DRAIN_SECONDS = 0.5
+#: drains with nothing to store before the thread ends
+IDLE_DRAINS = 10
+
+#: audit logs with a drain thread, stored and stopped at exit (`close_all`)
+_open_logs: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Store what every audit log of this process spooled, and stop their drain threads."""
+    for audit_log in list(_open_logs):
+        audit_log.close()
+
+
+atexit.register(close_all)
 
 
 class AuditLog(Reader):
     """A Reader whose connections may write: the audit tables only."""
+
+    def __init__(self, url: str, spool_dir: Path):
+        super().__init__(url)
+        self.spool = AuditSpool(spool_dir, url, self._insert)
+        self._drainer_lock = threading.Lock()
+        self._drainer_pid = None  # the process whose drain thread runs
+        self._stop = threading.Event()  # the running drain thread's
 
     def _connect(self):
         if self.is_sqlite:
@@ -22,29 +58,76 @@ class AuditLog(Reader):
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
         conn = super()._connect()
-        # the event is in the database, visible to every reader, before the response leaves;
-        # waiting for the WAL to reach the disk as well would triple the cost of a read
-        # (~3.5 ms of fsync per request); a database crash may lose the last few hundred ms
+        # the events are on disk in the spool already; the database need not wait for its WAL
         conn.execute("SET synchronous_commit TO off")
         return conn
 
     def write(self, event_id: str, recorded: int, outcome: str, content: bytes,
               index: list[tuple[str, str]]) -> None:
-        """Store one event and its lookup rows (param, value) in one transaction."""
+        """Record one event and its lookup rows (param, value): on disk when this returns."""
+        self.spool.append(event_id, recorded, outcome, content, index)
+        with self._drainer_lock:  # the drain thread decides under it whether to end
+            if self._drainer_pid != os.getpid():
+                self._drainer_pid, self._stop = os.getpid(), threading.Event()
+                _open_logs.add(self)
+                threading.Thread(target=self._drain_while_busy, args=(self._stop,), name="audit-drain",
+                                 daemon=True).start()
+
+    def flush(self) -> int:
+        """Store every event spooled so far by this process (and any a dead process left)."""
+        return self.spool.drain()
+
+    def _drain_while_busy(self, stop: threading.Event) -> None:
+        """Drain every DRAIN_SECONDS; after IDLE_DRAINS drains with nothing to do, let go of the
+        connection and end (the next event starts a new thread)."""
+        failures = idle = 0
+        while not stop.wait(min(DRAIN_SECONDS * 2 ** failures, 30)):
+            try:
+                idle = 0 if self.spool.drain() else idle + 1
+                failures = 0
+            except Exception as err:  # noqa: BLE001 - the events stay spooled; try again later
+                failures = min(failures + 1, 6)
+                log.error("audit events could not be stored yet (kept in the spool, retrying): %s",
+                          type(err).__name__)
+                self.reset()
+            with self._drainer_lock:
+                if idle >= IDLE_DRAINS and not self.spool.pending():
+                    self._drainer_pid = None
+                    break
+        self.reset()
+
+    def close(self) -> None:
+        """Stop the drain thread and store what is spooled (a later event starts a new thread)."""
+        with self._drainer_lock:
+            self._stop.set()
+            self._drainer_pid = None
+        self.spool.close()
+        self.reset()
+
+    def _insert(self, events: list[Event], may_exist: bool) -> None:
+        """Store events in one transaction; `may_exist`: skip those a crashed drain stored already."""
         conn = self.connection
         try:
             if self.is_sqlite:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("INSERT INTO audit_event (id, recorded, outcome, content) VALUES (?, ?, ?, ?)",
-                             (event_id, recorded, outcome, content))
+                if may_exist:
+                    events = [e for e in events
+                              if conn.execute("SELECT 1 FROM audit_event WHERE id = ?", (e[0],)).fetchone() is None]
+                conn.executemany("INSERT INTO audit_event (id, recorded, outcome, content) VALUES (?, ?, ?, ?)",
+                                 [e[:4] for e in events])
                 conn.executemany("INSERT INTO audit_index (event_id, param, value) VALUES (?, ?, ?)",
-                                 [(event_id, p, v) for p, v in index])
+                                 [(e[0], p, v) for e in events for p, v in e[4]])
                 conn.execute("COMMIT")
-            else:  # one statement, so one round trip and one transaction
-                rows = ", ".join(["(%s, %s, %s)"] * len(index))
-                conn.execute("WITH event AS (INSERT INTO audit_event (id, recorded, outcome, content) "
-                             f"VALUES (%s, %s, %s, %s)) INSERT INTO audit_index (event_id, param, value) VALUES {rows}",
-                             [event_id, recorded, outcome, content, *(x for p, v in index for x in (event_id, p, v))])
+            else:
+                with conn.transaction(), conn.cursor() as cur:
+                    if may_exist:
+                        cur.execute("SELECT id FROM audit_event WHERE id = ANY(%s)", ([e[0] for e in events],))
+                        stored = {r[0] for r in cur.fetchall()}
+                        events = [e for e in events if e[0] not in stored]
+                    cur.executemany("INSERT INTO audit_event (id, recorded, outcome, content) VALUES (%s, %s, %s, %s)",
+                                    [e[:4] for e in events])
+                    cur.executemany("INSERT INTO audit_index (event_id, param, value) VALUES (%s, %s, %s)",
+                                    [(e[0], p, v) for e in events for p, v in e[4]])
         except Exception:
             self.reset()
             raise

@@ -7,6 +7,7 @@ system-level AuditEvent scope only. Data: see conftest.
 from __future__ import annotations
 
 import base64
+import shutil
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -15,7 +16,10 @@ from access_fixtures import grant, load, patient_access, people_app, system_acce
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import text
 
+from app.store.audit_log import AuditLog
+from app.store.audit_spool import encode, store_digest
 from app.store.repository import Store
+from app.store.tables import AuditIndexRow
 from app.web import create_app
 
 ACCESSES = {
@@ -34,6 +38,7 @@ def audited(people_app):
     client = people_app.test_client()
 
     def events() -> list[dict]:
+        people_app.extensions["imaging-facade"].audit_log.flush()  # the spool into the tables
         with store.engine.connect() as conn:
             rows = conn.execute(text("SELECT content FROM audit_event ORDER BY recorded, id")).all()
         return [orjson.loads(r[0]) for r in rows]
@@ -122,9 +127,11 @@ def test_unauthenticated_requests_are_audited(store_url, write_config):
                            "security": {"open": False}})
     store = Store.from_config(config)
     load(store)
-    client = create_app(config, store).test_client()
+    app = create_app(config, store)
+    client = app.test_client()
     assert client.get("/fhir/ImagingStudy?patient=alice").status_code == 401
     assert client.get("/fhir/AuditEvent").status_code == 401
+    app.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
         rows = [orjson.loads(r[0]) for r in conn.execute(text("SELECT content FROM audit_event ORDER BY recorded"))]
     store.close()
@@ -147,8 +154,10 @@ def test_audit_can_be_off_only_in_open_mode(store_url, write_config):
                            "security": {"open": True, "audit": False}})
     store = Store.from_config(config)
     load(store)
-    client = create_app(config, store).test_client()
+    app = create_app(config, store)
+    client = app.test_client()
     assert client.get("/fhir/ImagingStudy?patient=alice").status_code == 200
+    app.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
         count = conn.execute(text("SELECT COUNT(*) FROM audit_event")).scalar()
     store.close()
@@ -232,14 +241,33 @@ def test_audit_events_stay_out_of_resource_searches(audited):
 
 
 def test_no_trail_no_data(audited):
-    """If the event cannot be written, the answer is a 500, not the data."""
-    store = audited.client.application.extensions["imaging-facade"].store
-    with store.engine.begin() as conn:
-        conn.execute(text("DROP TABLE audit_index"))
+    """If the event cannot be put on disk, the answer is a 500, not the data."""
+    audit_log = audited.client.application.extensions["imaging-facade"].audit_log
+    audit_log.flush()  # the next event opens a new spool segment
+    shutil.rmtree(audit_log.spool.directory, ignore_errors=True)
+    audit_log.spool.directory.write_text("a file where the spool directory should be")
     response = audited.client.get("/fhir/ImagingStudy/1.1", headers={"X-Test-Access": "alice"})
     assert response.status_code == 500
     assert response.get_json()["resourceType"] == "OperationOutcome"
     assert "1.1" not in response.get_data(as_text=True)
+
+
+def test_events_wait_in_the_spool_while_the_database_refuses_them(audited):
+    """Spooled events the database cannot take yet stay on disk and are stored once it can."""
+    store = audited.client.application.extensions["imaging-facade"].store
+    audit_log = audited.client.application.extensions["imaging-facade"].audit_log
+    before = len(audited.events())
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE audit_index"))
+    response = audited.client.get("/fhir/ImagingStudy/1.1", headers={"X-Test-Access": "alice"})
+    assert response.status_code == 200  # on disk: served
+    with pytest.raises(Exception):
+        audit_log.flush()
+    AuditIndexRow.__table__.create(store.engine)
+    audit_log.flush()
+    events = audited.events()
+    assert len(events) == before + 1
+    assert events[-1]["entity"][1]["what"]["reference"] == "ImagingStudy/1.1"
 
 
 def test_capability_statement_lists_the_audit_search(audited):
@@ -270,3 +298,26 @@ def test_audit_parameters_are_the_official_r4_ones():
 def test_audit_search_speaks_json_only(audited):
     response, event = audited("GET", "/fhir/AuditEvent?_format=xml", "auditor")
     assert response.status_code == 406 and event["outcome"] == "4"
+
+
+def test_a_dead_server_spool_is_stored_once(store_url, write_config, tmp_path):
+    """Events a server process spooled before it died are stored by the next drain, once each,
+    also those a drain had stored just before the crash (the segment was not yet removed)."""
+    config = write_config({"store": store_url, "security": {"open": True}})
+    store = Store.from_config(config)
+    audit_log = AuditLog(store.url, tmp_path / "spool")
+    events = [(f"dead-{n}", 1_700_000_000_000_000 + n, "0", b'{"resourceType":"AuditEvent","id":"dead-%d"}' % n,
+               [("patient", "alice"), ("agent", "viewer")]) for n in range(3)]
+    audit_log._insert(events[:1], may_exist=False)  # stored before the crash
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / f"{store_digest(store.url)}-999-dead.spool").write_bytes(
+        b"".join(encode(*event) for event in events))
+    assert audit_log.flush() == 3
+    with store.engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM audit_event ORDER BY id"))]
+        index = conn.execute(text("SELECT COUNT(*) FROM audit_index WHERE event_id LIKE 'dead-%'")).scalar()
+    audit_log.close()
+    store.close()
+    assert ids == ["dead-0", "dead-1", "dead-2"]
+    assert index == 6
+    assert list((tmp_path / "spool").iterdir()) == []

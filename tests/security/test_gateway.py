@@ -183,6 +183,7 @@ def test_gateway_reads_are_audited(gateway):
     import orjson
 
     client.get("/wado-rs/pacs" + _instance_path(studies["CT"]), headers={"X-Test-Access": "ct-patient"})
+    client.application.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
         event = orjson.loads(conn.execute(text("SELECT content FROM audit_event ORDER BY recorded DESC, id DESC"))
                              .first()[0])
