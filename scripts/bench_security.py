@@ -4,6 +4,7 @@ gunicorn settings, same run; prints each and its ratio to the baseline.
 
 Usage: python scripts/bench_security.py [--studies 300] [--seconds 3] [--rounds 5] [--connections 16]
                                         [--tokens 20] [--modes open,open+audit,token]
+                                        [--database sqlite|postgresql]
 
 Token mode checks signed JWTs (RS384) against a JWKS served from a local HTTP server, as an
 authorization server would publish it; `--tokens` distinct tokens are sent in turn (as many
@@ -36,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_api import free_port, start, wrk  # noqa: E402
+from bench_search import Databases  # noqa: E402
 from dataset import generate  # noqa: E402
 
 AUDIENCE = "https://imaging.example.org/fhir"
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=20, help="distinct tokens sent in turn")
     parser.add_argument("--modes", default="open,open+audit,token", help=f"comma-separated, from: {', '.join(MODES)}")
     parser.add_argument("--data", type=Path, default=Path(".bench/folder"))
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the store every mode shares (PostgreSQL: a database created and dropped here)")
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
@@ -114,7 +118,8 @@ def main(argv=None) -> int:
     servers = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        db = tmp / "bench.db"
+        databases = Databases(tmp)
+        store_url = databases.url(args.database, "security")
         source = [{"name": "bench", "type": "folder", "path": str(args.data.resolve())}]
         targets = {}
         try:
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
                 port = free_port()
                 config = tmp / f"{mode}.yaml"
                 config.write_text(yaml.safe_dump({
-                    "store": f"sqlite:///{db}", "server": {"base_url": f"http://127.0.0.1:{port}/fhir"},
+                    "store": store_url, "server": {"base_url": f"http://127.0.0.1:{port}/fhir"},
                     "security": make_security(keys.jwks_uri, keys.issuer), "sources": source,
                 }))
                 env = {**os.environ, "IMAGING_FACADE_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
@@ -150,10 +155,12 @@ def main(argv=None) -> int:
             for server in servers:
                 server.terminate()
                 server.wait()
+            databases.drop_all()
     results = {mode: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for mode, rs in runs.items()}
     keys.server.shutdown()
     base = results["open"]["rps"]
-    print(f"data: {args.studies} studies, {len(patients)} patients; ImagingStudy?patient= over every patient; "
+    print(f"data: {args.studies} studies, {len(patients)} patients, {args.database}; "
+          f"ImagingStudy?patient= over every patient; "
           f"gunicorn sync workers: {args.workers}; wrk: {args.connections} connections, "
           f"median of {args.rounds} turns of {args.seconds}s; "
           f"{args.tokens} distinct RS384 tokens; cpu: {os.cpu_count()}")

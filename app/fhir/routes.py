@@ -241,8 +241,6 @@ class ApiState:
         self.store = store
         self.reader = Reader(store.url)
         self.audit_log = AuditLog(store.url, config.security.audit_spool)
-        #: what follows from a token's scopes alone (app/security/scope.py), kept per process
-        self.by_grants = scope.ByGrants()
         self.base_url = config.server.base_url
         self.on_demand = OnDemand(config, store, lambda rtype, rid: read_current(self.reader, rtype, rid))
         self.page_tokens = PageTokens(config.server.secret or store.paging_secret(), config.server.page_ttl)

@@ -6,6 +6,7 @@ it through `current_access()`, so none of them knows how the token was checked.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from flask import g
@@ -48,6 +49,13 @@ class Access:
     @property
     def in_patient_context(self) -> bool:
         return not self.open and self.patient is not None
+
+    @functools.cached_property
+    def derived(self) -> dict:
+        """What follows from this access alone (app/security/scope.py: restrictions without a
+        compartment, the paging fingerprint), worked out once: a token's Access is kept with it
+        in the token cache, so once per token rather than per request."""
+        return {}
 
 
 OPEN = Access(open=True)

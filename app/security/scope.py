@@ -30,23 +30,6 @@ def _settings():
     return current_app.extensions["imaging-facade"]
 
 
-class ByGrants:
-    """What follows from a token's scopes alone, worked out once per process rather than per
-    request; bounded (emptied when full, as tokens come and go)."""
-
-    def __init__(self, size: int = 10_000):
-        self.size = size
-        self._items: dict = {}
-
-    def get(self, key, make):
-        value = self._items.get(key)
-        if value is None:
-            if len(self._items) >= self.size:
-                self._items = {}
-            value = self._items[key] = make()
-        return value
-
-
 def compartment(access: Access) -> tuple[str, ...] | None:
     """The Patient ids a patient-context access sees (None: no compartment); once per request."""
     if not access.in_patient_context:
@@ -95,8 +78,11 @@ def restrictions(interaction: str = SEARCH) -> dict[str, Restriction]:
         return cache[interaction]
     patients = compartment(access)
     if patients is None:  # then they follow from the scopes alone: worked out once per set of grants
-        cache[interaction] = _settings().by_grants.get(("restrictions", access.grants, interaction),
-                                                       lambda: _restrictions(access, None, interaction))
+        derived = access.derived
+        key = ("restrictions", interaction)
+        if key not in derived:
+            derived[key] = _restrictions(access, None, interaction)
+        cache[interaction] = derived[key]
         return cache[interaction]
     cache[interaction] = _restrictions(access, patients, interaction)
     return cache[interaction]
@@ -204,9 +190,7 @@ def binding() -> str:
     access = current_access()
     if access.open:
         return ""
-
-    def fingerprint() -> str:
+    if "binding" not in access.derived:
         text = "\n".join([access.subject or "", access.client_id or "", access.patient or "", *sorted(access.scopes)])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    return _settings().by_grants.get(("binding", access), fingerprint)
+        access.derived["binding"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return access.derived["binding"]
