@@ -201,6 +201,9 @@ def test_audit_event_search(audited):
     assert _search(audited, "agent=viewer")["total"] == 2  # …and the client both find them
     assert _search(audited, "agent=backend")["total"] == 1
     assert _search(audited, "entity-type=1&agent=viewer")["total"] == 1  # only the read returned a patient
+    assert _search(audited, "entity-type=2&agent=viewer")["total"] == 2  # every event has its query
+    assert _search(audited, "entity-type=1,2&agent=viewer")["total"] == 2
+    assert _search(audited, "entity-type=3&agent=viewer")["total"] == 0
     today = datetime.now(timezone.utc).date().isoformat()
     assert _search(audited, f"date=ge{today}&agent=viewer,backend")["total"] == 3
     assert _search(audited, "date=lt2000-01-01")["total"] == 0
