@@ -1,4 +1,4 @@
-"""Writes of stored resources and their index rows; one transaction per study.
+"""Writes of stored resources and their index rows; one transaction per study or batch of studies.
 
 Reads on the API's hot path go through reader.py.
 
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 from sqlalchemy import create_engine, delete, event, insert, select, update
@@ -26,7 +28,7 @@ from app.store.copies import merge_copies
 from app.store.indexer import index_rows
 
 NEW, UPDATED, UNCHANGED, DELETED = "new", "updated", "unchanged", "deleted"
-#: Connection.info key under which put_studies collects index rows until the batch ends
+#: Connection.info key under which a batch collects index rows until it ends
 _PENDING_INDEX = "imaging-facade.pending-index"
 
 
@@ -142,7 +144,7 @@ class Store:
 
     def _write_index(self, conn: Connection, body: dict) -> None:
         pending = conn.info.get(_PENDING_INDEX)
-        if pending is not None:  # inside put_studies: written together at the end
+        if pending is not None:  # inside a batch: written together at the end
             pending[(body["resourceType"], body["id"])] = self._index_values(body)
             return
         for table, values in self._index_values(body):
@@ -160,29 +162,42 @@ class Store:
         with self.engine.begin() as conn:
             return self._put(conn, body)
 
-    def put_study(self, study: dict, patient: dict, source: str, archive_key: str | None = None) -> str:
-        """Store one archive's copy of a study and its patient's contribution in one transaction.
+    def put_study(self, study: dict, patient: dict, source: str, archive_key: str | None = None,
+                  conn: Connection | None = None) -> str:
+        """Store one archive's copy of a study and its patient's contribution, in one transaction
+        (or in the batch `conn`, see `batch`).
 
         The served ImagingStudy is the merge of every archive's copy. Returns its outcome
         (new, updated, unchanged).
         """
-        with self.engine.begin() as conn:
-            _commit_without_waiting_for_disk(conn)
+        if conn is not None:
+            return self._put_study(conn, study, patient, source, archive_key)
+        with self.batch() as conn:
             return self._put_study(conn, study, patient, source, archive_key)
 
     def put_studies(self, studies: list[tuple[dict, dict]], source: str) -> list[str]:
-        """put_study for each (study, patient) in turn, all in one transaction: for bulk loads.
+        """put_study for each (study, patient) in turn, all in one batch: for bulk loads.
+
+        Returns each study's outcome, in order.
+        """
+        with self.batch() as conn:
+            return [self._put_study(conn, study, patient, source) for study, patient in studies]
+
+    @contextmanager
+    def batch(self) -> Iterator[Connection]:
+        """One transaction for many studies (put_study, release_study with its `conn`).
 
         Stores the same resources, versions and index rows as put_study one by one, but
-        writes the index rows of the whole batch at the end (COPY on PostgreSQL), where
-        put_study costs one statement per row: loading the benchmarks' 40,000 studies takes
-        minutes instead of an hour. Returns each study's outcome, in order.
+        writes the index rows of the whole batch at the end (COPY on PostgreSQL), where one
+        INSERT per row costs more than the rest of the study; and the batch commits once
+        (without waiting for the disk, see _commit_without_waiting_for_disk). Loading the
+        benchmarks' 40,000 studies takes minutes instead of an hour.
         """
         with self.engine.begin() as conn:
             _commit_without_waiting_for_disk(conn)
             conn.info[_PENDING_INDEX] = pending = {}
             try:
-                outcomes = [self._put_study(conn, study, patient, source) for study, patient in studies]
+                yield conn
             finally:
                 del conn.info[_PENDING_INDEX]
             by_table: dict = {}
@@ -191,7 +206,23 @@ class Store:
                     by_table.setdefault(table, []).extend(values)
             for table, values in by_table.items():
                 self._bulk_insert(conn, table, values)
-            return outcomes
+
+    @staticmethod
+    @contextmanager
+    def savepoint(conn: Connection) -> Iterator[Connection]:
+        """A part of a batch that may fail alone: on an exception its writes are undone (the
+        index rows waiting for the end of the batch too) and the exception goes on, while
+        the rest of the batch stays."""
+        pending = conn.info.get(_PENDING_INDEX)
+        saved = dict(pending) if pending is not None else None
+        try:
+            with conn.begin_nested():
+                yield conn
+        except BaseException:
+            if pending is not None:
+                pending.clear()
+                pending.update(saved)
+            raise
 
     @staticmethod
     def _bulk_insert(conn: Connection, table, values: list[dict]) -> None:
@@ -370,11 +401,14 @@ class Store:
                 conn.execute(insert(t.Quarantine).values(source=source, key=key, study_uid=study_uid,
                                                          reason=reason, first_seen=micros, last_seen=micros))
 
-    def release_study(self, source: str, uid: str) -> int:
-        """A quarantined study of `source` stored fine now: it leaves the quarantine."""
-        with self.engine.begin() as conn:
-            return conn.execute(delete(t.Quarantine).where(t.Quarantine.source == source,
-                                                           t.Quarantine.study_uid == uid)).rowcount
+    def release_study(self, source: str, uid: str, conn: Connection | None = None) -> int:
+        """A quarantined study of `source` stored fine now: it leaves the quarantine (in the
+        batch `conn` when given)."""
+        if conn is None:
+            with self.engine.begin() as conn:
+                return self.release_study(source, uid, conn)
+        return conn.execute(delete(t.Quarantine).where(t.Quarantine.source == source,
+                                                       t.Quarantine.study_uid == uid)).rowcount
 
     def release_stale(self, source: str, before: int) -> int:
         """Release what a complete sync (started at `before`) did not quarantine again."""
@@ -489,10 +523,11 @@ def merge_patient(contributions: list[dict]) -> dict:
 def _commit_without_waiting_for_disk(conn: Connection) -> None:
     """On PostgreSQL, let this transaction commit without waiting for its WAL flush.
 
-    A sync commits once per study; waiting for the disk each time costs a flush per study.
-    Skipping the wait never reorders commits: after a crash the last few studies may be
-    missing, and so is every later write, the source's cursor among them, so the next sync
-    fetches them again. Nothing else (audit, identity decisions) commits this way.
+    A sync commits once per batch of studies; waiting for the disk each time costs a flush
+    per batch. Skipping the wait never reorders commits: after a crash the last few batches
+    may be missing, and so is every later write, the source's cursor among them, so the next
+    sync fetches them again. The automatic matching of a batch's patients commits with it,
+    and is redone with it. Nothing else (audit, a person's identity decisions) commits this way.
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
