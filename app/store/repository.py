@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import orjson
-from sqlalchemy import create_engine, delete, event, insert, select, update
+from sqlalchemy import bindparam, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
@@ -64,6 +64,30 @@ def content_hash(body: dict) -> str:
 
 INDEX_TABLES = (t.TokenIndex, t.StringIndex, t.DateIndex, t.ReferenceIndex)
 
+# The statements a sync runs for every study, built once: building a statement and deriving
+# its cache key costs some 0.3 ms, more than running it (0.07 ms on SQLite, 0.2 ms on
+# PostgreSQL), and a study runs about twenty. Values go in as parameters (`key_*` in WHERE
+# clauses, column names in VALUES and SET).
+_THE_RESOURCE = (t.Resource.rtype == bindparam("key_rtype"), t.Resource.id == bindparam("key_id"))
+_RESOURCE_STATE = select(t.Resource.version, t.Resource.content_hash).where(*_THE_RESOURCE)
+_UPDATE_RESOURCE = update(t.Resource).where(*_THE_RESOURCE)
+_TOMBSTONE_VERSION = select(t.Tombstone.version).where(t.Tombstone.rtype == bindparam("key_rtype"),
+                                                       t.Tombstone.id == bindparam("key_id"))
+_THE_COPY = (t.StudyCopy.source == bindparam("key_source"), t.StudyCopy.study_uid == bindparam("key_uid"))
+_COPY_STATE = select(t.StudyCopy.content, t.StudyCopy.archive_key).where(*_THE_COPY)
+_UPDATE_COPY = update(t.StudyCopy).where(*_THE_COPY)
+_OTHER_COPIES = select(t.StudyCopy.source, t.StudyCopy.content).where(
+    t.StudyCopy.study_uid == bindparam("key_uid"), t.StudyCopy.source != bindparam("key_source"))
+_THE_CONTRIBUTION = (t.PatientContribution.source == bindparam("key_source"),
+                     t.PatientContribution.study_uid == bindparam("key_uid"))
+_CONTRIBUTION_STATE = select(t.PatientContribution.patient_id, t.PatientContribution.content).where(
+    *_THE_CONTRIBUTION)
+_UPDATE_CONTRIBUTION = update(t.PatientContribution).where(*_THE_CONTRIBUTION)
+_CONTRIBUTIONS_TO = select(t.PatientContribution.rank, t.PatientContribution.content).where(
+    t.PatientContribution.patient_id == bindparam("key_patient"))
+_RELEASE = delete(t.Quarantine).where(t.Quarantine.source == bindparam("key_source"),
+                                      t.Quarantine.study_uid == bindparam("key_uid"))
+
 
 class Store:
     def __init__(self, url: str, default_zone: str = "UTC", base_url: str | None = None, identity=None):
@@ -101,17 +125,13 @@ class Store:
     def _put(self, conn: Connection, body: dict) -> str:
         rtype, rid = body["resourceType"], body["id"]
         digest = content_hash(body)
-        row = conn.execute(
-            select(t.Resource.version, t.Resource.content_hash).where(
-                t.Resource.rtype == rtype, t.Resource.id == rid
-            )
-        ).first()
+        key = {"key_rtype": rtype, "key_id": rid}
+        row = conn.execute(_RESOURCE_STATE, key).first()
         if row is not None and row.content_hash == digest:
             return UNCHANGED
         version = 1 if row is None else row.version + 1
         if row is None:  # served before and deleted: its versions go on
-            gone = conn.execute(select(t.Tombstone.version).where(t.Tombstone.rtype == rtype,
-                                                                  t.Tombstone.id == rid)).first()
+            gone = conn.execute(_TOMBSTONE_VERSION, key).first()
             if gone is not None:
                 version = gone.version + 1
                 conn.execute(delete(t.Tombstone).where(t.Tombstone.rtype == rtype, t.Tombstone.id == rid))
@@ -122,12 +142,12 @@ class Store:
         content = orjson.dumps(stored)
         values = dict(version=version, last_updated=micros, content_hash=digest, content=content)
         if row is None:
-            conn.execute(insert(t.Resource).values(rtype=rtype, id=rid, **values))
+            conn.execute(insert(t.Resource), dict(rtype=rtype, id=rid, **values))
         else:
-            conn.execute(update(t.Resource).where(t.Resource.rtype == rtype, t.Resource.id == rid).values(**values))
+            conn.execute(_UPDATE_RESOURCE, dict(key, **values))
             self._drop_index(conn, rtype, rid)
-        conn.execute(insert(t.ResourceVersion).values(rtype=rtype, id=rid, version=version,
-                                                      last_updated=micros, content=content))
+        conn.execute(insert(t.ResourceVersion), dict(rtype=rtype, id=rid, version=version,
+                                                     last_updated=micros, content=content))
         self._write_index(conn, stored)
         return NEW if row is None else UPDATED
 
@@ -241,8 +261,7 @@ class Store:
         uid = study["id"]
         self._save_copy(conn, source, study, archive_key)
         self._save_contribution(conn, source, uid, patient, f"{study.get('started', '')}|{uid}")
-        others = conn.execute(select(t.StudyCopy.source, t.StudyCopy.content).where(
-            t.StudyCopy.study_uid == uid, t.StudyCopy.source != source)).all()
+        others = conn.execute(_OTHER_COPIES, {"key_uid": uid, "key_source": source}).all()
         copies = {source: study, **{r.source: orjson.loads(r.content) for r in others}}
         return self._put(conn, merge_copies(copies))
 
@@ -251,30 +270,28 @@ class Store:
         uid = study["id"]
         micros, _ = instant_now_ms()
         content = orjson.dumps(study)
-        where = (t.StudyCopy.source == source, t.StudyCopy.study_uid == uid)
-        found = conn.execute(select(t.StudyCopy.content, t.StudyCopy.archive_key).where(*where)).first()
+        key = {"key_source": source, "key_uid": uid}
+        found = conn.execute(_COPY_STATE, key).first()
         if found is None:
-            conn.execute(insert(t.StudyCopy).values(source=source, study_uid=uid, archive_key=archive_key,
-                                                    last_seen=micros, content=content))
+            conn.execute(insert(t.StudyCopy), dict(source=source, study_uid=uid, archive_key=archive_key,
+                                                   last_seen=micros, content=content))
             return
         values: dict = {"last_seen": micros}
         if found.content != content:
             values["content"] = content
         if archive_key and archive_key != found.archive_key:
             values["archive_key"] = archive_key
-        conn.execute(update(t.StudyCopy).where(*where).values(**values))
+        conn.execute(_UPDATE_COPY, dict(key, **values))
 
     def _save_contribution(self, conn: Connection, source: str, uid: str, patient: dict, rank: str) -> None:
         contribution = orjson.dumps(patient, option=orjson.OPT_SORT_KEYS)
-        where = (t.PatientContribution.source == source, t.PatientContribution.study_uid == uid)
-        previous = conn.execute(
-            select(t.PatientContribution.patient_id, t.PatientContribution.content).where(*where)).first()
+        key = {"key_source": source, "key_uid": uid}
+        previous = conn.execute(_CONTRIBUTION_STATE, key).first()
         if previous is None:
-            conn.execute(insert(t.PatientContribution).values(
+            conn.execute(insert(t.PatientContribution), dict(
                 source=source, study_uid=uid, patient_id=patient["id"], rank=rank, content=contribution))
         elif previous.patient_id != patient["id"] or previous.content != contribution:
-            conn.execute(update(t.PatientContribution).where(*where).values(
-                patient_id=patient["id"], rank=rank, content=contribution))
+            conn.execute(_UPDATE_CONTRIBUTION, dict(key, patient_id=patient["id"], rank=rank, content=contribution))
         touched = {patient["id"]}
         if previous is not None and previous.patient_id != patient["id"]:
             touched.add(previous.patient_id)
@@ -333,11 +350,7 @@ class Store:
                                      .order_by(t.StudyCopy.source)).scalars())
 
     def _refresh_patient(self, conn: Connection, patient_id: str) -> None:
-        rows = conn.execute(
-            select(t.PatientContribution.rank, t.PatientContribution.content).where(
-                t.PatientContribution.patient_id == patient_id
-            )
-        ).all()
+        rows = conn.execute(_CONTRIBUTIONS_TO, {"key_patient": patient_id}).all()
         if not rows:
             partners = links.linked_ids(conn, patient_id)
             self._delete(conn, "Patient", patient_id)
@@ -407,8 +420,7 @@ class Store:
         if conn is None:
             with self.engine.begin() as conn:
                 return self.release_study(source, uid, conn)
-        return conn.execute(delete(t.Quarantine).where(t.Quarantine.source == source,
-                                                       t.Quarantine.study_uid == uid)).rowcount
+        return conn.execute(_RELEASE, {"key_source": source, "key_uid": uid}).rowcount
 
     def release_stale(self, source: str, before: int) -> int:
         """Release what a complete sync (started at `before`) did not quarantine again."""
