@@ -207,11 +207,12 @@ class Store:
     def batch(self) -> Iterator[Connection]:
         """One transaction for many studies (put_study, release_study with its `conn`).
 
-        Stores the same resources, versions and index rows as put_study one by one, but
-        writes the index rows of the whole batch at the end (COPY on PostgreSQL), where one
-        INSERT per row costs more than the rest of the study; and the batch commits once
-        (without waiting for the disk, see _commit_without_waiting_for_disk). Loading the
-        benchmarks' 40,000 studies takes minutes instead of an hour.
+        Its studies get the same resources, versions and index rows as one transaction each
+        would give them, but the index rows of the whole batch are written at the end (COPY
+        on PostgreSQL), where one INSERT per row costs as much as the rest of a study, and
+        the batch commits once (without waiting for the disk, see
+        _commit_without_waiting_for_disk). Loading the benchmarks' 40,000 studies takes
+        minutes instead of an hour.
         """
         with self.engine.begin() as conn:
             _commit_without_waiting_for_disk(conn)
