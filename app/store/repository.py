@@ -233,7 +233,12 @@ class Store:
     def savepoint(conn: Connection) -> Iterator[Connection]:
         """A part of a batch that may fail alone: on an exception its writes are undone (the
         index rows waiting for the end of the batch too) and the exception goes on, while
-        the rest of the batch stays."""
+        the rest of the batch stays.
+
+        Open it after the batch has written something: Python's sqlite3 begins a transaction
+        at the first write, and a SAVEPOINT before that would begin one of its own, which
+        its RELEASE would commit.
+        """
         pending = conn.info.get(_PENDING_INDEX)
         saved = dict(pending) if pending is not None else None
         try:
