@@ -1,4 +1,5 @@
-"""One sync of one source: sources -> mapping -> identity -> store, one study at a time.
+"""One sync of one source: sources -> mapping -> identity -> store, one study at a time,
+stored in small batches (StudyBatch).
 
 A study that cannot be read or mapped goes to the quarantine with its reason and the sync
 goes on; the next sync retries it. Only a source that cannot be reached at all ends the run.
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from app.config import SourceConfig
-from app.identity.reconcile import reconcile_patient
+from app.identity.reconcile import reconcile_in
 from app.identity.resolve import resolve
 from app.logsafe import describe
 from app.mapping import MappingError, map_endpoint, map_study
@@ -47,6 +48,8 @@ class SyncSummary:
     seconds: float = 0.0
     error: str | None = None
     source_stats: dict = field(default_factory=dict)
+    #: studies mapped and waiting for their batch to be stored; done, outcome not known yet
+    pending: int = field(default=0, repr=False)
 
     def count(self, outcome: str) -> None:
         """Add one study with its store outcome (new, updated or unchanged)."""
@@ -54,14 +57,16 @@ class SyncSummary:
 
     @property
     def done(self) -> int:
-        return self.new + self.updated + self.unchanged + self.failed
+        return self.new + self.updated + self.unchanged + self.failed + self.pending
 
     @property
     def changed(self) -> int:
         return self.new + self.updated + self.deleted
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["pending"]
+        return out
 
 
 def mapping_context(src: SourceConfig) -> MappingContext:
@@ -106,8 +111,8 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
                 stop: Callable[[], bool] | None = None) -> SyncSummary:
     """Run one full sync of `src` into `store` and return what it did.
 
-    `stop()` is asked between studies; when it says yes the run ends after the study in hand,
-    as an incomplete run.
+    `stop()` is asked between studies; when it says yes the run ends after the study in hand
+    (the studies mapped so far are stored), as an incomplete run.
     """
     summary = SyncSummary(src.name)
     started_micros, _ = instant_now_ms()
@@ -117,19 +122,20 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
     stopped = False
     cursor: dict = {}
     store.update_source_state(src.name, last_attempt=started_micros)
-    try:
-        cursor = cursor_before_listing(src, source)
-        store.put_resource(map_endpoint(ctx))
-        for item in source.iter_studies():
-            sync_item(store, src.name, ctx, item, summary, archive_key(src, item))
-            if progress:
-                progress(summary, source.total())
-            if stop and stop():
-                stopped = True
-                break
-    except SourceError as exc:
-        summary.error = str(exc)
-        log.error("sync of source %s stopped: %s", src.name, exc)
+    with StudyBatch(store, src.name, ctx, summary) as batch:
+        try:
+            cursor = cursor_before_listing(src, source)
+            store.put_resource(map_endpoint(ctx))
+            for item in source.iter_studies():
+                batch.add(item, archive_key(src, item))
+                if progress:
+                    progress(summary, source.total())
+                if stop and stop():
+                    stopped = True
+                    break
+        except SourceError as exc:
+            summary.error = str(exc)
+            log.error("sync of source %s stopped: %s", src.name, exc)
     complete = getattr(source, "listing_complete", True)
     summary.incomplete = not complete
     if not summary.error and not stopped and complete:
@@ -224,43 +230,46 @@ def sync_changes(store: Store, src: SourceConfig, source, cursor: dict,
     feed = change_feed(src, source)
     cursor = dict(cursor)
     stopped = False
-    try:
-        for page in feed.pages(cursor["seq"]):
-            if page.reset:  # the archive's database was replaced: only a full listing can tell
-                store.update_source_state(src.name, last_full=None)
-                return sync_source(store, src, source=source, stop=stop)
-            for event in page.events:
-                _apply_change(store, src, source, ctx, event, summary)
-                if stop and stop():
-                    stopped = True
+    with StudyBatch(store, src.name, ctx, summary) as batch:
+        try:
+            for page in feed.pages(cursor["seq"]):
+                if page.reset:  # the archive's database was replaced: only a full listing can tell
+                    store.update_source_state(src.name, last_full=None)
+                    return sync_source(store, src, source=source, stop=stop)
+                for event in page.events:
+                    _apply_change(batch, source, event)
+                    if stop and stop():
+                        stopped = True
+                        break
+                if stopped:
                     break
-            if stopped:
-                break
-            cursor["seq"] = page.last
-            store.update_source_state(src.name, cursor=cursor)
-        now = time.time()
-        if not stopped and now - cursor.get("deletions_checked", 0) >= DELETION_CHECK_EVERY:
-            for event in feed.deleted_studies(store.archive_keys(src.name)):
-                _apply_change(store, src, source, ctx, event, summary)
-            cursor["deletions_checked"] = now
-    except SourceError as exc:
-        summary.error = str(exc)
-        log.error("poll of source %s stopped: %s", src.name, exc)
+                batch.flush()
+                cursor["seq"] = page.last
+                store.update_source_state(src.name, cursor=cursor)
+            now = time.time()
+            if not stopped and now - cursor.get("deletions_checked", 0) >= DELETION_CHECK_EVERY:
+                for event in feed.deleted_studies(store.archive_keys(src.name)):
+                    _apply_change(batch, source, event)
+                cursor["deletions_checked"] = now
+        except SourceError as exc:
+            summary.error = str(exc)
+            log.error("poll of source %s stopped: %s", src.name, exc)
     return _end_poll(store, summary, started, clock, cursor)
 
 
-def _apply_change(store: Store, src: SourceConfig, source, ctx: MappingContext, event, summary: SyncSummary) -> None:
+def _apply_change(batch: StudyBatch, source, event) -> None:
     if event.kind == "deleted":
-        uid = store.study_for_archive_key(src.name, event.orthanc_id)
-        if uid and store.remove_copy(src.name, uid):
-            summary.deleted += 1
+        batch.flush()  # the study may be waiting in it
+        uid = batch.store.study_for_archive_key(batch.source_name, event.orthanc_id)
+        if uid:
+            batch.remove(uid)
         return
     found = False
     for item in source.iter_studies(match={"StudyInstanceUID": event.study_uid}):
         found = True
-        sync_item(store, src.name, ctx, item, summary, event.orthanc_id)
-    if not found and store.remove_copy(src.name, event.study_uid):  # deleted again before it was read
-        summary.deleted += 1
+        batch.add(item, event.orthanc_id)
+    if not found:  # deleted again before it was read
+        batch.remove(event.study_uid)
 
 
 def sync_window(store: Store, src: SourceConfig, source, cursor: dict, stop: Callable[[], bool] | None = None
@@ -278,15 +287,16 @@ def sync_window(store: Store, src: SourceConfig, source, cursor: dict, stop: Cal
     today = _today(src)
     start = min(date.fromisoformat(cursor["window_end"]), today) - timedelta(days=src.window_overlap_days)
     stopped = False
-    try:
-        for item in source.iter_studies(match={"StudyDate": f"{start:%Y%m%d}-"}):
-            sync_item(store, src.name, ctx, item, summary)
-            if stop and stop():
-                stopped = True
-                break
-    except SourceError as exc:
-        summary.error = str(exc)
-        log.error("poll of source %s stopped: %s", src.name, exc)
+    with StudyBatch(store, src.name, ctx, summary) as batch:
+        try:
+            for item in source.iter_studies(match={"StudyDate": f"{start:%Y%m%d}-"}):
+                batch.add(item)
+                if stop and stop():
+                    stopped = True
+                    break
+        except SourceError as exc:
+            summary.error = str(exc)
+            log.error("poll of source %s stopped: %s", src.name, exc)
     return _end_poll(store, summary, started, clock,
                      None if stopped or summary.error else {"window_end": today.isoformat()})
 
@@ -320,28 +330,115 @@ def record_outcome(store: Store, source_name: str, summary: SyncSummary, full: b
 def sync_item(store: Store, source_name: str, ctx: MappingContext, item, summary: SyncSummary,
               archive_key: str | None = None) -> None:
     """Store one study a source yielded, or quarantine it with the reason."""
-    if isinstance(item, StudyFailure):
-        key = item.location or item.uid or "unknown"
-        store.quarantine(source_name, key, item.uid, item.reason)
-        summary.failed += 1
-        return
-    try:
-        mapped = map_study(item, ctx)
-    except MappingError as exc:
-        store.quarantine(source_name, item.uid, item.uid, str(exc))
-        summary.failed += 1
-        return
-    except Exception as exc:  # a mapping bug must not stop the other studies
-        log.error("mapping failed for a study of source %s: %s", source_name, describe(exc))
-        store.quarantine(source_name, item.uid, item.uid, f"internal mapping error: {type(exc).__name__}")
-        summary.failed += 1
-        return
-    mapped = resolve(mapped, store.identity)
-    summary.count(store.put_study(mapped.imaging_study, mapped.patient, source_name, archive_key))
-    try:
-        reconcile_patient(store, mapped.patient["id"])
-    except Exception as exc:  # the study is stored; matching runs again when its patient next changes
-        log.error("identity matching failed for a patient of source %s: %s", source_name, describe(exc))
-    summary.released += store.release_study(source_name, item.uid)
-    if item.repairs or mapped.repairs:
-        summary.repaired += 1
+    with StudyBatch(store, source_name, ctx, summary) as batch:
+        batch.add(item, archive_key)
+
+
+#: most studies stored in one transaction, and longest (seconds) a mapped study waits for the rest
+#: of its batch: a batch shares one commit and writes its index rows together (COPY on
+#: PostgreSQL), which alone cost a study more than its mapping; a slow archive's studies are
+#: still stored within a second or so of being read
+BATCH_SIZE = 20
+BATCH_WAIT = 1.0
+
+
+class StudyBatch:
+    """Studies of one source mapped one at a time and stored a batch at a time.
+
+    Each study is stored as if alone, in the order read: its copy and patient, then identity
+    matching for the patient, then its release from the quarantine; the batch only shares the
+    transaction. It is written when full, when its oldest study has waited BATCH_WAIT,
+    before anything that must see the stored studies (a quarantine, a deletion, the caller
+    moving a cursor with `flush`), and when its `with` block ends, however it ends: a run
+    that stops stores what it mapped, and a crash loses only studies no cursor has passed.
+    """
+
+    def __init__(self, store: Store, source_name: str, ctx: MappingContext, summary: SyncSummary,
+                 size: int = BATCH_SIZE):
+        self.store = store
+        self.source_name = source_name
+        self.ctx = ctx
+        self.summary = summary
+        self.size = size
+        self.waiting: list[tuple] = []  # (mapped study, study UID, archive key, repaired)
+        self.since = 0.0
+
+    def __enter__(self) -> StudyBatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+    def add(self, item, archive_key: str | None = None) -> None:
+        """Map one study a source yielded and queue it, or quarantine it with the reason."""
+        if isinstance(item, StudyFailure):
+            self.quarantine(item.location or item.uid or "unknown", item.uid, item.reason)
+            return
+        try:
+            mapped = map_study(item, self.ctx)
+        except MappingError as exc:
+            self.quarantine(item.uid, item.uid, str(exc))
+            return
+        except Exception as exc:  # a mapping bug must not stop the other studies
+            log.error("mapping failed for a study of source %s: %s", self.source_name, describe(exc))
+            self.quarantine(item.uid, item.uid, f"internal mapping error: {type(exc).__name__}")
+            return
+        if not self.waiting:
+            self.since = time.monotonic()
+        self.waiting.append((resolve(mapped, self.store.identity), item.uid, archive_key,
+                             bool(item.repairs or mapped.repairs)))
+        self.summary.pending += 1
+        if len(self.waiting) >= self.size or time.monotonic() - self.since >= BATCH_WAIT:
+            self.flush()
+
+    def quarantine(self, key: str, uid: str | None, reason: str) -> None:
+        self.flush()
+        self.store.quarantine(self.source_name, key, uid, reason)
+        self.summary.failed += 1
+
+    def remove(self, uid: str) -> None:
+        """The archive no longer holds the study: its copy goes (see Store.remove_copy)."""
+        self.flush()
+        if self.store.remove_copy(self.source_name, uid):
+            self.summary.deleted += 1
+
+    def flush(self) -> None:
+        """Store the waiting studies.
+
+        Should the store refuse the batch, each study is stored alone, so that the ones
+        before the study it refuses are kept, as one transaction per study kept them.
+        """
+        waiting, self.waiting = self.waiting, []
+        if not waiting:
+            return
+        self.summary.pending -= len(waiting)
+        try:
+            self._store(waiting)
+        except Exception:
+            if len(waiting) == 1:
+                raise
+            for study in waiting:
+                self._store([study])
+
+    def _store(self, studies: list[tuple]) -> None:
+        outcomes = []
+        with self.store.batch() as conn:
+            for mapped, uid, archive_key, repaired in studies:
+                outcome = self.store.put_study(mapped.imaging_study, mapped.patient, self.source_name,
+                                               archive_key, conn=conn)
+                self._match(conn, mapped.patient["id"])
+                released = self.store.release_study(self.source_name, uid, conn)
+                outcomes.append((outcome, released, repaired))
+        for outcome, released, repaired in outcomes:  # counted once committed
+            self.summary.count(outcome)
+            self.summary.released += released
+            self.summary.repaired += repaired
+
+    def _match(self, conn, patient_id: str) -> None:
+        """Identity matching for a stored patient; should it fail, the study stays stored and
+        matching runs again when its patient next changes."""
+        try:
+            with self.store.savepoint(conn):
+                reconcile_in(conn, self.store, patient_id, self.store.identity)
+        except Exception as exc:
+            log.error("identity matching failed for a patient of source %s: %s", self.source_name, describe(exc))

@@ -71,12 +71,14 @@ _VALUE_TYPES = {"text": "strings", "number": "numbers", "PN": "person names", "S
 
 
 @cache
-def _attribute(tag: str) -> tuple[str, str]:
-    """(keyword, VR) of an attribute the mapping reads, from pydicom's DICOM dictionary."""
+def _attribute(tag: str) -> tuple[str, str, str]:
+    """(keyword, VR, kind of values) of an attribute the mapping reads, from pydicom's DICOM
+    dictionary."""
     from pydicom.datadict import dictionary_VR, keyword_for_tag
 
     number = int(tag, 16)
-    return keyword_for_tag(number) or tag, dictionary_VR(number)
+    vr = dictionary_VR(number)
+    return keyword_for_tag(number) or tag, vr, _kind(vr)
 
 
 def _clean_string(value: str, label: str, notes: list, uid: bool = False):
@@ -120,9 +122,30 @@ def _checked_value(value, vr: str, kind: str, label: str, notes: list):
 _BAD = object()
 
 
+def _read_as_they_are(values: list, vr: str, kind: str) -> bool:
+    """Whether every value is already what `_checked_value` would make of it, without a note.
+
+    One quick pass for what nearly every element of an archive's answer is (plain strings,
+    plain numbers), so that the checks of each value run only where one may need fixing.
+    """
+    if len(values) > MAX_VALUES:
+        return False
+    if kind == "text":
+        uid = vr == "UI"
+        for value in values:
+            if type(value) is not str or len(value) > MAX_TEXT or _CONTROL.search(value):
+                return False
+            if uid and value.endswith((" ", "\x00")):
+                return False
+        return True
+    if kind == "number":
+        return all(type(value) is int or type(value) is float for value in values)
+    return False
+
+
 def _checked_element(tag: str, element, notes: list):
     """The element as mapping reads it, the same object when it is fine; None to leave out."""
-    keyword, vr = _attribute(tag)
+    keyword, vr, kind = _attribute(tag)
     if not isinstance(element, dict):
         notes.append(f"{keyword} is not a DICOM JSON attribute; left out")
         return None
@@ -130,7 +153,7 @@ def _checked_element(tag: str, element, notes: list):
     if found != vr:
         if not isinstance(found, str):
             notes.append(f"{keyword} has no VR; read as {vr}")
-        elif _kind(found) != _kind(vr):
+        elif _kind(found) != kind:
             shown_vr = found if found.isalpha() and len(found) == 2 else shown(found, 8)
             notes.append(f"{keyword} has VR {shown_vr}, not {vr}; left out")
             return None
@@ -138,15 +161,16 @@ def _checked_element(tag: str, element, notes: list):
             notes.append(f"{keyword} has VR {found}, not {vr}; read as {vr}")
     values = element.get("Value")
     if values is None:
-        if _kind(vr) != "binary" and ("BulkDataURI" in element or "InlineBinary" in element):
+        if kind != "binary" and ("BulkDataURI" in element or "InlineBinary" in element):
             notes.append(f"{keyword} came as bulk data, not as values; left out")
         return element
     if not isinstance(values, list):
         notes.append(f"{keyword}: Value is not a list; left out")
         return None
-    kind = _kind(vr)
     if kind == "binary":
         return element  # mapping reads no binary attribute's values
+    if _read_as_they_are(values, vr, kind):
+        return element
     kept = []
     bad = 0
     for value in values[:MAX_VALUES]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from app.search.dates import instant_now_ms
@@ -36,6 +36,17 @@ class LinkRow:
                 "explanation": self.explanation, "decided": self.decided}
 
 
+# statements a sync runs for every stored patient, built once (see app/store/repository.py)
+_STORED_PATIENT = select(t.Resource.content).where(t.Resource.rtype == "Patient",
+                                                   t.Resource.id == bindparam("key_patient"))
+_FILED_DIGEST = select(t.PatientMatch.digest).where(t.PatientMatch.patient_id == bindparam("key_patient"))
+_UPDATE_MATCH = update(t.PatientMatch).where(t.PatientMatch.patient_id == bindparam("key_patient"))
+_UNBLOCK = delete(t.PatientBlock).where(t.PatientBlock.patient_id == bindparam("key_patient"))
+_LINKS_OF = select(t.PatientLink).where(
+    or_(t.PatientLink.a == bindparam("key_patient"), t.PatientLink.b == bindparam("key_patient")),
+    t.PatientLink.status.in_(bindparam("statuses", expanding=True)))
+
+
 def pair(x: str, y: str) -> tuple[str, str]:
     return (x, y) if x < y else (y, x)
 
@@ -45,22 +56,20 @@ def _row(r) -> LinkRow:
 
 
 def stored_patient(conn: Connection, patient_id: str) -> dict | None:
-    content = conn.execute(select(t.Resource.content).where(
-        t.Resource.rtype == "Patient", t.Resource.id == patient_id)).scalar()
+    content = conn.execute(_STORED_PATIENT, {"key_patient": patient_id}).scalar()
     return orjson.loads(content) if content is not None else None
 
 
 def filed_digest(conn: Connection, patient_id: str) -> str | None:
-    return conn.execute(select(t.PatientMatch.digest).where(t.PatientMatch.patient_id == patient_id)).scalar()
+    return conn.execute(_FILED_DIGEST, {"key_patient": patient_id}).scalar()
 
 
 def file_patient(conn: Connection, patient_id: str, digest: str, features: dict, keys: list[str]) -> None:
     """Keep a Patient's features and put it under exactly `keys`."""
     content = orjson.dumps(features)
-    if conn.execute(update(t.PatientMatch).where(t.PatientMatch.patient_id == patient_id)
-                    .values(digest=digest, features=content)).rowcount == 0:
-        conn.execute(insert(t.PatientMatch).values(patient_id=patient_id, digest=digest, features=content))
-    conn.execute(delete(t.PatientBlock).where(t.PatientBlock.patient_id == patient_id))
+    if conn.execute(_UPDATE_MATCH, {"key_patient": patient_id, "digest": digest, "features": content}).rowcount == 0:
+        conn.execute(insert(t.PatientMatch), {"patient_id": patient_id, "digest": digest, "features": content})
+    conn.execute(_UNBLOCK, {"key_patient": patient_id})
     if keys:
         conn.execute(insert(t.PatientBlock), [{"key": k, "patient_id": patient_id} for k in keys])
 
@@ -119,9 +128,7 @@ def drop_link(conn: Connection, x: str, y: str) -> None:
 
 
 def links_of(conn: Connection, patient_id: str, statuses=STATUSES) -> list[LinkRow]:
-    rows = conn.execute(select(t.PatientLink).where(
-        or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id),
-        t.PatientLink.status.in_(statuses)))
+    rows = conn.execute(_LINKS_OF, {"key_patient": patient_id, "statuses": list(statuses)})
     return [_row(r) for r in rows]
 
 
