@@ -143,7 +143,7 @@ def sync_source(store: Store, src: SourceConfig, progress: Progress | None = Non
         for uid in store.copies_not_seen_since(src.name, started_micros):
             if store.remove_copy(src.name, uid):
                 summary.deleted += 1
-        summary.released = store.release_stale(src.name, started_micros)
+        summary.released += store.release_stale(src.name, started_micros)
     if summary.changed:
         store.analyze()
     summary.seconds = time.perf_counter() - clock

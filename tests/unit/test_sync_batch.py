@@ -164,8 +164,8 @@ def test_a_quarantined_study_between_stored_ones(setup):
     assert (summary.new, summary.failed) == (2, 1)
     assert [q.study_uid for q in store.quarantined("pacs")] == [uid(1)]
     again = sync_source(store, src, source=ListSource([record(n) for n in range(3)]))
-    assert (again.new, again.unchanged, again.failed) == (1, 2, 0)
-    assert store.quarantined("pacs") == []  # stored fine now: released
+    assert (again.new, again.unchanged, again.failed, again.released) == (1, 2, 0, 1)
+    assert store.quarantined("pacs") == []  # stored fine now: released, and counted
 
 
 def test_a_change_feed_cursor_never_passes_a_study_not_stored(setup, monkeypatch):
