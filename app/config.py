@@ -13,7 +13,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from sqlalchemy.engine import make_url
 from marshmallow import (
     RAISE,
     Schema,
@@ -23,6 +22,7 @@ from marshmallow import (
     validates,
     validates_schema,
 )
+from sqlalchemy.engine import make_url
 
 from app.ids import valid_id
 from app.mapping.profile import Profile, ProfileError, source_profile
