@@ -4,10 +4,10 @@ An `after_request` hook sees every answer, also the 401 and 403 ones, and writes
 to disk (the audit spool, app/store/audit_log.py) before the response leaves; if the event
 cannot be written the client gets a 500 instead of the data, so nothing is served without
 its trail. The event names the interaction (type `rest`, subtype read, vread,
-history-instance or search-type), who asked
-(the token's subject or client, and the network address), this server, the query (base64
-of the query string) and every patient whose data the answer carried: the Patients it
-returned and the subjects of the studies it returned (includes too).
+history-instance or search-type), who asked (the token's subject or client, and the network
+address), this server, the query (base64 of the query string) and every patient whose data
+the answer carried: the Patients it returned and the subjects of the studies it returned
+(includes too).
 
 The event is a plain dict serialized with orjson: no model is built per request.
 """
