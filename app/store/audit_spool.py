@@ -117,7 +117,8 @@ class AuditSpool:
         return bool(self._full) or (current is not None and current.size > 0 and self._pid == os.getpid())
 
     def drain(self) -> int:
-        """Store this process's events so far and any segment a dead process left; how many were stored."""
+        """Store this process's events so far and any segment a dead process left; how many events
+        were drained (those a crashed drain had stored already count too, but are not stored again)."""
         with self._drain_lock:
             with self._lock:
                 if self._current is not None and self._current.size and self._pid == os.getpid():
@@ -181,7 +182,7 @@ class AuditSpool:
         except Exception as err:  # noqa: BLE001 - kept on disk; claimed later
             log.error("audit spool: events left on disk for the next server to store: %s", type(err).__name__)
         with self._lock:
-            for segment in [*self._full, *([self._current] if self._current else [])]:
-                if self._pid == os.getpid():
+            if self._pid == os.getpid():  # a forked child's segments are its parent's to close
+                for segment in [*self._full, *([self._current] if self._current else [])]:
                     segment.close()
             self._current, self._full = None, []
