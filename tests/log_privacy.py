@@ -67,14 +67,23 @@ def pytest_configure(config) -> None:
         root.setLevel(logging.INFO)
 
 
+def patient_data_hits(lines: list[tuple[str, str]], values: dict[str, str]) -> dict[tuple[str, str], int]:
+    """(logger, kind of value) -> lines that hold a patient value, as a whole word.
+
+    A value counts only where no letter or digit touches it: a numeric Patient ID such as
+    99000 also turns up inside the random digits of a generated UID, which is not that patient.
+    """
+    alternatives = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![0-9a-z])(?:{alternatives})(?![0-9a-z])", re.I)
+    hits: dict[tuple[str, str], int] = {}
+    for logger, text in lines:
+        for kind in {values[match.group(0).lower()] for match in pattern.finditer(text)}:
+            hits[(logger, kind)] = hits.get((logger, kind), 0) + 1
+    return hits
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
-    values = _patient_values()
-    pattern = re.compile("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)), re.I)
-    hits = {}
-    for logger, text in _KEEP.lines:
-        for match in pattern.finditer(text):
-            hits.setdefault((logger, values[match.group(0).lower()]), 0)
-            hits[(logger, values[match.group(0).lower()])] += 1
+    hits = patient_data_hits(_KEEP.lines, _patient_values())
     if hits:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         lines = [f"  logger {logger!r}: {count} line(s) with a {kind}" for (logger, kind), count in sorted(hits.items())]

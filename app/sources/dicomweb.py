@@ -59,6 +59,10 @@ _CUT_WARNING = re.compile(r"exceed|additional results|remaining results", re.IGN
 # dicomweb-client's retry decorator logs each failed request with its URL, whose query
 # string can carry a Patient ID; this module retries and logs without the data instead
 logging.getLogger("retrying").setLevel(logging.ERROR)
+# dicomweb-client logs every request at INFO; at a sync's pace that buries our own lines.
+# Its warnings (a cut QIDO-RS answer) still show; a logging config that sets a level wins.
+if logging.getLogger("dicomweb_client").level == logging.NOTSET:
+    logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 
 
 def _unreachable(exc: Exception) -> bool:
