@@ -49,7 +49,12 @@ def _grants(access: Access, rtype: str, interaction: str) -> list:
 
 
 def allows(access: Access, rtype: str, interaction: str) -> bool:
-    return access.open or bool(_grants(access, rtype, interaction))
+    if access.open:
+        return True
+    key = ("allows", rtype, interaction)  # once per token (Access.derived), not per request
+    if key not in access.derived:
+        access.derived[key] = bool(_grants(access, rtype, interaction))
+    return access.derived[key]
 
 
 def _narrowing(rtype: str, grant) -> tuple | None:
