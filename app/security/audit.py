@@ -9,7 +9,10 @@ address), this server, the query (base64 of the query string) and every patient 
 the answer carried: the Patients it returned and the subjects of the studies it returned
 (includes too).
 
-The event is a plain dict serialized with orjson: no model is built per request.
+A request writes only what its event says, as a few hundred bytes of compact JSON
+(`event_record`); the AuditEvent resource is made of it when the trail is read
+(`render_event`), since a trail is written on every request and read seldom. No model is
+built either way: plain dicts serialized with orjson.
 """
 from __future__ import annotations
 
@@ -79,19 +82,32 @@ def touched_patients(reader, returned: list[tuple[str, str]], subjects: dict | N
 
     `subjects`: study -> patient, as the search found them; only the other studies are looked up."""
     subjects = subjects or {}
-    patients = {rid for rtype, rid in returned if rtype == "Patient"}
-    patients.update(p for p in subjects.values() if p)
-    studies = sorted({rid for rtype, rid in returned if rtype == "ImagingStudy" and rid not in subjects})
+    patients, studies = set(), set()
+    for rtype, rid in returned:
+        if rtype == "ImagingStudy":
+            if rid not in subjects:
+                studies.add(rid)
+            elif subjects[rid]:
+                patients.add(subjects[rid])
+        elif rtype == "Patient":
+            patients.add(rid)
+    if studies:
+        patients.update(_study_subjects(reader, sorted(studies)))
+    return sorted(patients)
+
+
+def _study_subjects(reader, studies: list[str]) -> set[str]:
     # by the owner index: SQLite without statistics (a store not yet analyzed) would otherwise
     # scan every study's patient reference in the covering lookup index, 9 ms at 40,000 studies
     table = "idx_reference INDEXED BY ix_reference_owner" if reader.is_sqlite else "idx_reference"
+    found = set()
     for start in range(0, len(studies), 500):
         chunk = studies[start:start + 500]
         rows = reader.all(f"SELECT target_id FROM {table} WHERE rtype = ? AND param = ? AND target_type = ? "
                           f"AND rid IN ({', '.join('?' * len(chunk))})",
                           ["ImagingStudy", "patient", "Patient", *chunk])
-        patients.update(r[0] for r in rows)
-    return sorted(patients)
+        found.update(r[0] for r in rows)
+    return found
 
 
 _SYSTEM_OBJECT = {"system": ENTITY_TYPE_SYSTEM, "code": "2", "display": "System Object"}
@@ -132,53 +148,66 @@ class _EventIds:
 _event_ids = _EventIds()
 
 
-def build_event(*, subtype: str | None, action: str, status: int, base_url: str, access, address: str | None,
-                query: str, path: str, read: tuple[str, str] | None, patients: list[str]) -> tuple[dict, list, int]:
-    """The AuditEvent dict, its lookup rows (param, value), and when it was recorded (epoch micros).
+def event_record(*, subtype: str | None, action: str, status: int, base_url: str, access, address: str | None,
+                 query: str, path: str, read: tuple[str, str] | None, patients: list[str]) -> tuple[bytes, list]:
+    """What the event says, as the compact JSON the trail keeps, and its lookup rows (param, value).
 
     The lookup rows are the agents and patients; every event has a system-object entity (the
-    query) and a person entity exactly when it names patients, which AuditEvent search derives."""
-    # kept to the microsecond, so events order as they happened; shown to the millisecond
-    micros = time.time_ns() // 1000
-    recorded = micros_to_instant(micros // 1000 * 1000)
+    query) and a person entity exactly when it names patients, which AuditEvent search derives.
+    `render_event` makes the AuditEvent of it when the trail is read."""
     who = access.subject or access.client_id
+    record = {"status": status, "subtype": subtype, "action": action, "who": who, "client": access.client_id,
+              "open": access.open, "address": address, "query": query, "path": path,
+              "read": f"{read[0]}/{read[1]}" if read else None, "patients": patients, "server": base_url}
+    index = [("agent", value) for value in {who, access.client_id} if value]
+    index += [("patient", pid) for pid in patients]
+    return orjson.dumps(record), index
+
+
+def render_event(event_id: str, recorded: int, content: bytes) -> bytes:
+    """The AuditEvent JSON of a stored event (`content` as `event_record` made it); events stored
+    as AuditEvent JSON already are returned as they are."""
+    content = bytes(content)
+    if content.startswith(b'{"resourceType"'):
+        return content
+    r = orjson.loads(content)
+    # kept to the microsecond, so events order as they happened; shown to the millisecond
+    instant = micros_to_instant(recorded // 1000 * 1000)
+    who, client = r["who"], r["client"]
     requestor: dict = {
         "type": _SOURCE_ROLE,
         "who": ({"identifier": {"system": AGENT_SYSTEM, "value": who}} if who else
-                _ANONYMOUS if access.open else _UNKNOWN),
+                _ANONYMOUS if r["open"] else _UNKNOWN),
         "requestor": True,
-        "network": {"address": address or "unknown", "type": "2"},
+        "network": {"address": r["address"] or "unknown", "type": "2"},
     }
-    if access.client_id and access.client_id != who:
-        requestor["altId"] = access.client_id
-    entities: list[dict] = [{"type": _SYSTEM_OBJECT, "role": _QUERY_ROLE, "description": path,
-                             "query": base64.b64encode(query.encode()).decode()}]
-    if read is not None:
-        entities.append({"what": {"reference": f"{read[0]}/{read[1]}"}, "type": _SYSTEM_OBJECT,
-                         "role": _RESOURCE_ROLE})
+    if client and client != who:
+        requestor["altId"] = client
+    entities: list[dict] = [{"type": _SYSTEM_OBJECT, "role": _QUERY_ROLE, "description": r["path"],
+                             "query": base64.b64encode(r["query"].encode()).decode()}]
+    if r["read"]:
+        entities.append({"what": {"reference": r["read"]}, "type": _SYSTEM_OBJECT, "role": _RESOURCE_ROLE})
     entities.extend({"what": {"reference": f"Patient/{pid}"}, "type": _PERSON, "role": _PATIENT_ROLE}
-                    for pid in patients)
-    outcome = _outcome(status)
+                    for pid in r["patients"])
+    outcome = _outcome(r["status"])
     event = {
         "resourceType": "AuditEvent",
-        "id": _event_ids.next(),
-        "meta": {"versionId": "1", "lastUpdated": recorded},
+        "id": event_id,
+        "meta": {"versionId": "1", "lastUpdated": instant},
         "type": EVENT_TYPE,
-        "action": action,
-        "recorded": recorded,
+        "action": r["action"],
+        "recorded": instant,
         "outcome": outcome,
     }
-    if subtype:
-        event["subtype"] = [{"system": INTERACTION_SYSTEM, "code": subtype, "display": subtype}]
+    if r["subtype"]:
+        event["subtype"] = [{"system": INTERACTION_SYSTEM, "code": r["subtype"], "display": r["subtype"]}]
     if outcome != "0":
-        event["outcomeDesc"] = f"HTTP {status}"
-    destination, source = _this_server(base_url)
+        event["outcomeDesc"] = f"HTTP {r['status']}"
+    destination, source = _this_server(r["server"])
     event["agent"] = [requestor, destination]
     event["source"] = source
     event["entity"] = entities
-    index = [("agent", value) for value in {who, access.client_id} if value]
-    index += [("patient", pid) for pid in patients]
-    return event, index, micros
+    return orjson.dumps(event)
 
 
 def _interaction(endpoint: str | None) -> tuple[str | None, str] | None:
@@ -204,11 +233,11 @@ def record(response: Response) -> Response:
                                      getattr(found, "subjects", None)) if status < 400 else [])
         args = req.view_args or {}
         read = ("ImagingStudy", args.get("study")) if "study" in args else (args.get("rtype"), args.get("rid"))
-        event, index, micros = build_event(
+        content, index = event_record(
             subtype=interaction[0], action=interaction[1], status=status, base_url=state.base_url,
             access=current_access(), address=req.remote_addr, query=_query_text(req), path=req.path,
             read=read if all(read) else None, patients=patients)
-        state.audit_log.write(event["id"], micros, event["outcome"], orjson.dumps(event), index)
+        state.audit_log.write(_event_ids.next(), time.time_ns() // 1000, _outcome(status), content, index)
     except Exception as err:  # no trail, no data
         log.error("could not record the audit event of a request: %s", describe(err))
         response.close()

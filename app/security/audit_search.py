@@ -19,6 +19,7 @@ from app.search.dates import DateFormatError, date_range
 from app.search.params import AUDIT_EVENT_PARAMS
 from app.search.query import DATE_PREFIXES, SearchError
 from app.security.access import SEARCH, current_access
+from app.security.audit import render_event
 from app.security.scope import binding
 from app.store.search_sql import SearchResult, date_condition
 
@@ -152,7 +153,7 @@ def _search(items: list[tuple[str, str]]) -> Response:
                                "ORDER BY recorded DESC, id DESC LIMIT ?", [*page_params, count + 1])
     has_more = len(rows) > count
     rows = rows[:count]
-    result = SearchResult([(r[0], bytes(r[1])) for r in rows], total, has_more, [])
+    result = SearchResult([(r[0], render_event(r[0], r[2], r[1])) for r in rows], total, has_more, [])
     next_url = None
     if has_more and rows:
         token = state.page_tokens.make(digest, [rows[-1][2], rows[-1][0]])

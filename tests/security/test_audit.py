@@ -16,6 +16,7 @@ from access_fixtures import grant, load, patient_access, people_app, system_acce
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import text
 
+from app.security.audit import render_event
 from app.store.audit_log import AuditLog
 from app.store.audit_spool import encode, store_digest
 from app.store.repository import Store
@@ -40,8 +41,8 @@ def audited(people_app):
     def events() -> list[dict]:
         people_app.extensions["imaging-facade"].audit_log.flush()  # the spool into the tables
         with store.engine.connect() as conn:
-            rows = conn.execute(text("SELECT content FROM audit_event ORDER BY recorded, id")).all()
-        return [orjson.loads(r[0]) for r in rows]
+            rows = conn.execute(text("SELECT id, recorded, content FROM audit_event ORDER BY recorded, id")).all()
+        return [orjson.loads(render_event(*r)) for r in rows]
 
     def one(method, url, who=None, **kwargs):
         """Run one request; return it and the one AuditEvent it wrote (asserting exactly one)."""
@@ -133,7 +134,8 @@ def test_unauthenticated_requests_are_audited(store_url, write_config):
     assert client.get("/fhir/AuditEvent").status_code == 401
     app.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
-        rows = [orjson.loads(r[0]) for r in conn.execute(text("SELECT content FROM audit_event ORDER BY recorded"))]
+        rows = [orjson.loads(render_event(*r))
+                for r in conn.execute(text("SELECT id, recorded, content FROM audit_event ORDER BY recorded"))]
     store.close()
     assert len(rows) == 2
     event = rows[0]
@@ -296,6 +298,22 @@ def test_audit_parameters_are_the_official_r4_ones():
     for param in AUDIT_EVENT_PARAMS:
         definition = official[("AuditEvent", param.name)]
         assert (definition["url"], definition["type"]) == (param.definition, param.type), param.name
+
+
+def test_audit_search_serves_each_event_whole_as_written_and_as_stored_before(audited):
+    """The trail keeps a compact record of each event and the search makes the AuditEvent of it;
+    events a server stored as AuditEvent JSON (earlier releases) are served as they are."""
+    _, event = audited("GET", "/fhir/ImagingStudy/1.1", "alice")
+    earlier = {"resourceType": "AuditEvent", "id": "stored-whole", "recorded": "2020-01-02T03:04:05.000Z",
+               "type": {"code": "rest"}, "outcome": "0", "agent": [], "source": {"observer": {"display": "x"}}}
+    audit_log = audited.client.application.extensions["imaging-facade"].audit_log
+    audit_log._insert([("stored-whole", 1_577_934_245_000_000, "0", orjson.dumps(earlier), [("agent", "old")])],
+                      may_exist=False)
+    served = {e["resource"]["id"]: e["resource"] for e in _search(audited, "_count=100")["entry"]}
+    assert served[event["id"]] == event
+    AuditEvent.model_validate(served[event["id"]])
+    assert served["stored-whole"] == earlier
+    assert _search(audited, "agent=old")["entry"][0]["resource"] == earlier
 
 
 def test_audit_search_speaks_json_only(audited):

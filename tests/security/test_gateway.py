@@ -9,12 +9,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 import requests
 from access_fixtures import grant, install_accesses, patient_access
 from pydicom.data import get_testdata_file
+from sqlalchemy import text
 
 from app.mapping import map_endpoint
+from app.security.audit import render_event
 from app.store.repository import Store
 from app.sync import mapping_context, sync_source
 from app.web import create_app
@@ -179,14 +182,11 @@ def test_unknown_source_or_study_is_404(gateway):
 def test_gateway_reads_are_audited(gateway):
     client, studies, _ = gateway
     store = client.application.extensions["imaging-facade"].store
-    from sqlalchemy import text
-    import orjson
-
     client.get("/wado-rs/pacs" + _instance_path(studies["CT"]), headers={"X-Test-Access": "ct-patient"})
     client.application.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
-        event = orjson.loads(conn.execute(text("SELECT content FROM audit_event ORDER BY recorded DESC, id DESC"))
-                             .first()[0])
+        event = orjson.loads(render_event(*conn.execute(
+            text("SELECT id, recorded, content FROM audit_event ORDER BY recorded DESC, id DESC")).first()))
     assert event["subtype"][0]["code"] == "read" and event["outcome"] == "0"
     what = [e["what"]["reference"] for e in event["entity"] if "what" in e]
     assert what == [f"ImagingStudy/{studies['CT']['id']}", studies["CT"]["subject"]["reference"]]
