@@ -124,10 +124,14 @@ class AuditLog(Reader):
                         cur.execute("SELECT id FROM audit_event WHERE id = ANY(%s)", ([e[0] for e in events],))
                         stored = {r[0] for r in cur.fetchall()}
                         events = [e for e in events if e[0] not in stored]
-                    cur.executemany("INSERT INTO audit_event (id, recorded, outcome, content) VALUES (%s, %s, %s, %s)",
-                                    [e[:4] for e in events])
-                    cur.executemany("INSERT INTO audit_index (event_id, param, value) VALUES (%s, %s, %s)",
-                                    [(e[0], p, v) for e in events for p, v in e[4]])
+                    # COPY: a few µs per event, where executemany spends ~30 µs adapting each row
+                    with cur.copy("COPY audit_event (id, recorded, outcome, content) FROM STDIN") as copy:
+                        for e in events:
+                            copy.write_row(e[:4])
+                    with cur.copy("COPY audit_index (event_id, param, value) FROM STDIN") as copy:
+                        for e in events:
+                            for param, value in e[4]:
+                                copy.write_row((e[0], param, value))
         except Exception:
             self.reset()
             raise
