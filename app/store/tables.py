@@ -293,6 +293,9 @@ class AuditEventRow(SQLModel, table=True):
     recorded: int = Field(sa_column=Column(BigInteger, nullable=False))
     #: AuditEvent.outcome: 0 success, 4 minor failure (refused, bad request), 8 serious failure
     outcome: str = Field(max_length=2)
+    #: what the event says, as compact JSON (app/security/audit.py `event_record`); the AuditEvent
+    #: is made of it when the trail is read (`render_event`). Rows of earlier releases hold the
+    #: AuditEvent JSON itself, and are served as they are.
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
