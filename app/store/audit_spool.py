@@ -15,9 +15,10 @@ carry a digest of the store they belong to, so servers of different stores may s
 directory without moving each other's events.
 
 Line format: the event's JSON header `[id, recorded, outcome, [[param, value], ...]]`, a
-tab, the AuditEvent JSON, a newline. orjson escapes tabs and newlines inside strings, so
-neither can occur inside the two parts. A last line without its newline was cut short by a
-crash while it was being written: its request got no answer, and it is skipped.
+tab, the event's content (JSON, stored as it is), a newline. orjson escapes tabs and
+newlines inside strings, so neither can occur inside the two parts. A last line without its
+newline was cut short by a crash while it was being written: its request got no answer, and
+it is skipped.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-#: (event id, recorded micros, outcome, AuditEvent JSON, [(param, value), ...])
+#: (event id, recorded micros, outcome, content (JSON), [(param, value), ...])
 Event = tuple[str, int, str, bytes, list]
 SUFFIX = ".spool"
 
