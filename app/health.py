@@ -2,7 +2,9 @@
 
 Per configured source: when a sync last succeeded, how many seconds ago that was (the
 lag: data changed in the archive since then may not be served yet), when the last full
-reconciliation ran, and the last error if it came after the last success. No patient data:
+reconciliation ran, and the last error if it came after the last success. With audit on,
+the audit trail's backlog on this host: events spooled but not yet in the store (they are
+moved every half second, so an old one means the database refuses them). No patient data:
 errors name archives and HTTP statuses, never studies or patients. Public, like /metadata,
 so a load balancer or monitor can read it without a token.
 """
@@ -35,13 +37,28 @@ def source_health(rows: dict[str, tuple], names: list[str], now: int) -> list[di
     return out
 
 
-def init_app(app: Flask, config, reader) -> None:
+#: an audit event waiting this long to be stored marks the server degraded
+AUDIT_BACKLOG_SECONDS = 60
+
+
+def audit_health(spool, now: int) -> dict:
+    segments, oldest = spool.backlog()
+    age = round((now - oldest) / 1_000_000, 1) if oldest is not None else None
+    return {"status": "behind" if age is not None and age > AUDIT_BACKLOG_SECONDS else "ok",
+            "spooledSegments": segments, "oldestSpooledSeconds": age}
+
+
+def init_app(app: Flask, config, reader, audit_log=None) -> None:
     names = [src.name for src in config.sources]
 
     @app.get("/health")
     def health():
         rows = {r[0]: r[1:] for r in reader.all(
             "SELECT source, last_success, last_full, last_error, last_error_at FROM source_state")}
-        sources = source_health(rows, names, instant_now_ms()[0])
-        status = "degraded" if any(s["status"] == "failing" for s in sources) else "ok"
-        return Response(orjson.dumps({"status": status, "sources": sources}), content_type="application/json")
+        now = instant_now_ms()[0]
+        body = {"status": "ok", "sources": source_health(rows, names, now)}
+        if audit_log is not None:
+            body["audit"] = audit_health(audit_log.spool, now)
+        if any(s["status"] == "failing" for s in body["sources"]) or body.get("audit", {}).get("status") == "behind":
+            body["status"] = "degraded"
+        return Response(orjson.dumps(body), content_type="application/json")

@@ -24,7 +24,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     gateway.init_app(app, config)
     if config.security.audit:
         audit.init_app(app)
-    health.init_app(app, config, state.reader)
+    health.init_app(app, config, state.reader, state.audit_log if config.security.audit else None)
     admin_identity.init_app(app)
     _compress(app)
     return app

@@ -117,6 +117,30 @@ class AuditSpool:
         current = self._current
         return bool(self._full) or (current is not None and current.size > 0 and self._pid == os.getpid())
 
+    def backlog(self) -> tuple[int, int | None]:
+        """Segments of this store waiting in the directory (any process's), and when the oldest
+        event among them was recorded (epoch micros; None when none holds an event yet)."""
+        segments, oldest = 0, None
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return 0, None
+        for name in names:
+            if not (name.startswith(self.prefix) and name.endswith(SUFFIX)):
+                continue
+            try:
+                with open(self.directory / name, "rb") as file:
+                    header = file.readline(4096).partition(b"\t")[0]
+            except FileNotFoundError:  # stored and removed meanwhile
+                continue
+            segments += 1
+            try:
+                recorded = orjson.loads(header)[1]
+            except (orjson.JSONDecodeError, IndexError, TypeError):  # empty, or its first line cut short
+                continue
+            oldest = recorded if oldest is None else min(oldest, recorded)
+        return segments, oldest
+
     def drain(self) -> int:
         """Store this process's events so far and any segment a dead process left; how many events
         were drained (those a crashed drain had stored already count too, but are not stored again)."""

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from app.security.audit import render_event
 from app.store.audit_log import AuditLog
-from app.store.audit_spool import encode, store_digest
+from app.store.audit_spool import SUFFIX, encode, store_digest
 from app.store.repository import Store
 from app.store.tables import AuditIndexRow
 from app.web import create_app
@@ -273,6 +273,36 @@ def test_events_wait_in_the_spool_while_the_database_refuses_them(audited):
     events = audited.events()
     assert len(events) == before + 1
     assert events[-1]["entity"][1]["what"]["reference"] == "ImagingStudy/1.1"
+
+
+def test_health_reports_audit_events_not_yet_stored(audited):
+    """A segment no server stores (its writer died, nothing drained since) shows in /health, and
+    an event waiting over a minute marks the server degraded; stored, the backlog is gone."""
+    audit_log = audited.client.application.extensions["imaging-facade"].audit_log
+    audit_log.flush()
+    health = audited.client.get("/health").get_json()
+    assert health["status"] == "ok"
+    assert health["audit"] == {"status": "ok", "spooledSegments": 0, "oldestSpooledSeconds": None}
+    two_minutes_ago = int((datetime.now(timezone.utc) - timedelta(minutes=2)).timestamp() * 1_000_000)
+    spool = audit_log.spool
+    spool.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (spool.directory / f"{spool.prefix}999-dead{SUFFIX}").write_bytes(
+        encode("dead-1", two_minutes_ago, "0", b'{"resourceType":"AuditEvent","id":"dead-1"}', [("agent", "x")]))
+    health = audited.client.get("/health").get_json()
+    assert health["status"] == "degraded"
+    assert health["audit"]["status"] == "behind" and health["audit"]["spooledSegments"] == 1
+    assert 119 <= health["audit"]["oldestSpooledSeconds"] < 180
+    audit_log.flush()
+    health = audited.client.get("/health").get_json()
+    assert health["status"] == "ok" and health["audit"]["spooledSegments"] == 0
+
+
+def test_health_has_no_audit_part_when_audit_is_off(store_url, write_config):
+    config = write_config({"store": store_url, "security": {"open": True, "audit": False}})
+    store = Store.from_config(config)
+    health = create_app(config, store).test_client().get("/health").get_json()
+    store.close()
+    assert health["status"] == "ok" and "audit" not in health
 
 
 def test_capability_statement_lists_the_audit_search(audited):
