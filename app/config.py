@@ -190,6 +190,7 @@ class ServerSchema(Strict):
     secret = fields.String(load_default=None)
     page_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=1, max=7 * 86400))
     wado_gateway = fields.Boolean(load_default=False)
+    trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
 
     @validates_schema
     def _counts(self, data, **_):
@@ -357,6 +358,9 @@ class ServerConfig:
     page_ttl: int = 3600
     #: serve WADO-RS at /wado-rs, forwarding to the archive of a study the token may see
     wado_gateway: bool = False
+    #: reverse proxies (load balancers) in front of the server that append to X-Forwarded-For:
+    #: the client's address, as audit records it, is the one the outermost of them saw
+    trusted_proxies: int = 0
 
     @property
     def wado_gateway_url(self) -> str:

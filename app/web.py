@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Flask
 from flask_compress import Compress
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import health, security
 from app.admin import identity as admin_identity
@@ -27,6 +28,9 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     health.init_app(app, config, state.reader, state.audit_log if config.security.audit else None)
     admin_identity.init_app(app)
     _compress(app)
+    if config.server.trusted_proxies:
+        # X-Forwarded-For from exactly that many proxies; a client cannot forge its address past them
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.server.trusted_proxies)
     return app
 
 

@@ -146,6 +146,29 @@ def test_unauthenticated_requests_are_audited(store_url, write_config):
     assert base64.b64decode(event["entity"][0]["query"]) == b"patient=alice"
 
 
+@pytest.mark.parametrize("proxies, forwarded, recorded", [
+    (0, "203.0.113.7", "127.0.0.1"),  # no proxy configured: the header is the client's word only
+    (1, "203.0.113.7", "203.0.113.7"),  # the load balancer's entry
+    (1, "198.51.100.1, 203.0.113.7", "203.0.113.7"),  # what the client put before it is not believed
+    (2, "198.51.100.1, 203.0.113.7", "198.51.100.1"),
+])
+def test_audit_records_the_client_address_behind_trusted_proxies(store_url, write_config, proxies, forwarded,
+                                                                  recorded):
+    config = write_config({"store": store_url, "server": {"trusted_proxies": proxies},
+                           "security": {"open": True}})
+    store = Store.from_config(config)
+    load(store)
+    app = create_app(config, store)
+    response = app.test_client().get("/fhir/ImagingStudy?patient=alice", headers={"X-Forwarded-For": forwarded},
+                                     environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert response.status_code == 200
+    app.extensions["imaging-facade"].audit_log.flush()
+    with store.engine.connect() as conn:
+        event = orjson.loads(render_event(*conn.execute(text("SELECT id, recorded, content FROM audit_event")).one()))
+    store.close()
+    assert next(a for a in event["agent"] if a["requestor"])["network"] == {"address": recorded, "type": "2"}
+
+
 def test_audit_can_be_off_only_in_open_mode(store_url, write_config):
     from app.config import ConfigError
 

@@ -62,6 +62,7 @@ def test_missing_file_is_named(tmp_path):
         ("sources: []\n", "store", "Missing data"),
         ("store: sqlite:///x.db\nserver: {port: 70000}\n", "server.port", "65535"),
         ("store: sqlite:///x.db\nserver: {colour: blue}\n", "server.colour", "Unknown field"),
+        ("store: sqlite:///x.db\nserver: {trusted_proxies: -1}\n", "server.trusted_proxies", "greater than"),
         ("store: sqlite:///x.db\ntimezone: Mars/Olympus\n", "timezone", "unknown time zone"),
         ("store: sqlite:///x.db\nsources: [{name: a, type: ftp}]\n", "sources[0].type", "folder, dicomweb"),
         ("store: sqlite:///x.db\nsources: [{name: 'a b', type: folder, path: x}]\n", "sources[0].name", "Endpoint"),
