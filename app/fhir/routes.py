@@ -121,7 +121,7 @@ def read(rtype: str, rid: str):
                                             "holds it any more", headers={"ETag": f'W/"{gone[0]}"'})
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     version, micros, content = found
-    g.returned = [(rtype, rid)]
+    g.returned, g.contents = [(rtype, rid)], {rid: content}
     return _resource_response(rtype, rid, version, micros, content)
 
 
@@ -192,10 +192,11 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
         raise FhirError(400, err.code, err.diagnostics) from None
     if cursor is None:
         state.on_demand.before_search(query, scope.fetchable_identifiers())
-    result = run_search(state.reader, query, cursor, with_subjects=state.config.security.audit)
+    result = run_search(state.reader, query, cursor)
     g.returned = [(rtype, rid) for rid, _ in result.matches] + [(t, i) for t, i, _ in result.includes]
-    if result.subjects is not None:
-        g.subjects = {rid: subject for (rid, _), subject in zip(result.matches, result.subjects)}
+    # the audit reads the patients of the studies served off their JSON
+    g.contents = dict(result.matches) if rtype == "ImagingStudy" else {}
+    g.contents.update((rid, content) for t, rid, content in result.includes if t == "ImagingStudy")
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:

@@ -25,8 +25,6 @@ class SearchResult:
     includes: list[tuple[str, str, bytes]]  # (type, id, content)
     #: the last match's sort values and id: where the next page starts
     cursor: list | None = None
-    #: ImagingStudy searches asked `with_subjects`: each match's patient id (None: no Patient subject)
-    subjects: list[str | None] | None = None
 
 
 def _like_escape(text: str) -> str:
@@ -328,16 +326,8 @@ def _count(reader: Reader, query: SearchQuery, where: str, params: list) -> int 
     return max(int(plan[0]["Plan"]["Plan Rows"]), limited)
 
 
-#: an ImagingStudy's patient, beside its content: the audit names it without a query of its own
-#: (by the owner index: SQLite without statistics may pick the covering lookup index and scan it)
-SUBJECT_SQL = ("(SELECT target_id FROM idx_reference x{hint} WHERE x.rtype = 'ImagingStudy' AND x.rid = r.id "
-               "AND x.param = 'patient' AND x.target_type = 'Patient' LIMIT 1)")
-
-
-def run_search(reader: Reader, query: SearchQuery, cursor: list | None, with_subjects: bool = False) -> SearchResult:
-    """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page).
-
-    `with_subjects`: also the patient of each matched ImagingStudy (`SearchResult.subjects`)."""
+def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
+    """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page)."""
     params: list = [query.rtype]
     conditions, driven = ["rtype = ?"], False
     restricted = restriction_sql(query.rtype, query.restrictions, params)
@@ -357,10 +347,7 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None, with_sub
     page_params += params
     order = ", ".join([f"k{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(query.sort)]
                       + ["id"])
-    with_subjects = with_subjects and query.rtype == "ImagingStudy"
-    select = ", ".join(["id", "content"] + [f"{expr} AS k{i}" for i, expr in enumerate(sort_columns)]
-                       + ([SUBJECT_SQL.format(hint=" INDEXED BY ix_reference_owner" if reader.is_sqlite else "")
-                           + " AS subject"] if with_subjects else []))
+    select = ", ".join(["id", "content"] + [f"{expr} AS k{i}" for i, expr in enumerate(sort_columns)])
     sql = f"SELECT {select} FROM resource r WHERE {where}"
     if cursor is not None:
         sql = f"SELECT * FROM ({sql}) AS s WHERE {_after_sql(query, cursor, page_params)}"
@@ -378,8 +365,7 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None, with_sub
     wanted = (query.includes or query.revincludes) and matches
     includes = _includes(reader, query, [m[0] for m in matches]) if wanted else []
     last = [*rows[-1][2:2 + len(sort_columns)], rows[-1][0]] if rows else None
-    subjects = [r[-1] for r in rows] if with_subjects else None
-    return SearchResult(matches, total, has_more, includes, last, subjects)
+    return SearchResult(matches, total, has_more, includes, last)
 
 
 def _chunks(values: list, size: int = 500):

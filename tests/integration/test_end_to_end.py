@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
+from app.security.audit import study_subject
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
@@ -146,6 +147,20 @@ def test_folder_sync_finds_a_patients_studies(open_config, sqlite_url, sample_fo
                for e in by_patient if e["search"]["mode"] == "match")
     assert [e["resource"]["id"] for e in by_patient if e["search"]["mode"] == "include"] == [patient_id]
     store.close()
+
+
+def test_the_audit_reads_each_stored_studys_patient_as_the_index_has_it(store_url, open_config, sample_folder):
+    """The audit names the patient of a served study from its stored JSON, without a query:
+    for every study synced from real files, that is the patient its search index holds."""
+    config = open_config(store_url, sources=[{"name": "sample", "type": "folder", "path": str(sample_folder)}])
+    store, _, client = _synced(config)
+    reader = client.application.extensions["imaging-facade"].reader
+    rows = reader.all("SELECT id, content FROM resource WHERE rtype = ?", ["ImagingStudy"])
+    indexed = dict(reader.all("SELECT rid, target_id FROM idx_reference WHERE rtype = ? AND param = ? "
+                              "AND target_type = ?", ["ImagingStudy", "patient", "Patient"]))
+    store.close()
+    assert len(rows) >= 25
+    assert {rid: study_subject(bytes(content)) for rid, content in rows} == indexed
 
 
 # ------------------------------------------------------------------ DICOMweb source (real Orthanc)
