@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import orjson
-from sqlalchemy import bindparam, create_engine, delete, event, insert, select, update
+from sqlalchemy import bindparam, create_engine, delete, event, insert, null, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
@@ -69,10 +69,12 @@ INDEX_TABLES = (t.TokenIndex, t.StringIndex, t.DateIndex, t.ReferenceIndex)
 # PostgreSQL), and a study runs about twenty. Values go in as parameters (`key_*` in WHERE
 # clauses, column names in VALUES and SET).
 _THE_RESOURCE = (t.Resource.rtype == bindparam("key_rtype"), t.Resource.id == bindparam("key_id"))
-_RESOURCE_STATE = select(t.Resource.version, t.Resource.content_hash).where(*_THE_RESOURCE)
+#: the stored version and hash of a resource, or else the version of its tombstone (content_hash
+#: NULL): a resource that is neither stored nor deleted costs one round trip, not two
+_RESOURCE_STATE = select(t.Resource.version, t.Resource.content_hash).where(*_THE_RESOURCE).union_all(
+    select(t.Tombstone.version, null().cast(t.Resource.content_hash.type)).where(
+        t.Tombstone.rtype == bindparam("key_rtype"), t.Tombstone.id == bindparam("key_id")))
 _UPDATE_RESOURCE = update(t.Resource).where(*_THE_RESOURCE)
-_TOMBSTONE_VERSION = select(t.Tombstone.version).where(t.Tombstone.rtype == bindparam("key_rtype"),
-                                                       t.Tombstone.id == bindparam("key_id"))
 _THE_COPY = (t.StudyCopy.source == bindparam("key_source"), t.StudyCopy.study_uid == bindparam("key_uid"))
 _COPY_STATE = select(t.StudyCopy.content, t.StudyCopy.archive_key).where(*_THE_COPY)
 _UPDATE_COPY = update(t.StudyCopy).where(*_THE_COPY)
@@ -126,15 +128,15 @@ class Store:
         rtype, rid = body["resourceType"], body["id"]
         digest = content_hash(body)
         key = {"key_rtype": rtype, "key_id": rid}
-        row = conn.execute(_RESOURCE_STATE, key).first()
+        found = conn.execute(_RESOURCE_STATE, key).all()
+        row = next((r for r in found if r.content_hash is not None), None)
         if row is not None and row.content_hash == digest:
             return UNCHANGED
         version = 1 if row is None else row.version + 1
-        if row is None:  # served before and deleted: its versions go on
-            gone = conn.execute(_TOMBSTONE_VERSION, key).first()
-            if gone is not None:
-                version = gone.version + 1
-                conn.execute(delete(t.Tombstone).where(t.Tombstone.rtype == rtype, t.Tombstone.id == rid))
+        gone = next((r for r in found if r.content_hash is None), None)
+        if row is None and gone is not None:  # served before and deleted: its versions go on
+            version = gone.version + 1
+            conn.execute(delete(t.Tombstone).where(t.Tombstone.rtype == rtype, t.Tombstone.id == rid))
         micros, instant = instant_now_ms()
         stored = {"resourceType": rtype, "id": rid, "meta": {**body.get("meta", {}),
                   "versionId": str(version), "lastUpdated": instant}}
