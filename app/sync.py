@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from app.config import SourceConfig
-from app.identity.reconcile import reconcile_in
+from app.identity.reconcile import pending, reconcile_pending
 from app.identity.resolve import resolve
 from app.logsafe import describe
 from app.mapping import MappingError, map_endpoint, map_study
@@ -436,9 +436,17 @@ class StudyBatch:
 
     def _match(self, conn, patient_id: str) -> None:
         """Identity matching for a stored patient; should it fail, the study stays stored and
-        matching runs again when its patient next changes."""
+        matching runs again when its patient next changes.
+
+        Whether there is anything to match is read first, outside a savepoint: most studies
+        are of a patient whose features are filed already, and for them matching writes
+        nothing and a savepoint would cost two round trips for nothing to undo.
+        """
         try:
+            work = pending(conn, patient_id, self.store.identity)
+            if work is None:
+                return
             with self.store.savepoint(conn):
-                reconcile_in(conn, self.store, patient_id, self.store.identity)
+                reconcile_pending(conn, self.store, work, self.store.identity)
         except Exception as exc:
             log.error("identity matching failed for a patient of source %s: %s", self.source_name, describe(exc))

@@ -7,10 +7,13 @@ passes a study that is not stored yet.
 """
 from __future__ import annotations
 
+import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 import app.sync as sync
+from app.identity.features import features
+from app.identity.reconcile import digest
 from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
 from app.sources.errors import SourceError
 from app.sources.orthanc_changes import ChangeEvent, ChangesPage
@@ -130,18 +133,18 @@ def test_a_study_the_store_refuses_keeps_the_studies_before_it(setup, monkeypatc
 
 def test_failed_identity_matching_keeps_its_study_and_undoes_only_its_own_writes(setup, monkeypatch):
     store, src = setup
-    reconcile_in = sync.reconcile_in
+    reconcile_pending = sync.reconcile_pending
     failing = "MRN-1"
 
-    def fail_for_one(conn, store_, patient_id, rules, force=False):
-        changed = reconcile_in(conn, store_, patient_id, rules, force)
-        patient = links.stored_patient(conn, patient_id)
+    def fail_for_one(conn, store_, work, rules):
+        changed = reconcile_pending(conn, store_, work, rules)
+        patient = links.stored_patient(conn, work.patient_id)
         if patient["identifier"][0]["value"] == failing:  # a new version, then a failure
             store_._put(conn, {**patient, "name": [{"family": "Changed"}]})
             raise RuntimeError("matching failed")
         return changed
 
-    monkeypatch.setattr(sync, "reconcile_in", fail_for_one)
+    monkeypatch.setattr(sync, "reconcile_pending", fail_for_one)
     summary = sync_source(store, src, source=ListSource([record(n) for n in range(3)]))
     assert summary.new == 3 and summary.error is None
     assert stored(store) == {uid(0), uid(1), uid(2)}
@@ -200,3 +203,38 @@ def test_a_study_deleted_while_waiting_in_its_batch_is_found_and_removed(setup):
     summary = sync_changes(store, src, source, {"seq": 0})
     assert (summary.new, summary.deleted) == (2, 1)
     assert stored(store) == {uid(1)}
+
+
+def patient_study(n: int, mrn: str, name: str, birth: str, day: str) -> StudyRecord:
+    """Study n of patient `mrn`, saying `name` and `birth` about it, dated `day`."""
+    study = record(n)
+    study.attrs.update({"00100020": el("LO", mrn), "00100010": el("PN", {"Alphabetic": name}),
+                        "00100030": el("DA", birth), "00080020": el("DA", day)})
+    return study
+
+
+def test_matching_is_skipped_only_for_a_patient_whose_filed_features_are_its_own(setup):
+    """A study that leaves its patient's features as filed is not matched (no savepoint); one
+    that changes them in the same batch is, and finds the record of the same person."""
+    store, src = setup
+    savepoints = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def note(conn, cursor, statement, params, context, executemany):
+        if statement.startswith("SAVEPOINT"):
+            savepoints.append(statement)
+
+    items = [patient_study(0, "MRN-A", "Doe^Jane", "19700101", "20240101"),
+             patient_study(1, "MRN-A", "Doe^Jane", "19700101", "20240102"),  # the same features
+             patient_study(2, "OTHER-B", "Roe^Anna", "19800505", "20240101"),
+             patient_study(3, "MRN-A", "Roe^Anna", "19800505", "20240103")]  # newest: the patient changes
+    summary = sync_source(store, src, source=ListSource(items))
+    assert summary.new == 4 and summary.error is None
+    assert len(savepoints) == 3  # the first study of each patient, and the one that changed A
+    with store.engine.connect() as conn:
+        patients = {r.id: orjson.loads(r.content) for r in conn.execute(
+            select(t.Resource.id, t.Resource.content).where(t.Resource.rtype == "Patient"))}
+        filed = {r.patient_id: r.digest for r in conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.digest))}
+        pairs = {(r.a, r.b) for r in conn.execute(select(t.PatientLink.a, t.PatientLink.b))}
+    assert filed == {pid: digest(features(p, store.identity)) for pid, p in patients.items()}
+    assert pairs == {tuple(sorted(patients))}  # A, once it says Roe^Anna 1980-05-05, meets B
