@@ -423,11 +423,13 @@ class StudyBatch:
     def _store(self, studies: list[tuple]) -> None:
         outcomes = []
         with self.store.batch() as conn:
+            # nothing quarantines a study while a batch is stored (a quarantine flushes first)
+            quarantined = self.store.quarantined_studies(self.source_name, [s[1] for s in studies], conn)
             for mapped, uid, archive_key, repaired in studies:
                 outcome = self.store.put_study(mapped.imaging_study, mapped.patient, self.source_name,
                                                archive_key, conn=conn)
                 self._match(conn, mapped.patient["id"])
-                released = self.store.release_study(self.source_name, uid, conn)
+                released = self.store.release_study(self.source_name, uid, conn) if uid in quarantined else 0
                 outcomes.append((outcome, released, repaired))
         for outcome, released, repaired in outcomes:  # counted once committed
             self.summary.count(outcome)
