@@ -425,6 +425,7 @@ class StudyBatch:
         with self.store.batch() as conn:
             # nothing quarantines a study while a batch is stored (a quarantine flushes first)
             quarantined = self.store.quarantined_studies(self.source_name, [s[1] for s in studies], conn)
+            self.store.read_ahead(conn, self.source_name, [s[0].imaging_study["id"] for s in studies])
             for mapped, uid, archive_key, repaired in studies:
                 outcome = self.store.put_study(mapped.imaging_study, mapped.patient, self.source_name,
                                                archive_key, conn=conn)

@@ -238,3 +238,25 @@ def test_matching_is_skipped_only_for_a_patient_whose_filed_features_are_its_own
         pairs = {(r.a, r.b) for r in conn.execute(select(t.PatientLink.a, t.PatientLink.b))}
     assert filed == {pid: digest(features(p, store.identity)) for pid, p in patients.items()}
     assert pairs == {tuple(sorted(patients))}  # A, once it says Roe^Anna 1980-05-05, meets B
+
+
+def test_a_study_read_twice_in_one_batch_is_stored_twice_in_order(setup, monkeypatch):
+    """The second time sees what the first stored (a change feed reports a study again when
+    it grows): a new version, not a second version 1, and the batch stays one transaction
+    (not refused, then stored study by study)."""
+    store, src = setup
+    batches = []
+    batch = store.batch
+    monkeypatch.setattr(store, "batch", lambda: batches.append(1) or batch())
+    grown = record(0)
+    grown.series.append(SeriesRecord(attrs={"0020000E": el("UI", f"{uid(0)}.2"), "00080060": el("CS", "MR")},
+                                     instances=[{"00080016": el("UI", CT_IMAGE), "00080018": el("UI", f"{uid(0)}.2.1")}]))
+    summary = sync_source(store, src, source=ListSource([record(0), record(1), grown, record(1)]))
+    assert (summary.new, summary.updated, summary.unchanged) == (2, 1, 1)
+    assert len(batches) == 1
+    with store.engine.connect() as conn:
+        study = conn.execute(select(t.Resource.version, t.Resource.content).where(
+            t.Resource.rtype == "ImagingStudy", t.Resource.id == uid(0))).one()
+        versions = conn.execute(select(t.ResourceVersion.version).where(t.ResourceVersion.id == uid(0))).scalars().all()
+    assert study.version == 2 and sorted(versions) == [1, 2]
+    assert orjson.loads(study.content)["numberOfSeries"] == 2
