@@ -69,7 +69,7 @@ INDEX_TABLES = (t.TokenIndex, t.StringIndex, t.DateIndex, t.ReferenceIndex)
 
 # The statements a sync runs for every study, built once: building a statement and deriving
 # its cache key costs some 0.3 ms, more than running it (0.07 ms on SQLite, 0.2 ms on
-# PostgreSQL), and a study runs about twenty. Values go in as parameters (`key_*` in WHERE
+# PostgreSQL), and a study runs about a dozen. Values go in as parameters (`key_*` in WHERE
 # clauses, column names in VALUES and SET).
 _THE_RESOURCE = (t.Resource.rtype == bindparam("key_rtype"), t.Resource.id == bindparam("key_id"))
 #: the stored version and hash of a resource, or else the version of its tombstone (content_hash
@@ -215,7 +215,8 @@ class Store:
 
         Its studies get the same resources, versions and index rows as one transaction each
         would give them, but the index rows of the whole batch are written at the end (COPY
-        on PostgreSQL), where one INSERT per row costs as much as the rest of a study, and
+        on PostgreSQL), where one INSERT per row costs as much as the rest of a study, what
+        its studies look up first may be read for all of them at once (read_ahead), and
         the batch commits once (without waiting for the disk, see
         _commit_without_waiting_for_disk). Loading the benchmarks' 40,000 studies takes
         minutes instead of an hour.
