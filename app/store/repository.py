@@ -29,7 +29,8 @@ from app.store.indexer import index_rows
 from app.store.study_state import StudyState, read_states
 
 NEW, UPDATED, UNCHANGED, DELETED = "new", "updated", "unchanged", "deleted"
-#: Connection.info key under which a batch collects index rows until it ends
+#: Connection.info key under which a batch collects, until it ends, the rows nothing in it reads
+#: back: index rows under (rtype, id), version rows under (rtype, id, version)
 _PENDING_INDEX = "imaging-facade.pending-index"
 #: Connection.info key under which a batch keeps the study states it read ahead (read_ahead)
 _READ_AHEAD = "imaging-facade.read-ahead"
@@ -151,8 +152,7 @@ class Store:
         else:
             conn.execute(_UPDATE_RESOURCE, dict(key, **values))
             self._drop_index(conn, rtype, rid)
-        conn.execute(insert(t.ResourceVersion), dict(rtype=rtype, id=rid, version=version,
-                                                     last_updated=micros, content=content))
+        self._write_version(conn, dict(rtype=rtype, id=rid, version=version, last_updated=micros, content=content))
         self._write_index(conn, stored)
         return NEW if row is None else UPDATED
 
@@ -166,6 +166,16 @@ class Store:
             (t.DateIndex, [dict(owner, param=p, low=lo, high=hi) for p, lo, hi in rows.dates]),
             (t.ReferenceIndex, [dict(owner, param=p, target_type=tt, target_id=ti) for p, tt, ti in rows.refs]),
         ) if values]
+
+    @staticmethod
+    def _write_version(conn: Connection, row: dict) -> None:
+        """Keep a version for history and vread; only the API reads them, so a batch writes
+        its versions at its end with its index rows."""
+        pending = conn.info.get(_PENDING_INDEX)
+        if pending is not None:
+            pending[(row["rtype"], row["id"], row["version"])] = [(t.ResourceVersion, [row])]
+            return
+        conn.execute(insert(t.ResourceVersion), row)
 
     def _write_index(self, conn: Connection, body: dict) -> None:
         pending = conn.info.get(_PENDING_INDEX)
@@ -214,10 +224,10 @@ class Store:
         """One transaction for many studies (put_study, release_study with its `conn`).
 
         Its studies get the same resources, versions and index rows as one transaction each
-        would give them, but the index rows of the whole batch are written at the end (COPY
-        on PostgreSQL), where one INSERT per row costs as much as the rest of a study, what
-        its studies look up first may be read for all of them at once (read_ahead), and
-        the batch commits once (without waiting for the disk, see
+        would give them, but the index rows and versions of the whole batch are written at
+        the end (COPY on PostgreSQL), where one INSERT per row costs as much as the rest of
+        a study, what its studies look up first may be read for all of them at once
+        (read_ahead), and the batch commits once (without waiting for the disk, see
         _commit_without_waiting_for_disk). Loading the benchmarks' 40,000 studies takes
         minutes instead of an hour.
         """
@@ -260,8 +270,8 @@ class Store:
     @contextmanager
     def savepoint(conn: Connection) -> Iterator[Connection]:
         """A part of a batch that may fail alone: on an exception its writes are undone (the
-        index rows waiting for the end of the batch too) and the exception goes on, while
-        the rest of the batch stays.
+        index rows and versions waiting for the end of the batch too) and the exception goes
+        on, while the rest of the batch stays.
 
         Open it after the batch has written something: Python's sqlite3 begins a transaction
         at the first write, and a SAVEPOINT before that would begin one of its own, which

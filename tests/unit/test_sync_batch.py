@@ -152,9 +152,12 @@ def test_failed_identity_matching_keeps_its_study_and_undoes_only_its_own_writes
         patients = {r.id: r for r in conn.execute(select(t.Resource.id, t.Resource.version, t.Resource.content)
                                                     .where(t.Resource.rtype == "Patient"))}
         filed = set(conn.execute(select(t.PatientMatch.patient_id)).scalars())
+        versions = set(conn.execute(select(t.ResourceVersion.id, t.ResourceVersion.version).where(
+            t.ResourceVersion.rtype == "Patient")))
         names = {(r.rid, r.norm) for r in conn.execute(select(t.StringIndex.rid, t.StringIndex.norm).where(
             t.StringIndex.rtype == "Patient", t.StringIndex.param == "family"))}
     assert len(patients) == 3 and all(p.version == 1 for p in patients.values())
+    assert versions == {(pid, 1) for pid in patients}  # the failed matching's version 2 is undone
     failed = next(pid for pid, p in patients.items() if failing.encode() in p.content)
     assert filed == set(patients) - {failed}  # its matching's writes are undone, the others' kept
     assert {n for rid, n in names if rid == failed} == {"doe"}  # its index rows are version 1's
