@@ -348,10 +348,11 @@ class StudyBatch:
     Each study is stored as if alone, in the order read: its copy and patient, then identity
     matching for the patient, then its release from the quarantine; the batch only shares the
     transaction, and some reads made up front for all its studies, each used only while
-    nothing in the batch can have changed it (Store.read_ahead, Store.quarantined_studies). It is written when full, when its oldest study has waited BATCH_WAIT,
-    before anything that must see the stored studies (a quarantine, a deletion, the caller
-    moving a cursor with `flush`), and when its `with` block ends, however it ends: a run
-    that stops stores what it mapped, and a crash loses only studies no cursor has passed.
+    nothing in the batch can have changed it (Store.read_ahead, Store.quarantined_studies).
+    It is written when full, when its oldest study has waited BATCH_WAIT, before anything
+    that must see the stored studies (a quarantine, a deletion, the caller moving a cursor
+    with `flush`), and when its `with` block ends, however it ends: a run that stops stores
+    what it mapped, and a crash loses only studies no cursor has passed.
     """
 
     def __init__(self, store: Store, source_name: str, ctx: MappingContext, summary: SyncSummary,

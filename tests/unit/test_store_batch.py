@@ -49,13 +49,14 @@ def _snapshot(store: Store) -> dict:
             return sorted(tuple(r) for r in conn.execute(select(*[getattr(table, c) for c in columns])))
 
     def without_time(r) -> tuple:
-        return r.rtype, r.id, r.version, orjson.dumps({**orjson.loads(r.content), "meta": {"versionId": str(r.version)}})
+        body = {**orjson.loads(r.content), "meta": {"versionId": str(r.version)}}
+        return r.rtype, r.id, r.version, orjson.dumps(body)
 
     with store.engine.connect() as conn:
         resources = sorted(without_time(r) for r in conn.execute(
             select(t.Resource.rtype, t.Resource.id, t.Resource.version, t.Resource.content)))
-        versions = sorted(without_time(r) for r in conn.execute(
-            select(t.ResourceVersion.rtype, t.ResourceVersion.id, t.ResourceVersion.version, t.ResourceVersion.content)))
+        versions = sorted(without_time(r) for r in conn.execute(select(
+            t.ResourceVersion.rtype, t.ResourceVersion.id, t.ResourceVersion.version, t.ResourceVersion.content)))
     return {
         "resources": resources,
         "versions": versions,

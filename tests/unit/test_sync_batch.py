@@ -252,8 +252,9 @@ def test_a_study_read_twice_in_one_batch_is_stored_twice_in_order(setup, monkeyp
     batch = store.batch
     monkeypatch.setattr(store, "batch", lambda: batches.append(1) or batch())
     grown = record(0)
+    instance = {"00080016": el("UI", CT_IMAGE), "00080018": el("UI", f"{uid(0)}.2.1")}
     grown.series.append(SeriesRecord(attrs={"0020000E": el("UI", f"{uid(0)}.2"), "00080060": el("CS", "MR")},
-                                     instances=[{"00080016": el("UI", CT_IMAGE), "00080018": el("UI", f"{uid(0)}.2.1")}]))
+                                     instances=[instance]))
     summary = sync_source(store, src, source=ListSource([record(0), record(1), grown, record(1)]))
     assert (summary.new, summary.updated, summary.unchanged) == (2, 1, 1)
     assert len(batches) == 1
