@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from app.config import SourceConfig
-from app.identity.reconcile import reconcile_in
+from app.identity.reconcile import pending, reconcile_pending
 from app.identity.resolve import resolve
 from app.logsafe import describe
 from app.mapping import MappingError, map_endpoint, map_study
@@ -347,10 +347,12 @@ class StudyBatch:
 
     Each study is stored as if alone, in the order read: its copy and patient, then identity
     matching for the patient, then its release from the quarantine; the batch only shares the
-    transaction. It is written when full, when its oldest study has waited BATCH_WAIT,
-    before anything that must see the stored studies (a quarantine, a deletion, the caller
-    moving a cursor with `flush`), and when its `with` block ends, however it ends: a run
-    that stops stores what it mapped, and a crash loses only studies no cursor has passed.
+    transaction, and some reads made up front for all its studies, each used only while
+    nothing in the batch can have changed it (Store.read_ahead, Store.quarantined_studies).
+    It is written when full, when its oldest study has waited BATCH_WAIT, before anything
+    that must see the stored studies (a quarantine, a deletion, the caller moving a cursor
+    with `flush`), and when its `with` block ends, however it ends: a run that stops stores
+    what it mapped, and a crash loses only studies no cursor has passed.
     """
 
     def __init__(self, store: Store, source_name: str, ctx: MappingContext, summary: SyncSummary,
@@ -423,11 +425,14 @@ class StudyBatch:
     def _store(self, studies: list[tuple]) -> None:
         outcomes = []
         with self.store.batch() as conn:
+            # nothing quarantines a study while a batch is stored (a quarantine flushes first)
+            quarantined = self.store.quarantined_studies(self.source_name, [s[1] for s in studies], conn)
+            self.store.read_ahead(conn, self.source_name, [s[0].imaging_study["id"] for s in studies])
             for mapped, uid, archive_key, repaired in studies:
                 outcome = self.store.put_study(mapped.imaging_study, mapped.patient, self.source_name,
                                                archive_key, conn=conn)
                 self._match(conn, mapped.patient["id"])
-                released = self.store.release_study(self.source_name, uid, conn)
+                released = self.store.release_study(self.source_name, uid, conn) if uid in quarantined else 0
                 outcomes.append((outcome, released, repaired))
         for outcome, released, repaired in outcomes:  # counted once committed
             self.summary.count(outcome)
@@ -436,9 +441,17 @@ class StudyBatch:
 
     def _match(self, conn, patient_id: str) -> None:
         """Identity matching for a stored patient; should it fail, the study stays stored and
-        matching runs again when its patient next changes."""
+        matching runs again when its patient next changes.
+
+        Whether there is anything to match is read first, outside a savepoint: most studies
+        are of a patient whose features are filed already, and for them matching writes
+        nothing and a savepoint would cost two round trips for nothing to undo.
+        """
         try:
+            work = pending(conn, patient_id, self.store.identity)
+            if work is None:
+                return
             with self.store.savepoint(conn):
-                reconcile_in(conn, self.store, patient_id, self.store.identity)
+                reconcile_pending(conn, self.store, work, self.store.identity)
         except Exception as exc:
             log.error("identity matching failed for a patient of source %s: %s", self.source_name, describe(exc))

@@ -15,6 +15,7 @@ unlinked however alike the records become.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import orjson
 from sqlalchemy.engine import Connection
@@ -65,15 +66,42 @@ def reconcile_patient(store: Store, patient_id: str, rules: IdentityConfig | Non
         return reconcile_in(conn, store, patient_id, rules, force)
 
 
-def reconcile_in(conn: Connection, store: Store, patient_id: str, rules: IdentityConfig,
-                 force: bool = False) -> list[str]:
-    patient = links.stored_patient(conn, patient_id)
-    if patient is None:
-        return []
+@dataclass
+class Pending:
+    """A stored Patient whose features differ from the ones filed for it: matching has work."""
+
+    patient_id: str
+    features: dict
+    digest: str
+
+
+def pending(conn: Connection, patient_id: str, rules: IdentityConfig, force: bool = False) -> Pending | None:
+    """Whether matching a stored Patient would do anything, found by reading alone.
+
+    None when the Patient is not stored, or its features are the ones filed (a new study of
+    a known patient, most often): matching would write nothing, so a sync need not open a
+    savepoint for it.
+    """
+    found = links.stored_and_filed(conn, patient_id)
+    if found is None:
+        return None
+    patient, filed = found
     feats = features(patient, rules)
     fingerprint = digest(feats)
-    if not force and links.filed_digest(conn, patient_id) == fingerprint:
-        return []
+    if not force and filed == fingerprint:
+        return None
+    return Pending(patient_id, feats, fingerprint)
+
+
+def reconcile_in(conn: Connection, store: Store, patient_id: str, rules: IdentityConfig,
+                 force: bool = False) -> list[str]:
+    work = pending(conn, patient_id, rules, force)
+    return reconcile_pending(conn, store, work, rules) if work is not None else []
+
+
+def reconcile_pending(conn: Connection, store: Store, work: Pending, rules: IdentityConfig) -> list[str]:
+    """File the Patient's new features and match it (see `pending`); the Patients whose links changed."""
+    patient_id, feats, fingerprint = work.patient_id, work.features, work.digest
     links.file_patient(conn, patient_id, fingerprint, feats, blocking_keys(feats))
     if not rules.match_on_sync:
         return []

@@ -39,7 +39,9 @@ class LinkRow:
 # statements a sync runs for every stored patient, built once (see app/store/repository.py)
 _STORED_PATIENT = select(t.Resource.content).where(t.Resource.rtype == "Patient",
                                                    t.Resource.id == bindparam("key_patient"))
-_FILED_DIGEST = select(t.PatientMatch.digest).where(t.PatientMatch.patient_id == bindparam("key_patient"))
+_STORED_AND_FILED = select(t.Resource.content, t.PatientMatch.digest).select_from(t.Resource).outerjoin(
+    t.PatientMatch, t.PatientMatch.patient_id == t.Resource.id).where(
+    t.Resource.rtype == "Patient", t.Resource.id == bindparam("key_patient"))
 _UPDATE_MATCH = update(t.PatientMatch).where(t.PatientMatch.patient_id == bindparam("key_patient"))
 _UNBLOCK = delete(t.PatientBlock).where(t.PatientBlock.patient_id == bindparam("key_patient"))
 _LINKS_OF = select(t.PatientLink).where(
@@ -60,8 +62,11 @@ def stored_patient(conn: Connection, patient_id: str) -> dict | None:
     return orjson.loads(content) if content is not None else None
 
 
-def filed_digest(conn: Connection, patient_id: str) -> str | None:
-    return conn.execute(_FILED_DIGEST, {"key_patient": patient_id}).scalar()
+def stored_and_filed(conn: Connection, patient_id: str) -> tuple[dict, str | None] | None:
+    """A stored Patient and the digest of the features filed for it (None if none are), in one
+    round trip; None if the Patient is not stored."""
+    row = conn.execute(_STORED_AND_FILED, {"key_patient": patient_id}).first()
+    return (orjson.loads(row.content), row.digest) if row is not None else None
 
 
 def file_patient(conn: Connection, patient_id: str, digest: str, features: dict, keys: list[str]) -> None:

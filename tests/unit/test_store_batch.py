@@ -48,14 +48,18 @@ def _snapshot(store: Store) -> dict:
         with store.engine.connect() as conn:
             return sorted(tuple(r) for r in conn.execute(select(*[getattr(table, c) for c in columns])))
 
+    def without_time(r) -> tuple:
+        body = {**orjson.loads(r.content), "meta": {"versionId": str(r.version)}}
+        return r.rtype, r.id, r.version, orjson.dumps(body)
+
     with store.engine.connect() as conn:
-        resources = sorted(
-            (r.rtype, r.id, r.version, orjson.dumps({**orjson.loads(r.content), "meta": {"versionId": str(r.version)}}))
-            for r in conn.execute(select(t.Resource.rtype, t.Resource.id, t.Resource.version, t.Resource.content))
-        )
+        resources = sorted(without_time(r) for r in conn.execute(
+            select(t.Resource.rtype, t.Resource.id, t.Resource.version, t.Resource.content)))
+        versions = sorted(without_time(r) for r in conn.execute(select(
+            t.ResourceVersion.rtype, t.ResourceVersion.id, t.ResourceVersion.version, t.ResourceVersion.content)))
     return {
         "resources": resources,
-        "versions": rows(t.ResourceVersion, "rtype", "id", "version"),
+        "versions": versions,
         "tokens": rows(t.TokenIndex, "rtype", "rid", "param", "system", "code"),
         "strings": rows(t.StringIndex, "rtype", "rid", "param", "norm", "value"),
         "dates": rows(t.DateIndex, "rtype", "rid", "param", "low", "high"),

@@ -7,10 +7,13 @@ passes a study that is not stored yet.
 """
 from __future__ import annotations
 
+import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 import app.sync as sync
+from app.identity.features import features
+from app.identity.reconcile import digest
 from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
 from app.sources.errors import SourceError
 from app.sources.orthanc_changes import ChangeEvent, ChangesPage
@@ -130,18 +133,18 @@ def test_a_study_the_store_refuses_keeps_the_studies_before_it(setup, monkeypatc
 
 def test_failed_identity_matching_keeps_its_study_and_undoes_only_its_own_writes(setup, monkeypatch):
     store, src = setup
-    reconcile_in = sync.reconcile_in
+    reconcile_pending = sync.reconcile_pending
     failing = "MRN-1"
 
-    def fail_for_one(conn, store_, patient_id, rules, force=False):
-        changed = reconcile_in(conn, store_, patient_id, rules, force)
-        patient = links.stored_patient(conn, patient_id)
+    def fail_for_one(conn, store_, work, rules):
+        changed = reconcile_pending(conn, store_, work, rules)
+        patient = links.stored_patient(conn, work.patient_id)
         if patient["identifier"][0]["value"] == failing:  # a new version, then a failure
             store_._put(conn, {**patient, "name": [{"family": "Changed"}]})
             raise RuntimeError("matching failed")
         return changed
 
-    monkeypatch.setattr(sync, "reconcile_in", fail_for_one)
+    monkeypatch.setattr(sync, "reconcile_pending", fail_for_one)
     summary = sync_source(store, src, source=ListSource([record(n) for n in range(3)]))
     assert summary.new == 3 and summary.error is None
     assert stored(store) == {uid(0), uid(1), uid(2)}
@@ -149,9 +152,12 @@ def test_failed_identity_matching_keeps_its_study_and_undoes_only_its_own_writes
         patients = {r.id: r for r in conn.execute(select(t.Resource.id, t.Resource.version, t.Resource.content)
                                                     .where(t.Resource.rtype == "Patient"))}
         filed = set(conn.execute(select(t.PatientMatch.patient_id)).scalars())
+        versions = set(conn.execute(select(t.ResourceVersion.id, t.ResourceVersion.version).where(
+            t.ResourceVersion.rtype == "Patient")))
         names = {(r.rid, r.norm) for r in conn.execute(select(t.StringIndex.rid, t.StringIndex.norm).where(
             t.StringIndex.rtype == "Patient", t.StringIndex.param == "family"))}
     assert len(patients) == 3 and all(p.version == 1 for p in patients.values())
+    assert versions == {(pid, 1) for pid in patients}  # the failed matching's version 2 is undone
     failed = next(pid for pid, p in patients.items() if failing.encode() in p.content)
     assert filed == set(patients) - {failed}  # its matching's writes are undone, the others' kept
     assert {n for rid, n in names if rid == failed} == {"doe"}  # its index rows are version 1's
@@ -200,3 +206,61 @@ def test_a_study_deleted_while_waiting_in_its_batch_is_found_and_removed(setup):
     summary = sync_changes(store, src, source, {"seq": 0})
     assert (summary.new, summary.deleted) == (2, 1)
     assert stored(store) == {uid(1)}
+
+
+def patient_study(n: int, mrn: str, name: str, birth: str, day: str) -> StudyRecord:
+    """Study n of patient `mrn`, saying `name` and `birth` about it, dated `day`."""
+    study = record(n)
+    study.attrs.update({"00100020": el("LO", mrn), "00100010": el("PN", {"Alphabetic": name}),
+                        "00100030": el("DA", birth), "00080020": el("DA", day)})
+    return study
+
+
+def test_matching_is_skipped_only_for_a_patient_whose_filed_features_are_its_own(setup):
+    """A study that leaves its patient's features as filed is not matched (no savepoint); one
+    that changes them in the same batch is, and finds the record of the same person."""
+    store, src = setup
+    savepoints = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def note(conn, cursor, statement, params, context, executemany):
+        if statement.startswith("SAVEPOINT"):
+            savepoints.append(statement)
+
+    items = [patient_study(0, "MRN-A", "Doe^Jane", "19700101", "20240101"),
+             patient_study(1, "MRN-A", "Doe^Jane", "19700101", "20240102"),  # the same features
+             patient_study(2, "OTHER-B", "Roe^Anna", "19800505", "20240101"),
+             patient_study(3, "MRN-A", "Roe^Anna", "19800505", "20240103")]  # newest: the patient changes
+    summary = sync_source(store, src, source=ListSource(items))
+    assert summary.new == 4 and summary.error is None
+    assert len(savepoints) == 3  # the first study of each patient, and the one that changed A
+    with store.engine.connect() as conn:
+        patients = {r.id: orjson.loads(r.content) for r in conn.execute(
+            select(t.Resource.id, t.Resource.content).where(t.Resource.rtype == "Patient"))}
+        filed = {r.patient_id: r.digest for r in conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.digest))}
+        pairs = {(r.a, r.b) for r in conn.execute(select(t.PatientLink.a, t.PatientLink.b))}
+    assert filed == {pid: digest(features(p, store.identity)) for pid, p in patients.items()}
+    assert pairs == {tuple(sorted(patients))}  # A, once it says Roe^Anna 1980-05-05, meets B
+
+
+def test_a_study_read_twice_in_one_batch_is_stored_twice_in_order(setup, monkeypatch):
+    """The second time sees what the first stored (a change feed reports a study again when
+    it grows): a new version, not a second version 1, and the batch stays one transaction
+    (not refused, then stored study by study)."""
+    store, src = setup
+    batches = []
+    batch = store.batch
+    monkeypatch.setattr(store, "batch", lambda: batches.append(1) or batch())
+    grown = record(0)
+    instance = {"00080016": el("UI", CT_IMAGE), "00080018": el("UI", f"{uid(0)}.2.1")}
+    grown.series.append(SeriesRecord(attrs={"0020000E": el("UI", f"{uid(0)}.2"), "00080060": el("CS", "MR")},
+                                     instances=[instance]))
+    summary = sync_source(store, src, source=ListSource([record(0), record(1), grown, record(1)]))
+    assert (summary.new, summary.updated, summary.unchanged) == (2, 1, 1)
+    assert len(batches) == 1
+    with store.engine.connect() as conn:
+        study = conn.execute(select(t.Resource.version, t.Resource.content).where(
+            t.Resource.rtype == "ImagingStudy", t.Resource.id == uid(0))).one()
+        versions = conn.execute(select(t.ResourceVersion.version).where(t.ResourceVersion.id == uid(0))).scalars().all()
+    assert study.version == 2 and sorted(versions) == [1, 2]
+    assert orjson.loads(study.content)["numberOfSeries"] == 2
