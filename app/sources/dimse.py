@@ -42,6 +42,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pynetdicom import AE, _config as _netdicom_config, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 from pynetdicom.status import code_to_category
 
@@ -220,9 +221,14 @@ class DimseSource(ListedSource):
         """An established association with `context` accepted, or a _DimseError."""
         self.stats["associations"] += 1
         opened: list[bool] = []
+        # the rejection as it arrived: a peer that rejects and closes at once can beat pynetdicom's
+        # requestor to its check that the connection is up, which then calls it an abort
+        rejections: list[A_ASSOCIATE_RJ] = []
         assoc = self._ae.associate(
             self.host, self.port, ae_title=self.called_aet,
-            evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: opened.append(True))],
+            evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: opened.append(True)),
+                          (evt.EVT_PDU_RECV, lambda event: isinstance(event.pdu, A_ASSOCIATE_RJ)
+                           and rejections.append(event.pdu))],
         )
         if assoc.is_established:
             if not any(cx.abstract_syntax == context for cx in assoc.accepted_contexts):
@@ -230,11 +236,13 @@ class DimseSource(ListedSource):
                 raise _DimseError(f"the archive does not accept {context.name}", transient=False)
             return assoc
         answer = getattr(assoc.acceptor, "primitive", None)
-        if assoc.is_rejected and answer is not None:
+        rejection = (answer if assoc.is_rejected and answer is not None else
+                     rejections[0].to_primitive() if rejections else None)
+        if rejection is not None:
             # 0x01 rejected-permanent, 0x02 rejected-transient (PS3.8 9.3.4)
             raise _DimseError(
-                f"association rejected ({answer.result_str}, {answer.source_str}: {answer.reason_str})",
-                transient=answer.result == 0x02)
+                f"association rejected ({rejection.result_str}, {rejection.source_str}: {rejection.reason_str})",
+                transient=rejection.result == 0x02)
         if answer is not None and answer.result == 0x00:
             raise _DimseError("the archive accepted none of the proposed presentation contexts",
                               transient=False)
