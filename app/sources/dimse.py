@@ -221,8 +221,9 @@ class DimseSource(ListedSource):
         """An established association with `context` accepted, or a _DimseError."""
         self.stats["associations"] += 1
         opened: list[bool] = []
-        # the rejection as it arrived: a peer that rejects and closes at once can beat pynetdicom's
-        # requestor to its check that the connection is up, which then calls it an abort
+        # the rejection as it arrives (pynetdicom's own verdict can miss it: a peer that rejects and
+        # closes at once can beat the requestor to its check that the connection is up, which
+        # then calls the association aborted)
         rejections: list[A_ASSOCIATE_RJ] = []
         assoc = self._ae.associate(
             self.host, self.port, ae_title=self.called_aet,
@@ -235,14 +236,13 @@ class DimseSource(ListedSource):
                 assoc.release()
                 raise _DimseError(f"the archive does not accept {context.name}", transient=False)
             return assoc
-        answer = getattr(assoc.acceptor, "primitive", None)
-        rejection = (answer if assoc.is_rejected and answer is not None else
-                     rejections[0].to_primitive() if rejections else None)
-        if rejection is not None:
+        if rejections:
+            rejection = rejections[0].to_primitive()
             # 0x01 rejected-permanent, 0x02 rejected-transient (PS3.8 9.3.4)
             raise _DimseError(
                 f"association rejected ({rejection.result_str}, {rejection.source_str}: {rejection.reason_str})",
                 transient=rejection.result == 0x02)
+        answer = getattr(assoc.acceptor, "primitive", None)
         if answer is not None and answer.result == 0x00:
             raise _DimseError("the archive accepted none of the proposed presentation contexts",
                               transient=False)
