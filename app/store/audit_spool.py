@@ -10,9 +10,13 @@ background thread and before every AuditEvent search).
 
 A segment is locked (`flock`) by the process writing it for as long as it is open. A
 segment nobody holds was left by a process that died: any process sharing the directory
-claims it, stores its events (skipping those already stored) and removes it. Segment names
-carry a digest of the store they belong to, so servers of different stores may share a
-directory without moving each other's events.
+claims it, stores its events (skipping those already stored) and removes it. So a segment is
+created under a hidden name that no claim looks at, locked, and only then renamed to the name
+claims look for: created under its final name, another process's claim could lock it in the
+moment before its writer did, find it empty and remove it, and every event then written to it
+would be lost. The writer reads its segment back through its own descriptor, never by name.
+Segment names carry a digest of the store they belong to, so servers of different stores may
+share a directory without moving each other's events.
 
 Line format: the event's JSON header `[id, recorded, outcome, [[param, value], ...]]`, a
 tab, the event's content (JSON, stored as it is), a newline. orjson escapes tabs and
@@ -22,11 +26,13 @@ it is skipped.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +44,11 @@ log = logging.getLogger(__name__)
 #: (event id, recorded micros, outcome, content (JSON), [(param, value), ...])
 Event = tuple[str, int, str, bytes, list]
 SUFFIX = ".spool"
+#: suffix of a segment not yet locked and renamed to its name (`Segment`)
+UNPUBLISHED = ".new"
+#: seconds after which an unpublished segment is taken for the leftover of a writer that died
+#: between creating and renaming it (that takes microseconds); it holds no event
+UNPUBLISHED_STALE = 60.0
 
 
 def store_digest(store_url: str) -> str:
@@ -61,12 +72,24 @@ def decode(data: bytes) -> tuple[list[Event], int]:
 
 
 class Segment:
-    """One open, locked segment file this process appends to."""
+    """One open, locked segment file this process appends to.
+
+    Created as `.<name>.new`, locked, then renamed to `<name>`: the lock is held before any
+    other process can see the segment (see the module docstring).
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        hidden = path.with_name(f".{path.name}{UNPUBLISHED}")
+        self.fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            os.rename(hidden, path)
+        except BaseException:
+            os.close(self.fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(hidden)
+            raise
         self.size = 0
 
     def append(self, line: bytes) -> None:
@@ -76,8 +99,14 @@ class Segment:
             raise OSError(f"audit spool: wrote {written} of {len(line)} bytes")
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as file:
-            return file.read()
+        """What this process wrote, read through its own descriptor (whatever the name holds now)."""
+        chunks, offset = [], 0
+        while True:
+            chunk = os.pread(self.fd, 1 << 20, offset)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            offset += len(chunk)
 
     def remove(self) -> None:
         os.unlink(self.path)
@@ -175,6 +204,9 @@ class AuditSpool:
             return 0
         own = {s.path.name for s in self._full} | ({self._current.path.name} if self._current else set())
         for name in names:
+            if name.startswith("." + self.prefix) and name.endswith(UNPUBLISHED):
+                self._clear_unpublished(self.directory / name)
+                continue
             if not (name.startswith(self.prefix) and name.endswith(SUFFIX)) or name in own:
                 continue
             path = self.directory / name
@@ -199,6 +231,25 @@ class AuditSpool:
             finally:
                 os.close(fd)
         return stored
+
+    @staticmethod
+    def _clear_unpublished(path: Path) -> None:
+        """Remove a segment its writer never renamed, once it is old and nobody holds it: the
+        writer died between creating and locking it, before it held an event."""
+        try:
+            if time.time() - os.stat(path).st_mtime < UNPUBLISHED_STALE:
+                return
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_size == 0:
+                os.unlink(path)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Store what is spooled (at exit); a failure leaves the segment for the next process."""

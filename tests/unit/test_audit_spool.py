@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,59 @@ def test_the_spool_directory_is_private(tmp_path):
     _append(spool, "e0")
     assert (tmp_path / "spool").stat().st_mode & 0o077 == 0
     assert all(path.stat().st_mode & 0o077 == 0 for path in (tmp_path / "spool").iterdir())
+
+
+#: seconds the processes below hammer one spool; raise it to soak longer (AUDIT_SPOOL_SOAK_SECONDS=600)
+SOAK_SECONDS = float(os.environ.get("AUDIT_SPOOL_SOAK_SECONDS", "120"))
+HAMMERING = 6
+
+_HAMMER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from app.store.audit_spool import AuditSpool
+    directory, out, seconds = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+    stored = (out / f"stored-{os.getpid()}").open("ab", buffering=0)
+
+    def store(events, may_exist):
+        stored.write(b"".join(e[0].encode() + b"\\n" for e in events))
+
+    spool = AuditSpool(directory, "sqlite:///shared.db", store)
+    appended = failed = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(7):  # a few events, then a drain: a new segment every few events
+            spool.append(f"{os.getpid()}-{appended}", 1, "0", b"{}", [("patient", "p1")])
+            appended += 1
+        try:
+            spool.drain()
+        except Exception as exc:  # what a server's drain thread would log and retry
+            failed += 1
+    spool.close()
+    (out / f"appended-{os.getpid()}").write_text(f"{appended} {failed}")
+""")
+
+
+@pytest.mark.slow
+def test_many_processes_hammering_one_spool_store_every_event_once(tmp_path):
+    """Six processes append and drain into one spool directory for minutes (each drain also
+    claims what looks orphaned); every event appended is stored exactly once and the spool
+    ends empty. A segment created before it was locked lost events here within a second."""
+    directory, out = tmp_path / "spool", tmp_path / "out"
+    out.mkdir()
+    children = [subprocess.Popen([sys.executable, "-c", _HAMMER, str(directory), str(out), str(SOAK_SECONDS)],
+                                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                for _ in range(HAMMERING)]
+    for child in children:
+        assert child.wait(timeout=SOAK_SECONDS + 120) == 0
+    appended, failed = {}, 0
+    for path in out.glob("appended-*"):
+        count, errors = map(int, path.read_text().split())
+        appended[path.name.removeprefix("appended-")] = count
+        failed += errors
+    stored = Counter(line for path in out.glob("stored-*") for line in path.read_bytes().decode().split())
+    expected = {f"{pid}-{n}" for pid, count in appended.items() for n in range(count)}
+    assert len(appended) == HAMMERING and sum(appended.values()) > 10_000
+    assert failed == 0
+    assert set(stored) == expected, f"{len(expected - set(stored))} events lost"
+    assert max(stored.values()) == 1, "an event was stored twice"
+    assert [p.name for p in directory.iterdir()] == []
