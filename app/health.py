@@ -13,7 +13,7 @@ from __future__ import annotations
 import orjson
 from flask import Flask, Response
 
-from app.search.dates import instant_now_ms, micros_to_instant
+from app.clock import instant_now_ms, micros_to_instant
 
 
 def _instant(micros):

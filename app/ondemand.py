@@ -24,7 +24,7 @@ import orjson
 from app.config import SourceConfig
 from app.fhir.errors import FhirError
 from app.logsafe import describe
-from app.search.dates import instant_now_ms
+from app.clock import instant_now_ms
 from app.search.query import ANY_SYSTEM, ChainClause, Clause, SearchQuery
 from app.sources.errors import SourceError
 from app.sync import SyncSummary, build_source, mapping_context, sync_item

@@ -26,7 +26,7 @@ from app.identity.resolve import resolve
 from app.logsafe import describe
 from app.mapping import MappingError, map_endpoint, map_study
 from app.mapping.context import MappingContext
-from app.search.dates import instant_now_ms
+from app.clock import instant_now_ms
 from app.sources.base import StudyFailure
 from app.sources.errors import SourceError
 from app.store.repository import Store

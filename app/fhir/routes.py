@@ -15,7 +15,7 @@ from app.fhir.paging import PageTokens, search_digest
 from app.ids import valid_id
 from app.ondemand import OnDemand
 from app.security.discovery import rest_security
-from app.search.dates import micros_to_instant
+from app.clock import micros_to_instant
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, parse_search
 from app.security import scope

@@ -8,7 +8,6 @@ are read in the server's configured zone.
 from __future__ import annotations
 
 import re
-import time
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -91,20 +90,3 @@ def date_range(value: str, default_zone: str = "UTC") -> tuple[int, int]:
     # aware datetime + timedelta is wall-clock arithmetic, so a local day across a DST
     # change is still one calendar day
     return _micros(low), (_END_OF_TIME if high is None else _micros(high))
-
-
-def instant_now_ms() -> tuple[int, str]:
-    """The current instant truncated to milliseconds: (epoch micros, FHIR instant string).
-
-    Stored `meta.lastUpdated` carries exactly the precision it is indexed with, so a client
-    that polls with `_lastUpdated=gt<the value it saw>` never gets the same version again.
-    """
-    micros = (time.time_ns() // 1_000_000) * 1000
-    return micros, micros_to_instant(micros)
-
-
-def micros_to_instant(micros: int) -> str:
-    seconds, rest = divmod(micros, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:03d}Z"
-
-

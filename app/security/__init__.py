@@ -35,15 +35,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class OpenModeRefused(Exception):
+    """The config would serve patient data without tokens on a network address."""
+
+
 def check_open_mode(config, host: str) -> str | None:
-    """Refuse to serve open on a network address unless explicitly allowed; return a warning."""
+    """Refuse (OpenModeRefused) to serve open on a network address unless explicitly allowed;
+    return a warning for the log, if any."""
     if not config.security.open:
         if not config.security.checks_tokens:
             return ("security: no token validator configured (security.jwks_uri or security.introspection): "
                     "every data request gets 401")
         return None
     if not is_loopback(host) and not config.security.allow_open_on_network:
-        raise SystemExit(
+        raise OpenModeRefused(
             f"security.open: refusing to serve patient data without tokens on {host}; bind to 127.0.0.1 "
             "or set security.allow_open_on_network: true"
         )

@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.fhir.errors import outcome_response
 from app.logsafe import describe
-from app.search.dates import micros_to_instant
+from app.clock import micros_to_instant
 from app.security.access import current_access
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from app.search.dates import instant_now_ms
+from app.clock import instant_now_ms
 from app.store import tables as t
 
 #: statuses under which both Patients carry a Patient.link to each other

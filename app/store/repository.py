@@ -21,7 +21,7 @@ from sqlmodel import SQLModel
 
 from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
 from app.ids import valid_id
-from app.search.dates import instant_now_ms
+from app.clock import instant_now_ms
 from app.store import links
 from app.store import tables as t
 from app.store.copies import merge_copies

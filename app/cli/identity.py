@@ -6,31 +6,21 @@ tab-separated (list) or JSON (link, unlink, explain); it shows patient ids, neve
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from app.config import CONFIG_ENV
-
-CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
-
-
-def _store(config_path):
-    from app.cli import _load
-    from app.store.repository import Store
-
-    return Store.from_config(_load(config_path))
+from app.cli.common import config_option, fail, load
 
 
 def _run(config_path, action, *args):
     from app.identity.review import IdentityError
+    from app.store.repository import Store
 
-    store = _store(config_path)
+    store = Store.from_config(load(config_path))
     try:
         return action(store, *args)
     except IdentityError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+        fail(str(exc))
     finally:
         store.close()
 
@@ -41,7 +31,7 @@ def identity():
 
 
 @identity.command("list")
-@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+@config_option
 @click.option("--status", default="review", show_default=True,
               type=click.Choice(["review", "linked", "manual-link", "manual-unlink", "all"]))
 @click.option("--patient", default=None, help="only pairs with this Patient id")
@@ -61,7 +51,7 @@ def identity_list(config_path, status, patient):
 
 def _pair_command(name, action_name, help_text):
     @identity.command(name, help=help_text)
-    @click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+    @config_option
     @click.argument("a")
     @click.argument("b")
     def command(config_path, a, b):
@@ -80,7 +70,7 @@ _pair_command("explain", "explain", "Score two Patients feature by feature, and 
 
 
 @identity.command("rematch")
-@click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+@config_option
 def identity_rematch(config_path):
     """Score every Patient again, e.g. after changing the thresholds (a person's decisions stay)."""
     from app.identity.review import rematch

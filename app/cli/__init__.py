@@ -1,0 +1,22 @@
+"""`imaging-facade` command line: thin commands over the same functions the tests call."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from app.cli import check_config, explain, identity, quarantine, serve, sync
+
+
+@click.group()
+def main() -> None:
+    """FHIR R4 ImagingStudy facade over DICOM archives."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+main.add_command(check_config.check_config)
+main.add_command(sync.sync)
+main.add_command(quarantine.quarantine)
+main.add_command(explain.map_file)
+main.add_command(serve.serve)
+main.add_command(identity.identity)

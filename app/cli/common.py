@@ -1,0 +1,27 @@
+"""What every command shares: the --config option and how a bad config or name ends a command."""
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+
+from app.config import CONFIG_ENV, Config, ConfigError, load_config
+
+CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
+
+config_option = click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """End the command with `message` on stderr (exit status 2: the command was asked wrongly)."""
+    click.echo(message, err=True)
+    sys.exit(status)
+
+
+def load(path: str | None) -> Config:
+    """The config, or the end of the command naming every bad key."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))

@@ -1,0 +1,40 @@
+"""`imaging-facade map FILE`: the resources one DICOM file becomes, and where each element came from."""
+from __future__ import annotations
+
+import click
+
+from app.cli.common import CONFIG_HELP, fail, load
+from app.config import ConfigError
+
+
+@click.command("map")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--source", "source_name", default=None,
+              help="map as this source of the config does (its profile, zone, Endpoint); default: the base profile")
+@click.option("--config", "config_path", default=None, help=CONFIG_HELP + "; read only with --source")
+@click.option("--json", "as_json", is_flag=True, help="print JSON: the resources and each element's origin")
+def map_file(file: str, source_name: str | None, config_path: str | None, as_json: bool) -> None:
+    """Print the FHIR resources FILE becomes, with the DICOM tags and profile rule behind each element."""
+    import orjson
+    from rich.console import Console
+
+    from app.explain import ExplainError, explain_file, render
+    from app.mapping.context import MappingContext
+    from app.sync import mapping_context
+
+    if source_name:
+        config = load(config_path)
+        try:
+            ctx = mapping_context(config.source(source_name))
+        except ConfigError as exc:
+            fail(str(exc))
+    else:
+        ctx = MappingContext(source="explain", timezone="UTC", patient_id_system="urn:imaging-facade:source:explain")
+    try:
+        explanation = explain_file(file, ctx)
+    except ExplainError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(orjson.dumps(explanation.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(explanation, Console())

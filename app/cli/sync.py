@@ -1,0 +1,104 @@
+"""`imaging-facade sync [--watch]`: one sync of every source (or one) with a progress bar and a
+summary, or continuous syncing until SIGTERM or Ctrl-C."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from app.cli.common import config_option, fail, load
+from app.config import ConfigError
+
+
+@click.command()
+@config_option
+@click.option("--source", "source_name", default=None, help="sync only this source")
+@click.option("--watch", is_flag=True, help="keep syncing until stopped (SIGTERM or Ctrl-C)")
+def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
+    """Run one sync of every source (or one) with a progress bar and a summary."""
+    from app.store.repository import Store
+
+    config = load(config_path)
+    try:
+        sources = [config.source(source_name)] if source_name else config.sources
+    except ConfigError as exc:
+        fail(str(exc))
+    if not sources:
+        fail("no sources configured")
+    store = Store.from_config(config)
+    if watch:
+        _watch(store, sources)
+        return
+    failed = False
+    for src in sources:
+        summary = sync_with_progress(store, src)
+        failed = failed or bool(summary.error)
+    sys.exit(1 if failed else 0)
+
+
+def _watch(store, sources) -> None:
+    """Poll until SIGTERM or SIGINT; the study in hand is finished first."""
+    import signal
+    import threading
+
+    from app.watch import watch
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def report(summary) -> None:
+        if summary.error:
+            click.echo(f"{summary.source}: poll failed: {summary.error}", err=True)
+        elif summary.changed or summary.failed:
+            click.echo(f"{summary.source}: {summary.new} new, {summary.updated} updated, {summary.deleted} deleted, "
+                       f"{summary.failed} failed")
+
+    names = ", ".join(src.name for src in sources)
+    click.echo(f"watching {names}; stop with SIGTERM or Ctrl-C")
+    watch(store, sources, stop, report)
+    store.close()
+    click.echo("stopped")
+
+
+def sync_with_progress(store, src):
+    """One full sync of `src` with a progress bar on stderr, then its summary; the SyncSummary."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from app.sync import sync_source
+
+    console = Console(stderr=True)
+    columns = [TextColumn(f"[bold]{src.name}[/]"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f} studies/s"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(src.name, total=None, rate=0.0)
+
+        def progress(summary, total) -> None:
+            elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
+            bar.update(task, completed=summary.done, total=total, rate=summary.done / elapsed)
+
+        summary = sync_source(store, src, progress)
+    _report(src.name, summary)
+    return summary
+
+
+def _report(name: str, summary) -> None:
+    stats = ", ".join(f"{k} {v}" for k, v in summary.source_stats.items())
+    click.echo(
+        f"{name}: {summary.new} new, {summary.updated} updated, {summary.unchanged} unchanged, "
+        f"{summary.failed} failed ({summary.repaired} repaired) in {summary.seconds:.1f}s"
+        + (f" [{stats}]" if stats else "")
+    )
+    if summary.failed:
+        click.echo(f"{name}: {summary.failed} studies quarantined; "
+                   f"`imaging-facade quarantine list --source {name}` shows why")
+    if summary.released:
+        click.echo(f"{name}: {summary.released} studies left the quarantine")
+    if summary.deleted:
+        click.echo(f"{name}: {summary.deleted} studies are no longer in the archive")
+    if summary.incomplete:
+        click.echo(f"{name}: the archive's listing was incomplete (it caps its answers); deleted studies "
+                   "were not looked for", err=True)
+    if summary.error:
+        click.echo(f"{name}: sync stopped: {summary.error}", err=True)
