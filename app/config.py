@@ -10,7 +10,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from marshmallow import (
@@ -24,10 +23,11 @@ from marshmallow import (
 )
 from sqlalchemy.engine import make_url
 
-from app.ids import valid_id
+from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
+from app.identity.settings import IdentityConfig, IdentitySchema
 from app.mapping.profile import Profile, ProfileError, source_profile
 from app.mapping.profile_yaml import YamlProblem, load_marked
-from app.identity.settings import DEFAULT as IDENTITY_DEFAULT, IdentityConfig, IdentitySchema
+from app.sources.settings import OnDemandSettings, SourceSchema, SourceSettings, check_zone, protocol_settings
 
 DEFAULT_CONFIG = "config.yaml"
 CONFIG_ENV = "IMAGING_FACADE_CONFIG"
@@ -46,136 +46,14 @@ class ConfigError(Exception):
         super().__init__(f"invalid configuration in {source}:\n  " + "\n  ".join(lines))
 
 
-def _check_zone(value: str) -> None:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValidationError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
-
-
-def _check_aet(value: str) -> None:
-    """A DICOM AE title (PS3.5 AE VR): 1-16 characters, no backslash or control
-    character, not only spaces (leading and trailing spaces are not significant)."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError("must be a DICOM AE title of 1-16 characters, not only spaces")
-    if len(value) > 16:
-        raise ValidationError(f"a DICOM AE title has at most 16 characters (this one has {len(value)})")
-    if "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValidationError("a DICOM AE title must not contain a backslash or control characters")
-
-
-def _check_uri(value: str) -> None:
-    if not isinstance(value, str) or ":" not in value or any(c.isspace() for c in value):
-        raise ValidationError(f"{value!r} is not a URI (e.g. urn:oid:1.2.3 or https://hospital.example/mrn)")
-
-
-def _check_profile(value) -> None:
-    if not isinstance(value, (str, dict)):
-        raise ValidationError("must be the name of a mapping profile file, or a mapping of profile keys")
-
-
 class Strict(Schema):
     class Meta:
         unknown = RAISE
 
 
-class OnDemandSchema(Strict):
-    max_age = fields.Float(required=True, validate=validate.Range(min=0))
-    deadline = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=300))
-
-
-class SourceSchema(Strict):
-    name = fields.String(required=True)
-    type = fields.String(required=True, validate=validate.OneOf(["folder", "dicomweb", "dimse"]))
-    timezone = fields.String(load_default=None, validate=_check_zone)
-    patient_id_system = fields.String(load_default=None, validate=_check_uri)
-    accession_system = fields.String(load_default=None, validate=_check_uri)
-    issuer_systems = fields.Dict(keys=fields.String(), values=fields.String(validate=_check_uri), load_default=dict)
-    # mapping profile layers (fhir_profiles/README.md): a vendor, and the source's own
-    vendor = fields.String(load_default=None, validate=validate.Length(min=1))
-    profile = fields.Raw(load_default=None, validate=_check_profile)
-    wado_url = fields.URL(load_default=None, require_tld=False)
-    # folder
-    path = fields.String(load_default=None)
-    # dicomweb
-    url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
-    username = fields.String(load_default=None)
-    password = fields.String(load_default=None)
-    token = fields.String(load_default=None)
-    timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1))
-    page_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
-    instance_metadata = fields.Boolean(load_default=False)
-    changes = fields.String(load_default=None, validate=validate.OneOf(
-        ["orthanc"], error="must be 'orthanc' (Orthanc's /changes feed is the one change feed supported)"))
-    rest_url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
-    # dicomweb and dimse: the most studies the archive answers to one query
-    max_results = fields.Integer(load_default=None, validate=validate.Range(min=1))
-    # dimse (C-FIND); `timeout` above applies too
-    host = fields.String(load_default=None, validate=validate.Length(min=1))
-    port = fields.Integer(load_default=104, validate=validate.Range(min=1, max=65535))
-    called_aet = fields.String(load_default=None, validate=_check_aet)
-    calling_aet = fields.String(load_default="FACADE", validate=_check_aet)
-    # continuous sync (sync --watch, server.watch)
-    poll_interval = fields.Float(load_default=None, validate=validate.Range(min=0.2, max=86400))
-    full_every = fields.Float(load_default=86400.0, validate=validate.Range(min=10))
-    window_overlap_days = fields.Integer(load_default=1, validate=validate.Range(min=0, max=366))
-    on_demand = fields.Nested(OnDemandSchema, load_default=None)
-
-    @validates("name")
-    def _name(self, value, **_):
-        if not valid_id(value):
-            raise ValidationError(
-                "must be 1-64 letters, digits, '-' or '.', because it becomes the id of the source's Endpoint"
-            )
-
-    @validates_schema(skip_on_field_errors=False)
-    def _by_type(self, data, **_):
-        if data.get("type") == "folder" and not data.get("path"):
-            raise ValidationError("a folder source needs a path", "path")
-        if data.get("type") == "dicomweb" and not data.get("url"):
-            raise ValidationError("a dicomweb source needs a url", "url")
-        if data.get("type") == "dimse":
-            # a key that failed its own check is absent here: its error is already reported
-            missing = {}
-            if "host" in data and not data["host"]:
-                missing["host"] = ["a dimse source needs a host (the archive's address)"]
-            if "called_aet" in data and not data["called_aet"]:
-                missing["called_aet"] = ["a dimse source needs a called_aet (the archive's AE title)"]
-            if missing:
-                raise ValidationError(missing)
-        if data.get("on_demand") and data.get("type") == "folder":
-            raise ValidationError("on-demand fetching needs an archive that answers queries (dicomweb or dimse)",
-                                  "on_demand")
-        if data.get("password") and not data.get("username"):
-            raise ValidationError("a password needs a username", "username")
-
-    @validates_schema(skip_on_field_errors=False)
-    def _change_feed(self, data, **_):
-        problems = {}
-        kind = data.get("type")
-        if data.get("max_results") is not None and kind == "folder":
-            problems["max_results"] = ["max_results is for dicomweb and dimse sources (a folder has no limit)"]
-        if data.get("changes") is not None and kind != "dicomweb":
-            problems["changes"] = ["changes: orthanc is for a dicomweb source on Orthanc (it reads Orthanc's REST API)"]
-        if data.get("rest_url") is not None and data.get("changes") is None and "changes" not in problems:
-            problems["rest_url"] = ["rest_url is only used with changes: orthanc"]
-        if (data.get("changes") == "orthanc" and kind == "dicomweb" and data.get("url")
-                and not data.get("rest_url") and orthanc_rest_url(data["url"]) is None):
-            problems["rest_url"] = ["changes: orthanc needs the rest_url of Orthanc's REST API (e.g. "
-                                    "http://pacs:8042), because the url does not end in /dicom-web"]
-        if problems:
-            raise ValidationError(problems)
-
-
 def gateway_url(base_url: str) -> str:
     """The WADO-RS gateway's public address, next to the FHIR base (…/fhir -> …/wado-rs)."""
     return base_url.rstrip("/").rsplit("/", 1)[0] + "/wado-rs"
-
-
-def orthanc_rest_url(dicomweb_url: str) -> str | None:
-    """Orthanc's REST API root under its DICOMweb URL (…/dicom-web), or None if it is not one."""
-    url = dicomweb_url.rstrip("/")
-    return url[: -len("/dicom-web")] if url.endswith("/dicom-web") and len(url) > len("/dicom-web") else None
 
 
 class ServerSchema(Strict):
@@ -276,7 +154,7 @@ class SecuritySchema(Strict):
 
 class ConfigSchema(Strict):
     store = fields.String(required=True)
-    timezone = fields.String(load_default="UTC", validate=_check_zone)
+    timezone = fields.String(load_default="UTC", validate=check_zone)
     server = fields.Nested(ServerSchema, load_default=lambda: ServerSchema().load({}))
     security = fields.Nested(SecuritySchema, load_default=lambda: SecuritySchema().load({}))
     sources = fields.List(fields.Nested(SourceSchema), load_default=list)
@@ -293,55 +171,6 @@ class ConfigSchema(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValidationError(f"source names must be unique; repeated: {', '.join(dupes)}")
-
-
-@dataclass(frozen=True)
-class OnDemandConfig:
-    #: seconds: a patient's studies older than this are fetched from the archive before a search
-    max_age: float
-    #: seconds a search waits for that fetch before answering 503 with Retry-After
-    deadline: float = 5.0
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    name: str
-    type: str
-    timezone: str
-    patient_id_system: str
-    accession_system: str | None
-    issuer_systems: dict
-    wado_url: str | None
-    path: Path | None = None
-    #: the address its Endpoint shows: `wado_url`, or the facade's WADO-RS gateway for it
-    endpoint_url: str | None = None
-    #: the Endpoint's requires-access-token: true behind the gateway of a server needing tokens
-    endpoint_requires_token: bool = False
-    url: str | None = None
-    username: str | None = None
-    password: str | None = None
-    token: str | None = None
-    timeout: float = 30.0
-    page_size: int = 100
-    instance_metadata: bool = False
-    #: "orthanc": follow Orthanc's /changes feed at `rest_url`
-    changes: str | None = None
-    rest_url: str | None = None
-    #: the most studies the archive answers to one query (Orthanc: LimitFindResults)
-    max_results: int | None = None
-    host: str | None = None
-    port: int = 104
-    called_aet: str | None = None
-    calling_aet: str = "FACADE"
-    #: seconds between incremental polls in watch mode
-    poll_interval: float = 60.0
-    #: seconds between full reconciliations (complete listings that also find deletions)
-    full_every: float = 86400.0
-    #: days before the last polled date that a date-window poll asks for again
-    window_overlap_days: int = 1
-    on_demand: OnDemandConfig | None = None
-    #: the merged mapping profile (base, vendor, the source's own); None: the base alone
-    profile: Profile | None = None
 
 
 @dataclass(frozen=True)
@@ -417,11 +246,11 @@ class Config:
     timezone: str
     server: ServerConfig
     security: SecurityConfig
-    sources: list[SourceConfig] = field(default_factory=list)
+    sources: list[SourceSettings] = field(default_factory=list)
     path: Path | None = None
     identity: IdentityConfig = IDENTITY_DEFAULT
 
-    def source(self, name: str) -> SourceConfig:
+    def source(self, name: str) -> SourceSettings:
         for src in self.sources:
             if src.name == name:
                 return src
@@ -532,12 +361,6 @@ def _profile(src: dict, index: int, root: Path, path: Path, lines: dict) -> Prof
         raise ConfigError(str(path), {key: exc.problems}) from exc
 
 
-def _rest_url(src: dict) -> str | None:
-    if src["changes"] != "orthanc":
-        return None
-    return (src["rest_url"] or orthanc_rest_url(src["url"])).rstrip("/")
-
-
 def _audit_spool(sec: dict, store: str, root: Path) -> Path:
     """Configured, else beside an SQLite store's file, else `.audit-spool` beside the config."""
     if sec["audit_spool"]:
@@ -571,44 +394,9 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
     sources = []
     server = data["server"]
     gateway = gateway_url(server["base_url"]) if server["wado_gateway"] else None
+    identity = IdentityConfig.from_data(data["identity"])
     for index, src in enumerate(data["sources"]):
-        zone = src["timezone"] or data["timezone"]
-        profile = _profile(src, index, root, path, lines or {})
-        wado_url = src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)
-        sources.append(
-            SourceConfig(
-                name=src["name"],
-                type=src["type"],
-                timezone=zone,
-                patient_id_system=profile.patient_id_system or f"urn:imaging-facade:source:{src['name']}",
-                accession_system=profile.accession_system,
-                issuer_systems=dict(profile.issuers),
-                wado_url=wado_url.rstrip("/") if wado_url else None,
-                endpoint_url=f"{gateway}/{src['name']}" if gateway and wado_url else wado_url,
-                endpoint_requires_token=bool(gateway and wado_url and not data["security"]["open"]),
-                path=(root / src["path"]).resolve() if src["path"] else None,
-                url=src["url"].rstrip("/") if src["url"] else None,
-                username=src["username"],
-                password=src["password"],
-                token=src["token"],
-                timeout=src["timeout"],
-                page_size=src["page_size"],
-                instance_metadata=src["instance_metadata"],
-                changes=src["changes"],
-                rest_url=_rest_url(src),
-                max_results=src["max_results"],
-                host=src["host"],
-                port=src["port"],
-                called_aet=src["called_aet"].strip() if src["called_aet"] else None,
-                calling_aet=src["calling_aet"].strip(),
-                poll_interval=(src["poll_interval"] if src["poll_interval"] is not None
-                               else 1.0 if src["changes"] == "orthanc" else 60.0),
-                full_every=src["full_every"],
-                window_overlap_days=src["window_overlap_days"],
-                on_demand=OnDemandConfig(**src["on_demand"]) if src["on_demand"] else None,
-                profile=profile,
-            )
-        )
+        sources.append(_source(src, index, data, root, path, lines or {}, gateway, identity))
     return Config(
         store=store,
         timezone=data["timezone"],
@@ -616,5 +404,31 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         security=_security(data["security"], server["base_url"].rstrip("/"), store, root),
         sources=sources,
         path=path.resolve(),
-        identity=IdentityConfig.from_data(data["identity"]),
+        identity=identity,
+    )
+
+
+def _source(src: dict, index: int, data: dict, root: Path, path: Path, lines: dict, gateway: str | None,
+            identity: IdentityConfig) -> SourceSettings:
+    """One checked `sources[index]` entry as settings: its profile merged, its paths resolved."""
+    profile = _profile(src, index, root, path, lines)
+    wado_url = src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)
+    return SourceSettings(
+        name=src["name"],
+        type=src["type"],
+        timezone=src["timezone"] or data["timezone"],
+        patient_id_system=profile.patient_id_system or f"urn:imaging-facade:source:{src['name']}",
+        protocol=protocol_settings(src, root),
+        accession_system=profile.accession_system,
+        issuer_systems=dict(profile.issuers),
+        wado_url=wado_url.rstrip("/") if wado_url else None,
+        endpoint_url=f"{gateway}/{src['name']}" if gateway and wado_url else wado_url,
+        endpoint_requires_token=bool(gateway and wado_url and not data["security"]["open"]),
+        poll_interval=(src["poll_interval"] if src["poll_interval"] is not None
+                       else 1.0 if src["changes"] == "orthanc" else 60.0),
+        full_every=src["full_every"],
+        window_overlap_days=src["window_overlap_days"],
+        on_demand=OnDemandSettings(**src["on_demand"]) if src["on_demand"] else None,
+        profile=profile,
+        identity=identity,
     )

@@ -21,7 +21,8 @@ import pydicom
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataset import generate  # noqa: E402
 
-from app.config import SourceConfig  # noqa: E402
+from app.sources.folder import FolderSettings  # noqa: E402
+from app.sources.settings import SourceSettings  # noqa: E402
 from app.store.repository import Store  # noqa: E402
 from app.sync import sync_source  # noqa: E402
 
@@ -36,8 +37,8 @@ def raw_parse(files: list[Path]) -> float:
 def folder_sync(root: Path, files: int, workdir: Path, n: int) -> tuple[float, dict]:
     db = workdir / f"bench-{n}.db"
     store = Store(f"sqlite:///{db}")
-    src = SourceConfig(name="bench", type="folder", timezone="UTC", patient_id_system="urn:bench",
-                       accession_system=None, issuer_systems={}, wado_url=None, path=root)
+    src = SourceSettings(name="bench", type="folder", timezone="UTC", patient_id_system="urn:bench",
+                         protocol=FolderSettings(path=root))
     start = time.perf_counter()
     summary = sync_source(store, src)
     rate = files / (time.perf_counter() - start)

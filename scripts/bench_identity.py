@@ -43,7 +43,9 @@ from app.identity.match import match  # noqa: E402
 from app.identity.reconcile import digest, reconcile_patient  # noqa: E402
 from app.identity.settings import DEFAULT  # noqa: E402
 from app.store import tables as t  # noqa: E402
-from app.store.repository import Store, content_hash  # noqa: E402
+from app.store.repository import Store  # noqa: E402
+from app.store.resources import content_hash  # noqa: E402
+from app.store.engine import bulk_insert  # noqa: E402
 from identity_corpus import FEMALE, MALE, _typo  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -109,7 +111,7 @@ def fill(store: Store, patients: list[dict]) -> None:
         with store.engine.begin() as conn:
             for table, rows in ((t.Resource, resources), (t.PatientContribution, contributions),
                                 (t.PatientMatch, matches), (t.PatientBlock, blocks)):
-                store._bulk_insert(conn, table, rows)
+                bulk_insert(conn, table, rows)
     store.analyze()
     with store.engine.begin() as conn:
         if store.engine.dialect.name == "postgresql":
@@ -145,9 +147,9 @@ def bench(store: Store, existing: list[dict], queries: int, rng: random.Random) 
         uid = f"2.25.{uuid.uuid4().int}"
         study = {"resourceType": "ImagingStudy", "id": uid, "status": "available",
                  "subject": {"reference": f"Patient/{p['id']}"}}
-        store.put_study(study, p, "new")  # what sync stores first (not timed)
+        store.studies.put(study, p, "new")  # what sync stores first (not timed)
         began = time.perf_counter()
-        changed = reconcile_patient(store, p["id"])
+        changed = reconcile_patient(store, p["id"], DEFAULT)
         reconcile.append(time.perf_counter() - began)
         linked += bool(changed)
     with store.engine.connect() as conn:

@@ -47,7 +47,8 @@ from dataset import generate  # noqa: E402
 from orthanc import OrthancServer  # noqa: E402
 
 from app.config import load_config  # noqa: E402
-from app.sources.base import SeriesRecord, StudyRecord, exact_bytes  # noqa: E402
+from app.sources.base import SeriesRecord, StudyRecord  # noqa: E402
+from app.sources.queried import exact_bytes  # noqa: E402
 from app.sources.dicomweb import DicomwebSource  # noqa: E402
 from app.store.repository import Store  # noqa: E402
 from app.sync import sync_source  # noqa: E402
@@ -60,8 +61,11 @@ class ReplaySource:
 
     def __init__(self, records: list[StudyRecord]):
         self.records = records
+        self.name = "pacs"
         self.stats: dict = {}
         self.listing_complete = True
+        self.answers_queries = True
+        self.change_feed = None
 
     def total(self) -> int:
         return len(self.records)

@@ -334,7 +334,7 @@ def load_store(store, arch: Archive, max_instances: int | None = None, batch: in
     Returns outcome counts and timings.
     """
     ctx = mapping_context()
-    store.put_resource(map_endpoint(ctx))
+    store.resources.put(map_endpoint(ctx))
     started = time.perf_counter()
     _ARCHIVES[(arch.size, arch.seed)] = arch  # forked workers inherit the plan
     chunks = [(arch.size, arch.seed, a, min(a + batch, arch.size), max_instances)
@@ -344,7 +344,7 @@ def load_store(store, arch: Archive, max_instances: int | None = None, batch: in
     with multiprocessing.get_context("fork").Pool(processes) if processes > 1 else _Inline() as pool:
         done = 0
         for mapped in pool.imap(_mapped, chunks):
-            for outcome in store.put_studies(mapped, SOURCE):
+            for outcome in store.studies.put_many(mapped, SOURCE):
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
             done += len(mapped)
             if progress:

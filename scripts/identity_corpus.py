@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from app.config import load_config  # noqa: E402
 from app.identity.scoring import score  # noqa: E402
+from app.identity.settings import IdentityConfig  # noqa: E402
 from app.store import links  # noqa: E402
 from app.store import tables as t  # noqa: E402
 from app.store.repository import Store  # noqa: E402
@@ -322,7 +323,7 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def evaluate(store: Store, records: list[Record], people: list[Person]) -> Evaluation:
+def evaluate(store: Store, records: list[Record], people: list[Person], rules: IdentityConfig) -> Evaluation:
     """Compare the store's links with the truth: which stored Patient is whose record."""
     system_of = {issuer: system for issuer, system in [*ARCHIVES.values(), LEGACY_A]}
     person_of = {(system_of[r.issuer], r.patient_id): r.person for r in records}
@@ -362,7 +363,7 @@ def evaluate(store: Store, records: list[Record], people: list[Person]) -> Evalu
                 feats = links.features_of(conn, list(pair))
             result = score(feats[pair[0]], feats[pair[1]])
             explanation, where = result.as_dict(), ("not a candidate (no blocking key in common)"
-                                                    if result.points >= store.identity.review else "below review")
+                                                    if result.points >= rules.review else "below review")
         else:
             explanation, where = row.explanation, row.status
         weak = [f"{c['feature']}: {c['reason']}" for c in explanation["contributions"]
@@ -396,7 +397,7 @@ def run(people_count: int, seed: int, store_url: str | None, workdir: Path) -> E
                 summary = sync_source(store, src)
                 if summary.error or summary.failed:
                     raise RuntimeError(f"sync of {src.name}: {summary.error or summary.failed} failed")
-            return evaluate(store, records, people)
+            return evaluate(store, records, people, config.identity)
         finally:
             store.close()
     finally:

@@ -23,6 +23,10 @@ def _store():
     return current_app.extensions["imaging-facade"].store
 
 
+def _rules():
+    return current_app.extensions["imaging-facade"].config.identity
+
+
 @bp.errorhandler(IdentityError)
 def _identity_error(err: IdentityError):
     return jsonify({"error": str(err)}), err.status
@@ -55,7 +59,7 @@ def list_links():
 def explain():
     a = _patient_id(request.args.get("a"), "a")
     b = _patient_id(request.args.get("b"), "b")
-    return jsonify(review.explain(_store(), a, b))
+    return jsonify(review.explain(_store(), a, b, _rules()))
 
 
 def _pair_body() -> tuple[str, str]:
@@ -67,12 +71,12 @@ def _pair_body() -> tuple[str, str]:
 
 @bp.post("/link")
 def link():
-    return jsonify(review.link(_store(), *_pair_body()))
+    return jsonify(review.link(_store(), *_pair_body(), _rules()))
 
 
 @bp.post("/unlink")
 def unlink():
-    return jsonify(review.unlink(_store(), *_pair_body()))
+    return jsonify(review.unlink(_store(), *_pair_body(), _rules()))
 
 
 def init_app(app) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import click
 
 from app.cli.common import config_option, load
+from app.sources.dicomweb import DicomwebSettings
+from app.sources.folder import FolderSettings
 
 
 def _security_summary(security) -> str:
@@ -25,6 +27,14 @@ def _redact(url: str) -> str:
     return url
 
 
+def _where(protocol) -> str:
+    if isinstance(protocol, FolderSettings):
+        return str(protocol.path)
+    if isinstance(protocol, DicomwebSettings):
+        return protocol.url
+    return f"{protocol.host}:{protocol.port} (called {protocol.called_aet}, calling {protocol.calling_aet})"
+
+
 @click.command("check-config")
 @config_option
 def check_config(config_path: str | None) -> None:
@@ -35,8 +45,6 @@ def check_config(config_path: str | None) -> None:
     click.echo(f"  FHIR base URL: {config.server.base_url}  (search dates without a zone read in {config.timezone})")
     click.echo(f"  security: {_security_summary(config.security)}")
     for src in config.sources:
-        where = {"folder": src.path, "dicomweb": src.url,
-                 "dimse": f"{src.host}:{src.port} (called {src.called_aet}, calling {src.calling_aet})"}[src.type]
-        click.echo(f"  source {src.name}: {src.type} {where} (local times in {src.timezone})")
+        click.echo(f"  source {src.name}: {src.type} {_where(src.protocol)} (local times in {src.timezone})")
         if src.profile is not None:
             click.echo(f"    mapping profile: {' -> '.join(src.profile.layers)}")

@@ -18,14 +18,13 @@ def map_file(file: str, source_name: str | None, config_path: str | None, as_jso
     import orjson
     from rich.console import Console
 
-    from app.explain import ExplainError, explain_file, render
     from app.mapping.context import MappingContext
-    from app.sync import mapping_context
+    from app.sync.explain import ExplainError, explain_file, render
 
     if source_name:
         config = load(config_path)
         try:
-            ctx = mapping_context(config.source(source_name))
+            ctx = config.source(source_name).mapping_context()
         except ConfigError as exc:
             fail(str(exc))
     else:

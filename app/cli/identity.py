@@ -12,13 +12,15 @@ import click
 from app.cli.common import config_option, fail, load
 
 
-def _run(config_path, action, *args):
+def _run(config_path, action):
+    """`action(store, identity rules)` on the configured store; a refusal ends the command."""
     from app.identity.review import IdentityError
     from app.store.repository import Store
 
-    store = Store.from_config(load(config_path))
+    config = load(config_path)
+    store = Store.from_config(config)
     try:
-        return action(store, *args)
+        return action(store, config.identity)
     except IdentityError as exc:
         fail(str(exc))
     finally:
@@ -39,7 +41,7 @@ def identity_list(config_path, status, patient):
     """Scored pairs of Patients, best first: patient a, patient b, status, points."""
     from app.identity.review import list_pairs
 
-    pairs = _run(config_path, list_pairs, None if status == "all" else status, patient)
+    pairs = _run(config_path, lambda store, _rules: list_pairs(store, None if status == "all" else status, patient))
     if not pairs:
         click.echo(f"no pairs ({status})")
         return
@@ -57,8 +59,9 @@ def _pair_command(name, action_name, help_text):
     def command(config_path, a, b):
         from app.identity import review
 
-        result = _run(config_path, getattr(review, action_name), a.removeprefix("Patient/"),
-                      b.removeprefix("Patient/"))
+        action = getattr(review, action_name)
+        result = _run(config_path, lambda store, rules: action(store, a.removeprefix("Patient/"),
+                                                               b.removeprefix("Patient/"), rules))
         click.echo(json.dumps(result, indent=2))
 
     return command

@@ -27,7 +27,7 @@ def quarantine_list(config_path: str | None, source_name: str | None) -> None:
         except ConfigError as exc:
             fail(str(exc))
     store = Store.from_config(config)
-    entries = store.quarantined(source_name)
+    entries = store.quarantine.entries(source_name)
     store.close()
     if not entries:
         click.echo("the quarantine is empty")

@@ -50,7 +50,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     if warning:
         log.warning(warning)
     store = Store.from_config(config)  # creates tables before workers fork
-    store.paging_secret()
+    store.settings.paging_secret()
     if config.server.sync_on_start:
         for src in config.sources:
             sync_with_progress(store, src)

@@ -41,7 +41,7 @@ def _watch(store, sources) -> None:
     import signal
     import threading
 
-    from app.watch import watch
+    from app.sync.watch import watch
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

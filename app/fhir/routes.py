@@ -13,7 +13,7 @@ from app.fhir.capability import capability_statement
 from app.fhir.errors import FHIR_JSON, FhirError
 from app.fhir.paging import PageTokens, search_digest
 from app.ids import valid_id
-from app.ondemand import OnDemand
+from app.sync.ondemand import OnDemand
 from app.security.discovery import rest_security
 from app.clock import micros_to_instant
 from app.search.params import RESOURCE_TYPES
@@ -21,7 +21,8 @@ from app.search.query import SearchError, parse_search
 from app.security import scope
 from app.store.audit_log import AuditLog
 from app.store.reader import Reader
-from app.store.search_sql import read_current, read_deleted, read_history, read_version, run_search
+from app.store.resources import read_current, read_deleted, read_history, read_version
+from app.store.search_sql import run_search
 
 bp = Blueprint("fhir", __name__)
 JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
@@ -222,7 +223,7 @@ def patient_match():
         raise FhirError(400, "invalid", str(err)) from None
     count = min(count or state.config.server.default_count, state.config.server.max_count)
     with state.store.engine.connect() as conn:
-        found = match(conn, patient, state.store.identity, only_certain, count)
+        found = match(conn, patient, state.config.identity, only_certain, count)
     entries = []
     for rid, score, grade, _ in found:
         current = read_current(state.reader, "Patient", rid)
@@ -244,6 +245,6 @@ class ApiState:
         self.audit_log = AuditLog(store.url, config.security.audit_spool)
         self.base_url = config.server.base_url
         self.on_demand = OnDemand(config, store, lambda rtype, rid: read_current(self.reader, rtype, rid))
-        self.page_tokens = PageTokens(config.server.secret or store.paging_secret(), config.server.page_ttl)
+        self.page_tokens = PageTokens(config.server.secret or store.settings.paging_secret(), config.server.page_ttl)
         released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.capability = orjson.dumps(capability_statement(self.base_url, released, rest_security(config.security)))

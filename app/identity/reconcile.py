@@ -58,10 +58,8 @@ def decide(conn: Connection, a: str, b: str, result: Score, rules: IdentityConfi
     return was_linked != (status in links.LINKED)
 
 
-def reconcile_patient(store: Store, patient_id: str, rules: IdentityConfig | None = None,
-                      force: bool = False) -> list[str]:
+def reconcile_patient(store: Store, patient_id: str, rules: IdentityConfig, force: bool = False) -> list[str]:
     """Match one stored Patient against the others; returns the Patients whose links changed."""
-    rules = rules or store.identity
     with store.engine.begin() as conn:
         return reconcile_in(conn, store, patient_id, rules, force)
 
@@ -113,5 +111,5 @@ def reconcile_pending(conn: Connection, store: Store, work: Pending, rules: Iden
     for other, other_feats in found.items():
         if decide(conn, patient_id, other, score(feats, other_feats), rules, known.get(other)):
             changed.update((patient_id, other))
-    store.refresh_patients(conn, changed)
+    store.patients.refresh(conn, changed)
     return sorted(changed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from app.identity.features import features
 from app.identity.reconcile import automatic_status
 from app.identity.scoring import score
+from app.identity.settings import IdentityConfig
 from app.store import links
 from app.store.repository import Store
 
@@ -44,9 +45,8 @@ def list_pairs(store: Store, status: str | None = "review", patient_id: str | No
         return [row.as_dict() for row in links.list_links(conn, status, patient_id, limit)]
 
 
-def explain(store: Store, a: str, b: str) -> dict:
+def explain(store: Store, a: str, b: str, rules: IdentityConfig) -> dict:
     """The score of two Patients as they are now, feature by feature, and what is decided."""
-    rules = store.identity
     with store.engine.connect() as conn:
         first, second = _both(conn, a, b)
         row = links.get_link(conn, a, b)
@@ -58,8 +58,7 @@ def explain(store: Store, a: str, b: str) -> dict:
             "thresholds": {"auto_link": rules.auto_link, "review": rules.review}}
 
 
-def _decide(store: Store, a: str, b: str, status: str) -> dict:
-    rules = store.identity
+def _decide(store: Store, a: str, b: str, status: str, rules: IdentityConfig) -> dict:
     with store.engine.begin() as conn:
         first, second = _both(conn, a, b)
         result = score(features(first, rules), features(second, rules))
@@ -67,21 +66,21 @@ def _decide(store: Store, a: str, b: str, status: str) -> dict:
         before = row is not None and row.status in links.LINKED
         links.put_link(conn, a, b, status, result.points, result.as_dict())
         if before != (status in links.LINKED):
-            store.refresh_patients(conn, (a, b))
+            store.patients.refresh(conn, (a, b))
         return links.get_link(conn, a, b).as_dict()
 
 
-def link(store: Store, a: str, b: str) -> dict:
+def link(store: Store, a: str, b: str, rules: IdentityConfig) -> dict:
     """A person says the two are one: linked now and whatever scoring says later."""
-    return _decide(store, a, b, "manual-link")
+    return _decide(store, a, b, "manual-link", rules)
 
 
-def unlink(store: Store, a: str, b: str) -> dict:
+def unlink(store: Store, a: str, b: str, rules: IdentityConfig) -> dict:
     """A person says the two are two people: unlinked now and never linked automatically."""
-    return _decide(store, a, b, "manual-unlink")
+    return _decide(store, a, b, "manual-unlink", rules)
 
 
-def rematch(store: Store) -> int:
+def rematch(store: Store, rules: IdentityConfig) -> int:
     """Score every Patient again (after the thresholds or namespace rules changed); returns how
     many Patients' links changed. A person's decisions stay as they are."""
     from sqlalchemy import select
@@ -94,5 +93,5 @@ def rematch(store: Store) -> int:
                    .scalars())
     changed: set[str] = set()
     for patient_id in ids:
-        changed.update(reconcile_patient(store, patient_id, force=True))
+        changed.update(reconcile_patient(store, patient_id, rules, force=True))
     return len(changed)

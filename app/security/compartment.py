@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from app.store.reader import Reader
-from app.store.search_sql import read_current
+from app.store.resources import read_current
 
 
 def _patient_id(reference: str, base_url: str) -> str | None:

@@ -23,7 +23,8 @@ from flask import Blueprint, Response, current_app, g, request, stream_with_cont
 from app.fhir.errors import FhirError
 from app.ids import valid_id
 from app.security import scope
-from app.store.search_sql import read_current
+from app.store.resources import read_current
+from app.store.studies import holders_of
 
 bp = Blueprint("wado", __name__)
 CHUNK = 64 * 1024
@@ -43,8 +44,7 @@ def _source(name: str | None, study: str):
     """The configured source to ask for `study`: the named one if it holds the study, else
     the first that holds it and has a WADO-RS URL."""
     state = _state()
-    holders = [r[0] for r in state.reader.all("SELECT source FROM study_copy WHERE study_uid = ? ORDER BY source",
-                                              [study])]
+    holders = holders_of(state.reader, study)
     by_name = {src.name: src for src in state.config.sources if src.wado_url}
     candidates = [h for h in holders if h in by_name and (name is None or h == name)]
     if not candidates:
@@ -63,12 +63,11 @@ def _forward(source_name: str | None, study: str, rest: str, check_parts=lambda:
     url = f"{src.wado_url}/studies/{study}{rest}"
     headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
     headers["Accept-Encoding"] = "identity"
-    auth = (src.username, src.password) if src.username else None
-    if src.token:
-        headers["Authorization"] = f"Bearer {src.token}"
+    auth, credentials = src.protocol.credentials()
+    headers.update(credentials)
     try:
         upstream = _session.get(url, params=request.args, headers=headers, auth=auth, stream=True,
-                                timeout=src.timeout)
+                                timeout=src.protocol.timeout)
     except requests.Timeout:
         raise FhirError(504, "timeout", f"archive {src.name} did not answer in time") from None
     except requests.RequestException:

@@ -1,16 +1,17 @@
-"""The one shape every source yields: study metadata as DICOM JSON (PS3.18 F.2).
+"""What every source is: the one shape it yields (study metadata as DICOM JSON, PS3.18 F.2),
+what it can do (the `Source` protocol), and how its settings open it.
 
 QIDO-RS answers in DICOM JSON, pydicom makes it from files (`Dataset.to_json_dict`), so
 mapping has a single input format whatever protocol the study came from.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import orjson
-
-from app.sources.matching import match_key
+if TYPE_CHECKING:
+    from app.mapping.profile import Profile
 
 
 @dataclass
@@ -46,98 +47,62 @@ class StudyFailure:
     location: str | None = None
 
 
+class ChangeFeed(Protocol):
+    """An archive's log of what changed (Orthanc's /changes), followed between full listings."""
+
+    def last_seq(self) -> int:
+        """Where the log ends now: a full listing that starts now goes on from here."""
+        ...
+
+    def pages(self, since: int) -> Iterator:
+        """Pages of change events after `since` (app/sources/orthanc_changes.py ChangesPage)."""
+        ...
+
+    def deleted_studies(self, known) -> list:
+        """Events for the studies in `known` (archive key -> study UID) the archive no longer holds."""
+        ...
+
+    def archive_key(self, item: StudyRecord | StudyFailure) -> str | None:
+        """The archive's own id of a study a listing yielded, by which the log names it."""
+        ...
+
+
 class Source(Protocol):
-    """What the sync needs from any archive adapter."""
+    """Everything the sync asks of an archive adapter."""
 
     name: str
     #: counters a source keeps while iterating, e.g. {"files": 120, "skipped": 3}
     stats: dict
-
-    def iter_studies(self) -> Iterator[StudyRecord | StudyFailure]:
-        """Yield every study of the archive, one at a time."""
-        ...
-
-    def total(self) -> int | None:
-        """Number of studies `iter_studies` will yield, once known (None if unknown)."""
-        ...
-
-
-class ListedSource:
-    """An archive asked for its study list first, then for each study's series and instances.
-
-    Listing first makes `total()` known before the first study is fetched (the progress bar
-    shows it); a listing made by `total(match)` is used by the next `iter_studies(match)`
-    with the same match. `match` narrows the listing to study-level matching keys (see
-    `app.sources.matching`); the archive does the matching. Subclasses give
-    `_list_studies(match)` (sets `self._total` and `self.listing_gaps`) and
-    `_fetch_study(item)`.
-    """
-
-    _pending: tuple | None = None  # (match key, listing) listed by total(), not iterated yet
-    _listed: tuple | None = None  # match key of the listing `_total` counts
-    _total: int | None = None
-    #: where the last listing may have missed studies (a capped answer it could not cut)
-    listing_gaps: list[str] = []
+    #: whether `iter_studies` takes a `match` (the archive answers queries: date windows, one
+    #: patient's or one study's studies); a folder does not
+    answers_queries: bool
+    #: the archive's change feed, or None when it has none
+    change_feed: ChangeFeed | None
 
     @property
     def listing_complete(self) -> bool:
-        """False when the last listing may have missed studies: do not infer deletions from it."""
-        return not self.listing_gaps
-
-    def total(self, match: dict | None = None) -> int | None:
-        """Number of items `iter_studies(match)` yields (StudyRecords + StudyFailures).
-
-        Pass the same `match` as to `iter_studies`: another match is another listing.
-        """
-        key = match_key(match)
-        if self._total is None or self._listed != key:
-            self._pending = (key, _packed(self._list_studies(match)))
-            self._listed = key
-        return self._total
+        """False when the last listing may have missed studies: deletions are not inferred from it."""
+        ...
 
     def iter_studies(self, match: dict | None = None) -> Iterator[StudyRecord | StudyFailure]:
-        """Each listed study with its series and instances, or a StudyFailure.
+        """Yield every study of the archive (matching `match`), one at a time."""
+        ...
 
-        Raises SourceError if the listing fails, ValueError for a `match` it cannot send;
-        each call lists afresh unless `total(match)` made a listing that was not iterated yet.
-        """
-        key = match_key(match)
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == key:
-            listing = pending[1]
-        else:
-            listing = _packed(self._list_studies(match))
-            self._listed = key
-        for item in listing:
-            yield self._fetch_study(orjson.loads(item) if isinstance(item, bytes) else item)
+    def total(self, match: dict | None = None) -> int | None:
+        """Number of items `iter_studies` will yield, once known (None if unknown)."""
+        ...
 
-    def _list_studies(self, match: dict | None = None) -> list:
+
+class ProtocolSettings:
+    """A protocol's part of a source's settings (folder, dicomweb, dimse): what opens its Source."""
+
+    #: seconds a request to the archive may take (the WADO-RS gateway waits as long)
+    timeout: float = 30.0
+
+    def open(self, name: str, profile: Profile | None) -> Source:
+        """The Source these settings describe, reading what the mapping profile maps."""
         raise NotImplementedError
 
-    def _fetch_study(self, item) -> StudyRecord | StudyFailure:
-        raise NotImplementedError
-
-
-def _packed(listing: list) -> list:
-    """The listing's answers as JSON bytes until each is fetched.
-
-    A study answer parsed into Python objects takes ~8 kB; as bytes ~1.5 kB. A sync of
-    40,000 studies holds the whole listing while it reads them one by one, and would need
-    300 MB for the parsed answers alone. An answer that is not plain JSON stays as it is.
-    """
-    packed = []
-    for item in listing:
-        try:
-            packed.append(exact_bytes(orjson.dumps(item)))
-        except TypeError:
-            packed.append(item)
-    return packed
-
-
-def exact_bytes(data: bytes) -> bytes:
-    """A copy of `data` that occupies only its own length.
-
-    orjson's result keeps the ~8 kB buffer it was written into (measured with orjson 3.13:
-    12,000 answers of 0.9 kB held 94 MB); a copy holds 11 MB. Cheap (~1.5 us) next to a fetch.
-    """
-    return bytes(memoryview(data))
+    def credentials(self) -> tuple[tuple[str, str] | None, dict[str, str]]:
+        """(HTTP basic auth, headers) for the archive's WADO-RS: none but for DICOMweb."""
+        return None, {}

@@ -33,18 +33,26 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import requests
 from dicomweb_client.api import DICOMwebClient
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.mapping import tags
-from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
-from app.sources.counts import ShortAnswer, check_count
+from app.sources.base import ProtocolSettings, SeriesRecord
+from app.sources.counts import ShortAnswer
 from app.sources.dicom_json import first_uid
-from app.sources.errors import ARCHIVE_DOWN_AFTER, SourceError
-from app.sources.matching import normalize_match, qido_params, sliced_listing
+from app.sources.http import RETRY_STATUSES, public_url
+from app.sources.matching import qido_params
+from app.sources.orthanc_changes import OrthancChanges
+from app.sources.queried import BadAnswer, QueriedArchive
+
+if TYPE_CHECKING:
+    from app.mapping.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +60,6 @@ STUDY_FIELDS = sorted({**tags.PATIENT, **tags.STUDY})
 SERIES_FIELDS = sorted(tags.SERIES)
 INSTANCE_FIELDS = sorted(tags.INSTANCE)
 _STUDY_LEVEL = set(STUDY_FIELDS)
-#: HTTP statuses worth another try: the archive or a proxy in front of it is busy
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: the PS3.18 warning of a QIDO-RS answer cut at the server's maximum number of results
 _CUT_WARNING = re.compile(r"exceed|additional results|remaining results", re.IGNORECASE)
 # dicomweb-client's retry decorator logs each failed request with its URL, whose query
@@ -65,43 +71,96 @@ if logging.getLogger("dicomweb_client").level == logging.NOTSET:
     logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 
 
-def _unreachable(exc: Exception) -> bool:
-    """The archive cannot be reached at all (after retries): no other study would read now."""
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError))
+def orthanc_rest_url(dicomweb_url: str) -> str | None:
+    """Orthanc's REST API root under its DICOMweb URL (…/dicom-web), or None if it is not one."""
+    url = dicomweb_url.rstrip("/")
+    return url[: -len("/dicom-web")] if url.endswith("/dicom-web") and len(url) > len("/dicom-web") else None
 
 
-def _archive_fault(exc: Exception) -> bool:
-    """A failure on the archive's side (5xx, refusing our credentials, unreachable): one such
-    study fails alone; several in a row end the run."""
-    if _unreachable(exc):
-        return True
-    response = getattr(exc, "response", None) if isinstance(exc, requests.HTTPError) else None
-    return response is not None and (response.status_code >= 500 or response.status_code in (401, 403, 429))
+class DicomwebSchema(Schema):
+    """The config keys of a `type: dicomweb` source (app/sources/settings.py joins them)."""
+
+    url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    username = fields.String(load_default=None)
+    password = fields.String(load_default=None)
+    token = fields.String(load_default=None)
+    timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1))
+    page_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+    instance_metadata = fields.Boolean(load_default=False)
+    changes = fields.String(load_default=None, validate=validate.OneOf(
+        ["orthanc"], error="must be 'orthanc' (Orthanc's /changes feed is the one change feed supported)"))
+    rest_url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
+    # dicomweb and dimse: the most studies the archive answers to one query
+    max_results = fields.Integer(load_default=None, validate=validate.Range(min=1))
+
+    @validates_schema(skip_on_field_errors=False)
+    def _dicomweb_keys(self, data, **_):
+        if data.get("type") == "dicomweb" and not data.get("url"):
+            raise ValidationError("a dicomweb source needs a url", "url")
+        if data.get("password") and not data.get("username"):
+            raise ValidationError("a password needs a username", "username")
+
+    @validates_schema(skip_on_field_errors=False)
+    def _change_feed(self, data, **_):
+        problems = {}
+        kind = data.get("type")
+        if data.get("changes") is not None and kind != "dicomweb":
+            problems["changes"] = ["changes: orthanc is for a dicomweb source on Orthanc (it reads Orthanc's REST API)"]
+        if data.get("rest_url") is not None and data.get("changes") is None and "changes" not in problems:
+            problems["rest_url"] = ["rest_url is only used with changes: orthanc"]
+        if (data.get("changes") == "orthanc" and kind == "dicomweb" and data.get("url")
+                and not data.get("rest_url") and orthanc_rest_url(data["url"]) is None):
+            problems["rest_url"] = ["changes: orthanc needs the rest_url of Orthanc's REST API (e.g. "
+                                    "http://pacs:8042), because the url does not end in /dicom-web"]
+        if problems:
+            raise ValidationError(problems)
 
 
-class _BadAnswer(Exception):
-    """An answer that is not a list of DICOM JSON objects, or misses a key attribute."""
+@dataclass(frozen=True)
+class DicomwebSettings(ProtocolSettings):
+    url: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    timeout: float = 30.0
+    page_size: int = 100
+    instance_metadata: bool = False
+    #: "orthanc": follow Orthanc's /changes feed at `rest_url`
+    changes: str | None = None
+    rest_url: str | None = None
+    #: the most studies the archive answers to one query (Orthanc: LimitFindResults)
+    max_results: int | None = None
+
+    @classmethod
+    def from_data(cls, data: dict) -> DicomwebSettings:
+        """The settings of a checked config entry (DicomwebSchema's keys)."""
+        rest_url = None
+        if data["changes"] == "orthanc":
+            rest_url = (data["rest_url"] or orthanc_rest_url(data["url"])).rstrip("/")
+        return cls(url=data["url"].rstrip("/"), username=data["username"], password=data["password"],
+                   token=data["token"], timeout=data["timeout"], page_size=data["page_size"],
+                   instance_metadata=data["instance_metadata"], changes=data["changes"], rest_url=rest_url,
+                   max_results=data["max_results"])
+
+    def open(self, name: str, profile: Profile | None) -> DicomwebSource:
+        feed = None
+        if self.changes == "orthanc" and self.rest_url:
+            feed = OrthancChanges(name, self.rest_url, username=self.username, password=self.password,
+                                  token=self.token, timeout=self.timeout)
+        return DicomwebSource(name, self.url, username=self.username, password=self.password, token=self.token,
+                              timeout=self.timeout, page_size=self.page_size,
+                              instance_metadata=self.instance_metadata, max_results=self.max_results,
+                              private_tags=profile.private_tag_numbers() if profile else (), change_feed=feed)
+
+    def credentials(self) -> tuple[tuple[str, str] | None, dict[str, str]]:
+        auth = (self.username, self.password or "") if self.username else None
+        return auth, ({"Authorization": f"Bearer {self.token}"} if self.token else {})
 
 
-def _public_url(url: str) -> str:
-    """The URL without user:password@ (for messages)."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
-
-
-def _study_date(answer: dict) -> str | None:
-    element = answer.get("00080020")
-    values = element.get("Value") if isinstance(element, dict) else None
-    return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
-
-
-class DicomwebSource(ListedSource):
+class DicomwebSource(QueriedArchive):
     """Every study of a DICOMweb (QIDO-RS) archive."""
+
+    failures = (requests.RequestException, ValueError)
 
     def __init__(
         self,
@@ -119,6 +178,7 @@ class DicomwebSource(ListedSource):
         instance_metadata: bool = False,
         max_results: int | None = None,
         private_tags=(),
+        change_feed: OrthancChanges | None = None,
     ):
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -126,7 +186,7 @@ class DicomwebSource(ListedSource):
             raise ValueError("max_results must be at least 1")
         self.name = name
         self.url = url.rstrip("/")
-        self.public_url = _public_url(self.url)
+        self.public_url = self.location = public_url(self.url)
         self.page_size = page_size
         self.retries = retries
         self.backoff = backoff
@@ -154,9 +214,10 @@ class DicomwebSource(ListedSource):
         if netloc.port is not None and netloc.hostname:
             host = f"[{netloc.hostname}]" if ":" in netloc.hostname else netloc.hostname
             self.client.host = f"{host}:{netloc.port}"
+        #: Orthanc's change feed at its REST API (`changes: orthanc`), or None
+        self.change_feed = change_feed
         self.stats: dict = {}
         self.listing_gaps: list[str] = []
-        self._failing = 0  # studies in a row that failed on the archive's side
         self._reset_stats()
 
     # -- internals -------------------------------------------------------------------
@@ -186,7 +247,7 @@ class DicomwebSource(ListedSource):
             try:
                 answer = fn(**kwargs)
                 if not isinstance(answer, list) or not all(isinstance(a, dict) for a in answer):
-                    raise _BadAnswer("answer is not a JSON array of DICOM JSON objects")
+                    raise BadAnswer("answer is not a JSON array of DICOM JSON objects")
                 return answer
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
@@ -224,13 +285,54 @@ class DicomwebSource(ListedSource):
     def _at_limit(self, answers: list) -> bool:
         return self._cut or (self.max_results is not None and len(answers) >= self.max_results)
 
-    def _query_studies(self, match: dict) -> tuple[list[dict], bool]:
+    # -- the protocol's hooks (app/sources/queried.py) -----------------------------------
+    def _check_match(self, match: dict) -> None:
+        qido_params(match)  # a value QIDO cannot carry is refused before the archive is asked
+
+    def _query_studies(self, session, keys: dict) -> tuple[list[dict], bool]:
         answers = self._paged(self.client.search_for_studies, fields=STUDY_FIELDS,
-                              search_filters=qido_params(match) or None)
+                              search_filters=qido_params(keys) or None)
         return answers, self._at_limit(answers)
 
+    def _query_series(self, session, study_uid: str) -> tuple[list[dict], bool]:
+        answers = self._paged(self.client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS)
+        return answers, self._cut
+
+    def _query_instances(self, session, study_uid: str, series_uid: str) -> tuple[list[dict], bool]:
+        answers = self._paged(self.client.search_for_instances, study_instance_uid=study_uid,
+                              series_instance_uid=series_uid, fields=INSTANCE_FIELDS)
+        return answers, self._cut
+
+    def _study_uid(self, answer: dict) -> str | None:
+        return first_uid(answer, "0020000D")
+
+    def _study_date(self, answer: dict) -> str | None:
+        element = answer.get("00080020")
+        values = element.get("Value") if isinstance(element, dict) else None
+        return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
+
+    def _cut_reason(self, level: str, series_uid: str | None = None) -> str:
+        if level == "series":
+            return "the archive cut its series answer short (Warning header)"
+        return f"the archive cut its instance answer for series {series_uid} short (Warning header)"
+
+    def _study_location(self, uid: str) -> str:
+        return f"{self.public_url}/studies/{uid}"
+
+    def _unreachable(self, exc: Exception) -> bool:
+        return isinstance(exc, (requests.ConnectionError, requests.Timeout,
+                                requests.exceptions.ChunkedEncodingError))
+
+    def _archive_fault(self, exc: Exception) -> bool:
+        """5xx, refusing our credentials, or unreachable: one such study fails alone; several in a
+        row end the run."""
+        if self._unreachable(exc):
+            return True
+        response = getattr(exc, "response", None) if isinstance(exc, requests.HTTPError) else None
+        return response is not None and (response.status_code >= 500 or response.status_code in (401, 403, 429))
+
     def _describe(self, exc: Exception) -> str:
-        if isinstance(exc, ShortAnswer):
+        if isinstance(exc, (ShortAnswer, BadAnswer)):
             return str(exc)
         if isinstance(exc, requests.HTTPError) and exc.response is not None:
             status = exc.response.status_code
@@ -245,110 +347,18 @@ class DicomwebSource(ListedSource):
             return self._clean(f"invalid JSON answer: {exc}"[:300])
         return self._clean(f"{type(exc).__name__}: {exc}"[:300])
 
-    def _list_studies(self, match: dict | None = None) -> list[dict]:
-        match = normalize_match(match)
-        qido_params(match)  # a value QIDO cannot carry is refused before the archive is asked
-        self._reset_stats()
-        self.listing_gaps = []
-        try:
-            found = sliced_listing(self._query_studies, match, lambda a: first_uid(a, "0020000D"),
-                                   _study_date, uids_per_query=40)
-        except (requests.RequestException, ValueError, _BadAnswer) as exc:
-            raise SourceError(self.name, self.public_url,
-                              f"cannot list studies: {self._describe(exc)}") from None
-        self.stats["listing_queries"] = found.queries
-        self.stats["listing_gaps"] = len(found.gaps)
-        self.listing_gaps = found.gaps
-        for gap in found.gaps:
-            log.warning("source %s: listing incomplete: %s", self.name, gap)
-        listing, seen = [], set()
-        for answer in found.answers:
-            uid = first_uid(answer, "0020000D")
-            if uid is not None and uid in seen:
-                # the archive changed while paging: the same study came on two pages
-                self.stats["duplicates"] += 1
-                continue
-            seen.add(uid)
-            listing.append(answer)
-        self.stats["studies_listed"] = len(listing)
-        self._total = len(listing)
-        return listing
-
-    def _fetch_study(self, attrs: dict) -> StudyRecord | StudyFailure:
-        uid = first_uid(attrs, "0020000D")
-        if uid is None:
-            self.stats["failed"] += 1
-            return StudyFailure(uid=None, reason="study answer without StudyInstanceUID",
-                                location=self.public_url)
-        location = f"{self.public_url}/studies/{uid}"
-        try:
-            series_list: list[SeriesRecord] = []
-            seen_series: set[str] = set()
-            duplicates = 0
-            series_answers = self._paged(self.client.search_for_series,
-                                         study_instance_uid=uid, fields=SERIES_FIELDS)
-            if self._cut:
-                raise ShortAnswer("the archive cut its series answer short (Warning header)")
-            for series_attrs in series_answers:
-                series_uid = first_uid(series_attrs, "0020000E")
-                if series_uid is None:
-                    raise _BadAnswer("series answer without SeriesInstanceUID")
-                if series_uid in seen_series:
-                    # Orthanc keys a study by PatientID + StudyInstanceUID: the same UID
-                    # under two Patient IDs is two Orthanc studies, and QIDO answers both
-                    duplicates += 1
-                    continue
-                seen_series.add(series_uid)
-                instances, seen_sops = [], set()
-                instance_answers = self._paged(self.client.search_for_instances,
-                                               study_instance_uid=uid,
-                                               series_instance_uid=series_uid,
-                                               fields=INSTANCE_FIELDS)
-                if self._cut:
-                    raise ShortAnswer(f"the archive cut its instance answer for series {series_uid} "
-                                     "short (Warning header)")
-                for instance in instance_answers:
-                    sop = first_uid(instance, "00080018")
-                    if sop is None:
-                        raise _BadAnswer(f"instance answer without SOPInstanceUID in series {series_uid}")
-                    if sop in seen_sops:
-                        duplicates += 1
-                        continue
-                    seen_sops.add(sop)
-                    instances.append(instance)
-                check_count(f"series {series_uid}", "instance", len(instances), series_attrs, "00201209")
-                series_list.append(SeriesRecord(attrs=series_attrs, instances=instances))
-            check_count("the study", "series", len(series_list), attrs, "00201206")
-            repairs = []
-            if duplicates:
-                self.stats["duplicates"] += duplicates
-                repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
-            if self.instance_metadata and series_list and series_list[0].instances:
-                attrs, more = self._complete(uid, attrs, series_list[0])
-                repairs += more
-        except (requests.RequestException, ValueError, _BadAnswer, ShortAnswer) as exc:
-            self._failing = self._failing + 1 if _archive_fault(exc) else 0
-            if _unreachable(exc) or self._failing >= ARCHIVE_DOWN_AFTER:
-                # not this study's fault: end the run, the next one resumes
-                raise SourceError(self.name, self.public_url,
-                                  f"cannot read studies: {self._describe(exc)}") from None
-            self.stats["failed"] += 1
-            return StudyFailure(uid=uid, reason=f"cannot read series/instances: {self._describe(exc)}",
-                                location=location)
-        self._failing = 0
-        self.stats["studies"] += 1
-        self.stats["series"] += len(series_list)
-        self.stats["instances"] += sum(len(s.instances) for s in series_list)
-        return StudyRecord(uid=uid, attrs=attrs, series=series_list, repairs=repairs)
-
-    def _complete(self, uid: str, attrs: dict, series: SeriesRecord) -> tuple[dict, list[str]]:
-        """Fill study/patient attributes QIDO left out from one instance's metadata."""
+    def _complete(self, uid: str, attrs: dict, series_list: list[SeriesRecord]) -> tuple[dict, list[str]]:
+        """Fill study/patient attributes QIDO left out from one instance's metadata
+        (`instance_metadata`), and the private attributes the mapping profile maps."""
+        if not self.instance_metadata:
+            return attrs, []
+        series = series_list[0]
         sop = first_uid(series.instances[0], "00080018")
         series_uid = first_uid(series.attrs, "0020000E")
         try:
             metadata = self._call(
                 lambda: [self.client.retrieve_instance_metadata(uid, series_uid, sop)])[0]
-        except (requests.RequestException, ValueError, IndexError, _BadAnswer) as exc:
+        except (requests.RequestException, ValueError, IndexError, BadAnswer) as exc:
             return attrs, [f"instance metadata not read: {self._describe(exc)}"]
         merged = dict(attrs)
         for key, element in metadata.items():

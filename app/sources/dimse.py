@@ -36,7 +36,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -47,11 +52,14 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 from pynetdicom.status import code_to_category
 
 from app.mapping import tags
-from app.sources.base import ListedSource, SeriesRecord, StudyFailure, StudyRecord
-from app.sources.counts import ShortAnswer, check_count
-from app.sources.dicom_json import dataset_to_dicom_json, first_uid
-from app.sources.errors import ARCHIVE_DOWN_AFTER, SourceError
-from app.sources.matching import cfind_keys, normalize_match, sliced_listing
+from app.sources.base import ProtocolSettings
+from app.sources.dicom_json import dataset_to_dicom_json
+from app.sources.errors import SourceError
+from app.sources.matching import cfind_keys
+from app.sources.queried import QueriedArchive
+
+if TYPE_CHECKING:
+    from app.mapping.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ FIND_MODEL = StudyRootQueryRetrieveInformationModelFind
 STUDY_TAGS = sorted(Tag(t) for t in {**tags.PATIENT, **tags.STUDY})
 SERIES_TAGS = sorted(Tag(t) for t in tags.SERIES)
 INSTANCE_TAGS = sorted(Tag(t) for t in tags.INSTANCE)
+_LEVEL_TAGS = {"STUDY": STUDY_TAGS, "SERIES": SERIES_TAGS, "IMAGE": INSTANCE_TAGS}
 #: C-FIND failure statuses worth another try (PS3.4 C.4.1.1.4): Out of Resources
 RETRY_STATUSES = frozenset({0xA700})
 #: "Matching terminated due to Cancel": sent unasked, the archive stopped at its limit
@@ -77,10 +86,6 @@ class _DimseError(Exception):
         super().__init__(reason)
         self.transient = transient
         self.status = status
-
-
-class _BadAnswer(Exception):
-    """An answer without its key attribute, or one pynetdicom could not decode."""
 
 
 class _Answers(list):
@@ -121,6 +126,61 @@ def _study_uid(answer: Dataset | None) -> str | None:
     return str(value).strip() or None
 
 
+def check_aet(value: str) -> None:
+    """A DICOM AE title (PS3.5 AE VR): 1-16 characters, no backslash or control
+    character, not only spaces (leading and trailing spaces are not significant)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("must be a DICOM AE title of 1-16 characters, not only spaces")
+    if len(value) > 16:
+        raise ValidationError(f"a DICOM AE title has at most 16 characters (this one has {len(value)})")
+    if "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValidationError("a DICOM AE title must not contain a backslash or control characters")
+
+
+class DimseSchema(Schema):
+    """The config keys of a `type: dimse` source (app/sources/settings.py joins them); `timeout`
+    and `max_results` are shared with dicomweb."""
+
+    host = fields.String(load_default=None, validate=validate.Length(min=1))
+    port = fields.Integer(load_default=104, validate=validate.Range(min=1, max=65535))
+    called_aet = fields.String(load_default=None, validate=check_aet)
+    calling_aet = fields.String(load_default="FACADE", validate=check_aet)
+
+    @validates_schema(skip_on_field_errors=False)
+    def _dimse_keys(self, data, **_):
+        if data.get("type") != "dimse":
+            return
+        # a key that failed its own check is absent here: its error is already reported
+        missing = {}
+        if "host" in data and not data["host"]:
+            missing["host"] = ["a dimse source needs a host (the archive's address)"]
+        if "called_aet" in data and not data["called_aet"]:
+            missing["called_aet"] = ["a dimse source needs a called_aet (the archive's AE title)"]
+        if missing:
+            raise ValidationError(missing)
+
+
+@dataclass(frozen=True)
+class DimseSettings(ProtocolSettings):
+    host: str
+    called_aet: str
+    port: int = 104
+    calling_aet: str = "FACADE"
+    timeout: float = 30.0
+    #: the most studies the archive answers to one C-FIND (Orthanc: LimitFindResults)
+    max_results: int | None = None
+
+    @classmethod
+    def from_data(cls, data: dict) -> DimseSettings:
+        """The settings of a checked config entry (DimseSchema's keys)."""
+        return cls(host=data["host"], called_aet=data["called_aet"].strip(), port=data["port"],
+                   calling_aet=data["calling_aet"].strip(), timeout=data["timeout"], max_results=data["max_results"])
+
+    def open(self, name: str, profile: Profile | None) -> DimseSource:
+        return DimseSource(name, self.host, self.port, self.called_aet, calling_aet=self.calling_aet,
+                           timeout=self.timeout, max_results=self.max_results)
+
+
 class _Session:
     """One association, opened on first use and re-opened after a failure."""
 
@@ -145,8 +205,12 @@ class _Session:
             assoc.release()
 
 
-class DimseSource(ListedSource):
+class DimseSource(QueriedArchive):
     """Every study of a DICOM archive, read with C-FIND (Study Root)."""
+
+    failures = (_DimseError,)
+    uids_per_query = 500
+    undecodable = "study answer pynetdicom could not decode"
 
     def __init__(
         self,
@@ -188,7 +252,6 @@ class DimseSource(ListedSource):
         self._no_sequences: set[str] = set()  # levels whose sequence keys the archive refused
         self.stats: dict = {}
         self.listing_gaps: list[str] = []
-        self._failing = 0  # studies in a row whose association failed
         self._reset_stats()
 
     def echo(self) -> None:
@@ -308,113 +371,52 @@ class DimseSource(ListedSource):
             log.info("source %s: retry %d after: %s", self.name, attempt, error)
             time.sleep(self.backoff * (2 ** (attempt - 1)))
 
-    def _list_studies(self, match: dict | None = None) -> list[tuple[dict | None, list[str]]]:
-        match = normalize_match(match)
-        self._reset_stats()
-        self.listing_gaps = []
+    # -- the protocol's hooks (app/sources/queried.py) -----------------------------------
+    @contextmanager
+    def _session(self) -> Iterator[_Session]:
+        """One association for a listing or a study, released when done."""
         session = _Session(self)
-
-        def query(keys: dict) -> tuple[list, bool]:
-            answers = self._find(session, "STUDY", STUDY_TAGS, cfind_keys(keys))
-            cut = getattr(answers, "cut", False)
-            return answers, cut or (self.max_results is not None and len(answers) >= self.max_results)
-
         try:
-            found = sliced_listing(query, match, _study_uid, _study_date, uids_per_query=500)
-        except _DimseError as exc:
-            raise SourceError(self.name, self.location, f"cannot list studies: {exc}") from None
+            yield session
         finally:
             session.close()
-        self.stats["listing_queries"] = found.queries
-        self.stats["listing_gaps"] = len(found.gaps)
-        self.listing_gaps = found.gaps
-        for gap in found.gaps:
-            log.warning("source %s: listing incomplete: %s", self.name, gap)
-        answers = found.answers
-        listing: list[tuple[dict | None, list[str]]] = []
-        seen: set[str] = set()
-        for answer in answers:
-            if answer is None:
-                listing.append((None, []))
-                continue
-            attrs, repairs = dataset_to_dicom_json(answer, STUDY_TAGS)
-            uid = first_uid(attrs, "0020000D")
-            if uid is not None and uid in seen:
-                # Orthanc keys a study by PatientID + StudyInstanceUID and answers both
-                self.stats["duplicates"] += 1
-                continue
-            seen.add(uid)
-            listing.append((attrs, repairs))
-        self.stats["studies_listed"] = len(listing)
-        self._total = len(listing)
-        return listing
 
-    def _fetch_study(self, item: tuple[dict | None, list[str]]) -> StudyRecord | StudyFailure:
-        attrs, study_repairs = item
-        uid = first_uid(attrs, "0020000D") if attrs is not None else None
-        if uid is None:
-            self.stats["failed"] += 1
-            reason = ("study answer pynetdicom could not decode" if attrs is None
-                      else "study answer without StudyInstanceUID")
-            return StudyFailure(uid=None, reason=reason, location=self.location)
-        location = f"{self.location} study {uid}"
-        session = _Session(self)
-        repairs = list(study_repairs)
-        try:
-            series_list: list[SeriesRecord] = []
-            seen_series: set[str] = set()
-            duplicates = 0
-            series_answers = self._find(session, "SERIES", SERIES_TAGS, {"StudyInstanceUID": uid})
-            if getattr(series_answers, "cut", False):
-                raise ShortAnswer("the archive ended its series answer early (C-FIND status 0xFE00, "
-                                  "as Orthanc does beyond LimitFindResults)")
-            for answer in series_answers:
-                if answer is None:
-                    raise _BadAnswer("a series answer could not be decoded")
-                series_attrs, more = dataset_to_dicom_json(answer, SERIES_TAGS)
-                series_uid = first_uid(series_attrs, "0020000E")
-                if series_uid is None:
-                    raise _BadAnswer("series answer without SeriesInstanceUID")
-                if series_uid in seen_series:
-                    duplicates += 1  # the same study UID under two Patient IDs
-                    continue
-                seen_series.add(series_uid)
-                repairs += more
-                instances, seen_sops = [], set()
-                instance_answers = self._find(session, "IMAGE", INSTANCE_TAGS,
-                                              {"StudyInstanceUID": uid, "SeriesInstanceUID": series_uid})
-                if getattr(instance_answers, "cut", False):
-                    raise ShortAnswer(f"the archive ended its instance answer for series {series_uid} early "
-                                      "(C-FIND status 0xFE00, as Orthanc does beyond LimitFindInstances)")
-                for found in instance_answers:
-                    if found is None:
-                        raise _BadAnswer(f"an instance answer in series {series_uid} could not be decoded")
-                    instance, more = dataset_to_dicom_json(found, INSTANCE_TAGS)
-                    sop = first_uid(instance, "00080018")
-                    if sop is None:
-                        raise _BadAnswer(f"instance answer without SOPInstanceUID in series {series_uid}")
-                    if sop in seen_sops:
-                        duplicates += 1
-                        continue
-                    seen_sops.add(sop)
-                    repairs += more
-                    instances.append(instance)
-                check_count(f"series {series_uid}", "instance", len(instances), series_attrs, "00201209")
-                series_list.append(SeriesRecord(attrs=series_attrs, instances=instances))
-            check_count("the study", "series", len(series_list), attrs, "00201206")
-            if duplicates:
-                self.stats["duplicates"] += duplicates
-                repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
-        except (_DimseError, _BadAnswer, ShortAnswer) as exc:
-            self._failing = self._failing + 1 if isinstance(exc, _DimseError) and exc.transient else 0
-            if self._failing >= ARCHIVE_DOWN_AFTER:  # the archive, not the studies, is failing: end the run
-                raise SourceError(self.name, self.location, f"cannot read studies: {exc}") from None
-            self.stats["failed"] += 1
-            return StudyFailure(uid=uid, reason=f"cannot read series/instances: {exc}", location=location)
-        finally:
-            session.close()
-        self._failing = 0
-        self.stats["studies"] += 1
-        self.stats["series"] += len(series_list)
-        self.stats["instances"] += sum(len(s.instances) for s in series_list)
-        return StudyRecord(uid=uid, attrs=attrs, series=series_list, repairs=list(dict.fromkeys(repairs)))
+    def _query_studies(self, session: _Session, keys: dict) -> tuple[list, bool]:
+        answers = self._find(session, "STUDY", STUDY_TAGS, cfind_keys(keys))
+        cut = getattr(answers, "cut", False)
+        return answers, cut or (self.max_results is not None and len(answers) >= self.max_results)
+
+    def _query_series(self, session: _Session, study_uid: str) -> tuple[list, bool]:
+        answers = self._find(session, "SERIES", SERIES_TAGS, {"StudyInstanceUID": study_uid})
+        return answers, answers.cut
+
+    def _query_instances(self, session: _Session, study_uid: str, series_uid: str) -> tuple[list, bool]:
+        answers = self._find(session, "IMAGE", INSTANCE_TAGS,
+                             {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid})
+        return answers, answers.cut
+
+    def _decode(self, answer: Dataset | None, level: str) -> tuple[dict | None, list[str]]:
+        """A C-FIND identifier as the DICOM JSON QIDO-RS would have answered (None: undecodable)."""
+        if answer is None:
+            return None, []
+        return dataset_to_dicom_json(answer, _LEVEL_TAGS[level])
+
+    def _study_uid(self, answer: Dataset | None) -> str | None:
+        return _study_uid(answer)
+
+    def _study_date(self, answer: Dataset | None) -> str | None:
+        return _study_date(answer)
+
+    def _cut_reason(self, level: str, series_uid: str | None = None) -> str:
+        if level == "series":
+            return ("the archive ended its series answer early (C-FIND status 0xFE00, "
+                    "as Orthanc does beyond LimitFindResults)")
+        return (f"the archive ended its instance answer for series {series_uid} early "
+                "(C-FIND status 0xFE00, as Orthanc does beyond LimitFindInstances)")
+
+    def _study_location(self, uid: str) -> str:
+        return f"{self.location} study {uid}"
+
+    def _archive_fault(self, exc: Exception) -> bool:
+        """A transient association or query failure: several studies in a row end the run."""
+        return isinstance(exc, _DimseError) and exc.transient

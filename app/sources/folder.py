@@ -27,10 +27,13 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import orjson
+from marshmallow import Schema, ValidationError, fields, validates_schema
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_partial
@@ -38,9 +41,12 @@ from pydicom.tag import Tag
 
 from app.ids import valid_id
 from app.mapping import tags
-from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
+from app.sources.base import ProtocolSettings, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.dicom_json import dataset_to_dicom_json
 from app.sources.errors import SourceError
+
+if TYPE_CHECKING:
+    from app.mapping.profile import Profile
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -74,6 +80,36 @@ _FAST = [(Tag(key), key, vr) for key, vr in sorted(_VR_OF.items())]
 _SLOW = [Tag(key) for key in sorted(k for k in tags.INSTANCE if k not in _VR_OF)]
 _IS_RE = re.compile(r" *[+-]?[0-9]{1,12} *")
 _NOT_FAST = object()
+
+
+class FolderSchema(Schema):
+    """The config keys of a `type: folder` source (app/sources/settings.py joins them)."""
+
+    path = fields.String(load_default=None)
+
+    @validates_schema(skip_on_field_errors=False)
+    def _folder_keys(self, data, **_):
+        if data.get("type") != "folder":
+            return
+        problems = {}
+        if not data.get("path"):
+            raise ValidationError("a folder source needs a path", "path")
+        if data.get("max_results") is not None:
+            problems["max_results"] = ["max_results is for dicomweb and dimse sources (a folder has no limit)"]
+        if data.get("on_demand"):
+            problems["on_demand"] = ["on-demand fetching needs an archive that answers queries (dicomweb or dimse)"]
+        if problems:
+            raise ValidationError(problems)
+
+
+@dataclass(frozen=True)
+class FolderSettings(ProtocolSettings):
+    #: the folder, resolved against the config file's directory
+    path: Path
+
+    def open(self, name: str, profile: Profile | None) -> FolderSource:
+        return FolderSource(name, self.path, profile.private_tag_numbers() if profile else (),
+                            default_charset=profile.default_character_set if profile else None)
 
 
 def _stop(tag, vr, length) -> bool:
@@ -209,6 +245,11 @@ def _has_dicm_prefix(path: str) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def _no_match(match: dict | None) -> None:
+    if match is not None:
+        raise ValueError("a folder answers no query: it is read whole")
+
+
 class _Study:
     __slots__ = ("uid", "attrs", "series", "repairs", "sops", "duplicates")
 
@@ -231,7 +272,8 @@ class _Study:
 
 
 class FolderSource:
-    """Every study found under `path` (files and DICOMDIR media).
+    """Every study found under `path` (files and DICOMDIR media). A folder answers no query
+    and keeps no change feed: each sync reads it whole.
 
     `extra_tags` (tag numbers) are read as well, into the study and series attributes: the
     private attributes a mapping profile maps (`Profile.private_tag_numbers()`).
@@ -253,27 +295,33 @@ class FolderSource:
         last = max([*extra, max(_SPECIFIC_TAGS)])
         self._stop = (lambda tag, vr, length: tag > last) if extra else _stop
         self.stats: dict = {}
+        self.answers_queries = False
+        self.change_feed = None
+        #: a walk of the whole folder sees every study: what it did not see is gone
+        self.listing_complete = True
         self._studies: dict[str, _Study] | None = None
         self._failures: list[StudyFailure] = []
         self._total: int | None = None
         self._reset_stats()
 
     # -- Source protocol -------------------------------------------------------------
-    def total(self) -> int | None:
+    def total(self, match: dict | None = None) -> int | None:
         """Number of items `iter_studies` yields (StudyRecords + StudyFailures).
 
         Scans the folder if that has not happened yet.
         """
+        _no_match(match)
         if self._total is None:
             self._scan()
         return self._total
 
-    def iter_studies(self) -> Iterator[StudyRecord | StudyFailure]:
+    def iter_studies(self, match: dict | None = None) -> Iterator[StudyRecord | StudyFailure]:
         """Yield each study (in order of first appearance in the walk), then failures.
 
         The scan happens on the first call (or reuses the one `total()` made); each
         later call rescans the folder. Studies are released as they are yielded.
         """
+        _no_match(match)
         if self._studies is None:
             self._scan()
         studies, failures = self._studies, self._failures

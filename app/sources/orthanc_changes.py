@@ -43,8 +43,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from app.sources.dicomweb import RETRY_STATUSES, _public_url
+from app.sources.base import StudyFailure, StudyRecord
 from app.sources.errors import SourceError
+from app.sources.http import RETRY_STATUSES, public_url
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class OrthancChanges:
     ):
         self.name = name
         self.url = rest_url.rstrip("/")
-        self.public_url = _public_url(self.url)
+        self.public_url = public_url(self.url)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -139,13 +140,12 @@ class OrthancChanges:
         self.session = session
         self.stats = {"requests": 0, "retries": 0}
 
-    @classmethod
-    def from_config(cls, src) -> "OrthancChanges":
-        """The feed of a dicomweb source configured with `changes: orthanc`."""
-        if src.changes != "orthanc" or not src.rest_url:
-            raise ValueError(f"source {src.name!r} has no changes: orthanc")
-        return cls(src.name, src.rest_url, username=src.username, password=src.password,
-                   token=src.token, timeout=src.timeout)
+    def archive_key(self, item: StudyRecord | StudyFailure) -> str | None:
+        """Orthanc's own id of a study a listing yielded (how its deletions are reported)."""
+        if isinstance(item, StudyFailure):
+            return None
+        patient = (item.attrs or {}).get("00100020", {}).get("Value") or [None]
+        return orthanc_study_id(patient[0] if isinstance(patient[0], str) else None, item.uid)
 
     # -- the feed ------------------------------------------------------------------------
     def last_seq(self) -> int:

@@ -1,4 +1,4 @@
-"""Resource dict -> search index rows, driven by the parameter registry.
+"""Resource dict -> search index rows, driven by the parameter registry, and their writing.
 
 Rows are computed once, when a resource version is stored; a search is then plain SQL over
 four narrow tables (token, string, date, reference) and never parses stored JSON.
@@ -7,10 +7,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy import delete, insert
+from sqlalchemy.engine import Connection
+
 from app.search.dates import DateFormatError, date_range
 from app.search.params import indexed
 from app.search.references import external_reference
 from app.search.text import normalize, phonetic_codes
+from app.store import batch
+from app.store import tables as t
+
+
+@dataclass(frozen=True)
+class Indexing:
+    """How a store indexes values: dates without a zone are in `zone` (FHIR R4 search: a date
+    without one is in the server's zone); references under `base_url` are local ones."""
+
+    zone: str = "UTC"
+    base_url: str | None = None
+
+
+INDEX_TABLES = (t.TokenIndex, t.StringIndex, t.DateIndex, t.ReferenceIndex)
 
 
 @dataclass
@@ -183,3 +200,34 @@ def index_rows(resource: dict, default_zone: str = "UTC", base_url: str | None =
                             and _may_target(param, target, value):
                         out.token(name + IDENTIFIER, ident.get("system"), ident["value"])
     return out.rows
+
+
+def index_values(body: dict, indexing: Indexing) -> list[tuple[type, list[dict]]]:
+    """The index rows of a resource, per table, as column -> value dicts."""
+    rows = index_rows(body, indexing.zone, indexing.base_url)
+    owner = {"rtype": body["resourceType"], "rid": body["id"]}
+    return [(table, values) for table, values in (
+        (t.TokenIndex, [dict(owner, param=p, system=s, code=c) for p, s, c in rows.tokens]),
+        (t.StringIndex, [dict(owner, param=p, norm=n, value=v) for p, n, v in rows.strings]),
+        (t.DateIndex, [dict(owner, param=p, low=lo, high=hi) for p, lo, hi in rows.dates]),
+        (t.ReferenceIndex, [dict(owner, param=p, target_type=tt, target_id=ti) for p, tt, ti in rows.refs]),
+    ) if values]
+
+
+def write_index(conn: Connection, body: dict, indexing: Indexing) -> None:
+    """Index a stored resource; inside a batch the rows wait for its end (app/store/batch.py)."""
+    pending = batch.pending(conn)
+    if pending is not None:
+        pending[(body["resourceType"], body["id"])] = index_values(body, indexing)
+        return
+    for table, values in index_values(body, indexing):
+        conn.execute(insert(table), values)
+
+
+def drop_index(conn: Connection, rtype: str, rid: str) -> None:
+    """A resource's index rows go (it changed, or left the store)."""
+    for table in INDEX_TABLES:
+        conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+    pending = batch.pending(conn)
+    if pending is not None:
+        pending.pop((rtype, rid), None)

@@ -436,24 +436,3 @@ def visible_ids(reader: Reader, rtype: str, ids, restrictions: dict[str, Restric
         found.update(r[0] for r in rows)
     return found
 
-
-def read_current(reader: Reader, rtype: str, rid: str):
-    """(version, last_updated, content) of the current version, or None."""
-    return reader.one("SELECT version, last_updated, content FROM resource WHERE rtype = ? AND id = ?", [rtype, rid])
-
-
-def read_deleted(reader: Reader, rtype: str, rid: str):
-    """(version, deleted) of a resource that was served and is gone, or None."""
-    return reader.one("SELECT version, deleted FROM tombstone WHERE rtype = ? AND id = ?", [rtype, rid])
-
-
-def read_version(reader: Reader, rtype: str, rid: str, version: int):
-    """(last_updated, content) of one stored version, or None."""
-    return reader.one("SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",
-                      [rtype, rid, version])
-
-
-def read_history(reader: Reader, rtype: str, rid: str) -> list[tuple[int, int, bytes]]:
-    """(version, last_updated, content) of every stored version, newest first."""
-    return reader.all("SELECT version, last_updated, content FROM resource_version WHERE rtype = ? AND id = ? "
-                      "ORDER BY version DESC", [rtype, rid])

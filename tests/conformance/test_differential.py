@@ -400,11 +400,11 @@ def serve(write_config, store_url: str, endpoints, studies, singles) -> tuple[Se
                            "security": {"open": True}, "sources": []})
     store = Store.from_config(config)
     for endpoint in endpoints:
-        store.put_resource(endpoint)
+        store.resources.put(endpoint)
     for study, patient, source in studies:
-        store.put_study(study, patient, source)
+        store.studies.put(study, patient, source)
     for resource in singles:
-        store.put_resource(resource)
+        store.resources.put(resource)
     if not store_url.startswith("sqlite"):
         # The store never analyzes its tables, and the test cluster runs without autovacuum:
         # on "1 row" estimates PostgreSQL plans nested loops in which a `_has` into a chain

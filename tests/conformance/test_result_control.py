@@ -80,13 +80,13 @@ DAVE = _patient("dave", None)  # no name, no birth date: sorts last
 def app_store(store_url, open_config):
     config = open_config(store_url, default_count=10, max_count=50)
     store = Store.from_config(config)
-    store.put_resource(ENDPOINT)
-    store.put_study(_study("1.2.1", "alice", ["MR", "SR"], "2020-01-01T10:00:00Z", "Accession ID",
+    store.resources.put(ENDPOINT)
+    store.studies.put(_study("1.2.1", "alice", ["MR", "SR"], "2020-01-01T10:00:00Z", "Accession ID",
                            "Magnetic Resonance", "headache"), ALICE, "pacs")
-    store.put_study(_study("1.2.2", "alice", ["CT"], "2020-01-02", "Accession ID"), ALICE, "pacs")
-    store.put_study(_study("1.2.3", "bob", ["MR"], "2020"), BOB, "pacs")
-    store.put_study(_study("1.2.4", "carol", ["US"]), CAROL, "pacs")
-    store.put_study(_study("1.2.5", "dave", ["CR"], "2019-06-01"), DAVE, "pacs")
+    store.studies.put(_study("1.2.2", "alice", ["CT"], "2020-01-02", "Accession ID"), ALICE, "pacs")
+    store.studies.put(_study("1.2.3", "bob", ["MR"], "2020"), BOB, "pacs")
+    store.studies.put(_study("1.2.4", "carol", ["US"]), CAROL, "pacs")
+    store.studies.put(_study("1.2.5", "dave", ["CR"], "2019-06-01"), DAVE, "pacs")
     yield create_app(config, store), store
     store.close()
 
@@ -148,7 +148,7 @@ def test_sort_orders_patients(api, sort, expected):
 
 def test_sort_by_last_updated_follows_writes(api, app_store):
     store = app_store[1]
-    store.put_study(_study("1.2.3", "bob", ["MR", "CT"], "2020"), BOB, "pacs")  # a new version: now the newest
+    store.studies.put(_study("1.2.3", "bob", ["MR", "CT"], "2020"), BOB, "pacs")  # a new version: now the newest
     assert order(api.get("/fhir/ImagingStudy?_sort=-_lastUpdated"))[0] == "1.2.3"
 
 
@@ -164,8 +164,8 @@ def test_pages_stay_stable_while_studies_arrive(api, app_store):
     first = api.get("/fhir/ImagingStudy?_sort=-started&_count=2").get_json()
     assert [e["resource"]["id"] for e in first["entry"]] == ["1.2.2", "1.2.1"]
     # one study sorts before the cursor (already paged past), one after it
-    store.put_study(_study("1.2.7", "bob", ["CT"], "2024-01-01"), BOB, "pacs")
-    store.put_study(_study("1.2.8", "bob", ["CT"], "2015-01-01"), BOB, "pacs")
+    store.studies.put(_study("1.2.7", "bob", ["CT"], "2024-01-01"), BOB, "pacs")
+    store.studies.put(_study("1.2.8", "bob", ["CT"], "2015-01-01"), BOB, "pacs")
     rest = follow(api, next_link(first))
     assert rest == ["1.2.3", "1.2.5", "1.2.8", "1.2.4"]  # nothing repeated, nothing skipped
 
@@ -194,8 +194,8 @@ def test_expired_paging_token_is_400():
 def test_expired_next_link_over_http_is_400(store_url, open_config):
     config = open_config(store_url, default_count=1, page_ttl=1)
     store = Store.from_config(config)
-    store.put_study(_study("1.2.1", "alice", ["MR"], "2020"), ALICE, "pacs")
-    store.put_study(_study("1.2.2", "alice", ["CT"], "2020"), ALICE, "pacs")
+    store.studies.put(_study("1.2.1", "alice", ["MR"], "2020"), ALICE, "pacs")
+    store.studies.put(_study("1.2.2", "alice", ["CT"], "2020"), ALICE, "pacs")
     api = create_app(config, store).test_client()
     link = next_link(api.get("/fhir/ImagingStudy").get_json())
     time.sleep(2.1)
@@ -320,7 +320,7 @@ def test_unsupported_modifier_use_is_400(api, query):
 
 def test_instance_history(api, app_store):
     store = app_store[1]
-    store.put_study(_study("1.2.1", "alice", ["MR", "SR", "CT"], "2020-01-01T10:00:00Z"), ALICE, "pacs")
+    store.studies.put(_study("1.2.1", "alice", ["MR", "SR", "CT"], "2020-01-01T10:00:00Z"), ALICE, "pacs")
     response = api.get("/fhir/ImagingStudy/1.2.1/_history")
     assert response.status_code == 200
     body = response.get_json()

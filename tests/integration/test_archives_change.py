@@ -80,7 +80,7 @@ def test_one_study_in_two_archives(setup, tmp_path):
     assert set(by_uid) == {ct.SeriesInstanceUID, pydicom.dcmread(extra_series).SeriesInstanceUID}
     assert "endpoint" not in by_uid[ct.SeriesInstanceUID]  # both archives hold it
     assert by_uid[pydicom.dcmread(extra_series).SeriesInstanceUID]["endpoint"] == [{"reference": "Endpoint/pacs-b"}]
-    assert store.holders(ct.StudyInstanceUID) == ["pacs-a", "pacs-b"]
+    assert store.studies.holders(ct.StudyInstanceUID) == ["pacs-a", "pacs-b"]
     bundle = client.get(f"/fhir/ImagingStudy?identifier=urn:oid:{ct.StudyInstanceUID}").get_json()
     assert bundle["total"] == 1  # one resource, not one per archive
     # both archives' Endpoints are reachable from the study
@@ -94,7 +94,7 @@ def test_one_study_in_two_archives(setup, tmp_path):
     assert summary.deleted == 1
     study = client.get(f"/fhir/ImagingStudy/{ct.StudyInstanceUID}").get_json()
     assert study["endpoint"] == [{"reference": "Endpoint/pacs-b"}] and study["meta"]["versionId"] == "3"
-    assert store.holders(ct.StudyInstanceUID) == ["pacs-b"]
+    assert store.studies.holders(ct.StudyInstanceUID) == ["pacs-b"]
 
     # deleted from the last archive: gone from search, a read answers 410, history stays
     b.delete(f"/studies/{_orthanc_study_id(b, ct.StudyInstanceUID)}")

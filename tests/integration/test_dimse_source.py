@@ -24,7 +24,7 @@ from app.sources.dimse import DimseSource, _DimseError
 from app.sources.errors import SourceError
 from app.store.repository import Store
 from app.store.tables import Resource
-from app.sync import build_source, sync_source
+from app.sync import sync_source
 from orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
 
 pytestmark = pytest.mark.integration
@@ -289,14 +289,14 @@ def test_sync_from_a_yaml_config_stores_every_study_and_resync_is_a_no_op(orthan
         "timezone": "America/Chicago",
     }])
     src = config.sources[0]
-    assert isinstance(build_source(src), DimseSource)
+    assert isinstance(src.open(), DimseSource)
     store = Store.from_config(config)
     expected = set(orthanc_tree(orthanc))
 
     summary = sync_source(store, src)
 
     assert summary.error is None
-    assert store.quarantined("old-pacs") == []
+    assert store.quarantine.entries("old-pacs") == []
     assert (summary.new, summary.failed) == (len(expected), 0)
     with store.engine.connect() as conn:
         stored = {row.id for row in conn.execute(select(Resource.id).where(Resource.rtype == "ImagingStudy"))}

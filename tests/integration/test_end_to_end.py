@@ -111,7 +111,7 @@ def test_folder_sync_serves_every_study(store_url, open_config, sample_folder, v
     studies, patients, endpoints = _check_emitted(client, valid_r4)
 
     expected = _independent_folder_view(sample_folder)
-    quarantined = {q.study_uid for q in store.quarantined("sample")}
+    quarantined = {q.study_uid for q in store.quarantine.entries("sample")}
     assert set(studies) <= set(expected)
     assert set(expected) - set(studies) <= quarantined  # nothing silently lost
     assert len(studies) >= 25 and summary.new == len(studies)
@@ -187,7 +187,7 @@ def test_dicomweb_sync_matches_orthanc(store_url, open_config, orthanc, valid_r4
     studies, patients, endpoints = _check_emitted(client, valid_r4)
 
     expected = _orthanc_view(orthanc)
-    quarantined = {q.study_uid for q in store.quarantined("pacs")}
+    quarantined = {q.study_uid for q in store.quarantine.entries("pacs")}
     assert set(studies) | quarantined == set(expected)
     assert len(studies) >= 20
     for uid, study in studies.items():
@@ -212,7 +212,7 @@ def test_dicomweb_sync_matches_orthanc(store_url, open_config, orthanc, valid_r4
 def test_dicomweb_patient_search_matches_orthanc_grouping(open_config, sqlite_url, orthanc):
     config = open_config(sqlite_url, sources=[{"name": "pacs", "type": "dicomweb", "url": orthanc.dicomweb_url}])
     store, _, client = _synced(config)
-    quarantined = {q.study_uid for q in store.quarantined("pacs")}
+    quarantined = {q.study_uid for q in store.quarantine.entries("pacs")}
     system = config.sources[0].patient_id_system
     by_patient_id = defaultdict(set)  # Orthanc's own grouping of studies by Patient ID
     for uid, (patient_id, _series) in _orthanc_view(orthanc).items():

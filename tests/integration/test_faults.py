@@ -81,7 +81,7 @@ def _recover_and_compare(config, clean_contents) -> None:
     again = sync_source(store, config.sources[0])
     assert again.error is None and again.failed == 0
     assert contents(store) == clean_contents  # nothing lost, nothing duplicated
-    assert store.quarantined() == []
+    assert store.quarantine.entries() == []
     store.close()
 
 
@@ -98,7 +98,7 @@ def test_archive_stopped_mid_sync(tmp_path, write_config_module, clean):
         summary = sync_source(store, config.sources[0], progress=stop_after_five)
         assert summary.error and "pacs" in summary.error  # the run ends with a clear error...
         assert summary.done == 5 and summary.failed == 0  # ...instead of quarantining the rest
-        assert store.quarantined() == []
+        assert store.quarantine.entries() == []
         store.close()
         pacs.resume()
         _recover_and_compare(config, clean)
@@ -147,7 +147,7 @@ def test_archive_errors(tmp_path, archive, write_config_module, clean, fault):
             assert {"500": "HTTP 500", "hang": "timed out", "drop": "pacs"}[fault] in summary.error
             assert summary.source_stats["retries"] >= 1  # tried again before giving up
         # a 5xx study fails alone until several in a row show the archive is failing, not the study
-        assert len(store.quarantined()) == (ARCHIVE_DOWN_AFTER - 1 if fault == "500" else 0)
+        assert len(store.quarantine.entries()) == (ARCHIVE_DOWN_AFTER - 1 if fault == "500" else 0)
         store.close()
         proxy.clear()
         _recover_and_compare(config, clean)

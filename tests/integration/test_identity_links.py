@@ -44,8 +44,8 @@ def served(store_url, write_config, tmp_path):
     store = Store.from_config(config)
     for uid, patient, source in [("1.1", A, "a"), ("1.2", B, "b"), ("1.3", TWIN, "b"), ("1.4", NAMESAKE, "c"),
                                  ("1.5", UNSURE, "c")]:
-        store.put_study(study(uid, patient), {k: v for k, v in patient.items() if v is not None}, source)
-        reconcile_patient(store, patient["id"])
+        store.studies.put(study(uid, patient), {k: v for k, v in patient.items() if v is not None}, source)
+        reconcile_patient(store, patient["id"], config.identity)
     yield create_app(config, store).test_client(), store, config
     store.close()
 
@@ -77,7 +77,7 @@ def test_automatic_link_is_patient_link_both_ways_and_search_follows_it(served):
 
 
 def test_review_queue_unlink_and_link_over_the_admin_api(served):
-    client, store, _ = served
+    client, store, config = served
     queue = client.get("/admin/identity/links").get_json()
     assert queue["status"] == "review"
     pairs = {tuple(p["patients"]) for p in queue["pairs"]}
@@ -95,8 +95,8 @@ def test_review_queue_unlink_and_link_over_the_admin_api(served):
     assert ids(client.get(f"/fhir/ImagingStudy?patient={A['id']}")) == ["1.1"]
     assert ids(client.get(f"/fhir/Patient?link=Patient/{A['id']}")) == []
     # matching again (as a sync would after a change) does not redo it
-    reconcile_patient(store, A["id"], force=True)
-    reconcile_patient(store, B["id"], force=True)
+    reconcile_patient(store, A["id"], config.identity, force=True)
+    reconcile_patient(store, B["id"], config.identity, force=True)
     assert links(client, A["id"]) == []
 
     answer = client.post("/admin/identity/link", json={"a": A["id"], "b": UNSURE["id"]})
@@ -186,7 +186,7 @@ def test_capability_statement_documents_links_and_match(served):
 
 def test_a_deleted_patient_leaves_its_partners_links(served):
     client, store, _ = served
-    store.remove_copy("b", "1.2")  # B's only study leaves its archive: B goes
+    store.studies.remove("b", "1.2")  # B's only study leaves its archive: B goes
     assert client.get(f"/fhir/Patient/{B['id']}").status_code == 410
     assert links(client, A["id"]) == []
     assert ids(client.get(f"/fhir/ImagingStudy?patient={A['id']}")) == ["1.1"]
@@ -218,12 +218,12 @@ def test_rematch_applies_new_thresholds_but_not_over_a_person(served, write_conf
     client, store, config = served
     from app.identity.review import rematch, unlink
 
-    unlink(store, A["id"], B["id"])
+    unlink(store, A["id"], B["id"], config.identity)
     lower = write_config({"store": config.store, "server": {"base_url": BASE}, "security": {"open": True},
                           "identity": {"auto_link": 13, "review": 10}}, name="lower.yaml")
     relaxed = Store.from_config(lower)
     try:
-        assert rematch(relaxed) > 0
+        assert rematch(relaxed, lower.identity) > 0
     finally:
         relaxed.close()
     # 14 points to each of A and B (no birth date to tell): linked to both now, not to the namesake
@@ -233,12 +233,12 @@ def test_rematch_applies_new_thresholds_but_not_over_a_person(served, write_conf
 
 
 def test_a_manual_link_holds_when_a_deleted_patient_comes_back(served):
-    client, store, _ = served
+    client, store, config = served
     from app.identity.review import link
 
-    link(store, A["id"], NAMESAKE["id"])
-    store.remove_copy("c", "1.4")
+    link(store, A["id"], NAMESAKE["id"], config.identity)
+    store.studies.remove("c", "1.4")
     assert f"Patient/{NAMESAKE['id']}" not in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
-    store.put_study(study("1.4", NAMESAKE), NAMESAKE, "c")
+    store.studies.put(study("1.4", NAMESAKE), NAMESAKE, "c")
     assert f"Patient/{NAMESAKE['id']}" in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
     assert f"Patient/{A['id']}" in {lnk["other"]["reference"] for lnk in links(client, NAMESAKE["id"])}

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from app.store.repository import Store
-from app.sync import build_source, sync_incremental, sync_source
+from app.sync import sync_incremental, sync_source
 from app.web import create_app
 from faults import FaultProxy
 from orthanc import OrthancServer
@@ -53,9 +53,9 @@ def test_date_window_poll_finds_new_studies_and_full_reconciliation_finds_deleti
     src = config.sources[0]
     store = Store.from_config(config)
     client = create_app(config, store).test_client()
-    source = build_source(src)
+    source = src.open()
     first = sync_incremental(store, src, source)  # nothing synced yet: a full sync
-    assert first.new == 1 and store.source_state("pacs").last_full is not None
+    assert first.new == 1 and store.sync_state.get("pacs").last_full is not None
     path, uid = _today_study(tmp_path, "new.dcm")
     pacs.upload([path])
     poll = sync_incremental(store, src, source)  # a date window from the last poll's day
@@ -67,7 +67,7 @@ def test_date_window_poll_finds_new_studies_and_full_reconciliation_finds_deleti
     pacs.delete(f"/studies/{orthanc_id}")
     assert sync_incremental(store, src, source).deleted == 0  # a window poll cannot see deletions
     assert _served(client, ct_uid)
-    store.update_source_state("pacs", last_full=0)  # the reconciliation falls due
+    store.sync_state.update("pacs", last_full=0)  # the reconciliation falls due
     assert sync_incremental(store, src, source).deleted == 1
     assert client.get(f"/fhir/ImagingStudy/{ct_uid}").status_code == 410
     store.close()
@@ -144,7 +144,7 @@ def test_on_demand_archive_down_answers_from_the_store(tmp_path, open_config, sq
 
 
 def test_change_feed_poll_sees_new_grown_and_deleted_studies(tmp_path, open_config, store_url, monkeypatch):
-    import app.sync
+    import app.sync.run
 
     with OrthancServer(extra_config={"StableAge": 1}) as pacs:
         pacs.upload([get_testdata_file("CT_small.dcm")])
@@ -154,9 +154,9 @@ def test_change_feed_poll_sees_new_grown_and_deleted_studies(tmp_path, open_conf
         assert src.poll_interval == 1.0  # a change feed is polled often by default
         store = Store.from_config(config)
         client = create_app(config, store).test_client()
-        source = build_source(src)
+        source = src.open()
         assert sync_incremental(store, src, source).new == 1  # first a full listing
-        seq = store.source_state("pacs").cursor
+        seq = store.sync_state.get("pacs").cursor
 
         def poll_until(check, timeout=20.0):
             deadline = time.monotonic() + timeout
@@ -171,7 +171,7 @@ def test_change_feed_poll_sees_new_grown_and_deleted_studies(tmp_path, open_conf
         path, uid = _today_study(tmp_path, "new.dcm", template="CT_small.dcm", StudyDate="20010101")
         pacs.upload([path])  # an old date: a date window would not see it, the feed does
         poll_until(lambda s: s.new == 1)
-        assert _served(client, uid) and store.source_state("pacs").cursor != seq
+        assert _served(client, uid) and store.sync_state.get("pacs").cursor != seq
 
         grown = pydicom.dcmread(path)
         grown.SeriesInstanceUID, grown.SOPInstanceUID = generate_uid(), generate_uid()
@@ -181,7 +181,7 @@ def test_change_feed_poll_sees_new_grown_and_deleted_studies(tmp_path, open_conf
         poll_until(lambda s: s.updated == 1)
         assert client.get(f"/fhir/ImagingStudy/{uid}").get_json()["numberOfSeries"] == 2
 
-        monkeypatch.setattr(app.sync, "DELETION_CHECK_EVERY", 0.0)
+        monkeypatch.setattr(app.sync.run, "DELETION_CHECK_EVERY", 0.0)
         orthanc_id = next(s["ID"] for s in pacs.studies() if s["MainDicomTags"]["StudyInstanceUID"] == uid)
         pacs.delete(f"/studies/{orthanc_id}")
         poll_until(lambda s: s.deleted == 1)

@@ -12,6 +12,7 @@ import pytest
 from flask import request
 
 from app.identity import review
+from app.identity.settings import DEFAULT as DEFAULT_RULES
 from app.security.access import Access, ScopeGrant, set_access
 from app.store.repository import Store
 from app.web import create_app
@@ -93,13 +94,13 @@ def load(store: Store) -> None:
     """The data set, with its links made as an administrator makes them (identity review), so
     both records of each pair carry Patient.link, as they do in a real store."""
     for eid in ("pacs", "bob-pacs"):
-        store.put_resource(_endpoint(eid))
+        store.resources.put(_endpoint(eid))
     for pid, (mrn, family, _, studies) in PEOPLE.items():
         for uid, modality, endpoints in studies:
-            store.put_study(_study(uid, pid, modality, endpoints), _patient(pid, mrn, family), "pacs")
+            store.studies.put(_study(uid, pid, modality, endpoints), _patient(pid, mrn, family), "pacs")
     for pid, (_, _, links, _) in PEOPLE.items():
         for other in links:
-            review.link(store, pid, other)
+            review.link(store, pid, other, DEFAULT_RULES)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from app.mapping import map_endpoint
 from app.security.audit import render_event
 from app.store.repository import Store
-from app.sync import mapping_context, sync_source
+from app.sync import sync_source
 from app.web import create_app
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
@@ -91,7 +91,7 @@ def test_endpoint_requires_a_token_when_the_server_does(write_config, sqlite_url
                                                            "wado_gateway": True},
                            "sources": [{"name": "pacs", "type": "dicomweb", "url": "http://pacs:8042/dicom-web"},
                                        {"name": "files", "type": "folder", "path": "."}]})
-    pacs, files = (map_endpoint(mapping_context(src)) for src in config.sources)
+    pacs, files = (map_endpoint(src.mapping_context()) for src in config.sources)
     assert pacs["address"] == "https://imaging.example/api/wado-rs/pacs"
     assert pacs["extension"][0]["valueBoolean"] is True
     assert config.sources[0].wado_url == "http://pacs:8042/dicom-web"  # where the gateway forwards
@@ -222,13 +222,13 @@ def test_on_demand_fetches_only_the_compartments_patients(pacs, store_url, open_
     system = config.sources[0].patient_id_system
     mr, ct = identifiers["MR"], identifiers["CT"]
     assert mr["system"] == ct["system"] == system
-    before = store.patient_fetched("pacs", system, mr["value"])
+    before = store.fetches.when("pacs", system, mr["value"])
     response = client.get(f"/fhir/ImagingStudy?patient.identifier={system}|{mr['value']}",
                           headers={"X-Test-Access": "ct"})
     assert response.status_code == 200 and response.get_json()["total"] == 0
-    assert store.patient_fetched("pacs", system, mr["value"]) == before  # the archive was not asked
+    assert store.fetches.when("pacs", system, mr["value"]) == before  # the archive was not asked
     response = client.get(f"/fhir/ImagingStudy?patient.identifier={system}|{ct['value']}",
                           headers={"X-Test-Access": "ct"})
     assert response.status_code == 200 and response.get_json()["total"] == 1
-    assert store.patient_fetched("pacs", system, ct["value"]) is not None  # its own patient: asked
+    assert store.fetches.when("pacs", system, ct["value"]) is not None  # its own patient: asked
     store.close()

@@ -38,10 +38,10 @@ def test_readme_example_loads_as_written(tmp_path):
     assert config.store == f"sqlite:///{(tmp_path / 'data/facade.db').resolve()}"
     assert config.server.base_url == "http://127.0.0.1:8080/fhir"
     sample, pacs = config.sources
-    assert (sample.type, sample.path) == ("folder", (tmp_path / "sample-archive").resolve())
+    assert (sample.type, sample.protocol.path) == ("folder", (tmp_path / "sample-archive").resolve())
     assert sample.timezone == "UTC"  # the documented server default
-    assert (pacs.type, pacs.url, pacs.timezone) == ("dicomweb", "http://127.0.0.1:8042/dicom-web", "Europe/Berlin")
-    assert pacs.wado_url == pacs.url
+    assert (pacs.type, pacs.protocol.url, pacs.timezone) == ("dicomweb", "http://127.0.0.1:8042/dicom-web", "Europe/Berlin")
+    assert pacs.wado_url == pacs.protocol.url
     assert config.security.open is False  # secure unless the file says otherwise
 
 
@@ -100,7 +100,7 @@ def test_secret_references_are_resolved(tmp_path):
     text = ("store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
             "username: '${PACS_USER}', password: '${PACS_PASSWORD}'}\n")
     config = load_config(_write(tmp_path, text), environ={"PACS_USER": "facade", "PACS_PASSWORD": "s3cret"})
-    assert (config.sources[0].username, config.sources[0].password) == ("facade", "s3cret")
+    assert (config.sources[0].protocol.username, config.sources[0].protocol.password) == ("facade", "s3cret")
 
 
 def test_unset_secret_variable_is_named(tmp_path):
@@ -114,7 +114,7 @@ def test_postgres_url_and_absolute_paths_kept(tmp_path):
     text = "store: postgresql+psycopg://facade@db.example/facade\nsources: [{name: a, type: folder, path: /srv/x}]\n"
     config = load_config(_write(tmp_path, text), environ={})
     assert config.store == "postgresql+psycopg://facade@db.example/facade"
-    assert config.sources[0].path == Path("/srv/x")
+    assert config.sources[0].protocol.path == Path("/srv/x")
 
 
 def test_database_password_must_be_a_reference(tmp_path):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import ConfigError, SourceConfig, load_config
+from app.config import ConfigError, load_config
+from app.sources.dicomweb import DicomwebSettings
+from app.sources.dimse import DimseSettings
 from app.sources.orthanc_changes import OrthancChanges
 
 EXAMPLE = """\
@@ -45,8 +47,9 @@ def _dicomweb(**keys) -> str:
 
 def test_example_loads_and_rest_url_defaults_to_the_url_without_dicom_web(tmp_path):
     web, dimse = _load(tmp_path, EXAMPLE, {"PACS_USER": "facade", "PACS_PASSWORD": "pw"}).sources
+    web, dimse = web.protocol, dimse.protocol
     assert (web.changes, web.rest_url, web.max_results) == ("orthanc", "http://127.0.0.1:8042", 100)
-    assert (dimse.changes, dimse.rest_url, dimse.max_results) == (None, None, 500)
+    assert isinstance(dimse, DimseSettings) and dimse.max_results == 500  # DIMSE follows no change feed
 
 
 @pytest.mark.parametrize("url, rest_url", [
@@ -55,24 +58,23 @@ def test_example_loads_and_rest_url_defaults_to_the_url_without_dicom_web(tmp_pa
 ])
 def test_rest_url_default_handles_a_trailing_slash_and_a_path(tmp_path, url, rest_url):
     (src,) = _load(tmp_path, _dicomweb(url=url, changes="orthanc")).sources
-    assert src.rest_url == rest_url
+    assert src.protocol.rest_url == rest_url
 
 
 def test_an_explicit_rest_url_is_kept(tmp_path):
     (src,) = _load(tmp_path, _dicomweb(url="http://pacs/wado", changes="orthanc",
                                        rest_url="http://pacs:8042/")).sources
-    assert (src.url, src.rest_url) == ("http://pacs/wado", "http://pacs:8042")
+    assert (src.protocol.url, src.protocol.rest_url) == ("http://pacs/wado", "http://pacs:8042")
 
 
 def test_defaults_leave_incremental_sync_off(tmp_path):
     (src,) = _load(tmp_path, _dicomweb()).sources
-    assert (src.changes, src.rest_url, src.max_results) == (None, None, None)
+    assert (src.protocol.changes, src.protocol.rest_url, src.protocol.max_results) == (None, None, None)
 
 
-def test_existing_constructors_keep_working():
-    src = SourceConfig(name="a", type="folder", timezone="UTC", patient_id_system="urn:x",
-                       accession_system=None, issuer_systems={}, wado_url=None)
-    assert (src.changes, src.rest_url, src.max_results) == (None, None, None)
+def test_dicomweb_settings_default_to_no_change_feed_and_no_limit():
+    web = DicomwebSettings(url="http://pacs/dicom-web")
+    assert (web.changes, web.rest_url, web.max_results) == (None, None, None)
 
 
 @pytest.mark.parametrize("text, key, reason", [
@@ -102,9 +104,9 @@ def test_change_feed_problems_come_with_the_others(tmp_path):
 def test_the_change_feed_reader_is_built_from_the_config(tmp_path):
     (src,) = _load(tmp_path, _dicomweb(changes="orthanc", username="'${U}'", password="'${P}'", timeout=5),
                    {"U": "facade", "P": "s3cret"}).sources
-    feed = OrthancChanges.from_config(src)
+    feed = src.open().change_feed
+    assert isinstance(feed, OrthancChanges)
     assert (feed.name, feed.url, feed.timeout) == ("pacs", "http://pacs:8042", 5.0)
     assert feed.session.auth == ("facade", "s3cret")
     (plain,) = _load(tmp_path, _dicomweb()).sources
-    with pytest.raises(ValueError, match="no changes: orthanc"):
-        OrthancChanges.from_config(plain)
+    assert plain.open().change_feed is None  # no changes: orthanc, no feed

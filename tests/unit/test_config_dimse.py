@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import ConfigError, SourceConfig, load_config
+from app.config import ConfigError, load_config
+from app.sources.dimse import DimseSettings
 
 ISSUE_EXAMPLE = """\
 store: sqlite:///facade.db
@@ -38,28 +39,28 @@ def _source(**keys) -> str:
 
 def test_issue_example_loads_as_written(tmp_path):
     (src,) = _load(tmp_path, ISSUE_EXAMPLE).sources
-    assert (src.name, src.type, src.host, src.port) == ("old-pacs", "dimse", "10.1.2.3", 104)
-    assert (src.called_aet, src.calling_aet) == ("PACS", "FACADE")
+    dimse = src.protocol
+    assert (src.name, src.type, dimse.host, dimse.port) == ("old-pacs", "dimse", "10.1.2.3", 104)
+    assert (dimse.called_aet, dimse.calling_aet) == ("PACS", "FACADE")
     assert src.timezone == "America/Chicago"
-    assert src.timeout == 30.0
-    assert src.wado_url is None and src.url is None and src.path is None
+    assert dimse.timeout == 30.0
+    assert src.wado_url is None and isinstance(dimse, DimseSettings)  # no url, no path
 
 
 def test_defaults_port_104_and_calling_aet_facade(tmp_path):
     (src,) = _load(tmp_path, _source(host="pacs.example.org", called_aet="PACS")).sources
-    assert (src.port, src.calling_aet) == (104, "FACADE")
+    assert (src.protocol.port, src.protocol.calling_aet) == (104, "FACADE")
     assert src.timezone == "UTC"  # the server default
 
 
 def test_ae_titles_are_stripped_of_insignificant_spaces(tmp_path):
     (src,) = _load(tmp_path, _source(host="h", called_aet='" PACS "', calling_aet="'US  '")).sources
-    assert (src.called_aet, src.calling_aet) == ("PACS", "US")
+    assert (src.protocol.called_aet, src.protocol.calling_aet) == ("PACS", "US")
 
 
-def test_existing_constructors_keep_working():
-    src = SourceConfig(name="a", type="folder", timezone="UTC", patient_id_system="urn:x",
-                       accession_system=None, issuer_systems={}, wado_url=None)
-    assert (src.host, src.port, src.called_aet, src.calling_aet) == (None, 104, None, "FACADE")
+def test_dimse_settings_default_port_104_and_calling_aet_facade():
+    dimse = DimseSettings(host="h", called_aet="PACS")
+    assert (dimse.host, dimse.port, dimse.called_aet, dimse.calling_aet) == ("h", 104, "PACS", "FACADE")
 
 
 @pytest.mark.parametrize("keys, missing", [
@@ -92,7 +93,7 @@ def test_bad_ae_titles_name_the_key(tmp_path, key, value, reason):
 
 def test_a_sixteen_character_ae_title_is_fine(tmp_path):
     (src,) = _load(tmp_path, _source(host="h", called_aet="A234567890123456")).sources
-    assert src.called_aet == "A234567890123456"
+    assert src.protocol.called_aet == "A234567890123456"
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1, '"abc"'])

@@ -89,7 +89,7 @@ def test_every_damaged_file_is_repaired_with_a_note_or_quarantined_with_its_reas
     summary = sync_source(store, config.sources[0])
     assert summary.error is None
     client = create_app(config, store).test_client()
-    quarantine = {entry.key: entry for entry in store.quarantined(SOURCE)}
+    quarantine = {entry.key: entry for entry in store.quarantine.entries(SOURCE)}
 
     expected_keys = set()
     for case in CASES:
@@ -131,7 +131,7 @@ def test_every_damaged_file_is_repaired_with_a_note_or_quarantined_with_its_reas
 
     again = sync_source(store, config.sources[0])  # the same archive: the same outcome, nothing rewritten
     assert (again.new, again.updated, again.failed, again.released) == (0, 0, summary.failed, 0)
-    assert {e.key: e.reason for e in store.quarantined(SOURCE)} == {k: e.reason for k, e in quarantine.items()}
+    assert {e.key: e.reason for e in store.quarantine.entries(SOURCE)} == {k: e.reason for k, e in quarantine.items()}
     store.close()
     _check_logs(caplog)
 
@@ -158,7 +158,7 @@ def test_random_byte_damage_never_stops_the_sync(tmp_path, store_url, write_conf
     store = Store.from_config(config)
     summary = sync_source(store, config.sources[0])
     assert summary.error is None
-    quarantine = store.quarantined(SOURCE)
+    quarantine = store.quarantine.entries(SOURCE)
     assert len(quarantine) == summary.failed
     assert all(_names_the_problem(e.reason) and "internal" not in e.reason for e in quarantine)
     client = create_app(config, store).test_client()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
 from app.cli import main
-from app.explain import ExplainError, explain_file
+from app.sync.explain import ExplainError, explain_file
 from app.mapping import map_study
 from app.mapping.context import MappingContext
 from app.mapping.profile import BASE_FILE, VENDORS_DIR

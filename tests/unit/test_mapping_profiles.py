@@ -21,7 +21,6 @@ from app.mapping.claims import STRUCTURE_DEFINITION
 from app.mapping.context import MappingContext
 from app.mapping.endpoint import REQUIRES_ACCESS_TOKEN
 from app.mapping.profile import BASE_FILE, VENDORS_DIR, base_profile, source_profile
-from app.sync import build_source, mapping_context
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT = "http://snomed.info/sct"
@@ -72,8 +71,8 @@ def config_with(tmp_path, archive):
 
 
 def mapped_studies(src):
-    return {m.imaging_study["id"]: m for m in (map_study(item, mapping_context(src))
-                                                for item in build_source(src).iter_studies())}
+    return {m.imaging_study["id"]: m for m in (map_study(item, src.mapping_context())
+                                                for item in src.open().iter_studies())}
 
 
 # --- layering ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 `ImagingStudy?patient=` returns their studies as well."""
 from __future__ import annotations
 
-from app.ondemand import searched_identifiers
+from app.sync.ondemand import searched_identifiers
 from app.search.query import parse_search
 
 PATIENTS = {

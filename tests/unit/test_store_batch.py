@@ -72,14 +72,14 @@ def _snapshot(store: Store) -> dict:
 
 def test_put_studies_stores_what_put_study_stores(store_url):
     store = Store(store_url)
-    one_by_one = [store.put_study(study, patient, "pacs") for study, patient in SEQUENCE]
+    one_by_one = [store.studies.put(study, patient, "pacs") for study, patient in SEQUENCE]
     expected = _snapshot(store)
     SQLModel.metadata.drop_all(store.engine)
     store.close()
 
     store = Store(store_url)
     try:
-        batched = store.put_studies(SEQUENCE[:5], "pacs") + store.put_studies(SEQUENCE[5:], "pacs")
+        batched = store.studies.put_many(SEQUENCE[:5], "pacs") + store.studies.put_many(SEQUENCE[5:], "pacs")
         assert batched == one_by_one == ["new", "new", "new", "updated", "updated", "unchanged", "updated"]
         assert _snapshot(store) == expected
         patients = {r[1]: r[2] for r in expected["resources"] if r[0] == "Patient"}

@@ -1,4 +1,4 @@
-"""A sync stores its studies a batch at a time (app.sync.StudyBatch) and loses nothing by it.
+"""A sync stores its studies a batch at a time (app.sync.batch.StudyBatch) and loses nothing by it.
 
 A run that is stopped, or whose archive fails, stores what it mapped; a study the store
 refuses keeps the studies before it, as one transaction per study did; identity matching
@@ -11,7 +11,7 @@ import orjson
 import pytest
 from sqlalchemy import event, select
 
-import app.sync as sync
+import app.sync.batch
 from app.identity.features import features
 from app.identity.reconcile import digest
 from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
@@ -20,7 +20,8 @@ from app.sources.orthanc_changes import ChangeEvent, ChangesPage
 from app.store import links
 from app.store import tables as t
 from app.store.repository import Store
-from app.sync import BATCH_SIZE, sync_changes, sync_source
+from app.sync.batch import BATCH_SIZE
+from app.sync.run import sync_changes, sync_source
 
 ROOT = "1.2.826.0.1.3680043.8.498.77"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -49,10 +50,13 @@ class ListSource:
     def __init__(self, items, down_at: int | None = None):
         self.items = items
         self.down_at = down_at
+        self.name = "pacs"
         self.stats: dict = {}
         self.listing_complete = True
+        self.answers_queries = True
+        self.change_feed = None
 
-    def total(self) -> int:
+    def total(self, match=None) -> int:
         return len(self.items)
 
     def iter_studies(self, match=None):
@@ -113,19 +117,19 @@ def test_an_archive_failing_mid_batch_keeps_what_was_mapped(setup):
     summary = sync_source(store, src, source=ListSource([record(n) for n in range(10)], down_at=4))
     assert summary.error and summary.new == 4
     assert stored(store) == {uid(n) for n in range(4)}
-    assert store.source_state("pacs").last_full is None  # the run did not complete
+    assert store.sync_state.get("pacs").last_full is None  # the run did not complete
 
 
 def test_a_study_the_store_refuses_keeps_the_studies_before_it(setup, monkeypatch):
     store, src = setup
-    put_study = store.put_study
+    put_study = store.studies.put
 
     def refuse_the_third(study, *args, **kwargs):
         if study["id"] == uid(2):
             raise RuntimeError("refused")
         return put_study(study, *args, **kwargs)
 
-    monkeypatch.setattr(store, "put_study", refuse_the_third)
+    monkeypatch.setattr(store.studies, "put", refuse_the_third)
     with pytest.raises(RuntimeError):
         sync_source(store, src, source=ListSource([record(n) for n in range(6)]))
     assert stored(store) == {uid(0), uid(1)}
@@ -133,18 +137,18 @@ def test_a_study_the_store_refuses_keeps_the_studies_before_it(setup, monkeypatc
 
 def test_failed_identity_matching_keeps_its_study_and_undoes_only_its_own_writes(setup, monkeypatch):
     store, src = setup
-    reconcile_pending = sync.reconcile_pending
+    reconcile_pending = app.sync.batch.reconcile_pending
     failing = "MRN-1"
 
     def fail_for_one(conn, store_, work, rules):
         changed = reconcile_pending(conn, store_, work, rules)
         patient = links.stored_patient(conn, work.patient_id)
         if patient["identifier"][0]["value"] == failing:  # a new version, then a failure
-            store_._put(conn, {**patient, "name": [{"family": "Changed"}]})
+            store_.resources.put_in(conn, {**patient, "name": [{"family": "Changed"}]})
             raise RuntimeError("matching failed")
         return changed
 
-    monkeypatch.setattr(sync, "reconcile_pending", fail_for_one)
+    monkeypatch.setattr(app.sync.batch, "reconcile_pending", fail_for_one)
     summary = sync_source(store, src, source=ListSource([record(n) for n in range(3)]))
     assert summary.new == 3 and summary.error is None
     assert stored(store) == {uid(0), uid(1), uid(2)}
@@ -168,10 +172,10 @@ def test_a_quarantined_study_between_stored_ones(setup):
     items = [record(0), StudyFailure(uid(1), "unreadable header"), record(2)]
     summary = sync_source(store, src, source=ListSource(items))
     assert (summary.new, summary.failed) == (2, 1)
-    assert [q.study_uid for q in store.quarantined("pacs")] == [uid(1)]
+    assert [q.study_uid for q in store.quarantine.entries("pacs")] == [uid(1)]
     again = sync_source(store, src, source=ListSource([record(n) for n in range(3)]))
     assert (again.new, again.unchanged, again.failed, again.released) == (1, 2, 0, 1)
-    assert store.quarantined("pacs") == []  # stored fine now: released, and counted
+    assert store.quarantine.entries("pacs") == []  # stored fine now: released, and counted
 
 
 def test_a_change_feed_cursor_never_passes_a_study_not_stored(setup, monkeypatch):
@@ -182,14 +186,14 @@ def test_a_change_feed_cursor_never_passes_a_study_not_stored(setup, monkeypatch
         ChangesPage(events=[ChangeEvent("study", f"o{n}", uid(n)) for n in range(3, 6)], last=20),
     ])
     cursors = []
-    update = store.update_source_state
+    update = store.sync_state.update
 
     def note_cursor(name, **values):
         if "cursor" in values:
             cursors.append((values["cursor"]["seq"], stored(store)))
         update(name, **values)
 
-    monkeypatch.setattr(store, "update_source_state", note_cursor)
+    monkeypatch.setattr(store.sync_state, "update", note_cursor)
     events = []
     summary = sync_changes(store, src, source, {"seq": 0}, stop=lambda: events.append(1) or len(events) == 5)
     assert cursors[0] == (10, {uid(0), uid(1), uid(2)})
@@ -239,7 +243,7 @@ def test_matching_is_skipped_only_for_a_patient_whose_filed_features_are_its_own
             select(t.Resource.id, t.Resource.content).where(t.Resource.rtype == "Patient"))}
         filed = {r.patient_id: r.digest for r in conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.digest))}
         pairs = {(r.a, r.b) for r in conn.execute(select(t.PatientLink.a, t.PatientLink.b))}
-    assert filed == {pid: digest(features(p, store.identity)) for pid, p in patients.items()}
+    assert filed == {pid: digest(features(p, src.identity)) for pid, p in patients.items()}
     assert pairs == {tuple(sorted(patients))}  # A, once it says Roe^Anna 1980-05-05, meets B
 
 

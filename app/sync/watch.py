@@ -10,23 +10,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from app.config import SourceConfig
 from app.logsafe import describe
-from app.sync import SyncSummary, build_source, record_outcome, sync_incremental
+from app.sources.base import Source
+from app.sources.settings import SourceSettings
 from app.store.repository import Store
+from app.sync.run import sync_incremental
+from app.sync.summary import SyncSummary, record_outcome
 
-log = logging.getLogger("imaging_facade.watch")
+log = logging.getLogger(__name__)
 
 #: longest pause after repeated failures, in seconds
 MAX_BACKOFF = 300.0
 
 
-def watch(store: Store, sources: list[SourceConfig], stop: threading.Event,
+def watch(store: Store, sources: list[SourceSettings], stop: threading.Event,
           on_poll: Callable[[SyncSummary], None] | None = None) -> None:
     """Poll `sources` until `stop` is set."""
-    built = {src.name: build_source(src) for src in sources}
+    built = {src.name: src.open() for src in sources}
     due = {src.name: 0.0 for src in sources}
     failures = {src.name: 0 for src in sources}
     while not stop.is_set():
@@ -44,7 +46,7 @@ def watch(store: Store, sources: list[SourceConfig], stop: threading.Event,
         stop.wait(max(0.0, min(due.values()) - time.monotonic()))
 
 
-def _poll(store: Store, src: SourceConfig, source, stop: threading.Event) -> SyncSummary:
+def _poll(store: Store, src: SourceSettings, source: Source, stop: threading.Event) -> SyncSummary:
     try:
         return sync_incremental(store, src, source, stop.is_set)
     except Exception as exc:  # a store or mapping failure must not end the watcher

@@ -21,20 +21,21 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import orjson
 
-from app.config import SourceConfig
+from app.clock import instant_now_ms
 from app.fhir.errors import FhirError
 from app.logsafe import describe
-from app.clock import instant_now_ms
 from app.search.query import ANY_SYSTEM, ChainClause, Clause, SearchQuery
 from app.sources.errors import SourceError
-from app.sync import SyncSummary, build_source, mapping_context, sync_item
+from app.sources.settings import SourceSettings
+from app.sync.batch import StudyBatch
+from app.sync.summary import SyncSummary
 
-log = logging.getLogger("imaging_facade.on_demand")
+log = logging.getLogger(__name__)
 
 _PATIENT_REFERENCES = ("patient", "subject")
 
 
-def claimed_systems(src: SourceConfig) -> set[str]:
+def claimed_systems(src: SourceSettings) -> set[str]:
     """Identifier systems of the patients this source's studies map to."""
     return {src.patient_id_system, *src.issuer_systems.values()}
 
@@ -102,7 +103,7 @@ class OnDemand:
             for src in self.sources:
                 if system not in claimed_systems(src):
                     continue
-                fetched = self._store.patient_fetched(src.name, system, value)
+                fetched = self._store.fetches.when(src.name, system, value)
                 if fetched is not None and now - fetched < src.on_demand.max_age * 1_000_000:
                     continue
                 futures.append(self._start(src, system, value))
@@ -118,7 +119,7 @@ class OnDemand:
         found = self._read_current("Patient", rid)
         return orjson.loads(found[2]) if found else None
 
-    def _start(self, src: SourceConfig, system: str, value: str) -> Future:
+    def _start(self, src: SourceSettings, system: str, value: str) -> Future:
         key = (src.name, system, value)
         with self._lock:
             running = self._running.get(key)
@@ -126,16 +127,17 @@ class OnDemand:
                 running = self._running[key] = self._pool.submit(self._fetch, src, system, value)
             return running
 
-    def _fetch(self, src: SourceConfig, system: str, value: str) -> SyncSummary:
+    def _fetch(self, src: SourceSettings, system: str, value: str) -> SyncSummary:
         started, _ = instant_now_ms()
         summary = SyncSummary(src.name)
         try:
             with self._source_locks[src.name]:
-                source = self._built.get(src.name) or self._built.setdefault(src.name, build_source(src))
-                ctx = mapping_context(src)
+                source = self._built.get(src.name) or self._built.setdefault(src.name, src.open())
+                ctx = src.mapping_context()
                 for item in source.iter_studies(match={"PatientID": value}):
-                    sync_item(self._store, src.name, ctx, item, summary)
-            self._store.mark_patient_fetched(src.name, system, value, started)
+                    with StudyBatch(self._store, src.name, ctx, summary, src.identity) as batch:
+                        batch.add(item)
+            self._store.fetches.mark(src.name, system, value, started)
         except SourceError as exc:
             summary.error = str(exc)
             log.error("on-demand fetch from source %s failed: %s", src.name, exc)
