@@ -16,19 +16,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.mapping import codes, tags
 
-# --- attribute tags read below and by the resource mappers (nested ones are not in tags.py:
-# sources keep whole sequences, so nested attributes arrive with their parent) ------------
-CODE_VALUE = "00080100"
-CODING_SCHEME_DESIGNATOR = "00080102"
-CODING_SCHEME_VERSION = "00080103"
-CODE_MEANING = "00080104"
-LONG_CODE_VALUE = "00080119"
-URN_CODE_VALUE = "00080120"
-LOCAL_NAMESPACE_ENTITY_ID = "00400031"
-UNIVERSAL_ENTITY_ID = "00400032"
-UNIVERSAL_ENTITY_ID_TYPE = "00400033"
-IDENTIFIER_TYPE_CODE = "00400035"
-
 #: longest text kept in a FHIR string (DICOM LO is 64 characters, ST 1,024, LT 10,240)
 MAX_TEXT = 4096
 #: most values (or sequence items) of one attribute kept; real headers hold a handful
@@ -48,12 +35,6 @@ class MappingError(Exception):
 
 # --- the shape of DICOM JSON (PS3.18 F.2) -----------------------------------------------
 
-#: every attribute the mapping reads, at any level (nested ones arrive inside sequences)
-READ_TAGS = frozenset(tags.ALL) | {
-    CODE_VALUE, CODING_SCHEME_DESIGNATOR, CODING_SCHEME_VERSION, CODE_MEANING,
-    LONG_CODE_VALUE, URN_CODE_VALUE, LOCAL_NAMESPACE_ENTITY_ID, UNIVERSAL_ENTITY_ID,
-    UNIVERSAL_ENTITY_ID_TYPE, IDENTIFIER_TYPE_CODE,
-}
 _TEXT_VRS = frozenset("AE AS AT CS DA DT LO LT SH ST TM UC UI UR UT".split())
 _NUMBER_VRS = frozenset("DS IS FL FD SL SS UL US SV UV".split())
 
@@ -206,7 +187,7 @@ def checked(attrs, repairs: list) -> dict:
         return {}
     out = None
     for tag, element in attrs.items():
-        if tag not in READ_TAGS:
+        if tag not in tags.READ:
             continue
         fixed = _checked_element(tag, element, repairs)
         if fixed is element:
@@ -621,16 +602,16 @@ def coding_from_item(item: dict, label: str, repairs: list | None) -> dict | Non
     Code Value, else Long Code Value, else URN Code Value (a URN is its own system,
     urn:ietf:rfc:3986). An unknown coding scheme keeps code and display without `system`.
     """
-    meaning = clean_text(first(item, CODE_MEANING), label, repairs)
-    designator = first(item, CODING_SCHEME_DESIGNATOR)
-    code = fhir_code(first(item, CODE_VALUE) or first(item, LONG_CODE_VALUE))
+    meaning = clean_text(first(item, tags.CODE_MEANING), label, repairs)
+    designator = first(item, tags.CODING_SCHEME_DESIGNATOR)
+    code = fhir_code(first(item, tags.CODE_VALUE) or first(item, tags.LONG_CODE_VALUE))
     if code is not None:
         system, code = codes.coding_system_and_code(designator, code)
         if system is None and designator and repairs is not None:
             repairs.append(f"{label}: coding scheme {designator!r} has no known URI; "
                            "system left out")
     else:
-        urn = fhir_code(first(item, URN_CODE_VALUE))
+        urn = fhir_code(first(item, tags.URN_CODE_VALUE))
         if urn is None:
             if meaning is None:
                 return None
@@ -639,7 +620,7 @@ def coding_from_item(item: dict, label: str, repairs: list | None) -> dict | Non
     coding: dict = {}
     if system:
         coding["system"] = system
-        version = fhir_code(first(item, CODING_SCHEME_VERSION))
+        version = fhir_code(first(item, tags.CODING_SCHEME_VERSION))
         if version:
             coding["version"] = version
     coding["code"] = code

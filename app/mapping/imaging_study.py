@@ -18,13 +18,9 @@ from functools import cache
 
 from app.identity.keys import patient_key
 from app.ids import valid_id
-from app.mapping import claims, codes, private
+from app.mapping import claims, codes, private, tags
 from app.mapping.context import MappingContext
 from app.mapping.dicom_values import (
-    CODE_MEANING,
-    LOCAL_NAMESPACE_ENTITY_ID,
-    UNIVERSAL_ENTITY_ID,
-    UNIVERSAL_ENTITY_ID_TYPE,
     MappingError,
     all_text,
     checked,
@@ -42,46 +38,6 @@ from app.mapping.dicom_values import (
 )
 from app.mapping.patient import map_patient
 from app.mapping.profile import body_part_key, institution_key
-
-# study level
-STUDY_UID = "0020000D"
-STUDY_DATE = "00080020"
-STUDY_TIME = "00080030"
-TZ_OFFSET = "00080201"
-ACCESSION = "00080050"
-ACCESSION_ISSUER = "00080051"
-REFERRING = "00080090"
-READING = "00081060"
-STUDY_DESCRIPTION = "00081030"
-PROCEDURE_CODES = "00081032"
-REASON_TEXT = "00401002"
-REASON_CODES = "0040100A"
-REQUEST_ATTRIBUTES = "00400275"
-MODALITIES_IN_STUDY = "00080061"
-STUDY_SERIES_COUNT = "00201206"
-STUDY_INSTANCE_COUNT = "00201208"
-# series level
-SERIES_UID = "0020000E"
-SERIES_NUMBER = "00200011"
-MODALITY = "00080060"
-SERIES_DESCRIPTION = "0008103E"
-SERIES_INSTANCE_COUNT = "00201209"
-BODY_PART = "00180015"
-LATERALITY = "00200060"
-SERIES_DATE = "00080021"
-SERIES_TIME = "00080031"
-PERFORMING = "00081050"
-OPERATORS = "00081070"
-# instance level
-SOP_INSTANCE_UID = "00080018"
-SOP_CLASS_UID = "00080016"
-INSTITUTION = "00080080"
-INSTANCE_NUMBER = "00200013"
-IMAGE_TYPE = "00080008"
-CONTENT_LABEL = "00700080"
-CONCEPT_NAME = "0040A043"
-DOCUMENT_TITLE = "00420010"
-IMAGE_LATERALITY = "00200062"
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 #: most repair notes written into one ImagingStudy
@@ -106,7 +62,7 @@ class MappedStudy:
 
 
 def _study_uid(record, attrs: dict) -> str:
-    from_attrs = first(attrs, STUDY_UID)
+    from_attrs = first(attrs, tags.STUDY_UID)
     from_record = (record.uid or "").strip() or None
     if from_attrs and from_record and from_attrs != from_record:
         raise MappingError("StudyInstanceUID of the attributes differs from the record's uid")
@@ -140,15 +96,15 @@ def _sop_class(uid: str) -> dict:
 
 
 def _instance_title(inst: dict, repairs: list) -> str | None:
-    label = first(inst, CONTENT_LABEL)
+    label = first(inst, tags.CONTENT_LABEL)
     if label is None:
-        names = items(inst, CONCEPT_NAME)
+        names = items(inst, tags.CONCEPT_NAME)
         if names:
-            label = first(names[0], CODE_MEANING)
+            label = first(names[0], tags.CODE_MEANING)
         if label is None:
-            label = first(inst, DOCUMENT_TITLE)
+            label = first(inst, tags.DOCUMENT_TITLE)
             if label is None:
-                kinds = raw_values(inst, IMAGE_TYPE)
+                kinds = raw_values(inst, tags.IMAGE_TYPE)
                 if kinds:
                     label = "\\".join(k.strip() if isinstance(k, str) else str(k)
                                       for k in kinds if k is not None).strip("\\ ") or None
@@ -162,20 +118,20 @@ def _map_instances(instances: list[dict], series_uid: str, repairs: list) -> lis
     bad_numbers: list[str] = []  # one note per series, not one per instance
     not_dicom_uid = 0
     for inst in instances:
-        uid = first(inst, SOP_INSTANCE_UID)
+        uid = first(inst, tags.SOP_INSTANCE_UID)
         if uid is None:
             missing_uid += 1
             continue
         if not valid_id(uid):
             bad_uid += 1
             continue
-        sop_class = fhir_code(first(inst, SOP_CLASS_UID))
+        sop_class = fhir_code(first(inst, tags.SOP_CLASS_UID))
         if sop_class is None:
             no_class += 1
             continue
         if not _valid_uid(uid):
             not_dicom_uid += 1
-        number = unsigned(inst, INSTANCE_NUMBER, "InstanceNumber", bad_numbers)
+        number = unsigned(inst, tags.INSTANCE_NUMBER, "InstanceNumber", bad_numbers)
         rows.append((number is None, number or 0, uid, sop_class, inst))
     rows.sort(key=lambda row: row[:3])
     out = []
@@ -238,14 +194,14 @@ def _modality(value: str | None, label: str, noted: set, repairs: list,
 
 def _series_laterality(attrs: dict, instances: list[dict], where: str,
                        repairs: list) -> dict | None:
-    value = first(attrs, LATERALITY)
+    value = first(attrs, tags.LATERALITY)
     if value is not None:
         coding = codes.laterality_coding(value)
         if coding is None:
             repairs.append(f"{where}: Laterality {value!r} is not R, L, B or U; left out")
         return coding
     # no series Laterality: the Image Laterality its instances agree on, if any
-    found = {v.upper() for v in (first(inst, IMAGE_LATERALITY) for inst in instances) if v}
+    found = {v.upper() for v in (first(inst, tags.IMAGE_LATERALITY) for inst in instances) if v}
     if len(found) == 1:
         return codes.laterality_coding(found.pop())
     return None
@@ -253,11 +209,11 @@ def _series_laterality(attrs: dict, instances: list[dict], where: str,
 
 def _performers(attrs: dict) -> list[dict]:
     out = []
-    physicians = name_displays(attrs, PERFORMING)
+    physicians = name_displays(attrs, tags.PERFORMING)
     for name in physicians:
         out.append({"function": codes.copy_concept(codes.PERFORMER_FUNCTION),
                     "actor": {"display": name}})
-    for name in name_displays(attrs, OPERATORS):
+    for name in name_displays(attrs, tags.OPERATORS):
         if name not in physicians:
             out.append({"actor": {"display": name}})
     return out
@@ -283,47 +239,47 @@ def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None
     at = f"ImagingStudy.series[{index}]"
     instances = [checked(inst, repairs) for inst in instances]
     series: dict = {"uid": uid}
-    ctx.trace(at + ".uid", [SERIES_UID])
+    ctx.trace(at + ".uid", [tags.SERIES_UID])
     if number is not None:
         series["number"] = number
-        ctx.trace(at + ".number", [SERIES_NUMBER])
-    modality, rule = _modality(first(attrs, MODALITY), "Modality", noted, repairs, ctx)
+        ctx.trace(at + ".number", [tags.SERIES_NUMBER])
+    modality, rule = _modality(first(attrs, tags.MODALITY), "Modality", noted, repairs, ctx)
     if modality is None:  # R4 requires series.modality: DICOM's "Other"
         modality = {"system": codes.DCM, "code": "OT", "display": "Other"}
         repairs.append(f"{where}: Modality missing; series modality set to OT")
-        ctx.trace(at + ".modality", [MODALITY], None, "Modality missing: OT (Other)")
+        ctx.trace(at + ".modality", [tags.MODALITY], None, "Modality missing: OT (Other)")
     else:
-        ctx.trace(at + ".modality", [MODALITY], rule)
+        ctx.trace(at + ".modality", [tags.MODALITY], rule)
     series["modality"] = modality
-    description = text(attrs, SERIES_DESCRIPTION, "SeriesDescription", repairs)
+    description = text(attrs, tags.SERIES_DESCRIPTION, "SeriesDescription", repairs)
     if description:
         series["description"] = description
-        ctx.trace(at + ".description", [SERIES_DESCRIPTION])
+        ctx.trace(at + ".description", [tags.SERIES_DESCRIPTION])
     mapped_instances = _map_instances(instances, uid, repairs)
-    count = unsigned(attrs, SERIES_INSTANCE_COUNT, "NumberOfSeriesRelatedInstances", repairs)
+    count = unsigned(attrs, tags.SERIES_INSTANCE_COUNT, "NumberOfSeriesRelatedInstances", repairs)
     series["numberOfInstances"] = count if count is not None else len(mapped_instances)
-    ctx.trace(at + ".numberOfInstances", [SERIES_INSTANCE_COUNT] if count is not None else
-              [SOP_INSTANCE_UID], None, None if count is not None else "instances counted")
-    body_part = first(attrs, BODY_PART)
+    ctx.trace(at + ".numberOfInstances", [tags.SERIES_INSTANCE_COUNT] if count is not None else
+              [tags.SOP_INSTANCE_UID], None, None if count is not None else "instances counted")
+    body_part = first(attrs, tags.BODY_PART)
     if body_part:
         body_part = clean_text(body_part, "BodyPartExamined", repairs)
         series["bodySite"], rule = _body_site(body_part, where, ctx, repairs)
-        ctx.trace(at + ".bodySite", [BODY_PART], rule)
+        ctx.trace(at + ".bodySite", [tags.BODY_PART], rule)
     laterality = _series_laterality(attrs, instances, where, repairs)
     if laterality:
         series["laterality"] = laterality
-        ctx.trace(at + ".laterality", [LATERALITY] if first(attrs, LATERALITY) else [IMAGE_LATERALITY])
-    started = fhir_datetime(first(attrs, SERIES_DATE), first(attrs, SERIES_TIME),
-                            first(attrs, TZ_OFFSET) or offset, ctx.timezone,
+        ctx.trace(at + ".laterality", [tags.LATERALITY] if first(attrs, tags.LATERALITY) else [tags.IMAGE_LATERALITY])
+    started = fhir_datetime(first(attrs, tags.SERIES_DATE), first(attrs, tags.SERIES_TIME),
+                            first(attrs, tags.TZ_OFFSET) or offset, ctx.timezone,
                             ("SeriesDate", "SeriesTime"), f"{where} started", repairs,
                             ctx.rules.date_formats)
     if started:
         series["started"] = started
-        ctx.trace(at + ".started", [SERIES_DATE, SERIES_TIME, TZ_OFFSET])
+        ctx.trace(at + ".started", [tags.SERIES_DATE, tags.SERIES_TIME, tags.TZ_OFFSET])
     performers = _performers(attrs)
     if performers:
         series["performer"] = performers
-        ctx.trace(at + ".performer", [PERFORMING, OPERATORS])
+        ctx.trace(at + ".performer", [tags.PERFORMING, tags.OPERATORS])
     if mapped_instances:
         series["instance"] = mapped_instances
         if ctx.recorder is not None:
@@ -333,14 +289,15 @@ def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None
 
 
 def _trace_instances(instances: list[dict], at: str, ctx: MappingContext) -> None:
-    ctx.trace(at + ".instance", [SOP_INSTANCE_UID])
+    ctx.trace(at + ".instance", [tags.SOP_INSTANCE_UID])
     for i, entry in enumerate(instances):
-        ctx.trace(f"{at}.instance[{i}].uid", [SOP_INSTANCE_UID])
-        ctx.trace(f"{at}.instance[{i}].sopClass", [SOP_CLASS_UID])
-        ctx.trace(f"{at}.instance[{i}].number", [INSTANCE_NUMBER])
+        ctx.trace(f"{at}.instance[{i}].uid", [tags.SOP_INSTANCE_UID])
+        ctx.trace(f"{at}.instance[{i}].sopClass", [tags.SOP_CLASS_UID])
+        ctx.trace(f"{at}.instance[{i}].number", [tags.INSTANCE_NUMBER])
         if "title" in entry:
-            ctx.trace(f"{at}.instance[{i}].title", [CONTENT_LABEL, CONCEPT_NAME, DOCUMENT_TITLE, IMAGE_TYPE],
-                      None, "Content Label, else Concept Name, Document Title or Image Type")
+            ctx.trace(f"{at}.instance[{i}].title",
+                      [tags.CONTENT_LABEL, tags.CONCEPT_NAME, tags.DOCUMENT_TITLE, tags.IMAGE_TYPE], None,
+                      "Content Label, else Concept Name, Document Title or Image Type")
 
 
 def _apply_private(resource: dict, level: str, attrs: dict, at: str, ctx: MappingContext,
@@ -375,7 +332,7 @@ def _map_series_list(record, offset: str | None, ctx: MappingContext,
     missing = invalid = 0
     for series_record in record.series:
         attrs = checked(series_record.attrs, repairs)
-        uid = first(attrs, SERIES_UID)
+        uid = first(attrs, tags.SERIES_UID)
         if uid is None:
             missing += 1
             continue
@@ -385,7 +342,7 @@ def _map_series_list(record, offset: str | None, ctx: MappingContext,
         if not _valid_uid(uid):
             repairs.append(f"series {uid}: SeriesInstanceUID is not a valid DICOM UID; "
                            "kept as the archive gave it")
-        number = unsigned(attrs, SERIES_NUMBER, f"series {uid}: SeriesNumber", repairs)
+        number = unsigned(attrs, tags.SERIES_NUMBER, f"series {uid}: SeriesNumber", repairs)
         rows.append((number is None, number or 0, uid, attrs, series_record))
     if missing:
         repairs.append(f"{missing} series without SeriesInstanceUID left out")
@@ -410,22 +367,22 @@ def _accession(attrs: dict, ctx: MappingContext, repairs: list) -> tuple[dict | 
     """Accession identifier: value (0008,0050) (or of the first Request Attributes item that
     has one) and system from its Issuer of Accession Number Sequence (0008,0051)."""
     source = attrs
-    value = first(attrs, ACCESSION)
+    value = first(attrs, tags.ACCESSION)
     if value is None:
-        for item in items(attrs, REQUEST_ATTRIBUTES):
-            value = first(item, ACCESSION)
+        for item in items(attrs, tags.REQUEST_ATTRIBUTES):
+            value = first(item, tags.ACCESSION)
             if value is not None:
                 source = item
                 break
     value = clean_text(value, "AccessionNumber", repairs)
     if value is None:
         return None, None
-    issuers = items(source, ACCESSION_ISSUER) or (items(attrs, ACCESSION_ISSUER)
+    issuers = items(source, tags.ACCESSION_ISSUER) or (items(attrs, tags.ACCESSION_ISSUER)
                                                    if source is not attrs else [])
     issuer = issuers[0] if issuers else {}
-    local = first(issuer, LOCAL_NAMESPACE_ENTITY_ID)
-    system = universal_entity_system(first(issuer, UNIVERSAL_ENTITY_ID),
-                                     first(issuer, UNIVERSAL_ENTITY_ID_TYPE),
+    local = first(issuer, tags.LOCAL_NAMESPACE_ENTITY_ID)
+    system = universal_entity_system(first(issuer, tags.UNIVERSAL_ENTITY_ID),
+                                     first(issuer, tags.UNIVERSAL_ENTITY_ID_TYPE),
                                      "IssuerOfAccessionNumberSequence", repairs)
     rule = None
     if system is None and local:
@@ -446,16 +403,16 @@ def _accession(attrs: dict, ctx: MappingContext, repairs: list) -> tuple[dict | 
 
 def _reasons(attrs: dict, repairs: list) -> list[dict]:
     def from_level(level: dict) -> list[dict]:
-        found = codeable_concepts(level, REASON_CODES, "ReasonForRequestedProcedureCode",
+        found = codeable_concepts(level, tags.REASON_CODES, "ReasonForRequestedProcedureCode",
                                   repairs)
-        reason = text(level, REASON_TEXT, "ReasonForTheRequestedProcedure", repairs)
+        reason = text(level, tags.REASON_TEXT, "ReasonForTheRequestedProcedure", repairs)
         if reason and not any(c.get("text") == reason for c in found):
             found.append({"text": reason})
         return found
 
     reasons = from_level(attrs)
     if not reasons:
-        for item in items(attrs, REQUEST_ATTRIBUTES):
+        for item in items(attrs, tags.REQUEST_ATTRIBUTES):
             for concept in from_level(item):
                 if concept not in reasons:
                     reasons.append(concept)
@@ -477,98 +434,98 @@ def map_study(record, ctx: MappingContext) -> MappedStudy:
     noted: set = set()
 
     patient = map_patient(attrs, uid, ctx, repairs)
-    offset = first(attrs, TZ_OFFSET)
+    offset = first(attrs, tags.TZ_OFFSET)
     series = _map_series_list(record, offset, ctx, noted, repairs)
     if not series:
         raise MappingError("none of the study's series has a usable SeriesInstanceUID")
 
     trace = ctx.trace
     study: dict = {"resourceType": "ImagingStudy", "id": uid, "meta": claims.meta("ImagingStudy")}
-    trace("ImagingStudy.id", [STUDY_UID])
+    trace("ImagingStudy.id", [tags.STUDY_UID])
     trace("ImagingStudy.meta.profile", (), None, "the profile every ImagingStudy claims "
           "(fhir_profiles/structure)")
     identifiers = [{"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + uid}]
-    trace("ImagingStudy.identifier[0]", [STUDY_UID])
+    trace("ImagingStudy.identifier[0]", [tags.STUDY_UID])
     accession, rule = _accession(attrs, ctx, repairs)
     if accession:
         identifiers.append(accession)
-        trace("ImagingStudy.identifier[1]", [ACCESSION, ACCESSION_ISSUER])
-        trace("ImagingStudy.identifier[1].system", [ACCESSION_ISSUER], rule)
+        trace("ImagingStudy.identifier[1]", [tags.ACCESSION, tags.ACCESSION_ISSUER])
+        trace("ImagingStudy.identifier[1].system", [tags.ACCESSION_ISSUER], rule)
     study["identifier"] = identifiers
     study["status"] = "available"
     trace("ImagingStudy.status", (), None, "the study is held by the archive")
 
     modalities = []
-    listed = all_text(attrs, MODALITIES_IN_STUDY)
+    listed = all_text(attrs, tags.MODALITIES_IN_STUDY)
     if listed:
         for value in listed:
             coding, rule = _modality(value, "ModalitiesInStudy", noted, repairs, ctx)
             if coding and coding not in modalities:
-                trace(f"ImagingStudy.modality[{len(modalities)}]", [MODALITIES_IN_STUDY], rule)
+                trace(f"ImagingStudy.modality[{len(modalities)}]", [tags.MODALITIES_IN_STUDY], rule)
                 modalities.append(coding)
     else:
         for index, entry in enumerate(series):
             if entry["modality"] not in modalities:
                 found = ctx.recorder.explain(f"ImagingStudy.series[{index}].modality") if ctx.recorder else None
-                trace(f"ImagingStudy.modality[{len(modalities)}]", [MODALITY],
+                trace(f"ImagingStudy.modality[{len(modalities)}]", [tags.MODALITY],
                       found[1].rule if found else None, "the distinct series modalities")
                 modalities.append(dict(entry["modality"]))
     if modalities:
         study["modality"] = modalities
     study["subject"] = {"reference": "Patient/" + patient["id"]}
-    trace("ImagingStudy.subject", ["00100020", "00100021", "00100024"], None,
+    trace("ImagingStudy.subject", [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS], None,
           "the Patient keyed by (issuer system, Patient ID)")
 
-    started = fhir_datetime(first(attrs, STUDY_DATE), first(attrs, STUDY_TIME), offset,
+    started = fhir_datetime(first(attrs, tags.STUDY_DATE), first(attrs, tags.STUDY_TIME), offset,
                             ctx.timezone, ("StudyDate", "StudyTime"), "started", repairs,
                             ctx.rules.date_formats)
     if started:
         study["started"] = started
-        trace("ImagingStudy.started", [STUDY_DATE, STUDY_TIME, TZ_OFFSET], None,
+        trace("ImagingStudy.started", [tags.STUDY_DATE, tags.STUDY_TIME, tags.TZ_OFFSET], None,
               None if offset else f"local time in the source's zone {ctx.timezone}")
     if accession:
         based_on = dict(accession, type=codes.copy_concept(codes.ACCESSION_TYPE))
         if "assigner" in based_on:
             based_on["assigner"] = dict(based_on["assigner"])
         study["basedOn"] = [{"type": "ServiceRequest", "identifier": based_on}]
-        trace("ImagingStudy.basedOn", [ACCESSION, ACCESSION_ISSUER])
-    referrers = name_displays(attrs, REFERRING)
+        trace("ImagingStudy.basedOn", [tags.ACCESSION, tags.ACCESSION_ISSUER])
+    referrers = name_displays(attrs, tags.REFERRING)
     if referrers:
         study["referrer"] = {"display": referrers[0]}
-        trace("ImagingStudy.referrer", [REFERRING])
-    readers = name_displays(attrs, READING)
+        trace("ImagingStudy.referrer", [tags.REFERRING])
+    readers = name_displays(attrs, tags.READING)
     if readers:
         study["interpreter"] = [{"display": name} for name in readers]
-        trace("ImagingStudy.interpreter", [READING])
+        trace("ImagingStudy.interpreter", [tags.READING])
     study["endpoint"] = [{"reference": "Endpoint/" + ctx.source}]
     trace("ImagingStudy.endpoint", (), None, f"the Endpoint of source {ctx.source}")
 
-    series_count = unsigned(attrs, STUDY_SERIES_COUNT, "NumberOfStudyRelatedSeries", repairs)
+    series_count = unsigned(attrs, tags.STUDY_SERIES_COUNT, "NumberOfStudyRelatedSeries", repairs)
     study["numberOfSeries"] = series_count if series_count is not None else len(series)
-    trace("ImagingStudy.numberOfSeries", [STUDY_SERIES_COUNT] if series_count is not None
-          else [SERIES_UID], None, None if series_count is not None else "series counted")
-    instance_count = unsigned(attrs, STUDY_INSTANCE_COUNT, "NumberOfStudyRelatedInstances",
+    trace("ImagingStudy.numberOfSeries", [tags.STUDY_SERIES_COUNT] if series_count is not None
+          else [tags.SERIES_UID], None, None if series_count is not None else "series counted")
+    instance_count = unsigned(attrs, tags.STUDY_INSTANCE_COUNT, "NumberOfStudyRelatedInstances",
                               repairs)
     study["numberOfInstances"] = (instance_count if instance_count is not None
                                   else sum(s["numberOfInstances"] for s in series))
-    trace("ImagingStudy.numberOfInstances", [STUDY_INSTANCE_COUNT] if instance_count is not None
-          else [SOP_INSTANCE_UID], None, None if instance_count is not None else "instances counted")
-    procedures = codeable_concepts(attrs, PROCEDURE_CODES, "ProcedureCodeSequence", repairs)
+    trace("ImagingStudy.numberOfInstances", [tags.STUDY_INSTANCE_COUNT] if instance_count is not None
+          else [tags.SOP_INSTANCE_UID], None, None if instance_count is not None else "instances counted")
+    procedures = codeable_concepts(attrs, tags.PROCEDURE_CODES, "ProcedureCodeSequence", repairs)
     if procedures:
         study["procedureCode"] = procedures
-        trace("ImagingStudy.procedureCode", [PROCEDURE_CODES])
+        trace("ImagingStudy.procedureCode", [tags.PROCEDURE_CODES])
     location, rule = _location(attrs, ctx, repairs)
     if location:
         study["location"] = location
-        trace("ImagingStudy.location", [INSTITUTION] if first(attrs, INSTITUTION) else (), rule)
+        trace("ImagingStudy.location", [tags.INSTITUTION] if first(attrs, tags.INSTITUTION) else (), rule)
     reasons = _reasons(attrs, repairs)
     if reasons:
         study["reasonCode"] = reasons
-        trace("ImagingStudy.reasonCode", [REASON_CODES, REASON_TEXT, REQUEST_ATTRIBUTES])
-    description = text(attrs, STUDY_DESCRIPTION, "StudyDescription", repairs)
+        trace("ImagingStudy.reasonCode", [tags.REASON_CODES, tags.REASON_TEXT, tags.REQUEST_ATTRIBUTES])
+    description = text(attrs, tags.STUDY_DESCRIPTION, "StudyDescription", repairs)
     if description:
         study["description"] = description
-        trace("ImagingStudy.description", [STUDY_DESCRIPTION])
+        trace("ImagingStudy.description", [tags.STUDY_DESCRIPTION])
     _apply_private(study, "study", attrs, "ImagingStudy", ctx, repairs, "study")
     description = study.pop("description", None)  # R4 order: note, then description
     repairs = [_note_text(note) for note in dict.fromkeys(repairs)]
@@ -591,7 +548,7 @@ def _location(attrs: dict, ctx: MappingContext, repairs: list) -> tuple[dict | N
     rules = ctx.rules
     if not rules.institution_location:
         return None, None
-    name = text(attrs, INSTITUTION, "InstitutionName", repairs)
+    name = text(attrs, tags.INSTITUTION, "InstitutionName", repairs)
     if name:
         key = institution_key(name)
         if key in rules.institution_names:
