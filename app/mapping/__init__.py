@@ -7,7 +7,7 @@ MappingError(reason) is raised only for a study that cannot be represented at al
 source's archive needs read differently (issuers, vendor terms, private attributes…) comes
 from the mapping profile the context carries (profile.py, fhir_profiles/mapping/).
 """
-from app.mapping.dicom_values import MappingError
+from app.mapping.errors import MappingError
 from app.mapping.endpoint import map_endpoint
 from app.mapping.imaging_study import MappedStudy, map_study
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from app.ids import valid_id
 from app.mapping import claims
 from app.mapping.context import MappingContext
-from app.mapping.dicom_values import MappingError
+from app.mapping.errors import MappingError
 
 #: SMART Imaging Access: whether the app presents its access token at the Endpoint's address
 REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"

@@ -20,22 +20,12 @@ from app.identity.keys import patient_key
 from app.ids import valid_id
 from app.mapping import claims, codes, private, tags
 from app.mapping.context import MappingContext
-from app.mapping.dicom_values import (
-    MappingError,
-    all_text,
-    checked,
-    clean_text,
-    codeable_concepts,
-    fhir_code,
-    fhir_datetime,
-    first,
-    items,
-    name_displays,
-    raw_values,
-    text,
-    universal_entity_system,
-    unsigned,
-)
+from app.mapping.codings import codeable_concepts, universal_entity_system
+from app.mapping.datetimes import fhir_datetime
+from app.mapping.errors import MappingError
+from app.mapping.shape import checked
+from app.mapping.values import clean_text, fhir_code
+from app.mapping.vr import all_text, first, items, name_displays, raw_values, text, unsigned, valid_uid
 from app.mapping.patient import map_patient
 from app.mapping.profile import body_part_key, institution_key
 
@@ -74,11 +64,6 @@ def _study_uid(record, attrs: dict) -> str:
     return uid
 
 
-def _valid_uid(uid: str) -> bool:
-    """A DICOM UID (PS3.5 9.1): an OID of at most 64 characters, no leading zeros."""
-    return len(uid) <= 64 and codes.OID_RE.fullmatch(uid) is not None
-
-
 @cache
 def _sop_class_name(uid: str) -> str | None:
     from pydicom.uid import UID
@@ -89,7 +74,7 @@ def _sop_class_name(uid: str) -> str | None:
 
 def _sop_class(uid: str) -> dict:
     coding = {"system": codes.RFC3986, "code": "urn:oid:" + uid}
-    name = _sop_class_name(uid) if _valid_uid(uid) else None
+    name = _sop_class_name(uid) if valid_uid(uid) else None
     if name:
         coding["display"] = name
     return coding
@@ -129,7 +114,7 @@ def _map_instances(instances: list[dict], series_uid: str, repairs: list) -> lis
         if sop_class is None:
             no_class += 1
             continue
-        if not _valid_uid(uid):
+        if not valid_uid(uid):
             not_dicom_uid += 1
         number = unsigned(inst, tags.INSTANCE_NUMBER, "InstanceNumber", bad_numbers)
         rows.append((number is None, number or 0, uid, sop_class, inst))
@@ -339,7 +324,7 @@ def _map_series_list(record, offset: str | None, ctx: MappingContext,
         if not valid_id(uid):
             invalid += 1
             continue
-        if not _valid_uid(uid):
+        if not valid_uid(uid):
             repairs.append(f"series {uid}: SeriesInstanceUID is not a valid DICOM UID; "
                            "kept as the archive gave it")
         number = unsigned(attrs, tags.SERIES_NUMBER, f"series {uid}: SeriesNumber", repairs)
@@ -428,7 +413,7 @@ def map_study(record, ctx: MappingContext) -> MappedStudy:
         raise MappingError(f"source name {ctx.source!r} is not a valid FHIR id")
     if not record.series:
         raise MappingError("the study has no series")
-    if not _valid_uid(uid):
+    if not valid_uid(uid):
         repairs.append("StudyInstanceUID is not a valid DICOM UID (digits and dots, no "
                        "leading zeros); kept as the archive gave it")
     noted: set = set()

@@ -12,17 +12,9 @@ from urllib.parse import quote
 from app.identity.keys import patient_id, patient_id_for_study
 from app.mapping import claims, codes, tags
 from app.mapping.context import MappingContext
-from app.mapping.dicom_values import (
-    clean_text,
-    fhir_code,
-    first,
-    items,
-    parse_da_with,
-    pn_components,
-    pn_groups,
-    raw_values,
-    universal_entity_system,
-)
+from app.mapping.codings import universal_entity_system
+from app.mapping.values import clean_text, fhir_code
+from app.mapping.vr import first, items, parse_da_with, pn_components, pn_groups, raw_values
 
 #: Identifier.system of a local issuer that has no configured URI
 LOCAL_ISSUER_PREFIX = "urn:imaging-facade:issuer:"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 
-from app.mapping.dicom_values import clean_text, pn_display
+from app.mapping.values import clean_text
+from app.mapping.vr import pn_display
 from app.mapping.profile import PrivateTag
 
 
