@@ -1,4 +1,4 @@
-"""The archive -> FHIR R4 Endpoint (one per source; BRIEF §2).
+"""The archive -> FHIR R4 Endpoint (one per source).
 
 ImagingStudy.endpoint is 1..* in the SMART Imaging Access profile, so every source has an
 Endpoint, also a folder of files with no image service (ctx.wado_url None). That Endpoint
@@ -13,10 +13,8 @@ from __future__ import annotations
 from app.ids import valid_id
 from app.mapping import claims
 from app.mapping.context import MappingContext
-from app.mapping.dicom_values import MappingError
+from app.mapping.errors import MappingError
 
-#: SMART Imaging Access: whether the app presents its access token at the Endpoint's address
-REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 CONNECTION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 PLACEHOLDER_ADDRESS_PREFIX = "urn:imaging-facade:source:"
 #: SMART Imaging Access IG: whether an app presents its access token to this endpoint

@@ -1,4 +1,4 @@
-"""DICOM Patient module -> FHIR R4 Patient (BRIEF §2 and §3).
+"""DICOM Patient module (PS3.3 C.7.1.1) -> FHIR R4 Patient.
 
 Identifiers follow HL7's v2-to-FHIR rules for CX/HD: the issuer decides Identifier.system,
 and the Patient's id is a digest of (system, value) of the identifier from Patient ID
@@ -10,31 +10,11 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from app.identity.keys import patient_id, patient_id_for_study
-from app.mapping import claims, codes
+from app.mapping import claims, codes, tags
+from app.mapping.codings import universal_entity_system
 from app.mapping.context import MappingContext
-from app.mapping.dicom_values import (
-    IDENTIFIER_TYPE_CODE,
-    UNIVERSAL_ENTITY_ID,
-    UNIVERSAL_ENTITY_ID_TYPE,
-    clean_text,
-    fhir_code,
-    first,
-    items,
-    parse_da_with,
-    pn_components,
-    pn_groups,
-    raw_values,
-    universal_entity_system,
-)
-
-PATIENT_NAME = "00100010"
-PATIENT_ID = "00100020"
-ISSUER_OF_PATIENT_ID = "00100021"
-ISSUER_QUALIFIERS = "00100024"
-OTHER_PATIENT_IDS = "00101002"
-BIRTH_DATE = "00100030"
-SEX = "00100040"
-STUDY_DATE = "00080020"
+from app.mapping.values import clean_text, fhir_code
+from app.mapping.vr import first, items, parse_da_with, pn_components, pn_groups, raw_values
 
 #: Identifier.system of a local issuer that has no configured URI
 LOCAL_ISSUER_PREFIX = "urn:imaging-facade:issuer:"
@@ -57,14 +37,15 @@ def issuer_system(attrs: dict, ctx: MappingContext, label: str,
     return system, local, type_code
 
 
-def issuer_system_and_rule(attrs: dict, ctx: MappingContext, label: str, repairs: list):
+def issuer_system_and_rule(attrs: dict, ctx: MappingContext, label: str,
+                           repairs: list) -> tuple[str, str | None, str | None, str | None]:
     """issuer_system and the profile rule (file:line) that gave the system, if one did."""
-    local = first(attrs, ISSUER_OF_PATIENT_ID)
-    qualifiers = items(attrs, ISSUER_QUALIFIERS)
+    local = first(attrs, tags.ISSUER_OF_PATIENT_ID)
+    qualifiers = items(attrs, tags.ISSUER_QUALIFIERS)
     qualifier = qualifiers[0] if qualifiers else {}
-    type_code = fhir_code(first(qualifier, IDENTIFIER_TYPE_CODE))
-    system = universal_entity_system(first(qualifier, UNIVERSAL_ENTITY_ID),
-                               first(qualifier, UNIVERSAL_ENTITY_ID_TYPE), label, repairs)
+    type_code = fhir_code(first(qualifier, tags.IDENTIFIER_TYPE_CODE))
+    system = universal_entity_system(first(qualifier, tags.UNIVERSAL_ENTITY_ID),
+                                     first(qualifier, tags.UNIVERSAL_ENTITY_ID_TYPE), label, repairs)
     if system:
         return system, local, type_code, None
     if local:
@@ -80,13 +61,13 @@ def patient_identifier(attrs: dict, ctx: MappingContext, label: str,
                        repairs: list, at: str | None = None) -> dict | None:
     """Identifier from the Patient ID (0010,0020) of `attrs` and its issuer, or None;
     `at` is the element path provenance is recorded under."""
-    value = clean_text(first(attrs, PATIENT_ID), label, repairs)
+    value = clean_text(first(attrs, tags.PATIENT_ID), label, repairs)
     if not value:
         return None
     system, local, type_code, rule = issuer_system_and_rule(attrs, ctx, label, repairs)
     if at:
-        ctx.trace(at, [PATIENT_ID, ISSUER_OF_PATIENT_ID, ISSUER_QUALIFIERS])
-        ctx.trace(at + ".system", [ISSUER_OF_PATIENT_ID, ISSUER_QUALIFIERS], rule,
+        ctx.trace(at, [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS])
+        ctx.trace(at + ".system", [tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS], rule,
                   None if local or rule else "no issuer: the source's Patient ID system")
     identifier: dict = {}
     if type_code:
@@ -115,7 +96,7 @@ def _components(group: str, name_format: str) -> list[str]:
     return [words[0], words[1], " ".join(words[2:]), "", ""]
 
 
-def human_names(value, repairs: list | None = None, name_format: str = "dicom") -> list[dict]:
+def human_names(value: object, repairs: list | None = None, name_format: str = "dicom") -> list[dict]:
     """HumanNames of one PN value: one per non-empty component group; the ideographic and
     phonetic groups carry the iso21090-EN-representation extension (IDE / SYL)."""
     names: list[dict] = []
@@ -144,63 +125,86 @@ def human_names(value, repairs: list | None = None, name_format: str = "dicom") 
 def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
                 repairs: list) -> dict:
     """FHIR Patient for the patient-level attributes of one study."""
-    identifiers: list[dict] = []
-    trace = ctx.trace
+    resource_id, identifiers = _id_and_identifiers(attrs, study_uid, ctx, repairs)
+    patient: dict = {"resourceType": "Patient", "id": resource_id, "meta": claims.meta("Patient")}
+    ctx.trace("Patient.meta.profile", (), None, "the profile every Patient claims (fhir_profiles/structure)")
+    if identifiers:
+        patient["identifier"] = identifiers
+    _add_name(patient, attrs, ctx, repairs)
+    _add_gender(patient, attrs, ctx, repairs)
+    _add_birth_date(patient, attrs, ctx, repairs)
+    return patient
+
+
+def _id_and_identifiers(attrs: dict, study_uid: str, ctx: MappingContext,
+                        repairs: list) -> tuple[str, list[dict]]:
+    """(Patient.id, Patient.identifier): the id is a digest of the first identifier, so every
+    study with the same Patient ID and issuer refers to the same Patient."""
     primary = patient_identifier(attrs, ctx, "PatientID", repairs, "Patient.identifier[0]")
-    if primary is not None:
-        identifiers.append(primary)
-        resource_id = patient_id(primary["system"], primary["value"])
-        # Other Patient IDs Sequence: more (id, issuer) pairs for the same person
-        seen = {(primary["system"], primary["value"])}
-        for item in items(attrs, OTHER_PATIENT_IDS):
-            other = patient_identifier(item, ctx, "OtherPatientIDsSequence", repairs)
-            if other is None or (other["system"], other["value"]) in seen:
-                continue
-            seen.add((other["system"], other["value"]))
-            trace(f"Patient.identifier[{len(identifiers)}]", [OTHER_PATIENT_IDS])
-            identifiers.append(other)
-        trace("Patient.id", [PATIENT_ID, ISSUER_OF_PATIENT_ID, ISSUER_QUALIFIERS], None,
-              "a digest of the first identifier's system and value")
-    else:
+    if primary is None:
         # no Patient ID: a patient of its own, never merged with anybody
         resource_id = patient_id_for_study(study_uid)
         repairs.append("PatientID is empty; the study gets a Patient of its own")
-        trace("Patient.id", ["0020000D"], None, "no Patient ID: a Patient of the study's own")
+        ctx.trace("Patient.id", [tags.STUDY_UID], None, "no Patient ID: a Patient of the study's own")
+        return resource_id, []
+    identifiers = [primary]
+    resource_id = patient_id(primary["system"], primary["value"])
+    # Other Patient IDs Sequence: more (id, issuer) pairs for the same person
+    seen = {(primary["system"], primary["value"])}
+    for item in items(attrs, tags.OTHER_PATIENT_IDS):
+        other = patient_identifier(item, ctx, "OtherPatientIDsSequence", repairs)
+        if other is None or (other["system"], other["value"]) in seen:
+            continue
+        seen.add((other["system"], other["value"]))
+        ctx.trace(f"Patient.identifier[{len(identifiers)}]", [tags.OTHER_PATIENT_IDS])
+        identifiers.append(other)
+    ctx.trace("Patient.id", [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS], None,
+              "a digest of the first identifier's system and value")
+    return resource_id, identifiers
 
-    patient: dict = {"resourceType": "Patient", "id": resource_id, "meta": claims.meta("Patient")}
-    trace("Patient.meta.profile", (), None, "the profile every Patient claims (fhir_profiles/structure)")
-    if identifiers:
-        patient["identifier"] = identifiers
-    names_values = raw_values(attrs, PATIENT_NAME)
-    if names_values:
-        rules = ctx.rules
-        groups = [g for g in pn_groups(names_values[0]) if g]
-        reformatted = rules.name_format != "dicom" and any(" " in g.strip() and "^" not in g for g in groups)
-        names = human_names(names_values[0], repairs, rules.name_format)
-        if names:
-            patient["name"] = names
-            if reformatted:
-                repairs.append(f"PatientName has no component separators (^); read as "
-                               f"{rules.name_format} (mapping profile names.format)")
-            trace("Patient.name", [PATIENT_NAME], rules.rule("names", "format") if reformatted else None)
-    sex = first(attrs, SEX)
+
+def _add_name(patient: dict, attrs: dict, ctx: MappingContext, repairs: list) -> None:
+    """Patient.name from the first PatientName value, its groups split as the profile's
+    `names.format` says where they have no component separators."""
+    names_values = raw_values(attrs, tags.PATIENT_NAME)
+    if not names_values:
+        return
+    rules = ctx.rules
+    groups = [g for g in pn_groups(names_values[0]) if g]
+    reformatted = rules.name_format != "dicom" and any(" " in g.strip() and "^" not in g for g in groups)
+    names = human_names(names_values[0], repairs, rules.name_format)
+    if names:
+        patient["name"] = names
+        if reformatted:
+            repairs.append(f"PatientName has no component separators (^); read as "
+                           f"{rules.name_format} (mapping profile names.format)")
+        ctx.trace("Patient.name", [tags.PATIENT_NAME], rules.rule("names", "format") if reformatted else None)
+
+
+def _add_gender(patient: dict, attrs: dict, ctx: MappingContext, repairs: list) -> None:
+    """Patient.gender, which the profile requires: "unknown" where Patient's Sex does not say."""
+    sex = first(attrs, tags.SEX)
     patient["gender"] = _GENDER.get(sex.upper(), "unknown") if sex else "unknown"
-    trace("Patient.gender", [SEX], None, None if sex else "no Patient's Sex: unknown")
+    ctx.trace("Patient.gender", [tags.SEX], None, None if sex else "no Patient's Sex: unknown")
     if sex and sex.upper() not in _GENDER:
         repairs.append(f"PatientSex {sex!r} is not M, F or O; gender set to unknown")
-    birth = first(attrs, BIRTH_DATE)
-    if birth:
-        birth_date, pattern = parse_da_with(birth, ctx.rules.date_formats)
-        study_date, _ = parse_da_with(first(attrs, STUDY_DATE), ctx.rules.date_formats)
-        if pattern is not None:
-            repairs.append("PatientBirthDate is not a valid DA; read with the mapping profile's "
-                           "dates.formats")
-        if birth_date is None:
-            repairs.append("PatientBirthDate is not a valid DA; birthDate left out")
-        elif study_date is not None and birth_date > study_date:
-            # mapping has no clock: the study's own date is the latest the birth can be
-            repairs.append("PatientBirthDate is after the StudyDate; birthDate left out")
-        else:
-            patient["birthDate"] = birth_date.isoformat()
-            trace("Patient.birthDate", [BIRTH_DATE], ctx.rules.rule("dates", "formats") if pattern else None)
-    return patient
+
+
+def _add_birth_date(patient: dict, attrs: dict, ctx: MappingContext, repairs: list) -> None:
+    """Patient.birthDate, unless it is no date or after the study's date."""
+    birth = first(attrs, tags.BIRTH_DATE)
+    if not birth:
+        return
+    birth_date, pattern = parse_da_with(birth, ctx.rules.date_formats)
+    study_date, _ = parse_da_with(first(attrs, tags.STUDY_DATE), ctx.rules.date_formats)
+    if pattern is not None:
+        repairs.append("PatientBirthDate is not a valid DA; read with the mapping profile's "
+                       "dates.formats")
+    if birth_date is None:
+        repairs.append("PatientBirthDate is not a valid DA; birthDate left out")
+    elif study_date is not None and birth_date > study_date:
+        # mapping has no clock: the study's own date is the latest the birth can be
+        repairs.append("PatientBirthDate is after the StudyDate; birthDate left out")
+    else:
+        patient["birthDate"] = birth_date.isoformat()
+        ctx.trace("Patient.birthDate", [tags.BIRTH_DATE], ctx.rules.rule("dates", "formats") if pattern else None)

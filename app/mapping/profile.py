@@ -14,10 +14,10 @@ Merge rule: mappings merge key by key, a later layer's value replacing an earlie
 synonym PET); lists replace, except `private_tags`, whose rules add up (a later rule for
 the same creator, group and element replaces the earlier one).
 
-Each layer is checked on its own by a marshmallow schema (profile_schema.py), so an error
-names the file and the line it is on. The merged result is a frozen `Profile`: plain data the mapping reads
-without any I/O, which also remembers the file and line of every rule (`rule(...)`) so the
-explain command can cite them.
+Each layer is checked on its own (profile_layer.py, by the schema of profile_schema.py), so an
+error names the file and the line it is on. The merged result is a frozen `Profile`: plain data
+the mapping reads without any I/O, which also remembers the file and line of every rule
+(`rule(...)`) so the explain command can cite them.
 """
 from __future__ import annotations
 
@@ -25,104 +25,15 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Callable
 
-from marshmallow import ValidationError
-
-from app.mapping.profile_schema import EXTENSION_BASE, PRIVATE_TARGETS, LayerSchema, snomed_meanings
-from app.mapping.profile_yaml import YamlProblem, line_of, load_marked
+from app.mapping.profile_layer import Layer, ProfileError, check_layer, read_layer, shown_path
+from app.mapping.profile_schema import EXTENSION_BASE, PRIVATE_TARGETS, snomed_meanings
 
 #: the bundled profiles: fhir_profiles/mapping next to the app package
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "fhir_profiles" / "mapping"
 BASE_FILE = PROFILES_DIR / "base.yaml"
 VENDORS_DIR = PROFILES_DIR / "vendors"
-
-
-class ProfileError(Exception):
-    """A profile that cannot be used: every problem as `file:line: key: reason`."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-# --- one layer: read, check ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One profile file (or config mapping) after its check."""
-
-    label: str  # the file (or "config.yaml sources[0].profile")
-    data: dict
-    lines: dict  # key path -> line (empty for data not written in a file)
-
-    def where(self, path: tuple) -> str:
-        line = line_of(self.lines, path) if self.lines else None
-        return f"{self.label}:{line}" if line else self.label
-
-
-def _path_text(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(profile)"
-
-
-def _flatten(messages, path=()) -> list[tuple[tuple, str]]:
-    if isinstance(messages, list):
-        return [(path, str(m)) for m in messages]
-    out = []
-    for key, value in messages.items():
-        if key == "_schema":
-            out += _flatten(value, path)
-        else:
-            out += _flatten(value, path + (key,))
-    return out
-
-
-def check_layer(data, lines: dict, label: str) -> Layer:
-    """A checked Layer, or ProfileError naming file, line, key and reason for each problem."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ProfileError([f"{label}:{lines.get((), 1)}: a profile is a mapping of keys, not "
-                            f"{type(data).__name__}"])
-    try:
-        LayerSchema().load(data)
-    except ValidationError as exc:
-        problems = []
-        for path, reason in _flatten(exc.messages):
-            # marshmallow reports a bad dict entry under its key as {"key": …} / {"value": …}
-            shown = path[:-1] if path and path[-1] in ("key", "value") and path[:-1] and \
-                path[:-1] in lines else path
-            if reason == "Unknown field.":
-                reason = "unknown key (see fhir_profiles/README.md for the keys a profile has)"
-            line = line_of(lines, shown) if lines else None
-            problems.append(f"{label}:{line}: {_path_text(shown)}: {reason}" if line
-                            else f"{label}: {_path_text(shown)}: {reason}")
-        raise ProfileError(problems) from exc
-    return Layer(label, data, lines)
-
-
-def read_layer(path: Path, label: str | None = None) -> Layer:
-    label = label or _shown_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError([f"{label}: cannot read the profile: {exc.strerror or exc}"]) from exc
-    try:
-        data, lines = load_marked(text, label)
-    except YamlProblem as exc:
-        raise ProfileError([f"{label}:{exc.line}: {exc.reason}" if exc.line else f"{label}: {exc.reason}"]) from exc
-    return check_layer(data, lines, label)
-
-
-def _shown_path(path: Path) -> str:
-    """A path as errors show it: relative to the working directory when it is below it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 # --- the merged profile -----------------------------------------------------------------------
@@ -214,27 +125,41 @@ def body_part_meaning(code: str) -> str:
 
 def merge(layers: list[Layer]) -> Profile:
     """One Profile from layers, earliest first (see the module doc for the rule)."""
+    values, rules, private = _collect(layers)
+    body_parts = _body_parts(values, rules)
+    synonyms = _keyed(values, rules, ("modality", "synonyms"), ("modality", "synonym"), str.upper)
+    names = _keyed(values, rules, ("institution", "names"), ("institution", "name"), institution_key)
+    return Profile(
+        layers=tuple(layer.label for layer in layers),
+        patient_id_system=_one(values, "patient_id", "system"),
+        accession_system=_one(values, "accession", "system"),
+        issuers=_table(values, ("issuers",)),
+        modality_synonyms=synonyms,
+        body_parts=body_parts,
+        institution_location=_one(values, "institution", "location", default=True),
+        institution_names=names,
+        institution_default=_one(values, "institution", "default"),
+        name_format=_one(values, "names", "format", default="dicom"),
+        date_formats=tuple(_one(values, "dates", "formats", default=())),
+        default_character_set=_one(values, "character_set", "default"),
+        requires_access_token=_one(values, "endpoint", "requires_access_token", default=False),
+        private_tags=tuple(private.values()),
+        rules=rules,
+    )
+
+
+def _collect(layers: list[Layer]) -> tuple[dict[tuple, object], dict[tuple, str], dict[tuple, PrivateTag]]:
+    """(value, rule) of every key path, the last layer's winning, and the private rules by
+    (creator, group, element)."""
     values: dict[tuple, object] = {}
     rules: dict[tuple, str] = {}
     private: dict[tuple, PrivateTag] = {}
-
-    def walk(node, path, layer):
-        for key, value in node.items():
-            here = path + (key,)
-            if isinstance(value, dict):
-                if not value:
-                    rules.setdefault(here, layer.where(here))
-                walk(value, here, layer)
-            else:
-                values[here] = value
-                rules[here] = layer.where(here)
-
     for layer in layers:
         data = dict(layer.data)
         tags = data.pop("private_tags", None) or []
         data.pop("vendor", None)
         data.pop("description", None)
-        walk(data, (), layer)
+        _walk(data, (), layer, values, rules)
         for index, item in enumerate(tags):
             group, element = int(item["group"], 16), int(item["element"], 16)
             target = item.get("target")
@@ -243,47 +168,56 @@ def merge(layers: list[Layer]) -> Profile:
                 creator=item["creator"], group=group, element=element, level=level, target=target,
                 extension=EXTENSION_BASE + item["extension"] if item.get("extension") else None,
                 rule=layer.where(("private_tags", index)))
+    return values, rules, private
 
-    def table(prefix: tuple) -> dict:
-        return {path[len(prefix)]: value for path, value in values.items()
-                if len(path) == len(prefix) + 1 and path[:len(prefix)] == prefix and value is not None}
 
-    def one(*path, default=None):
-        value = values.get(path)
-        return default if value is None else value
+def _walk(node: dict, path: tuple, layer: Layer, values: dict, rules: dict) -> None:
+    """Every leaf of one layer's mapping into `values`, and where it was written into `rules`
+    (an empty mapping too: it still says where its section is)."""
+    for key, value in node.items():
+        here = path + (key,)
+        if isinstance(value, dict):
+            if not value:
+                rules.setdefault(here, layer.where(here))
+            _walk(value, here, layer, values, rules)
+        else:
+            values[here] = value
+            rules[here] = layer.where(here)
 
+
+def _table(values: dict, prefix: tuple) -> dict:
+    """The entries of the mapping at `prefix`, without the ones a later layer removed (null)."""
+    return {path[len(prefix)]: value for path, value in values.items()
+            if len(path) == len(prefix) + 1 and path[:len(prefix)] == prefix and value is not None}
+
+
+def _one(values: dict, *path: str, default: object = None) -> object:
+    value = values.get(path)
+    return default if value is None else value
+
+
+def _body_parts(values: dict, rules: dict) -> dict:
+    """Normalized term -> (SNOMED CT code, meaning): CID 4031's meanings unless the profile
+    turns them off, then the profile's own terms."""
     body_parts: dict = {}
-    if one("body_part", "cid4031_meanings", default=True):
+    if _one(values, "body_part", "cid4031_meanings", default=True):
         body_parts.update(_cid4031_meanings())
-    for term, code in table(("body_part", "terms")).items():
+    terms = _table(values, ("body_part", "terms"))
+    for term, code in terms.items():
         body_parts[body_part_key(term)] = (code, body_part_meaning(code))
-    for term, code in table(("body_part", "terms")).items():
+    for term, code in terms.items():
         rules[("body_part", "term", body_part_key(term))] = rules[("body_part", "terms", term)]
-    synonyms = {}
-    for value, code in table(("modality", "synonyms")).items():
-        synonyms[value.upper()] = code
-        rules[("modality", "synonym", value.upper())] = rules[("modality", "synonyms", value)]
-    names = {}
-    for variant, name in table(("institution", "names")).items():
-        names[institution_key(variant)] = name
-        rules[("institution", "name", institution_key(variant))] = rules[("institution", "names", variant)]
-    return Profile(
-        layers=tuple(layer.label for layer in layers),
-        patient_id_system=one("patient_id", "system"),
-        accession_system=one("accession", "system"),
-        issuers=table(("issuers",)),
-        modality_synonyms=synonyms,
-        body_parts=body_parts,
-        institution_location=one("institution", "location", default=True),
-        institution_names=names,
-        institution_default=one("institution", "default"),
-        name_format=one("names", "format", default="dicom"),
-        date_formats=tuple(one("dates", "formats", default=())),
-        default_character_set=one("character_set", "default"),
-        requires_access_token=one("endpoint", "requires_access_token", default=False),
-        private_tags=tuple(private.values()),
-        rules=rules,
-    )
+    return body_parts
+
+
+def _keyed(values: dict, rules: dict, section: tuple, rule_path: tuple, key: Callable[[str], str]) -> dict:
+    """The table at `section` under normalized keys, each entry's rule also kept under
+    `rule_path` + normalized key, where the mapping looks it up."""
+    out = {}
+    for written, value in _table(values, section).items():
+        out[key(written)] = value
+        rules[(*rule_path, key(written))] = rules[(*section, written)]
+    return out
 
 
 @cache
@@ -312,7 +246,7 @@ def vendor_layer(vendor: str, root: Path | None = None) -> Layer:
     return read_layer(path, f"fhir_profiles/mapping/vendors/{vendor}.yaml")
 
 
-def source_profile(vendor: str | None, profile, root: Path | None, label: str,
+def source_profile(vendor: str | None, profile: str | dict | None, root: Path | None, label: str,
                    legacy: dict | None = None, lines: dict | None = None) -> Profile:
     """The merged profile of one source.
 
@@ -323,29 +257,39 @@ def source_profile(vendor: str | None, profile, root: Path | None, label: str,
     key set both there and in the source's profile to different values is refused.
     """
     layers = [base_layer()]
-    own: Layer | None = None
-    if isinstance(profile, str):
-        path = Path(profile)
-        own = read_layer(path if path.is_absolute() or root is None else root / path)
-    elif isinstance(profile, dict):
-        own = check_layer(profile, lines or {}, _shown_path(Path(label)))
-    elif profile is not None:
-        raise ProfileError([f"{label}: must be a file name or a mapping of profile keys"])
-    named_vendor = own.data.get("vendor") if own else None
-    if vendor and named_vendor and vendor != named_vendor:
-        raise ProfileError([f"{own.where(('vendor',))}: vendor {named_vendor!r} differs from the source's "
-                            f"vendor {vendor!r}"])
-    vendor = vendor or named_vendor
+    own = _own_layer(profile, root, label, lines)
+    vendor = _vendor(vendor, own)
     if vendor:
         layers.append(vendor_layer(vendor, root))
     if own is not None:
         layers.append(own)
     if legacy:
-        legacy_layer = check_layer(legacy, {}, _shown_path(Path(label)) + " (issuer_systems, patient_id_system, "
+        legacy_layer = check_layer(legacy, {}, shown_path(Path(label)) + " (issuer_systems, patient_id_system, "
                                    "accession_system)")
         _refuse_conflicts(own, legacy_layer)
         layers.append(legacy_layer)
     return merge(layers)
+
+
+def _own_layer(profile: object, root: Path | None, label: str, lines: dict | None) -> Layer | None:
+    """The source's own layer, from the file or the mapping its `profile:` gives."""
+    if isinstance(profile, str):
+        path = Path(profile)
+        return read_layer(path if path.is_absolute() or root is None else root / path)
+    if isinstance(profile, dict):
+        return check_layer(profile, lines or {}, shown_path(Path(label)))
+    if profile is not None:
+        raise ProfileError([f"{label}: must be a file name or a mapping of profile keys"])
+    return None
+
+
+def _vendor(vendor: str | None, own: Layer | None) -> str | None:
+    """The source's vendor, given in its config or named by its own layer; both must agree."""
+    named_vendor = own.data.get("vendor") if own else None
+    if vendor and named_vendor and vendor != named_vendor:
+        raise ProfileError([f"{own.where(('vendor',))}: vendor {named_vendor!r} differs from the source's "
+                            f"vendor {vendor!r}"])
+    return vendor or named_vendor
 
 
 def _refuse_conflicts(own: Layer | None, legacy: Layer) -> None:

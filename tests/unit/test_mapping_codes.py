@@ -9,7 +9,7 @@ from pydicom.sr.codedict import codes as sr_codes
 from pydicom.sr.coding import snomed_mapping
 
 from app.mapping import codes
-from app.mapping.dicom_values import coding_from_item
+from app.mapping.codings import coding_from_item
 
 
 def el(vr, *values):

@@ -14,7 +14,7 @@ from pydicom.sr.codedict import codes as sr_codes
 from app.identity import patient_id, patient_id_for_study, patient_key
 from app.mapping import MappedStudy, MappingError, map_endpoint, map_study
 from app.mapping.context import MappingContext
-from app.mapping.dicom_values import MAX_TEXT
+from app.mapping.values import MAX_TEXT
 from app.sources.base import SeriesRecord, StudyRecord
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
