@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
+from app.identity.settings import IdentityConfig
 from app.mapping.profile import Profile, base_profile
 
 
@@ -26,6 +28,8 @@ class MappingContext:
     profile: Profile | None = None
     #: a provenance Recorder while a study is explained; None while syncing
     recorder: object | None = field(default=None, compare=False)
+    #: the deployment's identity rules: which issuers are one namespace (the Patient id)
+    identity: IdentityConfig = IDENTITY_DEFAULT
 
     @property
     def rules(self) -> Profile:

@@ -15,8 +15,6 @@ out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 from app.identity.keys import patient_key
 from app.ids import valid_id
 from app.mapping import claims, codes, private, tags
@@ -32,8 +30,7 @@ from app.mapping.shape import checked
 from app.mapping.terms import location, modality_coding
 from app.mapping.vr import all_text, first, name_displays, text, unsigned, valid_uid
 
-if TYPE_CHECKING:
-    from app.sources.base import StudyRecord
+from app.mapping.record import StudyRecord
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
@@ -46,10 +43,8 @@ class MappedStudy:
     patient: dict
     repairs: list[str] = field(default_factory=list)
 
-    @property
-    def patient_key(self) -> tuple[str, str] | None:
-        """(system, value) the Patient is keyed by; None for a per-study Patient."""
-        return patient_key(self.patient)
+    #: (namespace system, value) the Patient is keyed by; None for a per-study Patient
+    patient_key: tuple[str, str] | None = None
 
 
 def map_study(record: StudyRecord, ctx: MappingContext) -> MappedStudy:
@@ -79,7 +74,8 @@ def map_study(record: StudyRecord, ctx: MappingContext) -> MappedStudy:
     if "extension" in study:  # R4 element order: extensions right after meta
         study = {"resourceType": study.pop("resourceType"), "id": study.pop("id"),
                  "meta": study.pop("meta"), "extension": study.pop("extension"), **study}
-    return MappedStudy(imaging_study=study, patient=patient, repairs=repairs)
+    return MappedStudy(imaging_study=study, patient=patient, repairs=repairs,
+                       patient_key=patient_key(patient, ctx.identity))
 
 
 def _usable_study_uid(record: StudyRecord, attrs: dict, ctx: MappingContext, repairs: list) -> str:

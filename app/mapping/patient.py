@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from app.identity.keys import patient_id, patient_id_for_study
+from app.identity.keys import decide_patient_id
 from app.mapping import claims, codes, tags
 from app.mapping.codings import universal_entity_system
 from app.mapping.context import MappingContext
@@ -143,12 +143,12 @@ def _id_and_identifiers(attrs: dict, study_uid: str, ctx: MappingContext,
     primary = patient_identifier(attrs, ctx, "PatientID", repairs, "Patient.identifier[0]")
     if primary is None:
         # no Patient ID: a patient of its own, never merged with anybody
-        resource_id = patient_id_for_study(study_uid)
+        resource_id = decide_patient_id(None, study_uid, ctx.identity)
         repairs.append("PatientID is empty; the study gets a Patient of its own")
         ctx.trace("Patient.id", [tags.STUDY_UID], None, "no Patient ID: a Patient of the study's own")
         return resource_id, []
     identifiers = [primary]
-    resource_id = patient_id(primary["system"], primary["value"])
+    resource_id = decide_patient_id((primary["system"], primary["value"]), study_uid, ctx.identity)
     # Other Patient IDs Sequence: more (id, issuer) pairs for the same person
     seen = {(primary["system"], primary["value"])}
     for item in items(attrs, tags.OTHER_PATIENT_IDS):
@@ -158,8 +158,10 @@ def _id_and_identifiers(attrs: dict, study_uid: str, ctx: MappingContext,
         seen.add((other["system"], other["value"]))
         ctx.trace(f"Patient.identifier[{len(identifiers)}]", [tags.OTHER_PATIENT_IDS])
         identifiers.append(other)
+    namespace = ctx.identity.namespace(primary["system"])
     ctx.trace("Patient.id", [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS], None,
-              "a digest of the first identifier's system and value")
+              "a digest of the first identifier's system and value" if namespace == primary["system"] else
+              "a digest of the first identifier's value in its namespace (identity.same_namespace)")
     return resource_id, identifiers
 
 

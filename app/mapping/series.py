@@ -6,8 +6,6 @@ one series with the instances of both.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from app.ids import valid_id
 from app.mapping import codes, private, tags
 from app.mapping.context import MappingContext
@@ -18,8 +16,7 @@ from app.mapping.terms import body_site, modality_coding
 from app.mapping.values import clean_text
 from app.mapping.vr import first, name_displays, text, unsigned, valid_uid
 
-if TYPE_CHECKING:
-    from app.sources.base import SeriesRecord, StudyRecord
+from app.mapping.record import SeriesRecord, StudyRecord
 
 
 def map_series_list(record: StudyRecord, offset: str | None, ctx: MappingContext,

@@ -1,41 +1,16 @@
-"""What every source is: the one shape it yields (study metadata as DICOM JSON, PS3.18 F.2),
-what it can do (the `Source` protocol), and how its settings open it.
-
-QIDO-RS answers in DICOM JSON, pydicom makes it from files (`Dataset.to_json_dict`), so
-mapping has a single input format whatever protocol the study came from.
-"""
+"""What every source is: what it yields (a StudyRecord, the study metadata as DICOM JSON that
+mapping reads, app/mapping/record.py, or a StudyFailure), what it can do (the `Source`
+protocol), and how its settings open it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+from app.mapping.record import SeriesRecord, StudyRecord
 
 if TYPE_CHECKING:
     from app.mapping.profile import Profile
-
-
-@dataclass
-class SeriesRecord:
-    """One series: its series-level attributes and one DICOM JSON object per instance."""
-
-    attrs: dict
-    instances: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class StudyRecord:
-    """One study as a source saw it.
-
-    `attrs` holds study- and patient-level attributes (a QIDO-RS study answer, or the
-    first file of the study). Query-only attributes such as ModalitiesInStudy or
-    NumberOfStudyRelatedInstances are present only when the archive answered them.
-    `repairs` lists what the source had to fix to read the study (for the sync report).
-    """
-
-    uid: str
-    attrs: dict
-    series: list[SeriesRecord] = field(default_factory=list)
-    repairs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,3 +81,6 @@ class ProtocolSettings:
     def credentials(self) -> tuple[tuple[str, str] | None, dict[str, str]]:
         """(HTTP basic auth, headers) for the archive's WADO-RS: none but for DICOMweb."""
         return None, {}
+
+
+__all__ = ["ChangeFeed", "ProtocolSettings", "SeriesRecord", "Source", "StudyFailure", "StudyRecord"]

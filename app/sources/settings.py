@@ -132,6 +132,7 @@ class SourceSettings:
             wado_url=self.endpoint_url or self.wado_url,
             requires_access_token=self.endpoint_requires_token,
             profile=self.profile,
+            identity=self.identity,
         )
 
 

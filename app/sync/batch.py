@@ -11,8 +11,6 @@ import logging
 import time
 
 from app.identity.reconcile import pending, reconcile_pending
-from app.identity.resolve import resolve
-from app.identity.settings import IdentityConfig
 from app.logsafe import describe
 from app.mapping import MappingError, map_study
 from app.mapping.context import MappingContext
@@ -44,13 +42,13 @@ class StudyBatch:
     """
 
     def __init__(self, store: Store, source_name: str, ctx: MappingContext, summary: SyncSummary,
-                 rules: IdentityConfig, size: int = BATCH_SIZE):
+                 size: int = BATCH_SIZE):
         self.store = store
         self.source_name = source_name
         self.ctx = ctx
         self.summary = summary
-        #: the deployment's identity rules: how patients are keyed and matched
-        self.rules = rules
+        #: the deployment's identity rules: how patients are keyed (in mapping) and matched (here)
+        self.rules = ctx.identity
         self.size = size
         self.waiting: list[tuple] = []  # (mapped study, study UID, archive key, repaired)
         self.since = 0.0
@@ -77,7 +75,7 @@ class StudyBatch:
             return
         if not self.waiting:
             self.since = time.monotonic()
-        self.waiting.append((resolve(mapped, self.rules), item.uid, archive_key,
+        self.waiting.append((mapped, item.uid, archive_key,
                              bool(item.repairs or mapped.repairs)))
         self.summary.pending += 1
         if len(self.waiting) >= self.size or time.monotonic() - self.since >= BATCH_WAIT:

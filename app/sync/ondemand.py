@@ -135,7 +135,7 @@ class OnDemand:
                 source = self._built.get(src.name) or self._built.setdefault(src.name, src.open())
                 ctx = src.mapping_context()
                 for item in source.iter_studies(match={"PatientID": value}):
-                    with StudyBatch(self._store, src.name, ctx, summary, src.identity) as batch:
+                    with StudyBatch(self._store, src.name, ctx, summary) as batch:
                         batch.add(item)
             self._store.fetches.mark(src.name, system, value, started)
         except SourceError as exc:

@@ -55,7 +55,7 @@ class Run:
         self.clock = time.perf_counter()
         self.stopped = False
         self.ctx = src.mapping_context()
-        self.batch = StudyBatch(store, src.name, self.ctx, self.summary, src.identity)
+        self.batch = StudyBatch(store, src.name, self.ctx, self.summary)
 
     def __enter__(self) -> Run:
         self.store.sync_state.update(self.src.name, last_attempt=self.started)

@@ -1,15 +1,18 @@
 """Match features, blocking keys and scores (app.identity): each score explains itself."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from app.config import ConfigError
 from app.identity.features import blocking_keys, features
 from app.identity.keys import patient_id
-from app.identity.resolve import resolve
 from app.identity.scoring import score
 from app.identity.settings import DEFAULT, IdentityConfig
-from app.mapping.imaging_study import MappedStudy
+from app.mapping import map_study
+from app.mapping.context import MappingContext
+from app.mapping.record import SeriesRecord, StudyRecord
 
 IDE = {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "IDE"}
 SYL = {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "SYL"}
@@ -147,16 +150,21 @@ def test_blocking_keys_survive_the_errors_scoring_forgives():
     assert not base & keys(patient(family="Smith", given=["Bob"], birth="1980-01-01", ids=[("urn:b", "5")]))
 
 
-def test_resolve_keys_a_patient_in_its_namespace():
+def test_a_patient_is_keyed_in_its_namespace():
     rules = IdentityConfig.from_data({"same_namespace": [["urn:a", "urn:a-old"]]})
     old = {"resourceType": "Patient", "id": patient_id("urn:a-old", "1"),
            "identifier": [{"system": "urn:a-old", "value": "1"}]}
-    study = {"resourceType": "ImagingStudy", "id": "1.2.3", "subject": {"reference": f"Patient/{old['id']}"}}
-    resolved = resolve(MappedStudy(study, old), rules)
+    record = StudyRecord(uid="1.2.3", attrs={"0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+                                            "00100020": {"vr": "LO", "Value": ["1"]}},
+                         series=[SeriesRecord(attrs={"0020000E": {"vr": "UI", "Value": ["1.2.3.1"]},
+                                                     "00080060": {"vr": "CS", "Value": ["CT"]}})])
+    ctx = MappingContext(source="a", timezone="UTC", patient_id_system="urn:a-old", identity=rules)
+    resolved = map_study(record, ctx)
     assert resolved.patient["id"] == patient_id("urn:a", "1")
     assert resolved.imaging_study["subject"]["reference"] == f"Patient/{patient_id('urn:a', '1')}"
     assert resolved.patient["identifier"] == old["identifier"]  # the identifier stays as the archive said
-    assert resolve(MappedStudy(study, old), DEFAULT).patient["id"] == old["id"]
+    assert resolved.patient_key == ("urn:a", "1")
+    assert map_study(record, replace(ctx, identity=DEFAULT)).patient["id"] == old["id"]
 
 
 @pytest.mark.parametrize("identity, key", [
