@@ -13,7 +13,10 @@ from __future__ import annotations
 import orjson
 from flask import Flask, Response
 
+from app.api.interactions import HEALTH, serves
+from app.api.state import ApiState
 from app.clock import instant_now_ms, micros_to_instant
+from app.store.bookkeeping import health_rows
 
 
 def _instant(micros):
@@ -48,13 +51,15 @@ def audit_health(spool, now: int) -> dict:
             "spooledSegments": segments, "oldestSpooledSeconds": age}
 
 
-def init_app(app: Flask, config, reader, audit_log=None) -> None:
-    names = [src.name for src in config.sources]
+def init_app(app: Flask, state: ApiState) -> None:
+    names = [src.name for src in state.config.sources]
+    reader = state.reader
+    audit_log = state.audit_log if state.config.security.audit else None
 
     @app.get("/health")
+    @serves(HEALTH)
     def health():
-        rows = {r[0]: r[1:] for r in reader.all(
-            "SELECT source, last_success, last_full, last_error, last_error_at FROM source_state")}
+        rows = health_rows(reader)
         now = instant_now_ms()[0]
         body = {"status": "ok", "sources": source_health(rows, names, now)}
         if audit_log is not None:

@@ -1,36 +1,49 @@
-"""The Flask application factory: each module registers its own part."""
+"""The Flask application factory: it owns the state every request shares and wires each room in.
+
+The routes (fhir, wado, admin, health) never call security, audit or on-demand: those plug
+into the request path here, through Flask's before/after-request hooks and the hooks of
+app/api/hooks.py, in their own init_app.
+"""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+import orjson
 from flask import Flask
 from flask_compress import Compress
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import health, security
 from app.admin import identity as admin_identity
+from app.api.state import EXTENSION, ApiState
 from app.config import Config
-from app.fhir import errors
-from app.fhir.routes import ApiState, bp as fhir_bp
-from app.security import audit, audit_search, gateway
+from app.fhir import errors, routes
+from app.fhir.capability import capability_statement
+from app.security import audit
+from app.store.audit_log import AuditLog
 from app.store.repository import Store
+from app.sync import ondemand
+from app.wado import gateway
 
 
 def create_app(config: Config, store: Store | None = None) -> Flask:
     app = Flask("imaging-facade")
     store = store or Store.from_config(config)
-    state = app.extensions["imaging-facade"] = ApiState(config, store)
+    state = app.extensions[EXTENSION] = ApiState(config, store, AuditLog(store.url, config.security.audit_spool))
     errors.init_app(app)
-    security.init_app(app, config)
-    audit_search.init_app(app)
-    app.register_blueprint(fhir_bp, url_prefix="/fhir")
-    gateway.init_app(app, config)
-    if config.security.audit:
-        audit.init_app(app)
-    health.init_app(app, config, state.reader, state.audit_log if config.security.audit else None)
-    admin_identity.init_app(app)
+    security.init_app(app, state)  # tokens and scopes before the routes; the Guard on every read
+    audit.init_app(app, state)  # one AuditEvent per answered request
+    ondemand.init_app(state.hooks, config.sources, store, state.reader)  # archives asked before a search
+    routes.init_app(app, state)
+    gateway.init_app(app, state)
+    health.init_app(app, state)
+    admin_identity.init_app(app, state)
+    released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state.capability = orjson.dumps(capability_statement(state.base_url, released, state.rest_security))
     _compress(app)
     if config.server.trusted_proxies:
         # X-Forwarded-For from exactly that many proxies; a client cannot forge its address past them
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.server.trusted_proxies)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.server.trusted_proxies)  # type: ignore[method-assign]
     return app
 
 

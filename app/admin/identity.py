@@ -10,8 +10,10 @@ FHIR; a blueprint of its own so that an admin scope can guard it as a whole.
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 
+from app.api.interactions import IDENTITY_REVIEW, serves
+from app.api.state import ApiState, current_state
 from app.identity import review
 from app.identity.review import IdentityError
 from app.ids import valid_id
@@ -20,11 +22,11 @@ bp = Blueprint("admin_identity", __name__)
 
 
 def _store():
-    return current_app.extensions["imaging-facade"].store
+    return current_state().store
 
 
 def _rules():
-    return current_app.extensions["imaging-facade"].config.identity
+    return current_state().config.identity
 
 
 @bp.errorhandler(IdentityError)
@@ -47,6 +49,7 @@ def _limit() -> int:
 
 
 @bp.get("/links")
+@serves(IDENTITY_REVIEW)
 def list_links():
     status = request.args.get("status", "review")
     patient = request.args.get("patient")
@@ -56,6 +59,7 @@ def list_links():
 
 
 @bp.get("/explain")
+@serves(IDENTITY_REVIEW)
 def explain():
     a = _patient_id(request.args.get("a"), "a")
     b = _patient_id(request.args.get("b"), "b")
@@ -70,14 +74,16 @@ def _pair_body() -> tuple[str, str]:
 
 
 @bp.post("/link")
+@serves(IDENTITY_REVIEW)
 def link():
     return jsonify(review.link(_store(), *_pair_body(), _rules()))
 
 
 @bp.post("/unlink")
+@serves(IDENTITY_REVIEW)
 def unlink():
     return jsonify(review.unlink(_store(), *_pair_body(), _rules()))
 
 
-def init_app(app) -> None:
+def init_app(app: Flask, state: ApiState) -> None:
     app.register_blueprint(bp, url_prefix="/admin/identity")

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from app.fhir.elements import select_elements, summarize
+from app.search.elements import select_elements, summarize
 from app.clock import instant_now_ms, micros_to_instant
 
 

@@ -1,6 +1,7 @@
 """The CapabilityStatement, generated from the parameter registry: it lists what works."""
 from __future__ import annotations
 
+from app.api.interactions import SEARCH_TYPE, TYPE_INTERACTIONS
 from app.mapping.claims import PROFILES
 from app.search.params import AUDIT_EVENT_PARAMS, BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
@@ -22,7 +23,8 @@ COMPARTMENT_POLICY = (
 
 
 def capability_statement(base_url: str, released: str, security: dict) -> dict:
-    """`security` is the rest.security element (app/security/discovery.py builds it from the config)."""
+    """`security` is the rest.security element (app/security/discovery.py builds it from the config);
+    the interactions are the table's (app/api/interactions.py)."""
     resources = []
     for rtype in RESOURCE_TYPES:
         params = BY_RESOURCE[rtype]
@@ -31,8 +33,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
             # the constraint profiles every served resource claims (fhir_profiles/structure)
             "supportedProfile": [PROFILES[rtype]],
-            "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
-                            {"code": "search-type"}],
+            "interaction": [{"code": interaction.restful} for interaction in TYPE_INTERACTIONS],
             "versioning": "versioned",
             "readHistory": True,
             "conditionalRead": "full-support",
@@ -55,7 +56,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
         "documentation": "The audit trail of this server, newest first; needs a user- or system-level "
                          "AuditEvent scope (a patient-context token gets 403).",
-        "interaction": [{"code": "search-type"}],
+        "interaction": [{"code": SEARCH_TYPE.restful}],
         "searchParam": [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
                         for p in AUDIT_EVENT_PARAMS],
     })

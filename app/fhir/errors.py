@@ -1,39 +1,21 @@
-"""Every error leaves the API as an OperationOutcome, rendered in one place."""
+"""Every error leaves the API as an OperationOutcome, rendered in one place: the typed errors
+raised below (app/errors.py), Werkzeug's HTTP errors, and anything unexpected (500, logged
+without its message, which may quote what was being processed)."""
 from __future__ import annotations
 
-import orjson
-from flask import Flask, Response
+import logging
+
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
+from app.api.outcome import outcome_response
+from app.errors import FhirError
 from app.logsafe import describe
 
-FHIR_JSON = "application/fhir+json; charset=utf-8"
+log = logging.getLogger(__name__)
 
 _HTTP_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                406: "not-supported", 410: "deleted", 413: "too-costly", 415: "not-supported"}
-
-
-class FhirError(Exception):
-    """An error with its HTTP status and OperationOutcome issue code (FHIR R4 IssueType)."""
-
-    def __init__(self, status: int, code: str, diagnostics: str, headers: dict | None = None):
-        super().__init__(diagnostics)
-        self.status = status
-        self.code = code
-        self.diagnostics = diagnostics
-        self.headers = headers or {}
-
-
-def outcome(code: str, diagnostics: str, severity: str = "error") -> dict:
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
-    }
-
-
-def outcome_response(status: int, code: str, diagnostics: str, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(outcome(code, diagnostics)), status=status, headers=headers or {},
-                    content_type=FHIR_JSON)
 
 
 def init_app(app: Flask) -> None:
@@ -53,5 +35,5 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        app.logger.error("unexpected error while answering a request: %s", describe(err))
+        log.error("unexpected error while answering a request: %s", describe(err))
         return outcome_response(500, "exception", "internal error; the server log has the details")

@@ -1,39 +1,41 @@
-"""FHIR REST interactions: one small handler each, answered from stored JSON bytes."""
+"""FHIR REST interactions: one small handler each, answered from stored JSON bytes.
+
+Each handler declares the interaction it serves (app/api/interactions.py), asks the request
+path's hooks before it reads (the Guard: what the request may see; before-search hooks:
+on-demand fetching, the audit trail's own spool) and notes what it served for the audit
+hook. It never imports security or sync: they plug into the hooks (app/api/hooks.py).
+"""
 from __future__ import annotations
 
 import re
-from email.utils import format_datetime, parsedate_to_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime, parsedate_to_datetime
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, request
 
-from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
-from app.fhir.capability import capability_statement
-from app.fhir.errors import FHIR_JSON, FhirError
-from app.fhir.paging import PageTokens, search_digest
-from app.ids import valid_id
-from app.sync.ondemand import OnDemand
-from app.security.discovery import rest_security
+from app.api.hooks import note_served
+from app.api.interactions import CAPABILITIES, HISTORY_INSTANCE, PATIENT_MATCH, READ, SEARCH_TYPE, VREAD, serves
+from app.api.outcome import FHIR_JSON
+from app.api.state import ApiState, current_state
 from app.clock import micros_to_instant
+from app.errors import FhirError
+from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
+from app.ids import valid_id
+from app.search.paging import search_digest
 from app.search.params import RESOURCE_TYPES
-from app.search.query import SearchError, parse_search
-from app.security import scope
-from app.store.audit_log import AuditLog
-from app.store.reader import Reader
+from app.search.query import SearchError, SearchQuery, parse_search
 from app.store.resources import read_current, read_deleted, read_history, read_version
 from app.store.search_sql import run_search
 
 bp = Blueprint("fhir", __name__)
 JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+#: the types a search may name: the served ones, and the audit trail (AuditEvent)
+SEARCHED_TYPES = (*RESOURCE_TYPES, "AuditEvent")
 
 
-def _state():
-    return current_app.extensions["imaging-facade"]
-
-
-def _check_type(rtype: str) -> None:
-    if rtype not in RESOURCE_TYPES:
+def _check_type(rtype: str, types: tuple[str, ...] = RESOURCE_TYPES) -> None:
+    if rtype not in types:
         raise FhirError(404, "not-supported", f"resource type '{rtype}' is not served here "
                                               f"(served: {', '.join(RESOURCE_TYPES)})")
 
@@ -56,14 +58,14 @@ def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Respon
 
 
 @bp.before_request
-def _negotiate():
+def _negotiate() -> None:
     check_format()
 
 
 @bp.get("/metadata")
+@serves(CAPABILITIES)
 def metadata():
-    state = _state()
-    return _json(state.capability)
+    return _json(current_state().capability)
 
 
 def _http_date(micros: int) -> str:
@@ -110,58 +112,66 @@ def _resource_response(rtype: str, rid: str, version: int, micros: int, content:
 
 
 @bp.get("/<rtype>/<rid>")
+@serves(READ)
 def read(rtype: str, rid: str):
     _check_type(rtype)
     _check_id(rtype, rid)
-    scope.guard_read(rtype, rid)
-    found = read_current(_state().reader, rtype, rid)
+    state = current_state()
+    state.hooks.guard.before_read(rtype, rid)
+    found = read_current(state.reader, rtype, rid)
     if found is None:
-        gone = read_deleted(_state().reader, rtype, rid)
+        gone = read_deleted(state.reader, rtype, rid)
         if gone is not None:
             raise FhirError(410, "deleted", f"{rtype}/{rid} was deleted at {micros_to_instant(gone[1])}: no archive "
                                             "holds it any more", headers={"ETag": f'W/"{gone[0]}"'})
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     version, micros, content = found
-    g.returned, g.contents = [(rtype, rid)], {rid: content}
+    note_served([(rtype, rid)], {rid: content})
     return _resource_response(rtype, rid, version, micros, content)
 
 
 @bp.get("/<rtype>/<rid>/_history/<vid>")
+@serves(VREAD)
 def vread(rtype: str, rid: str, vid: str):
     _check_type(rtype)
     _check_id(rtype, rid)
     if not vid.isdigit() or len(vid) > 9:
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid!r}")
-    scope.guard_read(rtype, rid)
-    row = read_version(_state().reader, rtype, rid, int(vid))
-    if row is None or not scope.version_visible(rtype, row[1]):
+    state = current_state()
+    state.hooks.guard.before_read(rtype, rid)
+    row = read_version(state.reader, rtype, rid, int(vid))
+    if row is None or not state.hooks.guard.version_visible(rtype, row[1]):
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
-    g.returned = [(rtype, rid)]
+    note_served([(rtype, rid)])
     return _resource_response(rtype, rid, int(vid), row[0], row[1])
 
 
 @bp.get("/<rtype>/<rid>/_history")
+@serves(HISTORY_INSTANCE)
 def history_instance(rtype: str, rid: str):
     _check_type(rtype)
     _check_id(rtype, rid)
-    scope.guard_read(rtype, rid)
-    versions = [v for v in read_history(_state().reader, rtype, rid) if scope.version_visible(rtype, v[2])]
+    state = current_state()
+    guard = state.hooks.guard
+    guard.before_read(rtype, rid)
+    versions = [v for v in read_history(state.reader, rtype, rid) if guard.version_visible(rtype, v[2])]
     if not versions:
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
-    state = _state()
-    g.returned = [(rtype, rid)]
+    note_served([(rtype, rid)])
     return _json(history(state.base_url, rtype, rid, versions, f"{state.base_url}/{rtype}/{rid}/_history"))
 
 
 @bp.get("/<rtype>")
+@serves(SEARCH_TYPE)
 def search_get(rtype: str):
-    _check_type(rtype)
+    _check_type(rtype, SEARCHED_TYPES)
     return _search(rtype, list(request.args.items(multi=True)))
 
 
 @bp.post("/<rtype>/_search")
+@serves(SEARCH_TYPE)
 def search_post(rtype: str):
-    _check_type(rtype)
+    _check_type(rtype, SEARCHED_TYPES)
     if request.mimetype != "application/x-www-form-urlencoded":
         raise FhirError(415, "not-supported", "POST _search takes an application/x-www-form-urlencoded body")
     items = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
@@ -173,8 +183,8 @@ def _strict() -> bool:
     return "handling=strict" in (part.strip() for part in re.split(r"[;,]", prefer))
 
 
-def _parse(rtype: str, items: list[tuple[str, str]]):
-    state = _state()
+def _parse(rtype: str, items: list[tuple[str, str]]) -> SearchQuery:
+    state = current_state()
     return parse_search(
         rtype, items, zone=state.config.timezone, base_url=state.base_url,
         default_count=state.config.server.default_count, max_count=state.config.server.max_count,
@@ -183,21 +193,23 @@ def _parse(rtype: str, items: list[tuple[str, str]]):
 
 
 def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
-    state = _state()
+    state = current_state()
+    guard = state.hooks.guard
+    guard.before_search(rtype)
     try:
         query = _parse(rtype, items)
-        scope.guard_search(rtype, query)
-        digest = search_digest(rtype, query.applied, scope.binding())
+        guard.restrict(query)
+        digest = search_digest(rtype, query.applied, guard.binding())
         cursor = state.page_tokens.read(digest, query.page) if query.page is not None else None
     except SearchError as err:
         raise FhirError(400, err.code, err.diagnostics) from None
     if cursor is None:
-        state.on_demand.before_search(query, scope.fetchable_identifiers())
+        state.hooks.run_before_search(query)
     result = run_search(state.reader, query, cursor)
-    g.returned = [(rtype, rid) for rid, _ in result.matches] + [(t, i) for t, i, _ in result.includes]
     # the audit reads the patients of the studies served off their JSON
-    g.contents = dict(result.matches) if rtype == "ImagingStudy" else {}
-    g.contents.update((rid, content) for t, rid, content in result.includes if t == "ImagingStudy")
+    contents = dict(result.matches) if rtype == "ImagingStudy" else {}
+    contents.update((rid, content) for t, rid, content in result.includes if t == "ImagingStudy")
+    note_served([(rtype, rid) for rid, _ in result.matches] + [(t, i) for t, i, _ in result.includes], contents)
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:
@@ -208,13 +220,14 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
 
 
 @bp.post("/Patient/$match")
+@serves(PATIENT_MATCH)
 def patient_match():
     """FHIR MPI `$match`: a Parameters with a Patient in, a searchset of scored Patients out."""
     from app.identity.match import MATCH_GRADE, MatchInputError, match, parse_parameters
 
     if request.mimetype not in ("application/fhir+json", "application/json"):
         raise FhirError(415, "not-supported", "POST Patient/$match takes a JSON Parameters resource")
-    state = _state()
+    state = current_state()
     try:
         patient, only_certain, count = parse_parameters(orjson.loads(request.get_data() or b"null"))
     except orjson.JSONDecodeError:
@@ -235,16 +248,5 @@ def patient_match():
     return _json(match_bundle(entries, f"{state.base_url}/Patient/$match"))
 
 
-class ApiState:
-    """What the handlers share: built once per process, never per request."""
-
-    def __init__(self, config, store):
-        self.config = config
-        self.store = store
-        self.reader = Reader(store.url)
-        self.audit_log = AuditLog(store.url, config.security.audit_spool)
-        self.base_url = config.server.base_url
-        self.on_demand = OnDemand(config, store, lambda rtype, rid: read_current(self.reader, rtype, rid))
-        self.page_tokens = PageTokens(config.server.secret or store.settings.paging_secret(), config.server.page_ttl)
-        released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.capability = orjson.dumps(capability_statement(self.base_url, released, rest_security(config.security)))
+def init_app(app: Flask, state: ApiState) -> None:
+    app.register_blueprint(bp, url_prefix="/fhir")

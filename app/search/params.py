@@ -34,6 +34,10 @@ class SearchParam:
     #: for references to Patients: a value also matches every Patient it carries a
     #: Patient.link to (records of the same person in other archives; beyond base FHIR)
     follows_links: bool = False
+    #: every code is in `code_system`: a value naming another system is refused (400)
+    only_system: bool = False
+    #: whether modifiers apply (the audit trail's parameters take none)
+    modifiers: bool = True
 
     @property
     def sortable(self) -> bool:
@@ -41,9 +45,9 @@ class SearchParam:
 
 
 def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None, code_system=None,
-       identifiers=False, matcher=None, follows_links=False):
+       identifiers=False, matcher=None, follows_links=False, only_system=False, modifiers=True):
     return SearchParam(resource, name, type_, tuple(paths), R4_SP + definition, documentation, tuple(targets),
-                       column, code_system, identifiers, matcher, follows_links)
+                       column, code_system, identifiers, matcher, follows_links, only_system, modifiers)
 
 
 #: what `patient` and `subject` do beyond base FHIR, said in the CapabilityStatement
@@ -154,22 +158,37 @@ INCLUDES: dict[tuple[str, str], str] = {
 REVINCLUDES = INCLUDES
 
 
-#: the audit trail's parameters (app/security/audit_search.py): AuditEvent rows live in tables
-#: of their own, not in `resource` and the index tables, so no ordinary search can reach them
+#: the audit trail's parameters: AuditEvents live in tables of their own (app/store/tables.py),
+#: not in `resource` and its index tables, so no ordinary search (chain, `_has`, include) can
+#: reach them; they are searched by `AuditEvent?…` alone, newest first
 AUDIT_EVENT_PARAMS: list[SearchParam] = [
-    _p("AuditEvent", "date", "date", ["recorded"], "AuditEvent-date", "Time when the event was recorded"),
+    _p("AuditEvent", "date", "date", ["recorded"], "AuditEvent-date", "Time when the event was recorded",
+       column="recorded", modifiers=False),
     _p("AuditEvent", "patient", "reference", ["entity.what"], "AuditEvent-patient",
-       "A patient whose data the request returned (Patient/id or id)", ["Patient"]),
+       "A patient whose data the request returned (Patient/id or id)", ["Patient"], modifiers=False),
     _p("AuditEvent", "agent", "reference", ["agent.who"], "AuditEvent-agent",
-       "Who asked: the access token's subject or client_id (agent.who.identifier or agent.altId)"),
+       "Who asked: the access token's subject or client_id (agent.who.identifier or agent.altId)",
+       matcher="recorded-value", modifiers=False),
     _p("AuditEvent", "entity-type", "token", ["entity.type"], "AuditEvent-entity-type",
-       "Type of an entity: 2 (system object: the query, the resource read), 1 (person: a patient)"),
+       "Type of an entity: 2 (system object: the query, the resource read), 1 (person: a patient)",
+       code_system="http://terminology.hl7.org/CodeSystem/audit-entity-type", only_system=True, modifiers=False),
     _p("AuditEvent", "outcome", "token", ["outcome"], "AuditEvent-outcome",
-       "0 success, 4 refused or bad request, 8 server failure"),
+       "0 success, 4 refused or bad request, 8 server failure", column="outcome",
+       code_system="http://hl7.org/fhir/audit-event-outcome", only_system=True, modifiers=False),
 ]
+
+#: the types a search can name: the served ones, and the audit trail
+SEARCHABLE: dict[str, dict[str, SearchParam]] = {**BY_RESOURCE, "AuditEvent": {p.name: p for p in AUDIT_EVENT_PARAMS}}
 
 #: result parameters the server understands (everything else is an unknown parameter)
 CONTROL = {"_count", "_include", "_revinclude", "_page", "_format", "_total", "_summary", "_elements", "_sort"}
+#: ... and those the audit trail takes: it pages, newest first, and is served whole
+TRAIL_CONTROL = {"_count", "_page", "_format"}
+
+
+def controls(rtype: str) -> set[str]:
+    """The result parameters a search of `rtype` takes."""
+    return TRAIL_CONTROL if rtype == "AuditEvent" else CONTROL
 
 
 def indexed(resource: str) -> list[SearchParam]:

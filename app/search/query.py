@@ -9,9 +9,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from app.fhir.elements import ELEMENTS, SUMMARY_MODES
 from app.search.dates import DateFormatError, date_range
-from app.search.params import BY_RESOURCE, CONTROL, INCLUDES, REVINCLUDES, SearchParam, served_targets
+from app.search.elements import ELEMENTS, SUMMARY_MODES
+from app.search.params import (
+    BY_RESOURCE,
+    CONTROL,
+    INCLUDES,
+    REVINCLUDES,
+    SEARCHABLE,
+    SearchParam,
+    controls,
+    served_targets,
+)
 from app.search.references import external_reference
 from app.search.text import phonetic_codes
 
@@ -197,6 +206,14 @@ def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str |
     return rtype, rid
 
 
+def _token_of(param: SearchParam, raw: str):
+    """A token value of `param`; where every code is in one system, a value naming another is refused."""
+    system, code = _token(param.name, raw)
+    if param.only_system and system is not ANY_SYSTEM and system not in ("", param.code_system):
+        raise SearchError("invalid", f"parameter '{param.name}': the codes are in {param.code_system}")
+    return system, code
+
+
 def _of_type(param: str, raw: str):
     """`system|code|value`: an identifier of that type with that value -> (system, 'code|value')."""
     parts = [_unescape(p) for p in re.split(r"(?<!\\)\|", raw)]
@@ -223,8 +240,10 @@ def parse_search(
     strict: bool,
 ) -> SearchQuery:
     """Turn (name, value) pairs from the query string or form body into a SearchQuery."""
-    known = BY_RESOURCE[rtype]
-    query = SearchQuery(rtype=rtype, count=default_count)
+    if rtype not in SEARCHABLE:
+        raise KeyError(rtype)
+    query = SearchQuery(rtype=rtype, count=default_count, sort=default_sort(rtype))
+    accepted = controls(rtype)
     if len(items) > MAX_PARAMETERS:
         raise SearchError("too-costly", f"at most {MAX_PARAMETERS} search parameters are accepted in one search")
     for name, value in items:
@@ -232,6 +251,9 @@ def parse_search(
             raise SearchError("invalid", f"parameter '{_CONTROL_CHARS.sub('?', name)}': control characters "
                                          "are not allowed in names or values")
         base, _, modifier = name.partition(":")
+        if base in CONTROL and base not in accepted:
+            _unknown(rtype, name, strict)
+            continue
         if base in CONTROL:
             if modifier and not (base in ("_include", "_revinclude") and modifier in ("iterate", "recurse")):
                 raise SearchError("not-supported", f"parameter '{name}': {base} takes no modifier")
@@ -252,13 +274,15 @@ def _unknown(rtype: str, name: str, strict: bool) -> None:
 
 def _parse_param(rtype: str, name: str, value: str, zone: str, base_url: str, strict: bool):
     """One name=value of `rtype`: a Clause, ChainClause or HasClause (None: unknown, lenient)."""
+    if rtype not in BY_RESOURCE and (name.startswith("_has:") or "." in name):
+        return _unknown(rtype, name, strict)  # the audit trail is neither chained from nor into
     if name.startswith("_has:"):
         return _parse_has(rtype, name, value, zone, base_url, strict)
     head, dot, rest = name.partition(".")
     if dot:
         return _parse_chain(rtype, head, rest, name, value, zone, base_url, strict)
     base, _, modifier = name.partition(":")
-    param = BY_RESOURCE[rtype].get(base)
+    param = SEARCHABLE[rtype].get(base)
     if param is None:
         return _unknown(rtype, name, strict)
     return _clause(param, modifier or None, value, name, zone, base_url)
@@ -310,6 +334,8 @@ def _inner(rtype, rest, name, value, zone, base_url, strict):
 def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause:
     modifier_type = None
     if modifier:
+        if not param.modifiers:
+            raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
         if param.type == "reference" and modifier in param.targets:
             modifier_type, modifier = modifier, None
         elif (modifier not in MODIFIERS.get(param.type, set())
@@ -331,10 +357,12 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause
     if param.matcher == "phonetic":
         return Clause(param, None, [phonetic_codes(_string(name, raw)) for raw in raws], (name, value),
                       "phonetic")
+    if param.matcher == "recorded-value":  # the value as recorded, whatever its form
+        return Clause(param, None, [_string(name, raw) for raw in raws], (name, value), "recorded-value")
     values = []
     for raw in raws:
         if param.type == "token":
-            values.append(_token(param.name, raw))
+            values.append(_token_of(param, raw))
         elif param.type == "string":
             values.append(_string(param.name, raw))
         elif param.type == "date":
@@ -406,6 +434,13 @@ def _elements(rtype: str, value: str) -> frozenset[str]:
     if unknown:
         raise SearchError("invalid", f"parameter '_elements': {', '.join(unknown)} is not an element of {rtype}")
     return names
+
+
+def default_sort(rtype: str) -> list[SortKey]:
+    """The order of a search without `_sort`: by id, but the audit trail newest first."""
+    if rtype == "AuditEvent":
+        return [SortKey(SEARCHABLE["AuditEvent"]["date"], descending=True)]
+    return []
 
 
 def _sort_keys(rtype: str, value: str) -> list[SortKey]:

@@ -2,13 +2,13 @@
 
 Closed (the default), every data request needs a bearer token, checked against the
 authorization server configured in `security` (its JWKS, or token introspection); its scopes
-must cover the request before any query runs, and the request's `Access` (who, scopes,
-patient in context) is set for the compartment filter and audit to read via
-`current_access()`. Routes outside the FHIR read/search interactions get the Access of a
-valid token and check it themselves with `app.security.scope` (`require`, `guard_read`), the
-one place that says what a scope allows. Without a validator
-configured, a closed server answers every data request with 401. `/fhir/metadata`,
-`/fhir/.well-known/smart-configuration` and `/health` are public.
+must cover the interaction the route declares (app/api/interactions.py) before any query
+runs, and the request's `Access` (who, scopes, patient in context) is set for the Guard and
+audit to read via `current_access()`. The Guard (app/security/scope.py), registered on the
+request path's hooks, is the one place that says what a scope lets a request see. Without a
+validator configured, a closed server answers every data request with 401. The public
+interactions (`/fhir/metadata`, `/fhir/.well-known/smart-configuration`, `/health`) need no
+token.
 """
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from functools import partial
 
 from flask import Flask, request
 
-from app.fhir.errors import FhirError
+from app.api.interactions import current_interaction
+from app.api.state import ApiState
+from app.errors import FhirError
 from app.security import discovery, limits
 from app.security.access import OPEN, set_access
 from app.security.authorize import access_from_claims, bearer_token, challenge, enforce, unauthorized
+from app.security.scope import ScopeGuard
 from app.security.tokens import AuthServerUnavailable, InvalidToken, TokenChecker
-
-PUBLIC_ENDPOINTS = {"fhir.metadata", "health", "smart_configuration_document"}
 
 
 def is_loopback(host: str) -> bool:
@@ -56,13 +57,19 @@ def check_open_mode(config, host: str) -> str | None:
 
 
 def _public(req) -> bool:
-    return req.method == "OPTIONS" or req.endpoint in PUBLIC_ENDPOINTS or req.endpoint is None
+    if req.method == "OPTIONS" or req.endpoint is None:
+        return True
+    interaction = current_interaction()
+    return interaction is not None and interaction.public
 
 
-def init_app(app: Flask, config) -> None:
+def init_app(app: Flask, state: ApiState) -> None:
+    """Check every request's token before its route runs, and guard what the routes read."""
+    config = state.config
     security = config.security
     limits.init_app(app, security)
-    discovery.init_app(app, config)
+    discovery.init_app(app, state)
+    state.hooks.guard = ScopeGuard()
     if security.open:
         app.before_request(lambda: set_access(OPEN))
         return

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-from app.fhir.errors import FhirError
+from app.api.interactions import SEARCH_TYPE, Interaction, current_interaction
+from app.errors import FhirError
 from app.security import scope
 from app.security.access import Access
 from app.security.scopes import may_update_patients, needed, parse_scopes
@@ -87,40 +88,41 @@ def access_from_claims(security, claims: dict) -> Access:
     )
 
 
-def _enforce_across_patients(access: Access, request, realm: str) -> None:
+def _enforce_across_patients(access: Access, interaction: Interaction, realm: str) -> None:
     """`Patient/$match` and the identity review API look across every patient: refused to a
     token bound to one patient; `$match` needs Patient search, review needs Patient update."""
-    what = "Patient/$match" if request.blueprint == "fhir" else "the identity review API"
     if access.patient is not None:
-        raise forbidden(realm, f"{what} searches across patients; a token bound to one patient may not use it")
-    if request.blueprint == "fhir":
-        if not scope.allows(access, "Patient", "s"):
-            raise forbidden(realm, "Patient/$match needs a scope such as user/Patient.rs or system/Patient.rs",
-                            scope="user/Patient.rs system/Patient.rs")
-    elif not may_update_patients(access.scopes):
-        raise forbidden(realm, "the identity review API needs a scope such as system/Patient.u or "
-                               "user/Patient.u (linking writes both Patients)",
-                        scope="user/Patient.u system/Patient.u")
+        raise forbidden(realm, f"{interaction.name} searches across patients; a token bound to one patient may "
+                               "not use it")
+    if interaction.permission == "u":
+        if not may_update_patients(access.scopes):
+            raise forbidden(realm, f"{interaction.name} needs a scope such as system/Patient.u or user/Patient.u "
+                                   "(linking writes both Patients)", scope="user/Patient.u system/Patient.u")
+    elif not scope.allows(access, "Patient", interaction.permission or "s"):
+        raise forbidden(realm, f"{interaction.name} needs a scope such as user/Patient.rs or system/Patient.rs",
+                        scope="user/Patient.rs system/Patient.rs")
 
 
 def enforce(access: Access, request, realm: str) -> None:
     """403 unless the scopes cover the request: checked before any query runs."""
-    endpoint = request.endpoint or ""
-    if endpoint == "fhir.patient_match" or endpoint.startswith("admin_identity."):
-        _enforce_across_patients(access, request, realm)
+    interaction = current_interaction()
+    if interaction is None:  # a route that declares no interaction grants nothing beyond the token
+        return
+    if interaction.across_patients:
+        _enforce_across_patients(access, interaction, realm)
         return
     rtype = (request.view_args or {}).get("rtype")
     params = list(request.args.items(multi=True))
-    if endpoint == "fhir.search_post" and request.mimetype == FORM:
+    if interaction is SEARCH_TYPE and request.method == "POST" and request.mimetype == FORM:
         params += list(request.form.items(multi=True))
-    for resource_type, interaction, why in needed(endpoint, rtype, params):
-        if scope.allows(access, resource_type, interaction):
+    for resource_type, permission, why in needed(interaction, rtype, params):
+        if scope.allows(access, resource_type, permission):
             continue
-        verb = "read" if interaction == "r" else "search"
+        verb = "read" if permission == "r" else "search"
         because = f" (asked by {why.split('=')[0]})" if why else ""
         raise forbidden(
             realm, f"the token's scopes do not allow to {verb} {resource_type}{because}: it needs a scope such as "
-                   f"patient/{resource_type}.{interaction}, user/{resource_type}.{interaction} or "
-                   f"system/{resource_type}.{interaction}",
-            scope=" ".join(f"{ctx}/{resource_type}.{interaction}" for ctx in ("patient", "user", "system")),
+                   f"patient/{resource_type}.{permission}, user/{resource_type}.{permission} or "
+                   f"system/{resource_type}.{permission}",
+            scope=" ".join(f"{ctx}/{resource_type}.{permission}" for ctx in ("patient", "user", "system")),
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import orjson
 from flask import Flask, Response
 
-from app.fhir.errors import FhirError
+from app.api.interactions import SMART_CONFIGURATION, serves
+from app.api.state import ApiState
+from app.errors import FhirError
 from app.search.params import RESOURCE_TYPES
 
 OWN_CAPABILITIES = ("permission-v1", "permission-v2")
@@ -83,11 +85,15 @@ def rest_security(security) -> dict:
     }
 
 
-def init_app(app: Flask, config) -> None:
+def init_app(app: Flask, state: ApiState) -> None:
+    """Serve the discovery document, and say in the CapabilityStatement what is enforced."""
+    config = state.config
+    state.rest_security = rest_security(config.security)
     document = smart_configuration(config.security)
     body = orjson.dumps(document) if document is not None else None
 
     @app.get("/fhir/.well-known/smart-configuration")
+    @serves(SMART_CONFIGURATION)
     def smart_configuration_document():
         if body is None:
             raise FhirError(404, "not-found", "this server checks no tokens, so it names no authorization server"

@@ -12,7 +12,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.fhir.errors import outcome_response
+from app.api.outcome import outcome_response
 
 #: headers a SMART app sends and reads across origins
 ALLOW_HEADERS = ["Authorization", "Content-Type", "Accept", "Prefer", "If-None-Match", "If-Modified-Since"]

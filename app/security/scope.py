@@ -16,18 +16,17 @@ from __future__ import annotations
 import hashlib
 
 import orjson
-from flask import current_app, g
+from flask import g
 
-from app.fhir.errors import FhirError
+from app.api.state import current_state
+from app.errors import FhirError
 from app.search.params import RESOURCE_TYPES
 from app.search.query import ChainClause, Clause, Restriction, SearchError, SearchQuery, parse_search
 from app.security.access import READ, SEARCH, Access, current_access
-from app.security.compartment import linked_patients
+from app.store.patients import identifiers_of, linked_patients
 from app.store.search_sql import visible_ids
 
-
-def _settings():
-    return current_app.extensions["imaging-facade"]
+_settings = current_state
 
 
 def compartment(access: Access) -> tuple[str, ...] | None:
@@ -136,17 +135,36 @@ def _named_patients(rtype: str, clause) -> list[str]:
     return []
 
 
-def guard_search(rtype: str, query: SearchQuery) -> None:
-    """Scope and compartment checks of a search, then its restrictions set on the query.
-
-    A search that names a patient outside the compartment is refused with 403 (SMART
-    Imaging Access), before the store is asked.
-    """
+def guard_search_type(rtype: str) -> None:
+    """403 before the search is even parsed when the request may not search `rtype`: the audit
+    trail only to a user- or system-level AuditEvent scope (it names every patient), never to
+    a patient-context token."""
+    if rtype == "AuditEvent":
+        _require_trail()
+        return
     require(rtype, SEARCH)
+
+
+def _require_trail() -> None:
+    access = current_access()
+    if access.open:
+        return
+    if access.in_patient_context:
+        raise FhirError(403, "forbidden", "the audit trail is not open to a patient-context access token")
+    if not any(grant.context in ("user", "system") and grant.covers("AuditEvent", SEARCH) for grant in access.grants):
+        raise FhirError(403, "forbidden", "searching AuditEvent needs a user- or system-level AuditEvent scope")
+
+
+def restrict_search(query: SearchQuery) -> None:
+    """A search that names a patient outside the compartment is refused with 403 (SMART
+    Imaging Access), before the store is asked; otherwise its restrictions are set on it."""
+    if query.rtype == "AuditEvent":
+        return  # whoever may search the trail sees all of it
     access = current_access()
     patients = compartment(access)
     if patients is not None:
-        outside = sorted({p for clause in query.clauses for p in _named_patients(rtype, clause)} - set(patients))
+        outside = sorted({p for clause in query.clauses for p in _named_patients(query.rtype, clause)}
+                         - set(patients))
         if outside:
             raise FhirError(403, "forbidden", "the search names a patient outside the patient in context "
                                               "of the access token")
@@ -181,12 +199,9 @@ def fetchable_identifiers() -> set[tuple[str, str]] | None:
     """(system, value) identifiers an on-demand fetch may ask the archives about for this
     request: those of the compartment's stored Patients, or None (any) without a compartment."""
     patients = compartment(current_access())
-    if patients is None or not _settings().on_demand.sources:
+    if patients is None:
         return None
-    marks = ", ".join("?" * len(patients))
-    sql = f"SELECT system, code FROM idx_token WHERE rtype = ? AND param = ? AND rid IN ({marks})"
-    rows = _settings().reader.all(sql, ["Patient", "identifier", *patients])
-    return {(r[0], r[1]) for r in rows if r[0]}
+    return identifiers_of(_settings().reader, patients)
 
 
 def binding() -> str:
@@ -199,3 +214,25 @@ def binding() -> str:
         text = "\n".join([access.subject or "", access.client_id or "", access.patient or "", *sorted(access.scopes)])
         access.derived["binding"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return access.derived["binding"]
+
+
+class ScopeGuard:
+    """The Guard (app/api/hooks.py) that applies the request's Access to every read and search."""
+
+    def before_read(self, rtype: str, rid: str) -> None:
+        guard_read(rtype, rid)
+
+    def before_search(self, rtype: str) -> None:
+        guard_search_type(rtype)
+
+    def restrict(self, query: SearchQuery) -> None:
+        restrict_search(query)
+
+    def version_visible(self, rtype: str, content: bytes) -> bool:
+        return version_visible(rtype, content)
+
+    def binding(self) -> str:
+        return binding()
+
+    def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
+        return fetchable_identifiers()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl
 
+from app.api.interactions import Interaction
 from app.search.params import BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES, served_targets
 from app.security.access import READ, SEARCH, ScopeGrant
 
@@ -25,16 +26,6 @@ CONTEXTS = ("patient", "user", "system")
 _V2 = re.compile(r"^c?r?u?d?s?$")
 _RESOURCE = re.compile(r"^(\*|[A-Z][A-Za-z]{0,63})$")
 _V1 = {"read": frozenset({READ, SEARCH}), "*": frozenset({READ, SEARCH}), "write": frozenset()}
-
-#: route endpoint -> the SMART interaction it is
-INTERACTIONS = {
-    "fhir.read": READ,
-    "fhir.vread": READ,
-    "fhir.history_instance": READ,
-    "fhir.search_get": SEARCH,
-    "fhir.search_post": SEARCH,
-}
-
 
 #: SMART v2 permission letters, or v1 `write`/`*`, that include update
 _UPDATES = re.compile(r"^(c?r?ud?s?|write|\*)$")
@@ -92,7 +83,7 @@ def parse_scopes(scope_text) -> tuple[tuple[str, ...], tuple[ScopeGrant, ...]]:
     return scopes, grants
 
 
-def needed(endpoint: str | None, rtype: str | None, params) -> list[tuple[str, str, str]]:
+def needed(interaction: Interaction, rtype: str | None, params) -> list[tuple[str, str, str]]:
     """What a request needs: (resource type, interaction, why) triples, checked in order.
 
     `params` are the request's (name, value) pairs. A search also needs `s` on every type its
@@ -104,11 +95,11 @@ def needed(endpoint: str | None, rtype: str | None, params) -> list[tuple[str, s
     ImagingStudy scope alone. Parameters that do not parse are left to the search, which
     answers 400 naming them.
     """
-    interaction = INTERACTIONS.get(endpoint or "")
-    if interaction is None or rtype not in RESOURCE_TYPES:
+    permission = interaction.permission
+    if permission not in (READ, SEARCH) or rtype not in RESOURCE_TYPES:
         return []
-    wanted = [(rtype, interaction, "")]
-    if interaction != SEARCH:
+    wanted = [(rtype, permission, "")]
+    if permission != SEARCH:
         return wanted
     for name, value in params:
         base, _, modifier = name.partition(":")

@@ -159,7 +159,7 @@ class Settings:
         return self.get("paging-secret", lambda: secrets.token_urlsafe(32))
 
 
-def source_health(reader: Reader) -> dict[str, tuple]:
+def health_rows(reader: Reader) -> dict[str, tuple]:
     """source -> (last success, last full sync, last error, when it happened), as /health reports."""
     return {r[0]: r[1:] for r in reader.all(
         "SELECT source, last_success, last_full, last_error, last_error_at FROM source_state")}

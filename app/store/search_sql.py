@@ -4,14 +4,20 @@ Each clause becomes `id IN (SELECT rid FROM idx_… WHERE …)`; clauses are AND
 of one clause ORed. Results are ordered by id and a page continues after the last id of the
 previous one (keyset paging), so pages stay stable while data is added. The SQL is plain
 text with `?` placeholders (see reader.py), the same on SQLite and PostgreSQL.
+
+The audit trail is searched by the same builder over its own tables (`audit_event` and its
+lookup rows `audit_index`, app/store/tables.py), newest first; each event is served as the
+AuditEvent made of its record (app/store/audit_record.py).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from app.search.query import ANY_SYSTEM, ChainClause, Clause, HasClause, Restriction, SearchQuery
 from app.search.text import normalize
+from app.store.audit_record import render_event
 from app.store.reader import Reader
 
 _TABLE = {"token": "idx_token", "string": "idx_string", "date": "idx_date", "reference": "idx_reference"}
@@ -67,8 +73,6 @@ def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, par
     return f"({low_col} < ? AND {high_col} > ?)"
 
 
-#: the date comparison of search, for tables of their own (the audit trail's `recorded`)
-date_condition = _date_sql
 
 
 def _value_sql(clause: Clause, value, params: list) -> str:
@@ -131,15 +135,41 @@ def _linked_patients_sql(rtype: str | None, rid: str, params: list) -> str:
     return f"(target_type = 'Patient' AND {linked})" if rtype else linked
 
 
+#: how long an instant kept in a column lasts: meta.lastUpdated is kept to the millisecond,
+#: AuditEvent.recorded to the microsecond
+_COLUMN_SPAN = {"last_updated": 1000, "recorded": 1}
+
+
 def _column_sql(clause: Clause, value, params: list) -> str:
-    if clause.param.column == "id":
+    column = clause.param.column
+    if clause.param.type == "token":
         system, code = value
-        if system is not ANY_SYSTEM and system != "":
+        if column == "id" and system is not ANY_SYSTEM and system != "":
             return "1 = 0"  # Resource.id has no system: system|id matches nothing
         params.append(code)
-        return "id = ?"
-    prefix, low, high = value  # last_updated: an instant with millisecond precision
-    return _date_sql("last_updated", "(last_updated + 1000)", prefix, low, high, params)
+        return f"{column} = ?"
+    prefix, low, high = value
+    return _date_sql(column, f"({column} + {_COLUMN_SPAN[column]})", prefix, low, high, params)
+
+
+def _trail_sql(clause: Clause, params: list) -> str:
+    """A clause on the audit trail: its columns (date, outcome), its lookup rows (patient, agent),
+    and entity-type, which the shape of every event answers: a system object (the query) always,
+    a person exactly when it names patients."""
+    param = clause.param
+    if param.column:
+        return "(" + " OR ".join(_column_sql(clause, v, params) for v in clause.values) + ")"
+    if param.name == "entity-type":
+        codes = {code for _, code in clause.values}
+        if "2" in codes:
+            return "1 = 1"
+        if "1" not in codes:
+            return "1 = 0"
+        params.append("patient")
+        return "id IN (SELECT event_id FROM audit_index WHERE param = ?)"
+    values = [rid for _, rid in clause.values] if clause.kind == "reference" else list(clause.values)
+    params += [param.name, *values]
+    return f"id IN (SELECT event_id FROM audit_index WHERE param = ? AND value IN ({_in(values)}))"
 
 
 def _phonetic_sql(rtype: str, clause: Clause, codes: list[str], params: list) -> str:
@@ -234,6 +264,8 @@ def _clause_sql(rtype: str, clause, params: list, probe: bool = False, restricti
     `restrictions`: a chain or `_has` looks only at resources the request may see, so it
     cannot tell whether another patient's data exist.
     """
+    if rtype in _TRAILS:
+        return _trail_sql(clause, params)
     if isinstance(clause, ChainClause):
         params += [rtype, clause.param.name, clause.target, clause.target]
         inner = _clause_sql(clause.target, clause.inner, params, restrictions=restrictions)
@@ -294,10 +326,30 @@ def _sort_expr(key, params: list, text_collation: str) -> str:
             f"WHERE rtype = r.rtype AND rid = r.id AND param = ?)")
 
 
-def _after_sql(query: SearchQuery, cursor: list, params: list) -> str:
+@dataclass(frozen=True)
+class _Table:
+    """Where the matches of a type are kept, and how they are served."""
+
+    name: str
+    #: rows of several types, told apart by `rtype`
+    typed: bool = True
+    #: columns read with each match beyond id and content (what `serve` needs)
+    extra: tuple[str, ...] = ()
+    #: ties of the sort are broken by id, descending (the trail: newest first)
+    id_descending: bool = False
+    #: the served JSON of a row (id, content, *extra); None: the stored content as it is
+    serve: Callable[[tuple], bytes] | None = None
+
+
+_RESOURCES = _Table("resource")
+_TRAILS = {"AuditEvent": _Table("audit_event", typed=False, extra=("recorded",), id_descending=True,
+                                serve=lambda row: render_event(row[0], row[2], row[1]))}
+
+
+def _after_sql(query: SearchQuery, cursor: list, params: list, id_descending: bool = False) -> str:
     """Rows after the cursor (the last row's sort values and id) in the search's order."""
     keys = [f"k{i}" for i in range(len(query.sort))] + ["id"]
-    descending = [k.descending for k in query.sort] + [False]
+    descending = [k.descending for k in query.sort] + [id_descending]
     alternatives = []
     for i, (key, value) in enumerate(zip(keys, cursor)):
         if value is None:
@@ -310,26 +362,30 @@ def _after_sql(query: SearchQuery, cursor: list, params: list) -> str:
                 same.append(f"{prior} = ?")
                 params.append(prior_value)
         params.append(value)
-        step = f"({key} {'<' if descending[i] else '>'} ? OR {key} IS NULL)" if key != "id" else "id > ?"
+        if key != "id":
+            step = f"({key} {'<' if descending[i] else '>'} ? OR {key} IS NULL)"
+        else:
+            step = f"id {'<' if id_descending else '>'} ?"
         alternatives.append("(" + " AND ".join(same + [step]) + ")")
     return "(" + (" OR ".join(alternatives) or "1 = 0") + ")"
 
 
-def _count(reader: Reader, query: SearchQuery, where: str, params: list) -> int | None:
+def _count(reader: Reader, query: SearchQuery, table: _Table, where: str, params: list) -> int | None:
     if query.total != "estimate":
-        return reader.one(f"SELECT COUNT(*) FROM resource WHERE {where}", params)[0]
-    limited = reader.one(f"SELECT COUNT(*) FROM (SELECT 1 FROM resource WHERE {where} LIMIT ?) AS m",
+        return reader.one(f"SELECT COUNT(*) FROM {table.name} WHERE {where}", params)[0]
+    limited = reader.one(f"SELECT COUNT(*) FROM (SELECT 1 FROM {table.name} WHERE {where} LIMIT ?) AS m",
                          [*params, ESTIMATE_EXACT_UP_TO + 1])[0]
     if limited <= ESTIMATE_EXACT_UP_TO or reader.is_sqlite:
         return limited if limited <= ESTIMATE_EXACT_UP_TO else None
-    plan = reader.one(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM resource WHERE {where}", params)[0]
+    plan = reader.one(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table.name} WHERE {where}", params)[0]
     return max(int(plan[0]["Plan"]["Plan Rows"]), limited)
 
 
 def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
     """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page)."""
-    params: list = [query.rtype]
-    conditions, driven = ["rtype = ?"], False
+    table = _TRAILS.get(query.rtype, _RESOURCES)
+    params: list = [query.rtype] if table.typed else []
+    conditions, driven = (["rtype = ?"] if table.typed else []), False
     restricted = restriction_sql(query.rtype, query.restrictions, params)
     if restricted:
         conditions.append(restricted)
@@ -337,34 +393,37 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> Searc
     for clause in query.clauses:
         conditions.append(_clause_sql(query.rtype, clause, params, probe=driven, restrictions=query.restrictions))
         driven = driven or _lists_matches(clause)
-    where = " AND ".join(conditions)
+    where = " AND ".join(conditions) or "1 = 1"
     want_total = query.total != "none" or query.summary == "count"
     if query.summary == "count" or query.count == 0:
-        return SearchResult([], _count(reader, query, where, params) if want_total else None, False, [])
+        return SearchResult([], _count(reader, query, table, where, params) if want_total else None, False, [])
     text_collation = "" if reader.is_sqlite else ' COLLATE "C"'
     page_params: list = []
     sort_columns = [_sort_expr(k, page_params, text_collation) for k in query.sort]
     page_params += params
     order = ", ".join([f"k{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(query.sort)]
-                      + ["id"])
-    select = ", ".join(["id", "content"] + [f"{expr} AS k{i}" for i, expr in enumerate(sort_columns)])
-    sql = f"SELECT {select} FROM resource r WHERE {where}"
+                      + ["id DESC" if table.id_descending else "id"])
+    served = ["id", "content", *table.extra]
+    select = ", ".join(served + [f"{expr} AS k{i}" for i, expr in enumerate(sort_columns)])
+    sql = f"SELECT {select} FROM {table.name} r WHERE {where}"
     if cursor is not None:
-        sql = f"SELECT * FROM ({sql}) AS s WHERE {_after_sql(query, cursor, page_params)}"
+        sql = f"SELECT * FROM ({sql}) AS s WHERE {_after_sql(query, cursor, page_params, table.id_descending)}"
     page_params.append(query.count + 1)
     rows = reader.all(f"{sql} ORDER BY {order} LIMIT ?", page_params)
     has_more = len(rows) > query.count
     rows = rows[: query.count]
-    matches = [(r[0], r[1]) for r in rows]
+    serve = table.serve
+    matches = [(r[0], serve(r) if serve else r[1]) for r in rows]
     total = None
     if want_total:
         if cursor is None and not has_more:
             total = len(matches)  # the first page holds everything: no need to count again
         else:
-            total = _count(reader, query, where, params)
+            total = _count(reader, query, table, where, params)
     wanted = (query.includes or query.revincludes) and matches
     includes = _includes(reader, query, [m[0] for m in matches]) if wanted else []
-    last = [*rows[-1][2:2 + len(sort_columns)], rows[-1][0]] if rows else None
+    keys_at = len(served)
+    last = [*rows[-1][keys_at:keys_at + len(sort_columns)], rows[-1][0]] if rows else None
     return SearchResult(matches, total, has_more, includes, last)
 
 

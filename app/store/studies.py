@@ -151,6 +151,23 @@ class StudyCopies:
 
 # ---- the API's reads
 
+_SUBJECT = b'"subject":{"reference":"Patient/'
+
+
+def study_subject(content: bytes | None) -> str | None:
+    """The Patient id of a stored ImagingStudy's subject, read off its JSON as the store wrote it
+    (orjson: compact, `reference` the subject's first key; a FHIR id holds no quote); None when
+    it is not there in that form. A search for it would cost more than the search it audits."""
+    if not content:
+        return None
+    start = content.find(_SUBJECT)
+    if start < 0:
+        return None
+    start += len(_SUBJECT)
+    end = content.find(b'"', start)
+    return content[start:end].decode() if end > start else None
+
+
 def holders_of(reader: Reader, uid: str) -> list[str]:
     """The sources that hold a study, by name (the WADO-RS gateway asks on every request)."""
     return [r[0] for r in reader.all("SELECT source FROM study_copy WHERE study_uid = ? ORDER BY source", [uid])]

@@ -18,17 +18,33 @@ import logging
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Protocol
 
 import orjson
 
 from app.clock import instant_now_ms
-from app.fhir.errors import FhirError
+from app.errors import FhirError
 from app.logsafe import describe
 from app.search.query import ANY_SYSTEM, ChainClause, Clause, SearchQuery
 from app.sources.errors import SourceError
 from app.sources.settings import SourceSettings
+from app.store.reader import Reader
+from app.store.repository import Store
+from app.store.resources import read_current
 from app.sync.batch import StudyBatch
 from app.sync.summary import SyncSummary
+
+
+class Guard(Protocol):
+    """What on-demand asks of the request path's Guard (app/api/hooks.py)."""
+
+    def fetchable_identifiers(self) -> set[tuple[str, str]] | None: ...
+
+
+class Hooks(Protocol):
+    """Where on-demand registers itself on the request path (app/api/hooks.py)."""
+
+    before_search: list
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +91,27 @@ def searched_identifiers(query: SearchQuery, read_patient) -> list[tuple[str, st
 class OnDemand:
     """Per API process: the on-demand sources, their fetches under way, one thread pool."""
 
-    def __init__(self, config, store, read_current):
-        self.sources = [src for src in config.sources if src.on_demand]
+    def __init__(self, sources: list[SourceSettings], store: Store, reader: Reader):
+        self.sources = [src for src in sources if src.on_demand]
         self._store = store
-        self._read_current = read_current
+        self._reader = reader
         self._lock = threading.Lock()
         self._running: dict[tuple[str, str, str], Future] = {}
         self._built: dict[str, object] = {}
         self._source_locks = {src.name: threading.Lock() for src in self.sources}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="on-demand") if self.sources else None
 
-    def before_search(self, query: SearchQuery, allowed=None) -> None:
+    def before_search(self, query: SearchQuery, guard: Guard) -> None:
         """Fetch stale patients from their archives; 503 if that takes longer than allowed.
 
-        `allowed`: the (system, value) identifiers the request may have fetched (those of its
-        patient compartment), or None for any: a patient-context token cannot make the
-        archive be asked about, or time the fetch of, another patient.
+        Only the identifiers the request may have fetched are asked for (`guard`: those of its
+        patient compartment, or any): a patient-context token cannot make the archive be asked
+        about, or time the fetch of, another patient.
         """
         if not self.sources or query.rtype not in ("ImagingStudy", "Patient"):
             return
         pairs = searched_identifiers(query, self._read_patient)
+        allowed = guard.fetchable_identifiers() if pairs else None
         if allowed is not None:
             pairs = [pair for pair in pairs if pair in allowed]
         now, _ = instant_now_ms()
@@ -116,7 +133,7 @@ class OnDemand:
                                 headers={"Retry-After": str(math.ceil(deadline))})
 
     def _read_patient(self, rid: str) -> dict | None:
-        found = self._read_current("Patient", rid)
+        found = read_current(self._reader, "Patient", rid)
         return orjson.loads(found[2]) if found else None
 
     def _start(self, src: SourceSettings, system: str, value: str) -> Future:
@@ -145,3 +162,11 @@ class OnDemand:
             summary.error = describe(exc)
             log.error("on-demand fetch from source %s failed: %s", src.name, describe(exc))
         return summary
+
+
+def init_app(hooks: Hooks, sources: list[SourceSettings], store: Store, reader: Reader) -> None:
+    """Fetch a searched patient's studies from on-demand archives before the first page of a
+    search (a before-search hook of the request path, app/api/hooks.py)."""
+    on_demand = OnDemand(sources, store, reader)
+    if on_demand.sources:
+        hooks.before_search.append(on_demand.before_search)

@@ -13,7 +13,7 @@ import time
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from app.fhir.paging import PageTokens
+from app.search.paging import PageTokens
 from app.search.query import SearchError
 from app.store.repository import Store
 from app.web import create_app

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
-from app.security.audit import study_subject
+from app.store.studies import study_subject
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app

@@ -16,7 +16,7 @@ from access_fixtures import grant, load, patient_access, people_app, system_acce
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import text
 
-from app.security.audit import render_event
+from app.store.audit_record import render_event
 from app.store.audit_log import AuditLog
 from app.store.audit_spool import SUFFIX, encode, store_digest
 from app.store.repository import Store

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from sqlalchemy import text
 
 from app.mapping import map_endpoint
-from app.security.audit import render_event
+from app.store.audit_record import render_event
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import orjson
 import requests
-from flask import Blueprint, Response, current_app, g, request, stream_with_context
+from flask import Blueprint, Flask, Response, request, stream_with_context
 
-from app.fhir.errors import FhirError
+from app.api.hooks import note_served
+from app.api.interactions import IMAGES, serves
+from app.api.state import ApiState, current_state
+from app.errors import FhirError
 from app.ids import valid_id
-from app.security import scope
+from app.sources.settings import SourceSettings
 from app.store.resources import read_current
 from app.store.studies import holders_of
 
@@ -36,14 +39,10 @@ FORWARDED_RESPONSE = ("Content-Type", "Content-Length", "Content-Encoding", "Con
 _session = requests.Session()
 
 
-def _state():
-    return current_app.extensions["imaging-facade"]
-
-
-def _source(name: str | None, study: str):
+def _source(name: str | None, study: str) -> SourceSettings:
     """The configured source to ask for `study`: the named one if it holds the study, else
     the first that holds it and has a WADO-RS URL."""
-    state = _state()
+    state = current_state()
     holders = holders_of(state.reader, study)
     by_name = {src.name: src for src in state.config.sources if src.wado_url}
     candidates = [h for h in holders if h in by_name and (name is None or h == name)]
@@ -56,9 +55,9 @@ def _source(name: str | None, study: str):
 def _forward(source_name: str | None, study: str, rest: str, check_parts=lambda: None) -> Response:
     if not valid_id(study):
         raise FhirError(404, "not-found", "not a valid Study Instance UID")
-    scope.guard_read("ImagingStudy", study)
+    current_state().hooks.guard.before_read("ImagingStudy", study)
     check_parts()
-    g.returned = [("ImagingStudy", study)]
+    note_served([("ImagingStudy", study)])
     src = _source(source_name, study)
     url = f"{src.wado_url}/studies/{study}{rest}"
     headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
@@ -108,7 +107,7 @@ def _check_parts(study: str, series: str | None, instance: str | None) -> None:
     """
     if series is None:
         return
-    found = read_current(_state().reader, "ImagingStudy", study)
+    found = read_current(current_state().reader, "ImagingStudy", study)
     listed = orjson.loads(found[2]).get("series", []) if found else []
     match = next((s for s in listed if s.get("uid") == series), None)
     if match is None or (instance is not None and
@@ -125,14 +124,15 @@ def _route(name: str, rule: str, rest: str) -> None:
                             lambda: _check_parts(study, parts.get("series"), parts.get("instance")))
         return response
 
-    bp.add_url_rule(rule, f"{name}", handler, methods=["GET"])
-    bp.add_url_rule(f"/<source>{rule}", f"{name}_of_source", handler, methods=["GET"])
+    view = serves(IMAGES)(handler)
+    bp.add_url_rule(rule, f"{name}", view, methods=["GET"])
+    bp.add_url_rule(f"/<source>{rule}", f"{name}_of_source", view, methods=["GET"])
 
 
 for _name, (_rule, _rest) in _PATHS.items():
     _route(_name, _rule, _rest)
 
 
-def init_app(app, config) -> None:
-    if config.server.wado_gateway:
+def init_app(app: Flask, state: ApiState) -> None:
+    if state.config.server.wado_gateway:
         app.register_blueprint(bp, url_prefix="/wado-rs")

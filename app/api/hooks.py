@@ -1,0 +1,102 @@
+"""Where security and on-demand plug into the request path, as interceptors do in other FHIR
+servers: routes call the hooks, never the rooms behind them.
+
+- the Guard says what the request may see: it refuses a read or search (403/404) or narrows a
+  search to what is visible (app/security/scope.py registers it);
+- before-search hooks run before the first page of a search (on-demand fetching,
+  app/sync/ondemand.py; the audit trail storing this process's events before it is searched);
+- the record of what a response served (which resources, and the stored JSON of the studies
+  among them), which the audit hook reads after the route.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flask import g
+
+from app.search.query import SearchQuery
+
+
+class Guard(Protocol):
+    """What a request may see; asked by the routes before they read the store."""
+
+    def before_read(self, rtype: str, rid: str) -> None:
+        """Refuse (FhirError) a read the request may not make: 403 without a scope, 404 outside
+        what it may see, so a read cannot tell whether another patient's resource exists."""
+        ...
+
+    def before_search(self, rtype: str) -> None:
+        """Refuse (403) a search of `rtype` the request may not make at all, before it is parsed."""
+        ...
+
+    def restrict(self, query: SearchQuery) -> None:
+        """Refuse a parsed search the request may not make, or narrow it (`query.restrictions`)."""
+        ...
+
+    def version_visible(self, rtype: str, content: bytes) -> bool:
+        """Whether an older version of a visible resource may be shown too."""
+        ...
+
+    def binding(self) -> str:
+        """A fingerprint of who asks, mixed into paging links so one client's links are not another's."""
+        ...
+
+    def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
+        """(system, value) of the patients an archive may be asked about for this request; None: any."""
+        ...
+
+
+class OpenGuard:
+    """A server without access control: everything is visible (until security registers its Guard)."""
+
+    def before_read(self, rtype: str, rid: str) -> None:
+        return None
+
+    def before_search(self, rtype: str) -> None:
+        return None
+
+    def restrict(self, query: SearchQuery) -> None:
+        return None
+
+    def version_visible(self, rtype: str, content: bytes) -> bool:
+        return True
+
+    def binding(self) -> str:
+        return ""
+
+    def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
+        return None
+
+
+#: a hook run before the first page of a search is read: it may fetch, flush or refuse (FhirError)
+BeforeSearch = Callable[[SearchQuery, Guard], None]
+
+
+@dataclass
+class Hooks:
+    guard: Guard = field(default_factory=OpenGuard)
+    before_search: list[BeforeSearch] = field(default_factory=list)
+
+    def run_before_search(self, query: SearchQuery) -> None:
+        for hook in self.before_search:
+            hook(query, self.guard)
+
+
+@dataclass
+class Served:
+    """What one response carried: (type, id) of each resource, and the stored JSON of the
+    ImagingStudies among them by id (their patients are read off it, not searched for)."""
+
+    returned: list[tuple[str, str]] = field(default_factory=list)
+    contents: dict[str, bytes] = field(default_factory=dict)
+
+
+def note_served(returned: list[tuple[str, str]], contents: dict[str, bytes] | None = None) -> None:
+    g.served = Served(returned, contents or {})
+
+
+def served() -> Served:
+    """What the route noted it served; nothing if it served nothing (or failed first)."""
+    return g.get("served") or Served()

@@ -1,0 +1,71 @@
+"""The interactions this server answers, named once: what each is in FHIR, which SMART
+permission it needs and how the audit trail records it.
+
+A route declares what it serves (`@serves(READ)`); security (which scope a request needs),
+audit (AuditEvent.subtype and action, IHE Basic Audit Log Patterns) and the
+CapabilityStatement read this table, never a route's name.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from flask import current_app, request
+
+
+@dataclass(frozen=True)
+class Interaction:
+    #: how messages name it
+    name: str
+    #: the FHIR R4 restful-interaction code, where it is one (CapabilityStatement.rest.resource.interaction)
+    restful: str | None = None
+    #: the SMART v2 permission it needs on the type it names: "r" read, "s" search, "u" update;
+    #: None: decided where the route checks it (the WADO-RS gateway asks the Guard)
+    permission: str | None = None
+    #: (AuditEvent.subtype code, AuditEvent.action) it is recorded with; None: not audited
+    audit: tuple[str, str] | None = None
+    #: answered without a token (what the server is, how to get a token, whether it is up)
+    public: bool = False
+    #: looks across every patient: refused to a token bound to one patient
+    across_patients: bool = False
+
+
+CAPABILITIES = Interaction("metadata", restful="capabilities", public=True)
+SMART_CONFIGURATION = Interaction(".well-known/smart-configuration", public=True)
+HEALTH = Interaction("health", public=True)
+READ = Interaction("read", "read", "r", ("read", "R"))
+VREAD = Interaction("vread", "vread", "r", ("vread", "R"))
+HISTORY_INSTANCE = Interaction("history-instance", "history-instance", "r", ("history-instance", "R"))
+#: R (read) and E (execute: a search is a query), FHIR R4 AuditEvent.action
+SEARCH_TYPE = Interaction("search-type", "search-type", "s", ("search-type", "E"))
+#: FHIR R4 OperationDefinition Patient-match
+PATIENT_MATCH = Interaction("Patient/$match", "operation", "s", across_patients=True)
+#: WADO-RS through the gateway: a read of the study's images (PS3.18 10.4)
+IMAGES = Interaction("WADO-RS", audit=("read", "R"))
+#: linking two Patients writes both (Patient.link): an update, across patients
+IDENTITY_REVIEW = Interaction("the identity review API", permission="u", across_patients=True)
+
+#: what every served resource type offers, as the CapabilityStatement lists it
+TYPE_INTERACTIONS = (READ, VREAD, HISTORY_INSTANCE, SEARCH_TYPE)
+
+View = TypeVar("View", bound=Callable)
+
+
+def serves(interaction: Interaction) -> Callable[[View], View]:
+    """Declare the interaction a route answers (read by security and audit before and after it)."""
+
+    def mark(view: View) -> View:
+        view.interaction = interaction  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def current_interaction() -> Interaction | None:
+    """The interaction the request's route serves; None for a path no route serves, or a route
+    that declares none (it needs a token and grants nothing more)."""
+    endpoint = request.endpoint
+    if endpoint is None:
+        return None
+    return getattr(current_app.view_functions.get(endpoint), "interaction", None)
