@@ -6,7 +6,7 @@ app/api/hooks.py, in their own init_app.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from flask import Flask
@@ -38,7 +38,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     gateway.init_app(app, state)
     health.init_app(app, state)
     admin_identity.init_app(app, state)
-    released = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    released = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     state.capability = orjson.dumps(capability_statement(state.base_url, released, state.rest_security))
     _compress(app)
     if config.server.trusted_proxies:

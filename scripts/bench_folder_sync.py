@@ -19,12 +19,12 @@ from pathlib import Path
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataset import generate  # noqa: E402
+from dataset import generate
 
-from app.sources.folder import FolderSettings  # noqa: E402
-from app.sources.settings import SourceSettings  # noqa: E402
-from app.store.repository import Store  # noqa: E402
-from app.sync import sync_source  # noqa: E402
+from app.sources.folder import FolderSettings
+from app.sources.settings import SourceSettings
+from app.store.repository import Store
+from app.sync import sync_source
 
 
 def raw_parse(files: list[Path]) -> float:

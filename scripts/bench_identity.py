@@ -37,16 +37,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from identity_corpus import FEMALE, MALE, _typo  # noqa: E402
+
 from app.identity.features import blocking_keys, features  # noqa: E402
 from app.identity.keys import patient_id  # noqa: E402
 from app.identity.match import match  # noqa: E402
 from app.identity.reconcile import digest, reconcile_patient  # noqa: E402
 from app.identity.settings import DEFAULT  # noqa: E402
 from app.store import tables as t  # noqa: E402
+from app.store.engine import bulk_insert  # noqa: E402
 from app.store.repository import Store  # noqa: E402
 from app.store.resources import content_hash  # noqa: E402
-from app.store.engine import bulk_insert  # noqa: E402
-from identity_corpus import FEMALE, MALE, _typo  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SYLLABLES = ["ber", "man", "son", "ka", "li", "ro", "sch", "mit", "wal", "ter", "ko", "nen", "gar", "ci", "a",

@@ -62,11 +62,11 @@ from bench_api import free_port, start  # noqa: E402
 from dataset import SIZES, ZONE, Archive, archive, load_orthanc, load_store, mapping_context  # noqa: E402
 from orthanc import OrthancServer  # noqa: E402
 
+from app.clock import instant_now_ms  # noqa: E402
 from app.config import load_config  # noqa: E402
 from app.fhir.bundle import searchset  # noqa: E402
 from app.identity.keys import patient_id  # noqa: E402
 from app.mapping import map_study  # noqa: E402
-from app.clock import instant_now_ms  # noqa: E402
 from app.store.reader import Reader  # noqa: E402
 from app.store.repository import Store  # noqa: E402
 from app.store.search_sql import SearchResult  # noqa: E402

@@ -48,8 +48,8 @@ from orthanc import OrthancServer  # noqa: E402
 
 from app.config import load_config  # noqa: E402
 from app.sources.base import SeriesRecord, StudyRecord  # noqa: E402
-from app.sources.queried import exact_bytes  # noqa: E402
 from app.sources.dicomweb import DicomwebSource  # noqa: E402
+from app.sources.queried import exact_bytes  # noqa: E402
 from app.store.repository import Store  # noqa: E402
 from app.sync import sync_source  # noqa: E402
 

@@ -28,24 +28,23 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import requests
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.mapping import map_endpoint, map_study  # noqa: E402
-from app.mapping.context import MappingContext  # noqa: E402
-from app.sources.base import SeriesRecord, StudyRecord  # noqa: E402
+from app.mapping import map_endpoint, map_study
+from app.mapping.context import MappingContext
+from app.sources.base import SeriesRecord, StudyRecord
 
 TEMPLATES = ["CT_small.dcm", "MR_small.dcm"]
 FAMILIES = ["Smith", "Müller", "Garcia", "Nguyen", "Kowalski", "Rossi", "Dubois", "Tanaka", "Olsen", "Silva"]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from log_privacy import pytest_configure, pytest_sessionfinish  # noqa: F401 - the run's log check
 from sqlalchemy import create_engine, text
 
 from app.config import load_config
 from app.store.audit_log import close_all as close_audit_logs
-from log_privacy import pytest_configure, pytest_sessionfinish  # noqa: F401 - the run's log check
 
 POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -7,8 +7,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from app.search.elements import select_elements, summarize
 from app.clock import instant_now_ms, micros_to_instant
+from app.search.elements import select_elements, summarize
 
 
 def search_url(base_url: str, rtype: str, params: list[tuple[str, str]]) -> str:

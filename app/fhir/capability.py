@@ -75,7 +75,8 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         "rest": [{
             "mode": "server",
             "documentation": (
-                "Read-only (POST Patient/$match only reads too). Search results are ordered by resource id; paging links are signed and stateless. "
+                "Read-only (POST Patient/$match only reads too). Search results are ordered by resource id; "
+                "paging links are signed and stateless. "
                 "Date search values without a time zone are read in the server's configured zone. "
                 "Search by POST [type]/_search with a form body returns what GET returns. "
                 "Reference parameters can be chained (patient.identifier, subject:Patient.name, "

@@ -8,7 +8,7 @@ hook. It never imports security or sync: they plug into the hooks (app/api/hooks
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 import orjson
@@ -69,7 +69,7 @@ def metadata():
 
 
 def _http_date(micros: int) -> str:
-    return format_datetime(datetime.fromtimestamp(micros // 1_000_000, tz=timezone.utc), usegmt=True)
+    return format_datetime(datetime.fromtimestamp(micros // 1_000_000, tz=UTC), usegmt=True)
 
 
 def _not_modified(etag: str, micros: int) -> bool:

@@ -97,9 +97,8 @@ def _given(a: list[str], b: list[str]) -> tuple[float, str]:
         return GIVEN["same"], "same first given name"
     if agreement == "similar":
         return GIVEN["similar"], "first given name sounds alike or nearly the same spelling"
-    if len(first_a) == 1 or len(first_b) == 1:
-        if first_a[0] == first_b[0]:
-            return GIVEN["initial"], "initial agrees"
+    if (len(first_a) == 1 or len(first_b) == 1) and first_a[0] == first_b[0]:
+        return GIVEN["initial"], "initial agrees"
     return GIVEN["differs"], "first given name differs"
 
 

@@ -50,7 +50,7 @@ class IdentityConfig:
     canonical: dict = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_data(cls, data: dict) -> "IdentityConfig":
+    def from_data(cls, data: dict) -> IdentityConfig:
         groups = tuple(tuple(g) for g in data.get("same_namespace", ()))
         canonical = {system: group[0] for group in groups for system in group}
         return cls(groups, float(data.get("auto_link", 18.0)), float(data.get("review", 10.0)),

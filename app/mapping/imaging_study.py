@@ -15,6 +15,7 @@ out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from app.identity.keys import patient_key
 from app.ids import valid_id
 from app.mapping import claims, codes, private, tags
@@ -24,13 +25,12 @@ from app.mapping.datetimes import fhir_datetime
 from app.mapping.errors import MappingError
 from app.mapping.notes import annotations, note_text
 from app.mapping.patient import map_patient
+from app.mapping.record import StudyRecord
 from app.mapping.request import accession_identifier, reasons
 from app.mapping.series import map_series_list
 from app.mapping.shape import checked
 from app.mapping.terms import location, modality_coding
 from app.mapping.vr import all_text, first, name_displays, text, unsigned, valid_uid
-
-from app.mapping.record import StudyRecord
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 

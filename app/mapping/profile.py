@@ -22,10 +22,10 @@ the mapping reads without any I/O, which also remembers the file and line of eve
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Callable
 
 from app.mapping.profile_layer import Layer, ProfileError, check_layer, read_layer, shown_path
 from app.mapping.profile_schema import EXTENSION_BASE, PRIVATE_TARGETS, snomed_meanings
@@ -205,7 +205,7 @@ def _body_parts(values: dict, rules: dict) -> dict:
     terms = _table(values, ("body_part", "terms"))
     for term, code in terms.items():
         body_parts[body_part_key(term)] = (code, body_part_meaning(code))
-    for term, code in terms.items():
+    for term in terms:
         rules[("body_part", "term", body_part_key(term))] = rules[("body_part", "terms", term)]
     return body_parts
 

@@ -11,12 +11,11 @@ from app.mapping import codes, private, tags
 from app.mapping.context import MappingContext
 from app.mapping.datetimes import fhir_datetime
 from app.mapping.instances import map_instances, trace_instances
+from app.mapping.record import SeriesRecord, StudyRecord
 from app.mapping.shape import checked
 from app.mapping.terms import body_site, modality_coding
 from app.mapping.values import clean_text
 from app.mapping.vr import first, name_displays, text, unsigned, valid_uid
-
-from app.mapping.record import SeriesRecord, StudyRecord
 
 
 def map_series_list(record: StudyRecord, offset: str | None, ctx: MappingContext,

@@ -17,8 +17,8 @@ from app.mapping.values import CONTROL, MAX_TEXT, clean_string, shown
 #: most values (or sequence items) of one attribute kept; real headers hold a handful
 MAX_VALUES = 100
 
-_TEXT_VRS = frozenset("AE AS AT CS DA DT LO LT SH ST TM UC UI UR UT".split())
-_NUMBER_VRS = frozenset("DS IS FL FD SL SS UL US SV UV".split())
+_TEXT_VRS = frozenset(["AE", "AS", "AT", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"])
+_NUMBER_VRS = frozenset(["DS", "IS", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"])
 _VALUE_TYPES = {"text": "strings", "number": "numbers", "PN": "person names", "SQ": "items"}
 #: what `_checked_value` returns for a value of the wrong JSON type
 _BAD = object()
@@ -91,7 +91,7 @@ def _checked_element(tag: str, element: object, notes: list) -> object:
     if kind == "binary" or _read_as_they_are(values, vr, kind):
         return element
     kept = _checked_values(values, keyword, vr, kind, notes)
-    if len(kept) == len(values) and all(a is b for a, b in zip(kept, values)):
+    if len(kept) == len(values) and all(a is b for a, b in zip(kept, values, strict=True)):
         return element
     return {**element, "Value": kept}
 

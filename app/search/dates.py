@@ -8,7 +8,7 @@ are read in the server's configured zone.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -17,7 +17,7 @@ _DATE = re.compile(
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: 10000-01-01T00:00:00Z: where the range of a value at the end of year 9999 ends
 _END_OF_TIME = 253402300800 * 1_000_000
 
@@ -49,7 +49,7 @@ def date_range(value: str, default_zone: str = "UTC") -> tuple[int, int]:
     g = match.groupdict()
     tz = g["tz"]
     if tz == "Z":
-        zone = timezone.utc
+        zone = UTC
     elif tz:
         sign = 1 if tz[0] == "+" else -1
         zone = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))

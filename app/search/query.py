@@ -78,7 +78,7 @@ class ChainClause:
 
     param: SearchParam
     target: str
-    inner: "Clause | ChainClause | HasClause"
+    inner: Clause | ChainClause | HasClause
 
 
 @dataclass
@@ -88,7 +88,7 @@ class HasClause:
 
     source: str
     param: SearchParam
-    inner: "Clause | ChainClause | HasClause"
+    inner: Clause | ChainClause | HasClause
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def init_app(app: Flask, state: ApiState) -> None:
 
     @app.before_request
     def _authorize():
-        req = request._get_current_object()  # noqa: SLF001 - Flask's documented way past the proxy
+        req = request._get_current_object()
         if _public(req):
             return None
         token = bearer_token(req.headers, security.realm)

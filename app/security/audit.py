@@ -90,7 +90,7 @@ def record(response: Response) -> Response:
     interaction = current_interaction()
     if interaction is None or interaction.audit is None:
         return response
-    req = request._get_current_object()  # noqa: SLF001 - Flask's documented way past the proxy, read a dozen times
+    req = request._get_current_object()
     state = current_state()
     try:
         status = response.status_code
@@ -104,7 +104,7 @@ def record(response: Response) -> Response:
             access=current_access(), address=req.remote_addr, query=_query_text(req), path=req.path,
             read=read if all(read) else None, patients=patients)
         state.audit_log.write(_event_ids.next(), time.time_ns() // 1000, outcome_code(status), content, index)
-    except Exception as err:  # no trail, no data
+    except Exception as err:  # noqa: BLE001 - no trail, no data: whatever failed, nothing is served
         log.error("could not record the audit event of a request: %s", describe(err))
         response.close()
         return outcome_response(500, "exception", "the request could not be audited; nothing was served")

@@ -46,7 +46,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pynetdicom import AE, _config as _netdicom_config, evt
+from pynetdicom import AE, evt
+from pynetdicom import _config as _netdicom_config
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 from pynetdicom.status import code_to_category
@@ -184,7 +185,7 @@ class DimseSettings(ProtocolSettings):
 class _Session:
     """One association, opened on first use and re-opened after a failure."""
 
-    def __init__(self, source: "DimseSource"):
+    def __init__(self, source: DimseSource):
         self.source = source
         self.assoc = None
 

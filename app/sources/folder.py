@@ -118,7 +118,7 @@ def _stop(tag, vr, length) -> bool:
 
 def _fast_value(elem, vr: str):
     """DICOM JSON "Value" list of a raw ASCII element, or _NOT_FAST."""
-    if type(elem) is not RawDataElement or (elem.VR is not None and elem.VR != vr):
+    if type(elem) is not RawDataElement or (elem.VR is not None and vr != elem.VR):
         return _NOT_FAST
     raw = elem.value
     if raw is None:
@@ -222,7 +222,7 @@ def _first_value(element: dict | None) -> str | None:
 
 def _cut_element(ds, size: int):
     """The mapped element the end of the file cuts short, if any (pydicom reads what is left)."""
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a pydicom Dataset yields elements, not tags
         elem = ds.get_item(tag, keep_deferred=True)
         if (type(elem) is RawDataElement and elem.length != 0xFFFFFFFF
                 and elem.value_tell + elem.length > size):

@@ -39,9 +39,9 @@ not the empties) and `""` is matched literally by the archives tried. What is do
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Callable, Sequence
 
 #: keyword -> whether a list of values is allowed (list-of-UID matching, ModalitiesInStudy)
 KEYS = {
@@ -156,7 +156,7 @@ class DayRange:
     last: int | None = None
 
     @classmethod
-    def parse(cls, text: str | None) -> "DayRange":
+    def parse(cls, text: str | None) -> DayRange:
         text = (text or "").strip()
         if not text or text == "-":
             return cls()
@@ -187,7 +187,7 @@ class DayRange:
         return ((self.first is None or day >= self.first)
                 and (self.last is None or day <= self.last))
 
-    def halves(self) -> tuple["DayRange", "DayRange"] | None:
+    def halves(self) -> tuple[DayRange, DayRange] | None:
         lo = self.first if self.first is not None else _FIRST_DAY
         hi = self.last if self.last is not None else _LAST_DAY
         if lo >= hi:
@@ -195,7 +195,7 @@ class DayRange:
         mid = (lo + hi) // 2
         return DayRange(self.first, mid), DayRange(mid + 1, self.last)
 
-    def around(self, day: int) -> tuple["DayRange", ...] | None:
+    def around(self, day: int) -> tuple[DayRange, ...] | None:
         """The range cut into the days before `day`, `day` itself, and the days after."""
         lo = self.first if self.first is not None else _FIRST_DAY
         hi = self.last if self.last is not None else _LAST_DAY
@@ -225,7 +225,7 @@ class TimeRange:
         hi = _tm(self.last) if self.last is not None else ""
         return f"{lo}-{hi}"
 
-    def halves(self) -> tuple["TimeRange", "TimeRange"] | None:
+    def halves(self) -> tuple[TimeRange, TimeRange] | None:
         lo = self.first if self.first is not None else 0
         hi = self.last if self.last is not None else _DAY_SECONDS
         if hi - lo <= 1:
@@ -255,7 +255,7 @@ class _Slice:
         days = self.days.text() if (self.days.first, self.days.last) != (None, None) else "any date"
         return f"StudyDate {days}" + (f", StudyTime {self.times.text()}" if self.times else "")
 
-    def parts(self, dates: list[int]) -> tuple["_Slice", ...] | None:
+    def parts(self, dates: list[int]) -> tuple[_Slice, ...] | None:
         """This slice cut in parts that together match what it matches; None if it cannot be.
 
         `dates` are the study dates (ordinals) of its capped answer: the range is cut

@@ -37,8 +37,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import requests
@@ -92,7 +93,7 @@ def orthanc_study_id(patient_id: str | None, study_uid: str) -> str:
     """Orthanc's ID of the study (PatientID, StudyInstanceUID): SHA-1 of "PatientID|UID"
     in five dash-separated groups of eight hex digits, as Orthanc computes it from the
     values it stored (spaces included: see the module notes)."""
-    digest = hashlib.sha1(f"{patient_id or ''}|{study_uid}".encode("utf-8")).hexdigest()
+    digest = hashlib.sha1(f"{patient_id or ''}|{study_uid}".encode()).hexdigest()
     return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
 
 

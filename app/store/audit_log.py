@@ -11,6 +11,7 @@ If the database cannot take them, they stay on disk and the next drain tries aga
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sqlite3
@@ -19,7 +20,7 @@ import weakref
 from pathlib import Path
 
 from app.store.audit_spool import AuditSpool, Event
-from app.store.reader import Reader
+from app.store.reader import CONNECTION_ERRORS, Reader
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,7 @@ class AuditLog(Reader):
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            try:
+            with contextlib.suppress(*CONNECTION_ERRORS):  # already broken; nothing more to do
                 if self.is_sqlite and conn.in_transaction:
                     conn.execute("ROLLBACK")
                 conn.close()
-            except Exception:  # already broken; nothing more to do
-                pass

@@ -7,10 +7,15 @@ unchanged on SQLite and PostgreSQL.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 
+import psycopg
 from sqlalchemy.engine import make_url
+
+#: what closing a connection that already broke may raise
+CONNECTION_ERRORS = (sqlite3.Error, psycopg.Error, OSError)
 
 
 class Reader:
@@ -24,7 +29,6 @@ class Reader:
             conn = sqlite3.connect(self._url.database, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA query_only=ON")
             return conn
-        import psycopg
 
         url = self._url.set(drivername="postgresql")
         return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
@@ -61,7 +65,5 @@ class Reader:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            try:
+            with contextlib.suppress(*CONNECTION_ERRORS):  # already broken; nothing more to do
                 conn.close()
-            except Exception:  # already broken; nothing more to do
-                pass

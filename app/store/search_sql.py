@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from app.search.query import ANY_SYSTEM, ChainClause, Clause, HasClause, Restriction, SearchQuery
 from app.search.text import normalize
@@ -67,7 +67,7 @@ def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, par
         params.append(low)
         return f"{high_col} <= ?"
     # ap: overlap with the value widened by 10% of its distance from now (server-defined, documented)
-    now = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    now = int(datetime.now(UTC).timestamp() * 1_000_000)
     slack = max(abs(now - low) // 10, high - low)
     params += [high + slack, low - slack]
     return f"({low_col} < ? AND {high_col} > ?)"
@@ -351,11 +351,11 @@ def _after_sql(query: SearchQuery, cursor: list, params: list, id_descending: bo
     keys = [f"k{i}" for i in range(len(query.sort))] + ["id"]
     descending = [k.descending for k in query.sort] + [id_descending]
     alternatives = []
-    for i, (key, value) in enumerate(zip(keys, cursor)):
+    for i, (key, value) in enumerate(zip(keys, cursor, strict=False)):
         if value is None:
             continue  # NULLs sort last: nothing comes after a NULL in this key
         same = []
-        for prior, prior_value in zip(keys[:i], cursor[:i]):
+        for prior, prior_value in zip(keys[:i], cursor[:i], strict=True):
             if prior_value is None:
                 same.append(f"{prior} IS NULL")
             else:

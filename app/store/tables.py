@@ -15,7 +15,6 @@ from __future__ import annotations
 from sqlalchemy import DDL, BigInteger, Column, Index, LargeBinary, String, Text, event
 from sqlmodel import Field, SQLModel
 
-
 ID_TEXT = String(64).with_variant(String(64, collation="C"), "postgresql")
 #: index rows name resources (rid, target_id) in the collation of resource.id: PostgreSQL
 #: compares columns of two collations without the index of either, so `rid = id` and

@@ -69,7 +69,7 @@ class StudyBatch:
         except MappingError as exc:
             self.quarantine(item.uid, item.uid, str(exc))
             return
-        except Exception as exc:  # a mapping bug must not stop the other studies
+        except Exception as exc:  # noqa: BLE001 - a mapping bug must not stop the other studies
             log.error("mapping failed for a study of source %s: %s", self.source_name, describe(exc))
             self.quarantine(item.uid, item.uid, f"internal mapping error: {type(exc).__name__}")
             return
@@ -141,5 +141,5 @@ class StudyBatch:
                 return
             with self.store.savepoint(conn):
                 reconcile_pending(conn, self.store, work, self.rules)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the study stays stored; matching runs again with its patient
             log.error("identity matching failed for a patient of source %s: %s", self.source_name, describe(exc))

@@ -158,7 +158,7 @@ class OnDemand:
         except SourceError as exc:
             summary.error = str(exc)
             log.error("on-demand fetch from source %s failed: %s", src.name, exc)
-        except Exception as exc:  # a failed fetch must never break the search that asked for it
+        except Exception as exc:  # noqa: BLE001 - a failed fetch must never break the search that asked for it
             summary.error = describe(exc)
             log.error("on-demand fetch from source %s failed: %s", src.name, describe(exc))
         return summary

@@ -49,11 +49,11 @@ def watch(store: Store, sources: list[SourceSettings], stop: threading.Event,
 def _poll(store: Store, src: SourceSettings, source: Source, stop: threading.Event) -> SyncSummary:
     try:
         return sync_incremental(store, src, source, stop.is_set)
-    except Exception as exc:  # a store or mapping failure must not end the watcher
+    except Exception as exc:  # noqa: BLE001 - a store or mapping failure must not end the watcher
         summary = SyncSummary(src.name, error=f"poll failed: {describe(exc)}")
         log.error("poll of source %s failed: %s", src.name, describe(exc))
         try:
             record_outcome(store, src.name, summary)
-        except Exception as again:  # the store itself is down: the next poll tries again
+        except Exception as again:  # noqa: BLE001 - the store itself is down: the next poll tries again
             log.error("could not record the failure of source %s: %s", src.name, describe(again))
         return summary

@@ -18,15 +18,14 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
+import r4_package
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
-
-import r4_package
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 #: abstract types a FHIRPath expression may start with; they match every resource
@@ -104,7 +103,7 @@ def date_range(text: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
         raise Unsupported(f"{text!r} is not a FHIR date")
     g = match.groupdict()
     if g["tz"] == "Z":
-        tz = timezone.utc
+        tz = UTC
     elif g["tz"]:
         sign = -1 if g["tz"][0] == "-" else 1
         tz = timezone(sign * timedelta(hours=int(g["tz"][1:3]), minutes=int(g["tz"][4:6])))
@@ -129,7 +128,7 @@ def date_range(text: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
             high = low + timedelta(microseconds=10 ** (6 - len(digits)))
         else:
             high = low + timedelta(seconds=1)
-    return low.astimezone(timezone.utc), high.astimezone(timezone.utc)
+    return low.astimezone(UTC), high.astimezone(UTC)
 
 
 def _date_matches(prefix: str, search: tuple[datetime, datetime], target: tuple[datetime, datetime]) -> bool:

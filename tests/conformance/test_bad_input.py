@@ -5,7 +5,6 @@ Each case is an input that once reached the database or the date arithmetic unch
 from __future__ import annotations
 
 import pytest
-
 from test_search import client  # noqa: F401 - the same data set and app fixture
 
 CASES = [

@@ -3,11 +3,11 @@ SearchParameter resources (npm package hl7.fhir.r4.examples@4.0.1, fetched once 
 from __future__ import annotations
 
 import pytest
+import r4_package
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from test_search import client  # noqa: F401 - the same data set and app fixture
 
 from app.search.params import BY_RESOURCE, RESOURCE_TYPES
-import r4_package
-from test_search import client  # noqa: F401 - the same data set and app fixture
 
 
 @pytest.fixture(scope="session")

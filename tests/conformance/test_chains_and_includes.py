@@ -6,7 +6,6 @@ bob (Mueller, male, 1980) has 1.2.3 (MR); every study points at Endpoint pacs.
 from __future__ import annotations
 
 import pytest
-
 from test_search import all_pages, client, ids  # noqa: F401 - shared data set and helpers
 
 

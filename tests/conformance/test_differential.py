@@ -25,14 +25,14 @@ import random
 import unicodedata
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import pytest
+from fhirpath_oracle import TEXT_ELEMENTS, Oracle, Ref, Token, date_range
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
@@ -41,7 +41,6 @@ from sqlalchemy.exc import DBAPIError
 from app.search.params import BY_RESOURCE, RESOURCE_TYPES, SearchParam, served_targets
 from app.store.repository import Store
 from app.web import create_app
-from fhirpath_oracle import TEXT_ELEMENTS, Oracle, Ref, Token, date_range
 
 BASE = "http://testserver/fhir"
 ZONE = "UTC"
@@ -689,7 +688,7 @@ class Queries:
             low, high = date_range(draw(st.sampled_from(pool)), ZoneInfo(ZONE))
             moment = draw(st.sampled_from([low, low, high, high - timedelta(microseconds=1)]))
         else:
-            moment = datetime(1965, 1, 1, tzinfo=timezone.utc) + timedelta(
+            moment = datetime(1965, 1, 1, tzinfo=UTC) + timedelta(
                 seconds=draw(st.integers(0, 60 * 365 * 86400)))
         precision = draw(st.sampled_from(["year", "month", "day", "day", "second", "second"]))
         step = draw(st.sampled_from([0, 0, 0, -1, 1]))

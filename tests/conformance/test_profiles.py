@@ -13,11 +13,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import r4_package
 from fhir.resources.R4B.structuredefinition import StructureDefinition
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
+from structure_check import STRUCTURE_DIR, Checker, profile_problems, structure_definitions
 
-import r4_package
 from app.fhir.capability import capability_statement
 from app.mapping import map_endpoint, map_study
 from app.mapping.claims import CANONICAL, PROFILES
@@ -26,7 +27,6 @@ from app.sources.folder import FolderSource
 from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
-from structure_check import STRUCTURE_DIR, Checker, profile_problems, structure_definitions
 
 SMART = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/"
 

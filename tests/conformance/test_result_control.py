@@ -12,12 +12,12 @@ import time
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from test_search import client, ids  # noqa: F401 - the date table runs on that data set
 
 from app.search.paging import PageTokens
 from app.search.query import SearchError
 from app.store.repository import Store
 from app.web import create_app
-from test_search import client, ids  # noqa: F401 - the date table runs on that data set
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ has no __init__.py: import orthanc.py
 
-from orthanc import OrthancServer, readable_testdata_files  # noqa: E402
+from orthanc import OrthancServer, readable_testdata_files
 
 
 @pytest.fixture(scope="session")

@@ -39,11 +39,11 @@ class FaultProxy:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def do_GET(self):  # noqa: N802 - http.server's naming
+            def do_GET(self):
                 proxy._handle(self)
 
-            do_POST = do_GET  # noqa: N815
-            do_DELETE = do_GET  # noqa: N815
+            do_POST = do_GET
+            do_DELETE = do_GET
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -53,7 +53,7 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self._thread.start()
         return self
 

@@ -118,7 +118,7 @@ class OrthancServer:
         return self._session.auth
 
     # -- lifecycle -----------------------------------------------------------------
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         self.start()
         return self
 
@@ -358,7 +358,7 @@ def orthanc_tree(server) -> dict:
     }
     tree: dict = defaultdict(lambda: defaultdict(set))
     for uid in studies.values():
-        tree[uid]  # noqa: B018 - a study without series still counts
+        tree[uid]
     for instance in server.get("/instances", expand=""):
         study_uid, series_uid = series[instance["ParentSeries"]]
         tree[study_uid][series_uid].add(instance["MainDicomTags"]["SOPInstanceUID"])

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from pydicom.data import get_testdata_file
-
 from orthanc import free_port
+from pydicom.data import get_testdata_file
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "imaging-facade")

@@ -12,6 +12,7 @@ from collections import defaultdict
 import pydicom
 import pytest
 import requests
+from orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -21,7 +22,6 @@ from requests.adapters import HTTPAdapter
 from app.sources.base import StudyFailure, StudyRecord
 from app.sources.dicomweb import DicomwebSource
 from app.sources.errors import SourceError
-from orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
 from pydicom.data import get_testdata_files
 from sqlalchemy import select
 
@@ -25,7 +26,6 @@ from app.sources.errors import SourceError
 from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
-from orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
 
 pytestmark = pytest.mark.integration
 

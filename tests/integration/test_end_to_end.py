@@ -13,12 +13,12 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
+from structure_check import profile_problems
 
-from app.store.studies import study_subject
 from app.store.repository import Store
+from app.store.studies import study_subject
 from app.sync import sync_source
 from app.web import create_app
-from structure_check import profile_problems
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from identity_corpus import run  # noqa: E402
+from identity_corpus import run
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,14 @@ import time
 
 import pydicom
 import pytest
+from faults import FaultProxy
+from orthanc import OrthancServer
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from app.store.repository import Store
 from app.sync import sync_incremental, sync_source
 from app.web import create_app
-from faults import FaultProxy
-from orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ import pydicom
 import pytest
 import yaml
 from pydicom.data import get_testdata_file
+from structure_check import profile_problems
 
 from app.config import load_config
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
-from structure_check import profile_problems
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from pydicom.data import get_testdata_file
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ has no __init__.py: import smart_auth.py
 
-from smart_auth import AUDIENCE, AuthServer  # noqa: E402
+from smart_auth import AUDIENCE, AuthServer
 
-from app.store.repository import Store  # noqa: E402
-from app.sync import sync_source  # noqa: E402
-from app.web import create_app  # noqa: E402
+from app.store.repository import Store
+from app.sync import sync_source
+from app.web import create_app
 
 SAMPLE_FILES = ("CT_small.dcm", "MR_small.dcm")
 

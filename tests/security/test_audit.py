@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -16,8 +16,8 @@ from access_fixtures import grant, load, patient_access, people_app, system_acce
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import text
 
-from app.store.audit_record import render_event
 from app.store.audit_log import AuditLog
+from app.store.audit_record import render_event
 from app.store.audit_spool import SUFFIX, encode, store_digest
 from app.store.repository import Store
 from app.store.tables import AuditIndexRow
@@ -79,7 +79,7 @@ def _check_common(event, who, client_id, outcome):
     assert requestor["network"]["address"] == "127.0.0.1"
     assert event["source"]["site"] == "http://testserver/fhir"
     recorded = datetime.fromisoformat(event["recorded"])
-    assert abs(datetime.now(timezone.utc) - recorded) < timedelta(minutes=1)
+    assert abs(datetime.now(UTC) - recorded) < timedelta(minutes=1)
 
 
 @pytest.mark.parametrize("url, subtype, action, patients", [
@@ -229,7 +229,7 @@ def test_audit_event_search(audited):
     assert _search(audited, "entity-type=2&agent=viewer")["total"] == 2  # every event has its query
     assert _search(audited, "entity-type=1,2&agent=viewer")["total"] == 2
     assert _search(audited, "entity-type=3&agent=viewer")["total"] == 0
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     assert _search(audited, f"date=ge{today}&agent=viewer,backend")["total"] == 3
     assert _search(audited, "date=lt2000-01-01")["total"] == 0
     # newest first, paged; the searches of the trail are in it as well
@@ -306,7 +306,7 @@ def test_health_reports_audit_events_not_yet_stored(audited):
     health = audited.client.get("/health").get_json()
     assert health["status"] == "ok"
     assert health["audit"] == {"status": "ok", "spooledSegments": 0, "oldestSpooledSeconds": None}
-    two_minutes_ago = int((datetime.now(timezone.utc) - timedelta(minutes=2)).timestamp() * 1_000_000)
+    two_minutes_ago = int((datetime.now(UTC) - timedelta(minutes=2)).timestamp() * 1_000_000)
     spool = audit_log.spool
     spool.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     (spool.directory / f"{spool.prefix}999-dead{SUFFIX}").write_bytes(

@@ -12,8 +12,17 @@ WADO-RS gateway are refused outside the compartment too: test_gateway.py, agains
 from __future__ import annotations
 
 import pytest
-from access_fixtures import (ALICE_ENDPOINTS, ALICE_PATIENTS, ALICE_STUDIES, PEOPLE, STUDY_PATIENT, grant,  # noqa: F401
-                             patient_access, people_app, system_access)
+from access_fixtures import (  # noqa: F401
+    ALICE_ENDPOINTS,
+    ALICE_PATIENTS,
+    ALICE_STUDIES,
+    PEOPLE,
+    STUDY_PATIENT,
+    grant,
+    patient_access,
+    people_app,
+    system_access,
+)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from app.sync import sync_source
 from app.web import create_app
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from orthanc import OrthancServer  # noqa: E402
+from orthanc import OrthancServer
 
 DICOM_PARTS = 'multipart/related; type="application/dicom"'
 FILES = {"CT": get_testdata_file("CT_small.dcm"), "MR": get_testdata_file("MR_small.dcm")}

@@ -13,10 +13,9 @@ import pydicom
 import pytest
 import requests
 import yaml
-from smart_auth import AUDIENCE, BackendClient, free_port, rsa_jwk
-from pydicom.data import get_testdata_file
-
 from conftest import SAMPLE_FILES
+from pydicom.data import get_testdata_file
+from smart_auth import AUDIENCE, BackendClient, free_port, rsa_jwk
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import io
 import random
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pydicom
 import pydicom.datadict
@@ -36,7 +36,7 @@ class Case:
     name: str
     expect: str  # "repaired", "quarantined", "skipped" or "read"
     words: tuple[str, ...]  # what the repair or the reason must say
-    build: Callable[["Case"], bytes] = field(repr=False)
+    build: Callable[[Case], bytes] = field(repr=False)
     #: the study the file belongs to, when not its own (a file left out of an intact study)
     joins: str | None = None
     #: file name bytes when the name itself is unusual

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from damaged_corpus import CASES, INTACT, _file, dataset_start, part10, real
 
 from app.mapping import MappingError, map_study
 from app.mapping.context import MappingContext
@@ -27,7 +28,6 @@ from app.sources.dicom_json import dataset_to_dicom_json
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
-from damaged_corpus import CASES, INTACT, _file, dataset_start, part10, real
 
 SOURCE = "damaged"
 #: values written into the corpus that are patient data: the logs must never show them

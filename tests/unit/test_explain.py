@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
 from app.cli import main
-from app.sync.explain import ExplainError, explain_file
 from app.mapping import map_study
 from app.mapping.context import MappingContext
 from app.mapping.profile import BASE_FILE, VENDORS_DIR
+from app.sync.explain import ExplainError, explain_file
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from orthanc import readable_testdata_files  # noqa: E402
+from orthanc import readable_testdata_files
 
 CTX = MappingContext("explain", "UTC", "urn:imaging-facade:source:explain")
 

@@ -104,7 +104,7 @@ def as_tree(records):
     }
 
 
-@pytest.fixture()
+@pytest.fixture
 def testdata_copy(tmp_path) -> Path:
     root = tmp_path / "archive"
     shutil.copytree(TEST_FILES, root)

@@ -357,8 +357,8 @@ def test_a_default_character_set_reads_undeclared_utf8(tmp_path, archive):
 
     ds = _read("CT_small.dcm")
     del ds.SpecificCharacterSet
-    ds["InstitutionName"] = DataElement(0x00080080, "LO", "Klinik Süd".encode("utf-8"))
-    ds["PatientName"] = DataElement(0x00100010, "PN", "Müller^Hans".encode("utf-8"))
+    ds["InstitutionName"] = DataElement(0x00080080, "LO", "Klinik Süd".encode())
+    ds["PatientName"] = DataElement(0x00100010, "PN", "Müller^Hans".encode())
     root = archive()
     ds.save_as(root / "utf8.dcm")
     ctx = MappingContext("s", "UTC", "urn:x")

@@ -2,8 +2,8 @@
 `ImagingStudy?patient=` returns their studies as well."""
 from __future__ import annotations
 
-from app.sync.ondemand import searched_identifiers
 from app.search.query import parse_search
+from app.sync.ondemand import searched_identifiers
 
 PATIENTS = {
     "pa": {"resourceType": "Patient", "id": "pa", "identifier": [{"system": "urn:a", "value": "1"}],
