@@ -4,6 +4,7 @@ Stored `meta.lastUpdated` carries exactly the precision it is indexed with (FHIR
 so a client that polls with `_lastUpdated=gt<the value it saw>` never gets the same version
 again. Every part of the server reads the time here.
 """
+
 from __future__ import annotations
 
 import time

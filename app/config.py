@@ -4,6 +4,7 @@ Every error names the key (as a dotted path such as `sources[1].url`) and the re
 integration engineer can fix a hand-written file without reading code. Secrets are never
 literal in the file: they are `${ENV_VAR}` references resolved at load time.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,11 +82,26 @@ class ServerSchema(Strict):
 TOKEN_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
 #: codes of http://terminology.hl7.org/CodeSystem/smart-capabilities an authorization server may offer
 SMART_CAPABILITIES = (
-    "launch-ehr", "launch-standalone", "authorize-post", "client-public", "client-confidential-symmetric",
-    "client-confidential-asymmetric", "sso-openid-connect", "context-passthrough-banner",
-    "context-passthrough-style", "context-ehr-patient", "context-ehr-encounter", "context-standalone-patient",
-    "context-standalone-encounter", "permission-offline", "permission-online", "permission-patient",
-    "permission-user", "permission-v1", "permission-v2", "smart-app-state",
+    "launch-ehr",
+    "launch-standalone",
+    "authorize-post",
+    "client-public",
+    "client-confidential-symmetric",
+    "client-confidential-asymmetric",
+    "sso-openid-connect",
+    "context-passthrough-banner",
+    "context-passthrough-style",
+    "context-ehr-patient",
+    "context-ehr-encounter",
+    "context-standalone-patient",
+    "context-standalone-encounter",
+    "permission-offline",
+    "permission-online",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+    "smart-app-state",
 )
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 
@@ -106,27 +122,46 @@ class SecuritySchema(Strict):
     audience = fields.String(load_default=None, validate=validate.Length(min=1))
     jwks_uri = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
     introspection = fields.Nested(IntrospectionSchema, load_default=None)
-    algorithms = fields.List(fields.String(validate=validate.OneOf(
-        TOKEN_ALGORITHMS, error="must be one of " + ", ".join(TOKEN_ALGORITHMS) + " (asymmetric signatures only)")),
-        load_default=lambda: list(TOKEN_ALGORITHMS), validate=validate.Length(min=1))
+    algorithms = fields.List(
+        fields.String(
+            validate=validate.OneOf(
+                TOKEN_ALGORITHMS,
+                error="must be one of " + ", ".join(TOKEN_ALGORITHMS) + " (asymmetric signatures only)",
+            )
+        ),
+        load_default=lambda: list(TOKEN_ALGORITHMS),
+        validate=validate.Length(min=1),
+    )
     clock_skew = fields.Integer(load_default=30, validate=validate.Range(min=0, max=300))
     patient_claim = fields.String(load_default="patient", validate=validate.Length(min=1))
     jwks_min_refresh = fields.Float(load_default=30.0, validate=validate.Range(min=0, max=3600))
     jwks_max_age = fields.Float(load_default=3600.0, validate=validate.Range(min=1))
     token_cache_size = fields.Integer(load_default=10000, validate=validate.Range(min=0, max=1_000_000))
-    realm = fields.String(load_default="imaging-facade", validate=validate.Regexp(
-        r'^[^"\\\x00-\x1f]+$', error="must be plain text without quotes or backslashes"))
+    realm = fields.String(
+        load_default="imaging-facade",
+        validate=validate.Regexp(r'^[^"\\\x00-\x1f]+$', error="must be plain text without quotes or backslashes"),
+    )
     # what /.well-known/smart-configuration tells apps about the authorization server
     authorization_endpoint = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
     token_endpoint = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
     grant_types_supported = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None)
-    capabilities = fields.List(fields.String(validate=validate.OneOf(
-        SMART_CAPABILITIES, error="not a SMART capability code (see the SMART App Launch capability list)")),
-        load_default=list)
+    capabilities = fields.List(
+        fields.String(
+            validate=validate.OneOf(
+                SMART_CAPABILITIES, error="not a SMART capability code (see the SMART App Launch capability list)"
+            )
+        ),
+        load_default=list,
+    )
     # browsers and request limits
-    cors_origins = fields.List(fields.String(validate=validate.Regexp(
-        _ORIGIN, error="must be an origin such as https://viewer.example.org (scheme, host, port; no path)")),
-        load_default=list)
+    cors_origins = fields.List(
+        fields.String(
+            validate=validate.Regexp(
+                _ORIGIN, error="must be an origin such as https://viewer.example.org (scheme, host, port; no path)"
+            )
+        ),
+        load_default=list,
+    )
     max_body_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024, max=100 * 1_048_576))
     audit = fields.Boolean(load_default=True)
     audit_spool = fields.String(load_default=None, validate=validate.Length(min=1))
@@ -135,19 +170,22 @@ class SecuritySchema(Strict):
     def _token_check(self, data, **_):
         problems = {}
         if not data.get("audit", True) and not data.get("open"):
-            problems["audit"] = ["a server that checks tokens keeps an audit trail; audit: false is for open "
-                                 "(demo) mode only"]
+            problems["audit"] = [
+                "a server that checks tokens keeps an audit trail; audit: false is for open (demo) mode only"
+            ]
         jwks, introspection = data.get("jwks_uri"), data.get("introspection")
         if jwks and introspection:
             problems["introspection"] = ["use jwks_uri (signed JWT access tokens) or introspection, not both"]
         if jwks and not data.get("issuer"):
             problems["issuer"] = ["tokens checked against jwks_uri need the issuer they must carry (iss)"]
         if (jwks or introspection) and not data.get("token_endpoint"):
-            problems["token_endpoint"] = ["apps find the authorization server's token endpoint in "
-                                          "/.well-known/smart-configuration: set it"]
+            problems["token_endpoint"] = [
+                "apps find the authorization server's token endpoint in /.well-known/smart-configuration: set it"
+            ]
         if not (jwks or introspection) and (data.get("issuer") or data.get("token_endpoint")):
-            problems["jwks_uri"] = ["an authorization server is named but nothing checks its tokens: set "
-                                    "jwks_uri or introspection"]
+            problems["jwks_uri"] = [
+                "an authorization server is named but nothing checks its tokens: set jwks_uri or introspection"
+            ]
         if problems:
             raise ValidationError(problems)
 
@@ -353,7 +391,7 @@ def _profile(src: dict, index: int, root: Path, path: Path, lines: dict) -> Prof
     if src["issuer_systems"]:
         legacy["issuers"] = dict(src["issuer_systems"])
     prefix = ("sources", index, "profile")
-    inline_lines = {key[len(prefix):]: line for key, line in lines.items() if key[:len(prefix)] == prefix}
+    inline_lines = {key[len(prefix) :]: line for key, line in lines.items() if key[: len(prefix)] == prefix}
     try:
         return source_profile(src["vendor"], src["profile"], root, str(path), legacy, inline_lines)
     except ProfileError as exc:
@@ -373,22 +411,24 @@ def _audit_spool(sec: dict, store: str, root: Path) -> Path:
 
 def _security(sec: dict, base_url: str, store: str, root: Path) -> SecurityConfig:
     introspection = IntrospectionConfig(**sec["introspection"]) if sec["introspection"] else None
-    return SecurityConfig(**{
-        **sec,
-        "audit_spool": _audit_spool(sec, store, root),
-        "audience": sec["audience"] or base_url,
-        "introspection": introspection,
-        "algorithms": tuple(sec["algorithms"]),
-        "grant_types_supported": tuple(sec["grant_types_supported"]) if sec["grant_types_supported"] else None,
-        "capabilities": tuple(sec["capabilities"]),
-        "cors_origins": tuple(o.rstrip("/") for o in sec["cors_origins"]),
-    })
+    return SecurityConfig(
+        **{
+            **sec,
+            "audit_spool": _audit_spool(sec, store, root),
+            "audience": sec["audience"] or base_url,
+            "introspection": introspection,
+            "algorithms": tuple(sec["algorithms"]),
+            "grant_types_supported": tuple(sec["grant_types_supported"]) if sec["grant_types_supported"] else None,
+            "capabilities": tuple(sec["capabilities"]),
+            "cors_origins": tuple(o.rstrip("/") for o in sec["cors_origins"]),
+        }
+    )
 
 
 def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Config:
     store = data["store"]
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
-        rel = store[len("sqlite:///"):]
+        rel = store[len("sqlite:///") :]
         if rel and rel != ":memory:":
             store = "sqlite:///" + str((root / rel).resolve())
     sources = []
@@ -408,8 +448,16 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
     )
 
 
-def _source(src: dict, index: int, data: dict, root: Path, path: Path, lines: dict, gateway: str | None,
-            identity: IdentityConfig) -> SourceSettings:
+def _source(
+    src: dict,
+    index: int,
+    data: dict,
+    root: Path,
+    path: Path,
+    lines: dict,
+    gateway: str | None,
+    identity: IdentityConfig,
+) -> SourceSettings:
     """One checked `sources[index]` entry as settings: its profile merged, its paths resolved."""
     profile = _profile(src, index, root, path, lines)
     wado_url = src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)
@@ -424,8 +472,9 @@ def _source(src: dict, index: int, data: dict, root: Path, path: Path, lines: di
         wado_url=wado_url.rstrip("/") if wado_url else None,
         endpoint_url=f"{gateway}/{src['name']}" if gateway and wado_url else wado_url,
         endpoint_requires_token=bool(gateway and wado_url and not data["security"]["open"]),
-        poll_interval=(src["poll_interval"] if src["poll_interval"] is not None
-                       else 1.0 if src["changes"] == "orthanc" else 60.0),
+        poll_interval=(
+            src["poll_interval"] if src["poll_interval"] is not None else 1.0 if src["changes"] == "orthanc" else 60.0
+        ),
         full_every=src["full_every"],
         window_overlap_days=src["window_overlap_days"],
         on_demand=OnDemandSettings(**src["on_demand"]) if src["on_demand"] else None,

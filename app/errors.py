@@ -1,5 +1,6 @@
 """The errors a request can end in, as typed exceptions: raised anywhere below the HTTP edge,
 rendered as an OperationOutcome in one place (app/fhir/errors.py)."""
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@ moved every half second, so an old one means the database refuses them). No pati
 errors name archives and HTTP statuses, never studies or patients. Public, like /metadata,
 so a load balancer or monitor can read it without a token.
 """
+
 from __future__ import annotations
 
 import orjson
@@ -28,15 +29,17 @@ def source_health(rows: dict[str, tuple], names: list[str], now: int) -> list[di
     for name in names:
         last_success, last_full, last_error, last_error_at = rows.get(name, (None, None, None, None))
         failing = last_error_at is not None and (last_success is None or last_error_at > last_success)
-        out.append({
-            "name": name,
-            "status": "never-synced" if last_success is None and not failing else "failing" if failing else "ok",
-            "lastSuccess": _instant(last_success),
-            "lagSeconds": round((now - last_success) / 1_000_000, 1) if last_success is not None else None,
-            "lastFullSync": _instant(last_full),
-            "lastError": last_error if failing else None,
-            "lastErrorAt": _instant(last_error_at) if failing else None,
-        })
+        out.append(
+            {
+                "name": name,
+                "status": "never-synced" if last_success is None and not failing else "failing" if failing else "ok",
+                "lastSuccess": _instant(last_success),
+                "lagSeconds": round((now - last_success) / 1_000_000, 1) if last_success is not None else None,
+                "lastFullSync": _instant(last_full),
+                "lastError": last_error if failing else None,
+                "lastErrorAt": _instant(last_error_at) if failing else None,
+            }
+        )
     return out
 
 
@@ -47,8 +50,11 @@ AUDIT_BACKLOG_SECONDS = 60
 def audit_health(spool, now: int) -> dict:
     segments, oldest = spool.backlog()
     age = round((now - oldest) / 1_000_000, 1) if oldest is not None else None
-    return {"status": "behind" if age is not None and age > AUDIT_BACKLOG_SECONDS else "ok",
-            "spooledSegments": segments, "oldestSpooledSeconds": age}
+    return {
+        "status": "behind" if age is not None and age > AUDIT_BACKLOG_SECONDS else "ok",
+        "spooledSegments": segments,
+        "oldestSpooledSeconds": age,
+    }
 
 
 def init_app(app: Flask, state: ApiState) -> None:

@@ -3,6 +3,7 @@
 A DICOM UID (digits and dots, at most 64) is a valid id as it is, so studies keep their
 Study Instance UID as id; source names must obey it because they become Endpoint ids.
 """
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 Exception messages can quote the data being processed (a patient name in a ValueError, query
 parameters in a database error); the log gets the type and where it happened, never the data.
 """
+
 from __future__ import annotations
 
 import traceback

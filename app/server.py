@@ -1,4 +1,5 @@
 """gunicorn as the WSGI server: one app per worker process, built after the fork."""
+
 from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication

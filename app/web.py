@@ -4,6 +4,7 @@ The routes (fhir, wado, admin, health) never call security, audit or on-demand: 
 into the request path here, through Flask's before/after-request hooks and the hooks of
 app/api/hooks.py, in their own init_app.
 """
+
 from __future__ import annotations
 
 from datetime import UTC, datetime

@@ -2,6 +2,7 @@
 
 The config comes from $IMAGING_FACADE_CONFIG or ./config.yaml, as for the CLI.
 """
+
 from app.config import load_config
 from app.web import create_app
 

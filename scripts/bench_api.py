@@ -7,6 +7,7 @@ Loads a generated data set into a SQLite store, then serves (a) a bare Flask "he
 (`apt-get install wrk`) over a list of real ids. Prints requests/s, p50 and p99, and each
 figure as a ratio of the bare endpoint measured in the same run (target: >= 0.5).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,14 +31,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from dataset import generate  # noqa: E402
 
-BARE_APP = '''
+BARE_APP = """
 from flask import Flask
 app = Flask("bare")
 
 @app.get("/hello")
 def hello():
     return "hello"
-'''
+"""
 
 
 def free_port() -> int:
@@ -80,8 +81,12 @@ def wrk(base: str, paths: list[str], seconds: int, connections: int, workdir: Pa
         "end\n"
         "request = function() return formatted[math.random(#formatted)] end\n"
     )
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -105,46 +110,68 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         config = tmp / "config.yaml"
         port = free_port()
-        config.write_text(yaml.safe_dump({
-            "store": f"sqlite:///{tmp / 'bench.db'}",
-            "server": {"base_url": f"http://127.0.0.1:{port}/fhir"},
-            "security": {"open": True},
-            "sources": [{"name": "bench", "type": "folder", "path": str(args.data.resolve())}],
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "store": f"sqlite:///{tmp / 'bench.db'}",
+                    "server": {"base_url": f"http://127.0.0.1:{port}/fhir"},
+                    "security": {"open": True},
+                    "sources": [{"name": "bench", "type": "folder", "path": str(args.data.resolve())}],
+                }
+            )
+        )
         env = {**os.environ, "IMAGING_FACADE_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
-        subprocess.run([python, "-m", "app.cli", "sync", "--config", str(config)], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [python, "-m", "app.cli", "sync", "--config", str(config)], env=env, check=True, capture_output=True
+        )
         (tmp / "bare_app.py").write_text(BARE_APP)
         bare_port = free_port()
         results = {}
-        bare = start(gunicorn + ["-b", f"127.0.0.1:{bare_port}", "--chdir", str(tmp), "bare_app:app"], env,
-                     f"http://127.0.0.1:{bare_port}/hello")
+        bare = start(
+            gunicorn + ["-b", f"127.0.0.1:{bare_port}", "--chdir", str(tmp), "bare_app:app"],
+            env,
+            f"http://127.0.0.1:{bare_port}/hello",
+        )
         try:
-            results["bare Flask /hello"] = wrk(f"http://127.0.0.1:{bare_port}", ["/hello"], args.seconds,
-                                               args.connections, tmp)
+            results["bare Flask /hello"] = wrk(
+                f"http://127.0.0.1:{bare_port}", ["/hello"], args.seconds, args.connections, tmp
+            )
         finally:
             bare.terminate()
             bare.wait()
-        facade = start(gunicorn + ["-b", f"127.0.0.1:{port}", "app.wsgi:application"], env,
-                       f"http://127.0.0.1:{port}/fhir/metadata")
+        facade = start(
+            gunicorn + ["-b", f"127.0.0.1:{port}", "app.wsgi:application"],
+            env,
+            f"http://127.0.0.1:{port}/fhir/metadata",
+        )
         try:
             studies = requests.get(f"http://127.0.0.1:{port}/fhir/ImagingStudy?_count=1000").json()["entry"]
             study_ids = [e["resource"]["id"] for e in studies]
             patients = sorted({e["resource"]["subject"]["reference"] for e in studies})
             random.Random(7).shuffle(study_ids)
             results["GET ImagingStudy/{id}"] = wrk(
-                f"http://127.0.0.1:{port}", [f"/fhir/ImagingStudy/{i}" for i in study_ids], args.seconds,
-                args.connections, tmp)
+                f"http://127.0.0.1:{port}",
+                [f"/fhir/ImagingStudy/{i}" for i in study_ids],
+                args.seconds,
+                args.connections,
+                tmp,
+            )
             results["GET ImagingStudy?patient="] = wrk(
-                f"http://127.0.0.1:{port}", [f"/fhir/ImagingStudy?patient={p}" for p in patients], args.seconds,
-                args.connections, tmp)
+                f"http://127.0.0.1:{port}",
+                [f"/fhir/ImagingStudy?patient={p}" for p in patients],
+                args.seconds,
+                args.connections,
+                tmp,
+            )
         finally:
             facade.terminate()
             facade.wait()
     base = results["bare Flask /hello"]["rps"]
-    print(f"data: {args.studies} studies (3 series x 10 instances), {len(patients)} patients; "
-          f"gunicorn sync workers: {args.workers}; wrk: {args.connections} connections, {args.seconds}s each; "
-          f"cpu: {os.cpu_count()}")
+    print(
+        f"data: {args.studies} studies (3 series x 10 instances), {len(patients)} patients; "
+        f"gunicorn sync workers: {args.workers}; wrk: {args.connections} connections, {args.seconds}s each; "
+        f"cpu: {os.cpu_count()}"
+    )
     print(f"{'endpoint':32} {'req/s':>9} {'p50':>9} {'p99':>9} {'ratio':>6} {'non-2xx':>8}")
     for name, r in results.items():
         print(f"{name:32} {r['rps']:9.0f} {r['p50']:>9} {r['p99']:>9} {r['rps'] / base:6.2f} {r['errors']:8d}")

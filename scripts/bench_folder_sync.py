@@ -6,6 +6,7 @@ Both runs read the same generated files from the page cache, in alternating roun
 figure to compare is the ratio (sync files/s ÷ raw dcmread files/s), measured in the same
 run because these machines are noisy. The target is at least 0.5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def raw_parse(files: list[Path]) -> float:
 def folder_sync(root: Path, files: int, workdir: Path, n: int) -> tuple[float, dict]:
     db = workdir / f"bench-{n}.db"
     store = Store(f"sqlite:///{db}")
-    src = SourceSettings(name="bench", type="folder", timezone="UTC", patient_id_system="urn:bench",
-                         protocol=FolderSettings(path=root))
+    src = SourceSettings(
+        name="bench", type="folder", timezone="UTC", patient_id_system="urn:bench", protocol=FolderSettings(path=root)
+    )
     start = time.perf_counter()
     summary = sync_source(store, src)
     rate = files / (time.perf_counter() - start)
@@ -66,12 +68,20 @@ def main(argv=None) -> int:
             sync_rates.append(rate)
             assert summary["new"] == args.studies and summary["failed"] == 0, summary
     raw, synced = statistics.median(raw_rates), statistics.median(sync_rates)
-    print(f"files: {count} ({args.studies} studies x {args.series} series x {args.instances} instances), "
-          f"rounds: {args.rounds}, cpu: {os.cpu_count()}")
-    print(f"raw pydicom.dcmread(stop_before_pixels=True): {raw:8.0f} files/s  (rounds: "
-          + ", ".join(f"{r:.0f}" for r in raw_rates) + ")")
-    print(f"imaging-facade folder sync (into SQLite):     {synced:8.0f} files/s  (rounds: "
-          + ", ".join(f"{r:.0f}" for r in sync_rates) + ")")
+    print(
+        f"files: {count} ({args.studies} studies x {args.series} series x {args.instances} instances), "
+        f"rounds: {args.rounds}, cpu: {os.cpu_count()}"
+    )
+    print(
+        f"raw pydicom.dcmread(stop_before_pixels=True): {raw:8.0f} files/s  (rounds: "
+        + ", ".join(f"{r:.0f}" for r in raw_rates)
+        + ")"
+    )
+    print(
+        f"imaging-facade folder sync (into SQLite):     {synced:8.0f} files/s  (rounds: "
+        + ", ".join(f"{r:.0f}" for r in sync_rates)
+        + ")"
+    )
     print(f"ratio sync/raw: {synced / raw:.2f}  (target >= 0.50)")
     return 0
 

@@ -17,6 +17,7 @@ stored patient, with a typo, a swap, a missing or garbled birth date; half new p
 
 Target: match p50 under 20 ms at 100,000 patients.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,38 @@ from app.store.repository import Store  # noqa: E402
 from app.store.resources import content_hash  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-SYLLABLES = ["ber", "man", "son", "ka", "li", "ro", "sch", "mit", "wal", "ter", "ko", "nen", "gar", "ci", "a",
-             "ver", "hof", "stein", "berg", "ski", "ova", "ez", "el", "ha", "mu", "ri", "do", "le", "ne", "to"]
+SYLLABLES = [
+    "ber",
+    "man",
+    "son",
+    "ka",
+    "li",
+    "ro",
+    "sch",
+    "mit",
+    "wal",
+    "ter",
+    "ko",
+    "nen",
+    "gar",
+    "ci",
+    "a",
+    "ver",
+    "hof",
+    "stein",
+    "berg",
+    "ski",
+    "ova",
+    "ez",
+    "el",
+    "ha",
+    "mu",
+    "ri",
+    "do",
+    "le",
+    "ne",
+    "to",
+]
 
 
 def family_names(rng: random.Random, count: int = 4000) -> list[str]:
@@ -66,11 +97,14 @@ def make_patient(rng: random.Random, families: list[str], weights: list[float], 
     birth = date(1925, 1, 1) + timedelta(days=rng.randrange(365 * 95))
     system = f"urn:oid:1.2.826.0.1.3680043.10.{source}"
     value = f"{n:08d}"
-    return {"resourceType": "Patient", "id": patient_id(system, value),
-            "identifier": [{"system": system, "value": value}],
-            "name": [{"family": rng.choices(families, weights)[0],
-                      "given": [rng.choice(MALE if sex == "M" else FEMALE)]}],
-            "gender": "male" if sex == "M" else "female", "birthDate": birth.isoformat()}
+    return {
+        "resourceType": "Patient",
+        "id": patient_id(system, value),
+        "identifier": [{"system": system, "value": value}],
+        "name": [{"family": rng.choices(families, weights)[0], "given": [rng.choice(MALE if sex == "M" else FEMALE)]}],
+        "gender": "male" if sex == "M" else "female",
+        "birthDate": birth.isoformat(),
+    }
 
 
 def variant(rng: random.Random, patient: dict, n: int) -> dict:
@@ -98,20 +132,39 @@ def fill(store: Store, patients: list[dict]) -> None:
     micros = int(time.time() * 1_000_000)
     batch = 5000
     for start in range(0, len(patients), batch):
-        chunk = patients[start:start + batch]
+        chunk = patients[start : start + batch]
         resources, contributions, matches, blocks = [], [], [], []
         for p in chunk:
             content = orjson.dumps(p)
-            resources.append({"rtype": "Patient", "id": p["id"], "version": 1, "last_updated": micros,
-                              "content_hash": content_hash(p), "content": content})
-            contributions.append({"source": "bench", "study_uid": "2.25." + p["id"][1:20], "patient_id": p["id"],
-                                  "rank": "|", "content": orjson.dumps(p, option=orjson.OPT_SORT_KEYS)})
+            resources.append(
+                {
+                    "rtype": "Patient",
+                    "id": p["id"],
+                    "version": 1,
+                    "last_updated": micros,
+                    "content_hash": content_hash(p),
+                    "content": content,
+                }
+            )
+            contributions.append(
+                {
+                    "source": "bench",
+                    "study_uid": "2.25." + p["id"][1:20],
+                    "patient_id": p["id"],
+                    "rank": "|",
+                    "content": orjson.dumps(p, option=orjson.OPT_SORT_KEYS),
+                }
+            )
             feats = features(p, DEFAULT)
             matches.append({"patient_id": p["id"], "digest": digest(feats), "features": orjson.dumps(feats)})
             blocks += [{"key": k, "patient_id": p["id"]} for k in blocking_keys(feats)]
         with store.engine.begin() as conn:
-            for table, rows in ((t.Resource, resources), (t.PatientContribution, contributions),
-                                (t.PatientMatch, matches), (t.PatientBlock, blocks)):
+            for table, rows in (
+                (t.Resource, resources),
+                (t.PatientContribution, contributions),
+                (t.PatientMatch, matches),
+                (t.PatientBlock, blocks),
+            ):
                 bulk_insert(conn, table, rows)
     store.analyze()
     with store.engine.begin() as conn:
@@ -146,18 +199,29 @@ def bench(store: Store, existing: list[dict], queries: int, rng: random.Random) 
     reconcile, linked = [], 0
     for n, p in enumerate(news):
         uid = f"2.25.{uuid.uuid4().int}"
-        study = {"resourceType": "ImagingStudy", "id": uid, "status": "available",
-                 "subject": {"reference": f"Patient/{p['id']}"}}
+        study = {
+            "resourceType": "ImagingStudy",
+            "id": uid,
+            "status": "available",
+            "subject": {"reference": f"Patient/{p['id']}"},
+        }
         store.studies.put(study, p, "new")  # what sync stores first (not timed)
         began = time.perf_counter()
         changed = reconcile_patient(store, p["id"], DEFAULT)
         reconcile.append(time.perf_counter() - began)
         linked += bool(changed)
     with store.engine.connect() as conn:
-        block_sizes = [r[0] for r in conn.execute(text(
-            "SELECT COUNT(*) FROM patient_block GROUP BY key ORDER BY 1 DESC LIMIT 1"))]
-    return {"baseline": percentiles(baseline), "match": percentiles(matching), "reconcile": percentiles(reconcile),
-            "matches per query": statistics.mean(candidates), "linked": linked, "largest block": block_sizes[0]}
+        block_sizes = [
+            r[0] for r in conn.execute(text("SELECT COUNT(*) FROM patient_block GROUP BY key ORDER BY 1 DESC LIMIT 1"))
+        ]
+    return {
+        "baseline": percentiles(baseline),
+        "match": percentiles(matching),
+        "reconcile": percentiles(reconcile),
+        "matches per query": statistics.mean(candidates),
+        "linked": linked,
+        "largest block": block_sizes[0],
+    }
 
 
 def postgres_database() -> tuple[str, callable]:
@@ -189,8 +253,10 @@ def main() -> None:
     FAMILIES[:] = family_names(rng)
     WEIGHTS[:] = [1 / (rank + 10) for rank in range(len(FAMILIES))]  # long-tailed: a few very common
     existing = [make_patient(rng, FAMILIES, WEIGHTS, n, "1") for n in range(args.patients)]
-    print(f"{args.patients:,} stored patients, {args.queries} new ones matched against them "
-          f"(half another archive's record of a stored patient)")
+    print(
+        f"{args.patients:,} stored patients, {args.queries} new ones matched against them "
+        f"(half another archive's record of a stored patient)"
+    )
     for kind in args.databases.split(","):
         drop = None
         with tempfile.TemporaryDirectory() as tmp:
@@ -213,11 +279,15 @@ def main() -> None:
         r50, r95 = result["reconcile"]
         print(f"\n{kind} (filled in {filled:.0f} s; largest block {result['largest block']} patients)")
         print(f"  baseline keyed lookup  p50 {base50:6.2f} ms  p95 {base95:6.2f} ms")
-        print(f"  match                  p50 {m50:6.2f} ms  p95 {m95:6.2f} ms  ({m50 / base50:.0f}x baseline; "
-              f"target p50 < 20 ms: {'met' if m50 < 20 else 'MISSED'}); "
-              f"{result['matches per query']:.2f} matches returned per query")
-        print(f"  reconcile (sync step)  p50 {r50:6.2f} ms  p95 {r95:6.2f} ms  "
-              f"({result['linked']} of {args.queries} new patients linked)")
+        print(
+            f"  match                  p50 {m50:6.2f} ms  p95 {m95:6.2f} ms  ({m50 / base50:.0f}x baseline; "
+            f"target p50 < 20 ms: {'met' if m50 < 20 else 'MISSED'}); "
+            f"{result['matches per query']:.2f} matches returned per query"
+        )
+        print(
+            f"  reconcile (sync step)  p50 {r50:6.2f} ms  p95 {r95:6.2f} ms  "
+            f"({result['linked']} of {args.queries} new patients linked)"
+        )
 
 
 if __name__ == "__main__":

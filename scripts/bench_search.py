@@ -30,6 +30,7 @@ same 50 resources as dicts. Target <= 1.5x.
 Plans: `EXPLAIN (ANALYZE, BUFFERS)` on PostgreSQL (`EXPLAIN QUERY PLAN` on SQLite) of the
 SQL the server runs for one value of each query, captured from the app's own Reader.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,9 +100,10 @@ def query_paths(arch: Archive, per_query: int = 200, seed: int = 11) -> dict[str
     names = sorted(f for f, n in families.items() if 2 <= n <= 5)
     return {
         "patient": [f"{BASE}/ImagingStudy?patient={patient_id(system, p.mrn)}" for p in picked],
-        "identifier": [f"{BASE}/ImagingStudy?identifier=" + (_q(s.accession) if i % 2 else
-                                                             _q(f"urn:dicom:uid|urn:oid:{s.uid}"))
-                       for i, s in enumerate(studies)],
+        "identifier": [
+            f"{BASE}/ImagingStudy?identifier=" + (_q(s.accession) if i % 2 else _q(f"urn:dicom:uid|urn:oid:{s.uid}"))
+            for i, s in enumerate(studies)
+        ],
         "started+CT": [f"{BASE}/ImagingStudy?started=ge{days[k - 1].isoformat()}&modality=CT" for k in range(20, 61)],
         "name": [f"{BASE}/Patient?name={_q(f)}" for f in rng.sample(names, min(per_query, len(names)))],
         "orthanc": [f"/dicom-web/studies?PatientID={_q(p.mrn)}" for p in picked],
@@ -142,8 +144,12 @@ end
 def wrk(base: str, paths: list[str], seconds: float, connections: int, workdir: Path, seed: int = 7) -> dict:
     script = workdir / f"paths-{uuid.uuid4().hex[:8]}.lua"
     script.write_text(WRK_SCRIPT % (",".join(json.dumps(p) for p in paths), seed))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), base],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), base],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     script.unlink()
     found = re.search(r"^RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out, re.M)
     if not found:
@@ -226,14 +232,32 @@ class Facade:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = workdir / f"config-{label}.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "store": url, "timezone": ZONE,
-            "server": {"base_url": f"{self.base}{BASE}"},
-            "security": {"open": True}, "sources": [],
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "store": url,
+                    "timezone": ZONE,
+                    "server": {"base_url": f"{self.base}{BASE}"},
+                    "security": {"open": True},
+                    "sources": [],
+                }
+            )
+        )
         env = {**os.environ, "IMAGING_FACADE_CONFIG": str(self.config), "PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync", "--log-level", "warning",
-               "-b", f"127.0.0.1:{self.port}", "app.wsgi:application"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "1",
+            "-k",
+            "sync",
+            "--log-level",
+            "warning",
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "app.wsgi:application",
+        ]
         self.proc = start(cmd, env, f"{self.base}{BASE}/metadata")
 
     def stop(self) -> None:
@@ -296,9 +320,11 @@ def explain(config_path: Path, path: str, full: bool) -> list[str]:
         _plan_nodes(plan["Plan"], nodes)
         seq = [n for n in nodes if n.startswith("Seq Scan")]
         lines.append(f"  nodes: {' > '.join(nodes)}")
-        lines.append(f"  planning {plan['Planning Time']:.2f} ms, execution {plan['Execution Time']:.2f} ms, shared buffers hit "
-                     f"{plan['Plan'].get('Shared Hit Blocks', 0)} read {plan['Plan'].get('Shared Read Blocks', 0)}; "
-                     f"sequential scans: {', '.join(seq) if seq else 'none'}")
+        lines.append(
+            f"  planning {plan['Planning Time']:.2f} ms, execution {plan['Execution Time']:.2f} ms, shared buffers hit "
+            f"{plan['Plan'].get('Shared Hit Blocks', 0)} read {plan['Plan'].get('Shared Read Blocks', 0)}; "
+            f"sequential scans: {', '.join(seq) if seq else 'none'}"
+        )
         if full:
             text = reader.connection.execute(f"EXPLAIN (ANALYZE, BUFFERS) {pg_sql}", params).fetchall()
             lines.extend(f"    {row[0]}" for row in text)
@@ -316,9 +342,14 @@ def bundle_cost(repeat: int = 7) -> dict:
     resources = []
     for s in range(50):
         study = map_study(arch.record(s), ctx).imaging_study
-        resources.append({"resourceType": study["resourceType"], "id": study["id"],
-                          "meta": {"versionId": "1", "lastUpdated": instant},
-                          **{k: v for k, v in study.items() if k not in ("resourceType", "id")}})
+        resources.append(
+            {
+                "resourceType": study["resourceType"],
+                "id": study["id"],
+                "meta": {"versionId": "1", "lastUpdated": instant},
+                **{k: v for k, v in study.items() if k not in ("resourceType", "id")},
+            }
+        )
     stored = [(r["id"], orjson.dumps(r)) for r in resources]  # what the store keeps and the API reads
     result = SearchResult(matches=stored, total=None, has_more=True, includes=[])
     base = "http://127.0.0.1:8080/fhir"
@@ -336,8 +367,12 @@ def bundle_cost(repeat: int = 7) -> dict:
     for _ in range(repeat):  # interleaved, so drift hits both
         ours.append(min(timeit.repeat(bundle, number=number, repeat=3)) / number)
         theirs.append(min(timeit.repeat(baseline, number=number, repeat=3)) / number)
-    return {"bundle_ms": min(ours) * 1000, "dumps_ms": min(theirs) * 1000, "bytes": len(bundle()),
-            "resource_bytes": statistics.mean(len(c) for _i, c in stored)}
+    return {
+        "bundle_ms": min(ours) * 1000,
+        "dumps_ms": min(theirs) * 1000,
+        "bytes": len(bundle()),
+        "resource_bytes": statistics.mean(len(c) for _i, c in stored),
+    }
 
 
 # ---------------------------------------------------------------- runs
@@ -355,12 +390,18 @@ def run_database(kind: str, sizes: list[str], args, dbs: Databases, workdir: Pat
         for size in sizes:
             arch = archive(size)
             urls[size] = dbs.url(kind, size)
-            print(f"[{kind}] loading {size}: {arch.size} studies, {len(arch.patients)} patients, "
-                  f"{arch.instances()} instances ...", flush=True)
+            print(
+                f"[{kind}] loading {size}: {arch.size} studies, {len(arch.patients)} patients, "
+                f"{arch.instances()} instances ...",
+                flush=True,
+            )
             stats = load(urls[size], arch)
             results["load"][size] = stats
-            print(f"[{kind}] loaded {size} in {stats['seconds']:.0f} s ({stats['outcomes']}, "
-                  f"{stats['bytes'] / 2**20:.0f} MiB)", flush=True)
+            print(
+                f"[{kind}] loaded {size} in {stats['seconds']:.0f} s ({stats['outcomes']}, "
+                f"{stats['bytes'] / 2**20:.0f} MiB)",
+                flush=True,
+            )
             paths[size] = query_paths(arch)
         for size in sizes:
             facades[size] = Facade(urls[size], workdir, f"{kind}-{size}")
@@ -385,13 +426,17 @@ def run_database(kind: str, sizes: list[str], args, dbs: Databases, workdir: Pat
 
 
 def print_database(kind: str, sizes: list[str], results: dict, args) -> None:
-    print(f"\n== {kind}: p50 / p95 in ms (median of {args.rounds} rounds of {args.seconds}s, wrk "
-          f"{args.connections} connection(s), gunicorn 1 sync worker)")
+    print(
+        f"\n== {kind}: p50 / p95 in ms (median of {args.rounds} rounds of {args.seconds}s, wrk "
+        f"{args.connections} connection(s), gunicorn 1 sync worker)"
+    )
     for size in sizes:
         arch_size = SIZES[size]
         load_stats = results["load"][size]
-        print(f"  {size}: {arch_size} studies loaded in {load_stats['seconds']:.0f} s, "
-              f"{load_stats['bytes'] / 2**20:.0f} MiB")
+        print(
+            f"  {size}: {arch_size} studies loaded in {load_stats['seconds']:.0f} s, "
+            f"{load_stats['bytes'] / 2**20:.0f} MiB"
+        )
     head = f"  {'query':11}" + "".join(f" {s + ' p50':>9} {s + ' p95':>9} {s + ' n':>6} {s + ' kB':>6}" for s in sizes)
     has_ratio = "S" in sizes and len(sizes) > 1
     last = sizes[-1]
@@ -404,8 +449,10 @@ def print_database(kind: str, sizes: list[str], results: dict, args) -> None:
         for size in sizes:
             sample = results["samples"][(q, size)]
             matches = results["matches"][size][q]
-            line += f" {fmt(sample.median('p50')):>9} {fmt(sample.median('p95')):>9} " \
-                    f"{matches['mean']:6.1f} {matches['bytes'] / 1000:6.0f}"
+            line += (
+                f" {fmt(sample.median('p50')):>9} {fmt(sample.median('p95')):>9} "
+                f"{matches['mean']:6.1f} {matches['bytes'] / 1000:6.0f}"
+            )
         if has_ratio:
             ratio = results["samples"][(q, last)].median("p50") / results["samples"][(q, "S")].median("p50")
             ok = ratio <= TARGET[kind]
@@ -426,8 +473,11 @@ def run_orthanc(size: str, kinds: list[str], args, dbs: Databases, workdir: Path
     cap = args.orthanc_instances
     out = {"size": size, "instances": arch.instances(cap), "full_instances": arch.instances(), "rows": {}}
     with OrthancServer(startup_timeout=60) as pacs:
-        print(f"[orthanc] loading {size}: {arch.size} studies, {out['instances']} instances "
-              f"(at most {cap} per series) ...", flush=True)
+        print(
+            f"[orthanc] loading {size}: {arch.size} studies, {out['instances']} instances "
+            f"(at most {cap} per series) ...",
+            flush=True,
+        )
         out["orthanc_load"] = load_orthanc(pacs.url, arch, cap)
         print(f"[orthanc] loaded in {out['orthanc_load']['seconds']:.0f} s", flush=True)
         paths = query_paths(arch)
@@ -452,21 +502,29 @@ def run_orthanc(size: str, kinds: list[str], args, dbs: Databases, workdir: Path
 
 
 def print_orthanc(runs: list[dict], args) -> None:
-    print(f"\n== Orthanc side by side: ImagingStudy?patient= vs Orthanc /dicom-web/studies?PatientID= "
-          f"(same patients, 3-5 studies each), p50 / p95 in ms, median of {args.rounds} rounds")
-    print(f"  {'size':4} {'store':10} {'instances':>20} {'FHIR p50':>9} {'p95':>7} {'QIDO p50':>9} {'p95':>7} "
-          f"{'FHIR/QIDO':>9} target")
+    print(
+        f"\n== Orthanc side by side: ImagingStudy?patient= vs Orthanc /dicom-web/studies?PatientID= "
+        f"(same patients, 3-5 studies each), p50 / p95 in ms, median of {args.rounds} rounds"
+    )
+    print(
+        f"  {'size':4} {'store':10} {'instances':>20} {'FHIR p50':>9} {'p95':>7} {'QIDO p50':>9} {'p95':>7} "
+        f"{'FHIR/QIDO':>9} target"
+    )
     for run in runs:
         for kind, row in run["rows"].items():
             ours, theirs = row["ours"], row["theirs"]
             ratio = ours.median("p50") / theirs.median("p50")
-            print(f"  {run['size']:4} {kind:10} {str(run['instances']) + ' of ' + str(run['full_instances']):>20} "
-                  f"{fmt(ours.median('p50')):>9} {fmt(ours.median('p95')):>7} {fmt(theirs.median('p50')):>9} "
-                  f"{fmt(theirs.median('p95')):>7} {ratio:9.2f} <= 1.0 {'ok' if ratio <= 1.0 else 'MISSED'}")
+            print(
+                f"  {run['size']:4} {kind:10} {str(run['instances']) + ' of ' + str(run['full_instances']):>20} "
+                f"{fmt(ours.median('p50')):>9} {fmt(ours.median('p95')):>7} {fmt(theirs.median('p50')):>9} "
+                f"{fmt(theirs.median('p95')):>7} {ratio:9.2f} <= 1.0 {'ok' if ratio <= 1.0 else 'MISSED'}"
+            )
     for run in runs:
-        print(f"  {run['size']}: Orthanc got at most {args.orthanc_instances} instances per series "
-              f"({run['instances']} of {run['full_instances']}; loaded in {run['orthanc_load']['seconds']:.0f} s), "
-              "and each store compared with it holds exactly those")
+        print(
+            f"  {run['size']}: Orthanc got at most {args.orthanc_instances} instances per series "
+            f"({run['instances']} of {run['full_instances']}; loaded in {run['orthanc_load']['seconds']:.0f} s), "
+            "and each store compared with it holds exactly those"
+        )
 
 
 def main(argv=None) -> int:
@@ -504,10 +562,12 @@ def main(argv=None) -> int:
         print_orthanc(orthanc_runs, args)
     if bundle:
         ratio = bundle["bundle_ms"] / bundle["dumps_ms"]
-        print(f"\n== Bundle cost: searchset() of a 50-study page {fmt(bundle['bundle_ms'])} ms vs orjson.dumps of "
-              f"the same 50 dicts {fmt(bundle['dumps_ms'])} ms: ratio {ratio:.2f} (target <= 1.5, "
-              f"{'ok' if ratio <= 1.5 else 'MISSED'}); {bundle['bytes']} bytes, "
-              f"{bundle['resource_bytes']:.0f} bytes per study")
+        print(
+            f"\n== Bundle cost: searchset() of a 50-study page {fmt(bundle['bundle_ms'])} ms vs orjson.dumps of "
+            f"the same 50 dicts {fmt(bundle['dumps_ms'])} ms: ratio {ratio:.2f} (target <= 1.5, "
+            f"{'ok' if ratio <= 1.5 else 'MISSED'}); {bundle['bytes']} bytes, "
+            f"{bundle['resource_bytes']:.0f} bytes per study"
+        )
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
     return 0
 

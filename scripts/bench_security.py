@@ -12,6 +12,7 @@ clients would), so each is verified once and then answered from the token cache;
 is also written to the audit trail, as a server checking tokens always does. Target: token
 mode keeps at least 80% of the baseline's throughput. A mode is a set of `security` keys (MODES below).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,13 @@ SCOPE = "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs"
 
 
 def token_security(jwks_uri: str, issuer: str) -> dict:
-    return {"open": False, "issuer": issuer, "audience": AUDIENCE, "jwks_uri": jwks_uri,
-            "token_endpoint": f"{issuer}/token"}
+    return {
+        "open": False,
+        "issuer": issuer,
+        "audience": AUDIENCE,
+        "jwks_uri": jwks_uri,
+        "token_endpoint": f"{issuer}/token",
+    }
 
 
 #: mode -> (security keys for the config, whether requests carry a token)
@@ -85,9 +91,21 @@ class Keys:
 
     def token(self, client: str) -> str:
         now = int(time.time())
-        return jwt.encode({"iss": self.issuer, "aud": AUDIENCE, "sub": client, "client_id": client,
-                           "scope": SCOPE, "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex},
-                          self.key, algorithm="RS384", headers={"kid": "bench-1"})
+        return jwt.encode(
+            {
+                "iss": self.issuer,
+                "aud": AUDIENCE,
+                "sub": client,
+                "client_id": client,
+                "scope": SCOPE,
+                "iat": now,
+                "exp": now + 3600,
+                "jti": uuid.uuid4().hex,
+            },
+            self.key,
+            algorithm="RS384",
+            headers={"kid": "bench-1"},
+        )
 
 
 def main(argv=None) -> int:
@@ -100,8 +118,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=20, help="distinct tokens sent in turn")
     parser.add_argument("--modes", default="open,open+audit,token", help=f"comma-separated, from: {', '.join(MODES)}")
     parser.add_argument("--data", type=Path, default=Path(".bench/folder"))
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
-                        help="the store every mode shares (PostgreSQL: a database created and dropped here)")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the store every mode shares (PostgreSQL: a database created and dropped here)",
+    )
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
@@ -127,16 +149,31 @@ def main(argv=None) -> int:
                 make_security, sends_token = MODES[mode]
                 port = free_port()
                 config = tmp / f"{mode}.yaml"
-                config.write_text(yaml.safe_dump({
-                    "store": store_url, "server": {"base_url": f"http://127.0.0.1:{port}/fhir"},
-                    "security": make_security(keys.jwks_uri, keys.issuer), "sources": source,
-                }))
+                config.write_text(
+                    yaml.safe_dump(
+                        {
+                            "store": store_url,
+                            "server": {"base_url": f"http://127.0.0.1:{port}/fhir"},
+                            "security": make_security(keys.jwks_uri, keys.issuer),
+                            "sources": source,
+                        }
+                    )
+                )
                 env = {**os.environ, "IMAGING_FACADE_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
                 if not targets:
-                    subprocess.run([python, "-m", "app.cli", "sync", "--config", str(config)], env=env,
-                                   check=True, capture_output=True)
-                servers.append(start(gunicorn + ["-b", f"127.0.0.1:{port}", "app.wsgi:application"], env,
-                                     f"http://127.0.0.1:{port}/fhir/metadata"))
+                    subprocess.run(
+                        [python, "-m", "app.cli", "sync", "--config", str(config)],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
+                servers.append(
+                    start(
+                        gunicorn + ["-b", f"127.0.0.1:{port}", "app.wsgi:application"],
+                        env,
+                        f"http://127.0.0.1:{port}/fhir/metadata",
+                    )
+                )
                 targets[mode] = (f"http://127.0.0.1:{port}", tokens if sends_token else [])
             open_base = targets["open"][0]
             bundle = requests.get(f"{open_base}/fhir/ImagingStudy?_count=1000", timeout=30).json()
@@ -159,11 +196,13 @@ def main(argv=None) -> int:
     results = {mode: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for mode, rs in runs.items()}
     keys.server.shutdown()
     base = results["open"]["rps"]
-    print(f"data: {args.studies} studies, {len(patients)} patients, {args.database}; "
-          f"ImagingStudy?patient= over every patient; "
-          f"gunicorn sync workers: {args.workers}; wrk: {args.connections} connections, "
-          f"median of {args.rounds} turns of {args.seconds}s; "
-          f"{args.tokens} distinct RS384 tokens; cpu: {os.cpu_count()}")
+    print(
+        f"data: {args.studies} studies, {len(patients)} patients, {args.database}; "
+        f"ImagingStudy?patient= over every patient; "
+        f"gunicorn sync workers: {args.workers}; wrk: {args.connections} connections, "
+        f"median of {args.rounds} turns of {args.seconds}s; "
+        f"{args.tokens} distinct RS384 tokens; cpu: {os.cpu_count()}"
+    )
     print(f"{'mode':12} {'req/s':>9} {'p50':>9} {'p99':>9} {'ratio':>6} {'non-2xx':>8}")
     for mode, r in results.items():
         print(f"{mode:12} {r['rps']:9.0f} {r['p50']:>9} {r['p99']:>9} {r['rps'] / base:6.2f} {r['errors']:8d}")

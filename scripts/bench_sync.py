@@ -18,6 +18,7 @@ Usage: python scripts/bench_sync.py [--studies 200] [--series 3] [--instances 20
    answers it. Orthanc's own QIDO-RS visibility of the study, asked the same way, is the
    baseline. Targets: p50 <= 2 s, p95 <= 5 s (a peer that polls once a minute: p50 ~30 s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,18 +103,25 @@ class ClonedSource(ReplaySource):
             series = []
             for s, part in enumerate(template.series):
                 series_attrs = dict(part.attrs, **{"0020000E": {"vr": "UI", "Value": [f"{uid}.{s}"]}})
-                instances = [dict(i, **{"00080018": {"vr": "UI", "Value": [f"{uid}.{s}.{k}"]}})
-                             for k, i in enumerate(part.instances)]
+                instances = [
+                    dict(i, **{"00080018": {"vr": "UI", "Value": [f"{uid}.{s}.{k}"]}})
+                    for k, i in enumerate(part.instances)
+                ]
                 series.append(SeriesRecord(attrs=series_attrs, instances=instances))
             yield StudyRecord(uid=uid, attrs=attrs, series=series)
 
 
 def _config(folder: Path, store: str, url: str, **source) -> object:
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "store": store, "security": {"open": True},
-        "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", **source}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "store": store,
+                "security": {"open": True},
+                "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", **source}],
+            }
+        )
+    )
     return load_config(path)
 
 
@@ -132,9 +140,18 @@ def capacity(args, work: Path) -> tuple[list[StudyRecord], dict]:
         out["orthanc ingest"] = files / (time.perf_counter() - start)
         source = DicomwebSource("pacs", pacs.dicomweb_url, page_size=1000)
         records = [r for r in source.iter_studies() if isinstance(r, StudyRecord)]
-    (work / "recorded-qido.json").write_bytes(orjson.dumps(
-        [{"uid": r.uid, "attrs": r.attrs, "series": [{"attrs": s.attrs, "instances": s.instances}
-                                                     for s in r.series]} for r in records]))
+    (work / "recorded-qido.json").write_bytes(
+        orjson.dumps(
+            [
+                {
+                    "uid": r.uid,
+                    "attrs": r.attrs,
+                    "series": [{"attrs": s.attrs, "instances": s.instances} for s in r.series],
+                }
+                for r in records
+            ]
+        )
+    )
     count = _instances(records)
     stores = [("SQLite", f"sqlite:///{work / 'replay.db'}")]
     if not args.skip_postgres:
@@ -148,8 +165,10 @@ def capacity(args, work: Path) -> tuple[list[StudyRecord], dict]:
         assert summary.new == len(records) and summary.failed == 0, summary
         out[f"replay into {name}"] = count / seconds
         store.close()
-    print(f"\n1. capacity: {len(records)} studies, {count} instances ({args.series} series x "
-          f"{args.instances} instances), recorded from Orthanc's QIDO-RS")
+    print(
+        f"\n1. capacity: {len(records)} studies, {count} instances ({args.series} series x "
+        f"{args.instances} instances), recorded from Orthanc's QIDO-RS"
+    )
     base = out["orthanc ingest"]
     print(f"{'':28} {'instances/s':>12} {'vs Orthanc':>11}")
     for name, rate in out.items():
@@ -183,9 +202,14 @@ def _drop_postgres_dbs() -> None:
 def memory_child(recorded: Path, count: int, work: Path) -> None:
     """Run in a child process: a full sync of `count` cloned studies; print peak RSS in MB."""
     raw = orjson.loads(recorded.read_bytes())
-    records = [StudyRecord(uid=r["uid"], attrs=r["attrs"],
-                           series=[SeriesRecord(attrs=s["attrs"], instances=s["instances"]) for s in r["series"]])
-               for r in raw]
+    records = [
+        StudyRecord(
+            uid=r["uid"],
+            attrs=r["attrs"],
+            series=[SeriesRecord(attrs=s["attrs"], instances=s["instances"]) for s in r["series"]],
+        )
+        for r in raw
+    ]
     del raw
     gc.collect()
     config = _config(work, f"sqlite:///{work / 'memory.db'}", "http://127.0.0.1:9/dicom-web")
@@ -217,13 +241,22 @@ def _rss_mb(field: str) -> float:
 
 
 def memory(args, work: Path) -> None:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(args.memory_studies), str(work)],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", str(args.memory_studies), str(work)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     figures = orjson.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\n2. memory: full sync of {figures['studies']} studies in {figures['seconds']:.0f} s "
-          f"({figures['studies'] / figures['seconds']:.0f} studies/s)")
-    print(f"   peak resident during the sync: {figures['peak']:.0f} MB (the same process just before it, "
-          f"holding the listing's template studies: {figures['baseline']:.0f} MB); target: under 300 MB")
+    print(
+        f"\n2. memory: full sync of {figures['studies']} studies in {figures['seconds']:.0f} s "
+        f"({figures['studies'] / figures['seconds']:.0f} studies/s)"
+    )
+    print(
+        f"   peak resident during the sync: {figures['peak']:.0f} MB (the same process just before it, "
+        f"holding the listing's template studies: {figures['baseline']:.0f} MB); target: under 300 MB"
+    )
 
 
 def _new_study(folder: Path, n: int) -> tuple[Path, str]:
@@ -248,15 +281,30 @@ def freshness(args, work: Path) -> None:
     folder.mkdir(exist_ok=True)
     with OrthancServer() as pacs:
         config = work / "fresh.yaml"
-        config.write_text(yaml.safe_dump({
-            "store": f"sqlite:///{work / 'fresh.db'}",
-            "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "port": port, "workers": 1, "watch": True},
-            "security": {"open": True},
-            "sources": [{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url, "timezone": "UTC",
-                         "changes": "orthanc"}],
-        }))
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--config", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "store": f"sqlite:///{work / 'fresh.db'}",
+                    "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "port": port, "workers": 1, "watch": True},
+                    "security": {"open": True},
+                    "sources": [
+                        {
+                            "name": "pacs",
+                            "type": "dicomweb",
+                            "url": pacs.dicomweb_url,
+                            "timezone": "UTC",
+                            "changes": "orthanc",
+                        }
+                    ],
+                }
+            )
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -273,12 +321,18 @@ def freshness(args, work: Path) -> None:
                 pacs.upload([path])
                 seen: dict[str, float] = {}
                 while len(seen) < 2 and time.perf_counter() - start < 120:
-                    if "qido" not in seen and requests.get(f"{pacs.dicomweb_url}/studies",
-                                                           params={"StudyInstanceUID": uid}, timeout=5).json():
+                    if (
+                        "qido" not in seen
+                        and requests.get(
+                            f"{pacs.dicomweb_url}/studies", params={"StudyInstanceUID": uid}, timeout=5
+                        ).json()
+                    ):
                         seen["qido"] = time.perf_counter() - start
                     if "fhir" not in seen and requests.get(
-                            f"http://127.0.0.1:{port}/fhir/ImagingStudy", timeout=5,
-                            params={"identifier": f"urn:dicom:uid|urn:oid:{uid}"}).json().get("total"):
+                        f"http://127.0.0.1:{port}/fhir/ImagingStudy",
+                        timeout=5,
+                        params={"identifier": f"urn:dicom:uid|urn:oid:{uid}"},
+                    ).json().get("total"):
                         seen["fhir"] = time.perf_counter() - start
                     time.sleep(0.02)
                 fhir.append(seen.get("fhir", float("inf")))

@@ -17,6 +17,7 @@ answers); `load_store` runs them through the real mapping into `Store.put_studie
 write a sync makes, without files or network. `load_orthanc` sends the same studies to an
 Orthanc as DICOM files without pixel data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,9 @@ def _template(name: str) -> pydicom.Dataset:
     return ds
 
 
-def generate(out: Path, studies: int = 300, series: int = 3, instances: int = 10, patients: int | None = None,
-             seed: int = 7) -> int:
+def generate(
+    out: Path, studies: int = 300, series: int = 3, instances: int = 10, patients: int | None = None, seed: int = 7
+) -> int:
     """Write the data set; return the number of files. Skips the work if it is already there."""
     out.mkdir(parents=True, exist_ok=True)
     marker = out / f".complete-{studies}-{series}-{instances}-{patients}-{seed}"
@@ -110,16 +112,79 @@ FIRST_DAY = date(2010, 1, 1)
 DAYS = 15 * 365
 #: PS3.4 SOP classes by what the series holds
 SOP = {
-    "CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4", "CR": "1.2.840.10008.5.1.4.1.1.1",
-    "DX": "1.2.840.10008.5.1.4.1.1.1.1", "US": "1.2.840.10008.5.1.4.1.1.6.1",
-    "USMF": "1.2.840.10008.5.1.4.1.1.3.1", "MG": "1.2.840.10008.5.1.4.1.1.1.2", "PT": "1.2.840.10008.5.1.4.1.1.128",
-    "NM": "1.2.840.10008.5.1.4.1.1.20", "SR": "1.2.840.10008.5.1.4.1.1.88.67",
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "CR": "1.2.840.10008.5.1.4.1.1.1",
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",
+    "US": "1.2.840.10008.5.1.4.1.1.6.1",
+    "USMF": "1.2.840.10008.5.1.4.1.1.3.1",
+    "MG": "1.2.840.10008.5.1.4.1.1.1.2",
+    "PT": "1.2.840.10008.5.1.4.1.1.128",
+    "NM": "1.2.840.10008.5.1.4.1.1.20",
+    "SR": "1.2.840.10008.5.1.4.1.1.88.67",
 }
-SYLLABLES = ["ka", "lo", "wen", "mü", "ber", "sa", "ri", "to", "nak", "dé", "vi", "gar", "os", "len", "pa", "chi",
-             "ro", "ssi", "ha", "ns", "ek", "mo", "ré", "zu", "li", "an", "dor", "fa", "bü", "ta", "ger", "ni"]
-GIVEN_NAMES = ["Anna", "Ben", "Chloé", "David", "Eva", "Felix", "Grace", "Hugo", "Inès", "Jonas", "Karin", "Luis",
-               "Maria", "Noah", "Olga", "Paul", "Quentin", "Rosa", "Sven", "Tomás", "Ursula", "Victor", "Wanda",
-               "Xavier", "Yusuf", "Zoë"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "wen",
+    "mü",
+    "ber",
+    "sa",
+    "ri",
+    "to",
+    "nak",
+    "dé",
+    "vi",
+    "gar",
+    "os",
+    "len",
+    "pa",
+    "chi",
+    "ro",
+    "ssi",
+    "ha",
+    "ns",
+    "ek",
+    "mo",
+    "ré",
+    "zu",
+    "li",
+    "an",
+    "dor",
+    "fa",
+    "bü",
+    "ta",
+    "ger",
+    "ni",
+]
+GIVEN_NAMES = [
+    "Anna",
+    "Ben",
+    "Chloé",
+    "David",
+    "Eva",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Inès",
+    "Jonas",
+    "Karin",
+    "Luis",
+    "Maria",
+    "Noah",
+    "Olga",
+    "Paul",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tomás",
+    "Ursula",
+    "Victor",
+    "Wanda",
+    "Xavier",
+    "Yusuf",
+    "Zoë",
+]
 QUERY_ONLY = ("00080061", "00201206", "00201208", "00201209")  # answered by QIDO-RS, never in a file
 
 
@@ -133,28 +198,38 @@ def _series_plan(kind: str, rng: random.Random) -> list[tuple]:
     if kind == "CT":
         part = rng.choice(["CHEST", "ABDOMEN", "HEAD", "PELVIS", "CHESTABDPELVIS"])
         plan = [("CT", "CT", part, "Scout", rng.randint(1, 3), ["ORIGINAL", "PRIMARY", "LOCALIZER"])]
-        plan += [("CT", "CT", part, f"Axial {k + 1}", _log_uniform(rng, 20, 300), axial)
-                 for k in range(rng.randint(1, 4))]
+        plan += [
+            ("CT", "CT", part, f"Axial {k + 1}", _log_uniform(rng, 20, 300), axial) for k in range(rng.randint(1, 4))
+        ]
         if rng.random() < 0.3:
             plan.append(("SR", "SR", None, "Dose Report", 1, None))
         return plan
     if kind == "MR":
         part = rng.choice(["BRAIN", "KNEE", "LSPINE", "SHOULDER", "ABDOMEN"])
-        return [("MR", "MR", part, d, _log_uniform(rng, 10, 120), ["ORIGINAL", "PRIMARY", "M"])
-                for d in rng.sample(["T1 SE", "T2 TSE", "FLAIR", "DWI", "T1 post", "STIR", "PD FS", "SWI"],
-                                    rng.randint(3, 8))]
+        return [
+            ("MR", "MR", part, d, _log_uniform(rng, 10, 120), ["ORIGINAL", "PRIMARY", "M"])
+            for d in rng.sample(
+                ["T1 SE", "T2 TSE", "FLAIR", "DWI", "T1 post", "STIR", "PD FS", "SWI"], rng.randint(3, 8)
+            )
+        ]
     if kind in ("CR", "DX"):
         part = rng.choice(["CHEST", "HAND", "KNEE", "PELVIS", "FOOT"])
-        return [(kind, kind, part, v, rng.randint(1, 2), ["ORIGINAL", "PRIMARY"])
-                for v in ["PA", "LAT", "OBL"][: rng.randint(1, 3)]]
+        return [
+            (kind, kind, part, v, rng.randint(1, 2), ["ORIGINAL", "PRIMARY"])
+            for v in ["PA", "LAT", "OBL"][: rng.randint(1, 3)]
+        ]
     if kind == "US":
-        return [("US", rng.choice(["US", "USMF"]), "ABDOMEN", f"US {k + 1}", rng.randint(5, 60), None)
-                for k in range(rng.randint(1, 2))]
+        return [
+            ("US", rng.choice(["US", "USMF"]), "ABDOMEN", f"US {k + 1}", rng.randint(5, 60), None)
+            for k in range(rng.randint(1, 2))
+        ]
     if kind == "MG":
         return [("MG", "MG", "BREAST", "Screening", 4, ["ORIGINAL", "PRIMARY"])]
     if kind == "PT":
-        return [("PT", "PT", "WHOLEBODY", "PET AC", _log_uniform(rng, 100, 300), axial),
-                ("CT", "CT", "WHOLEBODY", "CT AC", _log_uniform(rng, 100, 300), axial)]
+        return [
+            ("PT", "PT", "WHOLEBODY", "PET AC", _log_uniform(rng, 100, 300), axial),
+            ("CT", "CT", "WHOLEBODY", "CT AC", _log_uniform(rng, 100, 300), axial),
+        ]
     return [("NM", "NM", "WHOLEBODY", f"NM {k + 1}", rng.randint(1, 10), None) for k in range(rng.randint(1, 3))]
 
 
@@ -212,18 +287,29 @@ class Archive:
         self.studies: list[StudyPlan] = []
         while len(self.studies) < studies:
             p = len(self.patients)
-            patient = PatientPlan(mrn=f"MRN{rng.randrange(10**8):08d}{p:06d}", family=rng.choice(pool),
-                                  given=rng.choice(GIVEN_NAMES), sex=rng.choice("MF"),
-                                  birth=(date(1930, 1, 1) + timedelta(days=rng.randrange(79 * 365))).strftime("%Y%m%d"))
+            patient = PatientPlan(
+                mrn=f"MRN{rng.randrange(10**8):08d}{p:06d}",
+                family=rng.choice(pool),
+                given=rng.choice(GIVEN_NAMES),
+                sex=rng.choice("MF"),
+                birth=(date(1930, 1, 1) + timedelta(days=rng.randrange(79 * 365))).strftime("%Y%m%d"),
+            )
             self.patients.append(patient)
             for _ in range(min(20, 1 + int(rng.expovariate(1 / 3)), studies - len(self.studies))):
                 s = len(self.studies)
                 day = FIRST_DAY + timedelta(days=rng.randrange(DAYS))
                 kind = rng.choice(kinds)
-                self.studies.append(StudyPlan(
-                    uid=f"{UID_ROOT}{seed}.{rng.randrange(10**19, 10**20)}", patient=p, day=day,
-                    time=f"{rng.randint(7, 19):02d}{rng.randrange(60):02d}{rng.randrange(60):02d}",
-                    accession=f"A{day.year % 100:02d}{s:07d}", kind=kind, series=_series_plan(kind, rng)))
+                self.studies.append(
+                    StudyPlan(
+                        uid=f"{UID_ROOT}{seed}.{rng.randrange(10**19, 10**20)}",
+                        patient=p,
+                        day=day,
+                        time=f"{rng.randint(7, 19):02d}{rng.randrange(60):02d}{rng.randrange(60):02d}",
+                        accession=f"A{day.year % 100:02d}{s:07d}",
+                        kind=kind,
+                        series=_series_plan(kind, rng),
+                    )
+                )
                 patient.studies.append(s)
 
     def instances(self, max_instances: int | None = None) -> int:
@@ -240,9 +326,12 @@ class Archive:
             series_uid = f"{plan.uid}.{r + 1}"
             count = min(count, cap)
             attrs = {
-                "00080021": _pv("DA", plan.day.strftime("%Y%m%d")), "00080031": _pv("TM", plan.time),
-                "00080060": _pv("CS", modality), "0008103E": _pv("LO", description),
-                "0020000E": _pv("UI", series_uid), "00200011": _pv("IS", r + 1),
+                "00080021": _pv("DA", plan.day.strftime("%Y%m%d")),
+                "00080031": _pv("TM", plan.time),
+                "00080060": _pv("CS", modality),
+                "0008103E": _pv("LO", description),
+                "0020000E": _pv("UI", series_uid),
+                "00200011": _pv("IS", r + 1),
                 "00201209": _pv("IS", count),
             }
             if part:
@@ -263,14 +352,18 @@ class Archive:
         modalities = list(dict.fromkeys(m for m, *_ in plan.series))
         attrs = {
             "00080005": _pv("CS", "ISO_IR 192"),
-            "00080020": _pv("DA", plan.day.strftime("%Y%m%d")), "00080030": _pv("TM", plan.time),
-            "00080050": _pv("SH", plan.accession), "00080061": _pv("CS", *modalities),
+            "00080020": _pv("DA", plan.day.strftime("%Y%m%d")),
+            "00080030": _pv("TM", plan.time),
+            "00080050": _pv("SH", plan.accession),
+            "00080061": _pv("CS", *modalities),
             "00080080": _pv("LO", "Bench Hospital"),
             "00080090": _pv("PN", {"Alphabetic": f"Referrer^Dr{plan.patient % 50}"}),
             "00081030": _pv("LO", f"{plan.kind} {plan.series[0][2] or ''}".strip()),
             "00100010": _pv("PN", {"Alphabetic": f"{patient.family}^{patient.given}"}),
-            "00100020": _pv("LO", patient.mrn), "00100030": _pv("DA", patient.birth),
-            "00100040": _pv("CS", patient.sex), "0020000D": _pv("UI", plan.uid),
+            "00100020": _pv("LO", patient.mrn),
+            "00100030": _pv("DA", patient.birth),
+            "00100040": _pv("CS", patient.sex),
+            "0020000D": _pv("UI", plan.uid),
             "00201206": _pv("IS", len(series_records)),
             "00201208": _pv("IS", sum(len(x.instances) for x in series_records)),
         }
@@ -324,8 +417,9 @@ def _worker_archive(size: int, seed: int) -> Archive:
     return _ARCHIVES[(size, seed)]
 
 
-def load_store(store, arch: Archive, max_instances: int | None = None, batch: int = 50, processes: int | None = None,
-               progress=None) -> dict:
+def load_store(
+    store, arch: Archive, max_instances: int | None = None, batch: int = 50, processes: int | None = None, progress=None
+) -> dict:
     """Map every study of `arch` (app.mapping) and write it with the sync's store write.
 
     Mapping runs in worker processes (it is pure), writes in this one, `batch` studies per
@@ -336,8 +430,7 @@ def load_store(store, arch: Archive, max_instances: int | None = None, batch: in
     store.resources.put(map_endpoint(ctx))
     started = time.perf_counter()
     _ARCHIVES[(arch.size, arch.seed)] = arch  # forked workers inherit the plan
-    chunks = [(arch.size, arch.seed, a, min(a + batch, arch.size), max_instances)
-              for a in range(0, arch.size, batch)]
+    chunks = [(arch.size, arch.seed, a, min(a + batch, arch.size), max_instances) for a in range(0, arch.size, batch)]
     outcomes: dict = {}
     processes = processes if processes is not None else max(1, (os.cpu_count() or 2) // 2)
     with multiprocessing.get_context("fork").Pool(processes) if processes > 1 else _Inline() as pool:
@@ -373,8 +466,14 @@ def instance_files(record: StudyRecord) -> Iterator[bytes]:
             yield buffer.getvalue()
 
 
-def load_orthanc(url: str, arch: Archive, max_instances: int | None = None, workers: int = 4,
-                 auth: tuple[str, str] | None = None, progress=None) -> dict:
+def load_orthanc(
+    url: str,
+    arch: Archive,
+    max_instances: int | None = None,
+    workers: int = 4,
+    auth: tuple[str, str] | None = None,
+    progress=None,
+) -> dict:
     """POST every instance of `arch` (at most `max_instances` per series) to an Orthanc's /instances.
 
     Returns counts and timing; raises if Orthanc refuses an instance.
@@ -386,8 +485,9 @@ def load_orthanc(url: str, arch: Archive, max_instances: int | None = None, work
         if session is None:
             session = local.session = requests.Session()
             session.auth = auth
-        response = session.post(url.rstrip("/") + "/instances", data=body,
-                                headers={"Content-Type": "application/dicom"}, timeout=60)
+        response = session.post(
+            url.rstrip("/") + "/instances", data=body, headers={"Content-Type": "application/dicom"}, timeout=60
+        )
         if response.status_code != 200:
             raise RuntimeError(f"Orthanc refused an instance: HTTP {response.status_code} {response.text[:200]}")
 

@@ -19,6 +19,7 @@ identity step, and the automatic links (Patient.link) are compared with the trut
 prints precision and recall of the automatic links, the review queue, and any false link
 between twins or namesakes. tests/integration/test_identity_corpus.py runs a smaller one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,35 +56,217 @@ from app.store import tables as t  # noqa: E402
 from app.store.repository import Store  # noqa: E402
 from app.sync import sync_source  # noqa: E402
 
-FAMILIES = ["Miller", "Schmidt", "Garcia", "Nguyen", "Johansson", "Kowalski", "Rossi", "Dubois", "Murphy",
-            "Novak", "Horvath", "Jensen", "Silva", "Petrov", "Fischer", "Weber", "Moreau", "Lambert", "Bianchi",
-            "Romano", "Lindqvist", "Andersen", "Kovacs", "Popescu", "Ivanova", "Meyer", "Wagner", "Becker",
-            "Hoffmann", "Schulz", "Koch", "Richter", "Klein", "Wolf", "Neumann", "Schwarz", "Zimmermann",
-            "Braun", "Hartmann", "Lange", "Werner", "Krause", "Lehmann", "Kaiser", "Fuchs", "Peters", "Scholz",
-            "Moeller", "Vogel", "Friedrich", "Keller", "Guenther", "Frank", "Berger", "Winkler", "Roth",
-            "Beck", "Lorenz", "Baumann", "Franke", "Albrecht", "Schuster", "Simon", "Ludwig", "Boehm",
-            "Winter", "Kraus", "Martin", "Schumacher", "Kraemer", "Vogt", "Stein", "Jaeger", "Otto", "Sommer",
-            "Gross", "Seidel", "Heinrich", "Brandt", "Haas", "Schreiber", "Graf", "Schulte", "Dietrich",
-            "Ziegler", "Kuhn", "Kuehn", "Pohl", "Engel", "Horn", "Busch", "Bergmann", "Thomas", "Voigt",
-            "Sauer", "Arnold", "Wolff", "Pfeiffer", "Okafor", "Tanaka", "Haddad", "Cohen", "Oconnor"]
-MALE = ["John", "Peter", "Michael", "Thomas", "Andreas", "Stefan", "Markus", "Daniel", "Lukas", "Jonas",
-        "Felix", "Paul", "David", "Matthias", "Sebastian", "Tobias", "Florian", "Simon", "Jan", "Martin",
-        "Christian", "Alexander", "Robert", "Georg", "Karl", "Oliver", "Philipp", "Benjamin", "Leon", "Marco",
-        "Carlos", "Pedro", "Luca", "Mateo", "Ivan", "Noah", "Elias", "Anton", "Emil", "Oskar"]
-FEMALE = ["Anna", "Maria", "Laura", "Julia", "Sarah", "Lisa", "Katharina", "Sophie", "Lena", "Hannah",
-          "Lea", "Johanna", "Clara", "Emma", "Mia", "Nina", "Eva", "Sandra", "Claudia", "Petra", "Sabine",
-          "Monika", "Andrea", "Martina", "Susanne", "Birgit", "Heike", "Karin", "Elena", "Sofia", "Lucia",
-          "Marta", "Ines", "Paula", "Greta", "Ida", "Frieda", "Alma", "Olga", "Vera"]
+FAMILIES = [
+    "Miller",
+    "Schmidt",
+    "Garcia",
+    "Nguyen",
+    "Johansson",
+    "Kowalski",
+    "Rossi",
+    "Dubois",
+    "Murphy",
+    "Novak",
+    "Horvath",
+    "Jensen",
+    "Silva",
+    "Petrov",
+    "Fischer",
+    "Weber",
+    "Moreau",
+    "Lambert",
+    "Bianchi",
+    "Romano",
+    "Lindqvist",
+    "Andersen",
+    "Kovacs",
+    "Popescu",
+    "Ivanova",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Hoffmann",
+    "Schulz",
+    "Koch",
+    "Richter",
+    "Klein",
+    "Wolf",
+    "Neumann",
+    "Schwarz",
+    "Zimmermann",
+    "Braun",
+    "Hartmann",
+    "Lange",
+    "Werner",
+    "Krause",
+    "Lehmann",
+    "Kaiser",
+    "Fuchs",
+    "Peters",
+    "Scholz",
+    "Moeller",
+    "Vogel",
+    "Friedrich",
+    "Keller",
+    "Guenther",
+    "Frank",
+    "Berger",
+    "Winkler",
+    "Roth",
+    "Beck",
+    "Lorenz",
+    "Baumann",
+    "Franke",
+    "Albrecht",
+    "Schuster",
+    "Simon",
+    "Ludwig",
+    "Boehm",
+    "Winter",
+    "Kraus",
+    "Martin",
+    "Schumacher",
+    "Kraemer",
+    "Vogt",
+    "Stein",
+    "Jaeger",
+    "Otto",
+    "Sommer",
+    "Gross",
+    "Seidel",
+    "Heinrich",
+    "Brandt",
+    "Haas",
+    "Schreiber",
+    "Graf",
+    "Schulte",
+    "Dietrich",
+    "Ziegler",
+    "Kuhn",
+    "Kuehn",
+    "Pohl",
+    "Engel",
+    "Horn",
+    "Busch",
+    "Bergmann",
+    "Thomas",
+    "Voigt",
+    "Sauer",
+    "Arnold",
+    "Wolff",
+    "Pfeiffer",
+    "Okafor",
+    "Tanaka",
+    "Haddad",
+    "Cohen",
+    "Oconnor",
+]
+MALE = [
+    "John",
+    "Peter",
+    "Michael",
+    "Thomas",
+    "Andreas",
+    "Stefan",
+    "Markus",
+    "Daniel",
+    "Lukas",
+    "Jonas",
+    "Felix",
+    "Paul",
+    "David",
+    "Matthias",
+    "Sebastian",
+    "Tobias",
+    "Florian",
+    "Simon",
+    "Jan",
+    "Martin",
+    "Christian",
+    "Alexander",
+    "Robert",
+    "Georg",
+    "Karl",
+    "Oliver",
+    "Philipp",
+    "Benjamin",
+    "Leon",
+    "Marco",
+    "Carlos",
+    "Pedro",
+    "Luca",
+    "Mateo",
+    "Ivan",
+    "Noah",
+    "Elias",
+    "Anton",
+    "Emil",
+    "Oskar",
+]
+FEMALE = [
+    "Anna",
+    "Maria",
+    "Laura",
+    "Julia",
+    "Sarah",
+    "Lisa",
+    "Katharina",
+    "Sophie",
+    "Lena",
+    "Hannah",
+    "Lea",
+    "Johanna",
+    "Clara",
+    "Emma",
+    "Mia",
+    "Nina",
+    "Eva",
+    "Sandra",
+    "Claudia",
+    "Petra",
+    "Sabine",
+    "Monika",
+    "Andrea",
+    "Martina",
+    "Susanne",
+    "Birgit",
+    "Heike",
+    "Karin",
+    "Elena",
+    "Sofia",
+    "Lucia",
+    "Marta",
+    "Ines",
+    "Paula",
+    "Greta",
+    "Ida",
+    "Frieda",
+    "Alma",
+    "Olga",
+    "Vera",
+]
 #: (romanizations, ideographic, phonetic) of Japanese family and given names
-JA_FAMILIES = [(["Sato", "Satou"], "佐藤", "さとう"), (["Suzuki"], "鈴木", "すずき"),
-               (["Takahashi"], "高橋", "たかはし"), (["Ito", "Itou"], "伊藤", "いとう"),
-               (["Watanabe"], "渡辺", "わたなべ"), (["Yamamoto"], "山本", "やまもと")]
-JA_GIVEN = [(["Taro", "Tarou"], "太郎", "たろう", "M"), (["Yuki"], "由紀", "ゆき", "F"),
-            (["Kenji"], "健二", "けんじ", "M"), (["Haruka"], "遥", "はるか", "F"),
-            (["Shota", "Shouta"], "翔太", "しょうた", "M"), (["Aiko"], "愛子", "あいこ", "F")]
-ARCHIVES = {"A": ("HOSP_A", "urn:oid:1.2.826.0.1.3680043.10.1"),
-            "B": ("HOSP_B", "urn:oid:1.2.826.0.1.3680043.10.2"),
-            "C": ("HOSP_C", "urn:oid:1.2.826.0.1.3680043.10.3")}
+JA_FAMILIES = [
+    (["Sato", "Satou"], "佐藤", "さとう"),
+    (["Suzuki"], "鈴木", "すずき"),
+    (["Takahashi"], "高橋", "たかはし"),
+    (["Ito", "Itou"], "伊藤", "いとう"),
+    (["Watanabe"], "渡辺", "わたなべ"),
+    (["Yamamoto"], "山本", "やまもと"),
+]
+JA_GIVEN = [
+    (["Taro", "Tarou"], "太郎", "たろう", "M"),
+    (["Yuki"], "由紀", "ゆき", "F"),
+    (["Kenji"], "健二", "けんじ", "M"),
+    (["Haruka"], "遥", "はるか", "F"),
+    (["Shota", "Shouta"], "翔太", "しょうた", "M"),
+    (["Aiko"], "愛子", "あいこ", "F"),
+]
+ARCHIVES = {
+    "A": ("HOSP_A", "urn:oid:1.2.826.0.1.3680043.10.1"),
+    "B": ("HOSP_B", "urn:oid:1.2.826.0.1.3680043.10.2"),
+    "C": ("HOSP_C", "urn:oid:1.2.826.0.1.3680043.10.3"),
+}
 #: archive A's issuer under its old name: one namespace with A's (identity.same_namespace)
 LEGACY_A = ("HOSP_A_OLD", "urn:oid:1.2.826.0.1.3680043.10.1.99")
 
@@ -125,8 +308,7 @@ def make_people(count: int, rng: random.Random) -> list[Person]:
             people.append(Person(n, fam[0][0], giv[0][0], _birth(rng), giv[3], ja=(fam, giv)))
         else:
             sex = rng.choice("MF")
-            people.append(Person(n, rng.choice(FAMILIES), rng.choice(MALE if sex == "M" else FEMALE), _birth(rng),
-                                 sex))
+            people.append(Person(n, rng.choice(FAMILIES), rng.choice(MALE if sex == "M" else FEMALE), _birth(rng), sex))
         base = people[-1]
         if base.ja is None and len(people) < count and rng.random() < 0.08:  # a twin
             sex = rng.choice([base.sex, "M" if base.sex == "F" else "F"])
@@ -143,12 +325,12 @@ def _typo(word: str, rng: random.Random) -> str:
     i = rng.randrange(1, len(word))
     kind = rng.choice(["swap", "drop", "double", "replace"])
     if kind == "drop":
-        return word[:i] + word[i + 1:]
+        return word[:i] + word[i + 1 :]
     if kind == "double":
-        return word[:i] + word[i] * 2 + word[i + 1:] if i < len(word) else word + word[-1]
+        return word[:i] + word[i] * 2 + word[i + 1 :] if i < len(word) else word + word[-1]
     if kind == "swap" and i < len(word) - 1:
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    return word[:i] + rng.choice("aeioulnrst") + word[i + 1:]
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+    return word[:i] + rng.choice("aeioulnrst") + word[i + 1 :]
 
 
 def _record(person: Person, archive: str, number: int, rng: random.Random, clean: bool) -> Record:
@@ -255,8 +437,12 @@ def store_records(records: list[Record], servers: dict, rng: random.Random) -> N
     session = requests.Session()
     for record in records:
         server = servers[record.archive]
-        response = session.post(server.url + "/instances", data=dicom_bytes(record, base, rng),
-                                headers={"Content-Type": "application/dicom"}, timeout=60)
+        response = session.post(
+            server.url + "/instances",
+            data=dicom_bytes(record, base, rng),
+            headers={"Content-Type": "application/dicom"},
+            timeout=60,
+        )
         response.raise_for_status()
 
 
@@ -267,8 +453,16 @@ def write_config(directory: Path, store_url: str, servers: dict) -> Path:
         "store": store_url,
         "security": {"open": True},
         "identity": {"same_namespace": [[ARCHIVES["A"][1], LEGACY_A[1]]]},
-        "sources": [{"name": f"pacs-{a.lower()}", "type": "dicomweb", "url": servers[a].dicomweb_url,
-                     "issuer_systems": issuers, "instance_metadata": a == "C"} for a in sorted(servers)],
+        "sources": [
+            {
+                "name": f"pacs-{a.lower()}",
+                "type": "dicomweb",
+                "url": servers[a].dicomweb_url,
+                "issuer_systems": issuers,
+                "instance_metadata": a == "C",
+            }
+            for a in sorted(servers)
+        ],
     }
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -307,18 +501,20 @@ class Evaluation:
 
     def report(self) -> str:
         hits = len(self.linked & self.true_pairs)
-        lines = [f"patients stored: {self.patients}",
-                 f"record pairs of one person (truth): {len(self.true_pairs)}",
-                 f"automatic links: {len(self.linked)} ({hits} right, {len(self.false_links)} wrong)",
-                 f"precision: {self.precision:.4f}   recall: {self.recall:.4f}",
-                 f"review queue: {len(self.review)} pairs ({len(self.review & self.true_pairs)} of one person); "
-                 f"recall counting reviewed pairs as linked: "
-                 f"{len((self.linked | self.review) & self.true_pairs) / max(1, len(self.true_pairs)):.4f}",
-                 f"twin/namesake pairs among the records: {len(self.kin_pairs)}; linked: {len(self.kin_links)}",
-                 f"records joined by identity.same_namespace (A's legacy issuer): {self.namespace_merged} Patients",
-                 f"pairs named by Other Patient IDs: {len(self.other_id_pairs)}; linked: "
-                 f"{len(self.other_id_pairs & self.linked)}",
-                 "pairs of one person not linked, by what disagreed:"]
+        lines = [
+            f"patients stored: {self.patients}",
+            f"record pairs of one person (truth): {len(self.true_pairs)}",
+            f"automatic links: {len(self.linked)} ({hits} right, {len(self.false_links)} wrong)",
+            f"precision: {self.precision:.4f}   recall: {self.recall:.4f}",
+            f"review queue: {len(self.review)} pairs ({len(self.review & self.true_pairs)} of one person); "
+            f"recall counting reviewed pairs as linked: "
+            f"{len((self.linked | self.review) & self.true_pairs) / max(1, len(self.true_pairs)):.4f}",
+            f"twin/namesake pairs among the records: {len(self.kin_pairs)}; linked: {len(self.kin_links)}",
+            f"records joined by identity.same_namespace (A's legacy issuer): {self.namespace_merged} Patients",
+            f"pairs named by Other Patient IDs: {len(self.other_id_pairs)}; linked: "
+            f"{len(self.other_id_pairs & self.linked)}",
+            "pairs of one person not linked, by what disagreed:",
+        ]
         lines += [f"  {count:4d}  {reason}" for reason, count in self.missed.most_common(12)]
         return "\n".join(lines)
 
@@ -339,11 +535,16 @@ def evaluate(store: Store, records: list[Record], people: list[Person], rules: I
         namespace_merged += {ARCHIVES["A"][1], LEGACY_A[1]} <= systems
         for i in patient.get("identifier", [])[:1]:
             holder[(i["system"], i["value"])] = rid
-        found = {person_of[(i["system"], i["value"])] for i in patient.get("identifier", [])
-                 if (i["system"], i["value"]) in person_of}
+        found = {
+            person_of[(i["system"], i["value"])]
+            for i in patient.get("identifier", [])
+            if (i["system"], i["value"]) in person_of
+        }
         if len(found) != 1:
-            raise AssertionError(f"Patient/{rid} holds the records of {len(found)} people: "
-                                 f"{[(i.get('system'), i.get('value')) for i in patient.get('identifier', [])]}")
+            raise AssertionError(
+                f"Patient/{rid} holds the records of {len(found)} people: "
+                f"{[(i.get('system'), i.get('value')) for i in patient.get('identifier', [])]}"
+            )
         owner[rid] = found.pop()
     ids = sorted(owner)
     true_pairs = {(a, b) for a, b in combinations(ids, 2) if owner[a] == owner[b]}
@@ -362,12 +563,17 @@ def evaluate(store: Store, records: list[Record], people: list[Person], rules: I
             with store.engine.connect() as conn:
                 feats = links.features_of(conn, list(pair))
             result = score(feats[pair[0]], feats[pair[1]])
-            explanation, where = result.as_dict(), ("not a candidate (no blocking key in common)"
-                                                    if result.points >= rules.review else "below review")
+            explanation, where = (
+                result.as_dict(),
+                ("not a candidate (no blocking key in common)" if result.points >= rules.review else "below review"),
+            )
         else:
             explanation, where = row.explanation, row.status
-        weak = [f"{c['feature']}: {c['reason']}" for c in explanation["contributions"]
-                if c["points"] < 4 and not c["feature"].startswith("sex")]
+        weak = [
+            f"{c['feature']}: {c['reason']}"
+            for c in explanation["contributions"]
+            if c["points"] < 4 and not c["feature"].startswith("sex")
+        ]
         missed[f"{where}, {explanation['points']:g} points; " + "; ".join(weak)] += 1
     other_id_pairs = set()
     for r in records:

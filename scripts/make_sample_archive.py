@@ -5,6 +5,7 @@ Usage: python scripts/make_sample_archive.py [TARGET_DIR]   (default: ./sample-a
 The files are copied as they are, broken ones included, so the first sync shows what the
 facade does with real-world headers: most are indexed, a few are repaired or quarantined.
 """
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """Shared fixtures: real stores (SQLite file, PostgreSQL database) and configs written as a user would."""
+
 from __future__ import annotations
 
 import os
@@ -80,12 +81,14 @@ def open_config(write_config, sqlite_url):
     """A config for an open server on SQLite with no sources, for API tests."""
 
     def make(store_url: str = sqlite_url, sources=None, **server):
-        return write_config({
-            "store": store_url,
-            "server": {"base_url": "http://testserver/fhir", **server},
-            "security": {"open": True},
-            "sources": sources or [],
-        })
+        return write_config(
+            {
+                "store": store_url,
+                "server": {"base_url": "http://testserver/fhir", **server},
+                "security": {"open": True},
+                "sources": sources or [],
+            }
+        )
 
     return make
 

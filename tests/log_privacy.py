@@ -7,6 +7,7 @@ for in them. Any hit fails the run, naming the record's logger and the kind of v
 the value. Served processes (gunicorn, the CLI) are checked by their own tests
 (tests/security/test_served.py), which read their output.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,10 +45,13 @@ def _patient_values() -> dict[str, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the files shipped in pydicom's package (get_testdata_files would also try downloads)
-        for path in sorted(p for p in (Path(pydicom.__file__).parent / "data" / "test_files").rglob("*") if p.is_file()):
+        for path in sorted(
+            p for p in (Path(pydicom.__file__).parent / "data" / "test_files").rglob("*") if p.is_file()
+        ):
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                                     specific_tags=["PatientName", "PatientID"])
+                ds = pydicom.dcmread(
+                    path, stop_before_pixels=True, force=True, specific_tags=["PatientName", "PatientID"]
+                )
                 name, pid = str(ds.get("PatientName", "") or ""), str(ds.get("PatientID", "") or "")
             except Exception:  # noqa: BLE001 - files pydicom cannot read carry nothing to look for
                 continue
@@ -86,7 +90,9 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     hits = patient_data_hits(_KEEP.lines, _patient_values())
     if hits:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"  logger {logger!r}: {count} line(s) with a {kind}" for (logger, kind), count in sorted(hits.items())]
+        lines = [
+            f"  logger {logger!r}: {count} line(s) with a {kind}" for (logger, kind), count in sorted(hits.items())
+        ]
         message = "patient data in the log of this run:\n" + "\n".join(lines)
         if reporter is not None:
             reporter.write_line(message, red=True)

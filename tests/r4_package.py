@@ -4,6 +4,7 @@ check the server against them.
 The package is fetched once with `npm pack` into `.cache/` and unpacked next to the tarball,
 so a test can read single definitions without decompressing the whole archive again.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def package_dir() -> Path:
     if not (UNPACKED / "package").is_dir():
         CACHE.mkdir(exist_ok=True)
         if not TARBALL.exists():
-            subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(CACHE)], check=True,
-                           capture_output=True, timeout=300)
+            subprocess.run(
+                ["npm", "pack", PACKAGE, "--pack-destination", str(CACHE)], check=True, capture_output=True, timeout=300
+            )
         staging = Path(tempfile.mkdtemp(dir=CACHE, prefix=".unpacking-"))
         try:
             with tarfile.open(TARBALL) as tar:
@@ -68,4 +70,3 @@ def search_parameters() -> dict[tuple[str, str], dict]:
         for base in resource.get("base", []):
             found[(base, resource["code"])] = resource
     return found
-

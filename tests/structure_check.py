@@ -7,6 +7,7 @@ discriminator path (identifier by system, extension by url) with the slice's own
 cardinality and the constraints on its children, and the value[x] of an extension slice.
 Anything else in a differential is refused, so a profile cannot claim more than is checked.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ def _children(node, name: str) -> list:
         return []
     if name.endswith("[x]"):
         stem = name[:-3]
-        values = [v for k, v in node.items() if k.startswith(stem) and k[len(stem):][:1].isupper()]
+        values = [v for k, v in node.items() if k.startswith(stem) and k[len(stem) :][:1].isupper()]
     else:
         values = [node[name]] if name in node else []
     flat = []
@@ -57,8 +58,9 @@ class Checker:
         for element in self.elements.values():
             unknown = set(element) - _CHECKED_KEYS - {k for k in element if k.startswith(("fixed", "pattern"))}
             if unknown:
-                raise ValueError(f"{sd['url']}: {element['id']} uses {sorted(unknown)}, which this checker "
-                                 "does not check")
+                raise ValueError(
+                    f"{sd['url']}: {element['id']} uses {sorted(unknown)}, which this checker does not check"
+                )
 
     def _slice_matches(self, base_id: str, slice_id: str, item) -> bool:
         slicing = self.elements[base_id]["slicing"]
@@ -100,8 +102,9 @@ class Checker:
                 continue
             parents = self._select([resource], steps[:-1], root)
             for parent in parents:
-                values = self._select([parent], steps[-1:], root + "".join(
-                    f".{n}" + (f":{s}" if s else "") for n, s in steps[:-1]))
+                values = self._select(
+                    [parent], steps[-1:], root + "".join(f".{n}" + (f":{s}" if s else "") for n, s in steps[:-1])
+                )
                 low = element.get("min")
                 high = element.get("max")
                 if low is not None and len(values) < low:

@@ -8,6 +8,7 @@ FHIR; a blueprint of its own so that an admin scope can guard it as a whole.
 - `POST /admin/identity/link`   `{"a": ID, "b": ID}`
 - `POST /admin/identity/unlink` `{"a": ID, "b": ID}`
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, Flask, jsonify, request
@@ -53,8 +54,9 @@ def _limit() -> int:
 def list_links():
     status = request.args.get("status", "review")
     patient = request.args.get("patient")
-    pairs = review.list_pairs(_store(), None if status == "all" else status,
-                              _patient_id(patient, "patient") if patient else None, _limit())
+    pairs = review.list_pairs(
+        _store(), None if status == "all" else status, _patient_id(patient, "patient") if patient else None, _limit()
+    )
     return jsonify({"status": status, "count": len(pairs), "pairs": pairs})
 
 

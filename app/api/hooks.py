@@ -8,6 +8,7 @@ servers: routes call the hooks, never the rooms behind them.
 - the record of what a response served (which resources, and the stored JSON of the studies
   among them), which the audit hook reads after the route.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

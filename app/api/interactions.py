@@ -5,6 +5,7 @@ A route declares what it serves (`@serves(READ)`); security (which scope a reque
 audit (AuditEvent.subtype and action, IHE Basic Audit Log Patterns) and the
 CapabilityStatement read this table, never a route's name.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

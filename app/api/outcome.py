@@ -1,5 +1,6 @@
 """An error as the OperationOutcome every answer that is not data is (FHIR R4 RESTful API:
 "servers SHOULD return an OperationOutcome" with the HTTP error status)."""
+
 from __future__ import annotations
 
 import orjson
@@ -16,5 +17,6 @@ def outcome(code: str, diagnostics: str, severity: str = "error") -> dict:
 
 
 def outcome_response(status: int, code: str, diagnostics: str, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(outcome(code, diagnostics)), status=status, headers=headers or {},
-                    content_type=FHIR_JSON)
+    return Response(
+        orjson.dumps(outcome(code, diagnostics)), status=status, headers=headers or {}, content_type=FHIR_JSON
+    )

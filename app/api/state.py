@@ -1,5 +1,6 @@
 """What every request handler shares, built once per process by the app factory (app/web.py),
 never per request."""
+
 from __future__ import annotations
 
 from flask import current_app

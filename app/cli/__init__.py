@@ -1,4 +1,5 @@
 """`imaging-facade` command line: thin commands over the same functions the tests call."""
+
 from __future__ import annotations
 
 import logging

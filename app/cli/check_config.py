@@ -1,4 +1,5 @@
 """`imaging-facade check-config`: validate the config file and say what it configures."""
+
 from __future__ import annotations
 
 import click
@@ -15,8 +16,10 @@ def _security_summary(security) -> str:
         return f"tokens required: JWTs from {security.issuer} (keys at {security.jwks_uri}), aud {security.audience}"
     if security.introspection:
         return f"tokens required: introspected at {security.introspection.url}, aud {security.audience}"
-    return ("tokens required, but no token validator configured (security.jwks_uri or introspection): "
-            "every data request gets 401")
+    return (
+        "tokens required, but no token validator configured (security.jwks_uri or introspection): "
+        "every data request gets 401"
+    )
 
 
 def _redact(url: str) -> str:

@@ -1,4 +1,5 @@
 """What every command shares: the --config option and how a bad config or name ends a command."""
+
 from __future__ import annotations
 
 import sys

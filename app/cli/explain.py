@@ -1,4 +1,5 @@
 """`imaging-facade map FILE`: the resources one DICOM file becomes, and where each element came from."""
+
 from __future__ import annotations
 
 import click
@@ -9,8 +10,12 @@ from app.config import ConfigError
 
 @click.command("map")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--source", "source_name", default=None,
-              help="map as this source of the config does (its profile, zone, Endpoint); default: the base profile")
+@click.option(
+    "--source",
+    "source_name",
+    default=None,
+    help="map as this source of the config does (its profile, zone, Endpoint); default: the base profile",
+)
 @click.option("--config", "config_path", default=None, help=CONFIG_HELP + "; read only with --source")
 @click.option("--json", "as_json", is_flag=True, help="print JSON: the resources and each element's origin")
 def map_file(file: str, source_name: str | None, config_path: str | None, as_json: bool) -> None:

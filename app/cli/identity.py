@@ -3,6 +3,7 @@
 Thin commands over app/identity/review.py, the functions the admin API calls too. Output is
 tab-separated (list) or JSON (link, unlink, explain); it shows patient ids, never names.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def identity():
 
 @identity.command("list")
 @config_option
-@click.option("--status", default="review", show_default=True,
-              type=click.Choice(["review", "linked", "manual-link", "manual-unlink", "all"]))
+@click.option(
+    "--status",
+    default="review",
+    show_default=True,
+    type=click.Choice(["review", "linked", "manual-link", "manual-unlink", "all"]),
+)
 @click.option("--patient", default=None, help="only pairs with this Patient id")
 def identity_list(config_path, status, patient):
     """Scored pairs of Patients, best first: patient a, patient b, status, points."""
@@ -60,8 +65,10 @@ def _pair_command(name, action_name, help_text):
         from app.identity import review
 
         action = getattr(review, action_name)
-        result = _run(config_path, lambda store, rules: action(store, a.removeprefix("Patient/"),
-                                                               b.removeprefix("Patient/"), rules))
+        result = _run(
+            config_path,
+            lambda store, rules: action(store, a.removeprefix("Patient/"), b.removeprefix("Patient/"), rules),
+        )
         click.echo(json.dumps(result, indent=2))
 
     return command

@@ -1,4 +1,5 @@
 """`imaging-facade quarantine list`: what a sync could not map, and why."""
+
 from __future__ import annotations
 
 import click
@@ -35,6 +36,16 @@ def quarantine_list(config_path: str | None, source_name: str | None) -> None:
     click.echo("source\tstudy uid\tlocation\tfirst seen\tlast seen\treason")
     for entry in entries:
         location = entry.key if entry.key != entry.study_uid else "-"
-        click.echo("\t".join([entry.source, entry.study_uid or "-", location, micros_to_instant(entry.first_seen),
-                              micros_to_instant(entry.last_seen), entry.reason]))
+        click.echo(
+            "\t".join(
+                [
+                    entry.source,
+                    entry.study_uid or "-",
+                    location,
+                    micros_to_instant(entry.first_seen),
+                    micros_to_instant(entry.last_seen),
+                    entry.reason,
+                ]
+            )
+        )
     click.echo(f"{len(entries)} quarantined", err=True)

@@ -1,4 +1,5 @@
 """`imaging-facade serve`: the FHIR API under gunicorn, with an optional watcher beside it."""
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,9 @@ def _with_bind(config: Config, host: str, port: int) -> Config:
 
     parts = urlsplit(config.server.base_url)
     if parts.netloc != f"{config.server.host}:{config.server.port}" or (host, port) == (
-            config.server.host, config.server.port):
+        config.server.host,
+        config.server.port,
+    ):
         return config
     base_url = urlunsplit(parts._replace(netloc=f"{host}:{port}"))
     return replace(config, server=replace(config.server, base_url=base_url, host=host, port=port))

@@ -1,5 +1,6 @@
 """`imaging-facade sync [--watch]`: one sync of every source (or one) with a progress bar and a
 summary, or continuous syncing until SIGTERM or Ctrl-C."""
+
 from __future__ import annotations
 
 import sys
@@ -51,8 +52,10 @@ def _watch(store, sources) -> None:
         if summary.error:
             click.echo(f"{summary.source}: poll failed: {summary.error}", err=True)
         elif summary.changed or summary.failed:
-            click.echo(f"{summary.source}: {summary.new} new, {summary.updated} updated, {summary.deleted} deleted, "
-                       f"{summary.failed} failed")
+            click.echo(
+                f"{summary.source}: {summary.new} new, {summary.updated} updated, {summary.deleted} deleted, "
+                f"{summary.failed} failed"
+            )
 
     names = ", ".join(src.name for src in sources)
     click.echo(f"watching {names}; stop with SIGTERM or Ctrl-C")
@@ -69,8 +72,13 @@ def sync_with_progress(store, src):
     from app.sync import sync_source
 
     console = Console(stderr=True)
-    columns = [TextColumn(f"[bold]{src.name}[/]"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.1f} studies/s"), TimeElapsedColumn()]
+    columns = [
+        TextColumn(f"[bold]{src.name}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} studies/s"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(src.name, total=None, rate=0.0)
 
@@ -91,14 +99,17 @@ def _report(name: str, summary) -> None:
         + (f" [{stats}]" if stats else "")
     )
     if summary.failed:
-        click.echo(f"{name}: {summary.failed} studies quarantined; "
-                   f"`imaging-facade quarantine list --source {name}` shows why")
+        click.echo(
+            f"{name}: {summary.failed} studies quarantined; `imaging-facade quarantine list --source {name}` shows why"
+        )
     if summary.released:
         click.echo(f"{name}: {summary.released} studies left the quarantine")
     if summary.deleted:
         click.echo(f"{name}: {summary.deleted} studies are no longer in the archive")
     if summary.incomplete:
-        click.echo(f"{name}: the archive's listing was incomplete (it caps its answers); deleted studies "
-                   "were not looked for", err=True)
+        click.echo(
+            f"{name}: the archive's listing was incomplete (it caps its answers); deleted studies were not looked for",
+            err=True,
+        )
     if summary.error:
         click.echo(f"{name}: sync stopped: {summary.error}", err=True)

@@ -1,5 +1,6 @@
 """Bundles assembled from stored JSON bytes (orjson.Fragment): no resource is re-parsed
 unless the client asked for a `_summary` or `_elements` subset."""
+
 from __future__ import annotations
 
 import uuid
@@ -48,18 +49,31 @@ def match_bundle(entries: list[dict], self_url: str) -> bytes:
     return _bundle("searchset", [{"relation": "self", "url": self_url}], entries, len(entries))
 
 
-def searchset(base_url: str, rtype: str, result, self_url: str, next_url: str | None,
-              summary: str = "false", elements: frozenset[str] | None = None) -> bytes:
+def searchset(
+    base_url: str,
+    rtype: str,
+    result,
+    self_url: str,
+    next_url: str | None,
+    summary: str = "false",
+    elements: frozenset[str] | None = None,
+) -> bytes:
     """`_elements` subsets the matches only (it names elements of the searched type);
     `_summary` applies to included resources too."""
     entries = [
-        {"fullUrl": f"{base_url}/{rtype}/{rid}", "resource": orjson.Fragment(subset(content, summary, elements)),
-         "search": {"mode": "match"}}
+        {
+            "fullUrl": f"{base_url}/{rtype}/{rid}",
+            "resource": orjson.Fragment(subset(content, summary, elements)),
+            "search": {"mode": "match"},
+        }
         for rid, content in result.matches
     ]
     entries.extend(
-        {"fullUrl": f"{base_url}/{itype}/{iid}", "resource": orjson.Fragment(subset(content, summary)),
-         "search": {"mode": "include"}}
+        {
+            "fullUrl": f"{base_url}/{itype}/{iid}",
+            "resource": orjson.Fragment(subset(content, summary)),
+            "search": {"mode": "include"},
+        }
         for itype, iid, content in result.includes
     )
     links = [{"relation": "self", "url": self_url}]
@@ -74,10 +88,15 @@ def history(base_url: str, rtype: str, rid: str, versions: list[tuple[int, int, 
         {
             "fullUrl": f"{base_url}/{rtype}/{rid}",
             "resource": orjson.Fragment(content),
-            "request": {"method": "POST" if version == 1 else "PUT",
-                        "url": rtype if version == 1 else f"{rtype}/{rid}"},
-            "response": {"status": "201 Created" if version == 1 else "200 OK", "etag": f'W/"{version}"',
-                         "lastModified": micros_to_instant(micros)},
+            "request": {
+                "method": "POST" if version == 1 else "PUT",
+                "url": rtype if version == 1 else f"{rtype}/{rid}",
+            },
+            "response": {
+                "status": "201 Created" if version == 1 else "200 OK",
+                "etag": f'W/"{version}"',
+                "lastModified": micros_to_instant(micros),
+            },
         }
         for version, micros, content in versions
     ]

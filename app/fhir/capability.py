@@ -1,4 +1,5 @@
 """The CapabilityStatement, generated from the parameter registry: it lists what works."""
+
 from __future__ import annotations
 
 from app.api.interactions import SEARCH_TYPE, TYPE_INTERACTIONS
@@ -28,38 +29,47 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
     resources = []
     for rtype in RESOURCE_TYPES:
         params = BY_RESOURCE[rtype]
-        resources.append({
-            "type": rtype,
-            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
-            # the constraint profiles every served resource claims (fhir_profiles/structure)
-            "supportedProfile": [PROFILES[rtype]],
-            "interaction": [{"code": interaction.restful} for interaction in TYPE_INTERACTIONS],
-            "versioning": "versioned",
-            "readHistory": True,
-            "conditionalRead": "full-support",
-            "searchInclude": [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype] + ["*"],
-            "searchRevInclude": [f"{s}:{p}" for (s, p), t in REVINCLUDES.items() if t == rtype] + ["*"],
+        resources.append(
+            {
+                "type": rtype,
+                "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+                # the constraint profiles every served resource claims (fhir_profiles/structure)
+                "supportedProfile": [PROFILES[rtype]],
+                "interaction": [{"code": interaction.restful} for interaction in TYPE_INTERACTIONS],
+                "versioning": "versioned",
+                "readHistory": True,
+                "conditionalRead": "full-support",
+                "searchInclude": [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype] + ["*"],
+                "searchRevInclude": [f"{s}:{p}" for (s, p), t in REVINCLUDES.items() if t == rtype] + ["*"],
+                "searchParam": [
+                    {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
+                    for p in params.values()
+                ],
+            }
+        )
+        if rtype == "Patient":
+            resources[-1]["operation"] = [
+                {
+                    "name": "match",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                    "documentation": "POST a Parameters with 'resource' (a Patient), optional 'onlyCertainMatches' and "
+                    "'count'; answers a searchset with search.score and the match-grade extension "
+                    "(certain, probable, possible), scored like automatic record linkage.",
+                }
+            ]
+    resources.append(
+        {
+            "type": "AuditEvent",
+            "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+            "documentation": "The audit trail of this server, newest first; needs a user- or system-level "
+            "AuditEvent scope (a patient-context token gets 403).",
+            "interaction": [{"code": SEARCH_TYPE.restful}],
             "searchParam": [
                 {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
-                for p in params.values()
+                for p in AUDIT_EVENT_PARAMS
             ],
-        })
-        if rtype == "Patient":
-            resources[-1]["operation"] = [{
-                "name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
-                "documentation": "POST a Parameters with 'resource' (a Patient), optional 'onlyCertainMatches' and "
-                                 "'count'; answers a searchset with search.score and the match-grade extension "
-                                 "(certain, probable, possible), scored like automatic record linkage.",
-            }]
-    resources.append({
-        "type": "AuditEvent",
-        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
-        "documentation": "The audit trail of this server, newest first; needs a user- or system-level "
-                         "AuditEvent scope (a patient-context token gets 403).",
-        "interaction": [{"code": SEARCH_TYPE.restful}],
-        "searchParam": [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
-                        for p in AUDIT_EVENT_PARAMS],
-    })
+        }
+    )
     security = {**security, "description": f"{security.get('description', '')} {COMPARTMENT_POLICY}".strip()}
     return {
         "resourceType": "CapabilityStatement",
@@ -72,39 +82,41 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         "implementation": {"description": "FHIR R4 ImagingStudy facade over DICOM archives", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json", "application/json"],
-        "rest": [{
-            "mode": "server",
-            "documentation": (
-                "Read-only (POST Patient/$match only reads too). Search results are ordered by resource id; "
-                "paging links are signed and stateless. "
-                "Date search values without a time zone are read in the server's configured zone. "
-                "Search by POST [type]/_search with a form body returns what GET returns. "
-                "Reference parameters can be chained (patient.identifier, subject:Patient.name, "
-                "endpoint.status, also several levels) and reverse-chained with _has "
-                "(Patient?_has:ImagingStudy:patient:modality=MR). _include and _revinclude accept "
-                ":iterate and *; included resources carry search.mode=include, do not count toward "
-                "_count, and each page carries those of its own matches, never truncated. "
-                "Unknown parameters are ignored unless the request carries 'Prefer: handling=strict'. "
-                "Modifiers: token :not, :text, :of-type (identifier), :missing; string :exact, :contains, "
-                ":missing; reference :[type], :identifier, :missing; date :missing. Patient phonetic matches "
-                "every word of the value by Metaphone. "
-                "_sort takes several parameters, '-' for descending; a repeating element sorts by its lowest "
-                "value ascending and its highest descending, dates by the start of their period, resources "
-                "without a value last; ties are broken by id. Paging links expire after server.page_ttl "
-                "seconds (400 then). _total=estimate counts exactly up to 1000 matches, beyond that it is "
-                "PostgreSQL's planner estimate (absent on SQLite). _summary (true, text, data, count, false) "
-                "and _elements work on searches and reads; _elements applies to the matches, _summary to "
-                "included resources too. Responses are gzip-compressed when the client accepts it. "
-                "A study that no archive holds any more answers 410 on read; a study held by several "
-                "archives is one ImagingStudy with an Endpoint for each. Sources in on-demand mode may "
-                "answer a patient search with 503 and Retry-After while the archive is asked. "
-                "At most 50 parameters per search and 100 comma-separated values per parameter. "
-                "Records of one person in several archives are linked with Patient.link (type seealso, on both "
-                "Patients) by automatic record linkage or by an administrator; Patient?link=Patient/<id> finds "
-                "them. Beyond base FHIR, ImagingStudy?patient=<id> (and subject=Patient/<id>) also returns the "
-                "studies of every Patient linked to <id>."
-            ),
-            "security": security,
-            "resource": resources,
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Read-only (POST Patient/$match only reads too). Search results are ordered by resource id; "
+                    "paging links are signed and stateless. "
+                    "Date search values without a time zone are read in the server's configured zone. "
+                    "Search by POST [type]/_search with a form body returns what GET returns. "
+                    "Reference parameters can be chained (patient.identifier, subject:Patient.name, "
+                    "endpoint.status, also several levels) and reverse-chained with _has "
+                    "(Patient?_has:ImagingStudy:patient:modality=MR). _include and _revinclude accept "
+                    ":iterate and *; included resources carry search.mode=include, do not count toward "
+                    "_count, and each page carries those of its own matches, never truncated. "
+                    "Unknown parameters are ignored unless the request carries 'Prefer: handling=strict'. "
+                    "Modifiers: token :not, :text, :of-type (identifier), :missing; string :exact, :contains, "
+                    ":missing; reference :[type], :identifier, :missing; date :missing. Patient phonetic matches "
+                    "every word of the value by Metaphone. "
+                    "_sort takes several parameters, '-' for descending; a repeating element sorts by its lowest "
+                    "value ascending and its highest descending, dates by the start of their period, resources "
+                    "without a value last; ties are broken by id. Paging links expire after server.page_ttl "
+                    "seconds (400 then). _total=estimate counts exactly up to 1000 matches, beyond that it is "
+                    "PostgreSQL's planner estimate (absent on SQLite). _summary (true, text, data, count, false) "
+                    "and _elements work on searches and reads; _elements applies to the matches, _summary to "
+                    "included resources too. Responses are gzip-compressed when the client accepts it. "
+                    "A study that no archive holds any more answers 410 on read; a study held by several "
+                    "archives is one ImagingStudy with an Endpoint for each. Sources in on-demand mode may "
+                    "answer a patient search with 503 and Retry-After while the archive is asked. "
+                    "At most 50 parameters per search and 100 comma-separated values per parameter. "
+                    "Records of one person in several archives are linked with Patient.link (type seealso, on both "
+                    "Patients) by automatic record linkage or by an administrator; Patient?link=Patient/<id> finds "
+                    "them. Beyond base FHIR, ImagingStudy?patient=<id> (and subject=Patient/<id>) also returns the "
+                    "studies of every Patient linked to <id>."
+                ),
+                "security": security,
+                "resource": resources,
+            }
+        ],
     }

@@ -1,6 +1,7 @@
 """Every error leaves the API as an OperationOutcome, rendered in one place: the typed errors
 raised below (app/errors.py), Werkzeug's HTTP errors, and anything unexpected (500, logged
 without its message, which may quote what was being processed)."""
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,17 @@ from app.logsafe import describe
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-               406: "not-supported", 410: "deleted", 413: "too-costly", 415: "not-supported"}
+_HTTP_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    410: "deleted",
+    413: "too-costly",
+    415: "not-supported",
+}
 
 
 def init_app(app: Flask) -> None:

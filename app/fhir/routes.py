@@ -5,6 +5,7 @@ path's hooks before it reads (the Guard: what the request may see; before-search
 on-demand fetching, the audit trail's own spool) and notes what it served for the audit
 hook. It never imports security or sync: they plug into the hooks (app/api/hooks.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,9 @@ SEARCHED_TYPES = (*RESOURCE_TYPES, "AuditEvent")
 
 def _check_type(rtype: str, types: tuple[str, ...] = RESOURCE_TYPES) -> None:
     if rtype not in types:
-        raise FhirError(404, "not-supported", f"resource type '{rtype}' is not served here "
-                                              f"(served: {', '.join(RESOURCE_TYPES)})")
+        raise FhirError(
+            404, "not-supported", f"resource type '{rtype}' is not served here (served: {', '.join(RESOURCE_TYPES)})"
+        )
 
 
 def _check_id(rtype: str, rid: str) -> None:
@@ -122,8 +124,12 @@ def read(rtype: str, rid: str):
     if found is None:
         gone = read_deleted(state.reader, rtype, rid)
         if gone is not None:
-            raise FhirError(410, "deleted", f"{rtype}/{rid} was deleted at {micros_to_instant(gone[1])}: no archive "
-                                            "holds it any more", headers={"ETag": f'W/"{gone[0]}"'})
+            raise FhirError(
+                410,
+                "deleted",
+                f"{rtype}/{rid} was deleted at {micros_to_instant(gone[1])}: no archive holds it any more",
+                headers={"ETag": f'W/"{gone[0]}"'},
+            )
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     version, micros, content = found
     note_served([(rtype, rid)], {rid: content})
@@ -186,8 +192,12 @@ def _strict() -> bool:
 def _parse(rtype: str, items: list[tuple[str, str]]) -> SearchQuery:
     state = current_state()
     return parse_search(
-        rtype, items, zone=state.config.timezone, base_url=state.base_url,
-        default_count=state.config.server.default_count, max_count=state.config.server.max_count,
+        rtype,
+        items,
+        zone=state.config.timezone,
+        base_url=state.base_url,
+        default_count=state.config.server.default_count,
+        max_count=state.config.server.max_count,
         strict=_strict(),
     )
 
@@ -215,8 +225,17 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
     if result.has_more and result.matches:
         token = state.page_tokens.make(digest, result.cursor)
         next_url = search_url(state.base_url, rtype, list(query.applied) + [("_page", token)])
-    return _json(searchset(state.base_url, rtype, result, search_url(state.base_url, rtype, self_params), next_url,
-                           query.summary, query.elements))
+    return _json(
+        searchset(
+            state.base_url,
+            rtype,
+            result,
+            search_url(state.base_url, rtype, self_params),
+            next_url,
+            query.summary,
+            query.elements,
+        )
+    )
 
 
 @bp.post("/Patient/$match")
@@ -242,9 +261,17 @@ def patient_match():
         current = read_current(state.reader, "Patient", rid)
         if current is None:
             continue
-        entries.append({"fullUrl": f"{state.base_url}/Patient/{rid}", "resource": orjson.Fragment(current[2]),
-                        "search": {"extension": [{"url": MATCH_GRADE, "valueCode": grade}],
-                                   "mode": "match", "score": round(score, 4)}})
+        entries.append(
+            {
+                "fullUrl": f"{state.base_url}/Patient/{rid}",
+                "resource": orjson.Fragment(current[2]),
+                "search": {
+                    "extension": [{"url": MATCH_GRADE, "valueCode": grade}],
+                    "mode": "match",
+                    "score": round(score, 4),
+                },
+            }
+        )
     return _json(match_bundle(entries, f"{state.base_url}/Patient/$match"))
 
 

@@ -19,6 +19,7 @@ reading every patient. Each key is built to survive one kind of error the scorin
 - `f:<code>|<year>` and `d:<code>|<month/day>`: one name with the birth year, or with the day
   and month (a typo in the other name and one in the birth date).
 """
+
 from __future__ import annotations
 
 import re

@@ -17,6 +17,7 @@ Other Patient IDs are more identifiers of the same Patient; one that is another 
 Patient ID makes the two a certain match (app.identity.scoring), linked like any other
 certain pair, whichever of them was synced first.
 """
+
 from __future__ import annotations
 
 from hashlib import sha256

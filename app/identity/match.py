@@ -7,6 +7,7 @@ weights as automatic linking), so `$match` and the review queue agree. Each matc
 extension: `certain` from `auto_link` on, `probable` from `review`, `possible` from
 `possible`; lower scores are not returned.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,8 +67,9 @@ def _check_patient(patient: dict) -> None:
         raise MatchInputError("parameter 'resource': Patient.birthDate must be a date (YYYY, YYYY-MM or YYYY-MM-DD)")
 
 
-def match(conn, patient: dict, rules, only_certain: bool = False, count: int | None = None
-          ) -> list[tuple[str, float, str, dict]]:
+def match(
+    conn, patient: dict, rules, only_certain: bool = False, count: int | None = None
+) -> list[tuple[str, float, str, dict]]:
     """(patient id, score 0..1, grade, explanation) of the stored Patients that match, best first."""
     feats = features(patient, rules)
     found = []

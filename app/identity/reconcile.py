@@ -12,6 +12,7 @@ in the `review` queue; below, an automatic decision is withdrawn. A person's dec
 (`manual-link`, `manual-unlink`) is never changed by scoring: an unlinked pair stays
 unlinked however alike the records become.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,7 @@ def automatic_status(points: float, rules: IdentityConfig) -> str | None:
     return None
 
 
-def decide(conn: Connection, a: str, b: str, result: Score, rules: IdentityConfig,
-           row: links.LinkRow | None) -> bool:
+def decide(conn: Connection, a: str, b: str, result: Score, rules: IdentityConfig, row: links.LinkRow | None) -> bool:
     """Record the pair's new score and automatic status, given its current row (None if the
     pair was never scored); True if Patient.link of the two changes."""
     explanation = result.as_dict()
@@ -53,8 +53,9 @@ def decide(conn: Connection, a: str, b: str, result: Score, rules: IdentityConfi
         if row is not None:
             links.drop_link(conn, a, b)
         return was_linked
-    links.put_link(conn, a, b, status, result.points, explanation,
-                   keep_decided=row is not None and row.status == status)
+    links.put_link(
+        conn, a, b, status, result.points, explanation, keep_decided=row is not None and row.status == status
+    )
     return was_linked != (status in links.LINKED)
 
 
@@ -91,8 +92,9 @@ def pending(conn: Connection, patient_id: str, rules: IdentityConfig, force: boo
     return Pending(patient_id, feats, fingerprint)
 
 
-def reconcile_in(conn: Connection, store: Store, patient_id: str, rules: IdentityConfig,
-                 force: bool = False) -> list[str]:
+def reconcile_in(
+    conn: Connection, store: Store, patient_id: str, rules: IdentityConfig, force: bool = False
+) -> list[str]:
     work = pending(conn, patient_id, rules, force)
     return reconcile_pending(conn, store, work, rules) if work is not None else []
 

@@ -6,6 +6,7 @@ shells over these functions. A person's link or unlink is remembered as such
 stores new versions of both Patients with or without their `seealso` Patient.link, and so
 also starts or ends `ImagingStudy?patient=` finding the other record's studies.
 """
+
 from __future__ import annotations
 
 from app.identity.features import features
@@ -36,8 +37,9 @@ def _both(conn, a: str, b: str) -> tuple[dict, dict]:
     return found[0], found[1]
 
 
-def list_pairs(store: Store, status: str | None = "review", patient_id: str | None = None,
-               limit: int = 1000) -> list[dict]:
+def list_pairs(
+    store: Store, status: str | None = "review", patient_id: str | None = None, limit: int = 1000
+) -> list[dict]:
     """Scored pairs, best first: the review queue by default; status None for every pair."""
     if status is not None and status not in links.STATUSES:
         raise IdentityError(f"status must be one of {', '.join(links.STATUSES)}")
@@ -51,11 +53,14 @@ def explain(store: Store, a: str, b: str, rules: IdentityConfig) -> dict:
         first, second = _both(conn, a, b)
         row = links.get_link(conn, a, b)
     result = score(features(first, rules), features(second, rules))
-    return {"patients": list(links.pair(a, b)), **result.as_dict(),
-            "grade": result.grade(rules.auto_link, rules.review, rules.possible),
-            "automatic": automatic_status(result.points, rules) or "none",
-            "status": row.status if row else "none",
-            "thresholds": {"auto_link": rules.auto_link, "review": rules.review}}
+    return {
+        "patients": list(links.pair(a, b)),
+        **result.as_dict(),
+        "grade": result.grade(rules.auto_link, rules.review, rules.possible),
+        "automatic": automatic_status(result.points, rules) or "none",
+        "status": row.status if row else "none",
+        "thresholds": {"auto_link": rules.auto_link, "review": rules.review},
+    }
 
 
 def _decide(store: Store, a: str, b: str, status: str, rules: IdentityConfig) -> dict:
@@ -89,8 +94,9 @@ def rematch(store: Store, rules: IdentityConfig) -> int:
     from app.store import tables as t
 
     with store.engine.connect() as conn:
-        ids = list(conn.execute(select(t.Resource.id).where(t.Resource.rtype == "Patient").order_by(t.Resource.id))
-                   .scalars())
+        ids = list(
+            conn.execute(select(t.Resource.id).where(t.Resource.rtype == "Patient").order_by(t.Resource.id)).scalars()
+        )
     changed: set[str] = set()
     for patient_id in ids:
         changed.update(reconcile_patient(store, patient_id, rules, force=True))

@@ -18,6 +18,7 @@ archives come out on the right side of the thresholds (app.identity.settings):
 Scores explain themselves: `Score.contributions` lists (feature, points, reason) and the
 reasons never quote names, dates or identifiers, so an explanation can be logged or shown.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,8 +62,10 @@ class Score:
         return "certainly-not"
 
     def as_dict(self) -> dict:
-        return {"points": round(self.points, 2),
-                "contributions": [{"feature": f, "points": p, "reason": r} for f, p, r in self.contributions]}
+        return {
+            "points": round(self.points, 2),
+            "contributions": [{"feature": f, "points": p, "reason": r} for f, p, r in self.contributions],
+        }
 
 
 def _word_agreement(a: str, b: str) -> str:
@@ -117,9 +120,13 @@ def _names(a: list[dict], b: list[dict]) -> list[tuple[str, float, str]]:
             sp1, sr1 = _family(name_a["family"], name_b["given"][:1])
             sp2, sr2 = _family(name_a["given"][:1], name_b["family"])
             if sp1 > 0 and sp2 > 0:
-                options.append([(f"family name ({group})", sp1, f"{sr1}, as the other's given name"),
-                                (f"given name ({group})", sp2, f"{sr2}, as the other's family name"),
-                                ("name order", SWAP_PENALTY, "family and given name swapped")])
+                options.append(
+                    [
+                        (f"family name ({group})", sp1, f"{sr1}, as the other's given name"),
+                        (f"given name ({group})", sp2, f"{sr2}, as the other's family name"),
+                        ("name order", SWAP_PENALTY, "family and given name swapped"),
+                    ]
+                )
             for option in options:
                 total = sum(p for _, p, _ in option)
                 if total > best_points:
@@ -170,8 +177,7 @@ def score(a: dict, b: dict) -> Score:
     result.add("birth date", *_birth(a.get("birth"), b.get("birth")))
     sex_a, sex_b = a.get("gender"), b.get("gender")
     if sex_a and sex_b:
-        result.add("sex", SEX["same"] if sex_a == sex_b else SEX["differs"],
-                   "same" if sex_a == sex_b else "differs")
+        result.add("sex", SEX["same"] if sex_a == sex_b else SEX["differs"], "same" if sex_a == sex_b else "differs")
     else:
         result.add("sex", 0.0, "missing on one side")
     return result

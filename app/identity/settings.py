@@ -4,6 +4,7 @@ Scores are points (log2 likelihood ratios, see app.identity.scoring): a pair at 
 `auto_link` is linked without anyone looking, one at or above `review` waits in the review
 queue, anything lower is left alone. `possible` is the lowest score `Patient/$match` returns.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,8 +54,14 @@ class IdentityConfig:
     def from_data(cls, data: dict) -> IdentityConfig:
         groups = tuple(tuple(g) for g in data.get("same_namespace", ()))
         canonical = {system: group[0] for group in groups for system in group}
-        return cls(groups, float(data.get("auto_link", 18.0)), float(data.get("review", 10.0)),
-                   float(data.get("possible", 6.0)), bool(data.get("match_on_sync", True)), canonical)
+        return cls(
+            groups,
+            float(data.get("auto_link", 18.0)),
+            float(data.get("review", 10.0)),
+            float(data.get("possible", 6.0)),
+            bool(data.get("match_on_sync", True)),
+            canonical,
+        )
 
     def namespace(self, system: str) -> str:
         """The system that stands for `system`'s namespace (itself unless a rule joins it)."""

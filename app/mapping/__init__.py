@@ -18,6 +18,7 @@ Where things are, from the resources down to the values:
     values.py         text made valid FHIR              datetimes.py FHIR date and dateTime
     tags.py           every tag the mapping reads       codes.py     code tables
 """
+
 from app.mapping.endpoint import map_endpoint
 from app.mapping.errors import MappingError
 from app.mapping.imaging_study import MappedStudy, map_study

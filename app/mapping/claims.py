@@ -4,6 +4,7 @@ claim in `meta.profile`, and the canonical URL base this product defines them un
 The CapabilityStatement names the same URLs as `supportedProfile`; a test checks every
 emitted resource against the differential of the StructureDefinition files.
 """
+
 from __future__ import annotations
 
 #: canonical base of the profiles and extensions imaging-facade defines (one place: the

@@ -5,6 +5,7 @@ DICOM Content Mapping Resource (PS3.16). pydicom's `sr` package costs about a se
 import, so it is loaded on first use, not when `app.mapping` is imported (the web server
 imports mapping modules but never maps).
 """
+
 from __future__ import annotations
 
 import re
@@ -160,9 +161,7 @@ def laterality_coding(value: str) -> dict | None:
 
 
 ACCESSION_TYPE = {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]}
-PERFORMER_FUNCTION = {
-    "coding": [{"system": PARTICIPATION_TYPE, "code": "PRF", "display": "performer"}]
-}
+PERFORMER_FUNCTION = {"coding": [{"system": PARTICIPATION_TYPE, "code": "PRF", "display": "performer"}]}
 
 
 def copy_concept(concept: dict) -> dict:

@@ -5,6 +5,7 @@ issuers of identifiers as the HL7v2 Hierarchic Designator Macro (PS3.3 10.14): a
 namespace, a universal id and its type. The code tables these read (coding schemes, SNOMED
 RT to SNOMED CT) are in codes.py.
 """
+
 from __future__ import annotations
 
 from app.mapping import codes, tags
@@ -12,8 +13,9 @@ from app.mapping.values import clean_text, fhir_code
 from app.mapping.vr import first, items
 
 
-def universal_entity_system(entity_id: str | None, entity_type: str | None, label: str,
-                            repairs: list | None) -> str | None:
+def universal_entity_system(
+    entity_id: str | None, entity_type: str | None, label: str, repairs: list | None
+) -> str | None:
     """Identifier.system from Universal Entity ID (0040,0032) and its type (0040,0033):
     ISO -> urn:oid:<oid>, URI/URL -> the URI itself, UUID -> urn:uuid:<uuid>; other types
     (DNS, EUI64, X400, X500) have no URI form and give None."""
@@ -51,8 +53,7 @@ def coding_from_item(item: dict, label: str, repairs: list | None) -> dict | Non
     if code is not None:
         system, code = codes.coding_system_and_code(designator, code)
         if system is None and designator and repairs is not None:
-            repairs.append(f"{label}: coding scheme {designator!r} has no known URI; "
-                           "system left out")
+            repairs.append(f"{label}: coding scheme {designator!r} has no known URI; system left out")
     else:
         urn = fhir_code(first(item, tags.URN_CODE_VALUE))
         if urn is None:

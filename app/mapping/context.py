@@ -1,4 +1,5 @@
 """What mapping needs to know about the source a study came from: plain data, no I/O."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -4,6 +4,7 @@ A FHIR dateTime with a time must carry a zone, while DICOM times are the archive
 wall-clock time: the zone comes from TimezoneOffsetFromUTC (0008,0201) when the study has a
 valid one, else from the source's configured IANA zone, never "Z" by default.
 """
+
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
@@ -39,35 +40,31 @@ def fhir_datetime(
     clock = parse_tm(time_value)
     if clock is None:
         if repairs is not None:
-            repairs.append(
-                f"{labels[1]} {time_value!r} is not a valid TM; {target} kept as a date only")
+            repairs.append(f"{labels[1]} {time_value!r} is not a valid TM; {target} kept as a date only")
         return day.isoformat()
     offset = parse_offset(offset_value)
     if offset is None:
         if offset_value is not None and repairs is not None:
             repairs.append(
-                f"TimezoneOffsetFromUTC {offset_value!r} is not valid; "
-                f"{target} uses the source time zone {zone_name}")
+                f"TimezoneOffsetFromUTC {offset_value!r} is not valid; {target} uses the source time zone {zone_name}"
+            )
         offset = local_offset(day, clock, zone_name)
     return format_datetime(day, clock, offset)
 
 
-def _day(value: str | None, label: str, target: str, repairs: list | None,
-         formats: tuple | list) -> date | None:
+def _day(value: str | None, label: str, target: str, repairs: list | None, formats: tuple | list) -> date | None:
     """The date of a DA, read with the profile's extra formats if it must be; noted if so."""
     if value is None:
         return None
     day, pattern = parse_da_with(value, formats)
     if pattern is not None and repairs is not None:
-        repairs.append(f"{label} {value!r} is not a valid DA; read as {pattern} "
-                       "(mapping profile dates.formats)")
+        repairs.append(f"{label} {value!r} is not a valid DA; read as {pattern} (mapping profile dates.formats)")
     if day is None and repairs is not None:
         repairs.append(f"{label} {value!r} is not a valid DA; {target} left out")
     return day
 
 
-def format_datetime(day: date, clock: tuple[int, int, int, str] | None,
-                    offset: int | None) -> str:
+def format_datetime(day: date, clock: tuple[int, int, int, str] | None, offset: int | None) -> str:
     """FHIR dateTime: "YYYY-MM-DD" or "YYYY-MM-DDThh:mm:ss[.f]+zz:zz" (a time always has a
     zone in FHIR)."""
     if clock is None:
@@ -90,8 +87,7 @@ def local_offset(day: date, clock: tuple[int, int, int, str], zone_name: str) ->
     """UTC offset in minutes of a local wall-clock time in the zone (DST-aware; for a time
     repeated or skipped by a DST change, the offset before the change)."""
     hour, minute, second, _ = clock
-    wall = datetime(day.year, day.month, day.day, hour, minute, min(second, 59),
-                    tzinfo=zone(zone_name))
+    wall = datetime(day.year, day.month, day.day, hour, minute, min(second, 59), tzinfo=zone(zone_name))
     delta = wall.utcoffset() or timedelta(0)
     return int(delta.total_seconds() // 60)
 

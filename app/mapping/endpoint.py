@@ -8,6 +8,7 @@ while connectionType stays dicom-wado-rs (the kind of endpoint it would be once 
 With the WADO-RS gateway on, `ctx.wado_url` is the gateway's address for the source and the
 requires-access-token extension is true when the server needs tokens.
 """
+
 from __future__ import annotations
 
 from app.ids import valid_id
@@ -43,8 +44,12 @@ def map_endpoint(ctx: MappingContext) -> dict:
         "meta": claims.meta("Endpoint"),
         # the facade's gateway on a server that needs tokens, or a profile saying the archive
         # itself takes the SMART token
-        "extension": [{"url": REQUIRES_ACCESS_TOKEN,
-                       "valueBoolean": bool(url and (ctx.requires_access_token or ctx.rules.requires_access_token))}],
+        "extension": [
+            {
+                "url": REQUIRES_ACCESS_TOKEN,
+                "valueBoolean": bool(url and (ctx.requires_access_token or ctx.rules.requires_access_token)),
+            }
+        ],
         "status": "active" if url else "off",
         "connectionType": {
             "system": CONNECTION_TYPE_SYSTEM,

@@ -3,6 +3,7 @@
 Everything less is repaired or left out and said in the study's repair notes; this is for
 what leaves no resource to write (no usable StudyInstanceUID, no series, an unknown zone).
 """
+
 from __future__ import annotations
 
 

@@ -12,6 +12,7 @@ ImagingStudy carries them, with the source's own notes (`StudyRecord.repairs`), 
 `note` annotations (notes.py): whoever reads the study sees what the facade changed or left
 out.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,10 +73,16 @@ def map_study(record: StudyRecord, ctx: MappingContext) -> MappedStudy:
     repairs = _add_notes(study, record, repairs, ctx)
     study["series"] = series
     if "extension" in study:  # R4 element order: extensions right after meta
-        study = {"resourceType": study.pop("resourceType"), "id": study.pop("id"),
-                 "meta": study.pop("meta"), "extension": study.pop("extension"), **study}
-    return MappedStudy(imaging_study=study, patient=patient, repairs=repairs,
-                       patient_key=patient_key(patient, ctx.identity))
+        study = {
+            "resourceType": study.pop("resourceType"),
+            "id": study.pop("id"),
+            "meta": study.pop("meta"),
+            "extension": study.pop("extension"),
+            **study,
+        }
+    return MappedStudy(
+        imaging_study=study, patient=patient, repairs=repairs, patient_key=patient_key(patient, ctx.identity)
+    )
 
 
 def _usable_study_uid(record: StudyRecord, attrs: dict, ctx: MappingContext, repairs: list) -> str:
@@ -95,18 +102,17 @@ def _usable_study_uid(record: StudyRecord, attrs: dict, ctx: MappingContext, rep
     if not record.series:
         raise MappingError("the study has no series")
     if not valid_uid(uid):
-        repairs.append("StudyInstanceUID is not a valid DICOM UID (digits and dots, no "
-                       "leading zeros); kept as the archive gave it")
+        repairs.append(
+            "StudyInstanceUID is not a valid DICOM UID (digits and dots, no leading zeros); kept as the archive gave it"
+        )
     return uid
 
 
-def _identified_study(uid: str, attrs: dict, ctx: MappingContext,
-                      repairs: list) -> tuple[dict, dict | None]:
+def _identified_study(uid: str, attrs: dict, ctx: MappingContext, repairs: list) -> tuple[dict, dict | None]:
     """(the resource up to status, the accession identifier that basedOn repeats)."""
     study: dict = {"resourceType": "ImagingStudy", "id": uid, "meta": claims.meta("ImagingStudy")}
     ctx.trace("ImagingStudy.id", [tags.STUDY_UID])
-    ctx.trace("ImagingStudy.meta.profile", (), None, "the profile every ImagingStudy claims "
-              "(fhir_profiles/structure)")
+    ctx.trace("ImagingStudy.meta.profile", (), None, "the profile every ImagingStudy claims (fhir_profiles/structure)")
     identifiers = [{"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + uid}]
     ctx.trace("ImagingStudy.identifier[0]", [tags.STUDY_UID])
     accession, rule = accession_identifier(attrs, ctx, repairs)
@@ -120,8 +126,9 @@ def _identified_study(uid: str, attrs: dict, ctx: MappingContext,
     return study, accession
 
 
-def _add_modalities(study: dict, attrs: dict, series: list[dict], ctx: MappingContext,
-                    noted: set, repairs: list) -> None:
+def _add_modalities(
+    study: dict, attrs: dict, series: list[dict], ctx: MappingContext, noted: set, repairs: list
+) -> None:
     """ImagingStudy.modality: ModalitiesInStudy (0008,0061) where the archive answered it,
     else the distinct modalities of the series."""
     listed = all_text(attrs, tags.MODALITIES_IN_STUDY)
@@ -145,30 +152,49 @@ def _series_modalities(series: list[dict], ctx: MappingContext) -> list[dict]:
     for index, entry in enumerate(series):
         if entry["modality"] not in modalities:
             found = ctx.recorder.explain(f"ImagingStudy.series[{index}].modality") if ctx.recorder else None
-            ctx.trace(f"ImagingStudy.modality[{len(modalities)}]", [tags.MODALITY],
-                      found[1].rule if found else None, "the distinct series modalities")
+            ctx.trace(
+                f"ImagingStudy.modality[{len(modalities)}]",
+                [tags.MODALITY],
+                found[1].rule if found else None,
+                "the distinct series modalities",
+            )
             modalities.append(dict(entry["modality"]))
     return modalities
 
 
-def _add_subject_and_start(study: dict, patient: dict, attrs: dict, offset: str | None,
-                           ctx: MappingContext, repairs: list) -> None:
+def _add_subject_and_start(
+    study: dict, patient: dict, attrs: dict, offset: str | None, ctx: MappingContext, repairs: list
+) -> None:
     """ImagingStudy.subject and ImagingStudy.started (in the study's offset, else the
     source's zone)."""
     study["subject"] = {"reference": "Patient/" + patient["id"]}
-    ctx.trace("ImagingStudy.subject", [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS], None,
-              "the Patient keyed by (issuer system, Patient ID)")
-    started = fhir_datetime(first(attrs, tags.STUDY_DATE), first(attrs, tags.STUDY_TIME), offset,
-                            ctx.timezone, ("StudyDate", "StudyTime"), "started", repairs,
-                            ctx.rules.date_formats)
+    ctx.trace(
+        "ImagingStudy.subject",
+        [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS],
+        None,
+        "the Patient keyed by (issuer system, Patient ID)",
+    )
+    started = fhir_datetime(
+        first(attrs, tags.STUDY_DATE),
+        first(attrs, tags.STUDY_TIME),
+        offset,
+        ctx.timezone,
+        ("StudyDate", "StudyTime"),
+        "started",
+        repairs,
+        ctx.rules.date_formats,
+    )
     if started:
         study["started"] = started
-        ctx.trace("ImagingStudy.started", [tags.STUDY_DATE, tags.STUDY_TIME, tags.TZ_OFFSET], None,
-                  None if offset else f"local time in the source's zone {ctx.timezone}")
+        ctx.trace(
+            "ImagingStudy.started",
+            [tags.STUDY_DATE, tags.STUDY_TIME, tags.TZ_OFFSET],
+            None,
+            None if offset else f"local time in the source's zone {ctx.timezone}",
+        )
 
 
-def _add_request_and_physicians(study: dict, accession: dict | None, attrs: dict,
-                                ctx: MappingContext) -> None:
+def _add_request_and_physicians(study: dict, accession: dict | None, attrs: dict, ctx: MappingContext) -> None:
     """basedOn (the ServiceRequest the accession number identifies), referrer, interpreter and
     endpoint."""
     if accession:
@@ -189,24 +215,30 @@ def _add_request_and_physicians(study: dict, accession: dict | None, attrs: dict
     ctx.trace("ImagingStudy.endpoint", (), None, f"the Endpoint of source {ctx.source}")
 
 
-def _add_counts(study: dict, attrs: dict, series: list[dict], ctx: MappingContext,
-                repairs: list) -> None:
+def _add_counts(study: dict, attrs: dict, series: list[dict], ctx: MappingContext, repairs: list) -> None:
     """numberOfSeries and numberOfInstances: the archive's counts where it answered them, else
     the series and instances mapped."""
     series_count = unsigned(attrs, tags.STUDY_SERIES_COUNT, "NumberOfStudyRelatedSeries", repairs)
     study["numberOfSeries"] = series_count if series_count is not None else len(series)
-    ctx.trace("ImagingStudy.numberOfSeries", [tags.STUDY_SERIES_COUNT] if series_count is not None
-              else [tags.SERIES_UID], None, None if series_count is not None else "series counted")
-    instance_count = unsigned(attrs, tags.STUDY_INSTANCE_COUNT, "NumberOfStudyRelatedInstances",
-                              repairs)
-    study["numberOfInstances"] = (instance_count if instance_count is not None
-                                  else sum(s["numberOfInstances"] for s in series))
-    ctx.trace("ImagingStudy.numberOfInstances", [tags.STUDY_INSTANCE_COUNT] if instance_count is not None
-              else [tags.SOP_INSTANCE_UID], None, None if instance_count is not None else "instances counted")
+    ctx.trace(
+        "ImagingStudy.numberOfSeries",
+        [tags.STUDY_SERIES_COUNT] if series_count is not None else [tags.SERIES_UID],
+        None,
+        None if series_count is not None else "series counted",
+    )
+    instance_count = unsigned(attrs, tags.STUDY_INSTANCE_COUNT, "NumberOfStudyRelatedInstances", repairs)
+    study["numberOfInstances"] = (
+        instance_count if instance_count is not None else sum(s["numberOfInstances"] for s in series)
+    )
+    ctx.trace(
+        "ImagingStudy.numberOfInstances",
+        [tags.STUDY_INSTANCE_COUNT] if instance_count is not None else [tags.SOP_INSTANCE_UID],
+        None,
+        None if instance_count is not None else "instances counted",
+    )
 
 
-def _add_procedure_location_reasons(study: dict, attrs: dict, ctx: MappingContext,
-                                    repairs: list) -> None:
+def _add_procedure_location_reasons(study: dict, attrs: dict, ctx: MappingContext, repairs: list) -> None:
     """procedureCode, location, reasonCode and description."""
     procedures = codeable_concepts(attrs, tags.PROCEDURE_CODES, "ProcedureCodeSequence", repairs)
     if procedures:

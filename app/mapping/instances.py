@@ -5,6 +5,7 @@ An instance without a SOP Instance UID that is a FHIR id, or without a SOP Class
 cannot be listed: it is left out and counted, with one note per series and kind of problem
 rather than one per instance (a broken series may hold thousands).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -106,8 +107,12 @@ def _instance_title(inst: dict, repairs: list) -> str | None:
             if label is None:
                 kinds = raw_values(inst, tags.IMAGE_TYPE)
                 if kinds:
-                    label = "\\".join(k.strip() if isinstance(k, str) else str(k)
-                                      for k in kinds if k is not None).strip("\\ ") or None
+                    label = (
+                        "\\".join(k.strip() if isinstance(k, str) else str(k) for k in kinds if k is not None).strip(
+                            "\\ "
+                        )
+                        or None
+                    )
     return clean_text(label, "instance title", repairs) if label else None
 
 
@@ -119,6 +124,9 @@ def trace_instances(instances: list[dict], at: str, ctx: MappingContext) -> None
         ctx.trace(f"{at}.instance[{i}].sopClass", [tags.SOP_CLASS_UID])
         ctx.trace(f"{at}.instance[{i}].number", [tags.INSTANCE_NUMBER])
         if "title" in entry:
-            ctx.trace(f"{at}.instance[{i}].title",
-                      [tags.CONTENT_LABEL, tags.CONCEPT_NAME, tags.DOCUMENT_TITLE, tags.IMAGE_TYPE], None,
-                      "Content Label, else Concept Name, Document Title or Image Type")
+            ctx.trace(
+                f"{at}.instance[{i}].title",
+                [tags.CONTENT_LABEL, tags.CONCEPT_NAME, tags.DOCUMENT_TITLE, tags.IMAGE_TYPE],
+                None,
+                "Content Label, else Concept Name, Document Title or Image Type",
+            )

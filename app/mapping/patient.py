@@ -5,6 +5,7 @@ and the Patient's id is a digest of (system, value) of the identifier from Patie
 (0010,0020) (see app.identity.keys). Repair notes written here never contain the patient's
 name, identifiers or birth date.
 """
+
 from __future__ import annotations
 
 from urllib.parse import quote
@@ -23,8 +24,7 @@ EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-represe
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 
 
-def issuer_system(attrs: dict, ctx: MappingContext, label: str,
-                  repairs: list) -> tuple[str, str | None, str | None]:
+def issuer_system(attrs: dict, ctx: MappingContext, label: str, repairs: list) -> tuple[str, str | None, str | None]:
     """(Identifier.system, local issuer for assigner.display, identifier type code).
 
     Order: a usable Universal Entity ID in the Issuer of Patient ID Qualifiers Sequence;
@@ -37,15 +37,17 @@ def issuer_system(attrs: dict, ctx: MappingContext, label: str,
     return system, local, type_code
 
 
-def issuer_system_and_rule(attrs: dict, ctx: MappingContext, label: str,
-                           repairs: list) -> tuple[str, str | None, str | None, str | None]:
+def issuer_system_and_rule(
+    attrs: dict, ctx: MappingContext, label: str, repairs: list
+) -> tuple[str, str | None, str | None, str | None]:
     """issuer_system and the profile rule (file:line) that gave the system, if one did."""
     local = first(attrs, tags.ISSUER_OF_PATIENT_ID)
     qualifiers = items(attrs, tags.ISSUER_QUALIFIERS)
     qualifier = qualifiers[0] if qualifiers else {}
     type_code = fhir_code(first(qualifier, tags.IDENTIFIER_TYPE_CODE))
-    system = universal_entity_system(first(qualifier, tags.UNIVERSAL_ENTITY_ID),
-                                     first(qualifier, tags.UNIVERSAL_ENTITY_ID_TYPE), label, repairs)
+    system = universal_entity_system(
+        first(qualifier, tags.UNIVERSAL_ENTITY_ID), first(qualifier, tags.UNIVERSAL_ENTITY_ID_TYPE), label, repairs
+    )
     if system:
         return system, local, type_code, None
     if local:
@@ -57,8 +59,9 @@ def issuer_system_and_rule(attrs: dict, ctx: MappingContext, label: str,
     return ctx.patient_id_system, None, type_code, ctx.rules.rule("patient_id", "system") if configured else None
 
 
-def patient_identifier(attrs: dict, ctx: MappingContext, label: str,
-                       repairs: list, at: str | None = None) -> dict | None:
+def patient_identifier(
+    attrs: dict, ctx: MappingContext, label: str, repairs: list, at: str | None = None
+) -> dict | None:
     """Identifier from the Patient ID (0010,0020) of `attrs` and its issuer, or None;
     `at` is the element path provenance is recorded under."""
     value = clean_text(first(attrs, tags.PATIENT_ID), label, repairs)
@@ -67,8 +70,12 @@ def patient_identifier(attrs: dict, ctx: MappingContext, label: str,
     system, local, type_code, rule = issuer_system_and_rule(attrs, ctx, label, repairs)
     if at:
         ctx.trace(at, [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS])
-        ctx.trace(at + ".system", [tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS], rule,
-                  None if local or rule else "no issuer: the source's Patient ID system")
+        ctx.trace(
+            at + ".system",
+            [tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS],
+            rule,
+            None if local or rule else "no issuer: the source's Patient ID system",
+        )
     identifier: dict = {}
     if type_code:
         identifier["type"] = {"coding": [{"system": codes.V2_0203, "code": type_code}]}
@@ -122,8 +129,7 @@ def human_names(value: object, repairs: list | None = None, name_format: str = "
     return names
 
 
-def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
-                repairs: list) -> dict:
+def map_patient(attrs: dict, study_uid: str, ctx: MappingContext, repairs: list) -> dict:
     """FHIR Patient for the patient-level attributes of one study."""
     resource_id, identifiers = _id_and_identifiers(attrs, study_uid, ctx, repairs)
     patient: dict = {"resourceType": "Patient", "id": resource_id, "meta": claims.meta("Patient")}
@@ -136,8 +142,7 @@ def map_patient(attrs: dict, study_uid: str, ctx: MappingContext,
     return patient
 
 
-def _id_and_identifiers(attrs: dict, study_uid: str, ctx: MappingContext,
-                        repairs: list) -> tuple[str, list[dict]]:
+def _id_and_identifiers(attrs: dict, study_uid: str, ctx: MappingContext, repairs: list) -> tuple[str, list[dict]]:
     """(Patient.id, Patient.identifier): the id is a digest of the first identifier, so every
     study with the same Patient ID and issuer refers to the same Patient."""
     primary = patient_identifier(attrs, ctx, "PatientID", repairs, "Patient.identifier[0]")
@@ -159,9 +164,14 @@ def _id_and_identifiers(attrs: dict, study_uid: str, ctx: MappingContext,
         ctx.trace(f"Patient.identifier[{len(identifiers)}]", [tags.OTHER_PATIENT_IDS])
         identifiers.append(other)
     namespace = ctx.identity.namespace(primary["system"])
-    ctx.trace("Patient.id", [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS], None,
-              "a digest of the first identifier's system and value" if namespace == primary["system"] else
-              "a digest of the first identifier's value in its namespace (identity.same_namespace)")
+    ctx.trace(
+        "Patient.id",
+        [tags.PATIENT_ID, tags.ISSUER_OF_PATIENT_ID, tags.ISSUER_QUALIFIERS],
+        None,
+        "a digest of the first identifier's system and value"
+        if namespace == primary["system"]
+        else "a digest of the first identifier's value in its namespace (identity.same_namespace)",
+    )
     return resource_id, identifiers
 
 
@@ -178,8 +188,10 @@ def _add_name(patient: dict, attrs: dict, ctx: MappingContext, repairs: list) ->
     if names:
         patient["name"] = names
         if reformatted:
-            repairs.append(f"PatientName has no component separators (^); read as "
-                           f"{rules.name_format} (mapping profile names.format)")
+            repairs.append(
+                f"PatientName has no component separators (^); read as "
+                f"{rules.name_format} (mapping profile names.format)"
+            )
         ctx.trace("Patient.name", [tags.PATIENT_NAME], rules.rule("names", "format") if reformatted else None)
 
 
@@ -200,8 +212,7 @@ def _add_birth_date(patient: dict, attrs: dict, ctx: MappingContext, repairs: li
     birth_date, pattern = parse_da_with(birth, ctx.rules.date_formats)
     study_date, _ = parse_da_with(first(attrs, tags.STUDY_DATE), ctx.rules.date_formats)
     if pattern is not None:
-        repairs.append("PatientBirthDate is not a valid DA; read with the mapping profile's "
-                       "dates.formats")
+        repairs.append("PatientBirthDate is not a valid DA; read with the mapping profile's dates.formats")
     if birth_date is None:
         repairs.append("PatientBirthDate is not a valid DA; birthDate left out")
     elif study_date is not None and birth_date > study_date:

@@ -6,6 +6,7 @@ reserves the block (gggg,xx00-xxFF), so the rule's element EE is (gggg,xxEE) for
 block xx the writer chose (PS3.5 7.8.1). Private values are not checked by `checked()`
 (only standard attributes are): everything is read defensively here.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,8 +19,7 @@ from app.mapping.values import clean_text
 from app.mapping.vr import pn_display
 
 
-def apply(resource: dict, level: str, attrs: dict, at: str, ctx: MappingContext,
-          repairs: list, where: str) -> None:
+def apply(resource: dict, level: str, attrs: dict, at: str, ctx: MappingContext, repairs: list, where: str) -> None:
     """Write the private attributes the profile maps at `level` ("study" or "series") where
     each rule says: extensions (one per value) or one FHIR element (the first value)."""
     for rule in ctx.rules.private_tags:

@@ -19,6 +19,7 @@ error names the file and the line it is on. The merged result is a frozen `Profi
 the mapping reads without any I/O, which also remembers the file and line of every rule
 (`rule(...)`) so the explain command can cite them.
 """
+
 from __future__ import annotations
 
 import re
@@ -108,8 +109,11 @@ def _cid4031() -> list:
     from pydicom.sr.codedict import codes
 
     cid = codes.cid4031
-    return [(code.value, code.meaning) for code in (getattr(cid, name) for name in cid.dir())
-            if code.scheme_designator == "SCT"]
+    return [
+        (code.value, code.meaning)
+        for code in (getattr(cid, name) for name in cid.dir())
+        if code.scheme_designator == "SCT"
+    ]
 
 
 @cache
@@ -165,9 +169,14 @@ def _collect(layers: list[Layer]) -> tuple[dict[tuple, object], dict[tuple, str]
             target = item.get("target")
             level = PRIVATE_TARGETS[target] if target else item.get("level", "study")
             private[(item["creator"], group, element)] = PrivateTag(
-                creator=item["creator"], group=group, element=element, level=level, target=target,
+                creator=item["creator"],
+                group=group,
+                element=element,
+                level=level,
+                target=target,
                 extension=EXTENSION_BASE + item["extension"] if item.get("extension") else None,
-                rule=layer.where(("private_tags", index)))
+                rule=layer.where(("private_tags", index)),
+            )
     return values, rules, private
 
 
@@ -187,8 +196,11 @@ def _walk(node: dict, path: tuple, layer: Layer, values: dict, rules: dict) -> N
 
 def _table(values: dict, prefix: tuple) -> dict:
     """The entries of the mapping at `prefix`, without the ones a later layer removed (null)."""
-    return {path[len(prefix)]: value for path, value in values.items()
-            if len(path) == len(prefix) + 1 and path[:len(prefix)] == prefix and value is not None}
+    return {
+        path[len(prefix)]: value
+        for path, value in values.items()
+        if len(path) == len(prefix) + 1 and path[: len(prefix)] == prefix and value is not None
+    }
 
 
 def _one(values: dict, *path: str, default: object = None) -> object:
@@ -241,13 +253,20 @@ def vendor_layer(vendor: str, root: Path | None = None) -> Layer:
     path = VENDORS_DIR / f"{vendor}.yaml"
     if not re.fullmatch(r"[A-Za-z0-9_-]+", vendor) or not path.is_file():
         known = sorted(p.stem for p in VENDORS_DIR.glob("*.yaml"))
-        raise ProfileError([f"vendor {vendor!r}: no such vendor profile (bundled: {', '.join(known) or 'none'}; "
-                            "or name a .yaml file)"])
+        raise ProfileError(
+            [f"vendor {vendor!r}: no such vendor profile (bundled: {', '.join(known) or 'none'}; or name a .yaml file)"]
+        )
     return read_layer(path, f"fhir_profiles/mapping/vendors/{vendor}.yaml")
 
 
-def source_profile(vendor: str | None, profile: str | dict | None, root: Path | None, label: str,
-                   legacy: dict | None = None, lines: dict | None = None) -> Profile:
+def source_profile(
+    vendor: str | None,
+    profile: str | dict | None,
+    root: Path | None,
+    label: str,
+    legacy: dict | None = None,
+    lines: dict | None = None,
+) -> Profile:
     """The merged profile of one source.
 
     `profile` is the source's `profile:` config value: None, a file path (relative to
@@ -264,8 +283,9 @@ def source_profile(vendor: str | None, profile: str | dict | None, root: Path | 
     if own is not None:
         layers.append(own)
     if legacy:
-        legacy_layer = check_layer(legacy, {}, shown_path(Path(label)) + " (issuer_systems, patient_id_system, "
-                                   "accession_system)")
+        legacy_layer = check_layer(
+            legacy, {}, shown_path(Path(label)) + " (issuer_systems, patient_id_system, accession_system)"
+        )
         _refuse_conflicts(own, legacy_layer)
         layers.append(legacy_layer)
     return merge(layers)
@@ -287,8 +307,9 @@ def _vendor(vendor: str | None, own: Layer | None) -> str | None:
     """The source's vendor, given in its config or named by its own layer; both must agree."""
     named_vendor = own.data.get("vendor") if own else None
     if vendor and named_vendor and vendor != named_vendor:
-        raise ProfileError([f"{own.where(('vendor',))}: vendor {named_vendor!r} differs from the source's "
-                            f"vendor {vendor!r}"])
+        raise ProfileError(
+            [f"{own.where(('vendor',))}: vendor {named_vendor!r} differs from the source's vendor {vendor!r}"]
+        )
     return vendor or named_vendor
 
 
@@ -299,12 +320,16 @@ def _refuse_conflicts(own: Layer | None, legacy: Layer) -> None:
     for section in ("patient_id", "accession"):
         mine, old = own.data.get(section, {}).get("system"), legacy.data.get(section, {}).get("system")
         if mine and old and mine != old:
-            problems.append(f"{own.where((section, 'system'))}: {section}.system {mine!r} differs from "
-                            f"{section}_system {old!r} in the source's config; keep one")
+            problems.append(
+                f"{own.where((section, 'system'))}: {section}.system {mine!r} differs from "
+                f"{section}_system {old!r} in the source's config; keep one"
+            )
     for issuer, system in legacy.data.get("issuers", {}).items():
         mine = own.data.get("issuers", {}).get(issuer)
         if mine and mine != system:
-            problems.append(f"{own.where(('issuers', issuer))}: issuer {issuer!r} maps to {mine!r} here and to "
-                            f"{system!r} in the source's issuer_systems; keep one")
+            problems.append(
+                f"{own.where(('issuers', issuer))}: issuer {issuer!r} maps to {mine!r} here and to "
+                f"{system!r} in the source's issuer_systems; keep one"
+            )
     if problems:
         raise ProfileError(problems)

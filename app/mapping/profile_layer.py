@@ -3,6 +3,7 @@
 Each layer is checked on its own by the marshmallow schema of profile_schema.py, so that an
 error names the file, the line and the key it is about, in words a profile author can act on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,21 +41,20 @@ def check_layer(data: object, lines: dict, label: str) -> Layer:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ProfileError([f"{label}:{lines.get((), 1)}: a profile is a mapping of keys, not "
-                            f"{type(data).__name__}"])
+        raise ProfileError([f"{label}:{lines.get((), 1)}: a profile is a mapping of keys, not {type(data).__name__}"])
     try:
         LayerSchema().load(data)
     except ValidationError as exc:
         problems = []
         for path, reason in _flatten(exc.messages):
             # marshmallow reports a bad dict entry under its key as {"key": …} / {"value": …}
-            shown = path[:-1] if path and path[-1] in ("key", "value") and path[:-1] and \
-                path[:-1] in lines else path
+            shown = path[:-1] if path and path[-1] in ("key", "value") and path[:-1] and path[:-1] in lines else path
             if reason == "Unknown field.":
                 reason = "unknown key (see fhir_profiles/README.md for the keys a profile has)"
             line = line_of(lines, shown) if lines else None
-            problems.append(f"{label}:{line}: {_path_text(shown)}: {reason}" if line
-                            else f"{label}: {_path_text(shown)}: {reason}")
+            problems.append(
+                f"{label}:{line}: {_path_text(shown)}: {reason}" if line else f"{label}: {_path_text(shown)}: {reason}"
+            )
         raise ProfileError(problems) from exc
     return Layer(label, data, lines)
 

@@ -4,6 +4,7 @@ checks use (DICOM modality codes, SNOMED CT codes of PS3.16, Specific Character 
 Every check refuses a value with a reason a profile author can act on; profile.py adds the
 file and line.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,14 +31,16 @@ def _uri(value) -> None:
 
 def _modality_code(value) -> None:
     if value not in modality_codes():
-        raise ValidationError(f"{value!r} is not a DICOM modality code (CID 29 acquisition modalities or "
-                              "CID 33 modalities)")
+        raise ValidationError(
+            f"{value!r} is not a DICOM modality code (CID 29 acquisition modalities or CID 33 modalities)"
+        )
 
 
 def _snomed_code(value) -> None:
     if not isinstance(value, str) or value not in snomed_meanings():
-        raise ValidationError(f"{value!r} is not a SNOMED CT code that DICOM PS3.16 lists (CID 4031 and the "
-                              "Annex L body parts are)")
+        raise ValidationError(
+            f"{value!r} is not a SNOMED CT code that DICOM PS3.16 lists (CID 4031 and the Annex L body parts are)"
+        )
 
 
 def _strptime_format(value) -> None:
@@ -50,7 +53,8 @@ def _strptime_format(value) -> None:
     except ValueError as exc:
         raise ValidationError(f"{value!r} is not a valid strptime format: {exc}") from exc
     if not {"%Y", "%m", "%d"} <= set(re.findall(r"%.", value)) and not {"%Y", "%b", "%d"} <= set(
-            re.findall(r"%.", value)):
+        re.findall(r"%.", value)
+    ):
         raise ValidationError(f"{value!r} must contain a year, a month and a day (%Y, %m or %b, %d)")
 
 
@@ -64,20 +68,26 @@ class SystemSchema(Strict):
 
 
 class ModalitySchema(Strict):
-    synonyms = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=16)),
-                           values=fields.String(allow_none=True, validate=_modality_code))
+    synonyms = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=16)),
+        values=fields.String(allow_none=True, validate=_modality_code),
+    )
 
 
 class BodyPartSchema(Strict):
     cid4031_meanings = fields.Boolean()
-    terms = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=64)),
-                        values=fields.String(allow_none=True, validate=_snomed_code))
+    terms = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=64)),
+        values=fields.String(allow_none=True, validate=_snomed_code),
+    )
 
 
 class InstitutionSchema(Strict):
     location = fields.Boolean()
-    names = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
-                        values=fields.String(allow_none=True, validate=validate.Length(min=1, max=200)))
+    names = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1)),
+        values=fields.String(allow_none=True, validate=validate.Length(min=1, max=200)),
+    )
     default = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
 
 
@@ -93,8 +103,9 @@ def _character_set(value) -> None:
     from pydicom.charset import python_encoding
 
     if value not in python_encoding or not value:
-        raise ValidationError(f"{value!r} is not a DICOM Specific Character Set defined term (e.g. ISO_IR 100, "
-                              "ISO_IR 192)")
+        raise ValidationError(
+            f"{value!r} is not a DICOM Specific Character Set defined term (e.g. ISO_IR 100, ISO_IR 192)"
+        )
 
 
 class CharacterSetSchema(Strict):
@@ -126,19 +137,26 @@ class PrivateTagSchema(Strict):
     def _shape(self, data, **_):
         problems: dict[str, list[str]] = {}
         group = data.get("group")
-        if group is not None and (not isinstance(group, str) or not _HEX_GROUP.fullmatch(group)
-                                  or int(group, 16) % 2 == 0 or int(group, 16) < 9):
+        if group is not None and (
+            not isinstance(group, str)
+            or not _HEX_GROUP.fullmatch(group)
+            or int(group, 16) % 2 == 0
+            or int(group, 16) < 9
+        ):
             problems["group"] = [f"{group!r} is not a private group: four hex digits, odd, from 0009 on"]
         element = data.get("element")
         if element is not None and (not isinstance(element, str) or not _HEX_BYTE.fullmatch(element)):
-            problems["element"] = [f"{element!r} is not an element within the creator's block: two hex digits "
-                                   "(the EE of gggg,xxEE)"]
+            problems["element"] = [
+                f"{element!r} is not an element within the creator's block: two hex digits (the EE of gggg,xxEE)"
+            ]
         if ("target" in data) == ("extension" in data):
             problems["target"] = ["give either target (a FHIR element) or extension (a name), not both or neither"]
         name = data.get("extension")
         if name is not None and not _NAME_RE.fullmatch(name):
-            problems["extension"] = [f"{name!r} is not an extension name: lower-case letters, digits and '-' "
-                                     f"(it becomes {EXTENSION_BASE}<name>)"]
+            problems["extension"] = [
+                f"{name!r} is not an extension name: lower-case letters, digits and '-' "
+                f"(it becomes {EXTENSION_BASE}<name>)"
+            ]
         if "target" in data and "level" in data and data["level"] != PRIVATE_TARGETS.get(data["target"]):
             problems["level"] = [f"{data['target']} is filled at {PRIVATE_TARGETS[data['target']]} level"]
         if problems:
@@ -150,8 +168,9 @@ class LayerSchema(Strict):
     vendor = fields.String(validate=validate.Length(min=1))
     patient_id = fields.Nested(SystemSchema)
     accession = fields.Nested(SystemSchema)
-    issuers = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
-                          values=fields.String(allow_none=True, validate=_uri))
+    issuers = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1)), values=fields.String(allow_none=True, validate=_uri)
+    )
     modality = fields.Nested(ModalitySchema)
     body_part = fields.Nested(BodyPartSchema)
     institution = fields.Nested(InstitutionSchema)

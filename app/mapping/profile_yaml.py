@@ -8,6 +8,7 @@ turned into plain Python values here, with a side table from each key path to it
     data, lines = load_marked(text, "vendors/ge.yaml")
     lines[("modality", "synonyms", "PET")]   # -> 7
 """
+
 from __future__ import annotations
 
 import yaml
@@ -54,8 +55,7 @@ def _value(loader: yaml.SafeLoader, node, path: Path, lines: dict):
         out: dict = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                raise YamlProblem("a key must be a plain value, not a list or mapping",
-                                  key_node.start_mark.line + 1)
+                raise YamlProblem("a key must be a plain value, not a list or mapping", key_node.start_mark.line + 1)
             key = loader.construct_object(key_node, deep=True)
             if key in out:
                 raise YamlProblem(f"key {key!r} is written twice", key_node.start_mark.line + 1)

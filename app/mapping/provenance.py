@@ -7,6 +7,7 @@ Paths name FHIR elements the way they appear in the output, with list indexes:
 "ImagingStudy.series[0].bodySite". An element without an entry of its own is explained by
 its nearest recorded ancestor (`Recorder.explain`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

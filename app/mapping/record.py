@@ -4,6 +4,7 @@ QIDO-RS answers in DICOM JSON, pydicom makes it from files and C-FIND answers
 (`Dataset.to_json_dict`), so mapping has a single input format whatever protocol the study
 came from.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -4,6 +4,7 @@ Series are sorted by Series Number then UID (series without a number last), so t
 does not depend on the order the archive answered in; a series the archive listed twice is
 one series with the instances of both.
 """
+
 from __future__ import annotations
 
 from app.ids import valid_id
@@ -18,8 +19,9 @@ from app.mapping.values import clean_text
 from app.mapping.vr import first, name_displays, text, unsigned, valid_uid
 
 
-def map_series_list(record: StudyRecord, offset: str | None, ctx: MappingContext,
-                    noted: set, repairs: list) -> list[dict]:
+def map_series_list(
+    record: StudyRecord, offset: str | None, ctx: MappingContext, noted: set, repairs: list
+) -> list[dict]:
     """Every usable series of the record, in order; `offset` is the study's
     TimezoneOffsetFromUTC, for series that have none of their own."""
     merged: dict[str, tuple[int | None, dict, list]] = {}
@@ -50,22 +52,28 @@ def _sorted_rows(series_records: list[SeriesRecord], repairs: list) -> list[tupl
             invalid += 1
             continue
         if not valid_uid(uid):
-            repairs.append(f"series {uid}: SeriesInstanceUID is not a valid DICOM UID; "
-                           "kept as the archive gave it")
+            repairs.append(f"series {uid}: SeriesInstanceUID is not a valid DICOM UID; kept as the archive gave it")
         number = unsigned(attrs, tags.SERIES_NUMBER, f"series {uid}: SeriesNumber", repairs)
         rows.append((number is None, number or 0, uid, attrs, series_record))
     if missing:
         repairs.append(f"{missing} series without SeriesInstanceUID left out")
     if invalid:
-        repairs.append(f"{invalid} series whose SeriesInstanceUID is not a valid FHIR id "
-                       "left out")
+        repairs.append(f"{invalid} series whose SeriesInstanceUID is not a valid FHIR id left out")
     rows.sort(key=lambda row: row[:3])
     return rows
 
 
-def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None,
-                offset: str | None, ctx: MappingContext, noted: set,
-                repairs: list, index: int = 0) -> dict:
+def _map_series(
+    attrs: dict,
+    instances: list[dict],
+    uid: str,
+    number: int | None,
+    offset: str | None,
+    ctx: MappingContext,
+    noted: set,
+    repairs: list,
+    index: int = 0,
+) -> dict:
     """One series element, its elements in R4 order; `index` is its place in the list, for
     provenance paths."""
     where = f"series {uid}"
@@ -75,8 +83,12 @@ def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None
     mapped_instances = map_instances(instances, uid, repairs)
     count = unsigned(attrs, tags.SERIES_INSTANCE_COUNT, "NumberOfSeriesRelatedInstances", repairs)
     series["numberOfInstances"] = count if count is not None else len(mapped_instances)
-    ctx.trace(at + ".numberOfInstances", [tags.SERIES_INSTANCE_COUNT] if count is not None else
-              [tags.SOP_INSTANCE_UID], None, None if count is not None else "instances counted")
+    ctx.trace(
+        at + ".numberOfInstances",
+        [tags.SERIES_INSTANCE_COUNT] if count is not None else [tags.SOP_INSTANCE_UID],
+        None,
+        None if count is not None else "instances counted",
+    )
     _add_body(series, attrs, instances, at, where, ctx, repairs)
     _add_started_and_performers(series, attrs, offset, at, where, ctx, repairs)
     if mapped_instances:
@@ -87,8 +99,9 @@ def _map_series(attrs: dict, instances: list[dict], uid: str, number: int | None
     return series
 
 
-def _identified_series(attrs: dict, uid: str, number: int | None, at: str, where: str,
-                       ctx: MappingContext, noted: set, repairs: list) -> dict:
+def _identified_series(
+    attrs: dict, uid: str, number: int | None, at: str, where: str, ctx: MappingContext, noted: set, repairs: list
+) -> dict:
     """uid, number, modality and description: what names the series."""
     series: dict = {"uid": uid}
     ctx.trace(at + ".uid", [tags.SERIES_UID])
@@ -110,8 +123,9 @@ def _identified_series(attrs: dict, uid: str, number: int | None, at: str, where
     return series
 
 
-def _add_body(series: dict, attrs: dict, instances: list[dict], at: str, where: str,
-              ctx: MappingContext, repairs: list) -> None:
+def _add_body(
+    series: dict, attrs: dict, instances: list[dict], at: str, where: str, ctx: MappingContext, repairs: list
+) -> None:
     """series.bodySite and series.laterality."""
     body_part = first(attrs, tags.BODY_PART)
     if body_part:
@@ -138,13 +152,20 @@ def _laterality(attrs: dict, instances: list[dict], where: str, repairs: list) -
     return None
 
 
-def _add_started_and_performers(series: dict, attrs: dict, offset: str | None, at: str, where: str,
-                                ctx: MappingContext, repairs: list) -> None:
+def _add_started_and_performers(
+    series: dict, attrs: dict, offset: str | None, at: str, where: str, ctx: MappingContext, repairs: list
+) -> None:
     """series.started (the series' own offset, else the study's) and series.performer."""
-    started = fhir_datetime(first(attrs, tags.SERIES_DATE), first(attrs, tags.SERIES_TIME),
-                            first(attrs, tags.TZ_OFFSET) or offset, ctx.timezone,
-                            ("SeriesDate", "SeriesTime"), f"{where} started", repairs,
-                            ctx.rules.date_formats)
+    started = fhir_datetime(
+        first(attrs, tags.SERIES_DATE),
+        first(attrs, tags.SERIES_TIME),
+        first(attrs, tags.TZ_OFFSET) or offset,
+        ctx.timezone,
+        ("SeriesDate", "SeriesTime"),
+        f"{where} started",
+        repairs,
+        ctx.rules.date_formats,
+    )
     if started:
         series["started"] = started
         ctx.trace(at + ".started", [tags.SERIES_DATE, tags.SERIES_TIME, tags.TZ_OFFSET])
@@ -159,8 +180,7 @@ def _performers(attrs: dict) -> list[dict]:
     out = []
     physicians = name_displays(attrs, tags.PERFORMING)
     for name in physicians:
-        out.append({"function": codes.copy_concept(codes.PERFORMER_FUNCTION),
-                    "actor": {"display": name}})
+        out.append({"function": codes.copy_concept(codes.PERFORMER_FUNCTION), "actor": {"display": name}})
     for name in name_displays(attrs, tags.OPERATORS):
         if name not in physicians:
             out.append({"actor": {"display": name}})

@@ -7,6 +7,7 @@ characters, values far longer or more numerous than any real header's. `checked`
 attribute the mapping reads (tags.READ) into the shape its VR gives it (PS3.6), so that the
 readers (vr.py) never raise on bad data.
 """
+
 from __future__ import annotations
 
 from functools import cache
@@ -150,8 +151,7 @@ def _checked_values(values: list, keyword: str, vr: str, kind: str, notes: list)
         what = "items" if kind == "SQ" else "values"
         notes.append(f"{keyword} has {len(values)} {what}; the first {MAX_VALUES} kept")
     if bad:
-        notes.append(f"{keyword} has {bad} value(s) that are not {_VALUE_TYPES[kind]}; "
-                     "left out")
+        notes.append(f"{keyword} has {bad} value(s) that are not {_VALUE_TYPES[kind]}; left out")
     return kept
 
 

@@ -5,6 +5,7 @@ Modality (0008,0060) through the profile's `modality.synonyms`, Body Part Examin
 through its `institution` names. Each reader also returns the profile rule (file:line) that
 decided, for provenance.
 """
+
 from __future__ import annotations
 
 from app.mapping import codes, tags
@@ -14,8 +15,9 @@ from app.mapping.values import fhir_code
 from app.mapping.vr import text
 
 
-def modality_coding(value: str | None, label: str, noted: set, repairs: list,
-                    ctx: MappingContext) -> tuple[dict | None, str | None]:
+def modality_coding(
+    value: str | None, label: str, noted: set, repairs: list, ctx: MappingContext
+) -> tuple[dict | None, str | None]:
     """(Coding, the profile rule that normalized it) of a Modality value.
 
     A synonym of the profile (`modality.synonyms`, e.g. PET -> PT) gives its DICOM code; a
@@ -34,20 +36,23 @@ def modality_coding(value: str | None, label: str, noted: set, repairs: list,
     if not known:
         if code not in noted:
             noted.add(code)
-            repairs.append(f"{label} {code!r} is not a DICOM modality (CID 29 or 33) nor a "
-                           "synonym of the mapping profile; kept as text")
+            repairs.append(
+                f"{label} {code!r} is not a DICOM modality (CID 29 or 33) nor a "
+                "synonym of the mapping profile; kept as text"
+            )
         coding = {"display": code}
     return coding, rule
 
 
-def body_site(value: str, where: str, ctx: MappingContext,
-              repairs: list) -> tuple[dict, str | None]:
+def body_site(value: str, where: str, ctx: MappingContext, repairs: list) -> tuple[dict, str | None]:
     """(series.bodySite Coding, rule) for a Body Part Examined term (profile `body_part`)."""
     rules = ctx.rules
     coding, known = codes.body_part_coding(value, rules.body_parts)
     if not known:
-        repairs.append(f"{where}: BodyPartExamined {value!r} is not a PS3.16 Annex L term "
-                       "nor a term of the mapping profile; kept as display only")
+        repairs.append(
+            f"{where}: BodyPartExamined {value!r} is not a PS3.16 Annex L term "
+            "nor a term of the mapping profile; kept as display only"
+        )
         return coding, None
     key = body_part_key(value)
     return coding, rules.rule("body_part", "term", key) or rules.rule("body_part", "cid4031_meanings")

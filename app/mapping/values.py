@@ -5,6 +5,7 @@ far longer than anything a resource should carry; a `code` may not have leading,
 repeated whitespace. Whatever is changed here is said in the caller's repair notes, naming the
 attribute (`label`), never quoting a patient's name or identifier.
 """
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ passes a `repairs` list, say in it what was left out. Text is stripped of DICOM'
 a multi-valued attribute may come as one backslash-joined string (PS3.5 6.4), as some
 archives answer.
 """
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ day), so both stored values and search values are ranges [low, high) and every s
 prefix is a comparison of two ranges (FHIR R4 search, 3.1.1.5.9). Values without a zone
 are read in the server's configured zone.
 """
+
 from __future__ import annotations
 
 import re

@@ -10,49 +10,173 @@ Subsetting works on the stored JSON as plain dicts (orjson), never on models, an
 when a client asks for it; a subset carries the SUBSETTED tag so it is never taken for
 the whole resource.
 """
+
 from __future__ import annotations
 
 #: top-level elements of each type ([x] choices by their stem)
 ELEMENTS: dict[str, tuple[str, ...]] = {
     "ImagingStudy": (
-        "id", "meta", "implicitRules", "language", "text", "contained", "extension", "modifierExtension",
-        "identifier", "status", "modality", "subject", "encounter", "started", "basedOn", "referrer",
-        "interpreter", "endpoint", "numberOfSeries", "numberOfInstances", "procedureReference", "procedureCode",
-        "location", "reasonCode", "reasonReference", "note", "description", "series",
+        "id",
+        "meta",
+        "implicitRules",
+        "language",
+        "text",
+        "contained",
+        "extension",
+        "modifierExtension",
+        "identifier",
+        "status",
+        "modality",
+        "subject",
+        "encounter",
+        "started",
+        "basedOn",
+        "referrer",
+        "interpreter",
+        "endpoint",
+        "numberOfSeries",
+        "numberOfInstances",
+        "procedureReference",
+        "procedureCode",
+        "location",
+        "reasonCode",
+        "reasonReference",
+        "note",
+        "description",
+        "series",
     ),
     "Patient": (
-        "id", "meta", "implicitRules", "language", "text", "contained", "extension", "modifierExtension",
-        "identifier", "active", "name", "telecom", "gender", "birthDate", "deceased", "address", "maritalStatus",
-        "multipleBirth", "photo", "contact", "communication", "generalPractitioner", "managingOrganization", "link",
+        "id",
+        "meta",
+        "implicitRules",
+        "language",
+        "text",
+        "contained",
+        "extension",
+        "modifierExtension",
+        "identifier",
+        "active",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "deceased",
+        "address",
+        "maritalStatus",
+        "multipleBirth",
+        "photo",
+        "contact",
+        "communication",
+        "generalPractitioner",
+        "managingOrganization",
+        "link",
     ),
     "Endpoint": (
-        "id", "meta", "implicitRules", "language", "text", "contained", "extension", "modifierExtension",
-        "identifier", "status", "connectionType", "name", "managingOrganization", "contact", "period",
-        "payloadType", "payloadMimeType", "address", "header",
+        "id",
+        "meta",
+        "implicitRules",
+        "language",
+        "text",
+        "contained",
+        "extension",
+        "modifierExtension",
+        "identifier",
+        "status",
+        "connectionType",
+        "name",
+        "managingOrganization",
+        "contact",
+        "period",
+        "payloadType",
+        "payloadMimeType",
+        "address",
+        "header",
     ),
 }
 
 #: element paths (below the resource) marked isSummary
 SUMMARY: dict[str, frozenset[str]] = {
-    "ImagingStudy": frozenset({
-        "id", "meta", "implicitRules", "identifier", "status", "modality", "subject", "encounter", "started",
-        "basedOn", "referrer", "interpreter", "endpoint", "numberOfSeries", "numberOfInstances",
-        "procedureReference", "procedureCode", "location", "reasonCode", "reasonReference", "note", "description",
-        "series", "series.modifierExtension", "series.uid", "series.number", "series.modality",
-        "series.description", "series.numberOfInstances", "series.endpoint", "series.bodySite",
-        "series.laterality", "series.specimen", "series.started", "series.performer",
-        "series.performer.modifierExtension", "series.performer.function", "series.performer.actor",
-        "series.instance.modifierExtension",
-    }),
-    "Patient": frozenset({
-        "id", "meta", "implicitRules", "identifier", "active", "name", "telecom", "gender", "birthDate",
-        "deceased", "address", "contact.modifierExtension", "communication.modifierExtension",
-        "managingOrganization", "link", "link.modifierExtension", "link.other", "link.type",
-    }),
-    "Endpoint": frozenset({
-        "id", "meta", "implicitRules", "identifier", "status", "connectionType", "name", "managingOrganization",
-        "period", "payloadType", "payloadMimeType", "address",
-    }),
+    "ImagingStudy": frozenset(
+        {
+            "id",
+            "meta",
+            "implicitRules",
+            "identifier",
+            "status",
+            "modality",
+            "subject",
+            "encounter",
+            "started",
+            "basedOn",
+            "referrer",
+            "interpreter",
+            "endpoint",
+            "numberOfSeries",
+            "numberOfInstances",
+            "procedureReference",
+            "procedureCode",
+            "location",
+            "reasonCode",
+            "reasonReference",
+            "note",
+            "description",
+            "series",
+            "series.modifierExtension",
+            "series.uid",
+            "series.number",
+            "series.modality",
+            "series.description",
+            "series.numberOfInstances",
+            "series.endpoint",
+            "series.bodySite",
+            "series.laterality",
+            "series.specimen",
+            "series.started",
+            "series.performer",
+            "series.performer.modifierExtension",
+            "series.performer.function",
+            "series.performer.actor",
+            "series.instance.modifierExtension",
+        }
+    ),
+    "Patient": frozenset(
+        {
+            "id",
+            "meta",
+            "implicitRules",
+            "identifier",
+            "active",
+            "name",
+            "telecom",
+            "gender",
+            "birthDate",
+            "deceased",
+            "address",
+            "contact.modifierExtension",
+            "communication.modifierExtension",
+            "managingOrganization",
+            "link",
+            "link.modifierExtension",
+            "link.other",
+            "link.type",
+        }
+    ),
+    "Endpoint": frozenset(
+        {
+            "id",
+            "meta",
+            "implicitRules",
+            "identifier",
+            "status",
+            "connectionType",
+            "name",
+            "managingOrganization",
+            "period",
+            "payloadType",
+            "payloadMimeType",
+            "address",
+        }
+    ),
 }
 
 #: backbone elements: their children are kept or dropped one by one
@@ -70,8 +194,11 @@ MANDATORY: dict[str, tuple[str, ...]] = {
 }
 
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
-SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
-             "display": "subsetted"}
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
 _ALWAYS = ("resourceType", "id", "meta")
 
 
@@ -84,7 +211,7 @@ def element_of(rtype: str, key: str) -> str | None:
     if key in ELEMENTS[rtype]:
         return key
     for stem in _CHOICES:
-        if key.startswith(stem) and key[len(stem):len(stem) + 1].isupper() and stem in ELEMENTS[rtype]:
+        if key.startswith(stem) and key[len(stem) : len(stem) + 1].isupper() and stem in ELEMENTS[rtype]:
             return stem
     return None
 

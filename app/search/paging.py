@@ -6,6 +6,7 @@ studies are added or removed), a digest of the search it belongs to, and when it
 Nothing is kept on the server, any process behind a load balancer can answer it, and a
 tampered, foreign or expired token is a 400, never a 500.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,11 +35,14 @@ class PageTokens:
         try:
             found, cursor = self._serializer.loads(token, max_age=self._max_age)
         except SignatureExpired:
-            raise SearchError("invalid", "parameter '_page': the paging link has expired; "
-                                         "start the search again from its first page") from None
+            raise SearchError(
+                "invalid", "parameter '_page': the paging link has expired; start the search again from its first page"
+            ) from None
         except (BadSignature, ValueError, TypeError):
-            raise SearchError("invalid", "parameter '_page': the paging token is not valid; "
-                                         "start the search again from its first page") from None
+            raise SearchError(
+                "invalid",
+                "parameter '_page': the paging token is not valid; start the search again from its first page",
+            ) from None
         if found != digest or not isinstance(cursor, list) or not cursor:
             raise SearchError("invalid", "parameter '_page': the paging token belongs to another search")
         return cursor

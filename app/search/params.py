@@ -5,6 +5,7 @@ SQL builder, and the CapabilityStatement. Names, types, paths and definition URL
 the official R4 SearchParameter resources (FHIR 4.0.1); a path is a dotted element path
 from the resource root, with lists flattened at every step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,22 +45,59 @@ class SearchParam:
         return self.matcher is None
 
 
-def _p(resource, name, type_, paths, definition, documentation, targets=(), column=None, code_system=None,
-       identifiers=False, matcher=None, follows_links=False, only_system=False, modifiers=True):
-    return SearchParam(resource, name, type_, tuple(paths), R4_SP + definition, documentation, tuple(targets),
-                       column, code_system, identifiers, matcher, follows_links, only_system, modifiers)
+def _p(
+    resource,
+    name,
+    type_,
+    paths,
+    definition,
+    documentation,
+    targets=(),
+    column=None,
+    code_system=None,
+    identifiers=False,
+    matcher=None,
+    follows_links=False,
+    only_system=False,
+    modifiers=True,
+):
+    return SearchParam(
+        resource,
+        name,
+        type_,
+        tuple(paths),
+        R4_SP + definition,
+        documentation,
+        tuple(targets),
+        column,
+        code_system,
+        identifiers,
+        matcher,
+        follows_links,
+        only_system,
+        modifiers,
+    )
 
 
 #: what `patient` and `subject` do beyond base FHIR, said in the CapabilityStatement
-LINKED_PATIENTS = (" A Patient given by id also finds the studies of every Patient it carries a Patient.link to "
-                   "(another archive's record of the same person), beyond base FHIR.")
+LINKED_PATIENTS = (
+    " A Patient given by id also finds the studies of every Patient it carries a Patient.link to "
+    "(another archive's record of the same person), beyond base FHIR."
+)
 
 
 def _common(resource: str) -> list[SearchParam]:
     return [
         _p(resource, "_id", "token", [], "Resource-id", "Logical id of this artifact", column="id"),
-        _p(resource, "_lastUpdated", "date", [], "Resource-lastUpdated", "When the resource version last changed",
-           column="last_updated"),
+        _p(
+            resource,
+            "_lastUpdated",
+            "date",
+            [],
+            "Resource-lastUpdated",
+            "When the resource version last changed",
+            column="last_updated",
+        ),
     ]
 
 
@@ -67,73 +105,222 @@ PRACTITIONER_LIKE = ("Practitioner", "PractitionerRole")
 
 PARAMS: list[SearchParam] = [
     *_common("ImagingStudy"),
-    _p("ImagingStudy", "basedon", "reference", ["basedOn"], "ImagingStudy-basedon",
-       "The order for the image", ["ServiceRequest", "CarePlan", "Appointment", "AppointmentResponse", "Task"]),
-    _p("ImagingStudy", "bodysite", "token", ["series.bodySite"], "ImagingStudy-bodysite",
-       "The body site studied"),
-    _p("ImagingStudy", "dicom-class", "token", ["series.instance.sopClass"], "ImagingStudy-dicom-class",
-       "The type of the instance"),
-    _p("ImagingStudy", "encounter", "reference", ["encounter"], "ImagingStudy-encounter",
-       "The context of the study", ["Encounter"]),
-    _p("ImagingStudy", "endpoint", "reference", ["endpoint", "series.endpoint"], "ImagingStudy-endpoint",
-       "The endpoint for the study or series", ["Endpoint"]),
-    _p("ImagingStudy", "identifier", "token", ["identifier"], "clinical-identifier",
-       "Identifiers for the Study, such as DICOM Study Instance UID and Accession number", identifiers=True),
-    _p("ImagingStudy", "instance", "token", ["series.instance.uid"], "ImagingStudy-instance",
-       "SOP Instance UID for an instance"),
-    _p("ImagingStudy", "interpreter", "reference", ["interpreter"], "ImagingStudy-interpreter",
-       "Who interpreted the images", PRACTITIONER_LIKE),
-    _p("ImagingStudy", "modality", "token", ["series.modality"], "ImagingStudy-modality",
-       "The modality of the series"),
-    _p("ImagingStudy", "patient", "reference", ["subject"], "clinical-patient",
-       "Who the study is about." + LINKED_PATIENTS, ["Patient"], follows_links=True),
-    _p("ImagingStudy", "performer", "reference", ["series.performer.actor"], "ImagingStudy-performer",
-       "The person who performed the study", PRACTITIONER_LIKE),
-    _p("ImagingStudy", "reason", "token", ["reasonCode"], "ImagingStudy-reason",
-       "The reason for the study"),
-    _p("ImagingStudy", "referrer", "reference", ["referrer"], "ImagingStudy-referrer",
-       "The referring physician", ["Practitioner", "PractitionerRole"]),
-    _p("ImagingStudy", "series", "token", ["series.uid"], "ImagingStudy-series",
-       "DICOM Series Instance UID for a series"),
-    _p("ImagingStudy", "started", "date", ["started"], "ImagingStudy-started",
-       "When the study was started"),
-    _p("ImagingStudy", "status", "token", ["status"], "ImagingStudy-status",
-       "The status of the study", code_system="http://hl7.org/fhir/imagingstudy-status"),
-    _p("ImagingStudy", "subject", "reference", ["subject"], "ImagingStudy-subject",
-       "Who the study is about." + LINKED_PATIENTS, ["Patient", "Device", "Group"], follows_links=True),
+    _p(
+        "ImagingStudy",
+        "basedon",
+        "reference",
+        ["basedOn"],
+        "ImagingStudy-basedon",
+        "The order for the image",
+        ["ServiceRequest", "CarePlan", "Appointment", "AppointmentResponse", "Task"],
+    ),
+    _p("ImagingStudy", "bodysite", "token", ["series.bodySite"], "ImagingStudy-bodysite", "The body site studied"),
+    _p(
+        "ImagingStudy",
+        "dicom-class",
+        "token",
+        ["series.instance.sopClass"],
+        "ImagingStudy-dicom-class",
+        "The type of the instance",
+    ),
+    _p(
+        "ImagingStudy",
+        "encounter",
+        "reference",
+        ["encounter"],
+        "ImagingStudy-encounter",
+        "The context of the study",
+        ["Encounter"],
+    ),
+    _p(
+        "ImagingStudy",
+        "endpoint",
+        "reference",
+        ["endpoint", "series.endpoint"],
+        "ImagingStudy-endpoint",
+        "The endpoint for the study or series",
+        ["Endpoint"],
+    ),
+    _p(
+        "ImagingStudy",
+        "identifier",
+        "token",
+        ["identifier"],
+        "clinical-identifier",
+        "Identifiers for the Study, such as DICOM Study Instance UID and Accession number",
+        identifiers=True,
+    ),
+    _p(
+        "ImagingStudy",
+        "instance",
+        "token",
+        ["series.instance.uid"],
+        "ImagingStudy-instance",
+        "SOP Instance UID for an instance",
+    ),
+    _p(
+        "ImagingStudy",
+        "interpreter",
+        "reference",
+        ["interpreter"],
+        "ImagingStudy-interpreter",
+        "Who interpreted the images",
+        PRACTITIONER_LIKE,
+    ),
+    _p("ImagingStudy", "modality", "token", ["series.modality"], "ImagingStudy-modality", "The modality of the series"),
+    _p(
+        "ImagingStudy",
+        "patient",
+        "reference",
+        ["subject"],
+        "clinical-patient",
+        "Who the study is about." + LINKED_PATIENTS,
+        ["Patient"],
+        follows_links=True,
+    ),
+    _p(
+        "ImagingStudy",
+        "performer",
+        "reference",
+        ["series.performer.actor"],
+        "ImagingStudy-performer",
+        "The person who performed the study",
+        PRACTITIONER_LIKE,
+    ),
+    _p("ImagingStudy", "reason", "token", ["reasonCode"], "ImagingStudy-reason", "The reason for the study"),
+    _p(
+        "ImagingStudy",
+        "referrer",
+        "reference",
+        ["referrer"],
+        "ImagingStudy-referrer",
+        "The referring physician",
+        ["Practitioner", "PractitionerRole"],
+    ),
+    _p(
+        "ImagingStudy",
+        "series",
+        "token",
+        ["series.uid"],
+        "ImagingStudy-series",
+        "DICOM Series Instance UID for a series",
+    ),
+    _p("ImagingStudy", "started", "date", ["started"], "ImagingStudy-started", "When the study was started"),
+    _p(
+        "ImagingStudy",
+        "status",
+        "token",
+        ["status"],
+        "ImagingStudy-status",
+        "The status of the study",
+        code_system="http://hl7.org/fhir/imagingstudy-status",
+    ),
+    _p(
+        "ImagingStudy",
+        "subject",
+        "reference",
+        ["subject"],
+        "ImagingStudy-subject",
+        "Who the study is about." + LINKED_PATIENTS,
+        ["Patient", "Device", "Group"],
+        follows_links=True,
+    ),
     *_common("Patient"),
-    _p("Patient", "identifier", "token", ["identifier"], "Patient-identifier", "A patient identifier",
-       identifiers=True),
-    _p("Patient", "name", "string", ["name"], "Patient-name",
-       "A server defined search that may match any of the string fields in the HumanName, "
-       "including family, given, prefix, suffix and text"),
-    _p("Patient", "family", "string", ["name.family"], "individual-family",
-       "A portion of the family name of the patient"),
-    _p("Patient", "given", "string", ["name.given"], "individual-given",
-       "A portion of the given name of the patient"),
-    _p("Patient", "phonetic", "string", ["name"], "individual-phonetic",
-       "A portion of either family or given name using some kind of phonetic matching algorithm: here every "
-       "word of the value must sound (Metaphone, after removing accents) like a word of one of the names",
-       matcher="phonetic"),
-    _p("Patient", "link", "reference", ["link.other"], "Patient-link",
-       "All patients linked to the given patient (Patient.link, type seealso: records of the same person)",
-       ["Patient", "RelatedPerson"]),
+    _p(
+        "Patient", "identifier", "token", ["identifier"], "Patient-identifier", "A patient identifier", identifiers=True
+    ),
+    _p(
+        "Patient",
+        "name",
+        "string",
+        ["name"],
+        "Patient-name",
+        "A server defined search that may match any of the string fields in the HumanName, "
+        "including family, given, prefix, suffix and text",
+    ),
+    _p(
+        "Patient",
+        "family",
+        "string",
+        ["name.family"],
+        "individual-family",
+        "A portion of the family name of the patient",
+    ),
+    _p("Patient", "given", "string", ["name.given"], "individual-given", "A portion of the given name of the patient"),
+    _p(
+        "Patient",
+        "phonetic",
+        "string",
+        ["name"],
+        "individual-phonetic",
+        "A portion of either family or given name using some kind of phonetic matching algorithm: here every "
+        "word of the value must sound (Metaphone, after removing accents) like a word of one of the names",
+        matcher="phonetic",
+    ),
+    _p(
+        "Patient",
+        "link",
+        "reference",
+        ["link.other"],
+        "Patient-link",
+        "All patients linked to the given patient (Patient.link, type seealso: records of the same person)",
+        ["Patient", "RelatedPerson"],
+    ),
     _p("Patient", "birthdate", "date", ["birthDate"], "individual-birthdate", "The patient's date of birth"),
-    _p("Patient", "gender", "token", ["gender"], "individual-gender", "Gender of the patient",
-       code_system="http://hl7.org/fhir/administrative-gender"),
+    _p(
+        "Patient",
+        "gender",
+        "token",
+        ["gender"],
+        "individual-gender",
+        "Gender of the patient",
+        code_system="http://hl7.org/fhir/administrative-gender",
+    ),
     *_common("Endpoint"),
-    _p("Endpoint", "status", "token", ["status"], "Endpoint-status", "The current status of the Endpoint",
-       code_system="http://hl7.org/fhir/endpoint-status"),
-    _p("Endpoint", "connection-type", "token", ["connectionType"], "Endpoint-connection-type",
-       "Protocol/Profile/Standard to be used with this endpoint connection"),
-    _p("Endpoint", "identifier", "token", ["identifier"], "Endpoint-identifier", "Identifies this endpoint",
-       identifiers=True),
-    _p("Endpoint", "name", "string", ["name"], "Endpoint-name",
-       "A name that this Endpoint can be identified by"),
-    _p("Endpoint", "organization", "reference", ["managingOrganization"], "Endpoint-organization",
-       "The organization that is managing the endpoint", ["Organization"]),
-    _p("Endpoint", "payload-type", "token", ["payloadType"], "Endpoint-payload-type",
-       "The type of content that may be used at this endpoint"),
+    _p(
+        "Endpoint",
+        "status",
+        "token",
+        ["status"],
+        "Endpoint-status",
+        "The current status of the Endpoint",
+        code_system="http://hl7.org/fhir/endpoint-status",
+    ),
+    _p(
+        "Endpoint",
+        "connection-type",
+        "token",
+        ["connectionType"],
+        "Endpoint-connection-type",
+        "Protocol/Profile/Standard to be used with this endpoint connection",
+    ),
+    _p(
+        "Endpoint",
+        "identifier",
+        "token",
+        ["identifier"],
+        "Endpoint-identifier",
+        "Identifies this endpoint",
+        identifiers=True,
+    ),
+    _p("Endpoint", "name", "string", ["name"], "Endpoint-name", "A name that this Endpoint can be identified by"),
+    _p(
+        "Endpoint",
+        "organization",
+        "reference",
+        ["managingOrganization"],
+        "Endpoint-organization",
+        "The organization that is managing the endpoint",
+        ["Organization"],
+    ),
+    _p(
+        "Endpoint",
+        "payload-type",
+        "token",
+        ["payloadType"],
+        "Endpoint-payload-type",
+        "The type of content that may be used at this endpoint",
+    ),
 ]
 
 RESOURCE_TYPES = ("ImagingStudy", "Patient", "Endpoint")
@@ -141,6 +328,7 @@ RESOURCE_TYPES = ("ImagingStudy", "Patient", "Endpoint")
 BY_RESOURCE: dict[str, dict[str, SearchParam]] = {t: {} for t in RESOURCE_TYPES}
 for _param in PARAMS:
     BY_RESOURCE[_param.resource][_param.name] = _param
+
 
 def served_targets(param: SearchParam) -> tuple[str, ...]:
     """The resource types a reference parameter can point at that this server holds."""
@@ -150,8 +338,7 @@ def served_targets(param: SearchParam) -> tuple[str, ...]:
 #: _include values the server resolves: (source type, param name) -> target type.
 #: Every reference parameter whose target this server holds; derived, never listed by hand.
 INCLUDES: dict[tuple[str, str], str] = {
-    (p.resource, p.name): served_targets(p)[0]
-    for p in PARAMS if p.type == "reference" and len(served_targets(p)) == 1
+    (p.resource, p.name): served_targets(p)[0] for p in PARAMS if p.type == "reference" and len(served_targets(p)) == 1
 }
 
 #: _revinclude values: (source type, param name) -> the type it points at (the searched type)
@@ -162,19 +349,59 @@ REVINCLUDES = INCLUDES
 #: not in `resource` and its index tables, so no ordinary search (chain, `_has`, include) can
 #: reach them; they are searched by `AuditEvent?…` alone, newest first
 AUDIT_EVENT_PARAMS: list[SearchParam] = [
-    _p("AuditEvent", "date", "date", ["recorded"], "AuditEvent-date", "Time when the event was recorded",
-       column="recorded", modifiers=False),
-    _p("AuditEvent", "patient", "reference", ["entity.what"], "AuditEvent-patient",
-       "A patient whose data the request returned (Patient/id or id)", ["Patient"], modifiers=False),
-    _p("AuditEvent", "agent", "reference", ["agent.who"], "AuditEvent-agent",
-       "Who asked: the access token's subject or client_id (agent.who.identifier or agent.altId)",
-       matcher="recorded-value", modifiers=False),
-    _p("AuditEvent", "entity-type", "token", ["entity.type"], "AuditEvent-entity-type",
-       "Type of an entity: 2 (system object: the query, the resource read), 1 (person: a patient)",
-       code_system="http://terminology.hl7.org/CodeSystem/audit-entity-type", only_system=True, modifiers=False),
-    _p("AuditEvent", "outcome", "token", ["outcome"], "AuditEvent-outcome",
-       "0 success, 4 refused or bad request, 8 server failure", column="outcome",
-       code_system="http://hl7.org/fhir/audit-event-outcome", only_system=True, modifiers=False),
+    _p(
+        "AuditEvent",
+        "date",
+        "date",
+        ["recorded"],
+        "AuditEvent-date",
+        "Time when the event was recorded",
+        column="recorded",
+        modifiers=False,
+    ),
+    _p(
+        "AuditEvent",
+        "patient",
+        "reference",
+        ["entity.what"],
+        "AuditEvent-patient",
+        "A patient whose data the request returned (Patient/id or id)",
+        ["Patient"],
+        modifiers=False,
+    ),
+    _p(
+        "AuditEvent",
+        "agent",
+        "reference",
+        ["agent.who"],
+        "AuditEvent-agent",
+        "Who asked: the access token's subject or client_id (agent.who.identifier or agent.altId)",
+        matcher="recorded-value",
+        modifiers=False,
+    ),
+    _p(
+        "AuditEvent",
+        "entity-type",
+        "token",
+        ["entity.type"],
+        "AuditEvent-entity-type",
+        "Type of an entity: 2 (system object: the query, the resource read), 1 (person: a patient)",
+        code_system="http://terminology.hl7.org/CodeSystem/audit-entity-type",
+        only_system=True,
+        modifiers=False,
+    ),
+    _p(
+        "AuditEvent",
+        "outcome",
+        "token",
+        ["outcome"],
+        "AuditEvent-outcome",
+        "0 success, 4 refused or bad request, 8 server failure",
+        column="outcome",
+        code_system="http://hl7.org/fhir/audit-event-outcome",
+        only_system=True,
+        modifiers=False,
+    ),
 ]
 
 #: the types a search can name: the served ones, and the audit trail

@@ -4,6 +4,7 @@ Each parameter type has one "convert or fail" function. Comma means OR within a 
 a repeated parameter means AND (FHIR R4 search 3.1.1.4). Unknown parameters are ignored
 (lenient) unless the client sent `Prefer: handling=strict`.
 """
+
 from __future__ import annotations
 
 import re
@@ -169,7 +170,8 @@ def _date(param: str, raw: str, zone: str):
     try:
         low, high = date_range(text, zone)
     except DateFormatError:
-        raise SearchError("invalid",
+        raise SearchError(
+            "invalid",
             f"parameter '{param}': {raw!r} is not a date; use an optional prefix "
             f"({', '.join(DATE_PREFIXES)}) and a FHIR date such as 2024-05-01 or 2024-05-01T10:00:00+02:00",
         ) from None
@@ -181,7 +183,7 @@ def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str |
         raise SearchError("invalid", f"parameter '{param.name}': empty value")
     value = raw
     if base_url and value.startswith(base_url + "/"):
-        value = value[len(base_url) + 1:]
+        value = value[len(base_url) + 1 :]
     parts = value.split("/")
     if "://" in value:  # another server's resource
         external = external_reference(value)
@@ -197,7 +199,8 @@ def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str |
     else:
         raise SearchError("invalid", f"parameter '{param.name}': {raw!r} is not an id, Type/id or URL")
     if rtype is not None and param.targets and rtype not in param.targets:
-        raise SearchError("invalid",
+        raise SearchError(
+            "invalid",
             f"parameter '{param.name}': {rtype} is not a target of this parameter "
             f"(allowed: {', '.join(param.targets)})",
         )
@@ -218,8 +221,10 @@ def _of_type(param: str, raw: str):
     """`system|code|value`: an identifier of that type with that value -> (system, 'code|value')."""
     parts = [_unescape(p) for p in re.split(r"(?<!\\)\|", raw)]
     if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise SearchError("invalid", f"parameter '{param}:of-type': {raw!r} is not system|code|value "
-                                     "(the identifier's type and its value)")
+        raise SearchError(
+            "invalid",
+            f"parameter '{param}:of-type': {raw!r} is not system|code|value (the identifier's type and its value)",
+        )
     return parts[0], f"{parts[1]}|{parts[2]}"
 
 
@@ -248,8 +253,10 @@ def parse_search(
         raise SearchError("too-costly", f"at most {MAX_PARAMETERS} search parameters are accepted in one search")
     for name, value in items:
         if _CONTROL_CHARS.search(name) or _CONTROL_CHARS.search(value):
-            raise SearchError("invalid", f"parameter '{_CONTROL_CHARS.sub('?', name)}': control characters "
-                                         "are not allowed in names or values")
+            raise SearchError(
+                "invalid",
+                f"parameter '{_CONTROL_CHARS.sub('?', name)}': control characters are not allowed in names or values",
+            )
         base, _, modifier = name.partition(":")
         if base in CONTROL and base not in accepted:
             _unknown(rtype, name, strict)
@@ -297,12 +304,16 @@ def _parse_chain(rtype, head, rest, name, value, zone, base_url, strict):
         raise SearchError("invalid", f"parameter '{name}': only reference parameters can be chained")
     targets = (type_modifier,) if type_modifier else served_targets(param)
     if type_modifier and type_modifier not in served_targets(param):
-        raise SearchError("not-supported", f"parameter '{name}': {type_modifier} is not a target of '{base}' "
-                                           "that this server holds")
+        raise SearchError(
+            "not-supported", f"parameter '{name}': {type_modifier} is not a target of '{base}' that this server holds"
+        )
     if len(targets) != 1:
-        raise SearchError("not-supported", f"parameter '{name}': '{base}' points at no resource type this "
-                                           "server holds" if not targets else
-                          f"parameter '{name}': name the target type, e.g. {base}:{targets[0]}.{rest}")
+        raise SearchError(
+            "not-supported",
+            f"parameter '{name}': '{base}' points at no resource type this server holds"
+            if not targets
+            else f"parameter '{name}': name the target type, e.g. {base}:{targets[0]}.{rest}",
+        )
     inner = _inner(targets[0], rest, name, value, zone, base_url, strict)
     return None if inner is None else ChainClause(param, targets[0], inner)
 
@@ -338,10 +349,12 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause
             raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
         if param.type == "reference" and modifier in param.targets:
             modifier_type, modifier = modifier, None
-        elif (modifier not in MODIFIERS.get(param.type, set())
-              or (modifier == "of-type" and not param.identifiers)
-              or (param.matcher and modifier != "missing")
-              or (param.column and modifier not in ("not", "missing"))):
+        elif (
+            modifier not in MODIFIERS.get(param.type, set())
+            or (modifier == "of-type" and not param.identifiers)
+            or (param.matcher and modifier != "missing")
+            or (param.column and modifier not in ("not", "missing"))
+        ):
             raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
     if modifier == "missing":
         return Clause(param, "missing", [_missing(param.name, value)], (name, value))
@@ -355,8 +368,7 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause
     if modifier == "identifier":
         return Clause(param, None, [_token(name, raw) for raw in raws], (name, value), "token", name)
     if param.matcher == "phonetic":
-        return Clause(param, None, [phonetic_codes(_string(name, raw)) for raw in raws], (name, value),
-                      "phonetic")
+        return Clause(param, None, [phonetic_codes(_string(name, raw)) for raw in raws], (name, value), "phonetic")
     if param.matcher == "recorded-value":  # the value as recorded, whatever its form
         return Clause(param, None, [_string(name, raw) for raw in raws], (name, value), "recorded-value")
     values = []
@@ -389,8 +401,10 @@ def _include_directives(rtype: str, kind: str, value: str, iterate: bool) -> lis
             supported = [f"{s}:{p}" for (s, p) in table if s == rtype]
         else:
             supported = [f"{s}:{p}" for (s, p), t in table.items() if t == rtype]
-        raise SearchError("not-supported", f"parameter '{kind}': {value!r} is not supported "
-                                           f"(supported: {', '.join(supported) or 'none'}, or *)")
+        raise SearchError(
+            "not-supported",
+            f"parameter '{kind}': {value!r} is not supported (supported: {', '.join(supported) or 'none'}, or *)",
+        )
     return [Include(source, pname, resolved, iterate)]
 
 

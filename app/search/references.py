@@ -6,6 +6,7 @@ sides: "~" and the URL without a version. "~" is never in a FHIR id, so the key 
 a local resource, and it sorts after the local ids of the same type, the URLs among
 themselves in their own order.
 """
+
 from __future__ import annotations
 
 

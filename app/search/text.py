@@ -1,4 +1,5 @@
 """How strings are compared in search: one form for the index and the query alike."""
+
 from __future__ import annotations
 
 import re

@@ -10,6 +10,7 @@ validator configured, a closed server answers every data request with 401. The p
 interactions (`/fhir/metadata`, `/fhir/.well-known/smart-configuration`, `/health`) need no
 token.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -45,8 +46,10 @@ def check_open_mode(config, host: str) -> str | None:
     return a warning for the log, if any."""
     if not config.security.open:
         if not config.security.checks_tokens:
-            return ("security: no token validator configured (security.jwks_uri or security.introspection): "
-                    "every data request gets 401")
+            return (
+                "security: no token validator configured (security.jwks_uri or security.introspection): "
+                "every data request gets 401"
+            )
         return None
     if not is_loopback(host) and not config.security.allow_open_on_network:
         raise OpenModeRefused(
@@ -75,16 +78,20 @@ def init_app(app: Flask, state: ApiState) -> None:
         return
 
     if not security.checks_tokens:
+
         @app.before_request
         def _require_token():
             if _public(request):
                 return None
             raise FhirError(
-                401, "login", "this server needs a bearer token and has no token validator configured; "
-                              "set security.jwks_uri or security.introspection (security.open: true only for "
-                              "a local demo)",
+                401,
+                "login",
+                "this server needs a bearer token and has no token validator configured; "
+                "set security.jwks_uri or security.introspection (security.open: true only for "
+                "a local demo)",
                 headers={"WWW-Authenticate": challenge(security.realm)},
             )
+
         return
 
     checker = TokenChecker(security, partial(access_from_claims, security))

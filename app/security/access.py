@@ -4,6 +4,7 @@ The token check (SMART on FHIR) builds it from a validated token; open mode buil
 sees everything. Everything downstream (scope checks, the patient compartment, audit) reads
 it through `current_access()`, so none of them knows how the token was checked.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,6 +25,7 @@ class ScopeGrant:
     holds READ and/or SEARCH (v1 `.read` grants both); `narrowing` holds the v2 granular
     search parameters as (name, value) pairs, empty when the scope is not narrowed.
     """
+
     context: str
     resource: str
     interactions: frozenset

@@ -10,6 +10,7 @@ string) and every patient whose data the answer carried: the Patients it returne
 subjects of the studies it returned (includes too), as the route noted them (app/api/hooks.py).
 What the event says is kept as a compact record (app/store/audit_record.py).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -100,9 +101,17 @@ def record(response: Response) -> Response:
         read = ("ImagingStudy", args.get("study")) if "study" in args else (args.get("rtype"), args.get("rid"))
         subtype, action = interaction.audit
         content, index = event_record(
-            subtype=subtype, action=action, status=status, base_url=state.base_url,
-            access=current_access(), address=req.remote_addr, query=_query_text(req), path=req.path,
-            read=read if all(read) else None, patients=patients)
+            subtype=subtype,
+            action=action,
+            status=status,
+            base_url=state.base_url,
+            access=current_access(),
+            address=req.remote_addr,
+            query=_query_text(req),
+            path=req.path,
+            read=read if all(read) else None,
+            patients=patients,
+        )
         state.audit_log.write(_event_ids.next(), time.time_ns() // 1000, outcome_code(status), content, index)
     except Exception as err:  # noqa: BLE001 - no trail, no data: whatever failed, nothing is served
         log.error("could not record the audit event of a request: %s", describe(err))

@@ -2,6 +2,7 @@
 (RFC 6750 §3: `WWW-Authenticate: Bearer`, with `error="invalid_token"` when one was sent),
 403 when its scopes do not cover what the request needs (`error="insufficient_scope"`).
 """
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,12 @@ def bearer_token(headers, realm: str) -> str:
     """The token of `Authorization: Bearer …`; 401 when there is none or it is malformed."""
     value = headers.get("Authorization")
     if not value or not value[:7].lower().startswith("bearer"):
-        raise FhirError(401, "login", "this server needs an OAuth2 bearer token (Authorization: Bearer …)",
-                        headers={"WWW-Authenticate": challenge(realm)})
+        raise FhirError(
+            401,
+            "login",
+            "this server needs an OAuth2 bearer token (Authorization: Bearer …)",
+            headers={"WWW-Authenticate": challenge(realm)},
+        )
     scheme, _, token = value.partition(" ")
     token = token.strip(" ")
     if scheme.lower() != "bearer" or not _TOKEN.fullmatch(token):
@@ -47,20 +52,25 @@ def bearer_token(headers, realm: str) -> str:
 
 
 def unauthorized(realm: str, reason: str) -> FhirError:
-    return FhirError(401, "login", f"invalid bearer token: {reason}",
-                     headers={"WWW-Authenticate": challenge(realm, "invalid_token", reason)})
+    return FhirError(
+        401,
+        "login",
+        f"invalid bearer token: {reason}",
+        headers={"WWW-Authenticate": challenge(realm, "invalid_token", reason)},
+    )
 
 
 def forbidden(realm: str, reason: str, scope: str | None = None) -> FhirError:
-    return FhirError(403, "forbidden", reason,
-                     headers={"WWW-Authenticate": challenge(realm, "insufficient_scope", reason, scope)})
+    return FhirError(
+        403, "forbidden", reason, headers={"WWW-Authenticate": challenge(realm, "insufficient_scope", reason, scope)}
+    )
 
 
 def _patient_id(value) -> str | None:
     """SMART's `patient` is a Patient id; tolerate the `Patient/123` form some servers send."""
     if not isinstance(value, str) or not value:
         return None
-    return value[len("Patient/"):] if value.startswith("Patient/") else value
+    return value[len("Patient/") :] if value.startswith("Patient/") else value
 
 
 def access_from_claims(security, claims: dict) -> Access:
@@ -72,8 +82,11 @@ def access_from_claims(security, claims: dict) -> Access:
     patient = _patient_id(claims.get(security.patient_claim))
     if any(grant.context == "patient" for grant in grants):
         if patient is None:
-            raise forbidden(security.realm, f"the token has patient/ scopes but names no patient (no "
-                                            f"'{security.patient_claim}' claim): its patient context is unknown")
+            raise forbidden(
+                security.realm,
+                f"the token has patient/ scopes but names no patient (no "
+                f"'{security.patient_claim}' claim): its patient context is unknown",
+            )
     else:
         patient = None
     client_id = claims.get("client_id") or claims.get("azp")
@@ -92,15 +105,23 @@ def _enforce_across_patients(access: Access, interaction: Interaction, realm: st
     """`Patient/$match` and the identity review API look across every patient: refused to a
     token bound to one patient; `$match` needs Patient search, review needs Patient update."""
     if access.patient is not None:
-        raise forbidden(realm, f"{interaction.name} searches across patients; a token bound to one patient may "
-                               "not use it")
+        raise forbidden(
+            realm, f"{interaction.name} searches across patients; a token bound to one patient may not use it"
+        )
     if interaction.permission == "u":
         if not may_update_patients(access.scopes):
-            raise forbidden(realm, f"{interaction.name} needs a scope such as system/Patient.u or user/Patient.u "
-                                   "(linking writes both Patients)", scope="user/Patient.u system/Patient.u")
+            raise forbidden(
+                realm,
+                f"{interaction.name} needs a scope such as system/Patient.u or user/Patient.u "
+                "(linking writes both Patients)",
+                scope="user/Patient.u system/Patient.u",
+            )
     elif not scope.allows(access, "Patient", interaction.permission or "s"):
-        raise forbidden(realm, f"{interaction.name} needs a scope such as user/Patient.rs or system/Patient.rs",
-                        scope="user/Patient.rs system/Patient.rs")
+        raise forbidden(
+            realm,
+            f"{interaction.name} needs a scope such as user/Patient.rs or system/Patient.rs",
+            scope="user/Patient.rs system/Patient.rs",
+        )
 
 
 def enforce(access: Access, request, realm: str) -> None:
@@ -121,8 +142,9 @@ def enforce(access: Access, request, realm: str) -> None:
         verb = "read" if permission == "r" else "search"
         because = f" (asked by {why.split('=')[0]})" if why else ""
         raise forbidden(
-            realm, f"the token's scopes do not allow to {verb} {resource_type}{because}: it needs a scope such as "
-                   f"patient/{resource_type}.{permission}, user/{resource_type}.{permission} or "
-                   f"system/{resource_type}.{permission}",
+            realm,
+            f"the token's scopes do not allow to {verb} {resource_type}{because}: it needs a scope such as "
+            f"patient/{resource_type}.{permission}, user/{resource_type}.{permission} or "
+            f"system/{resource_type}.{permission}",
             scope=" ".join(f"{ctx}/{resource_type}.{permission}" for ctx in ("patient", "user", "system")),
         )

@@ -5,6 +5,7 @@ Both are built from the config once. They state only what is true of this deploy
 capabilities this resource server itself honours (`permission-v1`, `permission-v2`: both scope
 grammars) plus those the configured authorization server offers (`security.capabilities`).
 """
+
 from __future__ import annotations
 
 import orjson
@@ -19,8 +20,10 @@ OWN_CAPABILITIES = ("permission-v1", "permission-v2")
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 #: client authentication each SMART client profile uses at the token endpoint
-_AUTH_METHODS = {"client-confidential-asymmetric": "private_key_jwt",
-                 "client-confidential-symmetric": "client_secret_basic"}
+_AUTH_METHODS = {
+    "client-confidential-asymmetric": "private_key_jwt",
+    "client-confidential-symmetric": "client_secret_basic",
+}
 
 
 def scopes_supported() -> list[str]:
@@ -35,8 +38,10 @@ def smart_configuration(security) -> dict | None:
     if not security.checks_tokens:
         return None
     capabilities = sorted(set(security.capabilities) | set(OWN_CAPABILITIES))
-    grant_types = list(security.grant_types_supported or (
-        (["authorization_code"] if security.authorization_endpoint else []) + ["client_credentials"]))
+    grant_types = list(
+        security.grant_types_supported
+        or ((["authorization_code"] if security.authorization_endpoint else []) + ["client_credentials"])
+    )
     document = {}
     if security.issuer:
         document["issuer"] = security.issuer
@@ -59,22 +64,28 @@ def smart_configuration(security) -> dict | None:
 def rest_security(security) -> dict:
     """`CapabilityStatement.rest.security`: CORS, the SMART service and its OAuth endpoints."""
     if security.open:
-        return {"cors": bool(security.cors_origins),
-                "description": "Open mode: no token is required (configured with security.open)."}
+        return {
+            "cors": bool(security.cors_origins),
+            "description": "Open mode: no token is required (configured with security.open).",
+        }
     if not security.checks_tokens:
-        return {"cors": bool(security.cors_origins),
-                "description": "Every request for data needs a bearer token; no token validator is configured, "
-                               "so this server answers 401 to each."}
+        return {
+            "cors": bool(security.cors_origins),
+            "description": "Every request for data needs a bearer token; no token validator is configured, "
+            "so this server answers 401 to each.",
+        }
     uris = [{"url": "token", "valueUri": security.token_endpoint}]
     if security.authorization_endpoint:
         uris.insert(0, {"url": "authorize", "valueUri": security.authorization_endpoint})
     return {
         "extension": [{"url": OAUTH_URIS, "extension": uris}],
         "cors": bool(security.cors_origins),
-        "service": [{
-            "coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
-            "text": "OAuth2 bearer tokens using the SMART App Launch profile",
-        }],
+        "service": [
+            {
+                "coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
+                "text": "OAuth2 bearer tokens using the SMART App Launch profile",
+            }
+        ],
         "description": (
             "Every request for data needs a bearer token from the authorization server named in "
             "/.well-known/smart-configuration. Scopes: SMART v1 (.read) and v2 (.rs, granular ?param=value) "
@@ -96,7 +107,11 @@ def init_app(app: Flask, state: ApiState) -> None:
     @serves(SMART_CONFIGURATION)
     def smart_configuration_document():
         if body is None:
-            raise FhirError(404, "not-found", "this server checks no tokens, so it names no authorization server"
-                                              if not config.security.open else
-                                              "this server runs open (security.open): it takes no tokens")
+            raise FhirError(
+                404,
+                "not-found",
+                "this server checks no tokens, so it names no authorization server"
+                if not config.security.open
+                else "this server runs open (security.open): it takes no tokens",
+            )
         return Response(body, content_type="application/json")

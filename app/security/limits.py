@@ -6,6 +6,7 @@ answer. A request body (POST _search) larger than `security.max_body_bytes` gets
 Header size is limited by gunicorn (`limit_request_field_size`, app/server.py), which
 answers 431 before the request reaches the app.
 """
+
 from __future__ import annotations
 
 from flask import Flask
@@ -24,10 +25,19 @@ def init_app(app: Flask, security) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_err):
-        return outcome_response(413, "too-costly", f"the request body is larger than the "
-                                                   f"{security.max_body_bytes} bytes this server accepts")
+        return outcome_response(
+            413,
+            "too-costly",
+            f"the request body is larger than the {security.max_body_bytes} bytes this server accepts",
+        )
 
     if security.cors_origins:
-        CORS(app, resources={r"/fhir/*": {"origins": list(security.cors_origins)}},
-             allow_headers=ALLOW_HEADERS, expose_headers=EXPOSE_HEADERS, methods=["GET", "POST", "OPTIONS"],
-             supports_credentials=False, max_age=600)
+        CORS(
+            app,
+            resources={r"/fhir/*": {"origins": list(security.cors_origins)}},
+            allow_headers=ALLOW_HEADERS,
+            expose_headers=EXPOSE_HEADERS,
+            methods=["GET", "POST", "OPTIONS"],
+            supports_credentials=False,
+            max_age=600,
+        )

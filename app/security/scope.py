@@ -11,6 +11,7 @@ Endpoint is not in the Patient compartment (FHIR R4 CompartmentDefinition): unde
 context an Endpoint is visible when a study the token may see points at it, and an
 ImagingStudy grant covers it, because apps must follow `ImagingStudy.endpoint` to the images.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,7 @@ def compartment(access: Access) -> tuple[str, ...] | None:
 
 def _grants(access: Access, rtype: str, interaction: str) -> list:
     grants = [grant for grant in access.grants if grant.covers(rtype, interaction)]
-    if rtype == "Endpoint" and not grants and any(grant.covers("ImagingStudy", interaction)
-                                                  for grant in access.grants):
+    if rtype == "Endpoint" and not grants and any(grant.covers("ImagingStudy", interaction) for grant in access.grants):
         return [None]  # reached through the studies: an Endpoint grant without narrowing
     return grants
 
@@ -63,8 +63,15 @@ def _narrowing(rtype: str, grant) -> tuple | None:
         return ()
     state = _settings()
     try:
-        parsed = parse_search(rtype, list(grant.narrowing), zone=state.config.timezone, base_url=state.base_url,
-                              default_count=1, max_count=1, strict=True)
+        parsed = parse_search(
+            rtype,
+            list(grant.narrowing),
+            zone=state.config.timezone,
+            base_url=state.base_url,
+            default_count=1,
+            max_count=1,
+            strict=True,
+        )
     except SearchError:
         return None
     if len(parsed.clauses) != len(grant.narrowing):
@@ -123,8 +130,12 @@ def require(rtype: str, interaction: str) -> None:
 def _named_patients(rtype: str, clause) -> list[str]:
     """Patients a search names explicitly: `patient=`/`subject=` on ImagingStudy (also as
     `patient._id=`), `_id=` on Patient."""
-    if isinstance(clause, ChainClause) and rtype == "ImagingStudy" and clause.target == "Patient" \
-            and clause.param.name in ("patient", "subject"):
+    if (
+        isinstance(clause, ChainClause)
+        and rtype == "ImagingStudy"
+        and clause.target == "Patient"
+        and clause.param.name in ("patient", "subject")
+    ):
         return _named_patients("Patient", clause.inner)
     if not isinstance(clause, Clause) or clause.modifier is not None:
         return []
@@ -163,11 +174,11 @@ def restrict_search(query: SearchQuery) -> None:
     access = current_access()
     patients = compartment(access)
     if patients is not None:
-        outside = sorted({p for clause in query.clauses for p in _named_patients(query.rtype, clause)}
-                         - set(patients))
+        outside = sorted({p for clause in query.clauses for p in _named_patients(query.rtype, clause)} - set(patients))
         if outside:
-            raise FhirError(403, "forbidden", "the search names a patient outside the patient in context "
-                                              "of the access token")
+            raise FhirError(
+                403, "forbidden", "the search names a patient outside the patient in context of the access token"
+            )
     query.restrictions = restrictions(SEARCH)
 
 
@@ -192,7 +203,7 @@ def version_visible(rtype: str, content: bytes) -> bool:
     if patients is None or rtype != "ImagingStudy":
         return True
     reference = (orjson.loads(content).get("subject") or {}).get("reference", "")
-    return reference.startswith("Patient/") and reference[len("Patient/"):] in patients
+    return reference.startswith("Patient/") and reference[len("Patient/") :] in patients
 
 
 def fetchable_identifiers() -> set[tuple[str, str]] | None:

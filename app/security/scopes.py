@@ -13,6 +13,7 @@ matter; `c`, `u`, `d` and v1 `write` grant nothing here. Scopes that are not res
 What a request needs is decided before any query runs, from the route and its parameters
 alone, so a refusal never depends on what the store holds.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,13 @@ def may_update_patients(scopes) -> bool:
         head = scope.partition("?")[0]
         context, slash, rest = head.partition("/")
         resource, dot, permissions = rest.rpartition(".")
-        if slash and dot and context in ("user", "system") and resource in ("Patient", "*") \
-                and _UPDATES.match(permissions):
+        if (
+            slash
+            and dot
+            and context in ("user", "system")
+            and resource in ("Patient", "*")
+            and _UPDATES.match(permissions)
+        ):
             return True
     return False
 
@@ -153,4 +159,3 @@ def _joined_types(rtype: str, name: str) -> set[str]:
         current, rest = targets[0], tail
         types.add(current)
     return types
-

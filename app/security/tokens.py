@@ -10,6 +10,7 @@ type and curve must fit the algorithm.
 Checked tokens are cached by their SHA-256, until they expire, so a client repeating a token
 costs one signature check (or one introspection call), not one per request.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -171,8 +172,9 @@ class JwtValidator:
             raise InvalidToken("the token is not a signed JWT") from None
         alg = header.get("alg")
         if alg not in self.algorithms:
-            raise InvalidToken(f"tokens signed with {str(alg)[:16]!r} are not accepted "
-                               f"(accepted: {', '.join(self.algorithms)})")
+            raise InvalidToken(
+                f"tokens signed with {str(alg)[:16]!r} are not accepted (accepted: {', '.join(self.algorithms)})"
+            )
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise InvalidToken("the token's key id (kid) is not a string")
@@ -182,8 +184,13 @@ class JwtValidator:
         for key in keys:
             try:
                 return jwt.decode(
-                    token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                    leeway=self.leeway, options={"require": ["exp", "iss", "aud"]},
+                    token,
+                    key.key,
+                    algorithms=[alg],
+                    audience=self.audience,
+                    issuer=self.issuer,
+                    leeway=self.leeway,
+                    options={"require": ["exp", "iss", "aud"]},
                 )
             except jwt.InvalidSignatureError:
                 continue
@@ -217,8 +224,10 @@ class IntrospectionValidator:
     def claims(self, token: str, now: float) -> dict:
         try:
             response = self.session.post(
-                self.config.url, data={"token": token, "token_type_hint": "access_token"},
-                auth=(self.config.client_id, self.config.client_secret), timeout=self.config.timeout,
+                self.config.url,
+                data={"token": token, "token_type_hint": "access_token"},
+                auth=(self.config.client_id, self.config.client_secret),
+                timeout=self.config.timeout,
                 headers={"Accept": "application/json"},
             )
             response.raise_for_status()

@@ -1,6 +1,7 @@
 """What every source is: what it yields (a StudyRecord, the study metadata as DICOM JSON that
 mapping reads, app/mapping/record.py, or a StudyFailure), what it can do (the `Source`
 protocol), and how its settings open it."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -6,6 +6,7 @@ say, the archive cut its answer (Orthanc's LimitFindResults / LimitFindInstances
 QIDO-RS answers without a word) or the study changed while it was read: either way the
 record would leave part of the study out, so the source reports a StudyFailure instead.
 """
+
 from __future__ import annotations
 
 
@@ -42,4 +43,5 @@ def check_count(where: str, what: str, got: int, answer: dict, key: str) -> None
     if counted is not None and got < counted:
         raise ShortAnswer(
             f"{where}: the archive answered {got} {what}(s) but counts {counted}; its answer was cut "
-            "(a limit such as Orthanc's LimitFindResults or LimitFindInstances) or it changed while read")
+            "(a limit such as Orthanc's LimitFindResults or LimitFindInstances) or it changed while read"
+        )

@@ -3,6 +3,7 @@
 Used by every source that holds pydicom datasets (files, C-FIND answers), so they all hand
 mapping the same PS3.18 F.2 form that QIDO-RS returns.
 """
+
 from __future__ import annotations
 
 import re
@@ -77,8 +78,9 @@ def _charset_notes(ds: Dataset) -> list[str]:
     for warning in caught:
         message = str(warning.message)
         if match := _UNKNOWN_CHARSET.match(message):
-            notes.append(f"SpecificCharacterSet {match[1]!r} is not a DICOM character set; "
-                         "text read as ISO_IR 100 (Latin-1)")
+            notes.append(
+                f"SpecificCharacterSet {match[1]!r} is not a DICOM character set; text read as ISO_IR 100 (Latin-1)"
+            )
         elif match := _MISSPELLED_CHARSET.match(message):
             notes.append(f"SpecificCharacterSet {match[1]!r} is misspelled; read as {match[2]!r}")
         else:  # pydicom's other notes on a character set name only character sets
@@ -94,11 +96,12 @@ def _shown(value) -> str:
 def _decoding_note(tag, ds: Dataset, warning) -> str:
     message = str(warning.message)
     if "escape sequence" in message:
-        return (f"{_label(tag)} has an escape sequence that SpecificCharacterSet "
-                f"{_character_set(ds)} does not allow; read as ISO_IR 100 (Latin-1)")
+        return (
+            f"{_label(tag)} has an escape sequence that SpecificCharacterSet "
+            f"{_character_set(ds)} does not allow; read as ISO_IR 100 (Latin-1)"
+        )
     if "decode" in message:
-        return (f"{_label(tag)} has bytes that are not valid in {_character_set(ds)}; "
-                "they were replaced by U+FFFD")
+        return f"{_label(tag)} has bytes that are not valid in {_character_set(ds)}; they were replaced by U+FFFD"
     return f"{_label(tag)} was read with a pydicom warning ({warning.category.__name__})"
 
 
@@ -132,8 +135,11 @@ def dataset_to_dicom_json(ds: Dataset, wanted=MAPPED_TAGS) -> tuple[dict, list[s
     padding), so every change to what the file says is reported.
     """
     present = [tag for tag in wanted if tag in ds]
-    repairs = [f"{_label(tag)} has padding a UID cannot have (spaces or NULs); removed"
-               for tag in present if _padded_uid(tag, ds.get_item(tag, keep_deferred=True))]
+    repairs = [
+        f"{_label(tag)} has padding a UID cannot have (spaces or NULs); removed"
+        for tag in present
+        if _padded_uid(tag, ds.get_item(tag, keep_deferred=True))
+    ]
     if present and _CHARSET in ds:
         repairs += _charset_notes(ds)
     out = {}

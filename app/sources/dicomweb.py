@@ -28,6 +28,7 @@ way (Orthanc: LimitFindResults, LimitFindInstances); a study whose series or ins
 are fewer than its own NumberOfStudyRelatedSeries / NumberOfSeriesRelatedInstances says
 is reported as a StudyFailure, rather than indexed with series or instances missing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,12 @@ class DicomwebSchema(Schema):
     timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1))
     page_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
     instance_metadata = fields.Boolean(load_default=False)
-    changes = fields.String(load_default=None, validate=validate.OneOf(
-        ["orthanc"], error="must be 'orthanc' (Orthanc's /changes feed is the one change feed supported)"))
+    changes = fields.String(
+        load_default=None,
+        validate=validate.OneOf(
+            ["orthanc"], error="must be 'orthanc' (Orthanc's /changes feed is the one change feed supported)"
+        ),
+    )
     rest_url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
     # dicomweb and dimse: the most studies the archive answers to one query
     max_results = fields.Integer(load_default=None, validate=validate.Range(min=1))
@@ -108,10 +113,17 @@ class DicomwebSchema(Schema):
             problems["changes"] = ["changes: orthanc is for a dicomweb source on Orthanc (it reads Orthanc's REST API)"]
         if data.get("rest_url") is not None and data.get("changes") is None and "changes" not in problems:
             problems["rest_url"] = ["rest_url is only used with changes: orthanc"]
-        if (data.get("changes") == "orthanc" and kind == "dicomweb" and data.get("url")
-                and not data.get("rest_url") and orthanc_rest_url(data["url"]) is None):
-            problems["rest_url"] = ["changes: orthanc needs the rest_url of Orthanc's REST API (e.g. "
-                                    "http://pacs:8042), because the url does not end in /dicom-web"]
+        if (
+            data.get("changes") == "orthanc"
+            and kind == "dicomweb"
+            and data.get("url")
+            and not data.get("rest_url")
+            and orthanc_rest_url(data["url"]) is None
+        ):
+            problems["rest_url"] = [
+                "changes: orthanc needs the rest_url of Orthanc's REST API (e.g. "
+                "http://pacs:8042), because the url does not end in /dicom-web"
+            ]
         if problems:
             raise ValidationError(problems)
 
@@ -137,20 +149,43 @@ class DicomwebSettings(ProtocolSettings):
         rest_url = None
         if data["changes"] == "orthanc":
             rest_url = (data["rest_url"] or orthanc_rest_url(data["url"])).rstrip("/")
-        return cls(url=data["url"].rstrip("/"), username=data["username"], password=data["password"],
-                   token=data["token"], timeout=data["timeout"], page_size=data["page_size"],
-                   instance_metadata=data["instance_metadata"], changes=data["changes"], rest_url=rest_url,
-                   max_results=data["max_results"])
+        return cls(
+            url=data["url"].rstrip("/"),
+            username=data["username"],
+            password=data["password"],
+            token=data["token"],
+            timeout=data["timeout"],
+            page_size=data["page_size"],
+            instance_metadata=data["instance_metadata"],
+            changes=data["changes"],
+            rest_url=rest_url,
+            max_results=data["max_results"],
+        )
 
     def open(self, name: str, profile: Profile | None) -> DicomwebSource:
         feed = None
         if self.changes == "orthanc" and self.rest_url:
-            feed = OrthancChanges(name, self.rest_url, username=self.username, password=self.password,
-                                  token=self.token, timeout=self.timeout)
-        return DicomwebSource(name, self.url, username=self.username, password=self.password, token=self.token,
-                              timeout=self.timeout, page_size=self.page_size,
-                              instance_metadata=self.instance_metadata, max_results=self.max_results,
-                              private_tags=profile.private_tag_numbers() if profile else (), change_feed=feed)
+            feed = OrthancChanges(
+                name,
+                self.rest_url,
+                username=self.username,
+                password=self.password,
+                token=self.token,
+                timeout=self.timeout,
+            )
+        return DicomwebSource(
+            name,
+            self.url,
+            username=self.username,
+            password=self.password,
+            token=self.token,
+            timeout=self.timeout,
+            page_size=self.page_size,
+            instance_metadata=self.instance_metadata,
+            max_results=self.max_results,
+            private_tags=profile.private_tag_numbers() if profile else (),
+            change_feed=feed,
+        )
 
     def credentials(self) -> tuple[tuple[str, str] | None, dict[str, str]]:
         auth = (self.username, self.password or "") if self.username else None
@@ -204,8 +239,7 @@ class DicomwebSource(QueriedArchive):
             session.headers["Authorization"] = f"Bearer {token}"
         session.hooks["response"].append(self._note_warning)
         self.session = session
-        self.client = DICOMwebClient(self.url, session=session, timeout=timeout,
-                                     permissive_uid=True)
+        self.client = DICOMwebClient(self.url, session=session, timeout=timeout, permissive_uid=True)
         self.client.set_http_retry_params(retry=False)  # retried here, with short backoff
         # dicomweb-client sends "Host: <host>" without the port; archives build their
         # RetrieveURL (0008,1190) from it (Orthanc answers http://127.0.0.1/... for a
@@ -223,9 +257,16 @@ class DicomwebSource(QueriedArchive):
     # -- internals -------------------------------------------------------------------
     def _reset_stats(self) -> None:
         self.stats = {
-            "studies_listed": 0, "requests": 0, "retries": 0, "studies": 0,
-            "series": 0, "instances": 0, "failed": 0, "duplicates": 0,
-            "listing_queries": 0, "listing_gaps": 0,
+            "studies_listed": 0,
+            "requests": 0,
+            "retries": 0,
+            "studies": 0,
+            "series": 0,
+            "instances": 0,
+            "failed": 0,
+            "duplicates": 0,
+            "listing_queries": 0,
+            "listing_gaps": 0,
         }
 
     def _note_warning(self, response, *args, **kwargs):
@@ -249,8 +290,7 @@ class DicomwebSource(QueriedArchive):
                 if not isinstance(answer, list) or not all(isinstance(a, dict) for a in answer):
                     raise BadAnswer("answer is not a JSON array of DICOM JSON objects")
                 return answer
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 error, wait = exc, None
             except requests.HTTPError as exc:
                 response = exc.response
@@ -259,7 +299,7 @@ class DicomwebSource(QueriedArchive):
                 error, wait = exc, response.headers.get("Retry-After")
             if attempt >= self.retries:
                 raise error
-            delay = self.backoff * (2 ** attempt)
+            delay = self.backoff * (2**attempt)
             if wait and wait.isdigit():
                 delay = max(delay, min(float(wait), 10.0))
             attempt += 1
@@ -290,8 +330,9 @@ class DicomwebSource(QueriedArchive):
         qido_params(match)  # a value QIDO cannot carry is refused before the archive is asked
 
     def _query_studies(self, session, keys: dict) -> tuple[list[dict], bool]:
-        answers = self._paged(self.client.search_for_studies, fields=STUDY_FIELDS,
-                              search_filters=qido_params(keys) or None)
+        answers = self._paged(
+            self.client.search_for_studies, fields=STUDY_FIELDS, search_filters=qido_params(keys) or None
+        )
         return answers, self._at_limit(answers)
 
     def _query_series(self, session, study_uid: str) -> tuple[list[dict], bool]:
@@ -299,8 +340,12 @@ class DicomwebSource(QueriedArchive):
         return answers, self._cut
 
     def _query_instances(self, session, study_uid: str, series_uid: str) -> tuple[list[dict], bool]:
-        answers = self._paged(self.client.search_for_instances, study_instance_uid=study_uid,
-                              series_instance_uid=series_uid, fields=INSTANCE_FIELDS)
+        answers = self._paged(
+            self.client.search_for_instances,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            fields=INSTANCE_FIELDS,
+        )
         return answers, self._cut
 
     def _study_uid(self, answer: dict) -> str | None:
@@ -320,8 +365,7 @@ class DicomwebSource(QueriedArchive):
         return f"{self.public_url}/studies/{uid}"
 
     def _unreachable(self, exc: Exception) -> bool:
-        return isinstance(exc, (requests.ConnectionError, requests.Timeout,
-                                requests.exceptions.ChunkedEncodingError))
+        return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError))
 
     def _archive_fault(self, exc: Exception) -> bool:
         """5xx, refusing our credentials, or unreachable: one such study fails alone; several in a
@@ -356,8 +400,7 @@ class DicomwebSource(QueriedArchive):
         sop = first_uid(series.instances[0], "00080018")
         series_uid = first_uid(series.attrs, "0020000E")
         try:
-            metadata = self._call(
-                lambda: [self.client.retrieve_instance_metadata(uid, series_uid, sop)])[0]
+            metadata = self._call(lambda: [self.client.retrieve_instance_metadata(uid, series_uid, sop)])[0]
         except (requests.RequestException, ValueError, IndexError, BadAnswer) as exc:
             return attrs, [f"instance metadata not read: {self._describe(exc)}"]
         merged = dict(attrs)

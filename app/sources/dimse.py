@@ -32,6 +32,7 @@ pynetdicom logs the identifiers it receives at INFO level by default (patient na
 IDs): that is switched off here, and its chatty INFO lines are lowered to WARNING unless
 the application set a level for the `pynetdicom` logger itself.
 """
+
 from __future__ import annotations
 
 import logging
@@ -174,12 +175,25 @@ class DimseSettings(ProtocolSettings):
     @classmethod
     def from_data(cls, data: dict) -> DimseSettings:
         """The settings of a checked config entry (DimseSchema's keys)."""
-        return cls(host=data["host"], called_aet=data["called_aet"].strip(), port=data["port"],
-                   calling_aet=data["calling_aet"].strip(), timeout=data["timeout"], max_results=data["max_results"])
+        return cls(
+            host=data["host"],
+            called_aet=data["called_aet"].strip(),
+            port=data["port"],
+            calling_aet=data["calling_aet"].strip(),
+            timeout=data["timeout"],
+            max_results=data["max_results"],
+        )
 
     def open(self, name: str, profile: Profile | None) -> DimseSource:
-        return DimseSource(name, self.host, self.port, self.called_aet, calling_aet=self.calling_aet,
-                           timeout=self.timeout, max_results=self.max_results)
+        return DimseSource(
+            name,
+            self.host,
+            self.port,
+            self.called_aet,
+            calling_aet=self.calling_aet,
+            timeout=self.timeout,
+            max_results=self.max_results,
+        )
 
 
 class _Session:
@@ -268,17 +282,27 @@ class DimseSource(QueriedArchive):
             if assoc.is_established:
                 assoc.release()
         if status is None or "Status" not in status:
-            raise SourceError(self.name, self.location,
-                              f"C-ECHO failed: no answer within {self.timeout:g}s or association aborted")
+            raise SourceError(
+                self.name, self.location, f"C-ECHO failed: no answer within {self.timeout:g}s or association aborted"
+            )
         if status.Status != 0x0000:
             raise SourceError(self.name, self.location, f"C-ECHO answered status 0x{status.Status:04X}")
 
     # -- internals -------------------------------------------------------------------
     def _reset_stats(self) -> None:
         self.stats = {
-            "studies_listed": 0, "associations": 0, "requests": 0, "retries": 0, "studies": 0,
-            "series": 0, "instances": 0, "failed": 0, "duplicates": 0, "warnings": 0,
-            "listing_queries": 0, "listing_gaps": 0,
+            "studies_listed": 0,
+            "associations": 0,
+            "requests": 0,
+            "retries": 0,
+            "studies": 0,
+            "series": 0,
+            "instances": 0,
+            "failed": 0,
+            "duplicates": 0,
+            "warnings": 0,
+            "listing_queries": 0,
+            "listing_gaps": 0,
         }
 
     def _associate(self, context: str):
@@ -290,10 +314,16 @@ class DimseSource(QueriedArchive):
         # then calls the association aborted)
         rejections: list[A_ASSOCIATE_RJ] = []
         assoc = self._ae.associate(
-            self.host, self.port, ae_title=self.called_aet,
-            evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: opened.append(True)),
-                          (evt.EVT_PDU_RECV, lambda event: isinstance(event.pdu, A_ASSOCIATE_RJ)
-                           and rejections.append(event.pdu))],
+            self.host,
+            self.port,
+            ae_title=self.called_aet,
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, lambda _event: opened.append(True)),
+                (
+                    evt.EVT_PDU_RECV,
+                    lambda event: isinstance(event.pdu, A_ASSOCIATE_RJ) and rejections.append(event.pdu),
+                ),
+            ],
         )
         if assoc.is_established:
             if not any(cx.abstract_syntax == context for cx in assoc.accepted_contexts):
@@ -305,14 +335,15 @@ class DimseSource(QueriedArchive):
             # 0x01 rejected-permanent, 0x02 rejected-transient (PS3.8 9.3.4)
             raise _DimseError(
                 f"association rejected ({rejection.result_str}, {rejection.source_str}: {rejection.reason_str})",
-                transient=rejection.result == 0x02)
+                transient=rejection.result == 0x02,
+            )
         answer = getattr(assoc.acceptor, "primitive", None)
         if answer is not None and answer.result == 0x00:
-            raise _DimseError("the archive accepted none of the proposed presentation contexts",
-                              transient=False)
+            raise _DimseError("the archive accepted none of the proposed presentation contexts", transient=False)
         if not opened:
-            raise _DimseError(f"cannot connect (connection refused or no answer within {self.timeout:g}s)",
-                              transient=True)
+            raise _DimseError(
+                f"cannot connect (connection refused or no answer within {self.timeout:g}s)", transient=True
+            )
         raise _DimseError(f"association aborted or not answered within {self.timeout:g}s", transient=True)
 
     def _run_find(self, assoc, identifier: Dataset) -> list[Dataset | None]:
@@ -326,8 +357,7 @@ class DimseSource(QueriedArchive):
             responses = assoc.send_c_find(identifier, FIND_MODEL)
             for status, answer in responses:
                 if status is None or "Status" not in status:
-                    raise _DimseError(
-                        f"association aborted or no answer within {self.timeout:g}s", transient=True)
+                    raise _DimseError(f"association aborted or no answer within {self.timeout:g}s", transient=True)
                 code = int(status.Status)
                 category = code_to_category(code)
                 if category == "Pending":
@@ -340,14 +370,16 @@ class DimseSource(QueriedArchive):
                 if code == CUT_STATUS:
                     answers.cut = True
                     return answers
-                raise _DimseError(f"C-FIND answered {category.lower()} status 0x{code:04X}",
-                                  transient=code in RETRY_STATUSES, status=code)
+                raise _DimseError(
+                    f"C-FIND answered {category.lower()} status 0x{code:04X}",
+                    transient=code in RETRY_STATUSES,
+                    status=code,
+                )
         except RuntimeError:  # the association went away between two queries
             raise _DimseError("association no longer established", transient=True) from None
         raise _DimseError("C-FIND ended without a final status", transient=True)
 
-    def _find(self, session: _Session, level: str, wanted: list,
-              keys: dict | None = None) -> list[Dataset | None]:
+    def _find(self, session: _Session, level: str, wanted: list, keys: dict | None = None) -> list[Dataset | None]:
         """One C-FIND at `level`, retried on transient failures on a new association."""
         attempt = 0
         while True:
@@ -360,8 +392,13 @@ class DimseSource(QueriedArchive):
             if error.status is not None and not error.transient and sequences and _has_sequences(wanted):
                 # some archives refuse sequence return keys: ask again without them
                 self._no_sequences.add(level)
-                log.info("source %s: C-FIND at %s level refused (status 0x%04X); "
-                         "querying that level without sequence attributes", self.name, level, error.status)
+                log.info(
+                    "source %s: C-FIND at %s level refused (status 0x%04X); "
+                    "querying that level without sequence attributes",
+                    self.name,
+                    level,
+                    error.status,
+                )
                 continue
             if error.status is None:
                 session.drop()  # the association is in an unknown state
@@ -392,8 +429,9 @@ class DimseSource(QueriedArchive):
         return answers, answers.cut
 
     def _query_instances(self, session: _Session, study_uid: str, series_uid: str) -> tuple[list, bool]:
-        answers = self._find(session, "IMAGE", INSTANCE_TAGS,
-                             {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid})
+        answers = self._find(
+            session, "IMAGE", INSTANCE_TAGS, {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}
+        )
         return answers, answers.cut
 
     def _decode(self, answer: Dataset | None, level: str) -> tuple[dict | None, list[str]]:
@@ -410,10 +448,14 @@ class DimseSource(QueriedArchive):
 
     def _cut_reason(self, level: str, series_uid: str | None = None) -> str:
         if level == "series":
-            return ("the archive ended its series answer early (C-FIND status 0xFE00, "
-                    "as Orthanc does beyond LimitFindResults)")
-        return (f"the archive ended its instance answer for series {series_uid} early "
-                "(C-FIND status 0xFE00, as Orthanc does beyond LimitFindInstances)")
+            return (
+                "the archive ended its series answer early (C-FIND status 0xFE00, "
+                "as Orthanc does beyond LimitFindResults)"
+            )
+        return (
+            f"the archive ended its instance answer for series {series_uid} early "
+            "(C-FIND status 0xFE00, as Orthanc does beyond LimitFindInstances)"
+        )
 
     def _study_location(self, uid: str) -> str:
         return f"{self.location} study {uid}"

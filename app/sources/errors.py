@@ -1,5 +1,6 @@
 """Errors a source raises when it cannot serve at all (as opposed to one bad study,
 which it yields as a `StudyFailure` and goes on)."""
+
 from __future__ import annotations
 
 

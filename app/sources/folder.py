@@ -22,6 +22,7 @@ cut short inside a mapped attribute loses that attribute, with a repair note.
 Query-only attributes (ModalitiesInStudy, NumberOfStudyRelated*) are not invented:
 files do not carry them; mapping counts series and instances itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,10 +73,17 @@ _DEFER_SIZE = 1 << 20
 # the wire, a deferred or already converted value, padding inside a value, a number
 # pydicom would normalise) goes through `dataset_to_dicom_json`, as do the sequence and
 # text attributes; a unit test checks both paths give the same JSON on every test file.
-_ASCII_VR = {"00080016": "UI", "00080018": "UI", _STUDY_UID: "UI", _SERIES_UID: "UI",
-             "00200013": "IS", "00080008": "CS", "00700080": "CS", "00200062": "CS"}
-_VR_OF = {k: vr for k, vr in _ASCII_VR.items()
-          if k in tags.INSTANCE or k in (_STUDY_UID, _SERIES_UID)}
+_ASCII_VR = {
+    "00080016": "UI",
+    "00080018": "UI",
+    _STUDY_UID: "UI",
+    _SERIES_UID: "UI",
+    "00200013": "IS",
+    "00080008": "CS",
+    "00700080": "CS",
+    "00200062": "CS",
+}
+_VR_OF = {k: vr for k, vr in _ASCII_VR.items() if k in tags.INSTANCE or k in (_STUDY_UID, _SERIES_UID)}
 _FAST = [(Tag(key), key, vr) for key, vr in sorted(_VR_OF.items())]
 _SLOW = [Tag(key) for key in sorted(k for k in tags.INSTANCE if k not in _VR_OF)]
 _IS_RE = re.compile(r" *[+-]?[0-9]{1,12} *")
@@ -108,8 +116,12 @@ class FolderSettings(ProtocolSettings):
     path: Path
 
     def open(self, name: str, profile: Profile | None) -> FolderSource:
-        return FolderSource(name, self.path, profile.private_tag_numbers() if profile else (),
-                            default_charset=profile.default_character_set if profile else None)
+        return FolderSource(
+            name,
+            self.path,
+            profile.private_tag_numbers() if profile else (),
+            default_charset=profile.default_character_set if profile else None,
+        )
 
 
 def _stop(tag, vr, length) -> bool:
@@ -192,15 +204,15 @@ def _referenced_ids(data: bytes) -> list[list[str]]:
     for match in _REFERENCED_FILE_ID.finditer(data):
         pos = match.end()
         big_endian = match.group() == b"\x00\x04\x15\x00"
-        if data[pos:pos + 2] == b"CS":  # explicit VR: 2-byte length
-            length = int.from_bytes(data[pos + 2:pos + 4], "big" if big_endian else "little")
+        if data[pos : pos + 2] == b"CS":  # explicit VR: 2-byte length
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big" if big_endian else "little")
             start = pos + 4
         elif not big_endian:  # implicit VR: 4-byte length
-            length = int.from_bytes(data[pos:pos + 4], "little")
+            length = int.from_bytes(data[pos : pos + 4], "little")
             start = pos + 4
         else:
             continue
-        value = data[start:start + length]
+        value = data[start : start + length]
         if not 0 < length <= 1024 or len(value) != length or not _FILE_ID_VALUE.fullmatch(value):
             continue
         parts = [p.strip().split(";")[0] for p in value.decode("ascii").rstrip(" \x00").split("\\")]
@@ -224,8 +236,7 @@ def _cut_element(ds, size: int):
     """The mapped element the end of the file cuts short, if any (pydicom reads what is left)."""
     for tag in ds.keys():  # noqa: SIM118 - iterating a pydicom Dataset yields elements, not tags
         elem = ds.get_item(tag, keep_deferred=True)
-        if (type(elem) is RawDataElement and elem.length != 0xFFFFFFFF
-                and elem.value_tell + elem.length > size):
+        if type(elem) is RawDataElement and elem.length != 0xFFFFFFFF and elem.value_tell + elem.length > size:
             return elem
     return None
 
@@ -264,11 +275,8 @@ class _Study:
     def record(self) -> StudyRecord:
         repairs = list(self.repairs)
         if self.duplicates:
-            repairs.append(
-                f"ignored {self.duplicates} file(s) repeating a SOPInstanceUID already read"
-            )
-        return StudyRecord(uid=self.uid, attrs=self.attrs,
-                           series=list(self.series.values()), repairs=repairs)
+            repairs.append(f"ignored {self.duplicates} file(s) repeating a SOPInstanceUID already read")
+        return StudyRecord(uid=self.uid, attrs=self.attrs, series=list(self.series.values()), repairs=repairs)
 
 
 class FolderSource:
@@ -281,8 +289,7 @@ class FolderSource:
     is how the text of files that declare no Specific Character Set is read.
     """
 
-    def __init__(self, name: str, path: str | Path, extra_tags=(), only=None,
-                 default_charset: str | None = None):
+    def __init__(self, name: str, path: str | Path, extra_tags=(), only=None, default_charset: str | None = None):
         self.name = name
         self.path = Path(path)
         self._default_charset = default_charset
@@ -334,14 +341,14 @@ class FolderSource:
     # -- scanning --------------------------------------------------------------------
     def _reset_stats(self) -> None:
         self.stats = {
-            "files": 0,        # regular files seen by the walk
-            "dicom": 0,        # files read as DICOM instances
-            "skipped": 0,      # not DICOM
-            "dicomdir": 0,     # DICOMDIR files read
-            "dicomdir_refs": 0,      # instance files the DICOMDIRs reference
-            "dicomdir_missing": 0,   # ... that the walk did not find as DICOM
-            "failed": 0,       # DICOM files that yield a failure or a repair
-            "duplicates": 0,   # files repeating an instance already read
+            "files": 0,  # regular files seen by the walk
+            "dicom": 0,  # files read as DICOM instances
+            "skipped": 0,  # not DICOM
+            "dicomdir": 0,  # DICOMDIR files read
+            "dicomdir_refs": 0,  # instance files the DICOMDIRs reference
+            "dicomdir_missing": 0,  # ... that the walk did not find as DICOM
+            "failed": 0,  # DICOM files that yield a failure or a repair
+            "duplicates": 0,  # files repeating an instance already read
             "studies": 0,
             "series": 0,
             "instances": 0,
@@ -366,7 +373,7 @@ class FolderSource:
                 continue
 
     def _location(self, path: str) -> str:
-        rel = path[self._root_len:]
+        rel = path[self._root_len :]
         return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
     def _fail(self, uid: str | None, reason: str, path: str) -> None:
@@ -395,7 +402,7 @@ class FolderSource:
             # pydicom warns about every oddity of every file; the stats and failures are
             # the report, and a large walk must not flood stderr
             warnings.simplefilter("ignore")
-            for path in (self._only if self._only is not None else self._walk(self._root)):
+            for path in self._only if self._only is not None else self._walk(self._root):
                 stats["files"] += 1
                 kind = self._read_one(path, dicomdirs)
                 if kind:
@@ -418,8 +425,7 @@ class FolderSource:
         stats = self.stats
         try:
             with open(path, "rb") as fp:
-                ds = read_partial(fp, self._stop, defer_size=_DEFER_SIZE, force=True,
-                                  specific_tags=self._specific_tags)
+                ds = read_partial(fp, self._stop, defer_size=_DEFER_SIZE, force=True, specific_tags=self._specific_tags)
                 size = os.fstat(fp.fileno()).st_size
                 cut = _cut_element(ds, size) if fp.tell() >= size else None
         except Exception as exc:  # noqa: BLE001 - any parse error of any file
@@ -432,13 +438,14 @@ class FolderSource:
         truncated = ""
         if cut is not None:
             del ds[cut.tag]
-            truncated = (f"the file ends inside {tags.ALL.get(f'{cut.tag:08X}', 'an attribute')} "
-                         f"({cut.tag:08X}), {cut.value_tell + cut.length - size} bytes short: "
-                         "truncated")
+            truncated = (
+                f"the file ends inside {tags.ALL.get(f'{cut.tag:08X}', 'an attribute')} "
+                f"({cut.tag:08X}), {cut.value_tell + cut.length - size} bytes short: "
+                "truncated"
+            )
 
         if _DIRECTORY_RECORD_SEQUENCE in ds or (
-            _raw_text(ds.file_meta.get_item(0x00020002, keep_deferred=True))
-            == MEDIA_STORAGE_DIRECTORY
+            _raw_text(ds.file_meta.get_item(0x00020002, keep_deferred=True)) == MEDIA_STORAGE_DIRECTORY
         ):
             stats["dicomdir"] += 1
             dicomdirs.append(path)
@@ -480,8 +487,10 @@ class FolderSource:
         if study is None:
             attrs, study_repairs = dataset_to_dicom_json(ds, self._study_tags)
             if charset_assumed and not orjson.dumps(attrs).isascii():
-                study_repairs.append(f"SpecificCharacterSet (0008,0005) absent; text read as "
-                                     f"{self._default_charset} (mapping profile character_set.default)")
+                study_repairs.append(
+                    f"SpecificCharacterSet (0008,0005) absent; text read as "
+                    f"{self._default_charset} (mapping profile character_set.default)"
+                )
             study = self._studies[study_uid] = _Study(study_uid, attrs, study_repairs)
         if (series_uid, sop_uid) in study.sops:
             study.duplicates += 1
@@ -517,8 +526,10 @@ class FolderSource:
             self.stats["dicomdir_refs"] += 1
             if location.lower() not in found:
                 self.stats["dicomdir_missing"] += 1
-                self._failures.append(StudyFailure(
-                    uid=None,
-                    reason=f"referenced by DICOMDIR {self._location(path)} but missing or not DICOM",
-                    location=location,
-                ))
+                self._failures.append(
+                    StudyFailure(
+                        uid=None,
+                        reason=f"referenced by DICOMDIR {self._location(path)} but missing or not DICOM",
+                        location=location,
+                    )
+                )

@@ -1,5 +1,6 @@
 """What the HTTP sources share: which answers are worth another try, and how an archive's
 address is shown without its credentials."""
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit

@@ -36,6 +36,7 @@ not the empties) and `""` is matched literally by the archives tried. What is do
   slice of year 1, than the cap allows). A listing with gaps is not complete, and must not
   be taken as proof that a study it misses is gone.
 """
+
 from __future__ import annotations
 
 import re
@@ -130,8 +131,10 @@ def uid_chunks(match: dict, size: int) -> list[dict]:
     uids = match.get("StudyInstanceUID")
     if not isinstance(uids, tuple) or len(uids) <= size:
         return [match]
-    return [{**match, "StudyInstanceUID": chunk if len(chunk) > 1 else chunk[0]}
-            for chunk in (uids[i:i + size] for i in range(0, len(uids), size))]
+    return [
+        {**match, "StudyInstanceUID": chunk if len(chunk) > 1 else chunk[0]}
+        for chunk in (uids[i : i + size] for i in range(0, len(uids), size))
+    ]
 
 
 # -- ranges ------------------------------------------------------------------------------
@@ -184,8 +187,7 @@ class DayRange:
         return self.first is not None and self.first == self.last
 
     def contains(self, day: int) -> bool:
-        return ((self.first is None or day >= self.first)
-                and (self.last is None or day <= self.last))
+        return (self.first is None or day >= self.first) and (self.last is None or day <= self.last)
 
     def halves(self) -> tuple[DayRange, DayRange] | None:
         lo = self.first if self.first is not None else _FIRST_DAY
@@ -306,8 +308,9 @@ class Listing:
 Query = Callable[[dict], tuple[Sequence, bool]]
 
 
-def sliced_listing(query: Query, match: dict, uid_of: Callable, date_of: Callable = lambda a: None,
-                   *, uids_per_query: int = 50) -> Listing:
+def sliced_listing(
+    query: Query, match: dict, uid_of: Callable, date_of: Callable = lambda a: None, *, uids_per_query: int = 50
+) -> Listing:
     """Every study `match` selects: the query as given, then slices of each capped answer.
 
     `match` is a normalized match (see `normalize_match`); `uid_of(answer)` gives an
@@ -332,16 +335,19 @@ def _ordinal(text) -> int | None:
         return None
 
 
-def _resolve(query: Query, base: dict, read: tuple, listing: Listing, piece: _Slice,
-             answers: list, capped: bool) -> list:
+def _resolve(
+    query: Query, base: dict, read: tuple, listing: Listing, piece: _Slice, answers: list, capped: bool
+) -> list:
     """The answers of `piece`; a capped answer is replaced by those of its parts."""
     if not capped:
         return answers
     uid_of, date_of = read
     parts = piece.parts([d for d in (_ordinal(date_of(a)) for a in answers) if d is not None])
     if parts is None:
-        listing.gaps.append(f"{piece.describe()}: the answer is still at the archive's limit and "
-                            "cannot be cut further; studies beyond the limit are not listed")
+        listing.gaps.append(
+            f"{piece.describe()}: the answer is still at the archive's limit and "
+            "cannot be cut further; studies beyond the limit are not listed"
+        )
         return answers
     listing.sliced = True
     merged: list = []
@@ -360,6 +366,7 @@ def _resolve(query: Query, base: dict, read: tuple, listing: Listing, piece: _Sl
         what = "StudyTime" if piece.times is not None or piece.days.one_day else "StudyDate"
         listing.gaps.append(
             f"{piece.describe()}: {len(extra)} study(ies) whose {what} no slice matches (empty or "
-            "absent) were in the archive's capped answer; more such studies may lie beyond its limit")
+            "absent) were in the archive's capped answer; more such studies may lie beyond its limit"
+        )
         merged.extend(extra)
     return merged

@@ -32,6 +32,7 @@ when it is given the StudyInstanceUIDs: a study whose UID Orthanc still holds is
 Connection errors and HTTP 429/502/503/504 are retried with exponential backoff like the
 DICOMweb source; a feed that cannot be read raises SourceError.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,7 +95,7 @@ def orthanc_study_id(patient_id: str | None, study_uid: str) -> str:
     in five dash-separated groups of eight hex digits, as Orthanc computes it from the
     values it stored (spaces included: see the module notes)."""
     digest = hashlib.sha1(f"{patient_id or ''}|{study_uid}".encode()).hexdigest()
-    return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 def study_id_of(answer: dict) -> str | None:
@@ -202,8 +203,7 @@ class OrthancChanges:
     # -- studies -------------------------------------------------------------------------
     def study_uid(self, orthanc_id: str) -> str | None:
         """The StudyInstanceUID of an Orthanc study, or None if Orthanc no longer holds it."""
-        answer = self._json("GET", f"/studies/{orthanc_id}", None, None, "cannot read a study",
-                            missing_ok=True)
+        answer = self._json("GET", f"/studies/{orthanc_id}", None, None, "cannot read a study", missing_ok=True)
         return None if answer is None else study_uid_of(answer)
 
     def lookup_study_ids(self, study_uid: str) -> list[str]:
@@ -211,8 +211,9 @@ class OrthancChanges:
         answer = self._json("POST", "/tools/lookup", None, study_uid.strip(), "cannot look up a study")
         if not isinstance(answer, list):
             raise self._error("cannot look up a study", "the answer is not a JSON array")
-        return [a["ID"] for a in answer
-                if isinstance(a, dict) and a.get("Type") == "Study" and isinstance(a.get("ID"), str)]
+        return [
+            a["ID"] for a in answer if isinstance(a, dict) and a.get("Type") == "Study" and isinstance(a.get("ID"), str)
+        ]
 
     def study_ids(self, page_size: int = 10000) -> set[str]:
         """The IDs of every study Orthanc holds (GET /studies, paged; no LimitFindResults).
@@ -224,8 +225,7 @@ class OrthancChanges:
         ids: set[str] = set()
         since = 0
         while True:
-            answer = self._json("GET", "/studies", {"since": since, "limit": page_size}, None,
-                                "cannot list study IDs")
+            answer = self._json("GET", "/studies", {"since": since, "limit": page_size}, None, "cannot list study IDs")
             if not isinstance(answer, list) or not all(isinstance(a, str) for a in answer):
                 raise self._error("cannot list study IDs", "the answer is not a JSON array of IDs")
             ids.update(answer)
@@ -247,8 +247,10 @@ class OrthancChanges:
             return []
         events = []
         for orthanc_id in sorted(set(known) - self.study_ids()):
-            if self._json("GET", f"/studies/{orthanc_id}", None, None, "cannot read a study",
-                          missing_ok=True) is not None:
+            if (
+                self._json("GET", f"/studies/{orthanc_id}", None, None, "cannot read a study", missing_ok=True)
+                is not None
+            ):
                 continue
             uid = known[orthanc_id]
             if uid and self.lookup_study_ids(uid):
@@ -259,15 +261,23 @@ class OrthancChanges:
     # -- HTTP ----------------------------------------------------------------------------
     def _feed(self, params: dict, what: str) -> dict:
         answer = self._json("GET", "/changes", params, None, what)
-        if not (isinstance(answer, dict) and isinstance(answer.get("Changes"), list)
-                and isinstance(answer.get("Last"), int) and isinstance(answer.get("Done"), bool)):
+        if not (
+            isinstance(answer, dict)
+            and isinstance(answer.get("Changes"), list)
+            and isinstance(answer.get("Last"), int)
+            and isinstance(answer.get("Done"), bool)
+        ):
             raise self._error(what, "the answer is not Orthanc's {Changes, Done, Last}")
-        changes = [c for c in answer["Changes"]
-                   if isinstance(c, dict) and isinstance(c.get("Seq"), int) and isinstance(c.get("ID"), str)]
+        changes = [
+            c
+            for c in answer["Changes"]
+            if isinstance(c, dict) and isinstance(c.get("Seq"), int) and isinstance(c.get("ID"), str)
+        ]
         return {**answer, "Changes": changes}
 
-    def _json(self, method: str, path: str, params: dict | None, data: str | None, what: str,
-              *, missing_ok: bool = False):
+    def _json(
+        self, method: str, path: str, params: dict | None, data: str | None, what: str, *, missing_ok: bool = False
+    ):
         """One request, retried on connection errors and 429/502/503/504; its JSON answer.
 
         With `missing_ok`, a 404 gives None. Anything else raises SourceError.
@@ -276,8 +286,7 @@ class OrthancChanges:
         while True:
             self.stats["requests"] += 1
             try:
-                response = self.session.request(method, self.url + path, params=params, data=data,
-                                                timeout=self.timeout)
+                response = self.session.request(method, self.url + path, params=params, data=data, timeout=self.timeout)
                 if missing_ok and response.status_code == 404:
                     return None
                 if response.status_code in RETRY_STATUSES:
@@ -285,8 +294,7 @@ class OrthancChanges:
                 else:
                     response.raise_for_status()
                     return response.json()
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 error, wait = exc, None
             except requests.HTTPError as exc:
                 raise self._error(what, self._describe(exc)) from None
@@ -294,7 +302,7 @@ class OrthancChanges:
                 raise self._error(what, f"invalid JSON answer: {exc}"[:300]) from None
             if attempt >= self.retries:
                 raise self._error(what, self._describe(error)) from None
-            delay = self.backoff * (2 ** attempt)
+            delay = self.backoff * (2**attempt)
             if wait and wait.isdigit():
                 delay = max(delay, min(float(wait), 10.0))
             attempt += 1

@@ -17,6 +17,7 @@ The rules they share:
   studies in a row (or an archive that cannot be reached at all) end the run: the archive,
   not the studies, is failing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -192,8 +193,13 @@ class QueriedArchive:
         self.listing_gaps = []
         try:
             with self._session() as session:
-                found = sliced_listing(lambda keys: self._query_studies(session, keys), match, self._study_uid,
-                                       self._study_date, uids_per_query=self.uids_per_query)
+                found = sliced_listing(
+                    lambda keys: self._query_studies(session, keys),
+                    match,
+                    self._study_uid,
+                    self._study_date,
+                    uids_per_query=self.uids_per_query,
+                )
         except (*self.failures, BadAnswer) as exc:
             raise SourceError(self.name, self.location, f"cannot list studies: {self._describe(exc)}") from None
         self.stats["listing_queries"] = found.queries
@@ -240,8 +246,11 @@ class QueriedArchive:
                 # not this study's fault: end the run, the next one resumes
                 raise SourceError(self.name, self.location, f"cannot read studies: {self._describe(exc)}") from None
             self.stats["failed"] += 1
-            return StudyFailure(uid=uid, reason=f"cannot read series/instances: {self._describe(exc)}",
-                                location=self._study_location(uid))
+            return StudyFailure(
+                uid=uid,
+                reason=f"cannot read series/instances: {self._describe(exc)}",
+                location=self._study_location(uid),
+            )
         self._failing = 0
         self.stats["studies"] += 1
         self.stats["series"] += len(series_list)

@@ -5,6 +5,7 @@ The config file keeps a source's keys in one flat mapping (`sources[n]`); `Sourc
 keys every source has joined with each protocol's schema (folder.py, dicomweb.py, dimse.py),
 so a key is checked wherever it is written, and each protocol checks its own rules.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

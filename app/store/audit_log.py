@@ -8,6 +8,7 @@ search first stores this process's events, so a trail read through the same serv
 never behind. Events spooled by other server processes are searchable within a drain period.
 If the database cannot take them, they stay on disk and the next drain tries again.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -63,16 +64,16 @@ class AuditLog(Reader):
         conn.execute("SET synchronous_commit TO off")
         return conn
 
-    def write(self, event_id: str, recorded: int, outcome: str, content: bytes,
-              index: list[tuple[str, str]]) -> None:
+    def write(self, event_id: str, recorded: int, outcome: str, content: bytes, index: list[tuple[str, str]]) -> None:
         """Record one event and its lookup rows (param, value): on disk when this returns."""
         self.spool.append(event_id, recorded, outcome, content, index)
         with self._drainer_lock:  # the drain thread decides under it whether to end
             if self._drainer_pid != os.getpid():
                 self._drainer_pid, self._stop = os.getpid(), threading.Event()
                 _open_logs.add(self)
-                threading.Thread(target=self._drain_while_busy, args=(self._stop,), name="audit-drain",
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._drain_while_busy, args=(self._stop,), name="audit-drain", daemon=True
+                ).start()
 
     def flush(self) -> int:
         """Store every event spooled so far by this process (and any a dead process left)."""
@@ -82,14 +83,13 @@ class AuditLog(Reader):
         """Drain every DRAIN_SECONDS; after IDLE_DRAINS drains with nothing to do, let go of the
         connection and end (the next event starts a new thread)."""
         failures = idle = 0
-        while not stop.wait(min(DRAIN_SECONDS * 2 ** failures, 30)):
+        while not stop.wait(min(DRAIN_SECONDS * 2**failures, 30)):
             try:
                 idle = 0 if self.spool.drain() else idle + 1
                 failures = 0
             except Exception as err:  # noqa: BLE001 - the events stay spooled; try again later
                 failures = min(failures + 1, 6)
-                log.error("audit events could not be stored yet (kept in the spool, retrying): %s",
-                          type(err).__name__)
+                log.error("audit events could not be stored yet (kept in the spool, retrying): %s", type(err).__name__)
                 self.reset()
             with self._drainer_lock:
                 if idle >= IDLE_DRAINS and not self.spool.pending():
@@ -112,12 +112,19 @@ class AuditLog(Reader):
             if self.is_sqlite:
                 conn.execute("BEGIN IMMEDIATE")
                 if may_exist:
-                    events = [e for e in events
-                              if conn.execute("SELECT 1 FROM audit_event WHERE id = ?", (e[0],)).fetchone() is None]
-                conn.executemany("INSERT INTO audit_event (id, recorded, outcome, content) VALUES (?, ?, ?, ?)",
-                                 [e[:4] for e in events])
-                conn.executemany("INSERT INTO audit_index (event_id, param, value) VALUES (?, ?, ?)",
-                                 [(e[0], p, v) for e in events for p, v in e[4]])
+                    events = [
+                        e
+                        for e in events
+                        if conn.execute("SELECT 1 FROM audit_event WHERE id = ?", (e[0],)).fetchone() is None
+                    ]
+                conn.executemany(
+                    "INSERT INTO audit_event (id, recorded, outcome, content) VALUES (?, ?, ?, ?)",
+                    [e[:4] for e in events],
+                )
+                conn.executemany(
+                    "INSERT INTO audit_index (event_id, param, value) VALUES (?, ?, ?)",
+                    [(e[0], p, v) for e in events for p, v in e[4]],
+                )
                 conn.execute("COMMIT")
             else:
                 with conn.transaction(), conn.cursor() as cur:

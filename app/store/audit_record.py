@@ -7,6 +7,7 @@ A request writes only what its event says, as a few hundred bytes of compact JSO
 built either way: plain dicts serialized with orjson. Rows stored as AuditEvent JSON by
 earlier releases are served as they are.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,11 @@ import orjson
 from app.clock import micros_to_instant
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
-EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
-              "display": "RESTful Operation"}
+EVENT_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
 INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
 ENTITY_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/object-role"
@@ -45,26 +49,59 @@ _UNKNOWN = {"display": "unknown (no valid access token)"}
 @functools.lru_cache(maxsize=8)
 def _this_server(base_url: str) -> tuple[dict, dict]:
     """The destination agent and the source: the same in every event of this server."""
-    agent = {"type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
-             "who": {"display": "imaging-facade"}, "requestor": False,
-             "network": {"address": base_url, "type": "5"}}
-    source = {"site": base_url, "observer": {"display": "imaging-facade"},
-              "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                        "code": "4", "display": "Application Server"}]}
+    agent = {
+        "type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
+        "who": {"display": "imaging-facade"},
+        "requestor": False,
+        "network": {"address": base_url, "type": "5"},
+    }
+    source = {
+        "site": base_url,
+        "observer": {"display": "imaging-facade"},
+        "type": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4",
+                "display": "Application Server",
+            }
+        ],
+    }
     return agent, source
 
 
-def event_record(*, subtype: str | None, action: str, status: int, base_url: str, access, address: str | None,
-                 query: str, path: str, read: tuple[str, str] | None, patients: list[str]) -> tuple[bytes, list]:
+def event_record(
+    *,
+    subtype: str | None,
+    action: str,
+    status: int,
+    base_url: str,
+    access,
+    address: str | None,
+    query: str,
+    path: str,
+    read: tuple[str, str] | None,
+    patients: list[str],
+) -> tuple[bytes, list]:
     """What the event says, as the compact JSON the trail keeps, and its lookup rows (param, value).
 
     The lookup rows are the agents and patients; every event has a system-object entity (the
     query) and a person entity exactly when it names patients, which AuditEvent search derives.
     `render_event` makes the AuditEvent of it when the trail is read."""
     who = access.subject or access.client_id
-    record = {"status": status, "subtype": subtype, "action": action, "who": who, "client": access.client_id,
-              "open": access.open, "address": address, "query": query, "path": path,
-              "read": f"{read[0]}/{read[1]}" if read else None, "patients": patients, "server": base_url}
+    record = {
+        "status": status,
+        "subtype": subtype,
+        "action": action,
+        "who": who,
+        "client": access.client_id,
+        "open": access.open,
+        "address": address,
+        "query": query,
+        "path": path,
+        "read": f"{read[0]}/{read[1]}" if read else None,
+        "patients": patients,
+        "server": base_url,
+    }
     index = [("agent", value) for value in {who, access.client_id} if value]
     index += [("patient", pid) for pid in patients]
     return orjson.dumps(record), index
@@ -82,19 +119,27 @@ def render_event(event_id: str, recorded: int, content: bytes) -> bytes:
     who, client = r["who"], r["client"]
     requestor: dict = {
         "type": _SOURCE_ROLE,
-        "who": ({"identifier": {"system": AGENT_SYSTEM, "value": who}} if who else
-                _ANONYMOUS if r["open"] else _UNKNOWN),
+        "who": (
+            {"identifier": {"system": AGENT_SYSTEM, "value": who}} if who else _ANONYMOUS if r["open"] else _UNKNOWN
+        ),
         "requestor": True,
         "network": {"address": r["address"] or "unknown", "type": "2"},
     }
     if client and client != who:
         requestor["altId"] = client
-    entities: list[dict] = [{"type": _SYSTEM_OBJECT, "role": _QUERY_ROLE, "description": r["path"],
-                             "query": base64.b64encode(r["query"].encode()).decode()}]
+    entities: list[dict] = [
+        {
+            "type": _SYSTEM_OBJECT,
+            "role": _QUERY_ROLE,
+            "description": r["path"],
+            "query": base64.b64encode(r["query"].encode()).decode(),
+        }
+    ]
     if r["read"]:
         entities.append({"what": {"reference": r["read"]}, "type": _SYSTEM_OBJECT, "role": _RESOURCE_ROLE})
-    entities.extend({"what": {"reference": f"Patient/{pid}"}, "type": _PERSON, "role": _PATIENT_ROLE}
-                    for pid in r["patients"])
+    entities.extend(
+        {"what": {"reference": f"Patient/{pid}"}, "type": _PERSON, "role": _PATIENT_ROLE} for pid in r["patients"]
+    )
     outcome = outcome_code(r["status"])
     event = {
         "resourceType": "AuditEvent",

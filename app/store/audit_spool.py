@@ -24,6 +24,7 @@ newlines inside strings, so neither can occur inside the two parts. A last line 
 newline was cut short by a crash while it was being written: its request got no answer, and
 it is skipped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -189,8 +190,9 @@ class AuditSpool:
     def _store_segment(self, data: bytes, may_exist: bool) -> int:
         events, cut = decode(data)
         if cut:
-            log.warning("audit spool: skipped %d bytes of an event cut short by a crash (its request was "
-                        "not answered)", cut)
+            log.warning(
+                "audit spool: skipped %d bytes of an event cut short by a crash (its request was not answered)", cut
+            )
         if events:
             self._store(events, may_exist)
         return len(events)

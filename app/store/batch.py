@@ -7,6 +7,7 @@ studies look up first may be read for all of them at once (`ahead`); and the bat
 once, without waiting for the disk (engine.commit_without_waiting_for_disk). Loading the
 benchmarks' 40,000 studies takes minutes instead of an hour.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,5 +1,6 @@
 """What the server keeps about its own work: the quarantine, each source's sync state and runs,
 when an archive was last asked for a patient (on-demand mode), and shared settings."""
+
 from __future__ import annotations
 
 import orjson
@@ -13,9 +14,11 @@ from app.store import tables as t
 from app.store.reader import Reader
 
 _QUARANTINED = select(t.Quarantine.study_uid).where(
-    t.Quarantine.source == bindparam("key_source"), t.Quarantine.study_uid.in_(bindparam("uids", expanding=True)))
-_RELEASE = delete(t.Quarantine).where(t.Quarantine.source == bindparam("key_source"),
-                                      t.Quarantine.study_uid == bindparam("key_uid"))
+    t.Quarantine.source == bindparam("key_source"), t.Quarantine.study_uid.in_(bindparam("uids", expanding=True))
+)
+_RELEASE = delete(t.Quarantine).where(
+    t.Quarantine.source == bindparam("key_source"), t.Quarantine.study_uid == bindparam("key_uid")
+)
 
 
 def _storable(text: str) -> str:
@@ -42,16 +45,26 @@ class Quarantine:
         reason = _storable(reason)
         with self.engine.begin() as conn:
             if study_uid:
-                conn.execute(update(t.StudyCopy).where(t.StudyCopy.source == source, t.StudyCopy.study_uid == study_uid)
-                             .values(last_seen=micros))
-            found = conn.execute(select(t.Quarantine.first_seen).where(
-                t.Quarantine.source == source, t.Quarantine.key == key)).first()
+                conn.execute(
+                    update(t.StudyCopy)
+                    .where(t.StudyCopy.source == source, t.StudyCopy.study_uid == study_uid)
+                    .values(last_seen=micros)
+                )
+            found = conn.execute(
+                select(t.Quarantine.first_seen).where(t.Quarantine.source == source, t.Quarantine.key == key)
+            ).first()
             if found:
-                conn.execute(update(t.Quarantine).where(t.Quarantine.source == source, t.Quarantine.key == key)
-                             .values(reason=reason, last_seen=micros, study_uid=study_uid))
+                conn.execute(
+                    update(t.Quarantine)
+                    .where(t.Quarantine.source == source, t.Quarantine.key == key)
+                    .values(reason=reason, last_seen=micros, study_uid=study_uid)
+                )
             else:
-                conn.execute(insert(t.Quarantine).values(source=source, key=key, study_uid=study_uid,
-                                                         reason=reason, first_seen=micros, last_seen=micros))
+                conn.execute(
+                    insert(t.Quarantine).values(
+                        source=source, key=key, study_uid=study_uid, reason=reason, first_seen=micros, last_seen=micros
+                    )
+                )
 
     def release(self, source: str, uid: str, conn: Connection | None = None) -> int:
         """A quarantined study of `source` stored fine now: it leaves the quarantine (in the
@@ -70,8 +83,9 @@ class Quarantine:
     def release_stale(self, source: str, before: int) -> int:
         """Release what a complete sync (started at `before`) did not quarantine again."""
         with self.engine.begin() as conn:
-            return conn.execute(delete(t.Quarantine).where(
-                t.Quarantine.source == source, t.Quarantine.last_seen < before)).rowcount
+            return conn.execute(
+                delete(t.Quarantine).where(t.Quarantine.source == source, t.Quarantine.last_seen < before)
+            ).rowcount
 
     def entries(self, source: str | None = None) -> list[t.Quarantine]:
         query = select(t.Quarantine).order_by(t.Quarantine.source, t.Quarantine.key)
@@ -94,8 +108,10 @@ class SyncState:
 
     def all(self) -> list[t.SourceState]:
         with self.engine.connect() as conn:
-            return [t.SourceState(**row._mapping) for row in
-                    conn.execute(select(t.SourceState).order_by(t.SourceState.source))]
+            return [
+                t.SourceState(**row._mapping)
+                for row in conn.execute(select(t.SourceState).order_by(t.SourceState.source))
+            ]
 
     def update(self, source: str, **values) -> None:
         """Set some columns of a source's state (cursor as a dict), creating the row if needed."""
@@ -109,8 +125,15 @@ class SyncState:
     def record_run(self, source: str, started: int, status: str, summary: dict) -> None:
         finished, _ = instant_now_ms()
         with self.engine.begin() as conn:
-            conn.execute(insert(t.SyncRun).values(source=source, started=started, finished=finished,
-                                                  status=status, summary=orjson.dumps(summary).decode()))
+            conn.execute(
+                insert(t.SyncRun).values(
+                    source=source,
+                    started=started,
+                    finished=finished,
+                    status=status,
+                    summary=orjson.dumps(summary).decode(),
+                )
+            )
 
 
 class PatientFetches:
@@ -122,9 +145,11 @@ class PatientFetches:
     def when(self, source: str, system: str, value: str) -> int | None:
         """When the archive was last asked for this patient's studies (epoch micros), or None."""
         with self.engine.connect() as conn:
-            return conn.execute(select(t.PatientFetch.fetched).where(
-                t.PatientFetch.source == source, t.PatientFetch.system == system,
-                t.PatientFetch.value == value)).scalar()
+            return conn.execute(
+                select(t.PatientFetch.fetched).where(
+                    t.PatientFetch.source == source, t.PatientFetch.system == system, t.PatientFetch.value == value
+                )
+            ).scalar()
 
     def mark(self, source: str, system: str, value: str, when: int) -> None:
         where = (t.PatientFetch.source == source, t.PatientFetch.system == system, t.PatientFetch.value == value)
@@ -161,5 +186,7 @@ class Settings:
 
 def health_rows(reader: Reader) -> dict[str, tuple]:
     """source -> (last success, last full sync, last error, when it happened), as /health reports."""
-    return {r[0]: r[1:] for r in reader.all(
-        "SELECT source, last_success, last_full, last_error, last_error_at FROM source_state")}
+    return {
+        r[0]: r[1:]
+        for r in reader.all("SELECT source, last_success, last_full, last_error, last_error_at FROM source_state")
+    }

@@ -9,6 +9,7 @@ archives in `series.endpoint`, so an app fetches it from one that has it.
 
 Pure: no I/O; the same copies give the same resource.
 """
+
 from __future__ import annotations
 
 _NO_NUMBER = float("inf")

@@ -4,6 +4,7 @@ SQLite runs in WAL mode with `synchronous=NORMAL` (a commit is on disk as far as
 system is concerned; no fsync per transaction); PostgreSQL through psycopg 3 with a small pool
 whose connections are checked before use.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

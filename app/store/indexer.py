@@ -3,6 +3,7 @@
 Rows are computed once, when a resource version is stored; a search is then plain SQL over
 four narrow tables (token, string, date, reference) and never parses stored JSON.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ def _reference(value, base_url: str | None):
     if not ref or ref.startswith("#"):
         return None
     if base_url and ref.startswith(base_url + "/"):
-        ref = ref[len(base_url) + 1:]
+        ref = ref[len(base_url) + 1 :]
     if "://" in ref:
         return external_reference(ref)
     parts = ref.split("/")
@@ -196,8 +197,7 @@ def index_rows(resource: dict, default_zone: str = "UTC", base_url: str | None =
                     if target and (not param.targets or target[0] in param.targets):
                         out.ref(name, *target)
                     ident = value.get("identifier") if isinstance(value, dict) else None
-                    if isinstance(ident, dict) and ident.get("value") is not None \
-                            and _may_target(param, target, value):
+                    if isinstance(ident, dict) and ident.get("value") is not None and _may_target(param, target, value):
                         out.token(name + IDENTIFIER, ident.get("system"), ident["value"])
     return out.rows
 
@@ -206,12 +206,16 @@ def index_values(body: dict, indexing: Indexing) -> list[tuple[type, list[dict]]
     """The index rows of a resource, per table, as column -> value dicts."""
     rows = index_rows(body, indexing.zone, indexing.base_url)
     owner = {"rtype": body["resourceType"], "rid": body["id"]}
-    return [(table, values) for table, values in (
-        (t.TokenIndex, [dict(owner, param=p, system=s, code=c) for p, s, c in rows.tokens]),
-        (t.StringIndex, [dict(owner, param=p, norm=n, value=v) for p, n, v in rows.strings]),
-        (t.DateIndex, [dict(owner, param=p, low=lo, high=hi) for p, lo, hi in rows.dates]),
-        (t.ReferenceIndex, [dict(owner, param=p, target_type=tt, target_id=ti) for p, tt, ti in rows.refs]),
-    ) if values]
+    return [
+        (table, values)
+        for table, values in (
+            (t.TokenIndex, [dict(owner, param=p, system=s, code=c) for p, s, c in rows.tokens]),
+            (t.StringIndex, [dict(owner, param=p, norm=n, value=v) for p, n, v in rows.strings]),
+            (t.DateIndex, [dict(owner, param=p, low=lo, high=hi) for p, lo, hi in rows.dates]),
+            (t.ReferenceIndex, [dict(owner, param=p, target_type=tt, target_id=ti) for p, tt, ti in rows.refs]),
+        )
+        if values
+    ]
 
 
 def write_index(conn: Connection, body: dict, indexing: Indexing) -> None:

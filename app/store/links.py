@@ -5,6 +5,7 @@ transaction with the Patient versions its decisions make (app/identity/reconcile
 Which links a Patient carries in `Patient.link` is read from here whenever the store
 rebuilds a Patient (Store._refresh_patient).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,21 +33,31 @@ class LinkRow:
     decided: int
 
     def as_dict(self) -> dict:
-        return {"patients": [self.a, self.b], "status": self.status, "points": self.points,
-                "explanation": self.explanation, "decided": self.decided}
+        return {
+            "patients": [self.a, self.b],
+            "status": self.status,
+            "points": self.points,
+            "explanation": self.explanation,
+            "decided": self.decided,
+        }
 
 
 # statements a sync runs for every stored patient, built once (see app/store/repository.py)
-_STORED_PATIENT = select(t.Resource.content).where(t.Resource.rtype == "Patient",
-                                                   t.Resource.id == bindparam("key_patient"))
-_STORED_AND_FILED = select(t.Resource.content, t.PatientMatch.digest).select_from(t.Resource).outerjoin(
-    t.PatientMatch, t.PatientMatch.patient_id == t.Resource.id).where(
-    t.Resource.rtype == "Patient", t.Resource.id == bindparam("key_patient"))
+_STORED_PATIENT = select(t.Resource.content).where(
+    t.Resource.rtype == "Patient", t.Resource.id == bindparam("key_patient")
+)
+_STORED_AND_FILED = (
+    select(t.Resource.content, t.PatientMatch.digest)
+    .select_from(t.Resource)
+    .outerjoin(t.PatientMatch, t.PatientMatch.patient_id == t.Resource.id)
+    .where(t.Resource.rtype == "Patient", t.Resource.id == bindparam("key_patient"))
+)
 _UPDATE_MATCH = update(t.PatientMatch).where(t.PatientMatch.patient_id == bindparam("key_patient"))
 _UNBLOCK = delete(t.PatientBlock).where(t.PatientBlock.patient_id == bindparam("key_patient"))
 _LINKS_OF = select(t.PatientLink).where(
     or_(t.PatientLink.a == bindparam("key_patient"), t.PatientLink.b == bindparam("key_patient")),
-    t.PatientLink.status.in_(bindparam("statuses", expanding=True)))
+    t.PatientLink.status.in_(bindparam("statuses", expanding=True)),
+)
 
 
 def pair(x: str, y: str) -> tuple[str, str]:
@@ -87,8 +98,9 @@ def unfile_patient(conn: Connection, patient_id: str) -> None:
 def features_of(conn: Connection, patient_ids: list[str]) -> dict[str, dict]:
     if not patient_ids:
         return {}
-    rows = conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.features).where(
-        t.PatientMatch.patient_id.in_(patient_ids)))
+    rows = conn.execute(
+        select(t.PatientMatch.patient_id, t.PatientMatch.features).where(t.PatientMatch.patient_id.in_(patient_ids))
+    )
     return {r.patient_id: orjson.loads(r.features) for r in rows}
 
 
@@ -104,8 +116,11 @@ def candidates(conn: Connection, keys: list[str], exclude: str | None = None) ->
     blocked = select(t.PatientBlock.patient_id).where(t.PatientBlock.key.in_(keys))
     if exclude is not None:
         blocked = blocked.where(t.PatientBlock.patient_id != exclude)
-    rows = conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.features).where(
-        t.PatientMatch.patient_id.in_(blocked.distinct())).limit(MAX_CANDIDATES))
+    rows = conn.execute(
+        select(t.PatientMatch.patient_id, t.PatientMatch.features)
+        .where(t.PatientMatch.patient_id.in_(blocked.distinct()))
+        .limit(MAX_CANDIDATES)
+    )
     return {r.patient_id: orjson.loads(r.features) for r in rows}
 
 
@@ -115,8 +130,9 @@ def get_link(conn: Connection, x: str, y: str) -> LinkRow | None:
     return _row(r) if r else None
 
 
-def put_link(conn: Connection, x: str, y: str, status: str, points: float, explanation: dict,
-             keep_decided: bool = False) -> None:
+def put_link(
+    conn: Connection, x: str, y: str, status: str, points: float, explanation: dict, keep_decided: bool = False
+) -> None:
     a, b = pair(x, y)
     now, _ = instant_now_ms()
     values = {"status": status, "points": float(points), "explanation": orjson.dumps(explanation)}
@@ -142,8 +158,9 @@ def linked_ids(conn: Connection, patient_id: str) -> list[str]:
     return sorted((r.b if r.a == patient_id else r.a) for r in links_of(conn, patient_id, LINKED))
 
 
-def list_links(conn: Connection, status: str | None = None, patient_id: str | None = None,
-               limit: int = 1000) -> list[LinkRow]:
+def list_links(
+    conn: Connection, status: str | None = None, patient_id: str | None = None, limit: int = 1000
+) -> list[LinkRow]:
     query = select(t.PatientLink).order_by(t.PatientLink.points.desc(), t.PatientLink.a, t.PatientLink.b)
     if status:
         query = query.where(t.PatientLink.status == status)
@@ -155,6 +172,9 @@ def list_links(conn: Connection, status: str | None = None, patient_id: str | No
 def forget_patient(conn: Connection, patient_id: str) -> None:
     """A Patient left the store: its automatic decisions and features go; a person's
     decisions stay (should it come back, they hold again)."""
-    conn.execute(delete(t.PatientLink).where(
-        or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id), t.PatientLink.status.not_in(MANUAL)))
+    conn.execute(
+        delete(t.PatientLink).where(
+            or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id), t.PatientLink.status.not_in(MANUAL)
+        )
+    )
     unfile_patient(conn, patient_id)

@@ -6,6 +6,7 @@ one changes, so the result does not depend on the order studies were synced in, 
 re-syncing the same archive changes nothing. Which links it carries comes from the link
 decisions (app/store/links.py) that identity matching and people make.
 """
+
 from __future__ import annotations
 
 import orjson
@@ -24,11 +25,14 @@ from app.store.resources import NEW, Resources, read_current
 #: not authoritative; two archives' records are neither, so every link here is `seealso`.
 LINK_TYPE = "seealso"
 
-_THE_CONTRIBUTION = (t.PatientContribution.source == bindparam("key_source"),
-                     t.PatientContribution.study_uid == bindparam("key_uid"))
+_THE_CONTRIBUTION = (
+    t.PatientContribution.source == bindparam("key_source"),
+    t.PatientContribution.study_uid == bindparam("key_uid"),
+)
 _UPDATE_CONTRIBUTION = update(t.PatientContribution).where(*_THE_CONTRIBUTION)
 _CONTRIBUTIONS_TO = select(t.PatientContribution.rank, t.PatientContribution.content).where(
-    t.PatientContribution.patient_id == bindparam("key_patient"))
+    t.PatientContribution.patient_id == bindparam("key_patient")
+)
 
 
 def with_links(patient: dict, linked: list[str]) -> dict:
@@ -70,8 +74,10 @@ class Patients:
         contribution = orjson.dumps(patient, option=orjson.OPT_SORT_KEYS)
         key = {"key_source": source, "key_uid": uid}
         if previous is None:
-            conn.execute(insert(t.PatientContribution), dict(
-                source=source, study_uid=uid, patient_id=patient["id"], rank=rank, content=contribution))
+            conn.execute(
+                insert(t.PatientContribution),
+                dict(source=source, study_uid=uid, patient_id=patient["id"], rank=rank, content=contribution),
+            )
         elif previous.patient_id != patient["id"] or previous.content != contribution:
             conn.execute(_UPDATE_CONTRIBUTION, dict(key, patient_id=patient["id"], rank=rank, content=contribution))
         touched = {patient["id"]}
@@ -113,10 +119,11 @@ class Patients:
 
 # ---- the API's reads
 
+
 def _patient_id(reference: str, base_url: str) -> str | None:
     """The id of a `Patient/<id>` reference (relative, or absolute on this server), else None."""
     if base_url and reference.startswith(base_url + "/"):
-        reference = reference[len(base_url) + 1:]
+        reference = reference[len(base_url) + 1 :]
     parts = reference.split("/")
     if len(parts) == 2 and parts[0] == "Patient" and parts[1]:
         return parts[1]
@@ -136,8 +143,10 @@ def linked_patients(reader: Reader, patient: str, base_url: str = "") -> tuple[s
                 other = _patient_id(reference, base_url)
                 if other:
                     ids.add(other)
-    rows = reader.all("SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_id = ? "
-                      "AND target_type = ?", ["Patient", "link", patient, "Patient"])
+    rows = reader.all(
+        "SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_id = ? AND target_type = ?",
+        ["Patient", "link", patient, "Patient"],
+    )
     ids.update(r[0] for r in rows)
     return tuple(sorted(ids))
 

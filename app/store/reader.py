@@ -5,6 +5,7 @@ and executing SQLAlchemy expressions cost more than the query itself. Writes, sc
 migrations stay with SQLAlchemy; reads here use SQL text with `?` placeholders that works
 unchanged on SQLite and PostgreSQL.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -10,6 +10,7 @@
 
 Writes go through SQLAlchemy; the API's reads through plain SQL (reader.py, search_sql.py).
 """
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager

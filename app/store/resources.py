@@ -5,6 +5,7 @@ A resource gets a new `meta.versionId` and `meta.lastUpdated` only when its cont
 those two) changed, so syncing the same archive twice changes nothing, while a new profile
 claim in `meta.profile` is a new version (FHIR R4 http: versionId changes with every change).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,9 +31,15 @@ _VERSION_META = ("versionId", "lastUpdated")
 _THE_RESOURCE = (t.Resource.rtype == bindparam("key_rtype"), t.Resource.id == bindparam("key_id"))
 #: the stored version and hash of a resource, or else the version of its tombstone (content_hash
 #: NULL): a resource that is neither stored nor deleted costs one round trip, not two
-RESOURCE_STATE = select(t.Resource.version, t.Resource.content_hash).where(*_THE_RESOURCE).union_all(
-    select(t.Tombstone.version, null().cast(t.Resource.content_hash.type)).where(
-        t.Tombstone.rtype == bindparam("key_rtype"), t.Tombstone.id == bindparam("key_id")))
+RESOURCE_STATE = (
+    select(t.Resource.version, t.Resource.content_hash)
+    .where(*_THE_RESOURCE)
+    .union_all(
+        select(t.Tombstone.version, null().cast(t.Resource.content_hash.type)).where(
+            t.Tombstone.rtype == bindparam("key_rtype"), t.Tombstone.id == bindparam("key_id")
+        )
+    )
+)
 _UPDATE_RESOURCE = update(t.Resource).where(*_THE_RESOURCE)
 
 
@@ -74,8 +81,11 @@ class Resources:
             version = gone.version + 1
             conn.execute(delete(t.Tombstone).where(t.Tombstone.rtype == rtype, t.Tombstone.id == rid))
         micros, instant = instant_now_ms()
-        stored = {"resourceType": rtype, "id": rid, "meta": {**body.get("meta", {}),
-                  "versionId": str(version), "lastUpdated": instant}}
+        stored = {
+            "resourceType": rtype,
+            "id": rid,
+            "meta": {**body.get("meta", {}), "versionId": str(version), "lastUpdated": instant},
+        }
         stored.update((k, v) for k, v in body.items() if k not in ("resourceType", "id", "meta"))
         content = orjson.dumps(stored)
         values = dict(version=version, last_updated=micros, content_hash=digest, content=content)
@@ -104,8 +114,9 @@ class Resources:
         """Those of `ids` that are stored, in their order."""
         if not ids:
             return []
-        found = set(conn.execute(select(t.Resource.id).where(t.Resource.rtype == rtype, t.Resource.id.in_(ids)))
-                    .scalars())
+        found = set(
+            conn.execute(select(t.Resource.id).where(t.Resource.rtype == rtype, t.Resource.id.in_(ids))).scalars()
+        )
         return [i for i in ids if i in found]
 
 
@@ -121,6 +132,7 @@ def _write_version(conn: Connection, row: dict) -> None:
 
 # ---- the API's reads (plain SQL on the read path, app/store/reader.py)
 
+
 def read_current(reader: Reader, rtype: str, rid: str):
     """(version, last_updated, content) of the current version, or None."""
     return reader.one("SELECT version, last_updated, content FROM resource WHERE rtype = ? AND id = ?", [rtype, rid])
@@ -133,11 +145,15 @@ def read_deleted(reader: Reader, rtype: str, rid: str):
 
 def read_version(reader: Reader, rtype: str, rid: str, version: int):
     """(last_updated, content) of one stored version, or None."""
-    return reader.one("SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",
-                      [rtype, rid, version])
+    return reader.one(
+        "SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",
+        [rtype, rid, version],
+    )
 
 
 def read_history(reader: Reader, rtype: str, rid: str) -> list[tuple[int, int, bytes]]:
     """(version, last_updated, content) of every stored version, newest first."""
-    return reader.all("SELECT version, last_updated, content FROM resource_version WHERE rtype = ? AND id = ? "
-                      "ORDER BY version DESC", [rtype, rid])
+    return reader.all(
+        "SELECT version, last_updated, content FROM resource_version WHERE rtype = ? AND id = ? ORDER BY version DESC",
+        [rtype, rid],
+    )

@@ -9,6 +9,7 @@ The audit trail is searched by the same builder over its own tables (`audit_even
 lookup rows `audit_index`, app/store/tables.py), newest first; each event is served as the
 AuditEvent made of its record (app/store/audit_record.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -73,8 +74,6 @@ def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, par
     return f"({low_col} < ? AND {high_col} > ?)"
 
 
-
-
 def _value_sql(clause: Clause, value, params: list) -> str:
     kind = clause.kind
     if kind == "token":
@@ -130,8 +129,10 @@ def _linked_patients_sql(rtype: str | None, rid: str, params: list) -> str:
     reaches each record linked to it; the probe uses the index rows' owner index.
     """
     params += [rid, rid]
-    linked = ("target_id IN (SELECT ? UNION ALL SELECT target_id FROM idx_reference WHERE rtype = 'Patient' "
-              "AND rid = ? AND param = 'link' AND target_type = 'Patient')")
+    linked = (
+        "target_id IN (SELECT ? UNION ALL SELECT target_id FROM idx_reference WHERE rtype = 'Patient' "
+        "AND rid = ? AND param = 'link' AND target_type = 'Patient')"
+    )
     return f"(target_type = 'Patient' AND {linked})" if rtype else linked
 
 
@@ -177,8 +178,10 @@ def _phonetic_sql(rtype: str, clause: Clause, codes: list[str], params: list) ->
     if not codes:
         return "1 = 0"
     params += [rtype, clause.index, *codes, len(codes)]
-    return (f"id IN (SELECT rid FROM idx_string WHERE rtype = ? AND param = ? AND norm IN ({_in(codes)}) "
-            "GROUP BY rid HAVING COUNT(DISTINCT norm) = ?)")
+    return (
+        f"id IN (SELECT rid FROM idx_string WHERE rtype = ? AND param = ? AND norm IN ({_in(codes)}) "
+        "GROUP BY rid HAVING COUNT(DISTINCT norm) = ?)"
+    )
 
 
 def _lists_matches(clause) -> bool:
@@ -211,8 +214,12 @@ def _alternatives_sql(rtype: str, alternatives, restrictions, params: list) -> s
     types' granular scopes: those could refer back to this one without end.
     """
     restrictions = {t: Restriction(r.patients, None, r.deny) for t, r in restrictions.items()}
-    ors = ["(" + " AND ".join([_clause_sql(rtype, c, params, restrictions=restrictions) for c in clauses]
-                               or ["1 = 1"]) + ")" for clauses in alternatives]
+    ors = [
+        "("
+        + " AND ".join([_clause_sql(rtype, c, params, restrictions=restrictions) for c in clauses] or ["1 = 1"])
+        + ")"
+        for clauses in alternatives
+    ]
     return "(" + (" OR ".join(ors) or "1 = 0") + ")"
 
 
@@ -221,8 +228,10 @@ def _studies_of(patients, params: list) -> str:
     if not patients:
         return "SELECT rid FROM idx_reference WHERE 1 = 0"
     params += ["ImagingStudy", "patient", *patients, "Patient"]
-    return (f"SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_id IN ({_in(patients)}) "
-            "AND target_type = ?")
+    return (
+        f"SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_id IN ({_in(patients)}) "
+        "AND target_type = ?"
+    )
 
 
 def _compartment_sql(rtype: str, patients, restrictions, params: list) -> str:
@@ -244,8 +253,10 @@ def _compartment_sql(rtype: str, patients, restrictions, params: list) -> str:
             studies += _alternatives_sql("ImagingStudy", narrowed.alternatives, {}, params)
         else:
             studies = _studies_of(patients, params)
-        return f"id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? " \
-               f"AND rid IN ({studies}))"
+        return (
+            f"id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+            f"AND rid IN ({studies}))"
+        )
     return "1 = 0"  # a type outside this server's compartment rules: nothing
 
 
@@ -270,14 +281,18 @@ def _clause_sql(rtype: str, clause, params: list, probe: bool = False, restricti
         params += [rtype, clause.param.name, clause.target, clause.target]
         inner = _clause_sql(clause.target, clause.inner, params, restrictions=restrictions)
         inner += _restricted(clause.target, restrictions, params)
-        return ("id IN (SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
-                f"AND target_id IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))")
+        return (
+            "id IN (SELECT rid FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+            f"AND target_id IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))"
+        )
     if isinstance(clause, HasClause):
         params += [clause.source, clause.param.name, rtype, clause.source]
         inner = _clause_sql(clause.source, clause.inner, params, restrictions=restrictions)
         inner += _restricted(clause.source, restrictions, params)
-        return ("id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
-                f"AND rid IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))")
+        return (
+            "id IN (SELECT target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
+            f"AND rid IN (SELECT id FROM resource WHERE rtype = ? AND {inner}))"
+        )
     param = clause.param
     if param.column:
         if clause.modifier == "missing":
@@ -322,8 +337,10 @@ def _sort_expr(key, params: list, text_collation: str) -> str:
     table, value = _SORT_AGGREGATE[param.type]
     collate = text_collation if param.type != "date" else ""
     params.append(param.name)
-    return (f"(SELECT {'MAX' if key.descending else 'MIN'}({value}{collate}) FROM {table} "
-            f"WHERE rtype = r.rtype AND rid = r.id AND param = ?)")
+    return (
+        f"(SELECT {'MAX' if key.descending else 'MIN'}({value}{collate}) FROM {table} "
+        f"WHERE rtype = r.rtype AND rid = r.id AND param = ?)"
+    )
 
 
 @dataclass(frozen=True)
@@ -342,8 +359,15 @@ class _Table:
 
 
 _RESOURCES = _Table("resource")
-_TRAILS = {"AuditEvent": _Table("audit_event", typed=False, extra=("recorded",), id_descending=True,
-                                serve=lambda row: render_event(row[0], row[2], row[1]))}
+_TRAILS = {
+    "AuditEvent": _Table(
+        "audit_event",
+        typed=False,
+        extra=("recorded",),
+        id_descending=True,
+        serve=lambda row: render_event(row[0], row[2], row[1]),
+    )
+}
 
 
 def _after_sql(query: SearchQuery, cursor: list, params: list, id_descending: bool = False) -> str:
@@ -373,8 +397,10 @@ def _after_sql(query: SearchQuery, cursor: list, params: list, id_descending: bo
 def _count(reader: Reader, query: SearchQuery, table: _Table, where: str, params: list) -> int | None:
     if query.total != "estimate":
         return reader.one(f"SELECT COUNT(*) FROM {table.name} WHERE {where}", params)[0]
-    limited = reader.one(f"SELECT COUNT(*) FROM (SELECT 1 FROM {table.name} WHERE {where} LIMIT ?) AS m",
-                         [*params, ESTIMATE_EXACT_UP_TO + 1])[0]
+    limited = reader.one(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {table.name} WHERE {where} LIMIT ?) AS m",
+        [*params, ESTIMATE_EXACT_UP_TO + 1],
+    )[0]
     if limited <= ESTIMATE_EXACT_UP_TO or reader.is_sqlite:
         return limited if limited <= ESTIMATE_EXACT_UP_TO else None
     plan = reader.one(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table.name} WHERE {where}", params)[0]
@@ -401,8 +427,10 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> Searc
     page_params: list = []
     sort_columns = [_sort_expr(k, page_params, text_collation) for k in query.sort]
     page_params += params
-    order = ", ".join([f"k{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(query.sort)]
-                      + ["id DESC" if table.id_descending else "id"])
+    order = ", ".join(
+        [f"k{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(query.sort)]
+        + ["id DESC" if table.id_descending else "id"]
+    )
     served = ["id", "content", *table.extra]
     select = ", ".join(served + [f"{expr} AS k{i}" for i, expr in enumerate(sort_columns)])
     sql = f"SELECT {select} FROM {table.name} r WHERE {where}"
@@ -423,13 +451,13 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> Searc
     wanted = (query.includes or query.revincludes) and matches
     includes = _includes(reader, query, [m[0] for m in matches]) if wanted else []
     keys_at = len(served)
-    last = [*rows[-1][keys_at:keys_at + len(sort_columns)], rows[-1][0]] if rows else None
+    last = [*rows[-1][keys_at : keys_at + len(sort_columns)], rows[-1][0]] if rows else None
     return SearchResult(matches, total, has_more, includes, last)
 
 
 def _chunks(values: list, size: int = 500):
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 def _in(values) -> str:
@@ -443,7 +471,9 @@ def _follow(reader: Reader, directive, ids: list[str], reverse: bool) -> set[str
     for chunk in _chunks(sorted(ids)):
         rows = reader.all(
             f"SELECT {wanted} FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ? "
-            f"AND {known} IN ({_in(chunk)})", [directive.source, directive.param, directive.target, *chunk])
+            f"AND {known} IN ({_in(chunk)})",
+            [directive.source, directive.param, directive.target, *chunk],
+        )
         found.update(r[0] for r in rows)
     return found
 
@@ -476,8 +506,10 @@ def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[
     out = []
     for rtype, target_ids in sorted(added.items()):
         for chunk in _chunks(sorted(target_ids)):
-            rows = reader.all(f"SELECT id, content FROM resource WHERE rtype = ? AND id IN ({_in(chunk)}) "
-                              "ORDER BY id", [rtype, *chunk])
+            rows = reader.all(
+                f"SELECT id, content FROM resource WHERE rtype = ? AND id IN ({_in(chunk)}) ORDER BY id",
+                [rtype, *chunk],
+            )
             out.extend((rtype, r[0], r[1]) for r in rows)
     return out
 
@@ -490,8 +522,6 @@ def visible_ids(reader: Reader, rtype: str, ids, restrictions: dict[str, Restric
     for chunk in _chunks(sorted(ids)):
         params: list = [rtype, *chunk]
         condition = restriction_sql(rtype, restrictions, params)
-        rows = reader.all(f"SELECT id FROM resource WHERE rtype = ? AND id IN ({_in(chunk)}) AND {condition}",
-                          params)
+        rows = reader.all(f"SELECT id FROM resource WHERE rtype = ? AND id IN ({_in(chunk)}) AND {condition}", params)
         found.update(r[0] for r in rows)
     return found
-

@@ -5,6 +5,7 @@ A sync stores one archive's copy of a study (app/store/copies.py merges the copi
 archive that holds it) together with what the study says about its patient
 (app/store/patients.py), in one transaction or as part of a batch (app/store/batch.py).
 """
+
 from __future__ import annotations
 
 import orjson
@@ -32,8 +33,9 @@ class StudyCopies:
         self.resources = resources
         self.patients = patients
 
-    def put(self, study: dict, patient: dict, source: str, archive_key: str | None = None,
-            conn: Connection | None = None) -> str:
+    def put(
+        self, study: dict, patient: dict, source: str, archive_key: str | None = None, conn: Connection | None = None
+    ) -> str:
         """Store one archive's copy of a study and its patient's contribution, in one transaction
         (or in the batch `conn`, see app/store/batch.py).
 
@@ -78,8 +80,10 @@ class StudyCopies:
         state = self._state(conn, source, uid)
         self._save_copy(conn, source, study, archive_key, state.copies.get(source))
         self.patients.contribute(conn, source, uid, patient, f"{study.get('started', '')}|{uid}", state.contribution)
-        copies = {source: study, **{other: orjson.loads(r.content) for other, r in state.copies.items()
-                                    if other != source}}
+        copies = {
+            source: study,
+            **{other: orjson.loads(r.content) for other, r in state.copies.items() if other != source},
+        }
         return self.resources.put_in(conn, merge_copies(copies), state.resource)
 
     @staticmethod
@@ -90,8 +94,10 @@ class StudyCopies:
         content = orjson.dumps(study)
         key = {"key_source": source, "key_uid": uid}
         if found is None:
-            conn.execute(insert(t.StudyCopy), dict(source=source, study_uid=uid, archive_key=archive_key,
-                                                   last_seen=micros, content=content))
+            conn.execute(
+                insert(t.StudyCopy),
+                dict(source=source, study_uid=uid, archive_key=archive_key, last_seen=micros, content=content),
+            )
             return
         values: dict = {"last_seen": micros}
         if found.content != content:
@@ -112,8 +118,9 @@ class StudyCopies:
             if conn.execute(delete(t.StudyCopy).where(*where)).rowcount == 0:
                 return None
             patient = self.patients.withdraw(conn, source, uid)
-            others = conn.execute(select(t.StudyCopy.source, t.StudyCopy.content).where(
-                t.StudyCopy.study_uid == uid)).all()
+            others = conn.execute(
+                select(t.StudyCopy.source, t.StudyCopy.content).where(t.StudyCopy.study_uid == uid)
+            ).all()
             if others:
                 outcome = self.resources.put_in(conn, merge_copies({r.source: orjson.loads(r.content) for r in others}))
             else:
@@ -126,27 +133,43 @@ class StudyCopies:
     def not_seen_since(self, source: str, since: int) -> list[str]:
         """Studies of `source` that no listing since `since` (epoch micros) has shown."""
         with self.engine.connect() as conn:
-            return list(conn.execute(select(t.StudyCopy.study_uid).where(
-                t.StudyCopy.source == source, t.StudyCopy.last_seen < since).order_by(t.StudyCopy.study_uid)).scalars())
+            return list(
+                conn.execute(
+                    select(t.StudyCopy.study_uid)
+                    .where(t.StudyCopy.source == source, t.StudyCopy.last_seen < since)
+                    .order_by(t.StudyCopy.study_uid)
+                ).scalars()
+            )
 
     def for_archive_key(self, source: str, archive_key: str) -> str | None:
         """The study an archive knows by its own id (Orthanc's study id)."""
         with self.engine.connect() as conn:
-            return conn.execute(select(t.StudyCopy.study_uid).where(
-                t.StudyCopy.source == source, t.StudyCopy.archive_key == archive_key)).scalar()
+            return conn.execute(
+                select(t.StudyCopy.study_uid).where(
+                    t.StudyCopy.source == source, t.StudyCopy.archive_key == archive_key
+                )
+            ).scalar()
 
     def archive_keys(self, source: str) -> dict[str, str]:
         """The archive's own ids of the studies it holds -> their StudyInstanceUIDs."""
         with self.engine.connect() as conn:
-            return {r.archive_key: r.study_uid for r in conn.execute(
-                select(t.StudyCopy.archive_key, t.StudyCopy.study_uid).where(
-                    t.StudyCopy.source == source, t.StudyCopy.archive_key.is_not(None)))}
+            return {
+                r.archive_key: r.study_uid
+                for r in conn.execute(
+                    select(t.StudyCopy.archive_key, t.StudyCopy.study_uid).where(
+                        t.StudyCopy.source == source, t.StudyCopy.archive_key.is_not(None)
+                    )
+                )
+            }
 
     def holders(self, uid: str) -> list[str]:
         """The sources that hold a study."""
         with self.engine.connect() as conn:
-            return list(conn.execute(select(t.StudyCopy.source).where(t.StudyCopy.study_uid == uid)
-                                     .order_by(t.StudyCopy.source)).scalars())
+            return list(
+                conn.execute(
+                    select(t.StudyCopy.source).where(t.StudyCopy.study_uid == uid).order_by(t.StudyCopy.source)
+                ).scalars()
+            )
 
 
 # ---- the API's reads
@@ -180,9 +203,11 @@ def subjects_of(reader: Reader, studies: list[str]) -> set[str]:
     table = "idx_reference INDEXED BY ix_reference_owner" if reader.is_sqlite else "idx_reference"
     found = set()
     for start in range(0, len(studies), 500):
-        chunk = studies[start:start + 500]
-        rows = reader.all(f"SELECT target_id FROM {table} WHERE rtype = ? AND param = ? AND target_type = ? "
-                          f"AND rid IN ({', '.join('?' * len(chunk))})",
-                          ["ImagingStudy", "patient", "Patient", *chunk])
+        chunk = studies[start : start + 500]
+        rows = reader.all(
+            f"SELECT target_id FROM {table} WHERE rtype = ? AND param = ? AND target_type = ? "
+            f"AND rid IN ({', '.join('?' * len(chunk))})",
+            ["ImagingStudy", "patient", "Patient", *chunk],
+        )
         found.update(r[0] for r in rows)
     return found

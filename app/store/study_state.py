@@ -9,6 +9,7 @@ Store.read_ahead).
 The patient's side is not read ahead: studies of one batch share patients, and storing one
 changes what the next one must see.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,16 +20,24 @@ from sqlalchemy.engine import Connection, Row
 from app.store import tables as t
 
 _COPIES = select(t.StudyCopy.study_uid, t.StudyCopy.source, t.StudyCopy.content, t.StudyCopy.archive_key).where(
-    t.StudyCopy.study_uid.in_(bindparam("uids", expanding=True)))
-_CONTRIBUTIONS = select(t.PatientContribution.study_uid, t.PatientContribution.patient_id,
-                        t.PatientContribution.content).where(
+    t.StudyCopy.study_uid.in_(bindparam("uids", expanding=True))
+)
+_CONTRIBUTIONS = select(
+    t.PatientContribution.study_uid, t.PatientContribution.patient_id, t.PatientContribution.content
+).where(
     t.PatientContribution.source == bindparam("key_source"),
-    t.PatientContribution.study_uid.in_(bindparam("uids", expanding=True)))
+    t.PatientContribution.study_uid.in_(bindparam("uids", expanding=True)),
+)
 #: content_hash NULL marks a tombstone's version (as Store._put reads it)
-_STUDIES = select(t.Resource.id, t.Resource.version, t.Resource.content_hash).where(
-    t.Resource.rtype == "ImagingStudy", t.Resource.id.in_(bindparam("uids", expanding=True))).union_all(
-    select(t.Tombstone.id, t.Tombstone.version, null().cast(t.Resource.content_hash.type)).where(
-        t.Tombstone.rtype == "ImagingStudy", t.Tombstone.id.in_(bindparam("uids", expanding=True))))
+_STUDIES = (
+    select(t.Resource.id, t.Resource.version, t.Resource.content_hash)
+    .where(t.Resource.rtype == "ImagingStudy", t.Resource.id.in_(bindparam("uids", expanding=True)))
+    .union_all(
+        select(t.Tombstone.id, t.Tombstone.version, null().cast(t.Resource.content_hash.type)).where(
+            t.Tombstone.rtype == "ImagingStudy", t.Tombstone.id.in_(bindparam("uids", expanding=True))
+        )
+    )
+)
 
 
 @dataclass

@@ -10,6 +10,7 @@ ANDs clauses probes the later clauses' rows of each candidate resource with it, 
 parameter's few rows, not all of the resource's rows (an ImagingStudy has one token row per
 instance); the token one also holds the code, so such a probe never reads the table.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import DDL, BigInteger, Column, Index, LargeBinary, String, Text, event
@@ -72,9 +73,13 @@ def _value_statistics(table, columns: str) -> None:
     ANALYZE (or autovacuum) has run.
     """
     name = f"st_{table.__tablename__}_values"
-    event.listen(table.__table__, "after_create", DDL(
-        f"CREATE STATISTICS {name} (mcv, dependencies) ON {columns} FROM {table.__tablename__}"
-    ).execute_if(dialect="postgresql"))
+    event.listen(
+        table.__table__,
+        "after_create",
+        DDL(f"CREATE STATISTICS {name} (mcv, dependencies) ON {columns} FROM {table.__tablename__}").execute_if(
+            dialect="postgresql"
+        ),
+    )
 
 
 _value_statistics(TokenIndex, "param, code")
@@ -160,8 +165,7 @@ class StudyCopy(SQLModel, table=True):
     """
 
     __tablename__ = "study_copy"
-    __table_args__ = (Index("ix_copy_archive_key", "source", "archive_key"),
-                      Index("ix_copy_study", "study_uid"))
+    __table_args__ = (Index("ix_copy_archive_key", "source", "archive_key"), Index("ix_copy_study", "study_uid"))
     source: str = Field(primary_key=True, max_length=64)
     study_uid: str = Field(primary_key=True, max_length=64)
     archive_key: str | None = Field(default=None, max_length=128)

@@ -5,6 +5,7 @@ watch polls alike.
 A study that cannot be read or mapped goes to the quarantine with its reason and the run
 goes on; the next run retries it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,9 @@ class StudyBatch:
     what it mapped, and a crash loses only studies no cursor has passed.
     """
 
-    def __init__(self, store: Store, source_name: str, ctx: MappingContext, summary: SyncSummary,
-                 size: int = BATCH_SIZE):
+    def __init__(
+        self, store: Store, source_name: str, ctx: MappingContext, summary: SyncSummary, size: int = BATCH_SIZE
+    ):
         self.store = store
         self.source_name = source_name
         self.ctx = ctx
@@ -75,8 +77,7 @@ class StudyBatch:
             return
         if not self.waiting:
             self.since = time.monotonic()
-        self.waiting.append((mapped, item.uid, archive_key,
-                             bool(item.repairs or mapped.repairs)))
+        self.waiting.append((mapped, item.uid, archive_key, bool(item.repairs or mapped.repairs)))
         self.summary.pending += 1
         if len(self.waiting) >= self.size or time.monotonic() - self.since >= BATCH_WAIT:
             self.flush()
@@ -117,8 +118,9 @@ class StudyBatch:
             quarantined = self.store.quarantine.waiting(self.source_name, [s[1] for s in studies], conn)
             self.store.studies.read_ahead(conn, self.source_name, [s[0].imaging_study["id"] for s in studies])
             for mapped, uid, archive_key, repaired in studies:
-                outcome = self.store.studies.put(mapped.imaging_study, mapped.patient, self.source_name,
-                                               archive_key, conn=conn)
+                outcome = self.store.studies.put(
+                    mapped.imaging_study, mapped.patient, self.source_name, archive_key, conn=conn
+                )
                 self._match(conn, mapped.patient["id"])
                 released = self.store.quarantine.release(self.source_name, uid, conn) if uid in quarantined else 0
                 outcomes.append((outcome, released, repaired))

@@ -5,6 +5,7 @@ private attributes the source's profile maps), mapped with the source's context 
 provenance Recorder, and every element of the result is paired with the DICOM tags and the
 profile rule (file:line) that produced it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -29,8 +30,12 @@ class Explanation:
     layers: tuple[str, ...]
 
     def as_json(self) -> dict:
-        return {"profileLayers": list(self.layers), "resources": self.resources,
-                "elements": self.rows, "repairs": self.repairs}
+        return {
+            "profileLayers": list(self.layers),
+            "resources": self.resources,
+            "elements": self.rows,
+            "repairs": self.repairs,
+        }
 
 
 def explain_file(path: str | Path, ctx: MappingContext) -> Explanation:
@@ -40,12 +45,18 @@ def explain_file(path: str | Path, ctx: MappingContext) -> Explanation:
         raise ExplainError(f"{path}: no such file")
     recorder = Recorder()
     ctx = replace(ctx, recorder=recorder)
-    source = FolderSource(ctx.source, path.parent.resolve(), ctx.rules.private_tag_numbers(),
-                          only=[path.resolve()], default_charset=ctx.rules.default_character_set)
+    source = FolderSource(
+        ctx.source,
+        path.parent.resolve(),
+        ctx.rules.private_tag_numbers(),
+        only=[path.resolve()],
+        default_charset=ctx.rules.default_character_set,
+    )
     items = list(source.iter_studies())
     if source.stats.get("dicomdir"):
-        raise ExplainError(f"{path}: a DICOMDIR (the index of a DICOM medium), not an instance: map one of "
-                           "the files it references")
+        raise ExplainError(
+            f"{path}: a DICOMDIR (the index of a DICOM medium), not an instance: map one of the files it references"
+        )
     if not items:
         raise ExplainError(f"{path}: not a DICOM file")
     item = items[0]
@@ -57,8 +68,9 @@ def explain_file(path: str | Path, ctx: MappingContext) -> Explanation:
     except MappingError as exc:
         raise ExplainError(f"{path}: cannot be mapped: {exc.reason}") from exc
     resources = [mapped.imaging_study, mapped.patient, endpoint]
-    return Explanation(resources, _rows(resources, recorder), list(item.repairs or []) + mapped.repairs,
-                       ctx.rules.layers)
+    return Explanation(
+        resources, _rows(resources, recorder), list(item.repairs or []) + mapped.repairs, ctx.rules.layers
+    )
 
 
 def _rows(resources: list[dict], recorder: Recorder) -> list[dict]:
@@ -95,8 +107,12 @@ def render(explanation: Explanation, console) -> None:
             if row["resource"] != rtype:
                 continue
             rule = row["rule"] + (f" ({row['note']})" if row.get("note") else "")
-            table.add_row(*(escape(text) for text in (row["path"][len(rtype) + 1:], str(row["value"]),
-                                                      "\n".join(row["tags"]) or "-", rule)))
+            table.add_row(
+                *(
+                    escape(text)
+                    for text in (row["path"][len(rtype) + 1 :], str(row["value"]), "\n".join(row["tags"]) or "-", rule)
+                )
+            )
         console.print(table)
     if explanation.repairs:
         console.print("[bold]repairs noted on the study:[/]")

@@ -12,6 +12,7 @@ is answered from what the store holds, and the failure is logged.
 The archive is asked by Patient ID (0010,0020), the value of an identifier whose system is
 one the source produces (its `patient_id_system` or a mapped issuer in `issuer_systems`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,6 +47,7 @@ class Hooks(Protocol):
 
     before_search: list
 
+
 log = logging.getLogger(__name__)
 
 _PATIENT_REFERENCES = ("patient", "subject")
@@ -64,23 +66,35 @@ def searched_identifiers(query: SearchQuery, read_patient) -> list[tuple[str, st
     """(system, value) of the patients a search names; `read_patient(id)` gives a stored Patient."""
     pairs: list[tuple[str, str]] = []
     for clause in query.clauses:
-        if query.rtype == "Patient" and isinstance(clause, Clause) and clause.param.name == "identifier" \
-                and clause.modifier is None and clause.kind == "token":
+        if (
+            query.rtype == "Patient"
+            and isinstance(clause, Clause)
+            and clause.param.name == "identifier"
+            and clause.modifier is None
+            and clause.kind == "token"
+        ):
             pairs += _identifier_values(clause)
         elif query.rtype != "ImagingStudy":
             continue
-        elif isinstance(clause, ChainClause) and clause.param.name in _PATIENT_REFERENCES \
-                and clause.target == "Patient" and isinstance(clause.inner, Clause) \
-                and clause.inner.param.name == "identifier" and clause.inner.modifier is None \
-                and clause.inner.kind == "token":
+        elif (
+            isinstance(clause, ChainClause)
+            and clause.param.name in _PATIENT_REFERENCES
+            and clause.target == "Patient"
+            and isinstance(clause.inner, Clause)
+            and clause.inner.param.name == "identifier"
+            and clause.inner.modifier is None
+            and clause.inner.kind == "token"
+        ):
             pairs += _identifier_values(clause.inner)
         elif isinstance(clause, Clause) and clause.param.name in _PATIENT_REFERENCES and clause.modifier is None:
             for rtype, rid in clause.values:
                 patient = read_patient(rid) if rtype in (None, "Patient") and rid else None
                 # the search also finds the studies of linked records (Patient.link): ask for theirs too
-                linked = [read_patient(ref.removeprefix("Patient/")) for ref in
-                          (lnk.get("other", {}).get("reference", "") for lnk in (patient or {}).get("link", []))
-                          if ref.startswith("Patient/")]
+                linked = [
+                    read_patient(ref.removeprefix("Patient/"))
+                    for ref in (lnk.get("other", {}).get("reference", "") for lnk in (patient or {}).get("link", []))
+                    if ref.startswith("Patient/")
+                ]
                 for record in [patient, *linked]:
                     for ident in (record or {}).get("identifier", []):
                         if ident.get("system") and ident.get("value"):
@@ -128,9 +142,12 @@ class OnDemand:
         if futures:
             _done, pending = wait(futures, timeout=deadline)
             if pending:
-                raise FhirError(503, "transient", "the archive is still being asked for this patient's studies; "
-                                                  "retry after the time in Retry-After",
-                                headers={"Retry-After": str(math.ceil(deadline))})
+                raise FhirError(
+                    503,
+                    "transient",
+                    "the archive is still being asked for this patient's studies; retry after the time in Retry-After",
+                    headers={"Retry-After": str(math.ceil(deadline))},
+                )
 
     def _read_patient(self, rid: str) -> dict | None:
         found = read_current(self._reader, "Patient", rid)

@@ -8,6 +8,7 @@ listing did not show is no longer in the archive, and its copy is removed (the s
 while another archive holds it). A run that did not finish (archive unreachable, stopped)
 deletes nothing and releases nothing from the quarantine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,9 @@ class Run:
         summary = self.summary
         summary.seconds = time.perf_counter() - self.clock
         if summary.error or summary.changed or summary.failed:
-            self.store.sync_state.record_run(summary.source, self.started, "failed" if summary.error else "ok",
-                                             summary.as_dict())
+            self.store.sync_state.record_run(
+                summary.source, self.started, "failed" if summary.error else "ok", summary.as_dict()
+            )
         if cursor is None:
             record_outcome(self.store, summary.source, summary)
         else:
@@ -109,8 +111,13 @@ def _archive_key(feed: ChangeFeed | None) -> Callable:
     return feed.archive_key if feed is not None else lambda item: None
 
 
-def sync_source(store: Store, src: SourceSettings, progress: Progress | None = None, source: Source | None = None,
-                stop: Stop | None = None) -> SyncSummary:
+def sync_source(
+    store: Store,
+    src: SourceSettings,
+    progress: Progress | None = None,
+    source: Source | None = None,
+    stop: Stop | None = None,
+) -> SyncSummary:
     """Run one full sync of `src` into `store` and return what it did.
 
     `stop()` is asked between studies; when it says yes the run ends after the study in hand
@@ -164,8 +171,9 @@ def sync_incremental(store: Store, src: SourceSettings, source: Source, stop: St
     return sync_window(store, src, source, cursor, stop)
 
 
-def sync_changes(store: Store, src: SourceSettings, source: Source, cursor: dict,
-                 stop: Stop | None = None) -> SyncSummary:
+def sync_changes(
+    store: Store, src: SourceSettings, source: Source, cursor: dict, stop: Stop | None = None
+) -> SyncSummary:
     """Follow the archive's change feed from the cursor: read each study that is new or became
     stable (complete, or grown by a series), and every so often look for studies the archive
     no longer holds.
@@ -214,8 +222,9 @@ def _apply_change(batch: StudyBatch, source: Source, event) -> None:
         batch.remove(event.study_uid)
 
 
-def sync_window(store: Store, src: SourceSettings, source: Source, cursor: dict, stop: Stop | None = None
-                ) -> SyncSummary:
+def sync_window(
+    store: Store, src: SourceSettings, source: Source, cursor: dict, stop: Stop | None = None
+) -> SyncSummary:
     """Poll the studies dated from the last poll's day (less the overlap) on.
 
     A date window cannot see deletions, or studies stored late with an old date; the full

@@ -1,4 +1,5 @@
 """What a sync or poll did, and what the source's state says of it afterwards (/health reads it)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -42,8 +43,9 @@ class SyncSummary:
         return out
 
 
-def record_outcome(store: Store, source_name: str, summary: SyncSummary, full: bool = False,
-                   started: int | None = None, **state) -> None:
+def record_outcome(
+    store: Store, source_name: str, summary: SyncSummary, full: bool = False, started: int | None = None, **state
+) -> None:
     """Note in the source's state how a run went (what the health endpoint reports)."""
     now, _ = instant_now_ms()
     if summary.error:

@@ -5,6 +5,7 @@ since the source's cursor). A poll that fails is retried later with a growing pa
 cursor only moves when a poll completes, so nothing between two polls is lost. `stop` is
 checked between studies: a SIGTERM finishes the study in hand and ends the loop cleanly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 
 
-def watch(store: Store, sources: list[SourceSettings], stop: threading.Event,
-          on_poll: Callable[[SyncSummary], None] | None = None) -> None:
+def watch(
+    store: Store,
+    sources: list[SourceSettings],
+    stop: threading.Event,
+    on_poll: Callable[[SyncSummary], None] | None = None,
+) -> None:
     """Poll `sources` until `stop` is set."""
     built = {src.name: src.open() for src in sources}
     due = {src.name: 0.0 for src in sources}

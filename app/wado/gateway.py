@@ -14,6 +14,7 @@ Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
 `…/instances/{instance}/metadata`, `…/instances/{instance}/frames/{frames}`.
 `/wado-rs/studies/…` (without a source) uses the first archive that holds the study.
 """
+
 from __future__ import annotations
 
 import orjson
@@ -34,8 +35,15 @@ CHUNK = 64 * 1024
 #: request headers passed on to the archive (content negotiation); never the app's token
 FORWARDED_REQUEST = ("Accept", "Accept-Charset")
 #: response headers passed back to the app
-FORWARDED_RESPONSE = ("Content-Type", "Content-Length", "Content-Encoding", "Content-Location", "ETag",
-                      "Last-Modified", "Warning")
+FORWARDED_RESPONSE = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Encoding",
+    "Content-Location",
+    "ETag",
+    "Last-Modified",
+    "Warning",
+)
 _session = requests.Session()
 
 
@@ -47,8 +55,11 @@ def _source(name: str | None, study: str) -> SourceSettings:
     by_name = {src.name: src for src in state.config.sources if src.wado_url}
     candidates = [h for h in holders if h in by_name and (name is None or h == name)]
     if not candidates:
-        raise FhirError(404, "not-found", f"no archive reachable through this gateway holds study {study}"
-                        + (f" as source {name}" if name else ""))
+        raise FhirError(
+            404,
+            "not-found",
+            f"no archive reachable through this gateway holds study {study}" + (f" as source {name}" if name else ""),
+        )
     return by_name[candidates[0]]
 
 
@@ -65,8 +76,9 @@ def _forward(source_name: str | None, study: str, rest: str, check_parts=lambda:
     auth, credentials = src.protocol.credentials()
     headers.update(credentials)
     try:
-        upstream = _session.get(url, params=request.args, headers=headers, auth=auth, stream=True,
-                                timeout=src.protocol.timeout)
+        upstream = _session.get(
+            url, params=request.args, headers=headers, auth=auth, stream=True, timeout=src.protocol.timeout
+        )
     except requests.Timeout:
         raise FhirError(504, "timeout", f"archive {src.name} did not answer in time") from None
     except requests.RequestException:
@@ -79,8 +91,9 @@ def _forward(source_name: str | None, study: str, rest: str, check_parts=lambda:
             upstream.close()
 
     passed = {h: upstream.headers[h] for h in FORWARDED_RESPONSE if h in upstream.headers}
-    response = Response(stream_with_context(body()), status=upstream.status_code, headers=passed,
-                        direct_passthrough=True)
+    response = Response(
+        stream_with_context(body()), status=upstream.status_code, headers=passed, direct_passthrough=True
+    )
     if "Content-Type" not in passed:
         del response.headers["Content-Type"]
     return response
@@ -92,10 +105,14 @@ _PATHS = {
     "series": ("/studies/<study>/series/<series>", "/series/{series}"),
     "series_metadata": ("/studies/<study>/series/<series>/metadata", "/series/{series}/metadata"),
     "instance": ("/studies/<study>/series/<series>/instances/<instance>", "/series/{series}/instances/{instance}"),
-    "instance_metadata": ("/studies/<study>/series/<series>/instances/<instance>/metadata",
-                          "/series/{series}/instances/{instance}/metadata"),
-    "frames": ("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>",
-               "/series/{series}/instances/{instance}/frames/{frames}"),
+    "instance_metadata": (
+        "/studies/<study>/series/<series>/instances/<instance>/metadata",
+        "/series/{series}/instances/{instance}/metadata",
+    ),
+    "frames": (
+        "/studies/<study>/series/<series>/instances/<instance>/frames/<frames>",
+        "/series/{series}/instances/{instance}/frames/{frames}",
+    ),
 }
 
 
@@ -110,8 +127,7 @@ def _check_parts(study: str, series: str | None, instance: str | None) -> None:
     found = read_current(current_state().reader, "ImagingStudy", study)
     listed = orjson.loads(found[2]).get("series", []) if found else []
     match = next((s for s in listed if s.get("uid") == series), None)
-    if match is None or (instance is not None and
-                         not any(i.get("uid") == instance for i in match.get("instance", []))):
+    if match is None or (instance is not None and not any(i.get("uid") == instance for i in match.get("instance", []))):
         raise FhirError(404, "not-found", "no such series or instance in this study")
 
 
@@ -120,8 +136,9 @@ def _route(name: str, rule: str, rest: str) -> None:
         for value in parts.values():
             if not all(c.isdigit() or c in ".," for c in value) or len(value) > 1024:
                 raise FhirError(404, "not-found", "not a valid UID or frame list")
-        response = _forward(source, study, rest.format(**parts),
-                            lambda: _check_parts(study, parts.get("series"), parts.get("instance")))
+        response = _forward(
+            source, study, rest.format(**parts), lambda: _check_parts(study, parts.get("series"), parts.get("instance"))
+        )
         return response
 
     view = serves(IMAGES)(handler)

@@ -12,6 +12,7 @@ comma OR and repeated-parameter AND; `_sort` (`order`). A form outside that rais
 `Unsupported` rather than guessing. Extending it for a new feature means one more branch in
 `_clause_test` (a modifier) or in `_values` (an element type).
 """
+
 from __future__ import annotations
 
 import re
@@ -120,8 +121,16 @@ def date_range(text: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
         high = low + timedelta(days=1)
     else:
         digits = (g["f"] or "")[:6]
-        low = datetime(year, int(g["m"]), int(g["d"]), int(g["H"]), int(g["M"]), int(g["S"] or 0),
-                       int(digits.ljust(6, "0")) if digits else 0, tzinfo=tz)
+        low = datetime(
+            year,
+            int(g["m"]),
+            int(g["d"]),
+            int(g["H"]),
+            int(g["M"]),
+            int(g["S"] or 0),
+            int(digits.ljust(6, "0")) if digits else 0,
+            tzinfo=tz,
+        )
         if g["S"] is None:
             high = low + timedelta(minutes=1)
         elif digits:
@@ -196,8 +205,9 @@ class Oracle:
     def search_parameter(self, rtype: str, code: str) -> dict:
         found = self.definitions.get((rtype, code))
         if found is None:
-            found = next((self.definitions[(base, code)] for base in _SUPERTYPES if (base, code) in self.definitions),
-                         None)
+            found = next(
+                (self.definitions[(base, code)] for base in _SUPERTYPES if (base, code) in self.definitions), None
+            )
         if found is None:
             raise Unsupported(f"{rtype} has no R4 search parameter {code!r}")
         return found
@@ -309,8 +319,11 @@ class Oracle:
             if element_type == "Identifier":
                 return [Token(data.get("system"), data.get("value"))] if ("value" in data or "system" in data) else []
             if element_type == "CodeableConcept":
-                return [Token(c.get("system"), c.get("code")) for c in data.get("coding", [])
-                        if "code" in c or "system" in c]
+                return [
+                    Token(c.get("system"), c.get("code"))
+                    for c in data.get("coding", [])
+                    if "code" in c or "system" in c
+                ]
             if element_type == "code":
                 return [Token(self._required_system(path), data)]
             if element_type == "boolean":
@@ -321,8 +334,13 @@ class Oracle:
             if element_type in ("string", "System.String", "markdown"):
                 return [data]
             if element_type == "HumanName":
-                parts = [data.get("text"), data.get("family"), *data.get("given", []), *data.get("prefix", []),
-                         *data.get("suffix", [])]
+                parts = [
+                    data.get("text"),
+                    data.get("family"),
+                    *data.get("given", []),
+                    *data.get("prefix", []),
+                    *data.get("suffix", []),
+                ]
                 return [p for p in parts if p]
         elif kind == "date":
             if element_type in ("date", "dateTime", "instant"):
@@ -388,11 +406,15 @@ class Oracle:
             parameter = self.search_parameter(rtype, ref_code)
             if parameter["type"] != "reference":
                 raise Unsupported(f"{name}: only references chain")
-            targets = [type_modifier] if type_modifier else [t for t in parameter.get("target", [])
-                                                                if self._defines(t, rest)]
+            targets = (
+                [type_modifier] if type_modifier else [t for t in parameter.get("target", []) if self._defines(t, rest)]
+            )
             hits = {(t, tid) for t in targets if t in self.by_type for tid in self._matching(t, rest, value)}
-            return {rid for rid in self.by_type.get(rtype, {})
-                    if any((ref.type, ref.id) in hits for ref in self.values(rtype, rid, ref_code))}
+            return {
+                rid
+                for rid in self.by_type.get(rtype, {})
+                if any((ref.type, ref.id) in hits for ref in self.values(rtype, rid, ref_code))
+            }
         code, _, modifier = name.partition(":")
         test = self._clause_test(rtype, code, modifier, value)
         aspect = modifier if modifier in ASPECT_MODIFIERS else ""
@@ -427,8 +449,9 @@ class Oracle:
             return lambda values: any(_string_matches(modifier, t, v) for t in texts for v in values)
         if kind == "date" and modifier == "":
             spans = [self._search_date(raw) for raw in alternatives]
-            return lambda values: any(_date_matches(prefix, span, date_range(v, self.zone))
-                                      for prefix, span in spans for v in values)
+            return lambda values: any(
+                _date_matches(prefix, span, date_range(v, self.zone)) for prefix, span in spans for v in values
+            )
         if kind == "reference" and (modifier == "" or modifier[:1].isupper()):
             wanted = [_parse_reference(unescape(raw), self.base_url) for raw in alternatives]
             return lambda values: any(_reference_matches(w, modifier or None, v) for w in wanted for v in values)
@@ -448,8 +471,9 @@ class Oracle:
             descending = key.startswith("-")
             values = {rid: self.sort_value(rtype, rid, key) for rid in ordered}
             present = [rid for rid in ordered if values[rid] is not None]
-            ordered = (sorted(present, key=values.__getitem__, reverse=descending)
-                       + [rid for rid in ordered if values[rid] is None])
+            ordered = sorted(present, key=values.__getitem__, reverse=descending) + [
+                rid for rid in ordered if values[rid] is None
+            ]
         return ordered
 
     def sort_value(self, rtype: str, rid: str, key: str):
@@ -504,7 +528,7 @@ def _parse_reference(text: str | None, base_url: str) -> Ref | None:
     if not text or text.startswith("#"):
         return None
     if text.startswith(base_url + "/"):
-        text = text[len(base_url) + 1:]
+        text = text[len(base_url) + 1 :]
     if ":" in text:
         return Ref(None, None, text)
     parts = text.split("/")

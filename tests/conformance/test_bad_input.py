@@ -2,6 +2,7 @@
 
 Each case is an input that once reached the database or the date arithmetic unchecked.
 """
+
 from __future__ import annotations
 
 import pytest

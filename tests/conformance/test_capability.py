@@ -1,5 +1,6 @@
 """The CapabilityStatement lists exactly what works, and the registry matches the official R4
 SearchParameter resources (npm package hl7.fhir.r4.examples@4.0.1, fetched once into .cache/)."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,11 +38,9 @@ def test_every_listed_parameter_and_include_works(client):  # noqa: F811
                 assert response.status_code == 200, (rtype, modifier_query, response.get_json())
         for kind in ("Include", "RevInclude"):
             for include in resource[f"search{kind}"]:
-                response = client.get(f"/fhir/{rtype}?_{kind.lower()}={include}",
-                                      headers={"Prefer": "handling=strict"})
+                response = client.get(f"/fhir/{rtype}?_{kind.lower()}={include}", headers={"Prefer": "handling=strict"})
                 assert response.status_code == 200, (rtype, kind, include)
-        assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "history-instance",
-                                                                "search-type"}
+        assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "history-instance", "search-type"}
 
 
 def test_missing_modifier_partitions_the_results(client):  # noqa: F811
@@ -56,7 +55,8 @@ def test_registry_matches_official_r4_definitions(official_search_parameters):
     for rtype in RESOURCE_TYPES:
         for name, param in BY_RESOURCE[rtype].items():
             official = official_search_parameters.get((rtype, name)) or official_search_parameters.get(
-                ("Resource", name))
+                ("Resource", name)
+            )
             assert official is not None, (rtype, name)
             assert official["url"] == param.definition, (rtype, name)
             assert official["type"] == param.type, (rtype, name)

@@ -3,41 +3,48 @@
 Same data as test_search: alice (Müller, female, 1970) has studies 1.2.1 (MR, SR) and 1.2.2 (CT);
 bob (Mueller, male, 1980) has 1.2.3 (MR); every study points at Endpoint pacs.
 """
+
 from __future__ import annotations
 
 import pytest
 from test_search import all_pages, client, ids  # noqa: F401 - shared data set and helpers
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("patient.identifier=urn:oid:1.2.3.4|111", ["1.2.1", "1.2.2"]),
-    ("patient.identifier=222", ["1.2.3"]),
-    ("subject:Patient.name=mueller", ["1.2.3"]),
-    ("subject.name=muller", ["1.2.1", "1.2.2"]),  # only Patient among subject's targets is held here
-    ("patient.birthdate=1980-02-29", ["1.2.3"]),
-    ("patient.gender=female", ["1.2.1", "1.2.2"]),
-    ("patient.family:exact=Müller", ["1.2.1", "1.2.2"]),
-    ("patient._id=bob", ["1.2.3"]),
-    ("patient.identifier=111,222", ["1.2.1", "1.2.2", "1.2.3"]),
-    ("patient.identifier=999", []),
-    ("endpoint.status=active", ["1.2.1", "1.2.2", "1.2.3"]),
-    ("endpoint.status=off", []),
-    ("patient.gender=female&modality=MR", ["1.2.1"]),
-    ("patient._has:ImagingStudy:patient:modality=CT", ["1.2.1", "1.2.2"]),  # chain into _has
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("patient.identifier=urn:oid:1.2.3.4|111", ["1.2.1", "1.2.2"]),
+        ("patient.identifier=222", ["1.2.3"]),
+        ("subject:Patient.name=mueller", ["1.2.3"]),
+        ("subject.name=muller", ["1.2.1", "1.2.2"]),  # only Patient among subject's targets is held here
+        ("patient.birthdate=1980-02-29", ["1.2.3"]),
+        ("patient.gender=female", ["1.2.1", "1.2.2"]),
+        ("patient.family:exact=Müller", ["1.2.1", "1.2.2"]),
+        ("patient._id=bob", ["1.2.3"]),
+        ("patient.identifier=111,222", ["1.2.1", "1.2.2", "1.2.3"]),
+        ("patient.identifier=999", []),
+        ("endpoint.status=active", ["1.2.1", "1.2.2", "1.2.3"]),
+        ("endpoint.status=off", []),
+        ("patient.gender=female&modality=MR", ["1.2.1"]),
+        ("patient._has:ImagingStudy:patient:modality=CT", ["1.2.1", "1.2.2"]),  # chain into _has
+    ],
+)
 def test_chained_parameters(client, query, expected):  # noqa: F811
     assert ids(client.get(f"/fhir/ImagingStudy?{query}&_count=10")) == expected
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("_has:ImagingStudy:patient:modality=CT", ["alice"]),
-    ("_has:ImagingStudy:patient:modality=MR", ["alice", "bob"]),
-    ("_has:ImagingStudy:subject:started=2020", ["alice", "bob"]),
-    ("_has:ImagingStudy:patient:started=2020-01-02", ["alice"]),
-    ("_has:ImagingStudy:patient:endpoint.status=active", ["alice", "bob"]),  # _has into a chain
-    ("_has:ImagingStudy:patient:modality=CT&gender=male", []),
-    ("_has:ImagingStudy:patient:modality=NM", []),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("_has:ImagingStudy:patient:modality=CT", ["alice"]),
+        ("_has:ImagingStudy:patient:modality=MR", ["alice", "bob"]),
+        ("_has:ImagingStudy:subject:started=2020", ["alice", "bob"]),
+        ("_has:ImagingStudy:patient:started=2020-01-02", ["alice"]),
+        ("_has:ImagingStudy:patient:endpoint.status=active", ["alice", "bob"]),  # _has into a chain
+        ("_has:ImagingStudy:patient:modality=CT&gender=male", []),
+        ("_has:ImagingStudy:patient:modality=NM", []),
+    ],
+)
 def test_reverse_chaining(client, query, expected):  # noqa: F811
     assert ids(client.get(f"/fhir/Patient?{query}&_count=10")) == expected
 
@@ -52,18 +59,21 @@ def test_chain_get_and_post_agree(client):  # noqa: F811
     assert get == post == ["1.2.1", "1.2.2"]
 
 
-@pytest.mark.parametrize("query, fragment", [
-    ("/fhir/ImagingStudy?basedon.identifier=x", "basedon"),  # points at nothing held here
-    ("/fhir/ImagingStudy?modality.code=MR", "modality"),  # not a reference
-    ("/fhir/ImagingStudy?subject:Device.name=x", "subject:Device"),
-    ("/fhir/Patient?_has:ImagingStudy:referrer:modality=MR", "_has"),
-    ("/fhir/Patient?_has:ImagingStudy:patient", "_has"),
-    ("/fhir/Patient?_has:Observation:patient:code=x", "Observation"),
-    ("/fhir/Patient?_revinclude=ImagingStudy:referrer", "_revinclude"),
-    ("/fhir/Patient?_revinclude=ImagingStudy:endpoint", "_revinclude"),
-    ("/fhir/ImagingStudy?_include=Patient:link", "_include"),
-    ("/fhir/ImagingStudy?patient.started=2020", "patient.started"),  # strict: unknown on Patient
-])
+@pytest.mark.parametrize(
+    "query, fragment",
+    [
+        ("/fhir/ImagingStudy?basedon.identifier=x", "basedon"),  # points at nothing held here
+        ("/fhir/ImagingStudy?modality.code=MR", "modality"),  # not a reference
+        ("/fhir/ImagingStudy?subject:Device.name=x", "subject:Device"),
+        ("/fhir/Patient?_has:ImagingStudy:referrer:modality=MR", "_has"),
+        ("/fhir/Patient?_has:ImagingStudy:patient", "_has"),
+        ("/fhir/Patient?_has:Observation:patient:code=x", "Observation"),
+        ("/fhir/Patient?_revinclude=ImagingStudy:referrer", "_revinclude"),
+        ("/fhir/Patient?_revinclude=ImagingStudy:endpoint", "_revinclude"),
+        ("/fhir/ImagingStudy?_include=Patient:link", "_include"),
+        ("/fhir/ImagingStudy?patient.started=2020", "patient.started"),  # strict: unknown on Patient
+    ],
+)
 def test_bad_chains_are_400_naming_the_parameter(client, query, fragment):  # noqa: F811
     response = client.get(query, headers={"Prefer": "handling=strict"})
     assert response.status_code == 400, response.get_json()
@@ -78,8 +88,10 @@ def test_unknown_chained_parameter_is_ignored_when_lenient(client):  # noqa: F81
 
 def _modes(response):
     body = response.get_json()
-    return ({e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"},
-            {e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "include"})
+    return (
+        {e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"},
+        {e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "include"},
+    )
 
 
 def test_revinclude_pages_carry_their_own_referrers(client):  # noqa: F811
@@ -94,20 +106,25 @@ def test_revinclude_pages_carry_their_own_referrers(client):  # noqa: F811
 
 def test_endpoint_revinclude(client):  # noqa: F811
     assert _modes(client.get("/fhir/Endpoint?_revinclude=ImagingStudy:endpoint")) == (
-        {"pacs"}, {"1.2.1", "1.2.2", "1.2.3"})
+        {"pacs"},
+        {"1.2.1", "1.2.2", "1.2.3"},
+    )
 
 
 def test_iterate_follows_included_resources(client):  # noqa: F811
     # without :iterate an _include starts from the matches, which are Patients here: refused, not ignored
     plain = client.get("/fhir/Patient?_id=bob&_revinclude=ImagingStudy:patient&_include=ImagingStudy:endpoint")
     assert plain.status_code == 400 and "_include" in plain.get_json()["issue"][0]["diagnostics"]
-    iterated = client.get("/fhir/Patient?_id=bob&_revinclude=ImagingStudy:patient"
-                          "&_include:iterate=ImagingStudy:endpoint")
+    iterated = client.get(
+        "/fhir/Patient?_id=bob&_revinclude=ImagingStudy:patient&_include:iterate=ImagingStudy:endpoint"
+    )
     assert _modes(iterated) == ({"bob"}, {"1.2.3", "pacs"})
     # and back again: endpoint -> every study -> every patient, each once
-    around = client.get("/fhir/Patient?_id=bob&_revinclude=ImagingStudy:patient"
-                        "&_include:iterate=ImagingStudy:endpoint&_revinclude:iterate=ImagingStudy:endpoint"
-                        "&_include:iterate=ImagingStudy:patient")
+    around = client.get(
+        "/fhir/Patient?_id=bob&_revinclude=ImagingStudy:patient"
+        "&_include:iterate=ImagingStudy:endpoint&_revinclude:iterate=ImagingStudy:endpoint"
+        "&_include:iterate=ImagingStudy:patient"
+    )
     matches, included = _modes(around)
     assert matches == {"bob"} and included == {"1.2.1", "1.2.2", "1.2.3", "pacs", "alice"}
     entries = around.get_json()["entry"]

@@ -19,6 +19,7 @@ and one in the oracle's `_clause_test` that matches them; a parameter leaves UNT
 (`phonetic`) once the oracle can match it; a result parameter is drawn in `Queries.search`
 next to `_sort` and sent by `Server.search`.
 """
+
 from __future__ import annotations
 
 import random
@@ -93,10 +94,22 @@ NAMES = [  # (family, given names): accents, case, several given names, particle
 ]
 BIRTH_DATES = ["1970", "1980-02", "1990-03-15", "2000-02-29", "1970-01-01", "1969-12-31", None]
 STARTED = [
-    "2019", "2020", "2020-03", "2020-03-04", "2020-03-05", "2020-12-31", "2021-01-01",
-    "2020-03-04T10:11:12Z", "2020-03-04T23:30:00-05:00", "2020-03-05T00:30:00+01:00",
-    "2020-03-04T10:11:12", "2020-12-31T23:59:59Z", "2020-12-31T22:00:00-03:00",
-    "2021-01-01T00:00:00+00:00", "2020-03-04T10:11:12.250+01:00", None,
+    "2019",
+    "2020",
+    "2020-03",
+    "2020-03-04",
+    "2020-03-05",
+    "2020-12-31",
+    "2021-01-01",
+    "2020-03-04T10:11:12Z",
+    "2020-03-04T23:30:00-05:00",
+    "2020-03-05T00:30:00+01:00",
+    "2020-03-04T10:11:12",
+    "2020-12-31T23:59:59Z",
+    "2020-12-31T22:00:00-03:00",
+    "2021-01-01T00:00:00+00:00",
+    "2020-03-04T10:11:12.250+01:00",
+    None,
 ]
 BODY_SITES = [
     {"system": SNOMED, "code": "51185008", "display": "Chest"},
@@ -105,52 +118,108 @@ BODY_SITES = [
     {"display": "FOOBAR"},  # a Body Part Examined that is no PS3.16 term: display only
     None,
 ]
-LATERALITY = [{"system": SNOMED, "code": "419465000", "display": "Unilateral right"},
-              {"system": SNOMED, "code": "419161000", "display": "Unilateral left"}, None]
+LATERALITY = [
+    {"system": SNOMED, "code": "419465000", "display": "Unilateral right"},
+    {"system": SNOMED, "code": "419161000", "display": "Unilateral left"},
+    None,
+]
 #: Coding.display of some modality codings, for token :text (DICOM PS3.16 CID 29 names)
-MODALITY_NAMES = {"MR": "Magnetic Resonance", "CT": "Computed Tomography", "US": "Ultrasound",
-                  "CR": "Computed Radiography", "SR": "SR Document", "PR": "Presentation State", "OT": "Other"}
-SOP_CLASSES = {"MR": "1.2.840.10008.5.1.4.1.1.4", "CT": "1.2.840.10008.5.1.4.1.1.2",
-               "US": "1.2.840.10008.5.1.4.1.1.6.1", "CR": "1.2.840.10008.5.1.4.1.1.1",
-               "SR": "1.2.840.10008.5.1.4.1.1.88.11", "PR": "1.2.840.10008.5.1.4.1.1.11.1",
-               "OT": "1.2.840.10008.5.1.4.1.1.7"}
-SOP_CLASS_NAMES = {"MR": "MR Image Storage", "CT": "CT Image Storage", "US": "Ultrasound Image Storage",
-                   "CR": "Computed Radiography Image Storage", "SR": "Basic Text SR Storage",
-                   "PR": "Grayscale Softcopy Presentation State Storage", "OT": "Secondary Capture Image Storage"}
+MODALITY_NAMES = {
+    "MR": "Magnetic Resonance",
+    "CT": "Computed Tomography",
+    "US": "Ultrasound",
+    "CR": "Computed Radiography",
+    "SR": "SR Document",
+    "PR": "Presentation State",
+    "OT": "Other",
+}
+SOP_CLASSES = {
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "US": "1.2.840.10008.5.1.4.1.1.6.1",
+    "CR": "1.2.840.10008.5.1.4.1.1.1",
+    "SR": "1.2.840.10008.5.1.4.1.1.88.11",
+    "PR": "1.2.840.10008.5.1.4.1.1.11.1",
+    "OT": "1.2.840.10008.5.1.4.1.1.7",
+}
+SOP_CLASS_NAMES = {
+    "MR": "MR Image Storage",
+    "CT": "CT Image Storage",
+    "US": "Ultrasound Image Storage",
+    "CR": "Computed Radiography Image Storage",
+    "SR": "Basic Text SR Storage",
+    "PR": "Grayscale Softcopy Presentation State Storage",
+    "OT": "Secondary Capture Image Storage",
+}
 REASONS = [
     [{"coding": [{"system": SNOMED, "code": "25064002", "display": "Headache"}], "text": "headache"}],
     [{"text": "follow-up"}],
     [{"coding": [{"code": "R51"}]}],  # a code without a system
-    [{"coding": [{"system": SNOMED, "code": "29857009", "display": "Chest pain"}],
-      "text": "Douleur thoracique, aiguë"}],
-    [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "R51", "display": "Céphalée"},
-                 {"system": SNOMED, "code": "25064002", "display": "Headache"}]},
-     {"text": "follow-up"}],
+    [
+        {
+            "coding": [{"system": SNOMED, "code": "29857009", "display": "Chest pain"}],
+            "text": "Douleur thoracique, aiguë",
+        }
+    ],
+    [
+        {
+            "coding": [
+                {"system": "http://hl7.org/fhir/sid/icd-10", "code": "R51", "display": "Céphalée"},
+                {"system": SNOMED, "code": "25064002", "display": "Headache"},
+            ]
+        },
+        {"text": "follow-up"},
+    ],
     None,
 ]
 NPI = "http://hl7.org/fhir/sid/us-npi"
-PERFORMER_FUNCTION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                  "code": "PRF"}]}
+PERFORMER_FUNCTION = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRF"}]
+}
 
 ENDPOINTS = [
-    {"resourceType": "Endpoint", "id": "pacs-a", "status": "active",
-     "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
-     "name": "pacs-a", "payloadType": [{"text": "DICOM WADO-RS"}], "payloadMimeType": ["application/dicom"],
-     "address": "http://pacs-a/dicom-web"},
-    {"resourceType": "Endpoint", "id": "folder-b", "status": "off",
-     "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
-     "name": "Archivé B", "identifier": [{"system": RFC3986, "value": "urn:uuid:6b1f0c4e-3b1d-4c55-9d7e-000000000b",
-                                          "type": {"text": "Source UUID"}}],
-     "payloadType": [{"text": "DICOM WADO-RS"}], "address": "urn:imaging-facade:source:folder-b"},
-    {"resourceType": "Endpoint", "id": "archive-c", "status": "active",
-     "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-qido-rs"},
-     "name": "Archive C", "managingOrganization": {"reference": "Organization/org-1"},
-     "payloadType": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type",
-                                  "code": "DICOM"}]}],
-     "address": "http://archive-c/dicom-web"},
-    {"resourceType": "Endpoint", "id": "lonely-d", "status": "error",
-     "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs"},
-     "payloadType": [{"text": "DICOM"}], "address": "http://lonely-d/"},
+    {
+        "resourceType": "Endpoint",
+        "id": "pacs-a",
+        "status": "active",
+        "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
+        "name": "pacs-a",
+        "payloadType": [{"text": "DICOM WADO-RS"}],
+        "payloadMimeType": ["application/dicom"],
+        "address": "http://pacs-a/dicom-web",
+    },
+    {
+        "resourceType": "Endpoint",
+        "id": "folder-b",
+        "status": "off",
+        "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
+        "name": "Archivé B",
+        "identifier": [
+            {"system": RFC3986, "value": "urn:uuid:6b1f0c4e-3b1d-4c55-9d7e-000000000b", "type": {"text": "Source UUID"}}
+        ],
+        "payloadType": [{"text": "DICOM WADO-RS"}],
+        "address": "urn:imaging-facade:source:folder-b",
+    },
+    {
+        "resourceType": "Endpoint",
+        "id": "archive-c",
+        "status": "active",
+        "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-qido-rs"},
+        "name": "Archive C",
+        "managingOrganization": {"reference": "Organization/org-1"},
+        "payloadType": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type", "code": "DICOM"}]}
+        ],
+        "address": "http://archive-c/dicom-web",
+    },
+    {
+        "resourceType": "Endpoint",
+        "id": "lonely-d",
+        "status": "error",
+        "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs"},
+        "payloadType": [{"text": "DICOM"}],
+        "address": "http://lonely-d/",
+    },
 ]
 
 
@@ -171,13 +240,18 @@ def _patient(rng: random.Random, n: int) -> dict:
         mrn_type["text"] = "Medical Record Number"
     elif kind < 0.5:  # Identifier.type.coding.display: not what :text searches
         mrn_type["coding"][0]["display"] = "Medical record number"
-    patient = {"resourceType": "Patient", "id": f"pat-{n:02d}", "identifier": [
-        {"type": mrn_type, "system": "urn:oid:1.2.3.4", "value": str(1000 + n)}]}
+    patient = {
+        "resourceType": "Patient",
+        "id": f"pat-{n:02d}",
+        "identifier": [{"type": mrn_type, "system": "urn:oid:1.2.3.4", "value": str(1000 + n)}],
+    }
     if rng.random() < 0.5:  # the same values under another issuer: system|value must tell them apart
         other = {"system": "urn:imaging-facade:source:pacs-a", "value": str(1000 + (n + 3) % len(NAMES))}
         if rng.random() < 0.5:  # typed too: of-type=…|MR|value matches either identifier
-            other["type"] = {"coding": [{"system": V2_0203, "code": "MR"}, {"system": V2_0203, "code": "PI"}],
-                             "text": "Numéro de dossier"}
+            other["type"] = {
+                "coding": [{"system": V2_0203, "code": "MR"}, {"system": V2_0203, "code": "PI"}],
+                "text": "Numéro de dossier",
+            }
         patient["identifier"].append(other)
     if family is not None:
         name: dict = {"family": family}
@@ -191,9 +265,18 @@ def _patient(rng: random.Random, n: int) -> dict:
             name["text"] = f"{family}, {' '.join(givens or [])}"  # a comma: escaped in search values
         patient["name"] = [name]
         if family == "Yamada":
-            patient["name"].append({"extension": [{
-                "url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "IDE"}],
-                "family": "山田", "given": ["太郎"]})
+            patient["name"].append(
+                {
+                    "extension": [
+                        {
+                            "url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation",
+                            "valueCode": "IDE",
+                        }
+                    ],
+                    "family": "山田",
+                    "given": ["太郎"],
+                }
+            )
     gender = rng.choice(["male", "female", "other", "unknown", "female", "male", None])
     if gender:
         patient["gender"] = gender
@@ -205,8 +288,7 @@ def _patient(rng: random.Random, n: int) -> dict:
 
 def _series(rng: random.Random, study_id: str, number: int) -> dict:
     modality = rng.choice(list(SOP_CLASSES))
-    series: dict = {"uid": f"{study_id}.{number}", "number": number,
-                    "modality": {"system": DCM, "code": modality}}
+    series: dict = {"uid": f"{study_id}.{number}", "number": number, "modality": {"system": DCM, "code": modality}}
     if rng.random() < 0.5:
         series["modality"]["display"] = MODALITY_NAMES[modality]
     body_site = rng.choice(BODY_SITES)
@@ -215,23 +297,32 @@ def _series(rng: random.Random, study_id: str, number: int) -> dict:
     laterality = rng.choice(LATERALITY)
     if laterality:
         series["laterality"] = dict(laterality)
-    performers = rng.choice([
-        [{"function": PERFORMER_FUNCTION, "actor": {"display": "Doe^Jane"}}],
-        [{"actor": {"display": "Operator^Otto"}}],
-        [{"actor": {"display": "Operator^Otto", "identifier": {"value": "OTTO"}}}],  # an identifier without a system
-        [{"actor": {"reference": "Practitioner/prac-1", "display": "Roe^Richard"}}],
-        None,
-    ])
+    performers = rng.choice(
+        [
+            [{"function": PERFORMER_FUNCTION, "actor": {"display": "Doe^Jane"}}],
+            [{"actor": {"display": "Operator^Otto"}}],
+            [
+                {"actor": {"display": "Operator^Otto", "identifier": {"value": "OTTO"}}}
+            ],  # an identifier without a system
+            [{"actor": {"reference": "Practitioner/prac-1", "display": "Roe^Richard"}}],
+            None,
+        ]
+    )
     if performers:
         series["performer"] = performers
     if rng.random() < 0.15:
-        series["endpoint"] = [rng.choice([{"reference": "Endpoint/archive-c"},
-                                          {"reference": "http://other.example/fhir/Endpoint/pacs-a"}])]
+        series["endpoint"] = [
+            rng.choice(
+                [{"reference": "Endpoint/archive-c"}, {"reference": "http://other.example/fhir/Endpoint/pacs-a"}]
+            )
+        ]
     sop_class = {"system": RFC3986, "code": "urn:oid:" + SOP_CLASSES[modality]}
     if rng.random() < 0.5:
         sop_class["display"] = SOP_CLASS_NAMES[modality]
-    instances = [{"uid": f"{series['uid']}.{k}", "number": k, "sopClass": dict(sop_class)}
-                 for k in range(1, rng.randrange(0, 3) + 1)]
+    instances = [
+        {"uid": f"{series['uid']}.{k}", "number": k, "sopClass": dict(sop_class)}
+        for k in range(1, rng.randrange(0, 3) + 1)
+    ]
     series["numberOfInstances"] = len(instances)
     if instances:
         series["instance"] = instances
@@ -240,8 +331,11 @@ def _series(rng: random.Random, study_id: str, number: int) -> dict:
 
 def _study(rng: random.Random, n: int, patient: dict) -> dict:
     uid = f"1.2.826.0.1.3680043.{n}"
-    study: dict = {"resourceType": "ImagingStudy", "id": uid,
-                   "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:" + uid}]}
+    study: dict = {
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:" + uid}],
+    }
     if rng.random() < 0.8:
         separator = ["", ",", "|", "$"][n % 4]  # characters a search value must escape
         acsn_type: dict = {"coding": [{"system": V2_0203, "code": "ACSN"}]}
@@ -272,23 +366,38 @@ def _study(rng: random.Random, n: int, patient: dict) -> dict:
     started = rng.choice(STARTED) if rng.random() < 0.6 else _random_instant(rng)
     if started:
         study["started"] = started
-    referrer = rng.choice([{"display": "Who^Doctor"}, {"display": "Referring^Rita"},
-                           {"reference": "Practitioner/prac-2", "display": "Referring^Rita"},
-                           {"display": "Referring^Rita", "identifier": {"system": NPI, "value": "1234567893"}},
-                           {"reference": "Practitioner/prac-2", "identifier": {"system": NPI, "value": "1234567893"}},
-                           {"reference": "PractitionerRole/role-1"}, None])
+    referrer = rng.choice(
+        [
+            {"display": "Who^Doctor"},
+            {"display": "Referring^Rita"},
+            {"reference": "Practitioner/prac-2", "display": "Referring^Rita"},
+            {"display": "Referring^Rita", "identifier": {"system": NPI, "value": "1234567893"}},
+            {"reference": "Practitioner/prac-2", "identifier": {"system": NPI, "value": "1234567893"}},
+            {"reference": "PractitionerRole/role-1"},
+            None,
+        ]
+    )
     if referrer:
         study["referrer"] = referrer
-    interpreter = rng.choice([[{"display": "Reader^Ruth"}],
-                              [{"reference": "Practitioner/prac-1"}, {"display": "Reader^Ruth"}],
-                              [{"identifier": {"system": NPI, "value": "1111111112"}}], None])
+    interpreter = rng.choice(
+        [
+            [{"display": "Reader^Ruth"}],
+            [{"reference": "Practitioner/prac-1"}, {"display": "Reader^Ruth"}],
+            [{"identifier": {"system": NPI, "value": "1111111112"}}],
+            None,
+        ]
+    )
     if interpreter:
         study["interpreter"] = interpreter
-    study["endpoint"] = rng.choice([
-        [{"reference": "Endpoint/pacs-a"}], [{"reference": "Endpoint/pacs-a"}], [{"reference": "Endpoint/folder-b"}],
-        [{"reference": f"{BASE}/Endpoint/archive-c"}],  # an absolute URL on this server
-        [{"reference": "Endpoint/pacs-a"}, {"reference": "Endpoint/folder-b"}],
-    ])
+    study["endpoint"] = rng.choice(
+        [
+            [{"reference": "Endpoint/pacs-a"}],
+            [{"reference": "Endpoint/pacs-a"}],
+            [{"reference": "Endpoint/folder-b"}],
+            [{"reference": f"{BASE}/Endpoint/archive-c"}],  # an absolute URL on this server
+            [{"reference": "Endpoint/pacs-a"}, {"reference": "Endpoint/folder-b"}],
+        ]
+    )
     if rng.random() < 0.1:
         study["encounter"] = {"reference": f"Encounter/enc-{n % 3}"}
     reason = rng.choice(REASONS)
@@ -313,8 +422,10 @@ def build_dataset(seed: int = SEED):
     # records of one person linked both ways (what identity reconciliation writes), and a link
     # to a type this server does not hold: what `link` searches
     lone[0]["link"] = [{"other": {"reference": f"Patient/{lone[1]['id']}"}, "type": "seealso"}]
-    lone[1]["link"] = [{"other": {"reference": f"Patient/{lone[0]['id']}"}, "type": "seealso"},
-                       {"other": {"reference": "RelatedPerson/rp-1"}, "type": "seealso"}]
+    lone[1]["link"] = [
+        {"other": {"reference": f"Patient/{lone[0]['id']}"}, "type": "seealso"},
+        {"other": {"reference": "RelatedPerson/rp-1"}, "type": "seealso"},
+    ]
     studies = []
     for n in range(1, 37):
         patient = dict(rng.choice(with_studies))
@@ -328,6 +439,7 @@ def build_dataset(seed: int = SEED):
 
 
 # ---------------------------------------------------------------------------- server and oracle
+
 
 @dataclass
 class Answer:
@@ -359,8 +471,10 @@ class Server:
             if pages == 0:
                 total = body.get("total")
             ids += [e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"]
-            url = next((lnk["url"].removeprefix("http://testserver") for lnk in body["link"]
-                        if lnk["relation"] == "next"), None)
+            url = next(
+                (lnk["url"].removeprefix("http://testserver") for lnk in body["link"] if lnk["relation"] == "next"),
+                None,
+            )
             pages += 1
         return Answer(ids, total, pages)
 
@@ -380,13 +494,17 @@ class Server:
         return set(answer.ids), expected, answer
 
     def explain(self, rtype: str, items, actual, expected) -> str:
-        lines = [f"GET /fhir/{rtype}?{urlencode(items)}", f"  server only: {sorted(set(actual) - set(expected))}",
-                 f"  oracle only: {sorted(set(expected) - set(actual))}"]
+        lines = [
+            f"GET /fhir/{rtype}?{urlencode(items)}",
+            f"  server only: {sorted(set(actual) - set(expected))}",
+            f"  oracle only: {sorted(set(expected) - set(actual))}",
+        ]
         sort = [value.split(",") for name, value in items if name == "_sort"]
         if sort and set(actual) == set(expected):
             lines.append(f"  server order: {actual}\n  oracle order: {expected}")
-            lines += [f"  {rid}: sorts by {[self.oracle.sort_value(rtype, rid, key) for key in sort[-1]]}"
-                      for rid in expected]
+            lines += [
+                f"  {rid}: sorts by {[self.oracle.sort_value(rtype, rid, key) for key in sort[-1]]}" for rid in expected
+            ]
         for rid in sorted(set(actual) ^ set(expected))[:3]:
             resource = next(r for r in self.resources if r["id"] == rid and r["resourceType"] == rtype)
             lines.append(f"  {rid}: {resource}")
@@ -394,9 +512,15 @@ class Server:
 
 
 def serve(write_config, store_url: str, endpoints, studies, singles) -> tuple[Server, Store]:
-    config = write_config({"store": store_url, "timezone": ZONE,
-                           "server": {"base_url": BASE, "default_count": 10, "max_count": 1000},
-                           "security": {"open": True}, "sources": []})
+    config = write_config(
+        {
+            "store": store_url,
+            "timezone": ZONE,
+            "server": {"base_url": BASE, "default_count": 10, "max_count": 1000},
+            "security": {"open": True},
+            "sources": [],
+        }
+    )
     store = Store.from_config(config)
     for endpoint in endpoints:
         store.resources.put(endpoint)
@@ -411,8 +535,7 @@ def serve(write_config, store_url: str, endpoints, studies, singles) -> tuple[Se
         with store.engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
     client = create_app(config, store).test_client()
-    stored = [*endpoints, *(s for s, _, _ in studies), *singles,
-              *{p["id"]: p for _, p, _ in studies}.values()]
+    stored = [*endpoints, *(s for s, _, _ in studies), *singles, *{p["id"]: p for _, p, _ in studies}.values()]
     return Server(client, stored), store
 
 
@@ -424,6 +547,7 @@ def server(store_url, write_config):
 
 
 # ---------------------------------------------------------------------------- queries
+
 
 def _strip_accents(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
@@ -495,16 +619,25 @@ class Queries:
     @cache
     def reverse(self, rtype: str) -> list[tuple[str, str]]:
         """(source type, reference parameter) pairs `_has` can use to reach `rtype`."""
-        return [(source, p.name) for source in RESOURCE_TYPES for p in self.params[source]
-                if p.type == "reference" and rtype in served_targets(p)]
+        return [
+            (source, p.name)
+            for source in RESOURCE_TYPES
+            for p in self.params[source]
+            if p.type == "reference" and rtype in served_targets(p)
+        ]
 
     def focuses(self) -> list[Focus]:
         """What gets its own share of the queries: every parameter, every parameter with each of
         FOCUS_MODIFIERS that applies to it and has values for it in the data set (elsewhere
         the modifier is still drawn now and then), and `_sort` on every type."""
         out: list[Focus] = [(t, p.name, None) for t in RESOURCE_TYPES for p in self.params[t]]
-        out += [(t, p.name, m) for t in RESOURCE_TYPES for p in self.params[t]
-                for m in FOCUS_MODIFIERS if m in self.modifiers(t, p) and self.pool(t, p.name, m)]
+        out += [
+            (t, p.name, m)
+            for t in RESOURCE_TYPES
+            for p in self.params[t]
+            for m in FOCUS_MODIFIERS
+            if m in self.modifiers(t, p) and self.pool(t, p.name, m)
+        ]
         return out + [(t, "_sort", None) for t in RESOURCE_TYPES]
 
     @cache
@@ -523,6 +656,7 @@ class Queries:
         rtype, name, modifier = focus
         count = st.sampled_from([4, 10, 100])
         if name == "_sort":
+
             @st.composite
             def sorted_search(draw):
                 items = [draw(self.clause(rtype, 0)) for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2])))]
@@ -533,8 +667,9 @@ class Queries:
 
         @st.composite
         def build(draw):
-            outer, prefix = draw(st.sampled_from([(rtype, "")] * 2 * max(1, len(self.reaching(rtype)))
-                                                 + self.reaching(rtype)))
+            outer, prefix = draw(
+                st.sampled_from([(rtype, "")] * 2 * max(1, len(self.reaching(rtype))) + self.reaching(rtype))
+            )
             name, value = draw(self.param_clause(rtype, param, modifier))
             items = [(prefix + name, value)]
             if draw(st.integers(0, 3)) == 0:  # the parameter repeated: both must hold
@@ -554,7 +689,8 @@ class Queries:
         """A `_sort` value: up to three parameters of `rtype`, each ascending or descending (`-`)."""
         keys = st.lists(st.sampled_from([p.name for p in self.params[rtype]]), min_size=1, max_size=3, unique=True)
         return st.tuples(keys, st.lists(st.booleans(), min_size=3, max_size=3)).map(
-            lambda drawn: ",".join(("-" if down else "") + key for key, down in zip(*drawn)))
+            lambda drawn: ",".join(("-" if down else "") + key for key, down in zip(*drawn))
+        )
 
     @cache
     def clause(self, rtype: str, depth: int) -> st.SearchStrategy[tuple[str, str]]:
@@ -588,6 +724,7 @@ class Queries:
     @cache
     def param_clause(self, rtype: str, param: SearchParam, modifier: str | None = None):
         """`name[:modifier]=value` for one parameter; the modifier is drawn unless given."""
+
         @st.composite
         def build(draw):
             modifier_ = draw(st.sampled_from(self.modifiers(rtype, param))) if modifier is None else modifier
@@ -633,7 +770,7 @@ class Queries:
         if kind == "less" and len(text) > 1:
             return text[:-1]
         at = draw(st.integers(0, len(text)))
-        return text[:at] + draw(st.sampled_from(["%", "_"])) + text[at + 1:]
+        return text[:at] + draw(st.sampled_from(["%", "_"])) + text[at + 1 :]
 
     def token(self, draw, pool: list[Token]) -> str:
         token = draw(st.sampled_from(pool)) if pool else Token("urn:none", "none")
@@ -673,7 +810,7 @@ class Queries:
             end = draw(st.integers(start + 1, len(text)))
             text = text[start:end]
         else:
-            text = text[:draw(st.integers(1, len(text)))]
+            text = text[: draw(st.integers(1, len(text)))]
         if modifier != "exact":
             text = draw(st.sampled_from([text, text, text.upper(), text.lower(), _strip_accents(text)]))
         if draw(st.integers(0, 4)) == 0:
@@ -688,12 +825,15 @@ class Queries:
             low, high = date_range(draw(st.sampled_from(pool)), ZoneInfo(ZONE))
             moment = draw(st.sampled_from([low, low, high, high - timedelta(microseconds=1)]))
         else:
-            moment = datetime(1965, 1, 1, tzinfo=UTC) + timedelta(
-                seconds=draw(st.integers(0, 60 * 365 * 86400)))
+            moment = datetime(1965, 1, 1, tzinfo=UTC) + timedelta(seconds=draw(st.integers(0, 60 * 365 * 86400)))
         precision = draw(st.sampled_from(["year", "month", "day", "day", "second", "second"]))
         step = draw(st.sampled_from([0, 0, 0, -1, 1]))
-        moment += {"year": timedelta(days=366), "month": timedelta(days=31), "day": timedelta(days=1),
-                   "second": timedelta(seconds=1)}[precision] * step
+        moment += {
+            "year": timedelta(days=366),
+            "month": timedelta(days=31),
+            "day": timedelta(days=1),
+            "second": timedelta(seconds=1),
+        }[precision] * step
         zone = draw(st.sampled_from([None, "Z", "+01:00", "-05:00", "+14:00"])) if precision == "second" else None
         if zone is None:
             local = moment.astimezone(ZoneInfo(ZONE))
@@ -756,15 +896,22 @@ def test_search_agrees_with_the_fhirpath_oracle(server):
     for focus in focuses:
         examples = -(-QUERIES_PER_DATABASE * weights[focus] // sum(weights.values()))
         run = given(queries.search(focus))(check)
-        settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])(run)()
-    print(f"\ndifferential search over {len(focuses)} focuses: "
-          + ", ".join(f"{n} {what}" for what, n in stats.items()))
+        settings(
+            max_examples=examples,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )(run)()
+    print(
+        f"\ndifferential search over {len(focuses)} focuses: " + ", ".join(f"{n} {what}" for what, n in stats.items())
+    )
     assert stats["queries"] >= QUERIES_PER_DATABASE
     assert stats["with matches"] >= stats["queries"] // 3, stats
 
 
 # ---------------------------------------------------------------------------- fixed server bugs
+
 
 @dataclass(frozen=True)
 class Reproduction:
@@ -778,18 +925,38 @@ class Reproduction:
 
 
 REPRODUCTIONS = [
-    Reproduction("id-not", "_id:not=x was answered as _id=x: the :not modifier was dropped for _id",
-                 "Endpoint", (("_id:not", "pacs-a"),), (ENDPOINTS[0], ENDPOINTS[1])),
-    Reproduction("id-system", "_id=system|x matched the resource x: the system was ignored, though "
-                              "Resource.id has none (R4 search.html#token: system|code needs the element's system)",
-                 "Endpoint", (("_id", "urn:other|pacs-a"),), (ENDPOINTS[0],)),
-    Reproduction("absolute-reference", "a reference to another server's URL was neither indexed nor searchable, "
-                                       "though R4 search.html#reference matches [parameter]=[absolute url] against it",
-                 "ImagingStudy", (("endpoint", "http://other.example/fhir/Endpoint/pacs-a"),),
-                 ({"resourceType": "ImagingStudy", "id": "1.2.3", "status": "available",
-                   "subject": {"reference": "Patient/pat-00"},
-                   "endpoint": [{"reference": "http://other.example/fhir/Endpoint/pacs-a"}],
-                   "series": [{"uid": "1.2.3.1", "modality": {"system": DCM, "code": "MR"}}]},)),
+    Reproduction(
+        "id-not",
+        "_id:not=x was answered as _id=x: the :not modifier was dropped for _id",
+        "Endpoint",
+        (("_id:not", "pacs-a"),),
+        (ENDPOINTS[0], ENDPOINTS[1]),
+    ),
+    Reproduction(
+        "id-system",
+        "_id=system|x matched the resource x: the system was ignored, though "
+        "Resource.id has none (R4 search.html#token: system|code needs the element's system)",
+        "Endpoint",
+        (("_id", "urn:other|pacs-a"),),
+        (ENDPOINTS[0],),
+    ),
+    Reproduction(
+        "absolute-reference",
+        "a reference to another server's URL was neither indexed nor searchable, "
+        "though R4 search.html#reference matches [parameter]=[absolute url] against it",
+        "ImagingStudy",
+        (("endpoint", "http://other.example/fhir/Endpoint/pacs-a"),),
+        (
+            {
+                "resourceType": "ImagingStudy",
+                "id": "1.2.3",
+                "status": "available",
+                "subject": {"reference": "Patient/pat-00"},
+                "endpoint": [{"reference": "http://other.example/fhir/Endpoint/pacs-a"}],
+                "series": [{"uid": "1.2.3.1", "modality": {"system": DCM, "code": "MR"}}],
+            },
+        ),
+    ),
 ]
 
 
@@ -797,10 +964,15 @@ def _reproduce(bug: Reproduction, store_url: str, write_config) -> None:
     """Store the bug's resources (a study about a Patient as a sync would, anything else as it
     is), run its search, and compare the server with the oracle."""
     endpoints = [r for r in bug.resources if r["resourceType"] == "Endpoint"]
-    about_patients = [r for r in bug.resources if r["resourceType"] == "ImagingStudy"
-                      and r["subject"]["reference"].startswith("Patient/")]
-    studies = [(r, {"resourceType": "Patient", "id": r["subject"]["reference"].split("/")[1]}, "pacs-a")
-               for r in about_patients]
+    about_patients = [
+        r
+        for r in bug.resources
+        if r["resourceType"] == "ImagingStudy" and r["subject"]["reference"].startswith("Patient/")
+    ]
+    studies = [
+        (r, {"resourceType": "Patient", "id": r["subject"]["reference"].split("/")[1]}, "pacs-a")
+        for r in about_patients
+    ]
     singles = [r for r in bug.resources if r["resourceType"] != "Endpoint" and r not in about_patients]
     served, store = serve(write_config, store_url, endpoints, studies, singles)
     try:
@@ -819,20 +991,31 @@ def test_fixed_server_bug_stays_fixed(bug, store_url, write_config):
 # Each asserts what R4 (or the README, where R4 leaves it to the server) says; each failed
 # before the server was fixed.
 
-GROUP_STUDY = {"resourceType": "ImagingStudy", "id": "1.2.4", "status": "available",
-               "subject": {"reference": "Group/grp-1", "identifier": {"system": "urn:example:groups", "value": "g1"}},
-               "series": [{"uid": "1.2.4.1", "modality": {"system": DCM, "code": "MR"}}]}
-PATIENT_STUDY = {"resourceType": "ImagingStudy", "id": "1.2.5", "status": "available",
-                 "subject": {"reference": "Patient/pat-00",
-                             "identifier": {"system": "urn:oid:1.2.3.4", "value": "1000"}},
-                 "series": [{"uid": "1.2.5.1", "modality": {"system": DCM, "code": "MR"}}]}
+GROUP_STUDY = {
+    "resourceType": "ImagingStudy",
+    "id": "1.2.4",
+    "status": "available",
+    "subject": {"reference": "Group/grp-1", "identifier": {"system": "urn:example:groups", "value": "g1"}},
+    "series": [{"uid": "1.2.4.1", "modality": {"system": DCM, "code": "MR"}}],
+}
+PATIENT_STUDY = {
+    "resourceType": "ImagingStudy",
+    "id": "1.2.5",
+    "status": "available",
+    "subject": {"reference": "Patient/pat-00", "identifier": {"system": "urn:oid:1.2.3.4", "value": "1000"}},
+    "series": [{"uid": "1.2.5.1", "modality": {"system": DCM, "code": "MR"}}],
+}
 
 
-@pytest.mark.parametrize("items", [
-    (("patient:identifier", "urn:example:groups|g1"),),  # the bug: the Group's identifier matches
-    (("subject:identifier", "urn:example:groups|g1"),),  # subject takes any type: the Group study
-    (("patient:identifier", "urn:oid:1.2.3.4|1000"),),   # a Patient's identifier: the Patient study
-], ids=["patient-finds-group", "subject-finds-group", "patient-finds-patient"])
+@pytest.mark.parametrize(
+    "items",
+    [
+        (("patient:identifier", "urn:example:groups|g1"),),  # the bug: the Group's identifier matches
+        (("subject:identifier", "urn:example:groups|g1"),),  # subject takes any type: the Group study
+        (("patient:identifier", "urn:oid:1.2.3.4|1000"),),  # a Patient's identifier: the Patient study
+    ],
+    ids=["patient-finds-group", "subject-finds-group", "patient-finds-patient"],
+)
 def test_patient_identifier_ignores_a_group_subject(items, store_url, write_config):
     """`patient:identifier` must only test the identifiers of references to Patients.
 
@@ -842,15 +1025,25 @@ def test_patient_identifier_ignores_a_group_subject(items, store_url, write_conf
     identifier it carries. The server indexed `Reference.identifier` under `patient:identifier`
     for every subject, including the Group it leaves out of `patient` itself.
     """
-    bug = Reproduction("patient-identifier-of-group", "patient:identifier matched a study about a Group",
-                       "ImagingStudy", items, (GROUP_STUDY, PATIENT_STUDY))
+    bug = Reproduction(
+        "patient-identifier-of-group",
+        "patient:identifier matched a study about a Group",
+        "ImagingStudy",
+        items,
+        (GROUP_STUDY, PATIENT_STUDY),
+    )
     _reproduce(bug, store_url, write_config)
 
 
 def _study_with_endpoint(uid: str, reference: str) -> dict:
-    return {"resourceType": "ImagingStudy", "id": uid, "status": "available",
-            "subject": {"reference": "Patient/pat-00"}, "endpoint": [{"reference": reference}],
-            "series": [{"uid": f"{uid}.1", "modality": {"system": DCM, "code": "MR"}}]}
+    return {
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "status": "available",
+        "subject": {"reference": "Patient/pat-00"},
+        "endpoint": [{"reference": reference}],
+        "series": [{"uid": f"{uid}.1", "modality": {"system": DCM, "code": "MR"}}],
+    }
 
 
 @pytest.mark.parametrize("sort", ["endpoint", "-endpoint"])
@@ -862,10 +1055,16 @@ def test_references_to_other_servers_sort_by_type_and_url(sort, store_url, write
     came out in digest order: `http://d.example/fhir/Endpoint/2` before
     `http://c.example/fhir/Endpoint/1`.
     """
-    bug = Reproduction("external-reference-order", "references to other servers sorted by a digest",
-                       "ImagingStudy", (("_sort", sort),),
-                       (_study_with_endpoint("1.2.9", "http://c.example/fhir/Endpoint/1"),
-                        _study_with_endpoint("1.2.8", "http://d.example/fhir/Endpoint/2")))
+    bug = Reproduction(
+        "external-reference-order",
+        "references to other servers sorted by a digest",
+        "ImagingStudy",
+        (("_sort", sort),),
+        (
+            _study_with_endpoint("1.2.9", "http://c.example/fhir/Endpoint/1"),
+            _study_with_endpoint("1.2.8", "http://d.example/fhir/Endpoint/2"),
+        ),
+    )
     _reproduce(bug, store_url, write_config)
 
 
@@ -883,8 +1082,12 @@ def test_id_order_is_code_point_order_on_any_database(postgres_url, write_config
     engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
-                              "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"))
+            conn.execute(
+                text(
+                    f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+                    "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                )
+            )
     except DBAPIError as exc:
         engine.dispose()
         pytest.skip(f"this PostgreSQL cannot create a database with an ICU collation: {exc}")

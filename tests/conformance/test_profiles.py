@@ -5,6 +5,7 @@ CapabilityStatement; every resource a sync of real DICOM files stores meets them
 The constraints are read from the StructureDefinition files (tests/structure_check.py), so
 changing a profile changes what these tests demand.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,8 +89,7 @@ def test_capability_statement_names_our_profiles():
     assert {r["type"] for r in profiled} == set(PROFILES)
     for resource in profiled:
         assert resource["supportedProfile"] == [PROFILES[resource["type"]]]
-        assert any(json.loads(p.read_text())["url"] == PROFILES[resource["type"]]
-                   for p in STRUCTURE_DIR.glob("*.json"))
+        assert any(json.loads(p.read_text())["url"] == PROFILES[resource["type"]] for p in STRUCTURE_DIR.glob("*.json"))
 
 
 # --- the checker finds what breaks a profile ----------------------------------------------------
@@ -109,24 +109,33 @@ def test_mapped_resources_of_a_real_file_meet_their_profiles(mapped_ct):
         assert profile_problems(resource) == [], resource["resourceType"]
 
 
-@pytest.mark.parametrize("index, change, expected", [
-    (0, lambda r: r.pop("modality"), "ImagingStudy.modality: 0 found, at least 1"),
-    (0, lambda r: r.pop("endpoint"), "ImagingStudy.endpoint: 0 found, at least 1"),
-    (0, lambda r: r["identifier"][0].update(system="urn:ietf:rfc:3986"),
-     "ImagingStudy.identifier:studyInstanceUid: 0 found, at least 1"),
-    (0, lambda r: r["identifier"].append(dict(r["identifier"][0])),
-     "ImagingStudy.identifier:studyInstanceUid: 2 found, at most 1"),
-    (0, lambda r: r.update(status="registered"), "ImagingStudy.status: 'registered' is not the fixed value"),
-    (0, lambda r: r.update(subject={"reference": "Group/1"}), "ImagingStudy.subject: reference 'Group/1'"),
-    (0, lambda r: r["series"][0].pop("numberOfInstances"), "ImagingStudy.series.numberOfInstances: 0 found"),
-    (0, lambda r: r.update(meta={"profile": ["http://example.org/other"]}), "claims none of our profiles"),
-    (1, lambda r: r.pop("gender"), "Patient.gender: 0 found, at least 1"),
-    (1, lambda r: r["identifier"][0].pop("system"), "Patient.identifier.system: 0 found, at least 1"),
-    (2, lambda r: r.pop("extension"), "Endpoint.extension:requiresAccessToken: 0 found, at least 1"),
-    (2, lambda r: r["extension"][0].update(valueBoolean="yes"), "value[x]: 'yes' is not a boolean"),
-    (2, lambda r: r["connectionType"].update(code="dicom-qido-rs"), "Endpoint.connectionType"),
-    (2, lambda r: r.pop("payloadMimeType"), "Endpoint.payloadMimeType: 0 found, at least 1"),
-])
+@pytest.mark.parametrize(
+    "index, change, expected",
+    [
+        (0, lambda r: r.pop("modality"), "ImagingStudy.modality: 0 found, at least 1"),
+        (0, lambda r: r.pop("endpoint"), "ImagingStudy.endpoint: 0 found, at least 1"),
+        (
+            0,
+            lambda r: r["identifier"][0].update(system="urn:ietf:rfc:3986"),
+            "ImagingStudy.identifier:studyInstanceUid: 0 found, at least 1",
+        ),
+        (
+            0,
+            lambda r: r["identifier"].append(dict(r["identifier"][0])),
+            "ImagingStudy.identifier:studyInstanceUid: 2 found, at most 1",
+        ),
+        (0, lambda r: r.update(status="registered"), "ImagingStudy.status: 'registered' is not the fixed value"),
+        (0, lambda r: r.update(subject={"reference": "Group/1"}), "ImagingStudy.subject: reference 'Group/1'"),
+        (0, lambda r: r["series"][0].pop("numberOfInstances"), "ImagingStudy.series.numberOfInstances: 0 found"),
+        (0, lambda r: r.update(meta={"profile": ["http://example.org/other"]}), "claims none of our profiles"),
+        (1, lambda r: r.pop("gender"), "Patient.gender: 0 found, at least 1"),
+        (1, lambda r: r["identifier"][0].pop("system"), "Patient.identifier.system: 0 found, at least 1"),
+        (2, lambda r: r.pop("extension"), "Endpoint.extension:requiresAccessToken: 0 found, at least 1"),
+        (2, lambda r: r["extension"][0].update(valueBoolean="yes"), "value[x]: 'yes' is not a boolean"),
+        (2, lambda r: r["connectionType"].update(code="dicom-qido-rs"), "Endpoint.connectionType"),
+        (2, lambda r: r.pop("payloadMimeType"), "Endpoint.payloadMimeType: 0 found, at least 1"),
+    ],
+)
 def test_the_checker_finds_each_broken_constraint(mapped_ct, index, change, expected):
     resource = copy.deepcopy(mapped_ct[index])
     change(resource)
@@ -137,7 +146,8 @@ def test_the_checker_finds_each_broken_constraint(mapped_ct, index, change, expe
 def test_changing_a_profile_file_changes_what_is_checked(mapped_ct):
     sd = copy.deepcopy(structure_definitions()[PROFILES["ImagingStudy"]])
     sd["differential"]["element"].append(
-        {"id": "ImagingStudy.referrer", "path": "ImagingStudy.referrer", "min": 1, "max": "1"})
+        {"id": "ImagingStudy.referrer", "path": "ImagingStudy.referrer", "min": 1, "max": "1"}
+    )
     study = mapped_ct[0]
     assert "referrer" not in study
     assert Checker(sd).problems(study) == ["ImagingStudy.referrer: 0 found, at least 1 required"]

@@ -5,6 +5,7 @@ while data changes, expired and foreign paging links, _total, _summary, _element
 The data are small hand-written R4 resources; each expected answer is derived from the spec
 (FHIR R4 search 3.1.1.5) in a comment or by reading the data.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,8 +28,13 @@ SUBSETTED = "SUBSETTED"
 def _patient(pid, name, gender=None, birth=None, mrn=None):
     body = {"resourceType": "Patient", "id": pid}
     if mrn:
-        body["identifier"] = [{"type": {"coding": [{"system": V2, "code": "MR"}], "text": "Medical record number"},
-                               "system": "urn:oid:1.2.3.4", "value": mrn}]
+        body["identifier"] = [
+            {
+                "type": {"coding": [{"system": V2, "code": "MR"}], "text": "Medical record number"},
+                "system": "urn:oid:1.2.3.4",
+                "value": mrn,
+            }
+        ]
     if name:
         body["name"] = [name]
     if gender:
@@ -39,12 +45,13 @@ def _patient(pid, name, gender=None, birth=None, mrn=None):
 
 
 def _study(uid, pid, modalities, started=None, accession_text=None, display=None, reason=None):
-    accession = {"type": {"coding": [{"system": V2, "code": "ACSN"}]}, "system": "urn:oid:9.9",
-                 "value": f"A{uid[-1]}"}
+    accession = {"type": {"coding": [{"system": V2, "code": "ACSN"}]}, "system": "urn:oid:9.9", "value": f"A{uid[-1]}"}
     if accession_text:
         accession["type"]["text"] = accession_text
     body = {
-        "resourceType": "ImagingStudy", "id": uid, "status": "available",
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "status": "available",
         "extension": [{"url": "urn:example:not-in-summary", "valueString": "x"}],
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}, accession],
         "modality": [{"system": DCM, "code": m} for m in sorted(set(modalities))],
@@ -52,11 +59,19 @@ def _study(uid, pid, modalities, started=None, accession_text=None, display=None
         "basedOn": [{"type": "ServiceRequest", "identifier": {"system": "urn:oid:9.9", "value": f"A{uid[-1]}"}}],
         "endpoint": [{"reference": "Endpoint/pacs"}],
         "numberOfSeries": len(modalities),
-        "series": [{"uid": f"{uid}.{i}", "modality": {"system": DCM, "code": m, **({"display": display} if display
-                                                                                  else {})},
-                    "instance": [{"uid": f"{uid}.{i}.1", "sopClass": {"system": "urn:ietf:rfc:3986",
-                                                                      "code": "urn:oid:1.2.840.10008.5.1.4.1.1.4"}}]}
-                   for i, m in enumerate(modalities)],
+        "series": [
+            {
+                "uid": f"{uid}.{i}",
+                "modality": {"system": DCM, "code": m, **({"display": display} if display else {})},
+                "instance": [
+                    {
+                        "uid": f"{uid}.{i}.1",
+                        "sopClass": {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4.1.1.4"},
+                    }
+                ],
+            }
+            for i, m in enumerate(modalities)
+        ],
     }
     if started:
         body["started"] = started
@@ -65,10 +80,17 @@ def _study(uid, pid, modalities, started=None, accession_text=None, display=None
     return body
 
 
-ENDPOINT = {"resourceType": "Endpoint", "id": "pacs", "status": "active",
-            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                               "code": "dicom-wado-rs"},
-            "payloadType": [{"text": "DICOM WADO-RS"}], "address": "http://pacs/dicom-web"}
+ENDPOINT = {
+    "resourceType": "Endpoint",
+    "id": "pacs",
+    "status": "active",
+    "connectionType": {
+        "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+        "code": "dicom-wado-rs",
+    },
+    "payloadType": [{"text": "DICOM WADO-RS"}],
+    "address": "http://pacs/dicom-web",
+}
 
 ALICE = _patient("alice", {"family": "Müller", "given": ["Zoë"]}, "female", "1970-05-01", "111")
 BOB = _patient("bob", {"family": "Mueller", "given": ["Bob"]}, "male", "1980-02-29", "222")
@@ -81,8 +103,13 @@ def app_store(store_url, open_config):
     config = open_config(store_url, default_count=10, max_count=50)
     store = Store.from_config(config)
     store.resources.put(ENDPOINT)
-    store.studies.put(_study("1.2.1", "alice", ["MR", "SR"], "2020-01-01T10:00:00Z", "Accession ID",
-                           "Magnetic Resonance", "headache"), ALICE, "pacs")
+    store.studies.put(
+        _study(
+            "1.2.1", "alice", ["MR", "SR"], "2020-01-01T10:00:00Z", "Accession ID", "Magnetic Resonance", "headache"
+        ),
+        ALICE,
+        "pacs",
+    )
     store.studies.put(_study("1.2.2", "alice", ["CT"], "2020-01-02", "Accession ID"), ALICE, "pacs")
     store.studies.put(_study("1.2.3", "bob", ["MR"], "2020"), BOB, "pacs")
     store.studies.put(_study("1.2.4", "carol", ["US"]), CAROL, "pacs")
@@ -117,30 +144,37 @@ def next_link(body):
 
 # ------------------------------------------------------------------------------------------- _sort
 
+
 # started: 1.2.1 = 2020-01-01T10:00:00Z, 1.2.2 = the day 2020-01-02, 1.2.3 = the year 2020,
 # 1.2.4 none, 1.2.5 = 2019-06-01. Dates sort by the start of their period; no value sorts last.
 # series.modality repeats: 1.2.1 has MR and SR, so it sorts as MR ascending and as SR descending.
-@pytest.mark.parametrize("sort, expected", [
-    ("started", ["1.2.5", "1.2.3", "1.2.1", "1.2.2", "1.2.4"]),
-    ("-started", ["1.2.2", "1.2.1", "1.2.3", "1.2.5", "1.2.4"]),
-    ("modality", ["1.2.5", "1.2.2", "1.2.1", "1.2.3", "1.2.4"]),
-    ("-modality", ["1.2.4", "1.2.1", "1.2.3", "1.2.2", "1.2.5"]),
-    ("patient,-started", ["1.2.2", "1.2.1", "1.2.3", "1.2.4", "1.2.5"]),
-    ("-_id", ["1.2.5", "1.2.4", "1.2.3", "1.2.2", "1.2.1"]),
-    ("status", ["1.2.1", "1.2.2", "1.2.3", "1.2.4", "1.2.5"]),  # all equal: ties broken by id
-])
+@pytest.mark.parametrize(
+    "sort, expected",
+    [
+        ("started", ["1.2.5", "1.2.3", "1.2.1", "1.2.2", "1.2.4"]),
+        ("-started", ["1.2.2", "1.2.1", "1.2.3", "1.2.5", "1.2.4"]),
+        ("modality", ["1.2.5", "1.2.2", "1.2.1", "1.2.3", "1.2.4"]),
+        ("-modality", ["1.2.4", "1.2.1", "1.2.3", "1.2.2", "1.2.5"]),
+        ("patient,-started", ["1.2.2", "1.2.1", "1.2.3", "1.2.4", "1.2.5"]),
+        ("-_id", ["1.2.5", "1.2.4", "1.2.3", "1.2.2", "1.2.1"]),
+        ("status", ["1.2.1", "1.2.2", "1.2.3", "1.2.4", "1.2.5"]),  # all equal: ties broken by id
+    ],
+)
 def test_sort_orders_studies(api, sort, expected):
     assert order(api.get(f"/fhir/ImagingStudy?_sort={sort}")) == expected
     assert follow(api, f"/fhir/ImagingStudy?_sort={sort}&_count=2") == expected, "paging keeps the order"
 
 
-@pytest.mark.parametrize("sort, expected", [
-    ("family", ["bob", "alice", "carol", "dave"]),  # mueller < muller (accents removed) < smyth; none last
-    ("-family", ["carol", "alice", "bob", "dave"]),
-    ("birthdate", ["alice", "bob", "carol", "dave"]),
-    ("-birthdate,_id", ["carol", "bob", "alice", "dave"]),
-    ("given", ["carol", "bob", "alice", "dave"]),  # Carol Ann sorts by Ann ascending
-])
+@pytest.mark.parametrize(
+    "sort, expected",
+    [
+        ("family", ["bob", "alice", "carol", "dave"]),  # mueller < muller (accents removed) < smyth; none last
+        ("-family", ["carol", "alice", "bob", "dave"]),
+        ("birthdate", ["alice", "bob", "carol", "dave"]),
+        ("-birthdate,_id", ["carol", "bob", "alice", "dave"]),
+        ("given", ["carol", "bob", "alice", "dave"]),  # Carol Ann sorts by Ann ascending
+    ],
+)
 def test_sort_orders_patients(api, sort, expected):
     assert order(api.get(f"/fhir/Patient?_sort={sort}")) == expected
     assert follow(api, f"/fhir/Patient?_sort={sort}&_count=1") == expected
@@ -171,6 +205,7 @@ def test_pages_stay_stable_while_studies_arrive(api, app_store):
 
 
 # ------------------------------------------------------------------------------------------- paging
+
 
 def test_next_link_used_with_another_search_is_400(api):
     body = api.get("/fhir/ImagingStudy?_sort=started&_count=2").get_json()
@@ -213,6 +248,7 @@ def test_paging_links_are_short(api):
 
 # ------------------------------------------------------------------------------------------- _total
 
+
 @pytest.mark.parametrize("total, expected", [("none", None), ("estimate", 5), ("accurate", 5)])
 def test_total_modes(api, total, expected):
     body = api.get(f"/fhir/ImagingStudy?_total={total}&_count=2").get_json()
@@ -221,6 +257,7 @@ def test_total_modes(api, total, expected):
 
 
 # ------------------------------------------------------------------------------------------- _summary / _elements
+
 
 def _tags(resource):
     return [t["code"] for t in resource.get("meta", {}).get("tag", [])]
@@ -252,8 +289,7 @@ def test_summary_applies_to_includes(api):
 
 
 def test_elements_on_search_and_read(api, valid_r4):
-    body = api.get("/fhir/ImagingStudy?_id=1.2.1&_elements=identifier,started"
-                   "&_include=ImagingStudy:patient").get_json()
+    body = api.get("/fhir/ImagingStudy?_id=1.2.1&_elements=identifier,started&_include=ImagingStudy:patient").get_json()
     study = next(e["resource"] for e in body["entry"] if e["search"]["mode"] == "match")
     # the named elements plus the mandatory ones (status, subject), id and meta
     assert set(study) == {"resourceType", "id", "meta", "identifier", "started", "status", "subject"}
@@ -264,8 +300,9 @@ def test_elements_on_search_and_read(api, valid_r4):
     assert set(read) == {"resourceType", "id", "meta", "gender"} and _tags(read) == [SUBSETTED]
 
 
-@pytest.mark.parametrize("query", ["_elements=identifier&_summary=true", "_elements=colour", "_elements=",
-                                   "_summary=maybe"])
+@pytest.mark.parametrize(
+    "query", ["_elements=identifier&_summary=true", "_elements=colour", "_elements=", "_summary=maybe"]
+)
 def test_bad_subsetting_is_400(api, query):
     response = api.get(f"/fhir/ImagingStudy?{query}")
     assert response.status_code == 400
@@ -280,36 +317,47 @@ def test_summary_count_on_read_is_400(api):
 
 # ------------------------------------------------------------------------------------------- modifiers
 
-@pytest.mark.parametrize("query, expected", [
-    ("ImagingStudy?modality:text=magnetic", ["1.2.1"]),  # Coding.display of series.modality
-    ("ImagingStudy?modality:text=MAGNETIC%20RES", ["1.2.1"]),
-    ("ImagingStudy?modality:text=resonance", []),  # prefix match, like a string
-    ("ImagingStudy?identifier:text=accession", ["1.2.1", "1.2.2"]),  # Identifier.type.text
-    ("ImagingStudy?reason:text=head", ["1.2.1"]),  # CodeableConcept.text
-    (f"ImagingStudy?identifier:of-type={V2}|ACSN|A1", ["1.2.1"]),
-    (f"ImagingStudy?identifier:of-type={V2}|ACSN|A1,{V2}|ACSN|A3", ["1.2.1", "1.2.3"]),
-    (f"ImagingStudy?identifier:of-type={V2}|MR|A1", []),
-    (f"Patient?identifier:of-type={V2}|MR|111", ["alice"]),
-    ("ImagingStudy?basedon:identifier=urn:oid:9.9|A1", ["1.2.1"]),
-    ("ImagingStudy?basedon:identifier=A2", ["1.2.2"]),
-    ("ImagingStudy?basedon:identifier=urn:oid:1.1|A2", []),
-    ("Patient?phonetic=Miller", ["alice", "bob"]),  # Müller and Mueller sound like Miller
-    ("Patient?phonetic=smith", ["carol"]),
-    ("Patient?phonetic=Zoe%20Muller", ["alice"]),  # every word must sound like a name part
-    ("Patient?phonetic=Zoe%20Smith", []),
-    ("Patient?phonetic=Bob,Smith", ["bob", "carol"]),
-    ("Patient?phonetic:missing=true", ["dave"]),
-    ("ImagingStudy?patient.phonetic=Smith", ["1.2.4"]),
-    ("ImagingStudy?patient.birthdate=1970", ["1.2.1", "1.2.2"]),
-    ("ImagingStudy?patient.birthdate=ge1980", ["1.2.3", "1.2.4"]),
-])
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("ImagingStudy?modality:text=magnetic", ["1.2.1"]),  # Coding.display of series.modality
+        ("ImagingStudy?modality:text=MAGNETIC%20RES", ["1.2.1"]),
+        ("ImagingStudy?modality:text=resonance", []),  # prefix match, like a string
+        ("ImagingStudy?identifier:text=accession", ["1.2.1", "1.2.2"]),  # Identifier.type.text
+        ("ImagingStudy?reason:text=head", ["1.2.1"]),  # CodeableConcept.text
+        (f"ImagingStudy?identifier:of-type={V2}|ACSN|A1", ["1.2.1"]),
+        (f"ImagingStudy?identifier:of-type={V2}|ACSN|A1,{V2}|ACSN|A3", ["1.2.1", "1.2.3"]),
+        (f"ImagingStudy?identifier:of-type={V2}|MR|A1", []),
+        (f"Patient?identifier:of-type={V2}|MR|111", ["alice"]),
+        ("ImagingStudy?basedon:identifier=urn:oid:9.9|A1", ["1.2.1"]),
+        ("ImagingStudy?basedon:identifier=A2", ["1.2.2"]),
+        ("ImagingStudy?basedon:identifier=urn:oid:1.1|A2", []),
+        ("Patient?phonetic=Miller", ["alice", "bob"]),  # Müller and Mueller sound like Miller
+        ("Patient?phonetic=smith", ["carol"]),
+        ("Patient?phonetic=Zoe%20Muller", ["alice"]),  # every word must sound like a name part
+        ("Patient?phonetic=Zoe%20Smith", []),
+        ("Patient?phonetic=Bob,Smith", ["bob", "carol"]),
+        ("Patient?phonetic:missing=true", ["dave"]),
+        ("ImagingStudy?patient.phonetic=Smith", ["1.2.4"]),
+        ("ImagingStudy?patient.birthdate=1970", ["1.2.1", "1.2.2"]),
+        ("ImagingStudy?patient.birthdate=ge1980", ["1.2.3", "1.2.4"]),
+    ],
+)
 def test_modifiers(api, query, expected):
     response = api.get(f"/fhir/{query}", headers={"Prefer": "handling=strict"})
     assert sorted(order(response)) == expected
 
 
-@pytest.mark.parametrize("query", ["ImagingStudy?modality:of-type=a|b|c", "Patient?phonetic:exact=Smith",
-                                   "ImagingStudy?identifier:of-type=ACSN|A1", "ImagingStudy?started:text=x"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "ImagingStudy?modality:of-type=a|b|c",
+        "Patient?phonetic:exact=Smith",
+        "ImagingStudy?identifier:of-type=ACSN|A1",
+        "ImagingStudy?started:text=x",
+    ],
+)
 def test_unsupported_modifier_use_is_400(api, query):
     response = api.get(f"/fhir/{query}")
     assert response.status_code == 400
@@ -317,6 +365,7 @@ def test_unsupported_modifier_use_is_400(api, query):
 
 
 # ------------------------------------------------------------------------------------------- history, gzip
+
 
 def test_instance_history(api, app_store):
     store = app_store[1]
@@ -355,14 +404,31 @@ def test_gzip_when_asked(api):
 A, B, C = "1.2.1", "1.2.2", "1.2.3"
 DATE_TABLE = {
     "2020": {"eq": [A, B, C], "ne": [], "gt": [], "lt": [], "ge": [A, B, C], "le": [A, B, C], "sa": [], "eb": []},
-    "2020-01-02": {"eq": [B], "ne": [A, C], "gt": [C], "lt": [A, C], "ge": [B, C], "le": [A, B, C], "sa": [],
-                   "eb": [A]},
-    "2020-01-01T10:00:00Z": {"eq": [A], "ne": [B, C], "gt": [B, C], "lt": [C], "ge": [A, B, C], "le": [A, C],
-                             "sa": [B], "eb": []},
+    "2020-01-02": {
+        "eq": [B],
+        "ne": [A, C],
+        "gt": [C],
+        "lt": [A, C],
+        "ge": [B, C],
+        "le": [A, B, C],
+        "sa": [],
+        "eb": [A],
+    },
+    "2020-01-01T10:00:00Z": {
+        "eq": [A],
+        "ne": [B, C],
+        "gt": [B, C],
+        "lt": [C],
+        "ge": [A, B, C],
+        "le": [A, C],
+        "sa": [B],
+        "eb": [],
+    },
 }
 
 
-@pytest.mark.parametrize("value, prefix, expected",
-                         [(v, p, e) for v, row in DATE_TABLE.items() for p, e in row.items()])
+@pytest.mark.parametrize(
+    "value, prefix, expected", [(v, p, e) for v, row in DATE_TABLE.items() for p, e in row.items()]
+)
 def test_date_prefix_table(client, value, prefix, expected):  # noqa: F811
     assert ids(client.get(f"/fhir/ImagingStudy?started={prefix}{value}&_count=10")) == expected

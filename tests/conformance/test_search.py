@@ -3,6 +3,7 @@
 The data are small hand-written R4 resources so each expected answer can be derived from
 the spec by reading the test; mapping of real DICOM is tested elsewhere.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -21,16 +22,29 @@ STARTED = {  # study id -> started (second, day and year precision)
 
 
 def _patient(pid, family, given, gender, birth, mrn):
-    return {"resourceType": "Patient", "id": pid, "identifier": [{"system": "urn:oid:1.2.3.4", "value": mrn}],
-            "name": [{"family": family, "given": [given]}], "gender": gender, "birthDate": birth}
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": "urn:oid:1.2.3.4", "value": mrn}],
+        "name": [{"family": family, "given": [given]}],
+        "gender": gender,
+        "birthDate": birth,
+    }
 
 
 def _study(uid, pid, modalities, started):
     return {
-        "resourceType": "ImagingStudy", "id": uid, "status": "available",
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"},
-                       {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                             "code": "ACSN"}]}, "system": "urn:oid:9.9", "value": f"A{uid[-1]}"}],
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "status": "available",
+        "identifier": [
+            {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"},
+            {
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                "system": "urn:oid:9.9",
+                "value": f"A{uid[-1]}",
+            },
+        ],
         "modality": [{"system": DCM, "code": m} for m in sorted(set(modalities))],
         "subject": {"reference": f"Patient/{pid}"},
         "started": started,
@@ -39,10 +53,17 @@ def _study(uid, pid, modalities, started):
     }
 
 
-ENDPOINT = {"resourceType": "Endpoint", "id": "pacs", "status": "active",
-            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                               "code": "dicom-wado-rs"},
-            "payloadType": [{"text": "DICOM WADO-RS"}], "address": "http://pacs/dicom-web"}
+ENDPOINT = {
+    "resourceType": "Endpoint",
+    "id": "pacs",
+    "status": "active",
+    "connectionType": {
+        "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+        "code": "dicom-wado-rs",
+    },
+    "payloadType": [{"text": "DICOM WADO-RS"}],
+    "address": "http://pacs/dicom-web",
+}
 
 
 @pytest.fixture
@@ -90,26 +111,32 @@ def test_reference_to_wrong_type_is_400_naming_parameter(client):
     assert "patient" in response.get_json()["issue"][0]["diagnostics"]
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("urn:dicom:uid|urn:oid:1.2.2", ["1.2.2"]),
-    ("urn:oid:1.2.2", ["1.2.2"]),
-    ("urn:oid:9.9|A3", ["1.2.3"]),
-    ("A3", ["1.2.3"]),
-    ("|A3", []),  # |code means "no system", and the accession has one
-    ("urn:oid:1.2.1,urn:oid:1.2.3", ["1.2.1", "1.2.3"]),
-    ("urn:other|urn:oid:1.2.2", []),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("urn:dicom:uid|urn:oid:1.2.2", ["1.2.2"]),
+        ("urn:oid:1.2.2", ["1.2.2"]),
+        ("urn:oid:9.9|A3", ["1.2.3"]),
+        ("A3", ["1.2.3"]),
+        ("|A3", []),  # |code means "no system", and the accession has one
+        ("urn:oid:1.2.1,urn:oid:1.2.3", ["1.2.1", "1.2.3"]),
+        ("urn:other|urn:oid:1.2.2", []),
+    ],
+)
 def test_identifier_token_forms(client, value, expected):
     assert ids(client.get(f"/fhir/ImagingStudy?identifier={value}&_count=10")) == expected
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("MR", ["1.2.1", "1.2.3"]),  # series modality, as R4 defines the parameter
-    ("SR", ["1.2.1"]),
-    (f"{DCM}|CT", ["1.2.2"]),
-    ("CT,SR", ["1.2.1", "1.2.2"]),
-    ("http://other|MR", []),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("MR", ["1.2.1", "1.2.3"]),  # series modality, as R4 defines the parameter
+        ("SR", ["1.2.1"]),
+        (f"{DCM}|CT", ["1.2.2"]),
+        ("CT,SR", ["1.2.1", "1.2.2"]),
+        ("http://other|MR", []),
+    ],
+)
 def test_modality_searches_series_modality(client, value, expected):
     assert ids(client.get(f"/fhir/ImagingStudy?modality={value}&_count=10")) == expected
 
@@ -121,22 +148,25 @@ def test_repeated_parameters_mean_and(client):
 
 # Each expectation derived from FHIR R4 3.1.1.5.9 (ranges by precision, half-open):
 # 1.2.1 = [2020-01-01T10:00:00Z, +1s), 1.2.2 = the day 2020-01-02, 1.2.3 = the year 2020.
-@pytest.mark.parametrize("value, expected", [
-    ("2020-01-01", ["1.2.1"]),
-    ("eq2020", ["1.2.1", "1.2.2", "1.2.3"]),
-    ("2020-01-01T10:00:00Z", ["1.2.1"]),
-    ("ne2020-01-01", ["1.2.2", "1.2.3"]),
-    ("gt2020-01-01", ["1.2.2", "1.2.3"]),
-    ("lt2020-01-02", ["1.2.1", "1.2.3"]),
-    ("ge2020-01-02", ["1.2.2", "1.2.3"]),
-    ("le2020-01-01T10:00:00Z", ["1.2.1", "1.2.3"]),
-    ("gt2020-01-01T09:59:59Z", ["1.2.1", "1.2.2", "1.2.3"]),
-    ("lt2020-01-01T10:00:00%2B01:00", ["1.2.3"]),
-    ("sa2020-01-01", ["1.2.2"]),
-    ("eb2020-01-02", ["1.2.1"]),
-    ("gt2020", []),
-    ("lt2019-12-31T23:59:59Z", []),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("2020-01-01", ["1.2.1"]),
+        ("eq2020", ["1.2.1", "1.2.2", "1.2.3"]),
+        ("2020-01-01T10:00:00Z", ["1.2.1"]),
+        ("ne2020-01-01", ["1.2.2", "1.2.3"]),
+        ("gt2020-01-01", ["1.2.2", "1.2.3"]),
+        ("lt2020-01-02", ["1.2.1", "1.2.3"]),
+        ("ge2020-01-02", ["1.2.2", "1.2.3"]),
+        ("le2020-01-01T10:00:00Z", ["1.2.1", "1.2.3"]),
+        ("gt2020-01-01T09:59:59Z", ["1.2.1", "1.2.2", "1.2.3"]),
+        ("lt2020-01-01T10:00:00%2B01:00", ["1.2.3"]),
+        ("sa2020-01-01", ["1.2.2"]),
+        ("eb2020-01-02", ["1.2.1"]),
+        ("gt2020", []),
+        ("lt2019-12-31T23:59:59Z", []),
+    ],
+)
 def test_started_date_prefixes(client, value, expected):
     assert ids(client.get(f"/fhir/ImagingStudy?started={value}&_count=10")) == expected
 
@@ -162,41 +192,48 @@ def test_id_search(client):
     assert ids(client.get("/fhir/ImagingStudy?_id=1.2.3,1.2.1&_count=10")) == ["1.2.1", "1.2.3"]
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("name=muller", ["alice"]),  # accent- and case-insensitive prefix
-    ("name=MUEL", ["bob"]),
-    ("name=zoe", ["alice"]),
-    ("family=m", ["alice", "bob"]),
-    ("given=Bo", ["bob"]),
-    ("family:exact=Müller", ["alice"]),
-    ("family:exact=muller", []),
-    ("family:contains=ell", ["bob"]),
-    ("gender=female", ["alice"]),
-    ("gender=http://hl7.org/fhir/administrative-gender|male", ["bob"]),
-    ("birthdate=1980-02", ["bob"]),
-    ("birthdate=lt1975", ["alice"]),
-    ("identifier=urn:oid:1.2.3.4|222", ["bob"]),
-    ("identifier=111", ["alice"]),
-    ("_id=alice", ["alice"]),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("name=muller", ["alice"]),  # accent- and case-insensitive prefix
+        ("name=MUEL", ["bob"]),
+        ("name=zoe", ["alice"]),
+        ("family=m", ["alice", "bob"]),
+        ("given=Bo", ["bob"]),
+        ("family:exact=Müller", ["alice"]),
+        ("family:exact=muller", []),
+        ("family:contains=ell", ["bob"]),
+        ("gender=female", ["alice"]),
+        ("gender=http://hl7.org/fhir/administrative-gender|male", ["bob"]),
+        ("birthdate=1980-02", ["bob"]),
+        ("birthdate=lt1975", ["alice"]),
+        ("identifier=urn:oid:1.2.3.4|222", ["bob"]),
+        ("identifier=111", ["alice"]),
+        ("_id=alice", ["alice"]),
+    ],
+)
 def test_patient_parameters(client, query, expected):
     assert ids(client.get(f"/fhir/Patient?{query}")) == expected
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("status=active", ["pacs"]),
-    ("status=off", []),
-    ("connection-type=dicom-wado-rs", ["pacs"]),
-    ("connection-type=http://terminology.hl7.org/CodeSystem/endpoint-connection-type|dicom-wado-rs", ["pacs"]),
-    ("_id=pacs", ["pacs"]),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("status=active", ["pacs"]),
+        ("status=off", []),
+        ("connection-type=dicom-wado-rs", ["pacs"]),
+        ("connection-type=http://terminology.hl7.org/CodeSystem/endpoint-connection-type|dicom-wado-rs", ["pacs"]),
+        ("_id=pacs", ["pacs"]),
+    ],
+)
 def test_endpoint_parameters(client, query, expected):
     assert ids(client.get(f"/fhir/Endpoint?{query}")) == expected
 
 
 def test_includes_are_marked_and_not_counted(client):
-    response = client.get("/fhir/ImagingStudy?patient=alice&_include=ImagingStudy:endpoint"
-                          "&_include=ImagingStudy:patient&_count=1")
+    response = client.get(
+        "/fhir/ImagingStudy?patient=alice&_include=ImagingStudy:endpoint&_include=ImagingStudy:patient&_count=1"
+    )
     body = response.get_json()
     assert body["total"] == 2
     assert ids(response) == ["1.2.1"]  # _count=1 counts matches only
@@ -243,8 +280,9 @@ def test_paging_token_of_another_type_is_refused(client):
 
 def test_post_search_returns_what_get_returns(client):
     get = client.get("/fhir/ImagingStudy?patient=Patient/alice&modality=MR,CT&_count=10").get_json()
-    post = client.post("/fhir/ImagingStudy/_search",
-                       data={"patient": "Patient/alice", "modality": "MR,CT", "_count": "10"}).get_json()
+    post = client.post(
+        "/fhir/ImagingStudy/_search", data={"patient": "Patient/alice", "modality": "MR,CT", "_count": "10"}
+    ).get_json()
     strip = lambda b: [(e["fullUrl"], e["search"]) for e in b["entry"]]  # noqa: E731
     assert strip(get) == strip(post) and get["total"] == post["total"] == 2
 
@@ -286,14 +324,21 @@ def test_read_etag_and_conditional_read(client):
     assert response.content_type.startswith("application/fhir+json")
     body = response.get_json()
     assert response.headers["ETag"] == f'W/"{body["meta"]["versionId"]}"'
-    assert client.get("/fhir/ImagingStudy/1.2.1", headers={"If-None-Match": response.headers["ETag"]}).status_code == 304
-    assert client.get("/fhir/ImagingStudy/1.2.1",
-                      headers={"If-Modified-Since": response.headers["Last-Modified"]}).status_code == 304
+    assert (
+        client.get("/fhir/ImagingStudy/1.2.1", headers={"If-None-Match": response.headers["ETag"]}).status_code == 304
+    )
+    assert (
+        client.get(
+            "/fhir/ImagingStudy/1.2.1", headers={"If-Modified-Since": response.headers["Last-Modified"]}
+        ).status_code
+        == 304
+    )
     vread = client.get(f"/fhir/ImagingStudy/1.2.1/_history/{body['meta']['versionId']}")
     assert vread.get_json() == body
 
 
-@pytest.mark.parametrize("fmt, status", [("json", 200), ("application/fhir+json", 200), ("application/json", 200),
-                                         ("xml", 406)])
+@pytest.mark.parametrize(
+    "fmt, status", [("json", 200), ("application/fhir+json", 200), ("application/json", 200), ("xml", 406)]
+)
 def test_format_parameter(client, fmt, status):
     assert client.get(f"/fhir/ImagingStudy?_format={fmt}").status_code == status

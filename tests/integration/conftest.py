@@ -1,4 +1,5 @@
 """Fixtures talking to real peers: one Orthanc (with DICOMweb) per test session."""
+
 from __future__ import annotations
 
 import sys

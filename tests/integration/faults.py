@@ -5,6 +5,7 @@ through an answer, so the fault tests put this small proxy between the source an
 It forwards every request unchanged unless a fault is armed; it is the only stand-in in
 those tests, and everything behind it is the real archive.
 """
+
 from __future__ import annotations
 
 import threading
@@ -107,8 +108,9 @@ class FaultProxy:
         data = handler.rfile.read(length) if length else None
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")}
         try:
-            upstream = requests.request(handler.command, self.target + handler.path, data=data, headers=headers,
-                                        timeout=60)
+            upstream = requests.request(
+                handler.command, self.target + handler.path, data=data, headers=headers, timeout=60
+            )
         except requests.RequestException:
             handler.send_response(502)
             handler.send_header("Content-Length", "0")

@@ -8,6 +8,7 @@ temporary directory that is removed on exit. It is never a system service.
         pacs.upload(paths)
         client = DICOMwebClient(pacs.dicomweb_url)
 """
+
 from __future__ import annotations
 
 import atexit
@@ -199,8 +200,7 @@ class OrthancServer:
                 plugins = self._session.get(self.url + "/plugins", timeout=5).json()
                 if "dicom-web" not in plugins:
                     self._terminate()
-                    raise OrthancError(f"Orthanc runs without its DICOMweb plugin (plugins: {plugins}): "
-                                       f"{INSTALL_HINT}")
+                    raise OrthancError(f"Orthanc runs without its DICOMweb plugin (plugins: {plugins}): {INSTALL_HINT}")
                 return
             time.sleep(0.05)
         raise OrthancError(f"/system did not answer within {self.startup_timeout:.0f}s")
@@ -227,9 +227,13 @@ class OrthancServer:
         """Start a halted Orthanc again, with the same storage, ports and configuration."""
         binary, _ = find_orthanc()
         self._log = open(self.log_path, "ab")
-        self._process = subprocess.Popen([binary, "--no-jobs", str(self.tmpdir / "orthanc.json")],
-                                         stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.tmpdir)
+        self._process = subprocess.Popen(
+            [binary, "--no-jobs", str(self.tmpdir / "orthanc.json")],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.tmpdir,
+        )
         atexit.register(self._terminate)
         self._wait_ready()
 
@@ -272,8 +276,10 @@ class OrthancServer:
                 session = local.session = requests.Session()
                 session.auth = self._session.auth
             response = session.post(
-                self.url + "/instances", data=Path(path).read_bytes(),
-                headers={"Content-Type": "application/dicom"}, timeout=60,
+                self.url + "/instances",
+                data=Path(path).read_bytes(),
+                headers={"Content-Type": "application/dicom"},
+                timeout=60,
             )
             if response.status_code == 200:
                 return path, response.json(), None
@@ -307,8 +313,9 @@ def _first_of_each_study(paths: list) -> tuple[list, list]:
         warnings.simplefilter("ignore")
         for path in paths:
             try:
-                uid = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                                      specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID")
+                uid = pydicom.dcmread(
+                    path, stop_before_pixels=True, force=True, specific_tags=["StudyInstanceUID"]
+                ).get("StudyInstanceUID")
             except Exception:  # noqa: BLE001 - Orthanc decides about files pydicom cannot read
                 uid = None
             if uid and str(uid) not in seen:
@@ -367,10 +374,7 @@ def orthanc_tree(server) -> dict:
 
 def source_tree(records) -> dict:
     return {
-        r.uid: {
-            s.attrs["0020000E"]["Value"][0]: {i["00080018"]["Value"][0] for i in s.instances}
-            for s in r.series
-        }
+        r.uid: {s.attrs["0020000E"]["Value"][0]: {i["00080018"]["Value"][0] for i in s.instances} for s in r.series}
         for r in records
     }
 

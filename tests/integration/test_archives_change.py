@@ -5,6 +5,7 @@ ImagingStudy with both Endpoints; a study that gains a series or whose patient n
 corrected gets a new version; a study deleted from one archive stays while the other holds
 it, and once no archive does it leaves search and a read answers 410.
 """
+
 from __future__ import annotations
 
 import pydicom
@@ -46,12 +47,18 @@ def two_archives():
 def setup(request, two_archives, store_url, open_config):
     """Archive a over DICOMweb; archive b over DICOMweb or DIMSE C-FIND."""
     a, b = two_archives
-    second = ({"type": "dicomweb", "url": b.dicomweb_url} if request.param == "dicomweb" else
-              {"type": "dimse", "host": "127.0.0.1", "port": b.dicom_port, "called_aet": b.aet})
-    config = open_config(store_url, sources=[
-        {"name": "pacs-a", "type": "dicomweb", "url": a.dicomweb_url, "timezone": "UTC"},
-        {"name": "pacs-b", "timezone": "UTC", "wado_url": b.dicomweb_url, **second},
-    ])
+    second = (
+        {"type": "dicomweb", "url": b.dicomweb_url}
+        if request.param == "dicomweb"
+        else {"type": "dimse", "host": "127.0.0.1", "port": b.dicom_port, "called_aet": b.aet}
+    )
+    config = open_config(
+        store_url,
+        sources=[
+            {"name": "pacs-a", "type": "dicomweb", "url": a.dicomweb_url, "timezone": "UTC"},
+            {"name": "pacs-b", "timezone": "UTC", "wado_url": b.dicomweb_url, **second},
+        ],
+    )
     store = Store.from_config(config)
     client = create_app(config, store).test_client()
     yield a, b, config, store, client
@@ -67,8 +74,14 @@ def _sync(store, config, name):
 def test_one_study_in_two_archives(setup, tmp_path):
     a, b, config, store, client = setup
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    extra_series = _file(tmp_path, "extra.dcm", "CT_small.dcm", SeriesInstanceUID=generate_uid(),
-                         SOPInstanceUID=generate_uid(), SeriesNumber=99)
+    extra_series = _file(
+        tmp_path,
+        "extra.dcm",
+        "CT_small.dcm",
+        SeriesInstanceUID=generate_uid(),
+        SOPInstanceUID=generate_uid(),
+        SeriesNumber=99,
+    )
     a.upload([get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")])
     b.upload([get_testdata_file("CT_small.dcm"), extra_series])
     _sync(store, config, "pacs-a")
@@ -86,7 +99,9 @@ def test_one_study_in_two_archives(setup, tmp_path):
     # both archives' Endpoints are reachable from the study
     included = client.get(f"/fhir/ImagingStudy?_id={ct.StudyInstanceUID}&_include=ImagingStudy:endpoint").get_json()
     assert sorted(e["resource"]["id"] for e in included["entry"] if e["search"]["mode"] == "include") == [
-        "pacs-a", "pacs-b"]
+        "pacs-a",
+        "pacs-b",
+    ]
 
     # deleted from one archive: still served, from the other
     a.delete(f"/studies/{_orthanc_study_id(a, ct.StudyInstanceUID)}")
@@ -107,8 +122,7 @@ def test_one_study_in_two_archives(setup, tmp_path):
     # the CT's patients had no other study: they are gone too
     patient_ids = {e["resource"]["id"] for e in client.get("/fhir/Patient?_count=100").get_json().get("entry", [])}
     mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    assert [e["resource"]["id"] for e in client.get("/fhir/ImagingStudy").get_json()["entry"]] == [
-        mr.StudyInstanceUID]
+    assert [e["resource"]["id"] for e in client.get("/fhir/ImagingStudy").get_json()["entry"]] == [mr.StudyInstanceUID]
     assert len(patient_ids) == 1
 
     # a study that comes back continues its versions
@@ -126,8 +140,18 @@ def test_new_series_and_corrected_name_make_new_versions(setup, tmp_path):
     first = client.get(f"/fhir/ImagingStudy/{mr.StudyInstanceUID}").get_json()
     assert first["numberOfSeries"] == 1 and first["meta"]["versionId"] == "1"
 
-    a.upload([_file(tmp_path, "more.dcm", "MR_small.dcm", SeriesInstanceUID=generate_uid(),
-                    SOPInstanceUID=generate_uid(), SeriesNumber=7)])
+    a.upload(
+        [
+            _file(
+                tmp_path,
+                "more.dcm",
+                "MR_small.dcm",
+                SeriesInstanceUID=generate_uid(),
+                SOPInstanceUID=generate_uid(),
+                SeriesNumber=7,
+            )
+        ]
+    )
     summary = _sync(store, config, "pacs-a")
     assert (summary.updated, summary.new, summary.deleted) == (1, 0, 0)
     second = client.get(f"/fhir/ImagingStudy/{mr.StudyInstanceUID}").get_json()

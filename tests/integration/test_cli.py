@@ -1,4 +1,5 @@
 """The `imaging-facade` command as a user runs it: real processes, real gunicorn, real HTTP."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ CLI = str(Path(sys.executable).parent / "imaging-facade")
 
 
 def run(*args, env=None, timeout=120):
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.fixture
@@ -34,8 +36,13 @@ def project(tmp_path):
     port = free_port()
     config = {
         "store": "sqlite:///data/facade.db",
-        "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "host": "127.0.0.1", "port": port,
-                   "workers": 1, "sync_on_start": True},
+        "server": {
+            "base_url": f"http://127.0.0.1:{port}/fhir",
+            "host": "127.0.0.1",
+            "port": port,
+            "workers": 1,
+            "sync_on_start": True,
+        },
         "security": {"open": True},
         "sources": [{"name": "sample", "type": "folder", "path": "./archive", "timezone": "UTC"}],
     }
@@ -99,10 +106,14 @@ def test_sync_unknown_source_is_named(project):
 
 def test_sync_unreachable_archive_ends_with_clear_error(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "store": "sqlite:///f.db",
-        "sources": [{"name": "pacs", "type": "dicomweb", "url": f"http://127.0.0.1:{free_port()}/dicom-web"}],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "store": "sqlite:///f.db",
+                "sources": [{"name": "pacs", "type": "dicomweb", "url": f"http://127.0.0.1:{free_port()}/dicom-web"}],
+            }
+        )
+    )
     result = run("sync", "--config", str(config))
     assert result.returncode == 1
     assert "pacs" in result.stderr and "sync stopped" in result.stderr
@@ -122,8 +133,9 @@ def _wait(url: str, proc: subprocess.Popen) -> requests.Response:
 
 def test_serve_runs_gunicorn_and_serves_synced_studies(project):
     path, port = project
-    proc = subprocess.Popen([CLI, "serve", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         metadata = _wait(f"http://127.0.0.1:{port}/fhir/metadata", proc)
         assert metadata.status_code == 200
@@ -141,8 +153,12 @@ def test_serve_runs_gunicorn_and_serves_synced_studies(project):
 def test_serve_port_override_moves_links(project):
     path, _ = project
     port = free_port()
-    proc = subprocess.Popen([CLI, "serve", "--config", str(path), "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--config", str(path), "--port", str(port), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait(f"http://127.0.0.1:{port}/fhir/metadata", proc)
         bundle = requests.get(f"http://127.0.0.1:{port}/fhir/Endpoint").json()
@@ -165,8 +181,9 @@ def test_closed_server_needs_a_token(project, tmp_path):
     config["security"] = {"open": False}
     closed = tmp_path / "closed.yaml"
     closed.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([CLI, "serve", "--config", str(closed)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--config", str(closed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert _wait(f"http://127.0.0.1:{port}/fhir/metadata", proc).status_code == 200
         response = requests.get(f"http://127.0.0.1:{port}/fhir/ImagingStudy")

@@ -3,6 +3,7 @@
 Expectations come from Orthanc's own REST API (/studies, /series, /instances with their
 MainDicomTags), not from QIDO-RS.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,8 +84,7 @@ def test_total_is_known_after_listing_and_iteration_uses_that_listing(orthanc):
 # -- failures ----------------------------------------------------------------------------
 def test_unreachable_archive_raises_source_error_naming_source_and_url():
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
-    source = DicomwebSource("pacs-down", url, username="bob", password="pa55word",
-                            retries=1, backoff=0.01)
+    source = DicomwebSource("pacs-down", url, username="bob", password="pa55word", retries=1, backoff=0.01)
     with pytest.raises(SourceError) as caught:
         list(source.iter_studies())
     message = str(caught.value)
@@ -123,11 +123,13 @@ def test_a_study_whose_series_cannot_be_read_fails_alone(orthanc):
     uids = sorted(orthanc_tree(orthanc))
     broken, bad_json, flaky = uids[0], uids[1], uids[2]
     session = requests.Session()
-    adapter = ScriptedAdapter({
-        f"/studies/{broken}/series": [(500, b"boom")] * 10,
-        f"/studies/{bad_json}/series": [(200, b"[{not json")],
-        f"/studies/{flaky}/series": [(503, b""), (502, b"")],  # then the real answer
-    })
+    adapter = ScriptedAdapter(
+        {
+            f"/studies/{broken}/series": [(500, b"boom")] * 10,
+            f"/studies/{bad_json}/series": [(200, b"[{not json")],
+            f"/studies/{flaky}/series": [(503, b""), (502, b"")],  # then the real answer
+        }
+    )
     session.mount("http://", adapter)
     source = DicomwebSource("pacs", orthanc.dicomweb_url, session=session, backoff=0.01)
 
@@ -186,19 +188,21 @@ def secured_orthanc(tmp_path_factory):
 
 def test_basic_auth_with_the_right_credentials_reads_the_archive(secured_orthanc):
     assert requests.get(secured_orthanc.dicomweb_url + "/studies", timeout=5).status_code == 401
-    source = DicomwebSource("secure", secured_orthanc.dicomweb_url,
-                            username="alice", password="s3cret-pw")
+    source = DicomwebSource("secure", secured_orthanc.dicomweb_url, username="alice", password="s3cret-pw")
     records = list(source.iter_studies())
     assert source_tree(records) == orthanc_tree(secured_orthanc)
     assert len(records) == 2
 
 
-@pytest.mark.parametrize("credentials", [
-    {"username": "alice", "password": "wrong-pw"},
-    {"username": "mallory", "password": "s3cret-pw"},
-    {},
-    {"token": "not-a-valid-token"},
-])
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"username": "alice", "password": "wrong-pw"},
+        {"username": "mallory", "password": "s3cret-pw"},
+        {},
+        {"token": "not-a-valid-token"},
+    ],
+)
 def test_wrong_or_missing_credentials_raise_source_error(secured_orthanc, credentials):
     source = DicomwebSource("secure", secured_orthanc.dicomweb_url, **credentials)
     with pytest.raises(SourceError) as caught:

@@ -3,6 +3,7 @@
 Expectations come from Orthanc's own REST API, from the DICOMweb source over the same
 Orthanc, and from dcmtk's `findscu` (an independent DICOM stack), never from DimseSource.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,12 +50,24 @@ def findscu_studies(server, out: Path, *keys: str) -> list[pydicom.Dataset]:
     binary = shutil.which("findscu")
     assert binary, "dcmtk's findscu is needed: apt-get install -y dcmtk"
     out.mkdir()
-    command = [binary, "-S", "-aet", CALLING_AET, "-aec", server.aet, "-X", "-od", str(out),
-               "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"]
+    command = [
+        binary,
+        "-S",
+        "-aet",
+        CALLING_AET,
+        "-aec",
+        server.aet,
+        "-X",
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID",
+    ]
     for key in keys:
         command += ["-k", key]
-    done = subprocess.run(command + ["127.0.0.1", str(server.dicom_port)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command + ["127.0.0.1", str(server.dicom_port)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
@@ -87,8 +100,14 @@ def test_same_studies_series_and_instances_as_dicomweb(orthanc, dimse_run):
 
 
 def test_findscu_sees_the_same_studies(orthanc, dimse_run, tmp_path):
-    answers = findscu_studies(orthanc, tmp_path / "findscu", "PatientID", "ModalitiesInStudy",
-                              "NumberOfStudyRelatedInstances", "OtherPatientIDsSequence")
+    answers = findscu_studies(
+        orthanc,
+        tmp_path / "findscu",
+        "PatientID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "OtherPatientIDsSequence",
+    )
     _source, items = dimse_run
     assert {a.StudyInstanceUID for a in answers} == {r.uid for r in items}
     by_uid = {r.uid: r.attrs for r in items}
@@ -123,7 +142,8 @@ def test_sequences_come_back_from_c_find(orthanc, dimse_run):
         answered = by_uid[uid].attrs["00101002"]
         assert answered["vr"] == "SQ"
         assert [i["00100020"]["Value"][0] for i in answered["Value"]] == [
-            item.PatientID for item in ds.OtherPatientIDsSequence]
+            item.PatientID for item in ds.OtherPatientIDsSequence
+        ]
 
 
 def test_total_is_known_after_listing_and_iteration_uses_that_listing(orthanc):
@@ -169,8 +189,9 @@ def test_archive_that_never_answers_times_out():
     with socket.socket() as silent:  # accepts the connection, never says a word
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        source = DimseSource("old-pacs", "127.0.0.1", silent.getsockname()[1], "PACS",
-                             timeout=0.5, retries=1, backoff=0.01)
+        source = DimseSource(
+            "old-pacs", "127.0.0.1", silent.getsockname()[1], "PACS", timeout=0.5, retries=1, backoff=0.01
+        )
         with pytest.raises(SourceError, match=r"'old-pacs'.*not answered within 0.5s"):
             source.total()
     assert source.stats["associations"] == 2
@@ -201,8 +222,9 @@ def test_a_rejection_is_reported_as_one_however_fast_the_archive_hangs_up(orthan
         with pytest.raises(SourceError) as caught:
             source.echo()
         reasons.add(str(caught.value).split("): ", 1)[1])
-    assert reasons == {"C-ECHO failed: association rejected (Rejected Permanent, Service User: "
-                       "Called AE title not recognised)"}
+    assert reasons == {
+        "C-ECHO failed: association rejected (Rejected Permanent, Service User: Called AE title not recognised)"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -279,15 +301,20 @@ def test_archive_refusing_sequence_keys_is_asked_again_without_them(orthanc):
 
 # -- the sync, configured as a user would ---------------------------------------------------
 def test_sync_from_a_yaml_config_stores_every_study_and_resync_is_a_no_op(orthanc, open_config, sqlite_url):
-    config = open_config(sqlite_url, sources=[{
-        "name": "old-pacs",
-        "type": "dimse",
-        "host": "127.0.0.1",
-        "port": orthanc.dicom_port,
-        "called_aet": orthanc.aet,
-        "calling_aet": CALLING_AET,
-        "timezone": "America/Chicago",
-    }])
+    config = open_config(
+        sqlite_url,
+        sources=[
+            {
+                "name": "old-pacs",
+                "type": "dimse",
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "called_aet": orthanc.aet,
+                "calling_aet": CALLING_AET,
+                "timezone": "America/Chicago",
+            }
+        ],
+    )
     src = config.sources[0]
     assert isinstance(src.open(), DimseSource)
     store = Store.from_config(config)

@@ -3,6 +3,7 @@
 Expectations come from the archive itself (Orthanc's own REST API) or from an independent
 pydicom read of the files, never from the facade's output.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -52,8 +53,10 @@ def _snapshot(store):
     from app.store.tables import Resource
 
     with store.engine.connect() as conn:
-        return {(r.rtype, r.id): (r.version, r.last_updated) for r in conn.execute(
-            select(Resource.rtype, Resource.id, Resource.version, Resource.last_updated))}
+        return {
+            (r.rtype, r.id): (r.version, r.last_updated)
+            for r in conn.execute(select(Resource.rtype, Resource.id, Resource.version, Resource.last_updated))
+        }
 
 
 def _check_emitted(client, assert_valid_r4):
@@ -143,8 +146,11 @@ def test_folder_sync_finds_a_patients_studies(open_config, sqlite_url, sample_fo
     by_patient = _every_page(client, f"/fhir/ImagingStudy?patient={patient_id}&_include=ImagingStudy:patient")
     matches = {e["resource"]["id"] for e in by_patient if e["search"]["mode"] == "match"}
     assert ct.StudyInstanceUID in matches
-    assert all(e["resource"]["subject"]["reference"] == f"Patient/{patient_id}"
-               for e in by_patient if e["search"]["mode"] == "match")
+    assert all(
+        e["resource"]["subject"]["reference"] == f"Patient/{patient_id}"
+        for e in by_patient
+        if e["search"]["mode"] == "match"
+    )
     assert [e["resource"]["id"] for e in by_patient if e["search"]["mode"] == "include"] == [patient_id]
     store.close()
 
@@ -156,8 +162,12 @@ def test_the_audit_reads_each_stored_studys_patient_as_the_index_has_it(store_ur
     store, _, client = _synced(config)
     reader = client.application.extensions["imaging-facade"].reader
     rows = reader.all("SELECT id, content FROM resource WHERE rtype = ?", ["ImagingStudy"])
-    indexed = dict(reader.all("SELECT rid, target_id FROM idx_reference WHERE rtype = ? AND param = ? "
-                              "AND target_type = ?", ["ImagingStudy", "patient", "Patient"]))
+    indexed = dict(
+        reader.all(
+            "SELECT rid, target_id FROM idx_reference WHERE rtype = ? AND param = ? AND target_type = ?",
+            ["ImagingStudy", "patient", "Patient"],
+        )
+    )
     store.close()
     assert len(rows) >= 25
     assert {rid: study_subject(bytes(content)) for rid, content in rows} == indexed
@@ -180,8 +190,10 @@ def _orthanc_view(orthanc):
 
 
 def test_dicomweb_sync_matches_orthanc(store_url, open_config, orthanc, valid_r4):
-    config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": orthanc.dicomweb_url,
-                                              "timezone": "Europe/Berlin"}])
+    config = open_config(
+        store_url,
+        sources=[{"name": "pacs", "type": "dicomweb", "url": orthanc.dicomweb_url, "timezone": "Europe/Berlin"}],
+    )
     store, summary, client = _synced(config)
     assert summary.error is None
     studies, patients, endpoints = _check_emitted(client, valid_r4)
@@ -237,8 +249,12 @@ def test_dicomweb_instance_metadata_brings_other_patient_ids(open_config, sqlite
     others = sorted(str(item.PatientID) for item in ct.OtherPatientIDsSequence)
     results = {}
     for flag in (False, True):
-        config = open_config(sqlite_url, sources=[{"name": f"pacs{int(flag)}", "type": "dicomweb",
-                                                   "url": orthanc.dicomweb_url, "instance_metadata": flag}])
+        config = open_config(
+            sqlite_url,
+            sources=[
+                {"name": f"pacs{int(flag)}", "type": "dicomweb", "url": orthanc.dicomweb_url, "instance_metadata": flag}
+            ],
+        )
         store, _, client = _synced(config)
         system = config.sources[0].patient_id_system
         patients = _every_page(client, f"/fhir/Patient?identifier={system}|{ct.PatientID}")

@@ -5,6 +5,7 @@ Real Orthanc instances are stopped mid-sync, the sync process is killed mid-stud
 the fault proxy in faults.py, the one stand-in here) the archive answers 500, hangs past the
 timeout, or drops a connection half-way through an answer.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,10 @@ def contents(store: Store) -> dict:
     another port for each Orthanc): what a clean sync must also produce."""
     with store.engine.connect() as conn:
         rows = conn.execute(select(Resource.rtype, Resource.id, Resource.content)).all()
-    return {(r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k not in ("meta", "address")}
-            for r in rows}
+    return {
+        (r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k not in ("meta", "address")}
+        for r in rows
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +68,15 @@ def write_config_module():
 
     def write(folder: Path, url: str, **source) -> object:
         path = folder / "config.yaml"
-        path.write_text(yaml.safe_dump({
-            "store": "sqlite:///facade.db",
-            "security": {"open": True},
-            "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", **source}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "store": "sqlite:///facade.db",
+                    "security": {"open": True},
+                    "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", **source}],
+                }
+            )
+        )
         return load_config(path)
 
     return write
@@ -105,8 +112,12 @@ def test_archive_stopped_mid_sync(tmp_path, write_config_module, clean):
 
 def test_sync_process_killed_mid_study(tmp_path, archive, write_config_module, clean):
     config = write_config_module(tmp_path, archive.dicomweb_url)
-    proc = subprocess.Popen([CLI, "sync", "--config", str(config.path)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ})
+    proc = subprocess.Popen(
+        [CLI, "sync", "--config", str(config.path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
     store = Store.from_config(config)
     deadline = time.monotonic() + 60
     try:

@@ -1,6 +1,7 @@
 """Identity across real archives: the same people in three Orthancs under other IDs and issuers,
 with typos, swapped names, missing or garbled birth dates, twins and namesakes; a real sync
 of each; the automatic links compared with the truth (scripts/identity_corpus.py, smaller)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,5 +1,6 @@
 """Linking records of one person, on SQLite and PostgreSQL: Patient.link both ways, search that
 follows it, `Patient/$match`, and a person's decisions through the admin API and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,24 @@ MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
 
 
 def person(system, value, family, given, birth, gender):
-    return {"resourceType": "Patient", "id": patient_id(system, value),
-            "identifier": [{"system": system, "value": value}],
-            "name": [{"family": family, "given": [given]}], "birthDate": birth, "gender": gender}
+    return {
+        "resourceType": "Patient",
+        "id": patient_id(system, value),
+        "identifier": [{"system": system, "value": value}],
+        "name": [{"family": family, "given": [given]}],
+        "birthDate": birth,
+        "gender": gender,
+    }
 
 
 def study(uid, patient):
-    return {"resourceType": "ImagingStudy", "id": uid, "status": "available",
-            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
-            "subject": {"reference": f"Patient/{patient['id']}"}}
+    return {
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
+        "subject": {"reference": f"Patient/{patient['id']}"},
+    }
 
 
 A = person("urn:oid:1.2.1", "1001", "Miller", "John", "1970-03-05", "male")
@@ -41,8 +51,13 @@ UNSURE = person("urn:oid:1.2.3", "10", "Miller", "John", None, "male")  # no bir
 def served(store_url, write_config, tmp_path):
     config = write_config({"store": store_url, "server": {"base_url": BASE}, "security": {"open": True}})
     store = Store.from_config(config)
-    for uid, patient, source in [("1.1", A, "a"), ("1.2", B, "b"), ("1.3", TWIN, "b"), ("1.4", NAMESAKE, "c"),
-                                 ("1.5", UNSURE, "c")]:
+    for uid, patient, source in [
+        ("1.1", A, "a"),
+        ("1.2", B, "b"),
+        ("1.3", TWIN, "b"),
+        ("1.4", NAMESAKE, "c"),
+        ("1.5", UNSURE, "c"),
+    ]:
         store.studies.put(study(uid, patient), {k: v for k, v in patient.items() if v is not None}, source)
         reconcile_patient(store, patient["id"], config.identity)
     yield create_app(config, store).test_client(), store, config
@@ -65,8 +80,12 @@ def test_automatic_link_is_patient_link_both_ways_and_search_follows_it(served):
     # the link made new versions; the first ones had none
     history = client.get(f"/fhir/Patient/{A['id']}/_history").get_json()["entry"]
     assert [e["resource"].get("link") is None for e in history] == [False, True]
-    for query in (f"patient={A['id']}", f"patient=Patient/{A['id']}", f"subject=Patient/{A['id']}",
-                  f"patient:Patient={B['id']}"):
+    for query in (
+        f"patient={A['id']}",
+        f"patient=Patient/{A['id']}",
+        f"subject=Patient/{A['id']}",
+        f"patient:Patient={B['id']}",
+    ):
         assert ids(client.get(f"/fhir/ImagingStudy?{query}")) == ["1.1", "1.2"], query
     assert ids(client.get(f"/fhir/Patient?link=Patient/{A['id']}")) == [B["id"]]
     assert ids(client.get(f"/fhir/Patient?link={B['id']}")) == [A["id"]]
@@ -106,13 +125,16 @@ def test_review_queue_unlink_and_link_over_the_admin_api(served):
     assert [sorted(p["patients"]) for p in manual] == [sorted([A["id"], UNSURE["id"]])]
 
 
-@pytest.mark.parametrize("request_args, status, text", [
-    (("post", "/admin/identity/link", {"json": {"a": "nobody", "b": "p1"}}), 404, "not known"),
-    (("post", "/admin/identity/link", {"json": {"a": "bad id!"}}), 400, "'a' must be a Patient id"),
-    (("post", "/admin/identity/unlink", {"data": "x"}), 400, "JSON object"),
-    (("get", "/admin/identity/links?status=maybe", {}), 400, "status must be one of"),
-    (("get", "/admin/identity/links?limit=0", {}), 400, "'limit'"),
-])
+@pytest.mark.parametrize(
+    "request_args, status, text",
+    [
+        (("post", "/admin/identity/link", {"json": {"a": "nobody", "b": "p1"}}), 404, "not known"),
+        (("post", "/admin/identity/link", {"json": {"a": "bad id!"}}), 400, "'a' must be a Patient id"),
+        (("post", "/admin/identity/unlink", {"data": "x"}), 400, "JSON object"),
+        (("get", "/admin/identity/links?status=maybe", {}), 400, "status must be one of"),
+        (("get", "/admin/identity/links?limit=0", {}), 400, "'limit'"),
+    ],
+)
 def test_admin_api_bad_requests(served, request_args, status, text):
     client, _, _ = served
     method, url, kwargs = request_args
@@ -130,8 +152,12 @@ def match_body(patient, **params):
 
 def test_patient_match_operation(served):
     client, _, _ = served
-    query = {"resourceType": "Patient", "name": [{"family": "Miller", "given": ["John"]}],
-             "birthDate": "1970-03-05", "gender": "male"}
+    query = {
+        "resourceType": "Patient",
+        "name": [{"family": "Miller", "given": ["John"]}],
+        "birthDate": "1970-03-05",
+        "gender": "male",
+    }
     answer = client.post("/fhir/Patient/$match", json=match_body(query))
     assert answer.status_code == 200
     bundle = answer.get_json()
@@ -154,15 +180,25 @@ def test_patient_match_operation(served):
     assert [e["resource"]["id"] for e in only["entry"]] == [NAMESAKE["id"]]
 
 
-@pytest.mark.parametrize("body, text", [
-    ({"resourceType": "Patient"}, "Parameters"),
-    ({"resourceType": "Parameters", "parameter": []}, "'resource'"),
-    (match_body({"resourceType": "Observation"}), "'resource'"),
-    (match_body({"resourceType": "Patient", "birthDate": "March"}), "birthDate"),
-    ({**match_body({"resourceType": "Patient"}), "parameter": [
-        {"name": "resource", "resource": {"resourceType": "Patient"}}, {"name": "count", "valueInteger": -1}]},
-     "'count'"),
-])
+@pytest.mark.parametrize(
+    "body, text",
+    [
+        ({"resourceType": "Patient"}, "Parameters"),
+        ({"resourceType": "Parameters", "parameter": []}, "'resource'"),
+        (match_body({"resourceType": "Observation"}), "'resource'"),
+        (match_body({"resourceType": "Patient", "birthDate": "March"}), "birthDate"),
+        (
+            {
+                **match_body({"resourceType": "Patient"}),
+                "parameter": [
+                    {"name": "resource", "resource": {"resourceType": "Patient"}},
+                    {"name": "count", "valueInteger": -1},
+                ],
+            },
+            "'count'",
+        ),
+    ],
+)
 def test_patient_match_bad_input_is_400(served, body, text):
     client, _, _ = served
     answer = client.post("/fhir/Patient/$match", json=body)
@@ -218,16 +254,25 @@ def test_rematch_applies_new_thresholds_but_not_over_a_person(served, write_conf
     from app.identity.review import rematch, unlink
 
     unlink(store, A["id"], B["id"], config.identity)
-    lower = write_config({"store": config.store, "server": {"base_url": BASE}, "security": {"open": True},
-                          "identity": {"auto_link": 13, "review": 10}}, name="lower.yaml")
+    lower = write_config(
+        {
+            "store": config.store,
+            "server": {"base_url": BASE},
+            "security": {"open": True},
+            "identity": {"auto_link": 13, "review": 10},
+        },
+        name="lower.yaml",
+    )
     relaxed = Store.from_config(lower)
     try:
         assert rematch(relaxed, lower.identity) > 0
     finally:
         relaxed.close()
     # 14 points to each of A and B (no birth date to tell): linked to both now, not to the namesake
-    assert {lnk["other"]["reference"] for lnk in links(client, UNSURE["id"])} == {f"Patient/{A['id']}",
-                                                                                   f"Patient/{B['id']}"}
+    assert {lnk["other"]["reference"] for lnk in links(client, UNSURE["id"])} == {
+        f"Patient/{A['id']}",
+        f"Patient/{B['id']}",
+    }
     assert f"Patient/{B['id']}" not in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
 
 

@@ -9,6 +9,7 @@ Expectations come from Orthanc's REST API (`/studies` is never capped) and from 
   Warning header, and `offset` does not get past them;
 - C-FIND answers 3 and ends with status 0xFE00 (Cancel) although nobody cancelled.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,15 @@ CALLING_AET = "FACADE"
 _BASE = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
 
 
-def instance(study_uid: str, series_uid: str, *, date: str | None = "20240301", time_: str = "080000",
-             patient: str = "PAT-A", modality: str = "CT") -> bytes:
+def instance(
+    study_uid: str,
+    series_uid: str,
+    *,
+    date: str | None = "20240301",
+    time_: str = "080000",
+    patient: str = "PAT-A",
+    modality: str = "CT",
+) -> bytes:
     """One CT_small instance moved into the given study and series; `date=None` leaves
     StudyDate out, "" leaves it empty."""
     ds = copy.deepcopy(_BASE)
@@ -101,12 +109,25 @@ def findscu(server, out: Path, *keys: str) -> tuple[list[pydicom.Dataset], str]:
     binary = shutil.which("findscu")
     assert binary, "dcmtk's findscu is needed: apt-get install -y dcmtk"
     out.mkdir(parents=True)
-    command = [binary, "-v", "-S", "-aet", CALLING_AET, "-aec", server.aet, "-X", "-od", str(out),
-               "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"]
+    command = [
+        binary,
+        "-v",
+        "-S",
+        "-aet",
+        CALLING_AET,
+        "-aec",
+        server.aet,
+        "-X",
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID",
+    ]
     for key in keys:
         command += ["-k", key]
-    done = subprocess.run(command + ["127.0.0.1", str(server.dicom_port)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command + ["127.0.0.1", str(server.dicom_port)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))], done.stdout + done.stderr
 
@@ -115,12 +136,21 @@ def findscu(server, out: Path, *keys: str) -> tuple[list[pydicom.Dataset], str]:
 #: (StudyDate, PatientID, Modality) of each study: more per date, per patient and in all
 #: than the limit of 3, but never more than 2 per (date, patient)
 PLAN = [
-    ("20240301", "PAT-A", "CT"), ("20240301", "PAT-B", "CT"), ("20240301", "PAT-C", "MR"), ("20240301", "PAT-A", "CT"),
-    ("20240302", "PAT-B", "CT"), ("20240302", "PAT-C", "CT"), ("20240302", "PAT-A", "MR"),
+    ("20240301", "PAT-A", "CT"),
+    ("20240301", "PAT-B", "CT"),
+    ("20240301", "PAT-C", "MR"),
+    ("20240301", "PAT-A", "CT"),
+    ("20240302", "PAT-B", "CT"),
+    ("20240302", "PAT-C", "CT"),
+    ("20240302", "PAT-A", "MR"),
     ("20240303", "PAT-B", "US"),
-    ("20240304", "PAT-C", "CT"), ("20240304", "PAT-A", "CT"), ("20240304", "PAT-B", "MR"),
-    ("20240304", "PAT-C", "CT"), ("20240304", "PAT-A", "CT"),
-    ("20240305", "PAT-B", "MR"), ("20240305", "PAT-C", "CT"),
+    ("20240304", "PAT-C", "CT"),
+    ("20240304", "PAT-A", "CT"),
+    ("20240304", "PAT-B", "MR"),
+    ("20240304", "PAT-C", "CT"),
+    ("20240304", "PAT-A", "CT"),
+    ("20240305", "PAT-B", "MR"),
+    ("20240305", "PAT-C", "CT"),
     ("", "PAT-A", "CT"),  # an empty StudyDate
 ]
 
@@ -131,8 +161,9 @@ def capped(tmp_path_factory):
     with OrthancServer(extra_config=CAPPED) as server:
         blobs = []
         for n, (date, patient, modality) in enumerate(PLAN):
-            _uid, more = new_study(n_series=2 if n == 0 else 1, date=date, time_=f"{8 + n:02d}1500",
-                                   patient=patient, modality=modality)
+            _uid, more = new_study(
+                n_series=2 if n == 0 else 1, date=date, time_=f"{8 + n:02d}1500", patient=patient, modality=modality
+            )
             blobs += more
         store(server, folder, blobs)
         assert len(rest_studies(server)) == len(PLAN)
@@ -191,13 +222,16 @@ def test_findscu_by_date_and_patient_finds_the_same_dated_studies_as_the_sliced_
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("window, wanted", [
-    ("20240302-20240304", lambda d: "20240302" <= d <= "20240304"),
-    ("20240304", lambda d: d == "20240304"),
-    ("20240304-", lambda d: d >= "20240304"),
-    # Orthanc compares dates as strings: an empty StudyDate is in every open-lower range
-    ("-20240302", lambda d: d <= "20240302"),
-])
+@pytest.mark.parametrize(
+    "window, wanted",
+    [
+        ("20240302-20240304", lambda d: "20240302" <= d <= "20240304"),
+        ("20240304", lambda d: d == "20240304"),
+        ("20240304-", lambda d: d >= "20240304"),
+        # Orthanc compares dates as strings: an empty StudyDate is in every open-lower range
+        ("-20240302", lambda d: d <= "20240302"),
+    ],
+)
 def test_a_date_window_lists_exactly_the_studies_of_that_window(capped, kind, window, wanted):
     expected = {uid for uid, s in rest_studies(capped).items() if s["date"] is not None and wanted(s["date"])}
     assert len(expected) > CAP
@@ -214,13 +248,14 @@ def test_a_patient_listing_returns_that_patients_studies(capped, kind):
         assert len(expected) > CAP
         assert listed(source(kind, capped), {"PatientID": patient}) == expected
     assert listed(source(kind, capped), {"PatientID": "PAT-A", "StudyDate": "20240304"}) == {
-        uid for uid, s in truth.items() if s["patient"] == "PAT-A" and s["date"] == "20240304"}
+        uid for uid, s in truth.items() if s["patient"] == "PAT-A" and s["date"] == "20240304"
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_uid_lists_and_modalities_are_matched_by_the_archive(capped, kind):
     uids = sorted(rest_studies(capped))
-    some = uids[:CAP + 2]
+    some = uids[: CAP + 2]
     assert listed(source(kind, capped), {"StudyInstanceUID": some}) == set(some)
     assert listed(source(kind, capped), {"StudyInstanceUID": uids[5]}) == {uids[5]}
     study_uid = {s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in capped.get("/studies", expand="")}
@@ -258,8 +293,10 @@ class WarningAdapter(HTTPAdapter):
     """Real answers; the first `times` whose URL contains `needle` get the PS3.18 Warning
     a QIDO-RS server sends when it cut the answer at its maximum number of results."""
 
-    WARNING = ('299 {+service}: "The number of results exceeded the maximum supported by the '
-               'server. Additional results can be requested."')
+    WARNING = (
+        '299 {+service}: "The number of results exceeded the maximum supported by the '
+        'server. Additional results can be requested."'
+    )
 
     def __init__(self, needle: str, times: int = 1):
         super().__init__()
@@ -392,8 +429,13 @@ def test_a_new_study_is_reported_at_once_and_again_once_stable(feed_orthanc):
 
     assert orthanc_id == orthanc_study_id("PAT-NEW", uid) == feed.lookup_study_ids(uid)[0]
     kinds = {(change, resource) for change, resource, _ in _raw(feed, since)}
-    assert {("NewInstance", "Instance"), ("NewSeries", "Series"), ("NewStudy", "Study"),
-            ("StableSeries", "Series"), ("StableStudy", "Study")} <= kinds
+    assert {
+        ("NewInstance", "Instance"),
+        ("NewSeries", "Series"),
+        ("NewStudy", "Study"),
+        ("StableSeries", "Series"),
+        ("StableStudy", "Study"),
+    } <= kinds
     assert since < second.last <= feed.last_seq()
     pages = list(feed.pages(since, limit=3))
     assert len(pages) > 2 and pages[-1].done and not any(p.done for p in pages[:-1])
@@ -458,8 +500,9 @@ def test_orthanc_ids_computed_from_qido_answers_and_looked_up_are_orthancs(ortha
     """Over pydicom's test files: odd Patient IDs, one UID under two Patient IDs."""
     rest = {s["ID"]: s for s in orthanc.get("/studies", expand="")}
     answers = requests.get(orthanc.dicomweb_url + "/studies", timeout=30).json()
-    computed = {orthanc_study_id(a.get("00100020", {}).get("Value", [""])[0], a["0020000D"]["Value"][0])
-                for a in answers}
+    computed = {
+        orthanc_study_id(a.get("00100020", {}).get("Value", [""])[0], a["0020000D"]["Value"][0]) for a in answers
+    }
     assert computed <= set(rest)
     for missed in set(rest) - computed:  # QIDO strips the spaces Orthanc hashed
         patient = rest[missed]["PatientMainDicomTags"]["PatientID"]
@@ -471,8 +514,12 @@ def test_orthanc_ids_computed_from_qido_answers_and_looked_up_are_orthancs(ortha
         looked_up |= set(feed.lookup_study_ids(uid))
     assert looked_up == set(rest)
     # an ID computed from a stripped PatientID is not taken for a deleted study
-    known = {orthanc_study_id(a.get("00100020", {}).get("Value", [""])[0], a["0020000D"]["Value"][0]):
-             a["0020000D"]["Value"][0] for a in answers}
+    known = {
+        orthanc_study_id(a.get("00100020", {}).get("Value", [""])[0], a["0020000D"]["Value"][0]): a["0020000D"][
+            "Value"
+        ][0]
+        for a in answers
+    }
     assert feed.deleted_studies(known) == []
 
 

@@ -1,6 +1,7 @@
 """Incremental polls by date window, and on-demand fetching of a searched patient, against a
 real Orthanc (reached through the fault proxy of faults.py where a test needs to count the
 archive's requests or make it slow)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -44,11 +45,15 @@ def _served(client, uid) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
-def test_date_window_poll_finds_new_studies_and_full_reconciliation_finds_deletions(pacs, tmp_path, open_config,
-                                                                                   store_url, kind):
+def test_date_window_poll_finds_new_studies_and_full_reconciliation_finds_deletions(
+    pacs, tmp_path, open_config, store_url, kind
+):
     pacs.upload([get_testdata_file("CT_small.dcm")])
-    reach = ({"type": "dicomweb", "url": pacs.dicomweb_url} if kind == "dicomweb" else
-             {"type": "dimse", "host": "127.0.0.1", "port": pacs.dicom_port, "called_aet": pacs.aet})
+    reach = (
+        {"type": "dicomweb", "url": pacs.dicomweb_url}
+        if kind == "dicomweb"
+        else {"type": "dimse", "host": "127.0.0.1", "port": pacs.dicom_port, "called_aet": pacs.aet}
+    )
     config = open_config(store_url, sources=[{"name": "pacs", "timezone": "UTC", "full_every": 3600, **reach}])
     src = config.sources[0]
     store = Store.from_config(config)
@@ -81,9 +86,18 @@ def test_on_demand_fetches_a_patient_the_sync_has_not_reached(pacs, tmp_path, op
     path, uid = _today_study(tmp_path, "s.dcm", PatientID="OD-1")
     pacs.upload([path])
     with FaultProxy(pacs.url) as proxy:
-        config = open_config(sqlite_url, sources=[{
-            "name": "pacs", "type": "dicomweb", "url": proxy.url + "/dicom-web", "timezone": "UTC",
-            "on_demand": {"max_age": 60, "deadline": 10}}])
+        config = open_config(
+            sqlite_url,
+            sources=[
+                {
+                    "name": "pacs",
+                    "type": "dicomweb",
+                    "url": proxy.url + "/dicom-web",
+                    "timezone": "UTC",
+                    "on_demand": {"max_age": 60, "deadline": 10},
+                }
+            ],
+        )
         store = Store.from_config(config)
         client = create_app(config, store).test_client()
         response = _patient_search(client, "OD-1")  # never synced: asked of the archive first
@@ -109,9 +123,19 @@ def test_on_demand_past_the_deadline_is_503_with_retry_after(pacs, tmp_path, ope
     path, uid = _today_study(tmp_path, "s.dcm", PatientID="OD-2")
     pacs.upload([path])
     with FaultProxy(pacs.url) as proxy:
-        config = open_config(sqlite_url, sources=[{
-            "name": "pacs", "type": "dicomweb", "url": proxy.url + "/dicom-web", "timezone": "UTC", "timeout": 10,
-            "on_demand": {"max_age": 60, "deadline": 0.5}}])
+        config = open_config(
+            sqlite_url,
+            sources=[
+                {
+                    "name": "pacs",
+                    "type": "dicomweb",
+                    "url": proxy.url + "/dicom-web",
+                    "timezone": "UTC",
+                    "timeout": 10,
+                    "on_demand": {"max_age": 60, "deadline": 0.5},
+                }
+            ],
+        )
         store = Store.from_config(config)
         client = create_app(config, store).test_client()
         proxy.hang(2)  # the archive is slow
@@ -131,9 +155,19 @@ def test_on_demand_past_the_deadline_is_503_with_retry_after(pacs, tmp_path, ope
 def test_on_demand_archive_down_answers_from_the_store(tmp_path, open_config, sqlite_url, pacs):
     path, uid = _today_study(tmp_path, "s.dcm", PatientID="OD-3")
     pacs.upload([path])
-    config = open_config(sqlite_url, sources=[{
-        "name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url, "timezone": "UTC", "timeout": 1,
-        "on_demand": {"max_age": 0, "deadline": 5}}])
+    config = open_config(
+        sqlite_url,
+        sources=[
+            {
+                "name": "pacs",
+                "type": "dicomweb",
+                "url": pacs.dicomweb_url,
+                "timezone": "UTC",
+                "timeout": 1,
+                "on_demand": {"max_age": 0, "deadline": 5},
+            }
+        ],
+    )
     store = Store.from_config(config)
     assert sync_source(store, config.sources[0]).new == 1
     client = create_app(config, store).test_client()
@@ -148,8 +182,12 @@ def test_change_feed_poll_sees_new_grown_and_deleted_studies(tmp_path, open_conf
 
     with OrthancServer(extra_config={"StableAge": 1}) as pacs:
         pacs.upload([get_testdata_file("CT_small.dcm")])
-        config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url,
-                                                  "timezone": "UTC", "changes": "orthanc"}])
+        config = open_config(
+            store_url,
+            sources=[
+                {"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url, "timezone": "UTC", "changes": "orthanc"}
+            ],
+        )
         src = config.sources[0]
         assert src.poll_interval == 1.0  # a change feed is polled often by default
         store = Store.from_config(config)

@@ -2,6 +2,7 @@
 new version of each, served by the API, with the earlier one kept in its history. Real
 files (pydicom's test data) in a folder, and a real Orthanc over DICOMweb; SQLite and
 PostgreSQL."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,9 +32,17 @@ def _read(name):
 
 def _write_config(tmp_path, store_url, source: dict):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"store": store_url, "security": {"open": True},
-                                    "server": {"base_url": "http://testserver/fhir"},
-                                    "sources": [source]}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "store": store_url,
+                "security": {"open": True},
+                "server": {"base_url": "http://testserver/fhir"},
+                "sources": [source],
+            },
+            sort_keys=False,
+        )
+    )
     return load_config(path, environ={})
 
 
@@ -106,8 +115,10 @@ def test_a_changed_inline_profile_updates_studies_read_from_orthanc(tmp_path, sq
     name = next(s["location"]["display"] for s in before.values() if "location" in s)
     affected = {uid for uid, s in before.items() if s.get("location", {}).get("display") == name}
 
-    source["profile"] = {"institution": {"names": {name.upper(): "Renamed Site"}},
-                         "endpoint": {"requires_access_token": True}}
+    source["profile"] = {
+        "institution": {"names": {name.upper(): "Renamed Site"}},
+        "endpoint": {"requires_access_token": True},
+    }
     config = _write_config(tmp_path, sqlite_url, source)
     second = sync_source(store, config.sources[0])
     assert (second.updated, second.unchanged) == (len(affected), len(before) - len(affected))
@@ -135,8 +146,13 @@ def test_private_attributes_from_orthanc_instance_metadata(tmp_path, orthanc):
     suite = ct.private_block(0x0009, "GEMS_IDEN_01")[0x02].value
     results = {}
     for flag in (False, True):
-        source = {"name": f"pacs{int(flag)}", "type": "dicomweb", "url": orthanc.dicomweb_url, "vendor": "ge",
-                  "instance_metadata": flag}
+        source = {
+            "name": f"pacs{int(flag)}",
+            "type": "dicomweb",
+            "url": orthanc.dicomweb_url,
+            "vendor": "ge",
+            "instance_metadata": flag,
+        }
         # a store each: one study in two archives would be served as their merge
         config = _write_config(tmp_path, f"sqlite:///{tmp_path / f'facade{int(flag)}.db'}", source)
         store = Store.from_config(config)
@@ -145,5 +161,6 @@ def test_private_attributes_from_orthanc_instance_metadata(tmp_path, orthanc):
         results[flag] = _study(client, ct.StudyInstanceUID).get("extension")
         store.close()
     assert results[False] is None
-    assert results[True] == [{"url": "http://imaging-facade.org/fhir/StructureDefinition/ge-suite-id",
-                              "valueString": suite}]
+    assert results[True] == [
+        {"url": "http://imaging-facade.org/fhir/StructureDefinition/ge-suite-id", "valueString": suite}
+    ]

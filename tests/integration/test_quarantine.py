@@ -1,4 +1,5 @@
 """A study that cannot be read is quarantined with its reason; a later sync retries it."""
+
 from __future__ import annotations
 
 import shutil
@@ -41,8 +42,9 @@ def test_quarantined_file_is_released_once_it_reads(tmp_path, open_config, sqlit
 
 
 def test_unreachable_archive_keeps_the_quarantine(tmp_path, open_config, sqlite_url):
-    config = open_config(sqlite_url, sources=[{"name": "pacs", "type": "dicomweb",
-                                               "url": "http://127.0.0.1:9/dicom-web", "timeout": 1}])
+    config = open_config(
+        sqlite_url, sources=[{"name": "pacs", "type": "dicomweb", "url": "http://127.0.0.1:9/dicom-web", "timeout": 1}]
+    )
     store = Store.from_config(config)
     store.quarantine.add("pacs", "1.2.3", "1.2.3", "earlier failure")
     summary = sync_source(store, config.sources[0])

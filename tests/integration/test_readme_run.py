@@ -4,6 +4,7 @@ It creates its own virtual environment and installs the package from PyPI, so th
 slowest test; it is the one that proves `git clone` + `scripts/serve` gives a server with
 real studies in it.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,14 @@ def test_readme_run_command_serves_studies(tmp_path):
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("IMAGING_FACADE_CONFIG", "VIRTUAL_ENV")}
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(["scripts/serve", "--port", str(port)], cwd=repo, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["scripts/serve", "--port", str(port)],
+        cwd=repo,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while True:

@@ -1,5 +1,6 @@
 """Continuous sync as a user runs it (`imaging-facade sync --watch`, a real process) and the
 health endpoint that reports each source's freshness."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,10 @@ def _wait_for(check, timeout: float = 20.0):
 
 def _served(store, uid: str) -> bool:
     with store.engine.connect() as conn:
-        return conn.exec_driver_sql("SELECT 1 FROM resource WHERE rtype = 'ImagingStudy' AND id = ?",
-                                    (uid,)).first() is not None
+        return (
+            conn.exec_driver_sql("SELECT 1 FROM resource WHERE rtype = 'ImagingStudy' AND id = ?", (uid,)).first()
+            is not None
+        )
 
 
 def test_watch_follows_a_folder_and_stops_cleanly_on_sigterm(tmp_path):
@@ -49,12 +52,17 @@ def test_watch_follows_a_folder_and_stops_cleanly_on_sigterm(tmp_path):
     archive.mkdir()
     shutil.copyfile(get_testdata_file("CT_small.dcm"), archive / "ct.dcm")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "store": "sqlite:///facade.db",
-        "sources": [{"name": "cd", "type": "folder", "path": "./archive", "poll_interval": 0.5}],
-    }))
-    proc = subprocess.Popen([CLI, "sync", "--watch", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "store": "sqlite:///facade.db",
+                "sources": [{"name": "cd", "type": "folder", "path": "./archive", "poll_interval": 0.5}],
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [CLI, "sync", "--watch", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     store = Store(f"sqlite:///{tmp_path / 'facade.db'}")
     try:
         _wait_for(lambda: _served(store, _uid("CT_small.dcm")))
@@ -76,11 +84,14 @@ def test_health_reports_freshness_and_failures(tmp_path, open_config, sqlite_url
     archive.mkdir()
     shutil.copyfile(get_testdata_file("CT_small.dcm"), archive / "ct.dcm")
     dead = f"http://127.0.0.1:{free_port()}/dicom-web"
-    config = open_config(sqlite_url, sources=[
-        {"name": "cd", "type": "folder", "path": str(archive)},
-        {"name": "down", "type": "dicomweb", "url": dead, "timeout": 1},
-        {"name": "later", "type": "folder", "path": str(archive)},
-    ])
+    config = open_config(
+        sqlite_url,
+        sources=[
+            {"name": "cd", "type": "folder", "path": str(archive)},
+            {"name": "down", "type": "dicomweb", "url": dead, "timeout": 1},
+            {"name": "later", "type": "folder", "path": str(archive)},
+        ],
+    )
     store = Store.from_config(config)
     client = create_app(config, store).test_client()
     assert sync_source(store, config.source("cd")).error is None
@@ -109,17 +120,27 @@ def test_serve_runs_the_watcher_when_configured(tmp_path):
     archive.mkdir()
     port = free_port()
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "store": "sqlite:///facade.db",
-        "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "port": port, "workers": 1, "watch": True},
-        "security": {"open": True},
-        "sources": [{"name": "cd", "type": "folder", "path": "./archive", "poll_interval": 0.5}],
-    }))
-    proc = subprocess.Popen([CLI, "serve", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "store": "sqlite:///facade.db",
+                "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "port": port, "workers": 1, "watch": True},
+                "security": {"open": True},
+                "sources": [{"name": "cd", "type": "folder", "path": "./archive", "poll_interval": 0.5}],
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [CLI, "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     import requests
 
     try:
+
         def ready():
             try:
                 return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200

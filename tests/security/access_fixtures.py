@@ -6,6 +6,7 @@ its own part; here each request carries the name of an Access the test built its
 (header `X-Test-Access`), installed by a `before_request` hook that exists in tests only, so
 the compartment, scope narrowing and audit are tested against exactly the Access they get.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -48,8 +49,13 @@ def install_accesses(app, accesses: dict[str, Access]) -> None:
 
 
 def _patient(pid: str, mrn: str, family: str, links: tuple[str, ...] = ()) -> dict:
-    body = {"resourceType": "Patient", "id": pid, "identifier": [{"system": "urn:oid:1.2.3.4", "value": mrn}],
-            "name": [{"family": family}], "gender": "unknown"}
+    body = {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": "urn:oid:1.2.3.4", "value": mrn}],
+        "name": [{"family": family}],
+        "gender": "unknown",
+    }
     if links:
         body["link"] = [{"other": {"reference": f"Patient/{other}"}, "type": "seealso"} for other in links]
     return body
@@ -57,7 +63,9 @@ def _patient(pid: str, mrn: str, family: str, links: tuple[str, ...] = ()) -> di
 
 def _study(uid: str, pid: str, modality: str, endpoints: tuple[str, ...] = ("pacs",)) -> dict:
     return {
-        "resourceType": "ImagingStudy", "id": uid, "status": "available",
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "status": "available",
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
         "modality": [{"system": DCM, "code": modality}],
         "subject": {"reference": f"Patient/{pid}"},
@@ -68,10 +76,17 @@ def _study(uid: str, pid: str, modality: str, endpoints: tuple[str, ...] = ("pac
 
 
 def _endpoint(eid: str) -> dict:
-    return {"resourceType": "Endpoint", "id": eid, "status": "active",
-            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                               "code": "dicom-wado-rs"},
-            "payloadType": [{"text": "DICOM WADO-RS"}], "address": f"http://{eid}/dicom-web"}
+    return {
+        "resourceType": "Endpoint",
+        "id": eid,
+        "status": "active",
+        "connectionType": {
+            "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+            "code": "dicom-wado-rs",
+        },
+        "payloadType": [{"text": "DICOM WADO-RS"}],
+        "address": f"http://{eid}/dicom-web",
+    }
 
 
 #: patient -> (MRN, family, links, studies as (uid, modality, endpoints))

@@ -16,6 +16,7 @@ and a patient); `POST /admin/rotate` adds a new signing key and signs with it fr
 JWKS fetches. The initial signing key is read from `--key` so tests can sign tokens that
 this server would never issue (expired, wrong audience…) with a key it publishes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,7 @@ JWSRegistry.recommended[:] = list(SMART_ALGORITHMS)
 
 
 class Client(ClientMixin):
-    def __init__(self, client_id: str, jwks: dict | None = None, secret: str | None = None,
-                 patient: str | None = None):
+    def __init__(self, client_id: str, jwks: dict | None = None, secret: str | None = None, patient: str | None = None):
         self.client_id = client_id
         self.jwks = jwks
         self.secret = secret
@@ -106,6 +106,7 @@ class PrivateKeyAssertion(JWTBearerClientAssertion):
         super().verify_claims(claims)
         if claims["exp"] > time.time() + ASSERTION_MAX_LIFETIME:
             from authlib.oauth2.rfc6749 import InvalidClientError
+
             raise InvalidClientError(description="the assertion must expire within five minutes")
 
 
@@ -203,8 +204,9 @@ def create_app(port: int, first_key: RSAKey, audience: str) -> Flask:
     @app.post("/admin/clients")
     def register():
         data = request.get_json()
-        clients[data["client_id"]] = Client(data["client_id"], data.get("jwks"), data.get("secret"),
-                                            data.get("patient"))
+        clients[data["client_id"]] = Client(
+            data["client_id"], data.get("jwks"), data.get("secret"), data.get("patient")
+        )
         return jsonify({"registered": data["client_id"]})
 
     @app.post("/admin/rotate")

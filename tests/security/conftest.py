@@ -1,5 +1,6 @@
 """Fixtures for the security tests: a real authorization server process, and facades that
 check its tokens, over a store synced from real DICOM files (pydicom's test data)."""
+
 from __future__ import annotations
 
 import shutil
@@ -52,12 +53,14 @@ def make_app(write_config, sqlite_url, archive, auth_server):
     """A facade over the synced sample archive, checking the test server's tokens."""
 
     def make(**security):
-        config = write_config({
-            "store": sqlite_url,
-            "server": {"base_url": AUDIENCE},
-            "security": security_config(auth_server, **security),
-            "sources": [{"name": "sample", "type": "folder", "path": str(archive), "timezone": "UTC"}],
-        })
+        config = write_config(
+            {
+                "store": sqlite_url,
+                "server": {"base_url": AUDIENCE},
+                "security": security_config(auth_server, **security),
+                "sources": [{"name": "sample", "type": "folder", "path": str(archive), "timezone": "UTC"}],
+            }
+        )
         store = Store.from_config(config)
         sync_source(store, config.sources[0])
         return create_app(config, store)

@@ -1,5 +1,6 @@
 """Test helpers: the authorization server process (auth_server.py), a SMART Backend Services
 client that gets tokens from it, and signing of tokens it would never issue."""
+
 from __future__ import annotations
 
 import base64
@@ -62,8 +63,19 @@ class AuthServer:
         key_file.write_text(json.dumps(self.jwk))
         self.log = open(workdir / "auth-server.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "auth_server.py"), "--port", str(self.port), "--key", str(key_file),
-             "--audience", audience], stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                str(HERE / "auth_server.py"),
+                "--port",
+                str(self.port),
+                "--key",
+                str(key_file),
+                "--audience",
+                audience,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 30
         while True:
             try:
@@ -82,10 +94,14 @@ class AuthServer:
         self.proc.wait(timeout=10)
         self.log.close()
 
-    def register(self, client_id: str, jwks: dict | None = None, secret: str | None = None,
-                 patient: str | None = None) -> None:
-        response = requests.post(f"{self.url}/admin/clients", json={
-            "client_id": client_id, "jwks": jwks, "secret": secret, "patient": patient}, timeout=5)
+    def register(
+        self, client_id: str, jwks: dict | None = None, secret: str | None = None, patient: str | None = None
+    ) -> None:
+        response = requests.post(
+            f"{self.url}/admin/clients",
+            json={"client_id": client_id, "jwks": jwks, "secret": secret, "patient": patient},
+            timeout=5,
+        )
         response.raise_for_status()
 
     def rotate(self) -> str:
@@ -100,8 +116,16 @@ class AuthServer:
     def sign(self, claims: dict, key=None, alg: str = "RS384", kid: str | None = "as-key-1", **header) -> str:
         """A token signed with the server's published key (or another), with any claims."""
         now = int(time.time())
-        payload = {"iss": self.issuer, "aud": self.audience, "exp": now + 300, "iat": now,
-                   "sub": "test-client", "client_id": "test-client", "jti": uuid.uuid4().hex, **claims}
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "exp": now + 300,
+            "iat": now,
+            "sub": "test-client",
+            "client_id": "test-client",
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
         payload = {k: v for k, v in payload.items() if v is not None}  # None: leave the claim out
         headers = {**header, **({"kid": kid} if kid else {})}
         return jwt.encode(payload, key if key is not None else self.key, algorithm=alg, headers=headers)
@@ -119,16 +143,30 @@ class BackendClient:
 
     def assertion(self, lifetime: int = 240) -> str:
         now = int(time.time())
-        return jwt.encode({"iss": self.client_id, "sub": self.client_id, "aud": self.server.token_url,
-                           "exp": now + lifetime, "jti": uuid.uuid4().hex}, self.key, algorithm=self.alg,
-                          headers={"kid": self.jwk["kid"], "typ": "JWT"})
+        return jwt.encode(
+            {
+                "iss": self.client_id,
+                "sub": self.client_id,
+                "aud": self.server.token_url,
+                "exp": now + lifetime,
+                "jti": uuid.uuid4().hex,
+            },
+            self.key,
+            algorithm=self.alg,
+            headers={"kid": self.jwk["kid"], "typ": "JWT"},
+        )
 
     def token_response(self, scope: str, assertion: str | None = None) -> requests.Response:
-        return requests.post(self.server.token_url, data={
-            "grant_type": "client_credentials", "scope": scope,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": assertion or self.assertion(),
-        }, timeout=10)
+        return requests.post(
+            self.server.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "scope": scope,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion or self.assertion(),
+            },
+            timeout=10,
+        )
 
     def token(self, scope: str) -> str:
         response = self.token_response(scope)
@@ -138,6 +176,8 @@ class BackendClient:
 
 def unsigned(claims: dict) -> str:
     """A token with `alg: none` and no signature."""
+
     def part(data):
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."

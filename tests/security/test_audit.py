@@ -4,6 +4,7 @@ Each read, vread, history, search and refused request writes exactly one AuditEv
 back here straight from its table; `GET /fhir/AuditEvent` searches them with a user- or
 system-level AuditEvent scope only. Data: see conftest.
 """
+
 from __future__ import annotations
 
 import base64
@@ -70,8 +71,11 @@ def _query(event) -> str:
 
 def _check_common(event, who, client_id, outcome):
     AuditEvent.model_validate(event)  # a valid R4 AuditEvent
-    assert event["type"] == {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
-                             "display": "RESTful Operation"}
+    assert event["type"] == {
+        "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+        "code": "rest",
+        "display": "RESTful Operation",
+    }
     assert event["outcome"] == outcome
     requestor = next(a for a in event["agent"] if a["requestor"])
     assert requestor["who"]["identifier"]["value"] == who
@@ -82,16 +86,23 @@ def _check_common(event, who, client_id, outcome):
     assert abs(datetime.now(UTC) - recorded) < timedelta(minutes=1)
 
 
-@pytest.mark.parametrize("url, subtype, action, patients", [
-    ("/fhir/ImagingStudy/1.3", "read", "R", ["Patient/alice-b"]),
-    ("/fhir/ImagingStudy/1.1/_history/1", "vread", "R", ["Patient/alice"]),
-    ("/fhir/Patient/dora/_history", "history-instance", "R", ["Patient/dora"]),
-    ("/fhir/ImagingStudy?modality=CT&_count=10", "search-type", "E", ["Patient/alice", "Patient/alice-b"]),
-    ("/fhir/Patient?_id=alice&_revinclude=ImagingStudy:patient", "search-type", "E", ["Patient/alice"]),
-    ("/fhir/Endpoint?_revinclude=ImagingStudy:endpoint&_count=10", "search-type", "E",
-     ["Patient/alice", "Patient/alice-b", "Patient/dora"]),
-    ("/fhir/Endpoint/pacs", "read", "R", []),
-])
+@pytest.mark.parametrize(
+    "url, subtype, action, patients",
+    [
+        ("/fhir/ImagingStudy/1.3", "read", "R", ["Patient/alice-b"]),
+        ("/fhir/ImagingStudy/1.1/_history/1", "vread", "R", ["Patient/alice"]),
+        ("/fhir/Patient/dora/_history", "history-instance", "R", ["Patient/dora"]),
+        ("/fhir/ImagingStudy?modality=CT&_count=10", "search-type", "E", ["Patient/alice", "Patient/alice-b"]),
+        ("/fhir/Patient?_id=alice&_revinclude=ImagingStudy:patient", "search-type", "E", ["Patient/alice"]),
+        (
+            "/fhir/Endpoint?_revinclude=ImagingStudy:endpoint&_count=10",
+            "search-type",
+            "E",
+            ["Patient/alice", "Patient/alice-b", "Patient/dora"],
+        ),
+        ("/fhir/Endpoint/pacs", "read", "R", []),
+    ],
+)
 def test_each_interaction_writes_one_event(audited, url, subtype, action, patients):
     response, event = audited("GET", url, "alice")
     assert response.status_code == 200
@@ -109,11 +120,14 @@ def test_post_search_records_the_form_body(audited):
     assert _patients(event) == ["Patient/dora"]
 
 
-@pytest.mark.parametrize("url, status", [
-    ("/fhir/ImagingStudy?patient=bob", 403),
-    ("/fhir/ImagingStudy/2.1", 404),
-    ("/fhir/ImagingStudy?started=yesterday", 400),
-])
+@pytest.mark.parametrize(
+    "url, status",
+    [
+        ("/fhir/ImagingStudy?patient=bob", 403),
+        ("/fhir/ImagingStudy/2.1", 404),
+        ("/fhir/ImagingStudy?started=yesterday", 400),
+    ],
+)
 def test_refused_requests_are_audited(audited, url, status):
     response, event = audited("GET", url, "alice")
     assert response.status_code == status
@@ -124,8 +138,9 @@ def test_refused_requests_are_audited(audited, url, status):
 
 
 def test_unauthenticated_requests_are_audited(store_url, write_config):
-    config = write_config({"store": store_url, "server": {"base_url": "http://testserver/fhir"},
-                           "security": {"open": False}})
+    config = write_config(
+        {"store": store_url, "server": {"base_url": "http://testserver/fhir"}, "security": {"open": False}}
+    )
     store = Store.from_config(config)
     load(store)
     app = create_app(config, store)
@@ -134,8 +149,10 @@ def test_unauthenticated_requests_are_audited(store_url, write_config):
     assert client.get("/fhir/AuditEvent").status_code == 401
     app.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
-        rows = [orjson.loads(render_event(*r))
-                for r in conn.execute(text("SELECT id, recorded, content FROM audit_event ORDER BY recorded"))]
+        rows = [
+            orjson.loads(render_event(*r))
+            for r in conn.execute(text("SELECT id, recorded, content FROM audit_event ORDER BY recorded"))
+        ]
     store.close()
     assert len(rows) == 2
     event = rows[0]
@@ -146,21 +163,25 @@ def test_unauthenticated_requests_are_audited(store_url, write_config):
     assert base64.b64decode(event["entity"][0]["query"]) == b"patient=alice"
 
 
-@pytest.mark.parametrize("proxies, forwarded, recorded", [
-    (0, "203.0.113.7", "127.0.0.1"),  # no proxy configured: the header is the client's word only
-    (1, "203.0.113.7", "203.0.113.7"),  # the load balancer's entry
-    (1, "198.51.100.1, 203.0.113.7", "203.0.113.7"),  # what the client put before it is not believed
-    (2, "198.51.100.1, 203.0.113.7", "198.51.100.1"),
-])
-def test_audit_records_the_client_address_behind_trusted_proxies(store_url, write_config, proxies, forwarded,
-                                                                  recorded):
-    config = write_config({"store": store_url, "server": {"trusted_proxies": proxies},
-                           "security": {"open": True}})
+@pytest.mark.parametrize(
+    "proxies, forwarded, recorded",
+    [
+        (0, "203.0.113.7", "127.0.0.1"),  # no proxy configured: the header is the client's word only
+        (1, "203.0.113.7", "203.0.113.7"),  # the load balancer's entry
+        (1, "198.51.100.1, 203.0.113.7", "203.0.113.7"),  # what the client put before it is not believed
+        (2, "198.51.100.1, 203.0.113.7", "198.51.100.1"),
+    ],
+)
+def test_audit_records_the_client_address_behind_trusted_proxies(store_url, write_config, proxies, forwarded, recorded):
+    config = write_config({"store": store_url, "server": {"trusted_proxies": proxies}, "security": {"open": True}})
     store = Store.from_config(config)
     load(store)
     app = create_app(config, store)
-    response = app.test_client().get("/fhir/ImagingStudy?patient=alice", headers={"X-Forwarded-For": forwarded},
-                                     environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    response = app.test_client().get(
+        "/fhir/ImagingStudy?patient=alice",
+        headers={"X-Forwarded-For": forwarded},
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+    )
     assert response.status_code == 200
     app.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
@@ -175,8 +196,13 @@ def test_audit_can_be_off_only_in_open_mode(store_url, write_config):
     with pytest.raises(ConfigError) as refused:
         write_config({"store": store_url, "security": {"open": False, "audit": False}})
     assert "security.audit" in str(refused.value)
-    config = write_config({"store": store_url, "server": {"base_url": "http://testserver/fhir"},
-                           "security": {"open": True, "audit": False}})
+    config = write_config(
+        {
+            "store": store_url,
+            "server": {"base_url": "http://testserver/fhir"},
+            "security": {"open": True, "audit": False},
+        }
+    )
     store = Store.from_config(config)
     load(store)
     app = create_app(config, store)
@@ -239,8 +265,14 @@ def test_audit_event_search(audited):
     while url:
         response = audited.client.get(url, headers={"X-Test-Access": "auditor"})
         seen += [e["resource"]["id"] for e in response.get_json()["entry"]]
-        url = next((lnk["url"].replace("http://testserver", "") for lnk in response.get_json()["link"]
-                    if lnk["relation"] == "next"), None)
+        url = next(
+            (
+                lnk["url"].replace("http://testserver", "")
+                for lnk in response.get_json()["link"]
+                if lnk["relation"] == "next"
+            ),
+            None,
+        )
     assert len(seen) == len(set(seen)) and set(e["id"] for e in events) <= set(seen)
 
 
@@ -251,9 +283,16 @@ def test_audit_event_search_bad_values_are_400(audited, query):
     assert query.split("=")[0] in response.get_json()["issue"][0]["diagnostics"]
 
 
-@pytest.mark.parametrize("who, status", [
-    ("alice", 403), ("alice-audit", 403), ("studies-only", 403), ("auditor", 200), ("user-auditor", 200),
-])
+@pytest.mark.parametrize(
+    "who, status",
+    [
+        ("alice", 403),
+        ("alice-audit", 403),
+        ("studies-only", 403),
+        ("auditor", 200),
+        ("user-auditor", 200),
+    ],
+)
 def test_audit_event_search_needs_a_user_or_system_scope(audited, who, status):
     response, event = audited("GET", "/fhir/AuditEvent", who)
     assert response.status_code == status
@@ -310,7 +349,8 @@ def test_health_reports_audit_events_not_yet_stored(audited):
     spool = audit_log.spool
     spool.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     (spool.directory / f"{spool.prefix}999-dead{SUFFIX}").write_bytes(
-        encode("dead-1", two_minutes_ago, "0", b'{"resourceType":"AuditEvent","id":"dead-1"}', [("agent", "x")]))
+        encode("dead-1", two_minutes_ago, "0", b'{"resourceType":"AuditEvent","id":"dead-1"}', [("agent", "x")])
+    )
     health = audited.client.get("/health").get_json()
     assert health["status"] == "degraded"
     assert health["audit"]["status"] == "behind" and health["audit"]["spooledSegments"] == 1
@@ -334,11 +374,17 @@ def test_capability_statement_lists_the_audit_search(audited):
     assert [i["code"] for i in audit["interaction"]] == ["search-type"]
     for param in audit["searchParam"]:  # each listed parameter is understood (strict: unknown ones are 400)
         value = {"date": "ge2000-01-01", "patient": "alice", "agent": "x", "entity-type": "1", "outcome": "0"}
-        response = audited.client.get(f"/fhir/AuditEvent?{param['name']}={value[param['name']]}",
-                                      headers={"X-Test-Access": "auditor", "Prefer": "handling=strict"})
+        response = audited.client.get(
+            f"/fhir/AuditEvent?{param['name']}={value[param['name']]}",
+            headers={"X-Test-Access": "auditor", "Prefer": "handling=strict"},
+        )
         assert response.status_code == 200, param
-    assert audited.client.get("/fhir/AuditEvent?colour=x", headers={
-        "X-Test-Access": "auditor", "Prefer": "handling=strict"}).status_code == 400
+    assert (
+        audited.client.get(
+            "/fhir/AuditEvent?colour=x", headers={"X-Test-Access": "auditor", "Prefer": "handling=strict"}
+        ).status_code
+        == 400
+    )
     assert "Patient.link" in body["rest"][0]["security"]["description"]
 
 
@@ -357,11 +403,19 @@ def test_audit_search_serves_each_event_whole_as_written_and_as_stored_before(au
     """The trail keeps a compact record of each event and the search makes the AuditEvent of it;
     events a server stored as AuditEvent JSON (earlier releases) are served as they are."""
     _, event = audited("GET", "/fhir/ImagingStudy/1.1", "alice")
-    earlier = {"resourceType": "AuditEvent", "id": "stored-whole", "recorded": "2020-01-02T03:04:05.000Z",
-               "type": {"code": "rest"}, "outcome": "0", "agent": [], "source": {"observer": {"display": "x"}}}
+    earlier = {
+        "resourceType": "AuditEvent",
+        "id": "stored-whole",
+        "recorded": "2020-01-02T03:04:05.000Z",
+        "type": {"code": "rest"},
+        "outcome": "0",
+        "agent": [],
+        "source": {"observer": {"display": "x"}},
+    }
     audit_log = audited.client.application.extensions["imaging-facade"].audit_log
-    audit_log._insert([("stored-whole", 1_577_934_245_000_000, "0", orjson.dumps(earlier), [("agent", "old")])],
-                      may_exist=False)
+    audit_log._insert(
+        [("stored-whole", 1_577_934_245_000_000, "0", orjson.dumps(earlier), [("agent", "old")])], may_exist=False
+    )
     served = {e["resource"]["id"]: e["resource"] for e in _search(audited, "_count=100")["entry"]}
     assert served[event["id"]] == event
     AuditEvent.model_validate(served[event["id"]])
@@ -380,12 +434,21 @@ def test_a_dead_server_spool_is_stored_once(store_url, write_config, tmp_path):
     config = write_config({"store": store_url, "security": {"open": True}})
     store = Store.from_config(config)
     audit_log = AuditLog(store.url, tmp_path / "spool")
-    events = [(f"dead-{n}", 1_700_000_000_000_000 + n, "0", b'{"resourceType":"AuditEvent","id":"dead-%d"}' % n,
-               [("patient", "alice"), ("agent", "viewer")]) for n in range(3)]
+    events = [
+        (
+            f"dead-{n}",
+            1_700_000_000_000_000 + n,
+            "0",
+            b'{"resourceType":"AuditEvent","id":"dead-%d"}' % n,
+            [("patient", "alice"), ("agent", "viewer")],
+        )
+        for n in range(3)
+    ]
     audit_log._insert(events[:1], may_exist=False)  # stored before the crash
     (tmp_path / "spool").mkdir()
     (tmp_path / "spool" / f"{store_digest(store.url)}-999-dead.spool").write_bytes(
-        b"".join(encode(*event) for event in events))
+        b"".join(encode(*event) for event in events)
+    )
     assert audit_log.flush() == 3
     with store.engine.connect() as conn:
         ids = [r[0] for r in conn.execute(text("SELECT id FROM audit_event ORDER BY id"))]

@@ -9,6 +9,7 @@ records linked to it one hop either way, their studies and the Endpoint they poi
 the test fails both when the compartment leaks and when it hides too much. Images through the
 WADO-RS gateway are refused outside the compartment too: test_gateway.py, against a real Orthanc.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -27,11 +28,13 @@ from access_fixtures import (  # noqa: F401
 
 @pytest.fixture
 def api(people_app):
-    people_app.accesses.update({
-        "alice": patient_access("alice"),
-        "bob": patient_access("bob", subject="user-2"),
-        "system": system_access(),
-    })
+    people_app.accesses.update(
+        {
+            "alice": patient_access("alice"),
+            "bob": patient_access("bob", subject="user-2"),
+            "system": system_access(),
+        }
+    )
     client = people_app.test_client()
 
     def get(url, who="alice", **kwargs):
@@ -69,33 +72,58 @@ def all_pages(api, url, who="alice"):
 
 
 FOREIGN_READS = [
-    "/fhir/ImagingStudy/2.1", "/fhir/ImagingStudy/2.1/_history/1", "/fhir/ImagingStudy/2.1/_history",
-    "/fhir/ImagingStudy/3.1", "/fhir/Patient/bob", "/fhir/Patient/bob/_history/1", "/fhir/Patient/bob/_history",
-    "/fhir/Patient/eve", "/fhir/Endpoint/bob-pacs", "/fhir/Endpoint/bob-pacs/_history",
+    "/fhir/ImagingStudy/2.1",
+    "/fhir/ImagingStudy/2.1/_history/1",
+    "/fhir/ImagingStudy/2.1/_history",
+    "/fhir/ImagingStudy/3.1",
+    "/fhir/Patient/bob",
+    "/fhir/Patient/bob/_history/1",
+    "/fhir/Patient/bob/_history",
+    "/fhir/Patient/eve",
+    "/fhir/Endpoint/bob-pacs",
+    "/fhir/Endpoint/bob-pacs/_history",
 ]
 FORBIDDEN_SEARCHES = [  # naming another patient explicitly: 403 (SMART Imaging Access)
-    "/fhir/ImagingStudy?patient=bob", "/fhir/ImagingStudy?patient=Patient/bob",
-    "/fhir/ImagingStudy?patient=http://testserver/fhir/Patient/bob", "/fhir/ImagingStudy?subject=Patient/eve",
-    "/fhir/ImagingStudy?patient=alice,bob", "/fhir/ImagingStudy?subject:Patient=bob",
-    "/fhir/ImagingStudy?patient._id=bob", "/fhir/Patient?_id=bob", "/fhir/Patient?_id=alice,eve",
+    "/fhir/ImagingStudy?patient=bob",
+    "/fhir/ImagingStudy?patient=Patient/bob",
+    "/fhir/ImagingStudy?patient=http://testserver/fhir/Patient/bob",
+    "/fhir/ImagingStudy?subject=Patient/eve",
+    "/fhir/ImagingStudy?patient=alice,bob",
+    "/fhir/ImagingStudy?subject:Patient=bob",
+    "/fhir/ImagingStudy?patient._id=bob",
+    "/fhir/Patient?_id=bob",
+    "/fhir/Patient?_id=alice,eve",
 ]
 SEARCHES = [  # every other way in: only alice's compartment may come back
-    "/fhir/ImagingStudy", "/fhir/ImagingStudy?modality=MR", "/fhir/ImagingStudy?patient:missing=false",
-    "/fhir/ImagingStudy?patient.identifier=222", "/fhir/ImagingStudy?patient.identifier=urn:oid:1.2.3.4|300",
-    "/fhir/ImagingStudy?patient.name=baker", "/fhir/ImagingStudy?subject:Patient.family=evans",
-    "/fhir/ImagingStudy?endpoint=bob-pacs", "/fhir/ImagingStudy?endpoint.status=active",
-    "/fhir/ImagingStudy?patient.link=bob", "/fhir/ImagingStudy?patient._has:ImagingStudy:patient:modality=MR",
-    "/fhir/Patient", "/fhir/Patient?name=baker", "/fhir/Patient?identifier=222", "/fhir/Patient?_id:not=alice",
-    "/fhir/Patient?link=dora", "/fhir/Patient?_has:ImagingStudy:patient:modality=MR",
+    "/fhir/ImagingStudy",
+    "/fhir/ImagingStudy?modality=MR",
+    "/fhir/ImagingStudy?patient:missing=false",
+    "/fhir/ImagingStudy?patient.identifier=222",
+    "/fhir/ImagingStudy?patient.identifier=urn:oid:1.2.3.4|300",
+    "/fhir/ImagingStudy?patient.name=baker",
+    "/fhir/ImagingStudy?subject:Patient.family=evans",
+    "/fhir/ImagingStudy?endpoint=bob-pacs",
+    "/fhir/ImagingStudy?endpoint.status=active",
+    "/fhir/ImagingStudy?patient.link=bob",
+    "/fhir/ImagingStudy?patient._has:ImagingStudy:patient:modality=MR",
+    "/fhir/Patient",
+    "/fhir/Patient?name=baker",
+    "/fhir/Patient?identifier=222",
+    "/fhir/Patient?_id:not=alice",
+    "/fhir/Patient?link=dora",
+    "/fhir/Patient?_has:ImagingStudy:patient:modality=MR",
     "/fhir/Patient?_has:ImagingStudy:patient:endpoint=bob-pacs",
-    "/fhir/Endpoint", "/fhir/Endpoint?_has:ImagingStudy:endpoint:modality=CT",
+    "/fhir/Endpoint",
+    "/fhir/Endpoint?_has:ImagingStudy:endpoint:modality=CT",
     "/fhir/Endpoint?_has:ImagingStudy:endpoint:patient=bob",
-    "/fhir/ImagingStudy?_include=ImagingStudy:patient", "/fhir/ImagingStudy?_include=ImagingStudy:endpoint",
+    "/fhir/ImagingStudy?_include=ImagingStudy:patient",
+    "/fhir/ImagingStudy?_include=ImagingStudy:endpoint",
     "/fhir/ImagingStudy?_include=ImagingStudy:endpoint&_revinclude:iterate=ImagingStudy:endpoint",
     "/fhir/ImagingStudy?_include=ImagingStudy:patient&_include:iterate=Patient:link"
     "&_revinclude:iterate=ImagingStudy:patient",
     "/fhir/ImagingStudy?_include=*&_revinclude:iterate=*&_include:iterate=*",
-    "/fhir/Patient?_revinclude=ImagingStudy:patient", "/fhir/Patient?_revinclude=*&_include:iterate=*",
+    "/fhir/Patient?_revinclude=ImagingStudy:patient",
+    "/fhir/Patient?_revinclude=*&_include:iterate=*",
     "/fhir/Patient?_revinclude=ImagingStudy:patient&_include:iterate=ImagingStudy:endpoint"
     "&_revinclude:iterate=ImagingStudy:endpoint",
     "/fhir/Endpoint?_revinclude=ImagingStudy:endpoint&_include:iterate=ImagingStudy:patient",
@@ -138,10 +166,17 @@ def test_leak_matrix(api):
     assert_no_leak_and_all_reached(api)
 
 
-@pytest.mark.parametrize("url", [
-    "/fhir/ImagingStudy/1.3", "/fhir/ImagingStudy/1.4/_history/1", "/fhir/ImagingStudy/1.1/_history",
-    "/fhir/Patient/alice-b", "/fhir/Patient/dora", "/fhir/Endpoint/pacs",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/fhir/ImagingStudy/1.3",
+        "/fhir/ImagingStudy/1.4/_history/1",
+        "/fhir/ImagingStudy/1.1/_history",
+        "/fhir/Patient/alice-b",
+        "/fhir/Patient/dora",
+        "/fhir/Endpoint/pacs",
+    ],
+)
 def test_reads_inside_the_compartment(api, url):
     response = api(url)
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -198,8 +233,9 @@ def test_scopes_are_checked_before_the_query(people_app):
     headers = {"X-Test-Access": "studies-only"}
     assert client.get("/fhir/Patient/alice", headers=headers).status_code == 403
     assert client.get("/fhir/Patient?name=anders", headers=headers).status_code == 403
-    body = client.get("/fhir/ImagingStudy?_include=ImagingStudy:patient&_include=ImagingStudy:endpoint"
-                      "&_count=10", headers=headers).get_json()
+    body = client.get(
+        "/fhir/ImagingStudy?_include=ImagingStudy:patient&_include=ImagingStudy:endpoint&_count=10", headers=headers
+    ).get_json()
     kinds = {e["resource"]["resourceType"] for e in body["entry"]}
     # Patients are outside the token's scopes, even as includes; the Endpoints of its studies are not
     assert kinds == {"ImagingStudy", "Endpoint"}
@@ -220,8 +256,9 @@ def test_every_patient_sees_only_their_own(people_app):
     for pid in PEOPLE:
         people_app.accesses[pid] = patient_access(pid)
         mine = {pid} | links[pid] | {other for other, targets in links.items() if pid in targets}
-        body = client.get("/fhir/ImagingStudy?_count=50&_include=ImagingStudy:patient",
-                          headers={"X-Test-Access": pid}).get_json()
+        body = client.get(
+            "/fhir/ImagingStudy?_count=50&_include=ImagingStudy:patient", headers={"X-Test-Access": pid}
+        ).get_json()
         returned = [e["resource"] for e in body.get("entry", [])]
         studies = {r["id"] for r in returned if r["resourceType"] == "ImagingStudy"}
         patients = {r["id"] for r in returned if r["resourceType"] == "Patient"}
@@ -229,11 +266,14 @@ def test_every_patient_sees_only_their_own(people_app):
         assert patients == mine, pid
 
 
-@pytest.mark.parametrize("url, for_system", [
-    ("/fhir/Endpoint?_has:ImagingStudy:endpoint:patient=bob", ["bob-pacs", "pacs"]),
-    ("/fhir/Endpoint?_has:ImagingStudy:endpoint:patient.identifier=222", ["bob-pacs", "pacs"]),
-    ("/fhir/Endpoint?_has:ImagingStudy:endpoint:subject.family=evans", ["pacs"]),
-])
+@pytest.mark.parametrize(
+    "url, for_system",
+    [
+        ("/fhir/Endpoint?_has:ImagingStudy:endpoint:patient=bob", ["bob-pacs", "pacs"]),
+        ("/fhir/Endpoint?_has:ImagingStudy:endpoint:patient.identifier=222", ["bob-pacs", "pacs"]),
+        ("/fhir/Endpoint?_has:ImagingStudy:endpoint:subject.family=evans", ["pacs"]),
+    ],
+)
 def test_chains_do_not_reveal_whether_other_patients_data_exist(api, url, for_system):
     """The visible Endpoint `pacs` also holds bob's and eve's studies: a reverse chain that
     looks at those must not find it, or it would tell that they exist."""

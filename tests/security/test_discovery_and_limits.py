@@ -1,5 +1,6 @@
 """What apps discover (smart-configuration, CapabilityStatement.rest.security), what browsers
 may do (CORS), the request size limits, and the config keys behind them."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,9 +11,10 @@ VIEWER = "https://viewer.example.org"
 
 
 def test_smart_configuration_says_what_is_true(make_app, auth_server):
-    app = make_app(authorization_endpoint=f"{auth_server.url}/authorize",
-                   capabilities=["client-confidential-asymmetric", "context-standalone-patient",
-                                 "launch-standalone"])
+    app = make_app(
+        authorization_endpoint=f"{auth_server.url}/authorize",
+        capabilities=["client-confidential-asymmetric", "context-standalone-patient", "launch-standalone"],
+    )
     response = app.test_client().get("/fhir/.well-known/smart-configuration")
     assert response.status_code == 200 and response.mimetype == "application/json"
     document = response.get_json()
@@ -22,8 +24,13 @@ def test_smart_configuration_says_what_is_true(make_app, auth_server):
     assert document["grant_types_supported"] == ["authorization_code", "client_credentials"]
     assert document["code_challenge_methods_supported"] == ["S256"]
     assert document["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
-    assert set(document["capabilities"]) == {"permission-v1", "permission-v2", "client-confidential-asymmetric",
-                                             "context-standalone-patient", "launch-standalone"}
+    assert set(document["capabilities"]) == {
+        "permission-v1",
+        "permission-v2",
+        "client-confidential-asymmetric",
+        "context-standalone-patient",
+        "launch-standalone",
+    }
     assert "patient/ImagingStudy.rs" in document["scopes_supported"]
     assert "system/*.rs" in document["scopes_supported"]
 
@@ -41,21 +48,27 @@ def test_capability_statement_names_the_smart_service(make_app, auth_server):
     assert security["cors"] is True
     coding = security["service"][0]["coding"][0]
     assert (coding["system"], coding["code"]) == (
-        "http://terminology.hl7.org/CodeSystem/restful-security-service", "SMART-on-FHIR")
+        "http://terminology.hl7.org/CodeSystem/restful-security-service",
+        "SMART-on-FHIR",
+    )
     (oauth,) = security["extension"]
     assert oauth["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
     assert {e["url"]: e["valueUri"] for e in oauth["extension"]} == {
-        "authorize": f"{auth_server.url}/authorize", "token": auth_server.token_url}
+        "authorize": f"{auth_server.url}/authorize",
+        "token": auth_server.token_url,
+    }
 
 
 def test_capability_statement_with_security_is_valid_r4(make_app):
     from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
     statement = make_app().test_client().get("/fhir/metadata").get_json()
     CapabilityStatement.model_validate(statement)
 
 
 def test_open_server_has_no_smart_configuration(open_config):
     from app.web import create_app
+
     api = create_app(open_config()).test_client()
     response = api.get("/fhir/.well-known/smart-configuration")
     assert response.status_code == 404 and response.get_json()["resourceType"] == "OperationOutcome"
@@ -68,8 +81,9 @@ def test_cors_for_listed_origins_only(make_app, auth_server):
     allowed = api.get("/fhir/Endpoint", headers={"Origin": VIEWER, "Authorization": f"Bearer {token}"})
     assert allowed.status_code == 200 and allowed.headers["Access-Control-Allow-Origin"] == VIEWER
     assert "WWW-Authenticate" in allowed.headers["Access-Control-Expose-Headers"]
-    refused = api.get("/fhir/Endpoint", headers={"Origin": "https://evil.example.org",
-                                                 "Authorization": f"Bearer {token}"})
+    refused = api.get(
+        "/fhir/Endpoint", headers={"Origin": "https://evil.example.org", "Authorization": f"Bearer {token}"}
+    )
     assert not any(h.startswith("Access-Control-") for h in refused.headers.keys())
     # a 401 is readable by the listed origin's app too, so it can start the login
     unauthorized = api.get("/fhir/Endpoint", headers={"Origin": VIEWER})
@@ -78,15 +92,21 @@ def test_cors_for_listed_origins_only(make_app, auth_server):
 
 def test_cors_preflight(make_app):
     api = make_app(cors_origins=[VIEWER]).test_client()
-    preflight = api.options("/fhir/ImagingStudy", headers={
-        "Origin": VIEWER, "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization"})
+    preflight = api.options(
+        "/fhir/ImagingStudy",
+        headers={
+            "Origin": VIEWER,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["Access-Control-Allow-Origin"] == VIEWER
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
     assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
-    other = api.options("/fhir/ImagingStudy", headers={
-        "Origin": "https://evil.example.org", "Access-Control-Request-Method": "GET"})
+    other = api.options(
+        "/fhir/ImagingStudy", headers={"Origin": "https://evil.example.org", "Access-Control-Request-Method": "GET"}
+    )
     assert "Access-Control-Allow-Origin" not in other.headers
 
 
@@ -98,46 +118,80 @@ def test_no_cors_headers_when_no_origin_is_configured(make_app):
 def test_oversized_search_body_gets_413(make_app, auth_server):
     api = make_app(max_body_bytes=4096).test_client()
     token = auth_server.sign({"scope": "system/*.rs"})
-    response = api.post("/fhir/ImagingStudy/_search", data={"modality": "CT" + "," * 5000},
-                        headers={"Authorization": f"Bearer {token}"})
+    response = api.post(
+        "/fhir/ImagingStudy/_search", data={"modality": "CT" + "," * 5000}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 413
     body = response.get_json()
     assert body["resourceType"] == "OperationOutcome" and "4096 bytes" in body["issue"][0]["diagnostics"]
-    small = api.post("/fhir/ImagingStudy/_search", data={"modality": "CT"},
-                     headers={"Authorization": f"Bearer {token}"})
+    small = api.post(
+        "/fhir/ImagingStudy/_search", data={"modality": "CT"}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert small.status_code == 200
 
 
-@pytest.mark.parametrize("security, key, words", [
-    ({"jwks_uri": "http://127.0.0.1:9/jwks", "token_endpoint": "http://127.0.0.1:9/token"},
-     "security.issuer", "need the issuer"),
-    ({"issuer": "http://127.0.0.1:9", "jwks_uri": "http://127.0.0.1:9/jwks"}, "security.token_endpoint",
-     "token endpoint"),
-    ({"issuer": "http://127.0.0.1:9", "token_endpoint": "http://127.0.0.1:9/token"}, "security.jwks_uri",
-     "nothing checks its tokens"),
-    ({"issuer": "http://a", "jwks_uri": "http://a/jwks", "token_endpoint": "http://a/token",
-      "introspection": {"url": "http://a/i", "client_id": "x", "client_secret": "${SECRET}"}},
-     "security.introspection", "not both"),
-    ({"algorithms": ["HS256"]}, "security.algorithms[0]", "asymmetric"),
-    ({"algorithms": ["none"]}, "security.algorithms[0]", "asymmetric"),
-    ({"cors_origins": ["https://viewer.example.org/app"]}, "security.cors_origins[0]", "no path"),
-    ({"capabilities": ["launch-everything"]}, "security.capabilities[0]", "not a SMART capability"),
-    ({"introspection": {"url": "http://a/i", "client_id": "x", "client_secret": "written-out"},
-      "token_endpoint": "http://a/token"}, "security.introspection.client_secret", "must not be written"),
-    ({"max_body_bytes": 10}, "security.max_body_bytes", "greater than or equal"),
-])
+@pytest.mark.parametrize(
+    "security, key, words",
+    [
+        (
+            {"jwks_uri": "http://127.0.0.1:9/jwks", "token_endpoint": "http://127.0.0.1:9/token"},
+            "security.issuer",
+            "need the issuer",
+        ),
+        (
+            {"issuer": "http://127.0.0.1:9", "jwks_uri": "http://127.0.0.1:9/jwks"},
+            "security.token_endpoint",
+            "token endpoint",
+        ),
+        (
+            {"issuer": "http://127.0.0.1:9", "token_endpoint": "http://127.0.0.1:9/token"},
+            "security.jwks_uri",
+            "nothing checks its tokens",
+        ),
+        (
+            {
+                "issuer": "http://a",
+                "jwks_uri": "http://a/jwks",
+                "token_endpoint": "http://a/token",
+                "introspection": {"url": "http://a/i", "client_id": "x", "client_secret": "${SECRET}"},
+            },
+            "security.introspection",
+            "not both",
+        ),
+        ({"algorithms": ["HS256"]}, "security.algorithms[0]", "asymmetric"),
+        ({"algorithms": ["none"]}, "security.algorithms[0]", "asymmetric"),
+        ({"cors_origins": ["https://viewer.example.org/app"]}, "security.cors_origins[0]", "no path"),
+        ({"capabilities": ["launch-everything"]}, "security.capabilities[0]", "not a SMART capability"),
+        (
+            {
+                "introspection": {"url": "http://a/i", "client_id": "x", "client_secret": "written-out"},
+                "token_endpoint": "http://a/token",
+            },
+            "security.introspection.client_secret",
+            "must not be written",
+        ),
+        ({"max_body_bytes": 10}, "security.max_body_bytes", "greater than or equal"),
+    ],
+)
 def test_bad_security_config_names_the_key(write_config, sqlite_url, security, key, words):
     with pytest.raises(ConfigError) as err:
-        write_config({"store": sqlite_url, "security": {"open": False, **security}},
-                     environ={"SECRET": "x"})
+        write_config({"store": sqlite_url, "security": {"open": False, **security}}, environ={"SECRET": "x"})
     assert key in err.value.problems, err.value.problems
     assert any(words in reason for reason in err.value.problems[key]), err.value.problems[key]
 
 
 def test_audience_defaults_to_the_base_url(write_config, sqlite_url):
-    config = write_config({"store": sqlite_url, "server": {"base_url": "https://imaging.example.org/fhir/"},
-                           "security": {"issuer": "https://as.example.org", "jwks_uri": "https://as.example.org/jwks",
-                                        "token_endpoint": "https://as.example.org/token"}})
+    config = write_config(
+        {
+            "store": sqlite_url,
+            "server": {"base_url": "https://imaging.example.org/fhir/"},
+            "security": {
+                "issuer": "https://as.example.org",
+                "jwks_uri": "https://as.example.org/jwks",
+                "token_endpoint": "https://as.example.org/token",
+            },
+        }
+    )
     assert config.security.audience == "https://imaging.example.org/fhir"
     assert config.security.checks_tokens and config.security.algorithms == ("RS256", "RS384", "ES256", "ES384")
 
@@ -148,6 +202,7 @@ def test_the_readme_configuration_example_loads(tmp_path):
     from pathlib import Path
 
     from app.config import load_config
+
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Configuration", 1)[1]
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)

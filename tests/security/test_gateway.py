@@ -4,6 +4,7 @@ pydicom's CT_small.dcm and MR_small.dcm belong to two patients. A token for the 
 patient gets the CT's bytes through the gateway exactly as Orthanc stores them (the
 DICOM file it was sent); the MR study is outside its compartment and refused.
 """
+
 from __future__ import annotations
 
 import sys
@@ -53,8 +54,9 @@ def _parts(response) -> list[bytes]:
 
 @pytest.fixture
 def gateway(pacs, store_url, open_config):
-    config = open_config(store_url, wado_gateway=True,
-                         sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url}])
+    config = open_config(
+        store_url, wado_gateway=True, sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url}]
+    )
     store = Store.from_config(config)
     summary = sync_source(store, config.sources[0])
     assert summary.error is None and summary.failed == 0
@@ -62,11 +64,17 @@ def gateway(pacs, store_url, open_config):
     app.accesses = {}
     install_accesses(app, app.accesses)
     client = app.test_client()
-    studies = {s["modality"][0]["code"]: s for s in
-               (e["resource"] for e in client.get("/fhir/ImagingStudy?_count=10").get_json()["entry"])}
+    studies = {
+        s["modality"][0]["code"]: s
+        for s in (e["resource"] for e in client.get("/fhir/ImagingStudy?_count=10").get_json()["entry"])
+    }
     ct_patient = studies["CT"]["subject"]["reference"].removeprefix("Patient/")
-    app.accesses.update({"ct-patient": patient_access(ct_patient),
-                         "no-study-scope": patient_access(ct_patient, grant("patient", "Patient"))})
+    app.accesses.update(
+        {
+            "ct-patient": patient_access(ct_patient),
+            "no-study-scope": patient_access(ct_patient, grant("patient", "Patient")),
+        }
+    )
     yield client, studies, pacs
     store.close()
 
@@ -87,10 +95,16 @@ def test_endpoint_points_at_the_gateway(gateway):
 
 
 def test_endpoint_requires_a_token_when_the_server_does(write_config, sqlite_url):
-    config = write_config({"store": sqlite_url, "server": {"base_url": "https://imaging.example/api/fhir",
-                                                           "wado_gateway": True},
-                           "sources": [{"name": "pacs", "type": "dicomweb", "url": "http://pacs:8042/dicom-web"},
-                                       {"name": "files", "type": "folder", "path": "."}]})
+    config = write_config(
+        {
+            "store": sqlite_url,
+            "server": {"base_url": "https://imaging.example/api/fhir", "wado_gateway": True},
+            "sources": [
+                {"name": "pacs", "type": "dicomweb", "url": "http://pacs:8042/dicom-web"},
+                {"name": "files", "type": "folder", "path": "."},
+            ],
+        }
+    )
     pacs, files = (map_endpoint(src.mapping_context()) for src in config.sources)
     assert pacs["address"] == "https://imaging.example/api/wado-rs/pacs"
     assert pacs["extension"][0]["valueBoolean"] is True
@@ -114,13 +128,16 @@ def test_study_series_metadata_and_frames(gateway):
     client, studies, pacs = gateway
     study = studies["CT"]
     headers = {"X-Test-Access": "ct-patient"}
-    whole = client.get(f"/wado-rs/pacs/studies/{study['id']}", headers={**headers, "Accept": DICOM_PARTS},
-                       buffered=False)
+    whole = client.get(
+        f"/wado-rs/pacs/studies/{study['id']}", headers={**headers, "Accept": DICOM_PARTS}, buffered=False
+    )
     assert whole.is_streamed  # passed on chunk by chunk as the archive sends it, never held whole
     whole.make_sequence()
     assert _parts(whole) == [Path(FILES["CT"]).read_bytes()]
-    series = client.get(f"/wado-rs/pacs/studies/{study['id']}/series/{study['series'][0]['uid']}",
-                        headers={**headers, "Accept": DICOM_PARTS})
+    series = client.get(
+        f"/wado-rs/pacs/studies/{study['id']}/series/{study['series'][0]['uid']}",
+        headers={**headers, "Accept": DICOM_PARTS},
+    )
     assert _parts(series) == [Path(FILES["CT"]).read_bytes()]
     for path in (f"/studies/{study['id']}/metadata", _instance_path(study) + "/metadata"):
         through = client.get("/wado-rs/pacs" + path, headers=headers)
@@ -128,11 +145,14 @@ def test_study_series_metadata_and_frames(gateway):
         assert through.status_code == 200
         assert through.headers["Content-Type"] == direct.headers["Content-Type"] == "application/dicom+json"
         assert through.get_json() == direct.json()
-    frame = client.get("/wado-rs/pacs" + _instance_path(study) + "/frames/1",
-                       headers={**headers, "Accept": 'multipart/related; type="application/octet-stream"'})
-    direct = requests.get(pacs.dicomweb_url + _instance_path(study) + "/frames/1",
-                          headers={"Accept": 'multipart/related; type="application/octet-stream"',
-                                   "Accept-Encoding": "identity"})
+    frame = client.get(
+        "/wado-rs/pacs" + _instance_path(study) + "/frames/1",
+        headers={**headers, "Accept": 'multipart/related; type="application/octet-stream"'},
+    )
+    direct = requests.get(
+        pacs.dicomweb_url + _instance_path(study) + "/frames/1",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"', "Accept-Encoding": "identity"},
+    )
     assert frame.status_code == direct.status_code == 200
     assert _parts(frame) == _parts(direct) and len(_parts(frame)[0]) == 128 * 128 * 2
 
@@ -140,15 +160,20 @@ def test_study_series_metadata_and_frames(gateway):
 def test_a_study_outside_the_compartment_is_refused(gateway):
     client, studies, _ = gateway
     headers = {"X-Test-Access": "ct-patient", "Accept": DICOM_PARTS}
-    for path in (f"/studies/{studies['MR']['id']}", _instance_path(studies["MR"]),
-                 f"/studies/{studies['MR']['id']}/metadata"):
+    for path in (
+        f"/studies/{studies['MR']['id']}",
+        _instance_path(studies["MR"]),
+        f"/studies/{studies['MR']['id']}/metadata",
+    ):
         for prefix in ("/wado-rs/pacs", "/wado-rs"):
             response = client.get(prefix + path, headers=headers)
             assert response.status_code == 404
             assert b"DICM" not in response.data
     # without an ImagingStudy scope, not even the token's own patient's images
-    no_scope = client.get("/wado-rs/pacs" + _instance_path(studies["CT"]),
-                          headers={"X-Test-Access": "no-study-scope", "Accept": DICOM_PARTS})
+    no_scope = client.get(
+        "/wado-rs/pacs" + _instance_path(studies["CT"]),
+        headers={"X-Test-Access": "no-study-scope", "Accept": DICOM_PARTS},
+    )
     assert no_scope.status_code == 403
 
 
@@ -160,9 +185,12 @@ def test_another_studys_series_named_under_an_allowed_study_is_refused(gateway):
     headers = {"X-Test-Access": "ct-patient", "Accept": DICOM_PARTS}
     ct, mr = studies["CT"], studies["MR"]
     mr_series = mr["series"][0]
-    for rest in (f"/series/{mr_series['uid']}", f"/series/{mr_series['uid']}/metadata",
-                 f"/series/{mr_series['uid']}/instances/{mr_series['instance'][0]['uid']}",
-                 f"/series/{ct['series'][0]['uid']}/instances/{mr_series['instance'][0]['uid']}"):
+    for rest in (
+        f"/series/{mr_series['uid']}",
+        f"/series/{mr_series['uid']}/metadata",
+        f"/series/{mr_series['uid']}/instances/{mr_series['instance'][0]['uid']}",
+        f"/series/{ct['series'][0]['uid']}/instances/{mr_series['instance'][0]['uid']}",
+    ):
         response = client.get(f"/wado-rs/pacs/studies/{ct['id']}{rest}", headers=headers)
         assert response.status_code == 404, rest
         assert b"DICM" not in response.data
@@ -185,8 +213,13 @@ def test_gateway_reads_are_audited(gateway):
     client.get("/wado-rs/pacs" + _instance_path(studies["CT"]), headers={"X-Test-Access": "ct-patient"})
     client.application.extensions["imaging-facade"].audit_log.flush()
     with store.engine.connect() as conn:
-        event = orjson.loads(render_event(*conn.execute(
-            text("SELECT id, recorded, content FROM audit_event ORDER BY recorded DESC, id DESC")).first()))
+        event = orjson.loads(
+            render_event(
+                *conn.execute(
+                    text("SELECT id, recorded, content FROM audit_event ORDER BY recorded DESC, id DESC")
+                ).first()
+            )
+        )
     assert event["subtype"][0]["code"] == "read" and event["outcome"] == "0"
     what = [e["what"]["reference"] for e in event["entity"] if "what" in e]
     assert what == [f"ImagingStudy/{studies['CT']['id']}", studies["CT"]["subject"]["reference"]]
@@ -203,8 +236,12 @@ def test_bad_gateway_setting_names_its_key(write_config, sqlite_url):
 def test_on_demand_fetches_only_the_compartments_patients(pacs, store_url, open_config):
     """A patient-context search naming another patient's identifier must not make the facade
     ask the archive about that patient (nor let the token time that fetch)."""
-    config = open_config(store_url, sources=[{"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url,
-                                              "on_demand": {"max_age": 0, "deadline": 10}}])
+    config = open_config(
+        store_url,
+        sources=[
+            {"name": "pacs", "type": "dicomweb", "url": pacs.dicomweb_url, "on_demand": {"max_age": 0, "deadline": 10}}
+        ],
+    )
     store = Store.from_config(config)
     sync_source(store, config.sources[0])
     app = create_app(config, store)
@@ -216,19 +253,22 @@ def test_on_demand_fetches_only_the_compartments_patients(pacs, store_url, open_
         if entry["resource"]["resourceType"] == "ImagingStudy":
             pid = entry["resource"]["subject"]["reference"].removeprefix("Patient/")
             patients[entry["resource"]["modality"][0]["code"]] = pid
-    identifiers = {kind: client.get(f"/fhir/Patient/{pid}").get_json()["identifier"][0]
-                   for kind, pid in patients.items()}
+    identifiers = {
+        kind: client.get(f"/fhir/Patient/{pid}").get_json()["identifier"][0] for kind, pid in patients.items()
+    }
     app.accesses["ct"] = patient_access(patients["CT"])
     system = config.sources[0].patient_id_system
     mr, ct = identifiers["MR"], identifiers["CT"]
     assert mr["system"] == ct["system"] == system
     before = store.fetches.when("pacs", system, mr["value"])
-    response = client.get(f"/fhir/ImagingStudy?patient.identifier={system}|{mr['value']}",
-                          headers={"X-Test-Access": "ct"})
+    response = client.get(
+        f"/fhir/ImagingStudy?patient.identifier={system}|{mr['value']}", headers={"X-Test-Access": "ct"}
+    )
     assert response.status_code == 200 and response.get_json()["total"] == 0
     assert store.fetches.when("pacs", system, mr["value"]) == before  # the archive was not asked
-    response = client.get(f"/fhir/ImagingStudy?patient.identifier={system}|{ct['value']}",
-                          headers={"X-Test-Access": "ct"})
+    response = client.get(
+        f"/fhir/ImagingStudy?patient.identifier={system}|{ct['value']}", headers={"X-Test-Access": "ct"}
+    )
     assert response.status_code == 200 and response.get_json()["total"] == 1
     assert store.fetches.when("pacs", system, ct["value"]) is not None  # its own patient: asked
     store.close()

@@ -1,5 +1,6 @@
 """RFC 7662 token introspection against the test authorization server: the facade asks the
 server about each new token with its own client credentials, and believes only `active`."""
+
 from __future__ import annotations
 
 import os
@@ -22,17 +23,25 @@ def introspecting_app(write_config, sqlite_url, archive, auth_server):
     auth_server.register("facade-rs", secret="s3cret-for-tests")
 
     def make(secret="s3cret-for-tests", cache_seconds=30):
-        config = write_config({
-            "store": sqlite_url,
-            "server": {"base_url": AUDIENCE},
-            "security": {
-                "open": False, "issuer": auth_server.issuer, "token_endpoint": auth_server.token_url,
-                "introspection": {"url": f"{auth_server.url}/introspect", "client_id": "facade-rs",
-                                  "client_secret": "${FACADE_INTROSPECTION_SECRET}",
-                                  "cache_seconds": cache_seconds},
+        config = write_config(
+            {
+                "store": sqlite_url,
+                "server": {"base_url": AUDIENCE},
+                "security": {
+                    "open": False,
+                    "issuer": auth_server.issuer,
+                    "token_endpoint": auth_server.token_url,
+                    "introspection": {
+                        "url": f"{auth_server.url}/introspect",
+                        "client_id": "facade-rs",
+                        "client_secret": "${FACADE_INTROSPECTION_SECRET}",
+                        "cache_seconds": cache_seconds,
+                    },
+                },
+                "sources": [{"name": "sample", "type": "folder", "path": str(archive), "timezone": "UTC"}],
             },
-            "sources": [{"name": "sample", "type": "folder", "path": str(archive), "timezone": "UTC"}],
-        }, environ={**os.environ, "FACADE_INTROSPECTION_SECRET": secret})
+            environ={**os.environ, "FACADE_INTROSPECTION_SECRET": secret},
+        )
         store = Store.from_config(config)
         sync_source(store, config.sources[0])
         return create_app(config, store)

@@ -3,6 +3,7 @@ bearer token signed by the authorization server process (tests/security/smart_au
 checked by the server's token check, so the Access the compartment applies is the one the
 token check built from the token's `patient` claim and scopes, not one a test installed.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -15,19 +16,24 @@ from app.web import create_app
 
 CLAIMS = {
     "alice": {"scope": "patient/*.rs", "patient": "alice", "sub": "user-1"},
-    "bob": {"scope": "patient/ImagingStudy.rs patient/Patient.rs patient/Endpoint.rs", "patient": "Patient/bob",
-            "sub": "user-2"},
+    "bob": {
+        "scope": "patient/ImagingStudy.rs patient/Patient.rs patient/Endpoint.rs",
+        "patient": "Patient/bob",
+        "sub": "user-2",
+    },
     "system": {"scope": "system/*.rs", "patient": None, "sub": "backend"},
 }
 
 
 @pytest.fixture
 def api(store_url, write_config, auth_server):
-    config = write_config({
-        "store": store_url,
-        "server": {"base_url": "http://testserver/fhir", "default_count": 2, "max_count": 50},
-        "security": security_config(auth_server, audience="http://testserver/fhir"),
-    })
+    config = write_config(
+        {
+            "store": store_url,
+            "server": {"base_url": "http://testserver/fhir", "default_count": 2, "max_count": 50},
+            "security": security_config(auth_server, audience="http://testserver/fhir"),
+        }
+    )
     store = Store.from_config(config)
     load(store)
     client = create_app(config, store).test_client()
@@ -37,7 +43,8 @@ def api(store_url, write_config, auth_server):
         return client.get(url, headers={"Authorization": f"Bearer {tokens[who]}"})
 
     get.post = lambda url, data, who="alice": client.post(
-        url, data=data, headers={"Authorization": f"Bearer {tokens[who]}"})
+        url, data=data, headers={"Authorization": f"Bearer {tokens[who]}"}
+    )
     yield get
     store.close()
 

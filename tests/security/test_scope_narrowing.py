@@ -5,6 +5,7 @@ several scopes of one type are ORed; an unnarrowed scope of the type lifts the n
 Reads, chains and includes honour it as searches do. Data: see conftest (alice has MR 1.1
 and CT 1.2, alice-b CT 1.3, dora US 1.4, bob MR 2.1 and CT 2.2, eve MR 3.1).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -13,24 +14,33 @@ from access_fixtures import grant, patient_access, people_app, system_access  # 
 
 def _ids(response, kind="ImagingStudy"):
     assert response.status_code == 200, response.get_data(as_text=True)
-    return sorted(e["resource"]["id"] for e in response.get_json().get("entry", [])
-                  if e["resource"]["resourceType"] == kind)
+    return sorted(
+        e["resource"]["id"] for e in response.get_json().get("entry", []) if e["resource"]["resourceType"] == kind
+    )
 
 
 ACCESSES = {
-    "alice-mr": patient_access("alice", grant("patient", "ImagingStudy", ("modality", "MR")),
-                               grant("patient", "Patient")),
-    "alice-mr-or-us": patient_access("alice", grant("patient", "ImagingStudy", ("modality", "MR")),
-                                     grant("patient", "ImagingStudy", ("modality", "US")),
-                                     grant("patient", "Patient")),
-    "alice-mr-and-unnarrowed": patient_access("alice", grant("patient", "ImagingStudy", ("modality", "MR")),
-                                              grant("patient", "ImagingStudy")),
+    "alice-mr": patient_access(
+        "alice", grant("patient", "ImagingStudy", ("modality", "MR")), grant("patient", "Patient")
+    ),
+    "alice-mr-or-us": patient_access(
+        "alice",
+        grant("patient", "ImagingStudy", ("modality", "MR")),
+        grant("patient", "ImagingStudy", ("modality", "US")),
+        grant("patient", "Patient"),
+    ),
+    "alice-mr-and-unnarrowed": patient_access(
+        "alice", grant("patient", "ImagingStudy", ("modality", "MR")), grant("patient", "ImagingStudy")
+    ),
     "user-ct": system_access(grant("user", "ImagingStudy", ("modality", "CT")), grant("user", "Patient")),
     "user-ct-of-alice": system_access(grant("user", "ImagingStudy", ("modality", "CT"), ("patient", "alice"))),
     "unusable": system_access(grant("user", "ImagingStudy", ("colour", "blue"))),
     # each type's scope chains into the other's: applied once, not in an endless loop
-    "chained": patient_access("alice", grant("patient", "ImagingStudy", ("patient.family", "anders")),
-                              grant("patient", "Patient", ("_has:ImagingStudy:patient:modality", "MR"))),
+    "chained": patient_access(
+        "alice",
+        grant("patient", "ImagingStudy", ("patient.family", "anders")),
+        grant("patient", "Patient", ("_has:ImagingStudy:patient:modality", "MR")),
+    ),
 }
 
 
@@ -41,19 +51,22 @@ def api(people_app):
     return lambda url, who: client.get(url, headers={"X-Test-Access": who})
 
 
-@pytest.mark.parametrize("who, url, expected", [
-    ("alice-mr", "/fhir/ImagingStudy?_count=50", ["1.1"]),
-    ("alice-mr", "/fhir/ImagingStudy?modality=CT&_count=50", []),  # ANDed: CT and MR
-    ("alice-mr-or-us", "/fhir/ImagingStudy?_count=50", ["1.1", "1.4"]),  # ORed across scopes
-    ("alice-mr-or-us", "/fhir/ImagingStudy?modality=US,CT&_count=50", ["1.4"]),
-    ("alice-mr-and-unnarrowed", "/fhir/ImagingStudy?_count=50", ["1.1", "1.2", "1.3", "1.4"]),
-    ("user-ct", "/fhir/ImagingStudy?_count=50", ["1.2", "1.3", "2.2"]),  # no compartment, only CT
-    ("user-ct", "/fhir/ImagingStudy?patient=bob&_count=50", ["2.2"]),
-    # a scope's parameters are ANDed; patient=alice also covers the record linked to hers (alice-b)
-    ("user-ct-of-alice", "/fhir/ImagingStudy?_count=50", ["1.2", "1.3"]),
-    ("unusable", "/fhir/ImagingStudy?_count=50", None),  # a scope that cannot apply grants nothing
-    ("chained", "/fhir/ImagingStudy?_count=50", ["1.1", "1.2", "1.3", "1.4"]),
-])
+@pytest.mark.parametrize(
+    "who, url, expected",
+    [
+        ("alice-mr", "/fhir/ImagingStudy?_count=50", ["1.1"]),
+        ("alice-mr", "/fhir/ImagingStudy?modality=CT&_count=50", []),  # ANDed: CT and MR
+        ("alice-mr-or-us", "/fhir/ImagingStudy?_count=50", ["1.1", "1.4"]),  # ORed across scopes
+        ("alice-mr-or-us", "/fhir/ImagingStudy?modality=US,CT&_count=50", ["1.4"]),
+        ("alice-mr-and-unnarrowed", "/fhir/ImagingStudy?_count=50", ["1.1", "1.2", "1.3", "1.4"]),
+        ("user-ct", "/fhir/ImagingStudy?_count=50", ["1.2", "1.3", "2.2"]),  # no compartment, only CT
+        ("user-ct", "/fhir/ImagingStudy?patient=bob&_count=50", ["2.2"]),
+        # a scope's parameters are ANDed; patient=alice also covers the record linked to hers (alice-b)
+        ("user-ct-of-alice", "/fhir/ImagingStudy?_count=50", ["1.2", "1.3"]),
+        ("unusable", "/fhir/ImagingStudy?_count=50", None),  # a scope that cannot apply grants nothing
+        ("chained", "/fhir/ImagingStudy?_count=50", ["1.1", "1.2", "1.3", "1.4"]),
+    ],
+)
 def test_search_is_narrowed(api, who, url, expected):
     response = api(url, who)
     if expected is None:
@@ -75,8 +88,9 @@ def test_narrowing_counts_and_pages(api):
     while url:
         body = api(url, "user-ct").get_json()
         seen += [e["resource"]["id"] for e in body["entry"]]
-        url = next((lnk["url"].replace("http://testserver", "") for lnk in body["link"] if lnk["relation"] == "next"),
-                   None)
+        url = next(
+            (lnk["url"].replace("http://testserver", "") for lnk in body["link"] if lnk["relation"] == "next"), None
+        )
     assert seen == ["1.2", "1.3", "2.2"]
 
 

@@ -1,5 +1,6 @@
 """SMART scopes: the v1 and v2 grammars parsed into grants, and what each request needs (403
 before any query when the token's scopes do not cover it)."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,33 +12,56 @@ from app.security.scopes import parse_scope, parse_scopes
 RS = frozenset({READ, SEARCH})
 
 
-@pytest.mark.parametrize("scope, grant", [
-    ("patient/ImagingStudy.read", ScopeGrant("patient", "ImagingStudy", RS)),  # v1 read = v2 rs
-    ("user/*.read", ScopeGrant("user", "*", RS)),
-    ("patient/*.*", ScopeGrant("patient", "*", RS)),
-    ("patient/ImagingStudy.rs", ScopeGrant("patient", "ImagingStudy", RS)),
-    ("patient/ImagingStudy.r", ScopeGrant("patient", "ImagingStudy", frozenset({READ}))),
-    ("user/Patient.s", ScopeGrant("user", "Patient", frozenset({SEARCH}))),
-    ("system/*.rs", ScopeGrant("system", "*", RS)),
-    ("patient/*.cruds", ScopeGrant("patient", "*", RS)),
-    ("user/Endpoint.cr", ScopeGrant("user", "Endpoint", frozenset({READ}))),
-    ("patient/ImagingStudy.rs?modality=MR", ScopeGrant("patient", "ImagingStudy", RS, (("modality", "MR"),))),
-    ("patient/ImagingStudy.rs?modality=MR&started=ge2020",
-     ScopeGrant("patient", "ImagingStudy", RS, (("modality", "MR"), ("started", "ge2020")))),
-    ("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
-     ScopeGrant("patient", "Observation", RS,
-                (("category", "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"),))),
-])
+@pytest.mark.parametrize(
+    "scope, grant",
+    [
+        ("patient/ImagingStudy.read", ScopeGrant("patient", "ImagingStudy", RS)),  # v1 read = v2 rs
+        ("user/*.read", ScopeGrant("user", "*", RS)),
+        ("patient/*.*", ScopeGrant("patient", "*", RS)),
+        ("patient/ImagingStudy.rs", ScopeGrant("patient", "ImagingStudy", RS)),
+        ("patient/ImagingStudy.r", ScopeGrant("patient", "ImagingStudy", frozenset({READ}))),
+        ("user/Patient.s", ScopeGrant("user", "Patient", frozenset({SEARCH}))),
+        ("system/*.rs", ScopeGrant("system", "*", RS)),
+        ("patient/*.cruds", ScopeGrant("patient", "*", RS)),
+        ("user/Endpoint.cr", ScopeGrant("user", "Endpoint", frozenset({READ}))),
+        ("patient/ImagingStudy.rs?modality=MR", ScopeGrant("patient", "ImagingStudy", RS, (("modality", "MR"),))),
+        (
+            "patient/ImagingStudy.rs?modality=MR&started=ge2020",
+            ScopeGrant("patient", "ImagingStudy", RS, (("modality", "MR"), ("started", "ge2020"))),
+        ),
+        (
+            "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+            ScopeGrant(
+                "patient",
+                "Observation",
+                RS,
+                (("category", "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"),),
+            ),
+        ),
+    ],
+)
 def test_resource_scopes_parse(scope, grant):
     assert parse_scope(scope) == grant
 
 
-@pytest.mark.parametrize("scope", [
-    "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
-    "patient/ImagingStudy.sr",  # v2 letters out of order
-    "patient/ImagingStudy.rsx", "patient/ImagingStudy.", "patient/ImagingStudy", "admin/*.rs",
-    "patient/imagingstudy.rs", "patient/ImagingStudy.read?modality=MR",  # no narrowing in v1
-])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "openid",
+        "fhirUser",
+        "launch",
+        "launch/patient",
+        "offline_access",
+        "online_access",
+        "patient/ImagingStudy.sr",  # v2 letters out of order
+        "patient/ImagingStudy.rsx",
+        "patient/ImagingStudy.",
+        "patient/ImagingStudy",
+        "admin/*.rs",
+        "patient/imagingstudy.rs",
+        "patient/ImagingStudy.read?modality=MR",  # no narrowing in v1
+    ],
+)
 def test_non_resource_and_malformed_scopes_grant_nothing(scope):
     assert parse_scope(scope) is None
 
@@ -136,8 +160,11 @@ def _request(kind: str, study: dict):
         "revinclude-studies": ("GET", "/fhir/Patient?_revinclude=ImagingStudy:patient", None),
         "chain-into-patient": ("GET", "/fhir/ImagingStudy?patient.gender=male,female,other,unknown", None),
         "has-studies": ("GET", "/fhir/Patient?_has:ImagingStudy:patient:modality=CT", None),
-        "post-include-patient": ("POST", "/fhir/ImagingStudy/_search",
-                                 {"patient": patient, "_include": "ImagingStudy:patient"}),
+        "post-include-patient": (
+            "POST",
+            "/fhir/ImagingStudy/_search",
+            {"patient": patient, "_include": "ImagingStudy:patient"},
+        ),
         "endpoints": ("GET", "/fhir/Endpoint", None),
     }[kind]
 
@@ -154,7 +181,8 @@ def test_403_names_the_missing_scope(app, auth_server, study):
     token = auth_server.sign({"scope": "patient/ImagingStudy.rs", "patient": "x"})
     response = app.test_client().get(
         f"/fhir/ImagingStudy?patient={study['subject']['reference']}&_include=ImagingStudy:patient",
-        headers=bearer(token))
+        headers=bearer(token),
+    )
     assert response.status_code == 403
     diagnostics = response.get_json()["issue"][0]["diagnostics"]
     assert "search Patient" in diagnostics and "patient/Patient.s" in diagnostics and "_include" in diagnostics
@@ -188,6 +216,7 @@ def _access_seen_by(app, token: str):
     """The Access the route saw, read through the same current_access() the compartment uses
     (the test client keeps the request context open inside `with`)."""
     from app.security.access import current_access
+
     with app.test_client() as api:
         assert api.get("/fhir/Endpoint", headers=bearer(token)).status_code == 200
         return current_access()
@@ -219,35 +248,43 @@ def test_granular_narrowing_reaches_the_access(app, auth_server):
     assert access.grants[0].narrowing == (("modality", "MR"),)
 
 
-MATCH_BODY = {"resourceType": "Parameters",
-              "parameter": [{"name": "resource", "resource": {"resourceType": "Patient", "name": [{"family": "X"}]}}]}
+MATCH_BODY = {
+    "resourceType": "Parameters",
+    "parameter": [{"name": "resource", "resource": {"resourceType": "Patient", "name": [{"family": "X"}]}}],
+}
 
 
-@pytest.mark.parametrize("scope, patient_claim, expected", [
-    ("system/Patient.rs", None, 200),
-    ("user/*.read", None, 200),
-    ("system/ImagingStudy.rs", None, 403),
-    ("patient/Patient.rs", True, 403),   # one patient's app may not search across patients
-])
-def test_patient_match_needs_patient_search_across_patients(app, auth_server, patients, scope, patient_claim,
-                                                            expected):
+@pytest.mark.parametrize(
+    "scope, patient_claim, expected",
+    [
+        ("system/Patient.rs", None, 200),
+        ("user/*.read", None, 200),
+        ("system/ImagingStudy.rs", None, 403),
+        ("patient/Patient.rs", True, 403),  # one patient's app may not search across patients
+    ],
+)
+def test_patient_match_needs_patient_search_across_patients(app, auth_server, patients, scope, patient_claim, expected):
     claims = {"scope": scope}
     if patient_claim:
         claims["patient"] = patients[0]
     token = auth_server.sign(claims)
-    answer = app.test_client().post("/fhir/Patient/$match", json=MATCH_BODY,
-                                    headers={"Authorization": f"Bearer {token}"})
+    answer = app.test_client().post(
+        "/fhir/Patient/$match", json=MATCH_BODY, headers={"Authorization": f"Bearer {token}"}
+    )
     assert answer.status_code == expected, answer.get_json()
 
 
-@pytest.mark.parametrize("scope, patient_claim, expected", [
-    ("system/Patient.u", None, 200),
-    ("user/Patient.cruds", None, 200),
-    ("system/*.write", None, 200),
-    ("system/*.rs", None, 403),           # reading everything is not deciding who is who
-    ("patient/Patient.cruds", True, 403),
-    (None, None, 401),
-])
+@pytest.mark.parametrize(
+    "scope, patient_claim, expected",
+    [
+        ("system/Patient.u", None, 200),
+        ("user/Patient.cruds", None, 200),
+        ("system/*.write", None, 200),
+        ("system/*.rs", None, 403),  # reading everything is not deciding who is who
+        ("patient/Patient.cruds", True, 403),
+        (None, None, 401),
+    ],
+)
 def test_identity_review_api_needs_patient_update(app, auth_server, patients, scope, patient_claim, expected):
     headers = {}
     if scope is not None:

@@ -1,5 +1,6 @@
 """The secured server as it runs: `imaging-facade serve` under gunicorn, tokens from the test
 authorization server, and what ends up in its log (never a patient's name or id, never a token)."""
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,13 @@ def serve(config: dict, workdir: Path, port: int):
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(workdir / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--config", str(path)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--config", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 60
     while True:
         try:
@@ -65,10 +71,20 @@ def served(tmp_path, archive, auth_server):
     port = free_port()
     config = {
         "store": f"sqlite:///{tmp_path / 'facade.db'}",
-        "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "host": "127.0.0.1", "port": port,
-                   "workers": 1, "sync_on_start": True},
-        "security": {"open": False, "issuer": auth_server.issuer, "audience": AUDIENCE,
-                     "jwks_uri": auth_server.jwks_uri, "token_endpoint": auth_server.token_url},
+        "server": {
+            "base_url": f"http://127.0.0.1:{port}/fhir",
+            "host": "127.0.0.1",
+            "port": port,
+            "workers": 1,
+            "sync_on_start": True,
+        },
+        "security": {
+            "open": False,
+            "issuer": auth_server.issuer,
+            "audience": AUDIENCE,
+            "jwks_uri": auth_server.jwks_uri,
+            "token_endpoint": auth_server.token_url,
+        },
         "sources": [{"name": "sample", "type": "folder", "path": str(archive), "timezone": "UTC"}],
     }
     proc, log = serve(config, tmp_path, port)
@@ -90,8 +106,10 @@ def test_served_end_to_end_and_nothing_personal_in_the_log(served, auth_server, 
     forged = auth_server.sign({"scope": "system/*.rs", "sub": words.copy().pop()}, key=rsa_jwk("x")[1], kid="nope")
     caplog.set_level(logging.DEBUG)
     api = app.test_client()
-    for send in (lambda path, headers: requests.get(f"{base}{path}", headers=headers, timeout=10),
-                 lambda path, headers: api.get(f"/fhir{path}", headers=headers)):
+    for send in (
+        lambda path, headers: requests.get(f"{base}{path}", headers=headers, timeout=10),
+        lambda path, headers: api.get(f"/fhir{path}", headers=headers),
+    ):
         for pid in patient_ids:
             assert send(f"/ImagingStudy?patient={pid}", bearer(token)).status_code == 200
             assert send(f"/ImagingStudy?patient={pid}", bearer(expired)).status_code == 401
@@ -120,16 +138,21 @@ def test_an_oversized_header_gets_431(served, auth_server):
     assert requests.get(f"{base}/ImagingStudy", headers=bearer(token)).status_code == 200
 
 
-@pytest.mark.parametrize("security, warning", [
-    ({"open": True}, "security.open is true: the FHIR API answers without any token"),
-    ({"open": False}, "no token validator configured"),
-])
+@pytest.mark.parametrize(
+    "security, warning",
+    [
+        ({"open": True}, "security.open is true: the FHIR API answers without any token"),
+        ({"open": False}, "no token validator configured"),
+    ],
+)
 def test_serve_warns_at_start(tmp_path, security, warning):
     port = free_port()
-    config = {"store": f"sqlite:///{tmp_path / 'facade.db'}",
-              "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "host": "127.0.0.1", "port": port,
-                         "workers": 1},
-              "security": security, "sources": []}
+    config = {
+        "store": f"sqlite:///{tmp_path / 'facade.db'}",
+        "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "host": "127.0.0.1", "port": port, "workers": 1},
+        "security": security,
+        "sources": [],
+    }
     proc, log = serve(config, tmp_path, port)
     stop(proc, log)
     assert warning in (tmp_path / "serve.log").read_text()

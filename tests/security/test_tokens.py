@@ -1,5 +1,6 @@
 """Bearer JWTs from a real authorization server (auth_server.py, authlib): what is accepted,
 what is refused with 401, and how key rotation is followed."""
+
 from __future__ import annotations
 
 import base64
@@ -66,11 +67,17 @@ def _hs256_with_public_key(auth_server) -> str:
     public_pem = auth_server.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     header = {"alg": "HS256", "typ": "JWT", "kid": "as-key-1"}
     now = int(time.time())
-    claims = {"iss": auth_server.issuer, "aud": auth_server.audience, "exp": now + 300, "scope": "system/*.rs",
-              "sub": "attacker"}
+    claims = {
+        "iss": auth_server.issuer,
+        "aud": auth_server.audience,
+        "exp": now + 300,
+        "scope": "system/*.rs",
+        "sub": "attacker",
+    }
 
     def part(data):
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
     signing_input = f"{part(header)}.{part(claims)}"
     mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
@@ -84,10 +91,12 @@ REFUSED = {
     "no exp": lambda s: s.sign({"scope": "system/*.rs", "exp": None}),
     "unknown key, known kid": lambda s: s.sign({"scope": "system/*.rs"}, key=rsa_jwk("x")[1], kid="as-key-1"),
     "unknown key, unknown kid": lambda s: s.sign({"scope": "system/*.rs"}, key=rsa_jwk("x")[1], kid="made-up"),
-    "alg none": lambda s: unsigned({"iss": s.issuer, "aud": s.audience, "exp": int(time.time()) + 300,
-                                    "scope": "system/*.rs"}),
-    "re-signed payload": lambda s: _payload_swapped(s.sign({"scope": "patient/*.rs", "patient": "a"}),
-                                                    scope="system/*.rs"),
+    "alg none": lambda s: unsigned(
+        {"iss": s.issuer, "aud": s.audience, "exp": int(time.time()) + 300, "scope": "system/*.rs"}
+    ),
+    "re-signed payload": lambda s: _payload_swapped(
+        s.sign({"scope": "patient/*.rs", "patient": "a"}), scope="system/*.rs"
+    ),
     "HS256 with the public key": _hs256_with_public_key,
     "garbage": lambda s: "not-a-token",
 }
@@ -110,9 +119,13 @@ def test_refused_tokens_get_401_with_an_explanation(app, auth_server, case):
 def test_refusal_reasons_name_the_problem(app, auth_server):
     api = app.test_client()
     cases = {
-        "expired": "expired", "not yet valid": "not valid yet", "wrong audience": "not meant for this server",
-        "wrong issuer": "another authorization server", "alg none": "'none' are not accepted",
-        "HS256 with the public key": "'HS256' are not accepted", "re-signed payload": "signature",
+        "expired": "expired",
+        "not yet valid": "not valid yet",
+        "wrong audience": "not meant for this server",
+        "wrong issuer": "another authorization server",
+        "alg none": "'none' are not accepted",
+        "HS256 with the public key": "'HS256' are not accepted",
+        "re-signed payload": "signature",
         "unknown key, unknown kid": "does not publish",
     }
     for case, words in cases.items():
@@ -198,6 +211,7 @@ def test_a_cached_token_still_expires(make_app, auth_server):
 
 def test_unreachable_keys_answer_503_not_401(make_app, auth_server):
     from smart_auth import free_port
+
     app = make_app(jwks_uri=f"http://127.0.0.1:{free_port()}/jwks")
     response = app.test_client().get("/fhir/Endpoint", headers=bearer(auth_server.sign({"scope": "system/*.rs"})))
     assert response.status_code == 503 and response.headers["Retry-After"]
@@ -208,12 +222,14 @@ def test_jwks_keys_of_the_wrong_type_are_not_used(auth_server):
     """An ES384 header cannot select an RSA key, whatever the kid says."""
     keys = JwksKeys(auth_server.jwks_uri, min_refresh=0, max_age=3600)
     from app.security.tokens import _fits
+
     found = keys.find("as-key-1", time.time())
     assert found and all(not _fits(data, "ES384") and _fits(data, "RS384") for data, _ in found)
 
 
 def test_keys_are_fetched_again_after_max_age_and_kept_when_the_server_is_down(auth_server):
     from smart_auth import free_port
+
     keys = JwksKeys(auth_server.jwks_uri, min_refresh=30, max_age=60)
     now = time.time()
     before = auth_server.jwks_fetches()
@@ -230,6 +246,7 @@ def test_a_server_that_never_answered_is_not_asked_on_every_request(auth_server)
     from smart_auth import free_port
 
     from app.security.tokens import AuthServerUnavailable
+
     keys = JwksKeys(f"http://127.0.0.1:{free_port()}/jwks", min_refresh=30, max_age=60)
     now = time.time()
     for offset in (0, 10):

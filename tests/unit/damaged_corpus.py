@@ -11,6 +11,7 @@ every one of `words`); "skipped" for a file that is not DICOM by the folder sour
 "read" for a value in a retired form that the mapping reads as it was meant (ImagingStudy.started
 then contains `words`).
 """
+
 from __future__ import annotations
 
 import io
@@ -111,7 +112,7 @@ def uid_value(value: str) -> bytes:
 def dataset_start(data: bytes) -> int:
     """Offset of the data set in a Part 10 file (after the file meta group)."""
     start = data.index(b"DICM") + 4
-    return start + 12 + int.from_bytes(data[start + 8:start + 12], "little")  # (0002,0000) UL
+    return start + 12 + int.from_bytes(data[start + 8 : start + 12], "little")  # (0002,0000) UL
 
 
 def element_offset(data: bytes, tag: int, little: bool = True) -> int:
@@ -128,16 +129,19 @@ def element_offset(data: bytes, tag: int, little: bool = True) -> int:
 CASES: list[Case] = []
 
 
-def case(name: str, expect: str, *words: str, joins: str | None = None,
-         filename: bytes | None = None, uid: str | None = None):
+def case(
+    name: str, expect: str, *words: str, joins: str | None = None, filename: bytes | None = None, uid: str | None = None
+):
     def register(build):
         CASES.append(Case(name, expect, words, build, joins=joins, filename=filename, uid=uid))
         return build
+
     return register
 
 
 def edited(base: str, **values):
     """A builder: the base file with its own UIDs and these attributes set (None deletes)."""
+
     def build(c: Case) -> bytes:
         ds = own_uids(real(base), c.name)
         for keyword, value in values.items():
@@ -146,6 +150,7 @@ def edited(base: str, **values):
             else:
                 raw(ds, Tag(keyword), pydicom.datadict.dictionary_VR(keyword), text_value(value))
         return part10(ds)
+
     return build
 
 
@@ -160,10 +165,8 @@ for _name, _base, _keyword, _value, _words in [
     ("series_date_feb_30", "MR_small.dcm", "SeriesDate", "20230230", ("SeriesDate", "20230230")),
     ("study_time_hour_25", "CT_small.dcm", "StudyTime", "256199", ("StudyTime", "256199")),
     ("study_time_letters", "MR_small.dcm", "StudyTime", "12h30", ("StudyTime", "12h30")),
-    ("tz_offset_out_of_range", "CT_small.dcm", "TimezoneOffsetFromUTC", "+2500",
-     ("TimezoneOffsetFromUTC", "+2500")),
-    ("tz_offset_words", "CT_small.dcm", "TimezoneOffsetFromUTC", "UTC+1",
-     ("TimezoneOffsetFromUTC", "UTC+1")),
+    ("tz_offset_out_of_range", "CT_small.dcm", "TimezoneOffsetFromUTC", "+2500", ("TimezoneOffsetFromUTC", "+2500")),
+    ("tz_offset_words", "CT_small.dcm", "TimezoneOffsetFromUTC", "UTC+1", ("TimezoneOffsetFromUTC", "UTC+1")),
     ("big_endian_study_date", "MR_small_bigendian.dcm", "StudyDate", "20231345", ("StudyDate", "20231345")),
     ("implicit_vr_study_time", "MR_small_implicit.dcm", "StudyTime", "99", ("StudyTime", "'99'")),
 ]:
@@ -178,9 +181,9 @@ def _(c: Case) -> bytes:
     """StudyDate's length field says 0x4000: the element swallows the rest of the header."""
     data = bytearray(part10(own_uids(real("CT_small.dcm"), c.name)))
     at = element_offset(data, 0x00080020)
-    assert data[at + 4:at + 6] == b"DA"
-    data[at + 6:at + 8] = (0x4000).to_bytes(2, "little")
-    return bytes(data[:at + 8 + 0x3000])
+    assert data[at + 4 : at + 6] == b"DA"
+    data[at + 6 : at + 8] = (0x4000).to_bytes(2, "little")
+    return bytes(data[: at + 8 + 0x3000])
 
 
 # ---------------------------------------------------------------------- wrong VRs
@@ -302,8 +305,9 @@ def _(c: Case) -> bytes:
     return part10(ds)
 
 
-@case("no_sop_uid_in_intact_study", "repaired", "no_sop_uid_in_intact_study.dcm",
-      "SOPInstanceUID", joins="MR_small.dcm")
+@case(
+    "no_sop_uid_in_intact_study", "repaired", "no_sop_uid_in_intact_study.dcm", "SOPInstanceUID", joins="MR_small.dcm"
+)
 def _(c: Case) -> bytes:
     ds = real("MR_small.dcm")  # the intact MR study, one more file without its SOP UID
     ds.SeriesInstanceUID = uid_for(c.name, "series")
@@ -311,8 +315,13 @@ def _(c: Case) -> bytes:
     return part10(ds)
 
 
-@case("no_series_uid_in_intact_study", "repaired", "no_series_uid_in_intact_study.dcm",
-      "SeriesInstanceUID", joins="CT_small.dcm")
+@case(
+    "no_series_uid_in_intact_study",
+    "repaired",
+    "no_series_uid_in_intact_study.dcm",
+    "SeriesInstanceUID",
+    joins="CT_small.dcm",
+)
 def _(c: Case) -> bytes:
     ds = real("CT_small.dcm")
     ds.SOPInstanceUID = uid_for(c.name, "sop")
@@ -321,8 +330,13 @@ def _(c: Case) -> bytes:
     return part10(ds)
 
 
-@case("study_uid_letters", "repaired", "StudyInstanceUID", "not a valid DICOM UID",
-      uid="1.2.826.0.1.3680043.8.498.12abc.1")
+@case(
+    "study_uid_letters",
+    "repaired",
+    "StudyInstanceUID",
+    "not a valid DICOM UID",
+    uid="1.2.826.0.1.3680043.8.498.12abc.1",
+)
 def _(c: Case) -> bytes:
     ds = own_uids(real("CT_small.dcm"), c.name)
     raw(ds, STUDY_UID, "UI", uid_value(c.study_uid))
@@ -418,20 +432,20 @@ def _(c: Case) -> bytes:
 def _(c: Case) -> bytes:
     data = part10(own_uids(real("CT_small.dcm"), c.name))
     at = element_offset(data, 0x00100010)  # cut inside PatientName's value
-    return data[:at + 8 + 5]
+    return data[: at + 8 + 5]
 
 
 @case("truncated_after_uids", "repaired", "truncated", "InstanceNumber")
 def _(c: Case) -> bytes:
     data = part10(own_uids(real("CT_small.dcm"), c.name))
     at = element_offset(data, 0x00200013)  # cut inside InstanceNumber's value
-    return data[:at + 8 + 1]
+    return data[: at + 8 + 1]
 
 
 @case("truncated_mid_tag", "quarantined", "StudyInstanceUID")
 def _(c: Case) -> bytes:
     data = part10(own_uids(real("MR_small.dcm"), c.name))
-    return data[:element_offset(data, 0x00080060) + 3]
+    return data[: element_offset(data, 0x00080060) + 3]
 
 
 @case("truncated_after_preamble", "quarantined", "StudyInstanceUID")
@@ -472,7 +486,7 @@ def _(c: Case) -> bytes:
     data = part10(ds)
     at = element_offset(data, 0x00081032)
     delimiter = data.index(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", at)
-    return data[:delimiter] + data[delimiter + 8:]
+    return data[:delimiter] + data[delimiter + 8 :]
 
 
 # ---------------------------------------------------------------------- odd values
@@ -486,14 +500,24 @@ for _name, _base, _keyword, _value, _words in [
     ("instance_number_negative", "MR_small.dcm", "InstanceNumber", "-5", ("InstanceNumber",)),
     ("instance_number_too_big", "CT_small.dcm", "InstanceNumber", "99999999999", ("InstanceNumber",)),
     ("series_number_1a", "MR_small.dcm", "SeriesNumber", "1a", ("SeriesNumber",)),
-    ("study_instances_not_a_number", "CT_small.dcm", "NumberOfStudyRelatedInstances", "many",
-     ("NumberOfStudyRelatedInstances",)),
+    (
+        "study_instances_not_a_number",
+        "CT_small.dcm",
+        "NumberOfStudyRelatedInstances",
+        "many",
+        ("NumberOfStudyRelatedInstances",),
+    ),
     ("modality_unknown", "CT_small.dcm", "Modality", "XX", ("Modality", "'XX'")),
     ("modality_missing", "MR_small.dcm", "Modality", None, ("Modality missing",)),
     ("sop_class_missing", "CT_small.dcm", "SOPClassUID", None, ("SOPClassUID",)),
     ("patient_id_missing", "MR_small.dcm", "PatientID", None, ("PatientID",)),
-    ("description_control_chars", "CT_small.dcm", "StudyDescription", "Head\x01\x02CT",
-     ("StudyDescription", "control characters")),
+    (
+        "description_control_chars",
+        "CT_small.dcm",
+        "StudyDescription",
+        "Head\x01\x02CT",
+        ("StudyDescription", "control characters"),
+    ),
 ]:
     case(_name, "repaired", *_words)(edited(_base, **{_keyword: _value}))
 
@@ -511,5 +535,15 @@ def _(c: Case) -> bytes:
 
 
 #: intact real files the damaged ones sit beside (several transfer syntaxes and charsets)
-INTACT = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "test-SR.dcm", "waveform_ecg.dcm",
-          "JPEG2000.dcm", "chrFren.dcm", "chrRuss.dcm", "chrH32.dcm", "chrX2.dcm"]
+INTACT = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "rtplan.dcm",
+    "test-SR.dcm",
+    "waveform_ecg.dcm",
+    "JPEG2000.dcm",
+    "chrFren.dcm",
+    "chrRuss.dcm",
+    "chrH32.dcm",
+    "chrX2.dcm",
+]

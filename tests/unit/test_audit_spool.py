@@ -3,6 +3,7 @@
 Real files, real `flock` locks and real child processes; the store is a list here (the
 tables are tested in tests/security/test_audit.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,13 @@ def _spool(directory: Path, store_url: str = STORE) -> tuple[AuditSpool, Stored]
 
 
 def _append(spool: AuditSpool, event_id: str, patient: str = "p1") -> None:
-    spool.append(event_id, 1_700_000_000_000_000, "0", b'{"resourceType":"AuditEvent","id":"%s"}' % event_id.encode(),
-                 [("patient", patient), ("agent", "client-1")])
+    spool.append(
+        event_id,
+        1_700_000_000_000_000,
+        "0",
+        b'{"resourceType":"AuditEvent","id":"%s"}' % event_id.encode(),
+        [("patient", patient), ("agent", "client-1")],
+    )
 
 
 def _child(directory: Path, ids: list[str], then: str) -> subprocess.Popen:
@@ -63,8 +69,14 @@ def _child(directory: Path, ids: list[str], then: str) -> subprocess.Popen:
             os._exit(9)
         sys.stdin.read()
     """)
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        text=True,
+    )
     assert child.stdout.readline().strip() == "spooled"
     return child
 
@@ -186,9 +198,14 @@ def test_many_processes_hammering_one_spool_store_every_event_once(tmp_path):
     ends empty. A segment created before it was locked lost events here within a second."""
     directory, out = tmp_path / "spool", tmp_path / "out"
     out.mkdir()
-    children = [subprocess.Popen([sys.executable, "-c", _HAMMER, str(directory), str(out), str(SOAK_SECONDS)],
-                                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-                for _ in range(HAMMERING)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HAMMER, str(directory), str(out), str(SOAK_SECONDS)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(HAMMERING)
+    ]
     for child in children:
         assert child.wait(timeout=SOAK_SECONDS + 120) == 0
     appended, failed = {}, 0

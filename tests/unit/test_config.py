@@ -1,4 +1,5 @@
 """The config schema: the README's example works as written; every error names its key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,11 @@ def test_readme_example_loads_as_written(tmp_path):
     sample, pacs = config.sources
     assert (sample.type, sample.protocol.path) == ("folder", (tmp_path / "sample-archive").resolve())
     assert sample.timezone == "UTC"  # the documented server default
-    assert (pacs.type, pacs.protocol.url, pacs.timezone) == ("dicomweb", "http://127.0.0.1:8042/dicom-web", "Europe/Berlin")
+    assert (pacs.type, pacs.protocol.url, pacs.timezone) == (
+        "dicomweb",
+        "http://127.0.0.1:8042/dicom-web",
+        "Europe/Berlin",
+    )
     assert pacs.wado_url == pacs.protocol.url
     assert config.security.open is False  # secure unless the file says otherwise
 
@@ -69,10 +74,16 @@ def test_missing_file_is_named(tmp_path):
         ("store: sqlite:///x.db\nsources: [{name: a, type: folder}]\n", "sources[0].path", "needs a path"),
         ("store: sqlite:///x.db\nsources: [{name: a, type: dicomweb}]\n", "sources[0].url", "needs a url"),
         ("store: sqlite:///x.db\nsources: [{name: a, type: dicomweb, url: 'ftp://x'}]\n", "sources[0].url", "URL"),
-        ("store: sqlite:///x.db\nsources: [{name: a, type: folder, path: x, timezone: Nowhere}]\n",
-         "sources[0].timezone", "unknown time zone"),
-        ("store: sqlite:///x.db\nsources: [{name: a, type: folder, path: x}, {name: a, type: folder, path: y}]\n",
-         "sources", "unique"),
+        (
+            "store: sqlite:///x.db\nsources: [{name: a, type: folder, path: x, timezone: Nowhere}]\n",
+            "sources[0].timezone",
+            "unknown time zone",
+        ),
+        (
+            "store: sqlite:///x.db\nsources: [{name: a, type: folder, path: x}, {name: a, type: folder, path: y}]\n",
+            "sources",
+            "unique",
+        ),
         ("store: [1, 2\n", "(file)", "not valid YAML"),
         ("- just a list\n", "(file)", "mapping"),
     ],
@@ -89,23 +100,29 @@ def test_all_problems_reported_at_once(tmp_path):
 
 
 def test_secrets_must_be_environment_references(tmp_path):
-    text = ("store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
-            "username: u, password: hunter2}\n")
+    text = (
+        "store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
+        "username: u, password: hunter2}\n"
+    )
     problems = _problems(tmp_path, text)
     assert "environment variable" in problems["sources[0].password"][0]
     assert "hunter2" not in str(problems)
 
 
 def test_secret_references_are_resolved(tmp_path):
-    text = ("store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
-            "username: '${PACS_USER}', password: '${PACS_PASSWORD}'}\n")
+    text = (
+        "store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
+        "username: '${PACS_USER}', password: '${PACS_PASSWORD}'}\n"
+    )
     config = load_config(_write(tmp_path, text), environ={"PACS_USER": "facade", "PACS_PASSWORD": "s3cret"})
     assert (config.sources[0].protocol.username, config.sources[0].protocol.password) == ("facade", "s3cret")
 
 
 def test_unset_secret_variable_is_named(tmp_path):
-    text = ("store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
-            "token: '${PACS_TOKEN}'}\n")
+    text = (
+        "store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
+        "token: '${PACS_TOKEN}'}\n"
+    )
     problems = _problems(tmp_path, text)
     assert problems["sources[0].token"] == ["environment variable PACS_TOKEN is not set"]
 

@@ -1,4 +1,5 @@
 """Config keys for incremental sync: `changes: orthanc` with `rest_url`, and `max_results`."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,18 +53,20 @@ def test_example_loads_and_rest_url_defaults_to_the_url_without_dicom_web(tmp_pa
     assert isinstance(dimse, DimseSettings) and dimse.max_results == 500  # DIMSE follows no change feed
 
 
-@pytest.mark.parametrize("url, rest_url", [
-    ("http://pacs:8042/dicom-web/", "http://pacs:8042"),
-    ("https://pacs.example.org/orthanc/dicom-web", "https://pacs.example.org/orthanc"),
-])
+@pytest.mark.parametrize(
+    "url, rest_url",
+    [
+        ("http://pacs:8042/dicom-web/", "http://pacs:8042"),
+        ("https://pacs.example.org/orthanc/dicom-web", "https://pacs.example.org/orthanc"),
+    ],
+)
 def test_rest_url_default_handles_a_trailing_slash_and_a_path(tmp_path, url, rest_url):
     (src,) = _load(tmp_path, _dicomweb(url=url, changes="orthanc")).sources
     assert src.protocol.rest_url == rest_url
 
 
 def test_an_explicit_rest_url_is_kept(tmp_path):
-    (src,) = _load(tmp_path, _dicomweb(url="http://pacs/wado", changes="orthanc",
-                                       rest_url="http://pacs:8042/")).sources
+    (src,) = _load(tmp_path, _dicomweb(url="http://pacs/wado", changes="orthanc", rest_url="http://pacs:8042/")).sources
     assert (src.protocol.url, src.protocol.rest_url) == ("http://pacs/wado", "http://pacs:8042")
 
 
@@ -77,18 +80,27 @@ def test_dicomweb_settings_default_to_no_change_feed_and_no_limit():
     assert (web.changes, web.rest_url, web.max_results) == (None, None, None)
 
 
-@pytest.mark.parametrize("text, key, reason", [
-    (_dicomweb(url="http://pacs:8042/wado", changes="orthanc"), "rest_url", "does not end in /dicom-web"),
-    (_dicomweb(changes="dcm4chee"), "changes", "must be 'orthanc'"),
-    (_dicomweb(rest_url="http://pacs:8042"), "rest_url", "only used with changes: orthanc"),
-    (_dicomweb(changes="orthanc", rest_url="ftp://pacs"), "rest_url", "URL"),
-    (_dicomweb(max_results=0), "max_results", "greater than or equal to 1"),
-    (_dicomweb(max_results="lots"), "max_results", "integer"),
-    ("store: sqlite:///x.db\nsources: [{name: a, type: folder, path: x, max_results: 10}]\n",
-     "max_results", "dicomweb and dimse"),
-    ("store: sqlite:///x.db\nsources: [{name: a, type: dimse, host: h, called_aet: P, changes: orthanc}]\n",
-     "changes", "dicomweb source on Orthanc"),
-])
+@pytest.mark.parametrize(
+    "text, key, reason",
+    [
+        (_dicomweb(url="http://pacs:8042/wado", changes="orthanc"), "rest_url", "does not end in /dicom-web"),
+        (_dicomweb(changes="dcm4chee"), "changes", "must be 'orthanc'"),
+        (_dicomweb(rest_url="http://pacs:8042"), "rest_url", "only used with changes: orthanc"),
+        (_dicomweb(changes="orthanc", rest_url="ftp://pacs"), "rest_url", "URL"),
+        (_dicomweb(max_results=0), "max_results", "greater than or equal to 1"),
+        (_dicomweb(max_results="lots"), "max_results", "integer"),
+        (
+            "store: sqlite:///x.db\nsources: [{name: a, type: folder, path: x, max_results: 10}]\n",
+            "max_results",
+            "dicomweb and dimse",
+        ),
+        (
+            "store: sqlite:///x.db\nsources: [{name: a, type: dimse, host: h, called_aet: P, changes: orthanc}]\n",
+            "changes",
+            "dicomweb source on Orthanc",
+        ),
+    ],
+)
 def test_errors_name_the_key_and_reason(tmp_path, text, key, reason):
     problems = _problems(tmp_path, text)
     assert list(problems) == [f"sources[0].{key}"], problems
@@ -102,8 +114,11 @@ def test_change_feed_problems_come_with_the_others(tmp_path):
 
 
 def test_the_change_feed_reader_is_built_from_the_config(tmp_path):
-    (src,) = _load(tmp_path, _dicomweb(changes="orthanc", username="'${U}'", password="'${P}'", timeout=5),
-                   {"U": "facade", "P": "s3cret"}).sources
+    (src,) = _load(
+        tmp_path,
+        _dicomweb(changes="orthanc", username="'${U}'", password="'${P}'", timeout=5),
+        {"U": "facade", "P": "s3cret"},
+    ).sources
     feed = src.open().change_feed
     assert isinstance(feed, OrthancChanges)
     assert (feed.name, feed.url, feed.timeout) == ("pacs", "http://pacs:8042", 5.0)

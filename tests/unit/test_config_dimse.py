@@ -1,4 +1,5 @@
 """A `dimse` source in the config: the issue's example loads as written; errors name the key."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,11 +64,14 @@ def test_dimse_settings_default_port_104_and_calling_aet_facade():
     assert (dimse.host, dimse.port, dimse.called_aet, dimse.calling_aet) == ("h", 104, "PACS", "FACADE")
 
 
-@pytest.mark.parametrize("keys, missing", [
-    ({"called_aet": "PACS"}, {"host"}),
-    ({"host": "10.1.2.3"}, {"called_aet"}),
-    ({}, {"host", "called_aet"}),
-])
+@pytest.mark.parametrize(
+    "keys, missing",
+    [
+        ({"called_aet": "PACS"}, {"host"}),
+        ({"host": "10.1.2.3"}, {"called_aet"}),
+        ({}, {"host", "called_aet"}),
+    ],
+)
 def test_missing_host_or_called_aet_names_the_key(tmp_path, keys, missing):
     problems = _problems(tmp_path, _source(**keys))
     assert set(problems) == {f"sources[0].{key}" for key in missing}
@@ -76,14 +80,17 @@ def test_missing_host_or_called_aet_names_the_key(tmp_path, keys, missing):
 
 
 @pytest.mark.parametrize("key", ["called_aet", "calling_aet"])
-@pytest.mark.parametrize("value, reason", [
-    ('"A2345678901234567"', "at most 16"),
-    ('"   "', "not only spaces"),
-    ('""', "not only spaces"),
-    ('"PA\\\\CS"', "backslash"),
-    ('"PA\\tCS"', "control"),
-    ('"PA\\nCS"', "control"),
-])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ('"A2345678901234567"', "at most 16"),
+        ('"   "', "not only spaces"),
+        ('""', "not only spaces"),
+        ('"PA\\\\CS"', "backslash"),
+        ('"PA\\tCS"', "control"),
+        ('"PA\\nCS"', "control"),
+    ],
+)
 def test_bad_ae_titles_name_the_key(tmp_path, key, value, reason):
     keys = {"host": "10.1.2.3", "called_aet": "PACS", key: value}
     problems = _problems(tmp_path, _source(**keys))

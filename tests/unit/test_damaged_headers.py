@@ -7,6 +7,7 @@ sync` runs) on SQLite and PostgreSQL and reads the outcome back through the FHIR
 quarantine; the DICOMweb half gives the mapping the same kinds of bad values as an archive's
 DICOM JSON (PS3.18 F.2).
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,13 +49,15 @@ def archive(tmp_path_factory) -> Path:
 
 
 def _config(write_config, store_url: str, archive: Path):
-    return write_config({
-        "store": store_url,
-        "timezone": "Europe/Berlin",
-        "server": {"base_url": "http://testserver/fhir"},
-        "security": {"open": True},
-        "sources": [{"name": SOURCE, "type": "folder", "path": str(archive)}],
-    })
+    return write_config(
+        {
+            "store": store_url,
+            "timezone": "Europe/Berlin",
+            "server": {"base_url": "http://testserver/fhir"},
+            "security": {"open": True},
+            "sources": [{"name": SOURCE, "type": "folder", "path": str(archive)}],
+        }
+    )
 
 
 def _every(client, rtype: str) -> list[dict]:
@@ -82,7 +85,8 @@ def _check_logs(caplog) -> None:
 
 
 def test_every_damaged_file_is_repaired_with_a_note_or_quarantined_with_its_reason(
-        archive, store_url, write_config, valid_r4, caplog):
+    archive, store_url, write_config, valid_r4, caplog
+):
     caplog.set_level(logging.INFO)
     config = _config(write_config, store_url, archive)
     store = Store.from_config(config)
@@ -143,8 +147,15 @@ def test_random_byte_damage_never_stops_the_sync(tmp_path, store_url, write_conf
     archive = tmp_path / "archive"
     archive.mkdir()
     rng = random.Random(20240611)
-    bases = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "MR_small_bigendian.dcm", "test-SR.dcm",
-             "chrH31.dcm", "chrX1.dcm"]
+    bases = [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "rtplan.dcm",
+        "MR_small_bigendian.dcm",
+        "test-SR.dcm",
+        "chrH31.dcm",
+        "chrX1.dcm",
+    ]
     for n in range(60):
         ds = real(rng.choice(bases))
         ds.StudyInstanceUID = f"{ds.StudyInstanceUID}.{n}"[:64]
@@ -186,16 +197,22 @@ def _base_record() -> StudyRecord:
     study, _ = dataset_to_dicom_json(ds, sorted(Tag(t) for t in {**tags.PATIENT, **tags.STUDY}))
     series, _ = dataset_to_dicom_json(ds, sorted(Tag(t) for t in tags.SERIES))
     instance, _ = dataset_to_dicom_json(ds, sorted(Tag(t) for t in tags.INSTANCE))
-    return StudyRecord(uid=str(ds[STUDY_UID].value), attrs=study,
-                       series=[SeriesRecord(attrs=series, instances=[instance])])
+    return StudyRecord(
+        uid=str(ds[STUDY_UID].value), attrs=study, series=[SeriesRecord(attrs=series, instances=[instance])]
+    )
 
 
 def at(level: str, tag: str, element):
     """A damage: set `tag` to `element` in the study, series or instance attributes."""
+
     def damage(record: StudyRecord) -> None:
-        target = {"study": lambda: record.attrs, "series": lambda: record.series[0].attrs,
-                  "instance": lambda: record.series[0].instances[0]}[level]()
+        target = {
+            "study": lambda: record.attrs,
+            "series": lambda: record.series[0].attrs,
+            "instance": lambda: record.series[0].instances[0],
+        }[level]()
         target[tag] = element
+
     return damage
 
 
@@ -203,6 +220,7 @@ def study_uid(value):
     def damage(record: StudyRecord) -> None:
         record.attrs["0020000D"] = {"vr": "UI", "Value": [value]}
         record.uid = value
+
     return damage
 
 
@@ -214,121 +232,270 @@ def replace(level: str, value):
             record.series[0].attrs = value
         else:
             record.series[0].instances[0] = value
+
     return damage
 
 
 def removed(level: str, tag: str):
     def damage(record: StudyRecord) -> None:
-        target = {"study": record.attrs, "series": record.series[0].attrs,
-                  "instance": record.series[0].instances[0]}[level]
+        target = {"study": record.attrs, "series": record.series[0].attrs, "instance": record.series[0].instances[0]}[
+            level
+        ]
         del target[tag]
         if tag == "0020000D":
             record.uid = None
+
     return damage
 
 
 def other_ids(count: int):
-    return {"vr": "SQ", "Value": [{"00100020": {"vr": "LO", "Value": [f"OTHER-{n}"]}}
-                                  for n in range(count)]}
+    return {"vr": "SQ", "Value": [{"00100020": {"vr": "LO", "Value": [f"OTHER-{n}"]}} for n in range(count)]}
 
 
 JSON_CASES = [
     # dates and times
-    ("study_date_month_13", at("study", "00080020", {"vr": "DA", "Value": ["20231345"]}),
-     "repaired", ("StudyDate", "20231345")),
-    ("study_date_year_only", at("study", "00080020", {"vr": "DA", "Value": ["2023"]}),
-     "repaired", ("StudyDate", "'2023'")),
-    ("study_date_as_number", at("study", "00080020", {"vr": "DA", "Value": [20230101]}),
-     "repaired", ("StudyDate", "not strings")),
-    ("study_date_bare_string", at("study", "00080020", "20230101"),
-     "repaired", ("StudyDate", "not a DICOM JSON attribute")),
-    ("study_date_value_not_a_list", at("study", "00080020", {"vr": "DA", "Value": "20230101"}),
-     "repaired", ("StudyDate", "not a list")),
-    ("study_time_hour_25", at("study", "00080030", {"vr": "TM", "Value": ["256199"]}),
-     "repaired", ("StudyTime", "256199")),
-    ("study_time_colon", at("study", "00080030", {"vr": "TM", "Value": ["12:30"]}),
-     "read", ("T12:30:00",)),
-    ("series_date_feb_30", at("series", "00080021", {"vr": "DA", "Value": ["20230230"]}),
-     "repaired", ("SeriesDate", "20230230")),
-    ("tz_offset_out_of_range", at("study", "00080201", {"vr": "SH", "Value": ["+2500"]}),
-     "repaired", ("TimezoneOffsetFromUTC", "+2500")),
-    ("tz_offset_number", at("study", "00080201", {"vr": "SH", "Value": [100]}),
-     "repaired", ("TimezoneOffsetFromUTC", "not strings")),
+    (
+        "study_date_month_13",
+        at("study", "00080020", {"vr": "DA", "Value": ["20231345"]}),
+        "repaired",
+        ("StudyDate", "20231345"),
+    ),
+    (
+        "study_date_year_only",
+        at("study", "00080020", {"vr": "DA", "Value": ["2023"]}),
+        "repaired",
+        ("StudyDate", "'2023'"),
+    ),
+    (
+        "study_date_as_number",
+        at("study", "00080020", {"vr": "DA", "Value": [20230101]}),
+        "repaired",
+        ("StudyDate", "not strings"),
+    ),
+    (
+        "study_date_bare_string",
+        at("study", "00080020", "20230101"),
+        "repaired",
+        ("StudyDate", "not a DICOM JSON attribute"),
+    ),
+    (
+        "study_date_value_not_a_list",
+        at("study", "00080020", {"vr": "DA", "Value": "20230101"}),
+        "repaired",
+        ("StudyDate", "not a list"),
+    ),
+    (
+        "study_time_hour_25",
+        at("study", "00080030", {"vr": "TM", "Value": ["256199"]}),
+        "repaired",
+        ("StudyTime", "256199"),
+    ),
+    ("study_time_colon", at("study", "00080030", {"vr": "TM", "Value": ["12:30"]}), "read", ("T12:30:00",)),
+    (
+        "series_date_feb_30",
+        at("series", "00080021", {"vr": "DA", "Value": ["20230230"]}),
+        "repaired",
+        ("SeriesDate", "20230230"),
+    ),
+    (
+        "tz_offset_out_of_range",
+        at("study", "00080201", {"vr": "SH", "Value": ["+2500"]}),
+        "repaired",
+        ("TimezoneOffsetFromUTC", "+2500"),
+    ),
+    (
+        "tz_offset_number",
+        at("study", "00080201", {"vr": "SH", "Value": [100]}),
+        "repaired",
+        ("TimezoneOffsetFromUTC", "not strings"),
+    ),
     # wrong VRs
-    ("study_date_vr_us", at("study", "00080020", {"vr": "US", "Value": [20231]}),
-     "repaired", ("StudyDate", "VR US")),
-    ("study_date_inline_binary", at("study", "00080020", {"vr": "OB", "InlineBinary": "MjAyMzAxMDE="}),
-     "repaired", ("StudyDate", "VR OB")),
-    ("patient_name_no_vr", at("study", "00100010", {"Value": [{"Alphabetic": "Doe^John"}]}),
-     "repaired", ("PatientName", "no VR")),
-    ("modality_as_sequence", at("series", "00080060", {"vr": "SQ", "Value": [{}]}),
-     "repaired", ("Modality", "VR SQ")),
-    ("instance_number_vr_da", at("instance", "00200013", {"vr": "DA", "Value": ["20230101"]}),
-     "repaired", ("InstanceNumber", "VR DA")),
+    ("study_date_vr_us", at("study", "00080020", {"vr": "US", "Value": [20231]}), "repaired", ("StudyDate", "VR US")),
+    (
+        "study_date_inline_binary",
+        at("study", "00080020", {"vr": "OB", "InlineBinary": "MjAyMzAxMDE="}),
+        "repaired",
+        ("StudyDate", "VR OB"),
+    ),
+    (
+        "patient_name_no_vr",
+        at("study", "00100010", {"Value": [{"Alphabetic": "Doe^John"}]}),
+        "repaired",
+        ("PatientName", "no VR"),
+    ),
+    ("modality_as_sequence", at("series", "00080060", {"vr": "SQ", "Value": [{}]}), "repaired", ("Modality", "VR SQ")),
+    (
+        "instance_number_vr_da",
+        at("instance", "00200013", {"vr": "DA", "Value": ["20230101"]}),
+        "repaired",
+        ("InstanceNumber", "VR DA"),
+    ),
     # bad text: what a wrong character set or a broken archive sends
-    ("patient_name_lone_surrogate", at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "M\ud800ller^Hans"}]}),
-     "repaired", ("PatientName", "control characters")),
-    ("patient_name_escape_bytes", at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Yamada^\x1b$B;3ED"}]}),
-     "repaired", ("PatientName", "control characters")),
-    ("description_control_chars", at("study", "00081030", {"vr": "LO", "Value": ["Head\x07CT"]}),
-     "repaired", ("StudyDescription", "control characters")),
-    ("patient_name_number", at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": 5}]}),
-     "repaired", ("PatientName", "not person names")),
-    ("patient_name_list_group", at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Doe", "Ideographic": ["x"]}]}),
-     "repaired", ("PatientName", "not person names")),
-    ("patient_name_bulk_data", at("study", "00100010", {"vr": "PN", "BulkDataURI": "http://pacs.example/bulk/1"}),
-     "repaired", ("PatientName", "bulk data")),
+    (
+        "patient_name_lone_surrogate",
+        at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "M\ud800ller^Hans"}]}),
+        "repaired",
+        ("PatientName", "control characters"),
+    ),
+    (
+        "patient_name_escape_bytes",
+        at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Yamada^\x1b$B;3ED"}]}),
+        "repaired",
+        ("PatientName", "control characters"),
+    ),
+    (
+        "description_control_chars",
+        at("study", "00081030", {"vr": "LO", "Value": ["Head\x07CT"]}),
+        "repaired",
+        ("StudyDescription", "control characters"),
+    ),
+    (
+        "patient_name_number",
+        at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": 5}]}),
+        "repaired",
+        ("PatientName", "not person names"),
+    ),
+    (
+        "patient_name_list_group",
+        at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Doe", "Ideographic": ["x"]}]}),
+        "repaired",
+        ("PatientName", "not person names"),
+    ),
+    (
+        "patient_name_bulk_data",
+        at("study", "00100010", {"vr": "PN", "BulkDataURI": "http://pacs.example/bulk/1"}),
+        "repaired",
+        ("PatientName", "bulk data"),
+    ),
     # UIDs
-    ("study_uid_letters", study_uid("1.2.826.0.1.3680043.8.498.12abc.1"),
-     "repaired", ("StudyInstanceUID", "not a valid DICOM UID")),
-    ("study_uid_trailing_space", at("study", "0020000D", {"vr": "UI", "Value": ["1.3.6.1.4.1.5962.1.2.1.20040119072730.12322 "]}),
-     "repaired", ("StudyInstanceUID", "padding")),
-    ("study_uid_over_64", study_uid("1.2.826.0.1.3680043.8.498." + "1234567890" * 5),
-     "rejected", ("StudyInstanceUID", "not a valid FHIR id")),
-    ("study_uid_inner_nul", study_uid("1.2.826.0.1.3680043\x00.8.498.77"),
-     "rejected", ("StudyInstanceUID",)),
+    (
+        "study_uid_letters",
+        study_uid("1.2.826.0.1.3680043.8.498.12abc.1"),
+        "repaired",
+        ("StudyInstanceUID", "not a valid DICOM UID"),
+    ),
+    (
+        "study_uid_trailing_space",
+        at("study", "0020000D", {"vr": "UI", "Value": ["1.3.6.1.4.1.5962.1.2.1.20040119072730.12322 "]}),
+        "repaired",
+        ("StudyInstanceUID", "padding"),
+    ),
+    (
+        "study_uid_over_64",
+        study_uid("1.2.826.0.1.3680043.8.498." + "1234567890" * 5),
+        "rejected",
+        ("StudyInstanceUID", "not a valid FHIR id"),
+    ),
+    ("study_uid_inner_nul", study_uid("1.2.826.0.1.3680043\x00.8.498.77"), "rejected", ("StudyInstanceUID",)),
     ("study_uid_missing", removed("study", "0020000D"), "rejected", ("StudyInstanceUID",)),
     ("series_uid_missing", removed("series", "0020000E"), "rejected", ("SeriesInstanceUID",)),
     ("series_not_an_object", replace("series", ["junk"]), "rejected", ("SeriesInstanceUID",)),
     ("sop_uid_missing", removed("instance", "00080018"), "repaired", ("SOPInstanceUID",)),
     ("instance_not_an_object", replace("instance", "junk"), "repaired", ("not a DICOM JSON object",)),
-    ("sop_class_control_char", at("instance", "00080016", {"vr": "UI", "Value": ["1.2.840\x01.10008.5.1.4.1.1.2"]}),
-     "repaired", ("SOPClassUID",)),
+    (
+        "sop_class_control_char",
+        at("instance", "00080016", {"vr": "UI", "Value": ["1.2.840\x01.10008.5.1.4.1.1.2"]}),
+        "repaired",
+        ("SOPClassUID",),
+    ),
     ("study_not_an_object", replace("study", ["junk"]), "repaired", ("not a DICOM JSON object",)),
     # oversized
-    ("patient_name_100k", at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Oversized^" * 10000}]}),
-     "repaired", ("PatientName", "truncated")),
-    ("other_patient_ids_10000", at("study", "00101002", other_ids(10000)),
-     "repaired", ("OtherPatientIDsSequence", "10000")),
-    ("modalities_10000", at("study", "00080061", {"vr": "CS", "Value": [f"M{n}" for n in range(10000)]}),
-     "repaired", ("ModalitiesInStudy", "10000")),
+    (
+        "patient_name_100k",
+        at("study", "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Oversized^" * 10000}]}),
+        "repaired",
+        ("PatientName", "truncated"),
+    ),
+    (
+        "other_patient_ids_10000",
+        at("study", "00101002", other_ids(10000)),
+        "repaired",
+        ("OtherPatientIDsSequence", "10000"),
+    ),
+    (
+        "modalities_10000",
+        at("study", "00080061", {"vr": "CS", "Value": [f"M{n}" for n in range(10000)]}),
+        "repaired",
+        ("ModalitiesInStudy", "10000"),
+    ),
     # odd values
-    ("other_ids_not_items", at("study", "00101002", {"vr": "SQ", "Value": ["OTHER-1", 5]}),
-     "repaired", ("OtherPatientIDsSequence", "not items")),
-    ("modalities_mixed", at("study", "00080061", {"vr": "CS", "Value": [None, 5, "CT"]}),
-     "repaired", ("ModalitiesInStudy", "not strings")),
+    (
+        "other_ids_not_items",
+        at("study", "00101002", {"vr": "SQ", "Value": ["OTHER-1", 5]}),
+        "repaired",
+        ("OtherPatientIDsSequence", "not items"),
+    ),
+    (
+        "modalities_mixed",
+        at("study", "00080061", {"vr": "CS", "Value": [None, 5, "CT"]}),
+        "repaired",
+        ("ModalitiesInStudy", "not strings"),
+    ),
     ("patient_sex_x", at("study", "00100040", {"vr": "CS", "Value": ["X"]}), "repaired", ("PatientSex", "'X'")),
-    ("birth_date_in_future", at("study", "00100030", {"vr": "DA", "Value": ["29991231"]}),
-     "repaired", ("PatientBirthDate", "after")),
-    ("birth_date_invalid", at("study", "00100030", {"vr": "DA", "Value": ["19801332"]}),
-     "repaired", ("PatientBirthDate",)),
-    ("study_instances_word", at("study", "00201208", {"vr": "IS", "Value": ["many"]}),
-     "repaired", ("NumberOfStudyRelatedInstances",)),
-    ("study_instances_bool", at("study", "00201208", {"vr": "IS", "Value": [True]}),
-     "repaired", ("NumberOfStudyRelatedInstances",)),
-    ("study_instances_huge", at("study", "00201208", {"vr": "IS", "Value": [2**40]}),
-     "repaired", ("NumberOfStudyRelatedInstances",)),
-    ("study_instances_nan", at("study", "00201208", {"vr": "IS", "Value": [float("nan")]}),
-     "repaired", ("NumberOfStudyRelatedInstances",)),
+    (
+        "birth_date_in_future",
+        at("study", "00100030", {"vr": "DA", "Value": ["29991231"]}),
+        "repaired",
+        ("PatientBirthDate", "after"),
+    ),
+    (
+        "birth_date_invalid",
+        at("study", "00100030", {"vr": "DA", "Value": ["19801332"]}),
+        "repaired",
+        ("PatientBirthDate",),
+    ),
+    (
+        "study_instances_word",
+        at("study", "00201208", {"vr": "IS", "Value": ["many"]}),
+        "repaired",
+        ("NumberOfStudyRelatedInstances",),
+    ),
+    (
+        "study_instances_bool",
+        at("study", "00201208", {"vr": "IS", "Value": [True]}),
+        "repaired",
+        ("NumberOfStudyRelatedInstances",),
+    ),
+    (
+        "study_instances_huge",
+        at("study", "00201208", {"vr": "IS", "Value": [2**40]}),
+        "repaired",
+        ("NumberOfStudyRelatedInstances",),
+    ),
+    (
+        "study_instances_nan",
+        at("study", "00201208", {"vr": "IS", "Value": [float("nan")]}),
+        "repaired",
+        ("NumberOfStudyRelatedInstances",),
+    ),
     ("series_number_1a", at("series", "00200011", {"vr": "IS", "Value": ["1a"]}), "repaired", ("SeriesNumber",)),
-    ("instance_number_float", at("instance", "00200013", {"vr": "IS", "Value": [1.5]}),
-     "repaired", ("InstanceNumber",)),
-    ("procedure_code_value_object", at("study", "00081032", {"vr": "SQ", "Value": [
-        {"00080100": {"vr": "SH", "Value": [{"x": 1}]}, "00080104": {"vr": "LO", "Value": ["CT head"]}}]}),
-     "repaired", ("CodeValue", "not strings")),
-    ("accession_number_in_request_as_number", at("study", "00400275", {"vr": "SQ", "Value": [
-        {"00080050": {"vr": "SH", "Value": [12345]}}]}),
-     "repaired", ("AccessionNumber", "not strings")),
+    (
+        "instance_number_float",
+        at("instance", "00200013", {"vr": "IS", "Value": [1.5]}),
+        "repaired",
+        ("InstanceNumber",),
+    ),
+    (
+        "procedure_code_value_object",
+        at(
+            "study",
+            "00081032",
+            {
+                "vr": "SQ",
+                "Value": [
+                    {"00080100": {"vr": "SH", "Value": [{"x": 1}]}, "00080104": {"vr": "LO", "Value": ["CT head"]}}
+                ],
+            },
+        ),
+        "repaired",
+        ("CodeValue", "not strings"),
+    ),
+    (
+        "accession_number_in_request_as_number",
+        at("study", "00400275", {"vr": "SQ", "Value": [{"00080050": {"vr": "SH", "Value": [12345]}}]}),
+        "repaired",
+        ("AccessionNumber", "not strings"),
+    ),
 ]
 
 

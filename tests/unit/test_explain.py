@@ -1,5 +1,6 @@
 """`imaging-facade map FILE`: every element of the resources a real file becomes names the DICOM
 tags and the profile rule (file:line) that produced it."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,8 @@ def test_every_element_of_a_real_file_has_an_origin(path):
         assert "(0008,0060) Modality" in rows[f"ImagingStudy.series[{index}].modality.display"]["tags"]
         for i, _ in enumerate(series.get("instance", [])):
             assert rows[f"ImagingStudy.series[{index}].instance[{i}].sopClass.code"]["tags"] == [
-                "(0008,0016) SOPClassUID"]
+                "(0008,0016) SOPClassUID"
+            ]
     # the resources explained are the ones a sync would store
     assert study == map_study(_record(path), CTX).imaging_study
 
@@ -92,12 +94,26 @@ def test_map_command_json_and_source_profile(tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()
     shutil.copyfile(get_testdata_file("CT_small.dcm"), archive / "ct.dcm")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
-        "store": "sqlite:///facade.db",
-        "sources": [{"name": "site-a", "type": "folder", "path": "archive", "timezone": "Europe/Berlin",
-                     "profile": {"institution": {"names": {"JFK IMAGING CENTER": "Kennedy Imaging"}}}}]}))
-    result = CliRunner().invoke(main, ["map", str(archive / "ct.dcm"), "--source", "site-a", "--config",
-                                       str(tmp_path / "config.yaml"), "--json"])
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "store": "sqlite:///facade.db",
+                "sources": [
+                    {
+                        "name": "site-a",
+                        "type": "folder",
+                        "path": "archive",
+                        "timezone": "Europe/Berlin",
+                        "profile": {"institution": {"names": {"JFK IMAGING CENTER": "Kennedy Imaging"}}},
+                    }
+                ],
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        main,
+        ["map", str(archive / "ct.dcm"), "--source", "site-a", "--config", str(tmp_path / "config.yaml"), "--json"],
+    )
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     study = body["resources"][0]
@@ -129,6 +145,7 @@ def test_map_command_refuses_what_is_not_a_dicom_file(tmp_path, content, reason)
 
 def test_map_command_unknown_source_is_named(tmp_path):
     (tmp_path / "config.yaml").write_text("store: sqlite:///x.db\n")
-    result = CliRunner().invoke(main, ["map", get_testdata_file("CT_small.dcm"), "--source", "nope", "--config",
-                                       str(tmp_path / "config.yaml")])
+    result = CliRunner().invoke(
+        main, ["map", get_testdata_file("CT_small.dcm"), "--source", "nope", "--config", str(tmp_path / "config.yaml")]
+    )
     assert result.exit_code == 2 and "no source named 'nope'" in result.output

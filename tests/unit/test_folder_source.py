@@ -3,6 +3,7 @@
 Expectations are computed independently with plain `pydicom.dcmread` (whole header) and
 `dataset_to_dicom_json`, never with the source's own code.
 """
+
 from __future__ import annotations
 
 import copy
@@ -78,12 +79,13 @@ def reference(root: Path):
             failures.add(location)
         if kind != "instance":
             continue
-        study = studies.setdefault(str(ds.StudyInstanceUID), {
-            "attrs": dataset_to_dicom_json(ds, STUDY_TAGS)[0], "series": {}})
-        series = study["series"].setdefault(str(ds.SeriesInstanceUID), {
-            "attrs": dataset_to_dicom_json(ds, SERIES_TAGS)[0], "instances": {}})
-        series["instances"].setdefault(str(ds.SOPInstanceUID),
-                                       dataset_to_dicom_json(ds, INSTANCE_TAGS)[0])
+        study = studies.setdefault(
+            str(ds.StudyInstanceUID), {"attrs": dataset_to_dicom_json(ds, STUDY_TAGS)[0], "series": {}}
+        )
+        series = study["series"].setdefault(
+            str(ds.SeriesInstanceUID), {"attrs": dataset_to_dicom_json(ds, SERIES_TAGS)[0], "instances": {}}
+        )
+        series["instances"].setdefault(str(ds.SOPInstanceUID), dataset_to_dicom_json(ds, INSTANCE_TAGS)[0])
     return studies, counts, failures
 
 
@@ -96,10 +98,7 @@ def run(source: FolderSource):
 
 def as_tree(records):
     return {
-        r.uid: {
-            s.attrs["0020000E"]["Value"][0]: [i["00080018"]["Value"][0] for i in s.instances]
-            for s in r.series
-        }
+        r.uid: {s.attrs["0020000E"]["Value"][0]: [i["00080018"]["Value"][0] for i in s.instances] for s in r.series}
         for r in records
     }
 
@@ -120,8 +119,7 @@ def test_every_instance_of_pydicom_testdata_is_grouped_like_pydicom_reads_it(tes
     # one record per StudyInstanceUID, in walk order, each with all its series/instances
     assert [r.uid for r in records] == list(expected)
     assert as_tree(records) == {
-        uid: {suid: list(s["instances"]) for suid, s in study["series"].items()}
-        for uid, study in expected.items()
+        uid: {suid: list(s["instances"]) for suid, s in study["series"].items()} for uid, study in expected.items()
     }
     for record in records:
         study = expected[record.uid]
@@ -287,8 +285,10 @@ def test_dicom_file_without_study_uid_is_a_failure_with_its_location(tmp_path):
     source = FolderSource("broken", tmp_path)
     _, records, failures = run(source)
 
-    assert [r.uid for r in records] == [ct.StudyInstanceUID, pydicom.dcmread(
-        get_testdata_file("MR_small.dcm")).StudyInstanceUID]  # the walk went on
+    assert [r.uid for r in records] == [
+        ct.StudyInstanceUID,
+        pydicom.dcmread(get_testdata_file("MR_small.dcm")).StudyInstanceUID,
+    ]  # the walk went on
     assert len(failures) == 1
     assert failures[0].uid is None
     assert failures[0].location == "bad/nostudy.dcm"
@@ -310,9 +310,9 @@ def test_missing_series_uid_fails_the_study_or_is_a_repair_of_it(tmp_path):
 
     _, records, failures = run(FolderSource("broken", tmp_path))
 
-    assert failures == [StudyFailure(uid=lone.StudyInstanceUID,
-                                     reason="DICOM file without SeriesInstanceUID",
-                                     location="lone.dcm")]
+    assert failures == [
+        StudyFailure(uid=lone.StudyInstanceUID, reason="DICOM file without SeriesInstanceUID", location="lone.dcm")
+    ]
     assert [r.uid for r in records] == [ct.StudyInstanceUID]
     assert any("partial.dcm" in r and "SeriesInstanceUID" in r for r in records[0].repairs)
 
@@ -350,7 +350,8 @@ def test_repairs_from_unconvertible_values_are_reported_once(tmp_path):
     assert len(instances) == 3
     assert all("00200013" not in i for i in instances)
     assert [r for r in records[0].repairs if "InstanceNumber" in r] == [
-        next(r for r in records[0].repairs if "InstanceNumber" in r)]
+        next(r for r in records[0].repairs if "InstanceNumber" in r)
+    ]
 
 
 # -- cost ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Patient keys (app.identity.keys): (system, value), never the value alone."""
+
 from __future__ import annotations
 
 import re
@@ -45,9 +46,11 @@ def test_patient_id_needs_system_and_value(system, value):
 
 
 def test_patient_key():
-    keyed = {"resourceType": "Patient", "id": patient_id("urn:oid:1.2.3", "77"),
-             "identifier": [{"system": "urn:oid:1.2.3", "value": "77"},
-                            {"system": "urn:oid:9.9", "value": "other"}]}
+    keyed = {
+        "resourceType": "Patient",
+        "id": patient_id("urn:oid:1.2.3", "77"),
+        "identifier": [{"system": "urn:oid:1.2.3", "value": "77"}, {"system": "urn:oid:9.9", "value": "other"}],
+    }
     assert patient_key(keyed) == ("urn:oid:1.2.3", "77")
     own = {"resourceType": "Patient", "id": patient_id_for_study("1.2.3")}
     assert patient_key(own) is None

@@ -1,4 +1,5 @@
 """Match features, blocking keys and scores (app.identity): each score explains itself."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -18,10 +19,13 @@ IDE = {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representatio
 SYL = {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "SYL"}
 
 
-def patient(family="Miller", given=("John",), birth="1970-03-05", gender="male", ids=(("urn:a", "1"),),
-            extra_names=()):
-    body = {"resourceType": "Patient", "identifier": [{"system": s, "value": v} for s, v in ids],
-            "name": [{"family": family, "given": list(given)}, *extra_names], "gender": gender}
+def patient(family="Miller", given=("John",), birth="1970-03-05", gender="male", ids=(("urn:a", "1"),), extra_names=()):
+    body = {
+        "resourceType": "Patient",
+        "identifier": [{"system": s, "value": v} for s, v in ids],
+        "name": [{"family": family, "given": list(given)}, *extra_names],
+        "gender": gender,
+    }
     if birth:
         body["birthDate"] = birth
     return body
@@ -69,13 +73,16 @@ def test_namesakes_are_not_linked():
     assert result.points < DEFAULT.review
 
 
-@pytest.mark.parametrize("other, feature, reason", [
-    (dict(family="Müller"), "family name (alphabetic)", "sounds alike or nearly the same spelling"),
-    (dict(given=["Jon"]), "given name (alphabetic)", "first given name sounds alike or nearly the same spelling"),
-    (dict(birth="1970-05-03"), "birth date", "day and month swapped"),
-    (dict(birth="1970-03-06"), "birth date", "one digit differs"),
-    (dict(given=["John", "Paul"]), "given name (alphabetic)", "same first given name"),
-])
+@pytest.mark.parametrize(
+    "other, feature, reason",
+    [
+        (dict(family="Müller"), "family name (alphabetic)", "sounds alike or nearly the same spelling"),
+        (dict(given=["Jon"]), "given name (alphabetic)", "first given name sounds alike or nearly the same spelling"),
+        (dict(birth="1970-05-03"), "birth date", "day and month swapped"),
+        (dict(birth="1970-03-06"), "birth date", "one digit differs"),
+        (dict(given=["John", "Paul"]), "given name (alphabetic)", "same first given name"),
+    ],
+)
 def test_one_error_still_links(other, feature, reason):
     result, parts = scored(patient(), patient(**{"ids": [("urn:b", "9")], **other}))
     assert parts[feature][1] == reason
@@ -95,8 +102,10 @@ def test_a_missing_birth_date_waits_for_review():
 
 
 def test_ideographic_group_agrees_where_romanizations_differ():
-    kanji = [{"extension": [IDE], "family": "佐藤", "given": ["太郎"]},
-             {"extension": [SYL], "family": "さとう", "given": ["たろう"]}]
+    kanji = [
+        {"extension": [IDE], "family": "佐藤", "given": ["太郎"]},
+        {"extension": [SYL], "family": "さとう", "given": ["たろう"]},
+    ]
     a = patient(family="SATO", given=["TARO"], extra_names=kanji)
     b = patient(family="SATOU", given=["TAROU"], extra_names=kanji, ids=[("urn:b", "2")])
     result, parts = scored(a, b)
@@ -152,12 +161,20 @@ def test_blocking_keys_survive_the_errors_scoring_forgives():
 
 def test_a_patient_is_keyed_in_its_namespace():
     rules = IdentityConfig.from_data({"same_namespace": [["urn:a", "urn:a-old"]]})
-    old = {"resourceType": "Patient", "id": patient_id("urn:a-old", "1"),
-           "identifier": [{"system": "urn:a-old", "value": "1"}]}
-    record = StudyRecord(uid="1.2.3", attrs={"0020000D": {"vr": "UI", "Value": ["1.2.3"]},
-                                            "00100020": {"vr": "LO", "Value": ["1"]}},
-                         series=[SeriesRecord(attrs={"0020000E": {"vr": "UI", "Value": ["1.2.3.1"]},
-                                                     "00080060": {"vr": "CS", "Value": ["CT"]}})])
+    old = {
+        "resourceType": "Patient",
+        "id": patient_id("urn:a-old", "1"),
+        "identifier": [{"system": "urn:a-old", "value": "1"}],
+    }
+    record = StudyRecord(
+        uid="1.2.3",
+        attrs={"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00100020": {"vr": "LO", "Value": ["1"]}},
+        series=[
+            SeriesRecord(
+                attrs={"0020000E": {"vr": "UI", "Value": ["1.2.3.1"]}, "00080060": {"vr": "CS", "Value": ["CT"]}}
+            )
+        ],
+    )
     ctx = MappingContext(source="a", timezone="UTC", patient_id_system="urn:a-old", identity=rules)
     resolved = map_study(record, ctx)
     assert resolved.patient["id"] == patient_id("urn:a", "1")
@@ -167,12 +184,15 @@ def test_a_patient_is_keyed_in_its_namespace():
     assert map_study(record, replace(ctx, identity=DEFAULT)).patient["id"] == old["id"]
 
 
-@pytest.mark.parametrize("identity, key", [
-    ({"same_namespace": [["urn:a"]]}, "identity.same_namespace"),
-    ({"same_namespace": [["urn:a", "urn:b"], ["urn:b", "urn:c"]]}, "identity.same_namespace"),
-    ({"auto_link": 5, "review": 10}, "identity.auto_link"),
-    ({"threshold": 5}, "identity.threshold"),
-])
+@pytest.mark.parametrize(
+    "identity, key",
+    [
+        ({"same_namespace": [["urn:a"]]}, "identity.same_namespace"),
+        ({"same_namespace": [["urn:a", "urn:b"], ["urn:b", "urn:c"]]}, "identity.same_namespace"),
+        ({"auto_link": 5, "review": 10}, "identity.auto_link"),
+        ({"threshold": 5}, "identity.threshold"),
+    ],
+)
 def test_bad_identity_config_names_the_key(write_config, identity, key):
     with pytest.raises(ConfigError) as err:
         write_config({"store": "sqlite:///x.db", "identity": identity})

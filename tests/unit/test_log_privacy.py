@@ -1,6 +1,7 @@
 """The suite's log check (tests/log_privacy.py) finds patient data and only patient data.
 
 It fails a whole run, so a false alarm blocks every change and a miss hides a leak."""
+
 from log_privacy import _patient_values, patient_data_hits
 
 

@@ -1,4 +1,5 @@
 """Hard cases of the DICOM JSON -> FHIR R4 mapping, on hand-built DICOM JSON (PS3.18 F.2)."""
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,7 @@ def instance(uid: str, number: int | None = None, **extra) -> dict:
     return attrs
 
 
-def series(uid: str, number: int | None = 1, modality: str | None = "CT", instances=(),
-           **extra) -> SeriesRecord:
+def series(uid: str, number: int | None = 1, modality: str | None = "CT", instances=(), **extra) -> SeriesRecord:
     attrs = {"0020000E": el("UI", uid)}
     if number is not None:
         attrs["00200011"] = el("IS", number)
@@ -134,16 +134,18 @@ def test_invalid_time_keeps_the_date():
 
 
 def test_invalid_offset_falls_back_to_the_source_zone():
-    result = mapped(record(**{"00080020": el("DA", "20230715"), "00080030": el("TM", "101500"),
-                              "00080201": el("SH", "+2500")}))
+    result = mapped(
+        record(**{"00080020": el("DA", "20230715"), "00080030": el("TM", "101500"), "00080201": el("SH", "+2500")})
+    )
     assert result.imaging_study["started"] == "2023-07-15T10:15:00+02:00"
     assert any("TimezoneOffsetFromUTC '+2500'" in note for note in result.repairs)
 
 
 def test_series_started_uses_the_study_offset():
-    rec = record([series("1.2.3.1", 1, **{"00080021": el("DA", "20230101"),
-                                          "00080031": el("TM", "235959")})],
-                 **{"00080201": el("SH", "+0530")})
+    rec = record(
+        [series("1.2.3.1", 1, **{"00080021": el("DA", "20230101"), "00080031": el("TM", "235959")})],
+        **{"00080201": el("SH", "+0530")},
+    )
     started = mapped(rec).imaging_study["series"][0]["started"]
     assert started == "2023-01-01T23:59:59+05:30"
 
@@ -173,11 +175,14 @@ def qualifiers(entity_id=None, entity_type=None, type_code=None) -> dict:
     [
         (None, qualifiers("1.2.840.99.7", "ISO"), "urn:oid:1.2.840.99.7", None),
         ("HOSPA", qualifiers("1.2.840.99.7", "ISO"), "urn:oid:1.2.840.99.7", "HOSPA"),
-        (None, qualifiers("https://hospital.example/mrn", "URI"), "https://hospital.example/mrn",
-         None),
+        (None, qualifiers("https://hospital.example/mrn", "URI"), "https://hospital.example/mrn", None),
         ("HOSPA", None, "urn:oid:1.2.3.4", "HOSPA"),  # local issuer mapped in issuer_systems
-        ("St. Mary's / Radiology", None,
-         "urn:imaging-facade:issuer:St.%20Mary%27s%20%2F%20Radiology", "St. Mary's / Radiology"),
+        (
+            "St. Mary's / Radiology",
+            None,
+            "urn:imaging-facade:issuer:St.%20Mary%27s%20%2F%20Radiology",
+            "St. Mary's / Radiology",
+        ),
         (None, None, "urn:oid:2.999.10", None),  # no issuer at all
         ("HOSPB", qualifiers("not an oid", "ISO"), "urn:imaging-facade:issuer:HOSPB", "HOSPB"),
     ],
@@ -200,7 +205,8 @@ def test_patient_identifier_system_from_issuer(issuer, quals, system, assigner):
 def test_identifier_type_code_gives_identifier_type():
     result = mapped(record(**{"00100024": qualifiers("1.2.3", "ISO", "MR")}))
     assert result.patient["identifier"][0]["type"] == {
-        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]
+    }
 
 
 def test_same_patient_id_with_different_issuers_is_two_patients():
@@ -215,19 +221,20 @@ def test_same_patient_id_with_different_issuers_is_two_patients():
 def test_same_system_and_value_is_the_same_patient_whatever_the_issuer_spelling():
     # HOSPA is configured as urn:oid:1.2.3.4; another archive sends the OID itself
     a = mapped(record(**{"00100021": el("LO", "HOSPA")}))
-    b = mapped(record(uid="1.2.826.0.1.3680043.8.498.2",
-                      **{"00100024": qualifiers("1.2.3.4", "ISO")}))
+    b = mapped(record(uid="1.2.826.0.1.3680043.8.498.2", **{"00100024": qualifiers("1.2.3.4", "ISO")}))
     assert a.patient["id"] == b.patient["id"]
     assert a.patient_key == b.patient_key == ("urn:oid:1.2.3.4", "MRN-0042")
 
 
 def test_other_patient_ids_follow_the_same_issuer_rules():
-    others = el("SQ",
-                {"00100020": el("LO", "X-1"), "00100021": el("LO", "HOSPA")},
-                {"00100020": el("LO", "X-2"), "00100024": qualifiers("1.2.5", "ISO")},
-                {"00100020": el("LO", "X-3")},
-                {"00100020": el("LO", "MRN-0042")},  # same as the primary: not repeated
-                {"00100021": el("LO", "HOSPA")})     # no id: ignored
+    others = el(
+        "SQ",
+        {"00100020": el("LO", "X-1"), "00100021": el("LO", "HOSPA")},
+        {"00100020": el("LO", "X-2"), "00100024": qualifiers("1.2.5", "ISO")},
+        {"00100020": el("LO", "X-3")},
+        {"00100020": el("LO", "MRN-0042")},  # same as the primary: not repeated
+        {"00100021": el("LO", "HOSPA")},
+    )  # no id: ignored
     result = mapped(record(**{"00101002": others}))
     pairs = [(i["system"], i["value"]) for i in result.patient["identifier"]]
     assert pairs == [
@@ -259,8 +266,7 @@ def test_person_name_with_three_groups():
     assert result.patient["name"] == [
         {"family": "Yamada", "given": ["Tarou"], "prefix": ["Dr."], "suffix": ["Jr."]},
         {"extension": [{"url": ext, "valueCode": "IDE"}], "family": "山田", "given": ["太郎"]},
-        {"extension": [{"url": ext, "valueCode": "SYL"}], "family": "やまだ",
-         "given": ["たろう"]},
+        {"extension": [{"url": ext, "valueCode": "SYL"}], "family": "やまだ", "given": ["たろう"]},
     ]
 
 
@@ -269,32 +275,34 @@ def test_person_name_as_a_plain_string_and_middle_names():
     assert result.patient["name"] == [{"family": "Smith", "given": ["John", "Paul"]}]
 
 
-@pytest.mark.parametrize("sex, gender", [("M", "male"), ("F", "female"), ("O", "other"),
-                                         ("X", "unknown"), ("", "unknown"), (None, "unknown")])
+@pytest.mark.parametrize(
+    "sex, gender",
+    [("M", "male"), ("F", "female"), ("O", "other"), ("X", "unknown"), ("", "unknown"), (None, "unknown")],
+)
 def test_gender(sex, gender):
     extra = {"00100040": el("CS", sex) if sex is not None else el("CS")}
     assert mapped(record(**extra)).patient["gender"] == gender
 
 
 def test_birth_date():
-    assert mapped(record(**{"00100030": el("DA", "19710123")})).patient["birthDate"] == \
-        "1971-01-23"
+    assert mapped(record(**{"00100030": el("DA", "19710123")})).patient["birthDate"] == "1971-01-23"
     result = mapped(record(**{"00100030": el("DA", "19711323")}))
     assert "birthDate" not in result.patient
     assert "PatientBirthDate is not a valid DA; birthDate left out" in result.repairs
 
 
 def test_repairs_never_contain_patient_names_or_ids():
-    rec = record(**{
-        "00100010": el("PN", pn("Secretname^Onlyhere")),
-        "00100020": el("LO", "SECRET-ID-77"),
-        "00100021": el("LO", "ISSUER-Z"),
-        "00100030": el("DA", "19711323"),
-        "00101002": el("SQ", {"00100020": el("LO", "OTHER-SECRET"),
-                              "00100024": qualifiers("x y", "URI")}),
-        "00080020": el("DA", "2004011"),
-        "00100024": qualifiers("bad oid", "ISO"),
-    })
+    rec = record(
+        **{
+            "00100010": el("PN", pn("Secretname^Onlyhere")),
+            "00100020": el("LO", "SECRET-ID-77"),
+            "00100021": el("LO", "ISSUER-Z"),
+            "00100030": el("DA", "19711323"),
+            "00101002": el("SQ", {"00100020": el("LO", "OTHER-SECRET"), "00100024": qualifiers("x y", "URI")}),
+            "00080020": el("DA", "2004011"),
+            "00100024": qualifiers("bad oid", "ISO"),
+        }
+    )
     result = mapped(rec)
     assert result.repairs  # there is something to report
     text = "\n".join(result.repairs)
@@ -303,8 +311,9 @@ def test_repairs_never_contain_patient_names_or_ids():
 
 
 def test_display_names_of_physicians_are_readable():
-    rec = record(**{"00080090": el("PN", pn("Doe^John^^Dr.")),
-                    "00081060": el("PN", pn("Roe^Richard"), pn("Poe^Edgar^Allan"))})
+    rec = record(
+        **{"00080090": el("PN", pn("Doe^John^^Dr.")), "00081060": el("PN", pn("Roe^Richard"), pn("Poe^Edgar^Allan"))}
+    )
     study = mapped(rec).imaging_study
     assert study["referrer"] == {"display": "Dr. John Doe"}
     assert study["interpreter"] == [{"display": "Richard Roe"}, {"display": "Edgar Allan Poe"}]
@@ -327,10 +336,8 @@ def issuer_of_accession(local=None, universal=None, kind=None) -> dict:
     "issuer, ctx_system, system",
     [
         (issuer_of_accession(universal="1.2.840.5.5", kind="ISO"), None, "urn:oid:1.2.840.5.5"),
-        (issuer_of_accession(universal="http://ris.example/acc", kind="URI"), None,
-         "http://ris.example/acc"),
-        (issuer_of_accession(local="ACC-LOCAL"), "urn:acc:default",
-         "http://hospa.example/accession"),
+        (issuer_of_accession(universal="http://ris.example/acc", kind="URI"), None, "http://ris.example/acc"),
+        (issuer_of_accession(local="ACC-LOCAL"), "urn:acc:default", "http://hospa.example/accession"),
         (issuer_of_accession(local="UNMAPPED"), "urn:acc:default", "urn:acc:default"),
         (None, "urn:acc:default", "urn:acc:default"),
         (None, None, None),
@@ -345,8 +352,7 @@ def test_accession_identifier_and_based_on(issuer, ctx_system, system):
     accession = study["identifier"][1]
     assert accession["value"] == "ACC123"
     assert accession["type"]["coding"][0]["code"] == "ACSN"
-    assert accession["type"]["coding"][0]["system"] == \
-        "http://terminology.hl7.org/CodeSystem/v2-0203"
+    assert accession["type"]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v2-0203"
     assert accession.get("system") == system
     assert study["basedOn"] == [{"type": "ServiceRequest", "identifier": accession}]
 
@@ -355,15 +361,19 @@ def test_accession_and_reason_from_request_attributes_sequence():
     request = {
         "00080050": el("SH", "REQ-ACC"),
         "00401002": el("LO", "suspected fracture"),
-        "0040100A": el("SQ", {"00080100": el("SH", "T-D4000"),  # SNOMED RT: becomes SCT
-                              "00080102": el("SH", "SRT"),
-                              "00080104": el("LO", "Abdomen")}),
+        "0040100A": el(
+            "SQ",
+            {
+                "00080100": el("SH", "T-D4000"),  # SNOMED RT: becomes SCT
+                "00080102": el("SH", "SRT"),
+                "00080104": el("LO", "Abdomen"),
+            },
+        ),
     }
     study = mapped(record(**{"00400275": el("SQ", request)})).imaging_study
     assert study["identifier"][1]["value"] == "REQ-ACC"
     assert study["reasonCode"] == [
-        {"coding": [{"system": SCT, "code": "113345001", "display": "Abdomen"}],
-         "text": "Abdomen"},
+        {"coding": [{"system": SCT, "code": "113345001", "display": "Abdomen"}], "text": "Abdomen"},
         {"text": "suspected fracture"},
     ]
 
@@ -374,15 +384,14 @@ def test_top_level_reason_text():
 
 
 def test_procedure_code_sequence():
-    items = el("SQ",
-               {"00080100": el("SH", "24627-2"), "00080102": el("SH", "LN"),
-                "00080104": el("LO", "Chest CT")},
-               {"00080100": el("SH", "CTCHEST"), "00080102": el("SH", "99HOSPA"),
-                "00080104": el("LO", "CT chest local")})
+    items = el(
+        "SQ",
+        {"00080100": el("SH", "24627-2"), "00080102": el("SH", "LN"), "00080104": el("LO", "Chest CT")},
+        {"00080100": el("SH", "CTCHEST"), "00080102": el("SH", "99HOSPA"), "00080104": el("LO", "CT chest local")},
+    )
     result = mapped(record(**{"00081032": items}))
     assert result.imaging_study["procedureCode"] == [
-        {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "Chest CT"}],
-         "text": "Chest CT"},
+        {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "Chest CT"}], "text": "Chest CT"},
         {"coding": [{"code": "CTCHEST", "display": "CT chest local"}], "text": "CT chest local"},
     ]
     assert any("99HOSPA" in note for note in result.repairs)
@@ -409,14 +418,12 @@ def test_modality_synonyms_of_the_base_profile_become_dicom_codes():
 
 
 def test_modalities_in_study_wins_over_series_modalities():
-    rec = record([series("1.2.3.1", 1, "CT"), series("1.2.3.2", 2, "SR")],
-                 **{"00080061": el("CS", "CT", "PT")})
+    rec = record([series("1.2.3.1", 1, "CT"), series("1.2.3.2", 2, "SR")], **{"00080061": el("CS", "CT", "PT")})
     assert [m["code"] for m in mapped(rec).imaging_study["modality"]] == ["CT", "PT"]
 
 
 def test_study_modality_collects_distinct_series_modalities():
-    rec = record([series("1.2.3.3", 3, "PT"), series("1.2.3.1", 1, "CT"),
-                  series("1.2.3.2", 2, "CT")])
+    rec = record([series("1.2.3.3", 3, "PT"), series("1.2.3.1", 1, "CT"), series("1.2.3.2", 2, "CT")])
     modalities = mapped(rec).imaging_study["modality"]
     assert [m["code"] for m in modalities] == ["CT", "PT"]
     assert all(m["system"] == DCM for m in modalities)
@@ -446,7 +453,10 @@ def test_missing_series_modality_becomes_ot():
 def test_body_part_examined_to_snomed(value, concept):
     result = mapped(record([series("1.2.3.1", 1, **{"00180015": el("CS", value)})]))
     assert result.imaging_study["series"][0]["bodySite"] == {
-        "system": SCT, "code": concept.value, "display": concept.meaning}
+        "system": SCT,
+        "code": concept.value,
+        "display": concept.meaning,
+    }
     assert result.repairs == []
 
 
@@ -465,10 +475,11 @@ def test_laterality(value, code):
 
 def test_laterality_from_image_laterality_when_instances_agree():
     same = [instance(f"1.2.3.1.{i}", i, **{"00200062": el("CS", "B")}) for i in (1, 2)]
-    mixed = [instance("1.2.3.2.1", 1, **{"00200062": el("CS", "L")}),
-             instance("1.2.3.2.2", 2, **{"00200062": el("CS", "R")})]
-    study = mapped(record([series("1.2.3.1", 1, instances=same),
-                           series("1.2.3.2", 2, instances=mixed)])).imaging_study
+    mixed = [
+        instance("1.2.3.2.1", 1, **{"00200062": el("CS", "L")}),
+        instance("1.2.3.2.2", 2, **{"00200062": el("CS", "R")}),
+    ]
+    study = mapped(record([series("1.2.3.1", 1, instances=same), series("1.2.3.2", 2, instances=mixed)])).imaging_study
     assert study["series"][0]["laterality"]["code"] == "51440002"
     assert "laterality" not in study["series"][1]
 
@@ -480,15 +491,32 @@ def test_invalid_laterality_is_left_out():
 
 
 def test_performers():
-    rec = record([series("1.2.3.1", 1, **{"00081050": el("PN", pn("House^Gregory")),
-                                          "00081070": el("PN", pn("Tech^Tina"),
-                                                         pn("House^Gregory"))})])
+    rec = record(
+        [
+            series(
+                "1.2.3.1",
+                1,
+                **{
+                    "00081050": el("PN", pn("House^Gregory")),
+                    "00081070": el("PN", pn("Tech^Tina"), pn("House^Gregory")),
+                },
+            )
+        ]
+    )
     performers = mapped(rec).imaging_study["series"][0]["performer"]
     assert performers == [
-        {"function": {"coding": [{"system":
-                                  "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                  "code": "PRF", "display": "performer"}]},
-         "actor": {"display": "Gregory House"}},
+        {
+            "function": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                        "code": "PRF",
+                        "display": "performer",
+                    }
+                ]
+            },
+            "actor": {"display": "Gregory House"},
+        },
         {"actor": {"display": "Tina Tech"}},
     ]
 
@@ -497,27 +525,30 @@ def test_performers():
 
 
 def test_instance_titles_in_order_of_precedence():
-    concept = el("SQ", {"00080100": el("SH", "18748-4"), "00080102": el("SH", "LN"),
-                        "00080104": el("LO", "Diagnostic imaging study")})
+    concept = el(
+        "SQ",
+        {"00080100": el("SH", "18748-4"), "00080102": el("SH", "LN"), "00080104": el("LO", "Diagnostic imaging study")},
+    )
     instances = [
         instance("1.2.3.1.1", 1, **{"00700080": el("CS", "LABEL"), "0040A043": concept}),
         instance("1.2.3.1.2", 2, **{"0040A043": concept, "00420010": el("ST", "Doc")}),
-        instance("1.2.3.1.3", 3, **{"00420010": el("ST", "Doc"),
-                                    "00080008": el("CS", "ORIGINAL", "PRIMARY")}),
+        instance("1.2.3.1.3", 3, **{"00420010": el("ST", "Doc"), "00080008": el("CS", "ORIGINAL", "PRIMARY")}),
         instance("1.2.3.1.4", 4, **{"00080008": el("CS", "ORIGINAL", "PRIMARY", "AXIAL")}),
         instance("1.2.3.1.5", 5),
     ]
     rows = mapped(record([series("1.2.3.1", 1, instances=instances)])).imaging_study
     titles = [i.get("title") for i in rows["series"][0]["instance"]]
-    assert titles == ["LABEL", "Diagnostic imaging study", "Doc", "ORIGINAL\\PRIMARY\\AXIAL",
-                      None]
+    assert titles == ["LABEL", "Diagnostic imaging study", "Doc", "ORIGINAL\\PRIMARY\\AXIAL", None]
 
 
 def test_series_and_instances_without_uid_are_left_out_with_a_note():
-    broken_series = SeriesRecord(attrs={"00080060": el("CS", "CT")},
-                                 instances=[instance("1.2.3.9.1", 1)])
-    instances = [instance("1.2.3.1.1", 1), {"00080016": el("UI", CT_IMAGE)},
-                 instance("x" * 65, 3), {"00080018": el("UI", "1.2.3.1.4")}]
+    broken_series = SeriesRecord(attrs={"00080060": el("CS", "CT")}, instances=[instance("1.2.3.9.1", 1)])
+    instances = [
+        instance("1.2.3.1.1", 1),
+        {"00080016": el("UI", CT_IMAGE)},
+        instance("x" * 65, 3),
+        {"00080018": el("UI", "1.2.3.1.4")},
+    ]
     result = mapped(record([series("1.2.3.1", 1, instances=instances), broken_series]))
     study = result.imaging_study
     assert [s["uid"] for s in study["series"]] == ["1.2.3.1"]
@@ -532,8 +563,7 @@ def test_series_and_instances_without_uid_are_left_out_with_a_note():
 def test_series_without_instances_is_kept_with_counts_from_attributes():
     # what QIDO-RS answers at study and series level, without instance queries
     rec = record(
-        [series("1.2.3.1", 1, **{"00201209": el("IS", 120)}),
-         series("1.2.3.2", 2, **{"00201209": el("IS", "30")})],
+        [series("1.2.3.1", 1, **{"00201209": el("IS", 120)}), series("1.2.3.2", 2, **{"00201209": el("IS", "30")})],
         **{"00201206": el("IS", 2), "00201208": el("IS", 150)},
     )
     study = mapped(rec).imaging_study
@@ -543,18 +573,20 @@ def test_series_without_instances_is_kept_with_counts_from_attributes():
 
 
 def test_counts_are_counted_when_not_answered():
-    rec = record([series("1.2.3.1", 1, instances=[instance("1.2.3.1.1", 1),
-                                                   instance("1.2.3.1.2", 2)]),
-                  series("1.2.3.2", 2, instances=[instance("1.2.3.2.1", 1)]),
-                  series("1.2.3.3", 3, **{"00201209": el("IS", 7)})])
+    rec = record(
+        [
+            series("1.2.3.1", 1, instances=[instance("1.2.3.1.1", 1), instance("1.2.3.1.2", 2)]),
+            series("1.2.3.2", 2, instances=[instance("1.2.3.2.1", 1)]),
+            series("1.2.3.3", 3, **{"00201209": el("IS", 7)}),
+        ]
+    )
     study = mapped(rec).imaging_study
     assert [s["numberOfInstances"] for s in study["series"]] == [2, 1, 7]
     assert study["numberOfSeries"] == 3 and study["numberOfInstances"] == 10
 
 
 def test_bad_numbers_are_left_out_with_a_note():
-    rec = record([series("1.2.3.1", -4, instances=[instance("1.2.3.1.1", "abc")],
-                         **{"00201209": el("IS", "many")})])
+    rec = record([series("1.2.3.1", -4, instances=[instance("1.2.3.1.1", "abc")], **{"00201209": el("IS", "many")})])
     result = mapped(rec)
     entry = result.imaging_study["series"][0]
     assert "number" not in entry and "number" not in entry["instance"][0]
@@ -563,18 +595,19 @@ def test_bad_numbers_are_left_out_with_a_note():
 
 
 def test_duplicate_series_are_merged_and_duplicate_instances_dropped():
-    rec = record([series("1.2.3.1", 1, instances=[instance("1.2.3.1.1", 1)]),
-                  series("1.2.3.1", 1, instances=[instance("1.2.3.1.2", 2),
-                                                  instance("1.2.3.1.1", 1)])])
+    rec = record(
+        [
+            series("1.2.3.1", 1, instances=[instance("1.2.3.1.1", 1)]),
+            series("1.2.3.1", 1, instances=[instance("1.2.3.1.2", 2), instance("1.2.3.1.1", 1)]),
+        ]
+    )
     result = mapped(rec)
     assert len(result.imaging_study["series"]) == 1
-    assert [i["uid"] for i in result.imaging_study["series"][0]["instance"]] == \
-        ["1.2.3.1.1", "1.2.3.1.2"]
+    assert [i["uid"] for i in result.imaging_study["series"][0]["instance"]] == ["1.2.3.1.1", "1.2.3.1.2"]
 
 
 def test_oversized_and_control_character_strings_are_repaired():
-    rec = record(**{"00081030": el("LO", "A" * (MAX_TEXT + 10)),
-                    "00401002": el("LO", "bad\x07reason")})
+    rec = record(**{"00081030": el("LO", "A" * (MAX_TEXT + 10)), "00401002": el("LO", "bad\x07reason")})
     result = mapped(rec)
     assert len(result.imaging_study["description"]) == MAX_TEXT
     assert result.imaging_study["reasonCode"] == [{"text": "badreason"}]
@@ -587,15 +620,21 @@ def test_oversized_and_control_character_strings_are_repaired():
 def _big_record() -> StudyRecord:
     series_list = []
     for s in range(1, 6):
-        instances = [instance(f"1.2.3.{s}.{i}", i if i % 7 else None,
-                              **{"00080008": el("CS", "ORIGINAL", "PRIMARY")})
-                     for i in range(1, 30)]
-        series_list.append(series(f"1.2.3.{s}", s if s != 3 else None,
-                                  "MR" if s % 2 else "CT", instances,
-                                  **{"00180015": el("CS", "HEAD")}))
+        instances = [
+            instance(f"1.2.3.{s}.{i}", i if i % 7 else None, **{"00080008": el("CS", "ORIGINAL", "PRIMARY")})
+            for i in range(1, 30)
+        ]
+        series_list.append(
+            series(
+                f"1.2.3.{s}",
+                s if s != 3 else None,
+                "MR" if s % 2 else "CT",
+                instances,
+                **{"00180015": el("CS", "HEAD")},
+            )
+        )
     series_list.append(series("1.2.3.10", 2, "SR", [instance("1.2.3.10.1", 1)]))
-    return record(series_list, **{"00080020": el("DA", "20230715"),
-                                  "00080030": el("TM", "101500")})
+    return record(series_list, **{"00080020": el("DA", "20230715"), "00080030": el("TM", "101500")})
 
 
 def test_shuffled_series_and_instances_give_identical_output():
@@ -621,7 +660,7 @@ def test_sort_order_is_number_then_uid():
     first = study["series"][0]["instance"]
     numbered = [i["number"] for i in first if "number" in i]
     assert numbered == sorted(numbered)
-    assert all("number" not in i for i in first[len(numbered):])  # unnumbered last
+    assert all("number" not in i for i in first[len(numbered) :])  # unnumbered last
 
 
 def test_mapping_does_not_change_its_input():
@@ -638,8 +677,7 @@ def test_outputs_share_no_mutable_parts():
     second = map_study(record(**{"00080050": el("SH", "A1")}), CTX)
     assert second.imaging_study["identifier"][1]["type"]["coding"][0]["code"] == "ACSN"
     assert second.imaging_study["series"][0]["modality"]["code"] == "CT"
-    assert second.imaging_study["basedOn"][0]["identifier"]["type"]["coding"][0]["code"] == \
-        "ACSN"
+    assert second.imaging_study["basedOn"][0]["identifier"]["type"]["coding"][0]["code"] == "ACSN"
 
 
 # --- studies that cannot be represented --------------------------------------------------------
@@ -689,13 +727,18 @@ def test_endpoint_with_wado_url():
         "resourceType": "Endpoint",
         "id": "main-pacs",
         "meta": {"profile": ["http://imaging-facade.org/fhir/StructureDefinition/imaging-facade-endpoint"]},
-        "extension": [{
-            "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
-            "valueBoolean": False}],
+        "extension": [
+            {
+                "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+                "valueBoolean": False,
+            }
+        ],
         "status": "active",
         "connectionType": {
             "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-            "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
+            "code": "dicom-wado-rs",
+            "display": "DICOM WADO-RS",
+        },
         "name": "main-pacs",
         "payloadType": [{"text": "DICOM WADO-RS"}],
         "payloadMimeType": ["application/dicom"],

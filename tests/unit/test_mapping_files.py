@@ -3,6 +3,7 @@
 Expected values are read from the pydicom Dataset independently of the mapping, or are the
 literal values of the file where the brief names them.
 """
+
 from __future__ import annotations
 
 import io
@@ -150,16 +151,14 @@ def test_ct_small_imaging_study():
     study = mapped.imaging_study
     assert study["resourceType"] == "ImagingStudy"
     assert study["id"] == ds.StudyInstanceUID
-    assert study["identifier"][0] == {"system": "urn:dicom:uid",
-                                      "value": "urn:oid:" + ds.StudyInstanceUID}
+    assert study["identifier"][0] == {"system": "urn:dicom:uid", "value": "urn:oid:" + ds.StudyInstanceUID}
     assert ds.AccessionNumber == ""  # empty in the file: no accession identifier, no basedOn
     assert len(study["identifier"]) == 1 and "basedOn" not in study
     assert study["status"] == "available"
     assert [m["code"] for m in study["modality"]] == [ds.Modality] == ["CT"]
     assert study["modality"][0]["system"] == DCM
     assert study["started"] == "2004-01-19T07:27:30-05:00"
-    assert study["started"] == expected_started(ds.StudyDate, ds.StudyTime,
-                                                ds.TimezoneOffsetFromUTC)
+    assert study["started"] == expected_started(ds.StudyDate, ds.StudyTime, ds.TimezoneOffsetFromUTC)
     assert study["description"] == ds.StudyDescription
     assert study["endpoint"] == [{"reference": "Endpoint/pydicom-files"}]
     assert "referrer" not in study  # ReferringPhysicianName is empty in the file
@@ -169,8 +168,7 @@ def test_ct_small_imaging_study():
     assert series["number"] == int(ds.SeriesNumber)
     assert series["modality"]["code"] == ds.Modality
     # series times are local too: the study's offset applies
-    assert series["started"] == expected_started(ds.SeriesDate, ds.SeriesTime,
-                                                 ds.TimezoneOffsetFromUTC)
+    assert series["started"] == expected_started(ds.SeriesDate, ds.SeriesTime, ds.TimezoneOffsetFromUTC)
     instance = series["instance"][0]
     assert instance["uid"] == ds.SOPInstanceUID
     assert instance["sopClass"]["system"] == "urn:ietf:rfc:3986"
@@ -193,8 +191,7 @@ def test_ct_small_patient():
     assert patient_key(patient) == (CTX.patient_id_system, "1CT1")
     assert mapped.patient_key == (CTX.patient_id_system, "1CT1")
     assert ds.PatientSex == "O" and patient["gender"] == "other"
-    assert patient["name"] == [{"family": ds.PatientName.family_name,
-                                "given": [ds.PatientName.given_name]}]
+    assert patient["name"] == [{"family": ds.PatientName.family_name, "given": [ds.PatientName.given_name]}]
     assert "birthDate" not in patient  # empty in the file
 
 
@@ -204,8 +201,7 @@ def test_ct_small_patient():
 def test_mr_small():
     ds, mapped = file_study("MR_small.dcm")
     study, patient = mapped.imaging_study, mapped.patient
-    assert study["started"] == expected_started(ds.StudyDate, ds.StudyTime,
-                                                ds.TimezoneOffsetFromUTC)
+    assert study["started"] == expected_started(ds.StudyDate, ds.StudyTime, ds.TimezoneOffsetFromUTC)
     assert study["started"].endswith("-04:00")
     assert study["modality"][0]["code"] == "MR" == ds.Modality
     # NameOfPhysiciansReadingStudy "----" is what the file says
@@ -227,8 +223,10 @@ def test_examples_overlay_request_attributes_and_body_part():
     accession = study["identifier"][1]
     assert accession["value"] == ds.AccessionNumber
     assert accession["type"]["coding"][0] == {
-        "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN",
-        "display": "Accession ID"}
+        "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+        "code": "ACSN",
+        "display": "Accession ID",
+    }
     assert "system" not in accession  # no issuer, no ctx.accession_system
     assert study["basedOn"] == [{"type": "ServiceRequest", "identifier": accession}]
     assert ds.RequestAttributesSequence[0].RequestedProcedureID == "8000000000330109"
@@ -236,8 +234,11 @@ def test_examples_overlay_request_attributes_and_body_part():
     assert study["started"] == "2005-11-30T13:26:45.921-05:00"
     series = study["series"][0]
     assert ds.BodyPartExamined == "ABDOMEN"
-    assert series["bodySite"] == {"system": SCT, "code": sr_codes.cid4031.Abdomen.value,
-                                  "display": sr_codes.cid4031.Abdomen.meaning}
+    assert series["bodySite"] == {
+        "system": SCT,
+        "code": sr_codes.cid4031.Abdomen.value,
+        "display": sr_codes.cid4031.Abdomen.meaning,
+    }
     assert series["description"] == ds.SeriesDescription
     assert mapped.patient["birthDate"] == "1111-11-11"  # "11111111" is a valid DA
 
@@ -271,8 +272,7 @@ def test_sr_document_title_from_concept_name_and_own_patient_without_id():
 
 def test_dicomdir_ct_study_counts_and_modalities_in_study():
     # a real multi-file study: the CT series of patient 77654033 from pydicom's DICOMDIR set
-    datasets = [ds for name, ds in all_datasets()
-                if ds.get("PatientID") == "77654033" and ds.Modality == "CT"]
+    datasets = [ds for name, ds in all_datasets() if ds.get("PatientID") == "77654033" and ds.Modality == "CT"]
     assert len(datasets) >= 2
     uid = datasets[0].StudyInstanceUID
     study = map_study(all_records()[uid], CTX).imaging_study
@@ -313,10 +313,16 @@ def test_japanese_name_iso2022_ir87_three_groups():
     ext = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
     assert names == [
         {"family": pn.family_name, "given": [pn.given_name]},
-        {"extension": [{"url": ext, "valueCode": "IDE"}],
-         "family": pn.ideographic.split("^")[0], "given": [pn.ideographic.split("^")[1]]},
-        {"extension": [{"url": ext, "valueCode": "SYL"}],
-         "family": pn.phonetic.split("^")[0], "given": [pn.phonetic.split("^")[1]]},
+        {
+            "extension": [{"url": ext, "valueCode": "IDE"}],
+            "family": pn.ideographic.split("^")[0],
+            "given": [pn.ideographic.split("^")[1]],
+        },
+        {
+            "extension": [{"url": ext, "valueCode": "SYL"}],
+            "family": pn.phonetic.split("^")[0],
+            "given": [pn.phonetic.split("^")[1]],
+        },
     ]
     assert names[1]["family"] == "山田"
     Patient.model_validate(mapped.patient)

@@ -3,6 +3,7 @@ reason), and what a profile changes in the mapping of real DICOM files (pydicom'
 
 Expected values are read from the files with plain pydicom, never from the mapping.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -62,8 +63,10 @@ def config_with(tmp_path, archive):
         for name, text in (files_to_write or {}).items():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_text(text)
-        data = {"store": f"sqlite:///{tmp_path / 'facade.db'}",
-                "sources": [{"name": "site-a", "type": "folder", "path": str(archive(*files)), **source}]}
+        data = {
+            "store": f"sqlite:///{tmp_path / 'facade.db'}",
+            "sources": [{"name": "site-a", "type": "folder", "path": str(archive(*files)), **source}],
+        }
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         return load_config(tmp_path / "config.yaml", environ={})
 
@@ -71,8 +74,9 @@ def config_with(tmp_path, archive):
 
 
 def mapped_studies(src):
-    return {m.imaging_study["id"]: m for m in (map_study(item, src.mapping_context())
-                                                for item in src.open().iter_studies())}
+    return {
+        m.imaging_study["id"]: m for m in (map_study(item, src.mapping_context()) for item in src.open().iter_studies())
+    }
 
 
 # --- layering ------------------------------------------------------------------------------
@@ -82,18 +86,19 @@ def test_base_profile_is_the_shipped_file_and_cites_its_lines():
     profile = base_profile()
     assert profile.layers == ("fhir_profiles/mapping/base.yaml",)
     assert profile.modality_synonyms["PET"] == "PT"
-    assert profile.rule("modality", "synonym", "PET") == f"fhir_profiles/mapping/base.yaml:{line_of(BASE_FILE, 'PET: PT')}"
-    assert profile.rule("body_part", "term", "HIP") == \
-        f"fhir_profiles/mapping/base.yaml:{line_of(BASE_FILE, 'HIP:')}"
+    assert (
+        profile.rule("modality", "synonym", "PET") == f"fhir_profiles/mapping/base.yaml:{line_of(BASE_FILE, 'PET: PT')}"
+    )
+    assert profile.rule("body_part", "term", "HIP") == f"fhir_profiles/mapping/base.yaml:{line_of(BASE_FILE, 'HIP:')}"
 
 
 def test_layers_merge_base_then_vendor_then_source(tmp_path):
     vendor = tmp_path / "vendor.yaml"
-    vendor.write_text("modality:\n  synonyms:\n    PET: NM\n    TOMO: CT\n"
-                      "issuers:\n  HOSP: urn:oid:1.1\n  OTHER: urn:oid:9.9\n")
+    vendor.write_text(
+        "modality:\n  synonyms:\n    PET: NM\n    TOMO: CT\nissuers:\n  HOSP: urn:oid:1.1\n  OTHER: urn:oid:9.9\n"
+    )
     own = tmp_path / "own.yaml"
-    own.write_text("modality:\n  synonyms:\n    TOMO: MR\n    MRI: null\n"
-                   "issuers:\n  HOSP: urn:oid:2.2\n")
+    own.write_text("modality:\n  synonyms:\n    TOMO: MR\n    MRI: null\nissuers:\n  HOSP: urn:oid:2.2\n")
     profile = source_profile(str(vendor), "own.yaml", tmp_path, "config.yaml")
     # base's PET -> PT replaced by the vendor; the source overrides the vendor's TOMO
     assert profile.modality_synonyms["PET"] == "NM"
@@ -109,20 +114,32 @@ def test_layers_merge_base_then_vendor_then_source(tmp_path):
 
 def test_private_tag_rules_add_up_and_a_later_rule_replaces_the_same_attribute(tmp_path):
     vendor = tmp_path / "v.yaml"
-    vendor.write_text("private_tags:\n"
-                      "  - {creator: ACME 1.0, group: '0019', element: '10', extension: acme-a}\n"
-                      "  - {creator: ACME 1.0, group: '0019', element: '11', extension: acme-b}\n")
-    profile = source_profile(str(vendor), {"private_tags": [
-        {"creator": "ACME 1.0", "group": "0019", "element": "11", "target": "ImagingStudy.description"}]},
-        tmp_path, str(tmp_path / "config.yaml"))
+    vendor.write_text(
+        "private_tags:\n"
+        "  - {creator: ACME 1.0, group: '0019', element: '10', extension: acme-a}\n"
+        "  - {creator: ACME 1.0, group: '0019', element: '11', extension: acme-b}\n"
+    )
+    profile = source_profile(
+        str(vendor),
+        {
+            "private_tags": [
+                {"creator": "ACME 1.0", "group": "0019", "element": "11", "target": "ImagingStudy.description"}
+            ]
+        },
+        tmp_path,
+        str(tmp_path / "config.yaml"),
+    )
     by_element = {rule.element: rule for rule in profile.private_tags}
     assert by_element[0x10].extension == STRUCTURE_DEFINITION + "acme-a"
     assert by_element[0x11].target == "ImagingStudy.description" and by_element[0x11].extension is None
 
 
 def test_older_config_keys_are_the_top_layer(config_with):
-    config = config_with(issuer_systems={"HOSP_A": "urn:oid:1.2.3"}, patient_id_system="urn:oid:2.999.7",
-                         profile={"issuers": {"HOSP_B": "urn:oid:4.5.6"}})
+    config = config_with(
+        issuer_systems={"HOSP_A": "urn:oid:1.2.3"},
+        patient_id_system="urn:oid:2.999.7",
+        profile={"issuers": {"HOSP_B": "urn:oid:4.5.6"}},
+    )
     src = config.sources[0]
     assert src.profile.issuers == {"HOSP_A": "urn:oid:1.2.3", "HOSP_B": "urn:oid:4.5.6"}
     assert src.issuer_systems == src.profile.issuers  # what on-demand fetching looks up
@@ -139,23 +156,32 @@ def test_an_issuer_configured_twice_differently_is_refused(config_with):
 # --- broken profiles: refused with file, line and reason -----------------------------------
 
 
-@pytest.mark.parametrize("text, line, expected", [
-    ("modality:\n  synonyms:\n    PET: [PT\n", 4, "not valid YAML"),
-    ("modality:\n  synonym:\n    PET: PT\n", 2, "modality.synonym: unknown key"),
-    ("institution:\n  location: maybe\n", 2, "institution.location: Not a valid boolean"),
-    ("issuers:\n  HOSP: 12\n", 2, "issuers.HOSP: Not a valid string"),
-    ("issuers:\n  HOSP: not a uri\n", 2, "is not a URI"),
-    ("modality:\n  synonyms:\n    PET: PET\n", 3, "'PET' is not a DICOM modality code"),
-    ("body_part:\n  terms:\n    KNEECAP: '1234567'\n", 3, "'1234567' is not a SNOMED CT code"),
-    ("names:\n  format: last-first\n", 2, "names.format: Must be one of"),
-    ("dates:\n  formats: ['%d.%m']\n", 2, "must contain a year, a month and a day"),
-    ("private_tags:\n  - creator: X\n    group: '0010'\n    element: '01'\n    extension: x\n", 3,
-     "private_tags[0].group: '0010' is not a private group"),
-    ("private_tags:\n  - creator: X\n    group: '0019'\n    element: '01'\n", 2,
-     "give either target (a FHIR element) or extension"),
-    ("modality:\n  synonyms:\n    PET: PT\n    PET: NM\n", 4, "key 'PET' is written twice"),
-    ("- a list\n", 1, "a profile is a mapping of keys"),
-])
+@pytest.mark.parametrize(
+    "text, line, expected",
+    [
+        ("modality:\n  synonyms:\n    PET: [PT\n", 4, "not valid YAML"),
+        ("modality:\n  synonym:\n    PET: PT\n", 2, "modality.synonym: unknown key"),
+        ("institution:\n  location: maybe\n", 2, "institution.location: Not a valid boolean"),
+        ("issuers:\n  HOSP: 12\n", 2, "issuers.HOSP: Not a valid string"),
+        ("issuers:\n  HOSP: not a uri\n", 2, "is not a URI"),
+        ("modality:\n  synonyms:\n    PET: PET\n", 3, "'PET' is not a DICOM modality code"),
+        ("body_part:\n  terms:\n    KNEECAP: '1234567'\n", 3, "'1234567' is not a SNOMED CT code"),
+        ("names:\n  format: last-first\n", 2, "names.format: Must be one of"),
+        ("dates:\n  formats: ['%d.%m']\n", 2, "must contain a year, a month and a day"),
+        (
+            "private_tags:\n  - creator: X\n    group: '0010'\n    element: '01'\n    extension: x\n",
+            3,
+            "private_tags[0].group: '0010' is not a private group",
+        ),
+        (
+            "private_tags:\n  - creator: X\n    group: '0019'\n    element: '01'\n",
+            2,
+            "give either target (a FHIR element) or extension",
+        ),
+        ("modality:\n  synonyms:\n    PET: PT\n    PET: NM\n", 4, "key 'PET' is written twice"),
+        ("- a list\n", 1, "a profile is a mapping of keys"),
+    ],
+)
 def test_a_broken_profile_file_is_refused_with_file_line_and_reason(config_with, text, line, expected):
     with pytest.raises(ConfigError) as caught:
         config_with(profile="profiles/site-a.yaml", files_to_write={"profiles/site-a.yaml": text})
@@ -212,8 +238,7 @@ def test_the_ge_vendor_profile_maps_gems_private_attributes_of_a_real_file(confi
     with_vendor = mapped_studies(config_with(vendor="ge").sources[0])
     study = with_vendor[ds.StudyInstanceUID].imaging_study
     assert study["extension"] == [{"url": STRUCTURE_DEFINITION + "ge-suite-id", "valueString": suite}]
-    assert study["series"][0]["extension"] == [
-        {"url": STRUCTURE_DEFINITION + "ge-product-id", "valueString": product}]
+    assert study["series"][0]["extension"] == [{"url": STRUCTURE_DEFINITION + "ge-product-id", "valueString": product}]
     before = plain[ds.StudyInstanceUID].imaging_study
     assert "extension" not in before and "extension" not in before["series"][0]
     # everything else is the same
@@ -223,13 +248,27 @@ def test_the_ge_vendor_profile_maps_gems_private_attributes_of_a_real_file(confi
 
 def test_a_private_attribute_can_fill_a_fhir_element(config_with):
     ds = _read("examples_overlay.dcm")  # Siemens: creator SIEMENS MEDCOM HEADER in group 0029
-    creator_block = next(e.tag.element for e in ds.group_dataset(0x0029)
-                         if e.tag.element < 0x100 and e.value == "SIEMENS MEDCOM HEADER")
-    element = next(e for e in ds.group_dataset(0x0029) if e.tag.element >> 8 == creator_block
-                   and isinstance(e.value, str) and e.value.strip())
-    src = config_with(files=("examples_overlay.dcm",), profile={"private_tags": [{
-        "creator": "SIEMENS MEDCOM HEADER", "group": "0029", "element": f"{element.tag.element & 0xFF:02X}",
-        "target": "ImagingStudy.series.description"}]}).sources[0]
+    creator_block = next(
+        e.tag.element for e in ds.group_dataset(0x0029) if e.tag.element < 0x100 and e.value == "SIEMENS MEDCOM HEADER"
+    )
+    element = next(
+        e
+        for e in ds.group_dataset(0x0029)
+        if e.tag.element >> 8 == creator_block and isinstance(e.value, str) and e.value.strip()
+    )
+    src = config_with(
+        files=("examples_overlay.dcm",),
+        profile={
+            "private_tags": [
+                {
+                    "creator": "SIEMENS MEDCOM HEADER",
+                    "group": "0029",
+                    "element": f"{element.tag.element & 0xFF:02X}",
+                    "target": "ImagingStudy.series.description",
+                }
+            ]
+        },
+    ).sources[0]
     series = mapped_studies(src)[ds.StudyInstanceUID].imaging_study["series"][0]
     assert series["description"] == element.value.strip()
 
@@ -237,14 +276,18 @@ def test_a_private_attribute_can_fill_a_fhir_element(config_with):
 def test_institution_names_become_one_location(config_with):
     ds = _read("JPEG-lossy.dcm")
     assert ds.InstitutionName == "St. John's Memorial"
-    src = config_with(files=("JPEG-lossy.dcm",), profile={
-        "institution": {"names": {"ST JOHNS MEMORIAL": "Saint John's Memorial Hospital"}}}).sources[0]
+    src = config_with(
+        files=("JPEG-lossy.dcm",),
+        profile={"institution": {"names": {"ST JOHNS MEMORIAL": "Saint John's Memorial Hospital"}}},
+    ).sources[0]
     assert mapped_studies(src)[ds.StudyInstanceUID].imaging_study["location"] == {
-        "display": "Saint John's Memorial Hospital"}
+        "display": "Saint John's Memorial Hospital"
+    }
     unmapped = mapped_studies(config_with(files=("JPEG-lossy.dcm",)).sources[0])
     assert unmapped[ds.StudyInstanceUID].imaging_study["location"] == {"display": "St. John's Memorial"}
-    off = mapped_studies(config_with(files=("JPEG-lossy.dcm",), profile={"institution": {"location": False}})
-                         .sources[0])
+    off = mapped_studies(
+        config_with(files=("JPEG-lossy.dcm",), profile={"institution": {"location": False}}).sources[0]
+    )
     assert "location" not in off[ds.StudyInstanceUID].imaging_study
 
 
@@ -254,10 +297,14 @@ def test_a_profile_body_part_term_overrides_the_base_table(config_with):
     base = mapped_studies(config_with(files=("JPEG-lossy.dcm",)).sources[0])
     assert base[ds.StudyInstanceUID].imaging_study["series"][0]["bodySite"]["code"] == "38266002"
     # a site whose "WHOLE BODY" studies are in fact trunk scans
-    src = config_with(files=("JPEG-lossy.dcm",), profile={"body_part": {"terms": {"WHOLE BODY": "22943007"}}}) \
-        .sources[0]
+    src = config_with(files=("JPEG-lossy.dcm",), profile={"body_part": {"terms": {"WHOLE BODY": "22943007"}}}).sources[
+        0
+    ]
     assert mapped_studies(src)[ds.StudyInstanceUID].imaging_study["series"][0]["bodySite"] == {
-        "system": SCT, "code": "22943007", "display": "Trunk"}
+        "system": SCT,
+        "code": "22943007",
+        "display": "Trunk",
+    }
 
 
 def test_a_vendor_modality_synonym_normalizes_a_vendor_term(tmp_path, archive):
@@ -275,7 +322,10 @@ def test_a_vendor_modality_synonym_normalizes_a_vendor_term(tmp_path, archive):
     profiled = replace(ctx, profile=source_profile(str(vendor), None, tmp_path, "config.yaml"))
     result = map_study(record, profiled)
     assert result.imaging_study["series"][0]["modality"] == {
-        "system": DCM, "code": "CT", "display": "Computed Tomography"}
+        "system": DCM,
+        "code": "CT",
+        "display": "Computed Tomography",
+    }
     assert not any("CAT" in note for note in result.repairs)
 
 
@@ -289,8 +339,9 @@ def test_name_format_reads_given_family_names(tmp_path, archive):
     record = next(iter(FolderSource("s", root).iter_studies()))
     ctx = MappingContext("s", "UTC", "urn:x")
     assert map_study(record, ctx).patient["name"] == [{"family": "JANE Q PUBLIC"}]  # DICOM: all family
-    profiled = replace(ctx, profile=source_profile(None, {"names": {"format": "given-family"}}, tmp_path,
-                                                   "config.yaml"))
+    profiled = replace(
+        ctx, profile=source_profile(None, {"names": {"format": "given-family"}}, tmp_path, "config.yaml")
+    )
     result = map_study(record, profiled)
     assert result.patient["name"] == [{"family": "PUBLIC", "given": ["JANE", "Q"]}]
     assert any("names.format" in note for note in result.repairs)
@@ -307,8 +358,7 @@ def test_date_formats_read_a_vendor_date_and_say_so(tmp_path, archive):
     record = next(iter(FolderSource("s", root).iter_studies()))
     ctx = MappingContext("s", "UTC", "urn:x")
     assert "started" not in map_study(record, ctx).imaging_study
-    profiled = replace(ctx, profile=source_profile(None, {"dates": {"formats": ["%d.%m.%Y"]}}, tmp_path,
-                                                   "config.yaml"))
+    profiled = replace(ctx, profile=source_profile(None, {"dates": {"formats": ["%d.%m.%Y"]}}, tmp_path, "config.yaml"))
     result = map_study(record, profiled)
     assert result.imaging_study["started"].startswith("2004-01-19T")
     assert any("%d.%m.%Y" in note for note in result.repairs)
@@ -317,8 +367,9 @@ def test_date_formats_read_a_vendor_date_and_say_so(tmp_path, archive):
 def test_requires_access_token_comes_from_the_profile(tmp_path):
     ctx = MappingContext("pacs", "UTC", "urn:x", wado_url="http://pacs/dicom-web")
     assert map_endpoint(ctx)["extension"] == [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": False}]
-    profiled = replace(ctx, profile=source_profile(None, {"endpoint": {"requires_access_token": True}},
-                                                   tmp_path, "config.yaml"))
+    profiled = replace(
+        ctx, profile=source_profile(None, {"endpoint": {"requires_access_token": True}}, tmp_path, "config.yaml")
+    )
     assert map_endpoint(profiled)["extension"] == [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}]
 
 
@@ -334,17 +385,29 @@ def test_private_values_are_read_defensively(tmp_path):
 
     from app.mapping import private
 
-    profile = source_profile(None, {"private_tags": [
-        {"creator": "ACME 1.0", "group": "0019", "element": "10", "extension": "acme"}]}, tmp_path, "config.yaml")
+    profile = source_profile(
+        None,
+        {"private_tags": [{"creator": "ACME 1.0", "group": "0019", "element": "10", "extension": "acme"}]},
+        tmp_path,
+        "config.yaml",
+    )
     rule = profile.private_tags[0]
     un = {"vr": "UN", "InlineBinary": base64.b64encode(b"VALUE A\\VALUE B ").decode()}
     # the creator reserved block 0x11 here, so the attribute is (0019,1110)
-    attrs = {"00190010": {"vr": "LO", "Value": ["OTHER"]}, "00190011": {"vr": "LO", "Value": ["ACME 1.0 "]},
-             "00191110": un, "00191010": {"vr": "LO", "Value": ["not ours"]}}
+    attrs = {
+        "00190010": {"vr": "LO", "Value": ["OTHER"]},
+        "00190011": {"vr": "LO", "Value": ["ACME 1.0 "]},
+        "00191110": un,
+        "00191010": {"vr": "LO", "Value": ["not ours"]},
+    }
     assert private.read(attrs, rule) == (["VALUE A", "VALUE B"], ["00190011", "00191110"])
-    for broken in ({"00190010": "ACME 1.0"}, {"00190010": {"Value": ["ACME 1.0"]}, "00191010": ["x"]},
-                   {"00190010": {"Value": ["ACME 1.0"]}, "00191010": {"InlineBinary": "@@@"}},
-                   {"00190010": {"Value": [{"Alphabetic": 5}]}}, "not a dict"):
+    for broken in (
+        {"00190010": "ACME 1.0"},
+        {"00190010": {"Value": ["ACME 1.0"]}, "00191010": ["x"]},
+        {"00190010": {"Value": ["ACME 1.0"]}, "00191010": {"InlineBinary": "@@@"}},
+        {"00190010": {"Value": [{"Alphabetic": 5}]}},
+        "not a dict",
+    ):
         assert private.read(broken, rule) == ([], [])
 
 

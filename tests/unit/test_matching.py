@@ -4,6 +4,7 @@
 times compared as strings, an empty value inside every open-lower range, an absent value in
 no range; it answers at most `cap` studies and says when it cut the answer.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -66,10 +67,20 @@ def run(archive, match=None, dates=True):
 
 # -- match keys --------------------------------------------------------------------------
 def test_a_match_is_normalized_and_sent_as_query_parameters_or_c_find_keys():
-    match = normalize_match({"StudyDate": "20240101-20240131", "PatientID": " P1 ",
-                             "StudyInstanceUID": ["1.2.3", "1.2.4", "1.2.3"], "ModalitiesInStudy": "CT"})
-    assert match == {"StudyDate": "20240101-20240131", "PatientID": "P1",
-                     "StudyInstanceUID": ("1.2.3", "1.2.4"), "ModalitiesInStudy": "CT"}
+    match = normalize_match(
+        {
+            "StudyDate": "20240101-20240131",
+            "PatientID": " P1 ",
+            "StudyInstanceUID": ["1.2.3", "1.2.4", "1.2.3"],
+            "ModalitiesInStudy": "CT",
+        }
+    )
+    assert match == {
+        "StudyDate": "20240101-20240131",
+        "PatientID": "P1",
+        "StudyInstanceUID": ("1.2.3", "1.2.4"),
+        "ModalitiesInStudy": "CT",
+    }
     assert qido_params(match)["StudyInstanceUID"] == "1.2.3,1.2.4"
     assert cfind_keys(match)["StudyInstanceUID"] == ["1.2.3", "1.2.4"]
     assert match_key({"PatientID": "P1"}) == match_key({"PatientID": "P1 "}) != match_key(None)
@@ -78,18 +89,21 @@ def test_a_match_is_normalized_and_sent_as_query_parameters_or_c_find_keys():
         qido_params(normalize_match({"PatientID": "DOE,J"}))
 
 
-@pytest.mark.parametrize("match, message", [
-    ({"PatientName": "X"}, "cannot match on 'PatientName'"),
-    ({"StudyDate": "2024-01-01"}, "not a date"),
-    ({"StudyDate": "20240230"}, "not a calendar date"),
-    ({"StudyDate": "20240201-20240101"}, "ends before it starts"),
-    ({"StudyInstanceUID": "1.2.x"}, "not a DICOM UID"),
-    ({"StudyInstanceUID": []}, "matches nothing"),
-    ({"PatientID": ["A", "B"]}, "one value"),
-    ({"PatientID": "A\\B"}, "backslash"),
-    ({"ModalitiesInStudy": "ct"}, "modality code"),
-    ({"PatientID": 7}, "expected a string"),
-])
+@pytest.mark.parametrize(
+    "match, message",
+    [
+        ({"PatientName": "X"}, "cannot match on 'PatientName'"),
+        ({"StudyDate": "2024-01-01"}, "not a date"),
+        ({"StudyDate": "20240230"}, "not a calendar date"),
+        ({"StudyDate": "20240201-20240101"}, "ends before it starts"),
+        ({"StudyInstanceUID": "1.2.x"}, "not a DICOM UID"),
+        ({"StudyInstanceUID": []}, "matches nothing"),
+        ({"PatientID": ["A", "B"]}, "one value"),
+        ({"PatientID": "A\\B"}, "backslash"),
+        ({"ModalitiesInStudy": "ct"}, "modality code"),
+        ({"PatientID": 7}, "expected a string"),
+    ],
+)
 def test_bad_matches_are_refused_naming_the_key(match, message):
     with pytest.raises(ValueError, match=message):
         normalize_match(match)
@@ -103,7 +117,9 @@ def test_empty_values_and_open_ranges_match_everything():
 
 def test_date_ranges_halve_and_keep_their_open_ends():
     assert [h.text() for h in DayRange.parse("20240101-20240104").halves()] == [
-        "20240101-20240102", "20240103-20240104"]
+        "20240101-20240102",
+        "20240103-20240104",
+    ]
     low, high = DayRange.parse("-20240104").halves()
     assert low.text().startswith("-") and high.text().endswith("-20240104")
     assert DayRange.parse("20240101").halves() is None

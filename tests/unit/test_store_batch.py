@@ -1,4 +1,5 @@
 """Store.put_studies (the bulk load of the benchmarks) stores what put_study one by one stores."""
+
 from __future__ import annotations
 
 import orjson
@@ -12,20 +13,39 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
 
 def _patient(pid: str, family: str, birth: str) -> dict:
-    return {"resourceType": "Patient", "id": pid, "identifier": [{"system": "urn:oid:1.2.3", "value": pid}],
-            "name": [{"family": family, "given": ["Zoë"]}], "gender": "female", "birthDate": birth}
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": "urn:oid:1.2.3", "value": pid}],
+        "name": [{"family": family, "given": ["Zoë"]}],
+        "gender": "female",
+        "birthDate": birth,
+    }
 
 
 def _study(uid: str, pid: str, started: str, description: str = "CT chest") -> dict:
     return {
-        "resourceType": "ImagingStudy", "id": uid, "status": "available",
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "status": "available",
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
-        "modality": [{"system": DCM, "code": "CT"}], "subject": {"reference": f"Patient/{pid}"},
-        "started": started, "description": description,
-        "series": [{"uid": f"{uid}.1", "modality": {"system": DCM, "code": "CT"},
-                    "instance": [{"uid": f"{uid}.1.{i}", "sopClass": {"system": "urn:ietf:rfc:3986",
-                                                                      "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"}}
-                                 for i in range(3)]}],
+        "modality": [{"system": DCM, "code": "CT"}],
+        "subject": {"reference": f"Patient/{pid}"},
+        "started": started,
+        "description": description,
+        "series": [
+            {
+                "uid": f"{uid}.1",
+                "modality": {"system": DCM, "code": "CT"},
+                "instance": [
+                    {
+                        "uid": f"{uid}.1.{i}",
+                        "sopClass": {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"},
+                    }
+                    for i in range(3)
+                ],
+            }
+        ],
     }
 
 
@@ -53,10 +73,18 @@ def _snapshot(store: Store) -> dict:
         return r.rtype, r.id, r.version, orjson.dumps(body)
 
     with store.engine.connect() as conn:
-        resources = sorted(without_time(r) for r in conn.execute(
-            select(t.Resource.rtype, t.Resource.id, t.Resource.version, t.Resource.content)))
-        versions = sorted(without_time(r) for r in conn.execute(select(
-            t.ResourceVersion.rtype, t.ResourceVersion.id, t.ResourceVersion.version, t.ResourceVersion.content)))
+        resources = sorted(
+            without_time(r)
+            for r in conn.execute(select(t.Resource.rtype, t.Resource.id, t.Resource.version, t.Resource.content))
+        )
+        versions = sorted(
+            without_time(r)
+            for r in conn.execute(
+                select(
+                    t.ResourceVersion.rtype, t.ResourceVersion.id, t.ResourceVersion.version, t.ResourceVersion.content
+                )
+            )
+        )
     return {
         "resources": resources,
         "versions": versions,

@@ -1,4 +1,5 @@
 """One ImagingStudy from the copies of several archives (app/store/copies.py)."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,7 +15,9 @@ def _series(uid, number, modality, count):
 
 def _copy(source, series, description="Head"):
     return {
-        "resourceType": "ImagingStudy", "id": "1.2.3", "status": "available",
+        "resourceType": "ImagingStudy",
+        "id": "1.2.3",
+        "status": "available",
         "modality": [s["modality"] for s in series],
         "subject": {"reference": "Patient/p"},
         "endpoint": [{"reference": f"Endpoint/{source}"}],

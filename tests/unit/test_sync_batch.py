@@ -5,6 +5,7 @@ refuses keeps the studies before it, as one transaction per study did; identity 
 that fails keeps its study and undoes only its own writes; a change feed's cursor never
 passes a study that is not stored yet.
 """
+
 from __future__ import annotations
 
 import orjson
@@ -36,11 +37,15 @@ def uid(n: int) -> str:
 
 
 def record(n: int) -> StudyRecord:
-    attrs = {"0020000D": el("UI", uid(n)), "00100010": el("PN", {"Alphabetic": f"Doe^Jane{n}"}),
-             "00100020": el("LO", f"MRN-{n}"), "00100040": el("CS", "F"), "00080020": el("DA", "20240101")}
+    attrs = {
+        "0020000D": el("UI", uid(n)),
+        "00100010": el("PN", {"Alphabetic": f"Doe^Jane{n}"}),
+        "00100020": el("LO", f"MRN-{n}"),
+        "00100040": el("CS", "F"),
+        "00080020": el("DA", "20240101"),
+    }
     instance = {"00080016": el("UI", CT_IMAGE), "00080018": el("UI", f"{uid(n)}.1.1")}
-    series = SeriesRecord(attrs={"0020000E": el("UI", f"{uid(n)}.1"), "00080060": el("CS", "CT")},
-                          instances=[instance])
+    series = SeriesRecord(attrs={"0020000E": el("UI", f"{uid(n)}.1"), "00080060": el("CS", "CT")}, instances=[instance])
     return StudyRecord(uid=uid(n), attrs=attrs, series=[series])
 
 
@@ -82,10 +87,13 @@ class Feed:
 
 @pytest.fixture
 def setup(store_url, write_config):
-    config = write_config({
-        "store": store_url, "security": {"open": True},
-        "sources": [{"name": "pacs", "type": "dicomweb", "url": "http://127.0.0.1:9/dicom-web", "timezone": "UTC"}],
-    })
+    config = write_config(
+        {
+            "store": store_url,
+            "security": {"open": True},
+            "sources": [{"name": "pacs", "type": "dicomweb", "url": "http://127.0.0.1:9/dicom-web", "timezone": "UTC"}],
+        }
+    )
     store = Store.from_config(config)
     yield store, config.sources[0]
     store.close()
@@ -104,8 +112,9 @@ def test_a_stop_mid_batch_stores_what_was_mapped(setup):
     def progress(summary, _total):
         seen.append((summary.done, len(stored(store))))
 
-    summary = sync_source(store, src, progress=progress, source=ListSource([record(n) for n in range(10)]),
-                          stop=lambda: len(seen) == 3)
+    summary = sync_source(
+        store, src, progress=progress, source=ListSource([record(n) for n in range(10)]), stop=lambda: len(seen) == 3
+    )
     assert seen == [(1, 0), (2, 0), (3, 0)]  # counted as done while waiting for their batch
     assert stored(store) == {uid(0), uid(1), uid(2)}
     assert (summary.new, summary.done, summary.pending) == (3, 3, 0)
@@ -153,13 +162,26 @@ def test_failed_identity_matching_keeps_its_study_and_undoes_only_its_own_writes
     assert summary.new == 3 and summary.error is None
     assert stored(store) == {uid(0), uid(1), uid(2)}
     with store.engine.connect() as conn:
-        patients = {r.id: r for r in conn.execute(select(t.Resource.id, t.Resource.version, t.Resource.content)
-                                                    .where(t.Resource.rtype == "Patient"))}
+        patients = {
+            r.id: r
+            for r in conn.execute(
+                select(t.Resource.id, t.Resource.version, t.Resource.content).where(t.Resource.rtype == "Patient")
+            )
+        }
         filed = set(conn.execute(select(t.PatientMatch.patient_id)).scalars())
-        versions = set(conn.execute(select(t.ResourceVersion.id, t.ResourceVersion.version).where(
-            t.ResourceVersion.rtype == "Patient")))
-        names = {(r.rid, r.norm) for r in conn.execute(select(t.StringIndex.rid, t.StringIndex.norm).where(
-            t.StringIndex.rtype == "Patient", t.StringIndex.param == "family"))}
+        versions = set(
+            conn.execute(
+                select(t.ResourceVersion.id, t.ResourceVersion.version).where(t.ResourceVersion.rtype == "Patient")
+            )
+        )
+        names = {
+            (r.rid, r.norm)
+            for r in conn.execute(
+                select(t.StringIndex.rid, t.StringIndex.norm).where(
+                    t.StringIndex.rtype == "Patient", t.StringIndex.param == "family"
+                )
+            )
+        }
     assert len(patients) == 3 and all(p.version == 1 for p in patients.values())
     assert versions == {(pid, 1) for pid in patients}  # the failed matching's version 2 is undone
     failed = next(pid for pid, p in patients.items() if failing.encode() in p.content)
@@ -181,10 +203,12 @@ def test_a_quarantined_study_between_stored_ones(setup):
 def test_a_change_feed_cursor_never_passes_a_study_not_stored(setup, monkeypatch):
     store, src = setup
     source = ListSource([record(n) for n in range(6)])
-    source.change_feed = Feed([
-        ChangesPage(events=[ChangeEvent("study", f"o{n}", uid(n)) for n in range(3)], last=10, done=False),
-        ChangesPage(events=[ChangeEvent("study", f"o{n}", uid(n)) for n in range(3, 6)], last=20),
-    ])
+    source.change_feed = Feed(
+        [
+            ChangesPage(events=[ChangeEvent("study", f"o{n}", uid(n)) for n in range(3)], last=10, done=False),
+            ChangesPage(events=[ChangeEvent("study", f"o{n}", uid(n)) for n in range(3, 6)], last=20),
+        ]
+    )
     cursors = []
     update = store.sync_state.update
 
@@ -205,8 +229,18 @@ def test_a_change_feed_cursor_never_passes_a_study_not_stored(setup, monkeypatch
 def test_a_study_deleted_while_waiting_in_its_batch_is_found_and_removed(setup):
     store, src = setup
     source = ListSource([record(0), record(1)])
-    source.change_feed = Feed([ChangesPage(events=[ChangeEvent("study", "o0", uid(0)), ChangeEvent("study", "o1", uid(1)),
-                                                   ChangeEvent("deleted", "o0", None)], last=5)])
+    source.change_feed = Feed(
+        [
+            ChangesPage(
+                events=[
+                    ChangeEvent("study", "o0", uid(0)),
+                    ChangeEvent("study", "o1", uid(1)),
+                    ChangeEvent("deleted", "o0", None),
+                ],
+                last=5,
+            )
+        ]
+    )
     summary = sync_changes(store, src, source, {"seq": 0})
     assert (summary.new, summary.deleted) == (2, 1)
     assert stored(store) == {uid(1)}
@@ -215,8 +249,14 @@ def test_a_study_deleted_while_waiting_in_its_batch_is_found_and_removed(setup):
 def patient_study(n: int, mrn: str, name: str, birth: str, day: str) -> StudyRecord:
     """Study n of patient `mrn`, saying `name` and `birth` about it, dated `day`."""
     study = record(n)
-    study.attrs.update({"00100020": el("LO", mrn), "00100010": el("PN", {"Alphabetic": name}),
-                        "00100030": el("DA", birth), "00080020": el("DA", day)})
+    study.attrs.update(
+        {
+            "00100020": el("LO", mrn),
+            "00100010": el("PN", {"Alphabetic": name}),
+            "00100030": el("DA", birth),
+            "00080020": el("DA", day),
+        }
+    )
     return study
 
 
@@ -231,16 +271,20 @@ def test_matching_is_skipped_only_for_a_patient_whose_filed_features_are_its_own
         if statement.startswith("SAVEPOINT"):
             savepoints.append(statement)
 
-    items = [patient_study(0, "MRN-A", "Doe^Jane", "19700101", "20240101"),
-             patient_study(1, "MRN-A", "Doe^Jane", "19700101", "20240102"),  # the same features
-             patient_study(2, "OTHER-B", "Roe^Anna", "19800505", "20240101"),
-             patient_study(3, "MRN-A", "Roe^Anna", "19800505", "20240103")]  # newest: the patient changes
+    items = [
+        patient_study(0, "MRN-A", "Doe^Jane", "19700101", "20240101"),
+        patient_study(1, "MRN-A", "Doe^Jane", "19700101", "20240102"),  # the same features
+        patient_study(2, "OTHER-B", "Roe^Anna", "19800505", "20240101"),
+        patient_study(3, "MRN-A", "Roe^Anna", "19800505", "20240103"),
+    ]  # newest: the patient changes
     summary = sync_source(store, src, source=ListSource(items))
     assert summary.new == 4 and summary.error is None
     assert len(savepoints) == 3  # the first study of each patient, and the one that changed A
     with store.engine.connect() as conn:
-        patients = {r.id: orjson.loads(r.content) for r in conn.execute(
-            select(t.Resource.id, t.Resource.content).where(t.Resource.rtype == "Patient"))}
+        patients = {
+            r.id: orjson.loads(r.content)
+            for r in conn.execute(select(t.Resource.id, t.Resource.content).where(t.Resource.rtype == "Patient"))
+        }
         filed = {r.patient_id: r.digest for r in conn.execute(select(t.PatientMatch.patient_id, t.PatientMatch.digest))}
         pairs = {(r.a, r.b) for r in conn.execute(select(t.PatientLink.a, t.PatientLink.b))}
     assert filed == {pid: digest(features(p, src.identity)) for pid, p in patients.items()}
@@ -257,14 +301,18 @@ def test_a_study_read_twice_in_one_batch_is_stored_twice_in_order(setup, monkeyp
     monkeypatch.setattr(store, "batch", lambda: batches.append(1) or batch())
     grown = record(0)
     instance = {"00080016": el("UI", CT_IMAGE), "00080018": el("UI", f"{uid(0)}.2.1")}
-    grown.series.append(SeriesRecord(attrs={"0020000E": el("UI", f"{uid(0)}.2"), "00080060": el("CS", "MR")},
-                                     instances=[instance]))
+    grown.series.append(
+        SeriesRecord(attrs={"0020000E": el("UI", f"{uid(0)}.2"), "00080060": el("CS", "MR")}, instances=[instance])
+    )
     summary = sync_source(store, src, source=ListSource([record(0), record(1), grown, record(1)]))
     assert (summary.new, summary.updated, summary.unchanged) == (2, 1, 1)
     assert len(batches) == 1
     with store.engine.connect() as conn:
-        study = conn.execute(select(t.Resource.version, t.Resource.content).where(
-            t.Resource.rtype == "ImagingStudy", t.Resource.id == uid(0))).one()
+        study = conn.execute(
+            select(t.Resource.version, t.Resource.content).where(
+                t.Resource.rtype == "ImagingStudy", t.Resource.id == uid(0)
+            )
+        ).one()
         versions = conn.execute(select(t.ResourceVersion.version).where(t.ResourceVersion.id == uid(0))).scalars().all()
     assert study.version == 2 and sorted(versions) == [1, 2]
     assert orjson.loads(study.content)["numberOfSeries"] == 2
