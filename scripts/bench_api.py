@@ -1,6 +1,6 @@
 """Benchmark: FHIR read and patient search against a bare Flask endpoint, both under gunicorn.
 
-Usage: python scripts/bench_api.py [--studies 300] [--workers 1] [--seconds 10] [--connections 16]
+Usage: .venv/bin/python -m scripts.bench_api [--studies 300] [--workers 1] [--seconds 10] [--connections 16]
 
 Loads a generated data set into a SQLite store, then serves (a) a bare Flask "hello" app and
 (b) the facade, each with the same gunicorn settings, and drives both with wrk from Debian
@@ -26,13 +26,13 @@ from pathlib import Path
 import requests
 import yaml
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from dataset import generate  # noqa: E402
+from scripts.dataset import generate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BARE_APP = """
 from flask import Flask
+
 app = Flask("bare")
 
 @app.get("/hello")

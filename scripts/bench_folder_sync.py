@@ -1,6 +1,6 @@
 """Benchmark: folder sync rate against plain pydicom header parsing of the same files.
 
-Usage: python scripts/bench_folder_sync.py [--studies 300] [--series 3] [--instances 10] [--rounds 3]
+Usage: .venv/bin/python -m scripts.bench_folder_sync [--studies 300] [--series 3] [--instances 10] [--rounds 3]
 
 Both runs read the same generated files from the page cache, in alternating rounds; the
 figure to compare is the ratio (sync files/s ÷ raw dcmread files/s), measured in the same
@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pydicom
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataset import generate
-
 from app.sources.folder import FolderSettings
 from app.sources.settings import SourceSettings
 from app.store.repository import Store
 from app.sync import sync_source
+from scripts.dataset import generate
 
 
 def raw_parse(files: list[Path]) -> float:

@@ -13,7 +13,7 @@ stored patient, with a typo, a swap, a missing or garbled birth date; half new p
 - baseline: a plain keyed lookup of one patient's features by primary key, the cheapest
   query the store answers, measured in the same run.
 
-    .venv/bin/python scripts/bench_identity.py [--patients 100000] [--queries 300] [--databases sqlite,postgresql]
+    .venv/bin/python -m scripts.bench_identity [--patients 100000] [--queries 300] [--databases sqlite,postgresql]
 
 Target: match p50 under 20 ms at 100,000 patients.
 """
@@ -24,7 +24,6 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -34,21 +33,18 @@ from pathlib import Path
 import orjson
 from sqlalchemy import create_engine, select, text
 
+from app.identity.features import blocking_keys, features
+from app.identity.keys import patient_id
+from app.identity.match import match
+from app.identity.reconcile import digest, reconcile_patient
+from app.identity.settings import DEFAULT
+from app.store import tables as t
+from app.store.engine import bulk_insert
+from app.store.repository import Store
+from app.store.resources import content_hash
+from testbed.identity_corpus import FEMALE, MALE, _typo
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from identity_corpus import FEMALE, MALE, _typo  # noqa: E402
-
-from app.identity.features import blocking_keys, features  # noqa: E402
-from app.identity.keys import patient_id  # noqa: E402
-from app.identity.match import match  # noqa: E402
-from app.identity.reconcile import digest, reconcile_patient  # noqa: E402
-from app.identity.settings import DEFAULT  # noqa: E402
-from app.store import tables as t  # noqa: E402
-from app.store.engine import bulk_insert  # noqa: E402
-from app.store.repository import Store  # noqa: E402
-from app.store.resources import content_hash  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SYLLABLES = [
@@ -197,7 +193,7 @@ def bench(store: Store, existing: list[dict], queries: int, rng: random.Random) 
             matching.append(time.perf_counter() - began)
             candidates.append(len(found))
     reconcile, linked = [], 0
-    for n, p in enumerate(news):
+    for p in news:
         uid = f"2.25.{uuid.uuid4().int}"
         study = {
             "resourceType": "ImagingStudy",

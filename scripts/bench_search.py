@@ -1,6 +1,6 @@
 """Benchmark: search latency at S, M and L studies on SQLite and PostgreSQL, next to Orthanc's QIDO-RS.
 
-Usage: python scripts/bench_search.py [--sizes S,M,L] [--databases sqlite,postgresql] [--seconds 3]
+Usage: .venv/bin/python -m scripts.bench_search [--sizes S,M,L] [--databases sqlite,postgresql] [--seconds 3]
            [--rounds 5] [--connections 1] [--orthanc-sizes S,M] [--orthanc-instances 2] [--no-plans]
 
 For each database, every size is loaded into a store of its own (scripts/dataset.py: the
@@ -54,24 +54,20 @@ import orjson
 import requests
 import yaml
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the Orthanc harness of the integration tests
-from bench_api import free_port, start  # noqa: E402
-from dataset import SIZES, ZONE, Archive, archive, load_orthanc, load_store, mapping_context  # noqa: E402
-from orthanc import OrthancServer  # noqa: E402
+from app.clock import instant_now_ms
+from app.config import load_config
+from app.fhir.bundle import searchset
+from app.identity.keys import patient_id
+from app.mapping import map_study
+from app.store.reader import Reader
+from app.store.repository import Store
+from app.store.search_sql import SearchResult
+from app.web import create_app
+from scripts.bench_api import free_port, start
+from scripts.dataset import SIZES, ZONE, Archive, archive, load_orthanc, load_store, mapping_context
+from testbed.orthanc import OrthancServer
 
-from app.clock import instant_now_ms  # noqa: E402
-from app.config import load_config  # noqa: E402
-from app.fhir.bundle import searchset  # noqa: E402
-from app.identity.keys import patient_id  # noqa: E402
-from app.mapping import map_study  # noqa: E402
-from app.store.reader import Reader  # noqa: E402
-from app.store.repository import Store  # noqa: E402
-from app.store.search_sql import SearchResult  # noqa: E402
-from app.web import create_app  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 QUERIES = ["patient", "identifier", "started+CT", "name"]

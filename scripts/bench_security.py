@@ -2,7 +2,7 @@
 audit (the baseline), open mode with audit, and with bearer tokens and audit, same data, same
 gunicorn settings, same run; prints each and its ratio to the baseline.
 
-Usage: python scripts/bench_security.py [--studies 300] [--seconds 3] [--rounds 5] [--connections 16]
+Usage: .venv/bin/python -m scripts.bench_security [--studies 300] [--seconds 3] [--rounds 5] [--connections 16]
                                         [--tokens 20] [--modes open,open+audit,token]
                                         [--database sqlite|postgresql]
 
@@ -34,12 +34,11 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from bench_api import free_port, start, wrk  # noqa: E402
-from bench_search import Databases  # noqa: E402
-from dataset import generate  # noqa: E402
+from scripts.bench_api import free_port, start, wrk
+from scripts.bench_search import Databases
+from scripts.dataset import generate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 AUDIENCE = "https://imaging.example.org/fhir"
 SCOPE = "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs"

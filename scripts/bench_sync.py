@@ -1,6 +1,6 @@
 """Benchmark: sync capacity, memory and freshness, each against a baseline from the same run.
 
-Usage: python scripts/bench_sync.py [--studies 200] [--series 3] [--instances 20]
+Usage: .venv/bin/python -m scripts.bench_sync [--studies 200] [--series 3] [--instances 20]
                                     [--memory-studies 40000] [--freshness 30] [--skip-postgres]
 
 1. Capacity. A generated data set (headers only, from pydicom's real files) is stored into a
@@ -39,20 +39,18 @@ import yaml
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from app.config import load_config
+from app.sources.base import SeriesRecord, StudyRecord
+from app.sources.dicomweb import DicomwebSource
+from app.sources.queried import exact_bytes
+from app.store.repository import Store
+from app.sync import sync_source
+from scripts.bench_api import free_port
+from scripts.dataset import generate
+from testbed.orthanc import OrthancServer
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from bench_api import free_port  # noqa: E402
-from dataset import generate  # noqa: E402
-from orthanc import OrthancServer  # noqa: E402
-
-from app.config import load_config  # noqa: E402
-from app.sources.base import SeriesRecord, StudyRecord  # noqa: E402
-from app.sources.dicomweb import DicomwebSource  # noqa: E402
-from app.sources.queried import exact_bytes  # noqa: E402
-from app.store.repository import Store  # noqa: E402
-from app.sync import sync_source  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -1,15 +1,15 @@
 """Generated data sets for the benchmarks: a folder of DICOM files, or S/M/L archives in DICOM JSON.
 
 Folder (bench_api.py, bench_folder_sync.py):
-    python scripts/dataset.py OUT_DIR [--studies N] [--series S] [--instances I] [--patients P]
+    .venv/bin/python -m scripts.dataset OUT_DIR [--studies N] [--series S] [--instances I] [--patients P]
 
 Each study takes a real file shipped with pydicom as its template (CT, MR, ...), keeps its
 headers, drops the pixel data and gets new UIDs, patients and dates; patients have several
 studies each. Deterministic for the same arguments, so runs can be compared.
 
 Search data sets (bench_search.py):
-    python scripts/dataset.py --size S|M|L --store URL            # straight into a store
-    python scripts/dataset.py --size S --orthanc http://127.0.0.1:8042 [--orthanc-instances 2]
+    .venv/bin/python -m scripts.dataset --size S|M|L --store URL            # straight into a store
+    .venv/bin/python -m scripts.dataset --size S --orthanc http://127.0.0.1:8042 [--orthanc-instances 2]
 
 `archive(size)` describes S = 300, M = 4,000 or L = 40,000 studies the way a DICOMweb source
 yields them (StudyRecords of DICOM JSON, PS3.18 F.2, with the query-only counts QIDO-RS
@@ -42,7 +42,6 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.mapping import map_endpoint, map_study
 from app.mapping.context import MappingContext
 from app.sources.base import SeriesRecord, StudyRecord

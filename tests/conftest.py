@@ -1,20 +1,51 @@
-"""Shared fixtures: real stores (SQLite file, PostgreSQL database) and configs written as a user would."""
+"""Shared fixtures: real stores (SQLite file, PostgreSQL database) and configs written as a user
+would; and the markers that say what each test needs from the machine.
+
+A test that needs a service is marked with it (`postgres`, `orthanc`, `dcmtk`, `npm`, `server`,
+`auth_server`, `network`) and with `slow`: by a fixture it uses (FIXTURE_NEEDS, and a PostgreSQL
+`store_url`), or by its module's or its own marker. `pytest -m "not slow"` is the fast tier:
+no service, seconds.
+"""
 
 from __future__ import annotations
 
 import os
-import uuid
+import sqlite3
 from pathlib import Path
 
 import pytest
 import yaml
-from log_privacy import pytest_configure, pytest_sessionfinish  # noqa: F401 - the run's log check
-from sqlalchemy import create_engine, text
 
 from app.config import load_config
 from app.store.audit_log import close_all as close_audit_logs
+from app.store.repository import Store
+from tests.support.stores import new_sqlite_store, open_config_data, postgres_database, reset_postgres
 
-POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+#: the run's log check (no patient data in any log line) is a plugin of its own
+pytest_plugins = ["tests.support.log_privacy"]
+
+#: what a test may need beyond Python and the files of the repository
+SERVICES = ("postgres", "orthanc", "dcmtk", "npm", "server", "auth_server", "network")
+#: fixtures that bring a need along
+FIXTURE_NEEDS = {
+    "postgres_url": "postgres",
+    "orthanc": "orthanc",
+    "auth_server": "auth_server",
+    "official_search_parameters": "npm",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        needs = {name for name in SERVICES if item.get_closest_marker(name)}
+        needs |= {mark for fixture, mark in FIXTURE_NEEDS.items() if fixture in item.fixturenames}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and any(isinstance(v, str) and v == "postgresql" for v in callspec.params.values()):
+            needs.add("postgres")
+        for name in sorted(needs):
+            item.add_marker(name)
+        if needs:
+            item.add_marker("slow")
 
 
 @pytest.fixture(autouse=True)
@@ -27,41 +58,34 @@ def _audit_drained():
 @pytest.fixture(scope="session")
 def postgres_url():
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    name = f"facade_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # the suite must not silently skip the PostgreSQL half
-        raise RuntimeError(f"PostgreSQL at {POSTGRES_ADMIN} is needed by the tests: {exc}") from exc
-    url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with postgres_database() as url:
+        yield url
 
 
-def _reset_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+@pytest.fixture(scope="session")
+def _empty_sqlite_store(tmp_path_factory) -> Path:
+    """An SQLite store with the schema and nothing else, made once: each test's store starts as a
+    copy of it (creating the tables costs more than most tests that use them)."""
+    path = tmp_path_factory.mktemp("template") / "facade.db"
+    Store(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:  # everything in the main file, nothing in its WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
+def store_url(request, tmp_path, _empty_sqlite_store):
     """An empty store URL, once for SQLite and once for PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'facade.db'}"
+        return new_sqlite_store(tmp_path, _empty_sqlite_store)
     url = request.getfixturevalue("postgres_url")
-    _reset_postgres(url)
+    reset_postgres(url)
     return url
 
 
 @pytest.fixture
-def sqlite_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'facade.db'}"
+def sqlite_url(tmp_path, _empty_sqlite_store):
+    return new_sqlite_store(tmp_path, _empty_sqlite_store)
 
 
 @pytest.fixture
@@ -81,14 +105,7 @@ def open_config(write_config, sqlite_url):
     """A config for an open server on SQLite with no sources, for API tests."""
 
     def make(store_url: str = sqlite_url, sources=None, **server):
-        return write_config(
-            {
-                "store": store_url,
-                "server": {"base_url": "http://testserver/fhir", **server},
-                "security": {"open": True},
-                "sources": sources or [],
-            }
-        )
+        return write_config(open_config_data(store_url, sources, **server))
 
     return make
 

@@ -6,7 +6,6 @@ Each case is an input that once reached the database or the date arithmetic unch
 from __future__ import annotations
 
 import pytest
-from test_search import client  # noqa: F401 - the same data set and app fixture
 
 CASES = [
     ("/fhir/ImagingStudy/%00", 404),
@@ -43,7 +42,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("url, status", CASES, ids=[u[:60] for u, _ in CASES])
-def test_bad_input_gets_a_clear_answer(client, url, status):  # noqa: F811
+def test_bad_input_gets_a_clear_answer(client, url, status):
     response = client.get(url)
     assert response.status_code == status, response.get_data(as_text=True)[:300]
     body = response.get_json()
@@ -52,6 +51,6 @@ def test_bad_input_gets_a_clear_answer(client, url, status):  # noqa: F811
         assert body["issue"][0]["diagnostics"]
 
 
-def test_wildcards_in_string_values_are_literal(client):  # noqa: F811
+def test_wildcards_in_string_values_are_literal(client):
     assert client.get("/fhir/Patient?name=%25").get_json()["total"] == 0  # "%" is not a wildcard
     assert client.get("/fhir/Patient?family=M_ller").get_json()["total"] == 0

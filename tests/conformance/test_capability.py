@@ -4,11 +4,10 @@ SearchParameter resources (npm package hl7.fhir.r4.examples@4.0.1, fetched once 
 from __future__ import annotations
 
 import pytest
-import r4_package
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
-from test_search import client  # noqa: F401 - the same data set and app fixture
 
 from app.search.params import BY_RESOURCE, RESOURCE_TYPES
+from tests.support import r4_package
 
 
 @pytest.fixture(scope="session")
@@ -17,14 +16,14 @@ def official_search_parameters() -> dict[tuple[str, str], dict]:
     return r4_package.search_parameters()
 
 
-def test_capability_statement_is_valid_r4(client):  # noqa: F811
+def test_capability_statement_is_valid_r4(client):
     body = client.get("/fhir/metadata").get_json()
     CapabilityStatement.model_validate(body)
     assert body["fhirVersion"] == "4.0.1" and body["kind"] == "instance"
     assert {r["type"] for r in body["rest"][0]["resource"]} == set(RESOURCE_TYPES) | {"AuditEvent"}
 
 
-def test_every_listed_parameter_and_include_works(client):  # noqa: F811
+def test_every_listed_parameter_and_include_works(client):
     body = client.get("/fhir/metadata").get_json()
     for resource in body["rest"][0]["resource"]:
         rtype = resource["type"]
@@ -43,7 +42,7 @@ def test_every_listed_parameter_and_include_works(client):  # noqa: F811
         assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "history-instance", "search-type"}
 
 
-def test_missing_modifier_partitions_the_results(client):  # noqa: F811
+def test_missing_modifier_partitions_the_results(client):
     every = client.get("/fhir/ImagingStudy?_count=50").get_json()["total"]
     for name in BY_RESOURCE["ImagingStudy"]:
         with_value = client.get(f"/fhir/ImagingStudy?{name}:missing=false").get_json()["total"]

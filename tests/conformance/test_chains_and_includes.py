@@ -7,7 +7,8 @@ bob (Mueller, male, 1980) has 1.2.3 (MR); every study points at Endpoint pacs.
 from __future__ import annotations
 
 import pytest
-from test_search import all_pages, client, ids  # noqa: F401 - shared data set and helpers
+
+from tests.support.search_data import all_pages, ids
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,7 @@ from test_search import all_pages, client, ids  # noqa: F401 - shared data set a
         ("patient._has:ImagingStudy:patient:modality=CT", ["1.2.1", "1.2.2"]),  # chain into _has
     ],
 )
-def test_chained_parameters(client, query, expected):  # noqa: F811
+def test_chained_parameters(client, query, expected):
     assert ids(client.get(f"/fhir/ImagingStudy?{query}&_count=10")) == expected
 
 
@@ -45,15 +46,15 @@ def test_chained_parameters(client, query, expected):  # noqa: F811
         ("_has:ImagingStudy:patient:modality=NM", []),
     ],
 )
-def test_reverse_chaining(client, query, expected):  # noqa: F811
+def test_reverse_chaining(client, query, expected):
     assert ids(client.get(f"/fhir/Patient?{query}&_count=10")) == expected
 
 
-def test_has_on_endpoint(client):  # noqa: F811
+def test_has_on_endpoint(client):
     assert ids(client.get("/fhir/Endpoint?_has:ImagingStudy:endpoint:modality=CT")) == ["pacs"]
 
 
-def test_chain_get_and_post_agree(client):  # noqa: F811
+def test_chain_get_and_post_agree(client):
     get = ids(client.get("/fhir/ImagingStudy?patient.identifier=111&_count=10"))
     post = ids(client.post("/fhir/ImagingStudy/_search", data={"patient.identifier": "111", "_count": "10"}))
     assert get == post == ["1.2.1", "1.2.2"]
@@ -74,13 +75,13 @@ def test_chain_get_and_post_agree(client):  # noqa: F811
         ("/fhir/ImagingStudy?patient.started=2020", "patient.started"),  # strict: unknown on Patient
     ],
 )
-def test_bad_chains_are_400_naming_the_parameter(client, query, fragment):  # noqa: F811
+def test_bad_chains_are_400_naming_the_parameter(client, query, fragment):
     response = client.get(query, headers={"Prefer": "handling=strict"})
     assert response.status_code == 400, response.get_json()
     assert fragment in response.get_json()["issue"][0]["diagnostics"]
 
 
-def test_unknown_chained_parameter_is_ignored_when_lenient(client):  # noqa: F811
+def test_unknown_chained_parameter_is_ignored_when_lenient(client):
     body = client.get("/fhir/ImagingStudy?patient.colour=blue&_count=10").get_json()
     assert body["total"] == 3
     assert next(lnk["url"] for lnk in body["link"] if lnk["relation"] == "self").endswith("/ImagingStudy?_count=10")
@@ -94,7 +95,7 @@ def _modes(response):
     )
 
 
-def test_revinclude_pages_carry_their_own_referrers(client):  # noqa: F811
+def test_revinclude_pages_carry_their_own_referrers(client):
     first = client.get("/fhir/Patient?_revinclude=ImagingStudy:patient&_count=1")
     assert first.get_json()["total"] == 2
     assert _modes(first) == ({"alice"}, {"1.2.1", "1.2.2"})
@@ -104,14 +105,14 @@ def test_revinclude_pages_carry_their_own_referrers(client):  # noqa: F811
     assert not [lnk for lnk in second.get_json()["link"] if lnk["relation"] == "next"]
 
 
-def test_endpoint_revinclude(client):  # noqa: F811
+def test_endpoint_revinclude(client):
     assert _modes(client.get("/fhir/Endpoint?_revinclude=ImagingStudy:endpoint")) == (
         {"pacs"},
         {"1.2.1", "1.2.2", "1.2.3"},
     )
 
 
-def test_iterate_follows_included_resources(client):  # noqa: F811
+def test_iterate_follows_included_resources(client):
     # without :iterate an _include starts from the matches, which are Patients here: refused, not ignored
     plain = client.get("/fhir/Patient?_id=bob&_revinclude=ImagingStudy:patient&_include=ImagingStudy:endpoint")
     assert plain.status_code == 400 and "_include" in plain.get_json()["issue"][0]["diagnostics"]
@@ -131,11 +132,11 @@ def test_iterate_follows_included_resources(client):  # noqa: F811
     assert len(entries) == len({(e["resource"]["resourceType"], e["resource"]["id"]) for e in entries})
 
 
-def test_include_wildcard(client):  # noqa: F811
+def test_include_wildcard(client):
     assert _modes(client.get("/fhir/ImagingStudy?_id=1.2.3&_include=*")) == ({"1.2.3"}, {"bob", "pacs"})
     assert _modes(client.get("/fhir/Patient?_id=alice&_revinclude=*")) == ({"alice"}, {"1.2.1", "1.2.2"})
 
 
-def test_revinclude_does_not_count_toward_count(client):  # noqa: F811
+def test_revinclude_does_not_count_toward_count(client):
     seen, pages = all_pages(client, "/fhir/Patient?_revinclude=ImagingStudy:patient&_count=1")
     assert seen == ["alice", "bob"] and pages == 2

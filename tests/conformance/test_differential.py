@@ -33,7 +33,6 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import pytest
-from fhirpath_oracle import TEXT_ELEMENTS, Oracle, Ref, Token, date_range
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
@@ -42,6 +41,7 @@ from sqlalchemy.exc import DBAPIError
 from app.search.params import BY_RESOURCE, RESOURCE_TYPES, SearchParam, served_targets
 from app.store.repository import Store
 from app.web import create_app
+from tests.support.fhirpath_oracle import TEXT_ELEMENTS, Oracle, Ref, Token, date_range
 
 BASE = "http://testserver/fhir"
 ZONE = "UTC"
@@ -71,6 +71,8 @@ MODIFIER_ELEMENTS = {"text": TEXT_ELEMENTS, "of-type": ("Identifier",)}
 FOCUS_MODIFIERS = ("text", "of-type", "identifier")
 DATE_PREFIXES = ["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]  # ap is server-defined
 
+
+pytestmark = pytest.mark.npm
 
 # ---------------------------------------------------------------------------- the data set
 
@@ -689,7 +691,7 @@ class Queries:
         """A `_sort` value: up to three parameters of `rtype`, each ascending or descending (`-`)."""
         keys = st.lists(st.sampled_from([p.name for p in self.params[rtype]]), min_size=1, max_size=3, unique=True)
         return st.tuples(keys, st.lists(st.booleans(), min_size=3, max_size=3)).map(
-            lambda drawn: ",".join(("-" if down else "") + key for key, down in zip(*drawn))
+            lambda drawn: ",".join(("-" if down else "") + key for key, down in zip(*drawn, strict=False))
         )
 
     @cache
@@ -903,7 +905,7 @@ def test_search_agrees_with_the_fhirpath_oracle(server):
             database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )(run)()
-    print(
+    print(  # noqa: T201 - the run's coverage, shown with -s
         f"\ndifferential search over {len(focuses)} focuses: " + ", ".join(f"{n} {what}" for what, n in stats.items())
     )
     assert stats["queries"] >= QUERIES_PER_DATABASE

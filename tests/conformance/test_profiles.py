@@ -14,11 +14,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-import r4_package
 from fhir.resources.R4B.structuredefinition import StructureDefinition
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
-from structure_check import STRUCTURE_DIR, Checker, profile_problems, structure_definitions
 
 from app.fhir.capability import capability_statement
 from app.mapping import map_endpoint, map_study
@@ -28,8 +26,13 @@ from app.sources.folder import FolderSource
 from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
+from tests.support import r4_package
+from tests.support.structure_check import STRUCTURE_DIR, Checker, profile_problems, structure_definitions
 
 SMART = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/"
+
+
+pytestmark = pytest.mark.npm
 
 
 def test_each_profile_is_a_valid_r4_structure_definition_under_our_canonical():

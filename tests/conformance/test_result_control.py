@@ -13,12 +13,12 @@ import time
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
-from test_search import client, ids  # noqa: F401 - the date table runs on that data set
 
 from app.search.paging import PageTokens
 from app.search.query import SearchError
 from app.store.repository import Store
 from app.web import create_app
+from tests.support.search_data import ids
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -217,6 +217,7 @@ def test_next_link_used_with_another_search_is_400(api):
     assert "another search" in response.get_json()["issue"][0]["diagnostics"]
 
 
+@pytest.mark.slow
 def test_expired_paging_token_is_400():
     tokens = PageTokens("a secret", max_age=1)
     token = tokens.make("digest", ["1.2.3"])
@@ -226,6 +227,7 @@ def test_expired_paging_token_is_400():
         tokens.read("digest", token)
 
 
+@pytest.mark.slow
 def test_expired_next_link_over_http_is_400(store_url, open_config):
     config = open_config(store_url, default_count=1, page_ttl=1)
     store = Store.from_config(config)
@@ -430,5 +432,5 @@ DATE_TABLE = {
 @pytest.mark.parametrize(
     "value, prefix, expected", [(v, p, e) for v, row in DATE_TABLE.items() for p, e in row.items()]
 )
-def test_date_prefix_table(client, value, prefix, expected):  # noqa: F811
+def test_date_prefix_table(client, value, prefix, expected):
     assert ids(client.get(f"/fhir/ImagingStudy?started={prefix}{value}&_count=10")) == expected

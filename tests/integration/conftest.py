@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ has no __init__.py: import orthanc.py
-
-from orthanc import OrthancServer, readable_testdata_files
+from testbed.orthanc import OrthancServer, readable_testdata_files
 
 
 @pytest.fixture(scope="session")

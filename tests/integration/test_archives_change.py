@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import pydicom
 import pytest
-from orthanc import OrthancServer
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
+from testbed.orthanc import OrthancServer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.orthanc
 
 
 def _file(tmp_path, name: str, template: str, **changes) -> str:

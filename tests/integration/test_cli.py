@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from orthanc import free_port
 from pydicom.data import get_testdata_file
 
-pytestmark = pytest.mark.integration
+from testbed.orthanc import free_port
+
+pytestmark = pytest.mark.server
 CLI = str(Path(sys.executable).parent / "imaging-facade")
 
 

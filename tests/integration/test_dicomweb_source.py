@@ -13,7 +13,6 @@ from collections import defaultdict
 import pydicom
 import pytest
 import requests
-from orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -23,8 +22,9 @@ from requests.adapters import HTTPAdapter
 from app.sources.base import StudyFailure, StudyRecord
 from app.sources.dicomweb import DicomwebSource
 from app.sources.errors import SourceError
+from testbed.orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.orthanc
 
 
 # -- the whole archive -------------------------------------------------------------------

@@ -14,14 +14,12 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
-from structure_check import profile_problems
 
 from app.store.repository import Store
 from app.store.studies import study_subject
 from app.sync import sync_source
 from app.web import create_app
-
-pytestmark = pytest.mark.integration
+from tests.support.structure_check import profile_problems
 
 
 def _synced(config):
@@ -107,6 +105,7 @@ def sample_folder(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_folder_sync_serves_every_study(store_url, open_config, sample_folder, valid_r4):
     config = open_config(store_url, sources=[{"name": "sample", "type": "folder", "path": str(sample_folder)}])
     store, summary, client = _synced(config)
@@ -135,6 +134,7 @@ def test_folder_sync_serves_every_study(store_url, open_config, sample_folder, v
     store.close()
 
 
+@pytest.mark.slow
 def test_folder_sync_finds_a_patients_studies(open_config, sqlite_url, sample_folder):
     config = open_config(sqlite_url, sources=[{"name": "sample", "type": "folder", "path": str(sample_folder)}])
     store, _, client = _synced(config)
@@ -155,6 +155,7 @@ def test_folder_sync_finds_a_patients_studies(open_config, sqlite_url, sample_fo
     store.close()
 
 
+@pytest.mark.slow
 def test_the_audit_reads_each_stored_studys_patient_as_the_index_has_it(store_url, open_config, sample_folder):
     """The audit names the patient of a served study from its stored JSON, without a query:
     for every study synced from real files, that is the patient its search index holds."""

@@ -18,16 +18,16 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from faults import FaultProxy
-from orthanc import OrthancServer, readable_testdata_files
 from sqlalchemy import select
 
 from app.sources.errors import ARCHIVE_DOWN_AFTER
 from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
+from testbed.orthanc import OrthancServer, readable_testdata_files
+from tests.support.faults import FaultProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.orthanc, pytest.mark.server]
 CLI = str(Path(sys.executable).parent / "imaging-facade")
 
 

@@ -1,19 +1,14 @@
 """Identity across real archives: the same people in three Orthancs under other IDs and issuers,
 with typos, swapped names, missing or garbled birth dates, twins and namesakes; a real sync
-of each; the automatic links compared with the truth (scripts/identity_corpus.py, smaller)."""
+of each; the automatic links compared with the truth (testbed/identity_corpus.py, smaller)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from testbed.identity_corpus import run
 
-from identity_corpus import run
-
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.orthanc
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from app.identity.reconcile import reconcile_patient
 from app.store.repository import Store
 from app.web import create_app
 
-pytestmark = pytest.mark.integration
 BASE = "http://testserver/fhir"
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
 

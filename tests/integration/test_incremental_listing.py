@@ -24,7 +24,6 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from requests.adapters import HTTPAdapter
@@ -39,8 +38,9 @@ from app.sources.orthanc_changes import (
     orthanc_study_id,
     study_id_of,
 )
+from testbed.orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk]
 
 CAP = 3
 CAPPED = {"LimitFindResults": CAP, "LimitFindInstances": CAP}

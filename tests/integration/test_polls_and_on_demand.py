@@ -9,16 +9,16 @@ import time
 
 import pydicom
 import pytest
-from faults import FaultProxy
-from orthanc import OrthancServer
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from app.store.repository import Store
 from app.sync import sync_incremental, sync_source
 from app.web import create_app
+from testbed.orthanc import OrthancServer
+from tests.support.faults import FaultProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.orthanc
 
 
 def _today_study(tmp_path, name: str, template: str = "MR_small.dcm", **changes) -> tuple[str, str]:

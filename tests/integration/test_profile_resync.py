@@ -9,17 +9,14 @@ import shutil
 import warnings
 
 import pydicom
-import pytest
 import yaml
 from pydicom.data import get_testdata_file
-from structure_check import profile_problems
 
 from app.config import load_config
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
-
-pytestmark = pytest.mark.integration
+from tests.support.structure_check import profile_problems
 
 FILES = ("CT_small.dcm", "JPEG-lossy.dcm", "MR_small.dcm", "rtplan.dcm")
 

@@ -11,8 +11,6 @@ from pydicom.data import get_testdata_file
 from app.store.repository import Store
 from app.sync import sync_source
 
-pytestmark = pytest.mark.integration
-
 
 def test_quarantined_file_is_released_once_it_reads(tmp_path, open_config, sqlite_url):
     archive = tmp_path / "archive"
@@ -41,6 +39,7 @@ def test_quarantined_file_is_released_once_it_reads(tmp_path, open_config, sqlit
     store.close()
 
 
+@pytest.mark.slow
 def test_unreachable_archive_keeps_the_quarantine(tmp_path, open_config, sqlite_url):
     config = open_config(
         sqlite_url, sources=[{"name": "pacs", "type": "dicomweb", "url": "http://127.0.0.1:9/dicom-web", "timeout": 1}]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.server, pytest.mark.network]
 ROOT = Path(__file__).resolve().parents[2]
 
 

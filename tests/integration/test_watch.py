@@ -14,14 +14,14 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from orthanc import free_port
 from pydicom.data import get_testdata_file
 
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
+from testbed.orthanc import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.server
 CLI = str(Path(sys.executable).parent / "imaging-facade")
 
 

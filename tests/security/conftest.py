@@ -4,21 +4,15 @@ check its tokens, over a store synced from real DICOM files (pydicom's test data
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ has no __init__.py: import smart_auth.py
-
-from smart_auth import AUDIENCE, AuthServer
-
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
-
-SAMPLE_FILES = ("CT_small.dcm", "MR_small.dcm")
+from tests.support.access import install_accesses, load
+from tests.support.smart_auth import AUDIENCE, SAMPLE_FILES, AuthServer, security_config
 
 
 @pytest.fixture(scope="session")
@@ -34,18 +28,6 @@ def archive(tmp_path_factory):
     for name in SAMPLE_FILES:
         shutil.copyfile(get_testdata_file(name), folder / name)
     return folder
-
-
-def security_config(auth_server, **overrides) -> dict:
-    return {
-        "open": False,
-        "issuer": auth_server.issuer,
-        "audience": AUDIENCE,
-        "jwks_uri": auth_server.jwks_uri,
-        "token_endpoint": auth_server.token_url,
-        "jwks_min_refresh": 0,
-        **overrides,
-    }
 
 
 @pytest.fixture
@@ -79,3 +61,16 @@ def patients(app, auth_server):
     token = auth_server.sign({"scope": "system/*.rs"})
     bundle = app.test_client().get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"}).get_json()
     return sorted(entry["resource"]["id"] for entry in bundle["entry"])
+
+
+@pytest.fixture
+def people_app(store_url, open_config):
+    """An app over the data set above; `app.accesses` maps X-Test-Access names to Accesses."""
+    config = open_config(store_url, default_count=2, max_count=50)
+    store = Store.from_config(config)
+    load(store)
+    app = create_app(config, store)
+    app.accesses = {}
+    install_accesses(app, app.accesses)
+    yield app
+    store.close()

@@ -13,17 +13,16 @@ WADO-RS gateway are refused outside the compartment too: test_gateway.py, agains
 from __future__ import annotations
 
 import pytest
-from access_fixtures import (  # noqa: F401
-    ALICE_ENDPOINTS,
-    ALICE_PATIENTS,
+
+from tests.support.access import (
     ALICE_STUDIES,
     PEOPLE,
     STUDY_PATIENT,
     grant,
     patient_access,
-    people_app,
     system_access,
 )
+from tests.support.leaks import all_pages, assert_no_leak_and_all_reached, outside, resources
 
 
 @pytest.fixture
@@ -42,124 +41,6 @@ def api(people_app):
 
     get.post = lambda url, data, who="alice": client.post(url, data=data, headers={"X-Test-Access": who})
     return get
-
-
-def resources(response) -> list[dict]:
-    body = response.get_json()
-    if body.get("resourceType") == "Bundle":
-        return [e["resource"] for e in body.get("entry", [])]
-    return [body] if body.get("resourceType") in ("ImagingStudy", "Patient", "Endpoint") else []
-
-
-def outside(resource: dict) -> bool:
-    """Whether a returned resource lies outside alice's compartment."""
-    kind, rid = resource["resourceType"], resource["id"]
-    if kind == "Patient":
-        return rid not in ALICE_PATIENTS
-    if kind == "ImagingStudy":
-        return resource["subject"]["reference"].removeprefix("Patient/") not in ALICE_PATIENTS
-    return rid not in ALICE_ENDPOINTS
-
-
-def all_pages(api, url, who="alice"):
-    found = []
-    while url:
-        response = api(url.replace("http://testserver", ""), who)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        found += resources(response)
-        url = next((lnk["url"] for lnk in response.get_json()["link"] if lnk["relation"] == "next"), None)
-    return found
-
-
-FOREIGN_READS = [
-    "/fhir/ImagingStudy/2.1",
-    "/fhir/ImagingStudy/2.1/_history/1",
-    "/fhir/ImagingStudy/2.1/_history",
-    "/fhir/ImagingStudy/3.1",
-    "/fhir/Patient/bob",
-    "/fhir/Patient/bob/_history/1",
-    "/fhir/Patient/bob/_history",
-    "/fhir/Patient/eve",
-    "/fhir/Endpoint/bob-pacs",
-    "/fhir/Endpoint/bob-pacs/_history",
-]
-FORBIDDEN_SEARCHES = [  # naming another patient explicitly: 403 (SMART Imaging Access)
-    "/fhir/ImagingStudy?patient=bob",
-    "/fhir/ImagingStudy?patient=Patient/bob",
-    "/fhir/ImagingStudy?patient=http://testserver/fhir/Patient/bob",
-    "/fhir/ImagingStudy?subject=Patient/eve",
-    "/fhir/ImagingStudy?patient=alice,bob",
-    "/fhir/ImagingStudy?subject:Patient=bob",
-    "/fhir/ImagingStudy?patient._id=bob",
-    "/fhir/Patient?_id=bob",
-    "/fhir/Patient?_id=alice,eve",
-]
-SEARCHES = [  # every other way in: only alice's compartment may come back
-    "/fhir/ImagingStudy",
-    "/fhir/ImagingStudy?modality=MR",
-    "/fhir/ImagingStudy?patient:missing=false",
-    "/fhir/ImagingStudy?patient.identifier=222",
-    "/fhir/ImagingStudy?patient.identifier=urn:oid:1.2.3.4|300",
-    "/fhir/ImagingStudy?patient.name=baker",
-    "/fhir/ImagingStudy?subject:Patient.family=evans",
-    "/fhir/ImagingStudy?endpoint=bob-pacs",
-    "/fhir/ImagingStudy?endpoint.status=active",
-    "/fhir/ImagingStudy?patient.link=bob",
-    "/fhir/ImagingStudy?patient._has:ImagingStudy:patient:modality=MR",
-    "/fhir/Patient",
-    "/fhir/Patient?name=baker",
-    "/fhir/Patient?identifier=222",
-    "/fhir/Patient?_id:not=alice",
-    "/fhir/Patient?link=dora",
-    "/fhir/Patient?_has:ImagingStudy:patient:modality=MR",
-    "/fhir/Patient?_has:ImagingStudy:patient:endpoint=bob-pacs",
-    "/fhir/Endpoint",
-    "/fhir/Endpoint?_has:ImagingStudy:endpoint:modality=CT",
-    "/fhir/Endpoint?_has:ImagingStudy:endpoint:patient=bob",
-    "/fhir/ImagingStudy?_include=ImagingStudy:patient",
-    "/fhir/ImagingStudy?_include=ImagingStudy:endpoint",
-    "/fhir/ImagingStudy?_include=ImagingStudy:endpoint&_revinclude:iterate=ImagingStudy:endpoint",
-    "/fhir/ImagingStudy?_include=ImagingStudy:patient&_include:iterate=Patient:link"
-    "&_revinclude:iterate=ImagingStudy:patient",
-    "/fhir/ImagingStudy?_include=*&_revinclude:iterate=*&_include:iterate=*",
-    "/fhir/Patient?_revinclude=ImagingStudy:patient",
-    "/fhir/Patient?_revinclude=*&_include:iterate=*",
-    "/fhir/Patient?_revinclude=ImagingStudy:patient&_include:iterate=ImagingStudy:endpoint"
-    "&_revinclude:iterate=ImagingStudy:endpoint",
-    "/fhir/Endpoint?_revinclude=ImagingStudy:endpoint&_include:iterate=ImagingStudy:patient",
-    "/fhir/Endpoint?_revinclude=*&_include:iterate=*&_revinclude:iterate=*",
-]
-
-
-def leak_matrix(api) -> tuple[list, set]:
-    """Try every way in as alice: (the leaks found, the (type, id) of everything reached)."""
-    leaks, reached = [], set()
-    for url in FOREIGN_READS:
-        response = api(url)
-        if response.status_code != 404:
-            leaks.append((url, response.status_code))
-    for url in FORBIDDEN_SEARCHES:
-        response = api(url)
-        if response.status_code != 403 or response.get_json()["resourceType"] != "OperationOutcome":
-            leaks.append((url, response.status_code))
-    post = api.post("/fhir/ImagingStudy/_search", {"patient": "bob"})
-    if post.status_code != 403:
-        leaks.append(("POST patient=bob", post.status_code))
-    for url in SEARCHES:
-        for resource in all_pages(api, url):
-            reached.add((resource["resourceType"], resource["id"]))
-            if outside(resource):
-                leaks.append((url, resource["resourceType"], resource["id"]))
-    return leaks, reached
-
-
-def assert_no_leak_and_all_reached(api) -> None:
-    leaks, reached = leak_matrix(api)
-    assert leaks == []
-    # and what alice may see is reachable through the same requests
-    assert {rid for kind, rid in reached if kind == "ImagingStudy"} == ALICE_STUDIES
-    assert {rid for kind, rid in reached if kind == "Patient"} == ALICE_PATIENTS
-    assert {rid for kind, rid in reached if kind == "Endpoint"} == ALICE_ENDPOINTS
 
 
 def test_leak_matrix(api):

@@ -7,13 +7,11 @@ DICOM file it was sent); the MR study is outside its compartment and refused.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 import requests
-from access_fixtures import grant, install_accesses, patient_access
 from pydicom.data import get_testdata_file
 from sqlalchemy import text
 
@@ -22,12 +20,14 @@ from app.store.audit_record import render_event
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from orthanc import OrthancServer
+from testbed.orthanc import OrthancServer
+from tests.support.access import grant, install_accesses, patient_access
 
 DICOM_PARTS = 'multipart/related; type="application/dicom"'
 FILES = {"CT": get_testdata_file("CT_small.dcm"), "MR": get_testdata_file("MR_small.dcm")}
+
+
+pytestmark = pytest.mark.orthanc
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import os
 import time
 
 import pytest
-from smart_auth import AUDIENCE, BackendClient
 
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
+from tests.support.smart_auth import AUDIENCE, BackendClient
 
 
 def bearer(token: str) -> dict:

@@ -1,4 +1,4 @@
-"""The leak matrix of test_compartment.py, end to end: the same requests, each carrying a real
+"""The leak matrix of tests/support/leaks.py, end to end: the same requests, each carrying a real
 bearer token signed by the authorization server process (tests/security/smart_auth.py) and
 checked by the server's token check, so the Access the compartment applies is the one the
 token check built from the token's `patient` claim and scopes, not one a test installed.
@@ -7,12 +7,12 @@ token check built from the token's `patient` claim and scopes, not one a test in
 from __future__ import annotations
 
 import pytest
-from access_fixtures import load
-from conftest import security_config
-from test_compartment import all_pages, assert_no_leak_and_all_reached
 
 from app.store.repository import Store
 from app.web import create_app
+from tests.support.access import load
+from tests.support.leaks import all_pages, assert_no_leak_and_all_reached
+from tests.support.smart_auth import security_config
 
 CLAIMS = {
     "alice": {"scope": "patient/*.rs", "patient": "alice", "sub": "user-1"},

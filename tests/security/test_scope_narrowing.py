@@ -9,7 +9,8 @@ and CT 1.2, alice-b CT 1.3, dora US 1.4, bob MR 2.1 and CT 2.2, eve MR 3.1).
 from __future__ import annotations
 
 import pytest
-from access_fixtures import grant, patient_access, people_app, system_access  # noqa: F401
+
+from tests.support.access import grant, patient_access, system_access
 
 
 def _ids(response, kind="ImagingStudy"):

@@ -4,10 +4,10 @@ before any query when the token's scopes do not cover it)."""
 from __future__ import annotations
 
 import pytest
-from smart_auth import BackendClient
 
 from app.security.access import READ, SEARCH, ScopeGrant
 from app.security.scopes import parse_scope, parse_scopes
+from tests.support.smart_auth import BackendClient
 
 RS = frozenset({READ, SEARCH})
 

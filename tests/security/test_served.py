@@ -14,11 +14,14 @@ import pydicom
 import pytest
 import requests
 import yaml
-from conftest import SAMPLE_FILES
 from pydicom.data import get_testdata_file
-from smart_auth import AUDIENCE, BackendClient, free_port, rsa_jwk
+
+from tests.support.smart_auth import AUDIENCE, SAMPLE_FILES, BackendClient, free_port, rsa_jwk
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+pytestmark = pytest.mark.server
 
 
 def bearer(token: str) -> dict:

@@ -55,6 +55,25 @@ def _append(spool: AuditSpool, event_id: str, patient: str = "p1") -> None:
     )
 
 
+@pytest.fixture
+def child():
+    """Start server processes with `child(directory, ids, then)`; each is ended and its pipes closed after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(directory: Path, ids: list[str], then: str) -> subprocess.Popen:
+        process = _child(directory, ids, then)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        process.stdin.close()
+        process.stdout.close()
+
+
 def _child(directory: Path, ids: list[str], then: str) -> subprocess.Popen:
     """A server process that spools `ids`, then `then`: 'die' (killed, no drain) or 'wait'."""
     code = textwrap.dedent(f"""
@@ -108,10 +127,10 @@ def test_events_stay_spooled_while_the_store_refuses_them(tmp_path):
     assert stored.ids == ["e0", "e1"]
 
 
-def test_a_dead_process_segment_is_claimed_once(tmp_path):
+def test_a_dead_process_segment_is_claimed_once(tmp_path, child):
     directory = tmp_path / "spool"
-    child = _child(directory, ["dead-1", "dead-2"], "die")
-    assert child.wait(timeout=30) == 9
+    dead = child(directory, ["dead-1", "dead-2"], "die")
+    assert dead.wait(timeout=30) == 9
     assert len(list(directory.iterdir())) == 1
     spool, stored = _spool(directory)
     assert spool.drain() == 2
@@ -120,16 +139,16 @@ def test_a_dead_process_segment_is_claimed_once(tmp_path):
     assert spool.drain() == 0 and list(directory.iterdir()) == []
 
 
-def test_a_live_process_segment_is_left_to_it(tmp_path):
+def test_a_live_process_segment_is_left_to_it(tmp_path, child):
     directory = tmp_path / "spool"
-    child = _child(directory, ["live-1"], "wait")
+    live = child(directory, ["live-1"], "wait")
     try:
         spool, stored = _spool(directory)
         assert spool.drain() == 0 and stored.events == []
         assert len(list(directory.iterdir())) == 1
     finally:
-        child.kill()
-        child.wait(timeout=30)
+        live.kill()
+        live.wait(timeout=30)
     assert spool.drain() == 1 and stored.ids == ["live-1"]  # once it is gone
 
 
@@ -145,10 +164,10 @@ def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path):
     assert list(directory.iterdir()) == []
 
 
-def test_another_store_segments_are_left_alone(tmp_path):
+def test_another_store_segments_are_left_alone(tmp_path, child):
     directory = tmp_path / "spool"
-    child = _child(directory, ["other-store"], "die")
-    child.wait(timeout=30)
+    dead = child(directory, ["other-store"], "die")
+    dead.wait(timeout=30)
     spool, stored = _spool(directory, "postgresql+psycopg://postgres@127.0.0.1:5432/another")
     assert spool.drain() == 0 and stored.events == []
     assert len(list(directory.iterdir())) == 1

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from damaged_corpus import CASES, INTACT, _file, dataset_start, part10, real
 
 from app.mapping import MappingError, map_study
 from app.mapping.context import MappingContext
@@ -29,6 +28,7 @@ from app.sources.dicom_json import dataset_to_dicom_json
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
+from tests.support.damaged_corpus import CASES, INTACT, _file, dataset_start, part10, real
 
 SOURCE = "damaged"
 #: values written into the corpus that are patient data: the logs must never show them
@@ -84,6 +84,7 @@ def _check_logs(caplog) -> None:
         assert value not in caplog.text
 
 
+@pytest.mark.slow
 def test_every_damaged_file_is_repaired_with_a_note_or_quarantined_with_its_reason(
     archive, store_url, write_config, valid_r4, caplog
 ):
@@ -188,10 +189,10 @@ CTX = MappingContext(source="main-pacs", timezone="Europe/Berlin", patient_id_sy
 
 def _base_record() -> StudyRecord:
     """CT_small as an archive's DICOM JSON answers would give it: study, series, instance."""
-    from damaged_corpus import STUDY_UID
     from pydicom.tag import Tag
 
     from app.mapping import tags
+    from tests.support.damaged_corpus import STUDY_UID
 
     ds = real("CT_small.dcm")
     study, _ = dataset_to_dicom_json(ds, sorted(Tag(t) for t in {**tags.PATIENT, **tags.STUDY}))
@@ -543,8 +544,8 @@ def test_warnings_of_other_code_are_not_repairs_of_the_file(monkeypatch):
     original = DataElement.to_json_dict
 
     def with_stray_warnings(self, *args, **kwargs):
-        warnings.warn("unclosed socket", ResourceWarning)
-        warnings.warn("old API", DeprecationWarning)
+        warnings.warn("unclosed socket", ResourceWarning, stacklevel=2)
+        warnings.warn("old API", DeprecationWarning, stacklevel=2)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(DataElement, "to_json_dict", with_stray_warnings)

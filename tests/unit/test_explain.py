@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,7 @@ from app.mapping import map_study
 from app.mapping.context import MappingContext
 from app.mapping.profile import BASE_FILE, VENDORS_DIR
 from app.sync.explain import ExplainError, explain_file
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from orthanc import readable_testdata_files
+from testbed.orthanc import readable_testdata_files
 
 CTX = MappingContext("explain", "UTC", "urn:imaging-facade:source:explain")
 
@@ -41,7 +38,7 @@ def test_every_element_of_a_real_file_has_an_origin(path):
     try:
         explanation = explain_file(path, CTX)
     except ExplainError as exc:  # what a sync quarantines or skips is refused with the reason
-        assert "DICOMDIR" in str(exc) or "without StudyInstanceUID" in str(exc), exc
+        assert "DICOMDIR" in str(exc) or "without StudyInstanceUID" in str(exc), exc  # noqa: PT017
         return
     study, patient, endpoint = explanation.resources
     assert [r["resourceType"] for r in explanation.resources] == ["ImagingStudy", "Patient", "Endpoint"]

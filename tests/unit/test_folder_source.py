@@ -111,6 +111,7 @@ def testdata_copy(tmp_path) -> Path:
 
 
 # -- pydicom's test data -------------------------------------------------------------
+@pytest.mark.slow
 def test_every_instance_of_pydicom_testdata_is_grouped_like_pydicom_reads_it(testdata_copy):
     expected, counts, expected_failures = reference(testdata_copy)
     source = FolderSource("files", testdata_copy)
@@ -153,6 +154,7 @@ def test_files_without_preamble_are_instances_when_they_carry_uids(testdata_copy
         assert ds.SOPInstanceUID in sops, name
 
 
+@pytest.mark.slow
 def test_text_and_random_binary_files_are_skipped_and_counted(testdata_copy):
     before = FolderSource("files", testdata_copy)
     _, records_before, failures_before = run(before)
@@ -169,6 +171,7 @@ def test_text_and_random_binary_files_are_skipped_and_counted(testdata_copy):
     assert failures_after == failures_before
 
 
+@pytest.mark.slow
 def test_scan_is_deterministic_and_repeatable(testdata_copy):
     first = FolderSource("files", testdata_copy)
     items_a = list(first.iter_studies())

@@ -2,7 +2,7 @@
 
 It fails a whole run, so a false alarm blocks every change and a miss hides a leak."""
 
-from log_privacy import _patient_values, patient_data_hits
+from tests.support.log_privacy import _patient_values, patient_data_hits
 
 
 def test_the_check_knows_the_synced_files_patients():

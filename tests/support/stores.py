@@ -1,0 +1,61 @@
+"""Stores for the tests: an SQLite store copied from an empty one, a PostgreSQL database of its
+own, and the config of an open server over either."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from testbed import services
+
+POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of its own, dropped when done."""
+    services.require("PostgreSQL")
+    name = f"facade_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        raise RuntimeError(f"PostgreSQL at {POSTGRES_ADMIN} is needed by the tests: {exc}") from exc
+    try:
+        yield POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def new_sqlite_store(tmp_path: Path, template: Path) -> str:
+    """The URL of a new empty SQLite store in `tmp_path`, copied from `template`."""
+    path = tmp_path / "facade.db"
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+def open_config_data(store_url: str, sources=None, **server) -> dict:
+    """The config of an open server (no token) with these sources and server keys."""
+    return {
+        "store": store_url,
+        "server": {"base_url": "http://testserver/fhir", **server},
+        "security": {"open": True},
+        "sources": sources or [],
+    }
