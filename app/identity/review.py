@@ -89,13 +89,16 @@ def rematch(store: Store, rules: IdentityConfig) -> int:
     """Score every Patient again (after the thresholds or namespace rules changed); returns how
     many Patients' links changed. A person's decisions stay as they are."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from app.identity.reconcile import reconcile_patient
     from app.store import tables as t
 
     with store.engine.connect() as conn:
         ids = list(
-            conn.execute(select(t.Resource.id).where(t.Resource.rtype == "Patient").order_by(t.Resource.id)).scalars()
+            conn.execute(
+                select(col(t.Resource.id)).where(col(t.Resource.rtype) == "Patient").order_by(col(t.Resource.id))
+            ).scalars()
         )
     changed: set[str] = set()
     for patient_id in ids:

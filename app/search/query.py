@@ -118,7 +118,7 @@ class Restriction:
     """
 
     patients: tuple[str, ...] | None = None
-    alternatives: tuple[tuple[Any, ...], ...] | None = None
+    alternatives: tuple[tuple[SearchClause, ...], ...] | None = None
     deny: bool = False
 
 
