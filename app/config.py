@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from marshmallow import (
@@ -72,7 +74,7 @@ class ServerSchema(Strict):
     trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
 
     @validates_schema
-    def _counts(self, data, **_):
+    def _counts(self, data: dict[str, Any], **_: Any) -> None:
         if data["default_count"] > data["max_count"]:
             raise ValidationError("must not exceed server.max_count", "default_count")
 
@@ -167,8 +169,8 @@ class SecuritySchema(Strict):
     audit_spool = fields.String(load_default=None, validate=validate.Length(min=1))
 
     @validates_schema(skip_on_field_errors=False)
-    def _token_check(self, data, **_):
-        problems = {}
+    def _token_check(self, data: dict[str, Any], **_: Any) -> None:
+        problems: dict[str, list[str]] = {}
         if not data.get("audit", True) and not data.get("open"):
             problems["audit"] = [
                 "a server that checks tokens keeps an audit trail; audit: false is for open (demo) mode only"
@@ -199,12 +201,12 @@ class ConfigSchema(Strict):
     identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
 
     @validates("store")
-    def _store(self, value, **_):
+    def _store(self, value: str, **_: Any) -> None:
         if not re.match(r"^(sqlite|postgresql(\+psycopg)?)://", value):
             raise ValidationError("must be a sqlite:/// or postgresql+psycopg:// URL")
 
     @validates("sources")
-    def _unique(self, value, **_):
+    def _unique(self, value: list[Any], **_: Any) -> None:
         names = [s.get("name") for s in value]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -295,7 +297,7 @@ class Config:
         raise ConfigError(str(self.path), {"sources": [f"no source named {name!r}"]})
 
 
-def _flatten(messages, prefix="") -> dict[str, list[str]]:
+def _flatten(messages: dict | list, prefix: str = "") -> dict[str, list[str]]:
     """marshmallow's nested error dict -> {"sources[1].url": [...]}."""
     out: dict[str, list[str]] = {}
     if isinstance(messages, list):
@@ -313,8 +315,8 @@ def _flatten(messages, prefix="") -> dict[str, list[str]]:
     return out
 
 
-def _resolve_env(node, path: str, problems: dict, environ) -> object:
-    """Replace `${VAR}` references; secrets must be references, never literals."""
+def _resolve_env(node: Any, path: str, problems: dict, environ: Mapping[str, str]) -> Any:
+    """Replace `${VAR}` references in the file's YAML; secrets must be references, never literals."""
     if isinstance(node, dict):
         return {k: _resolve_env(v, f"{path}.{k}" if path else str(k), problems, environ) for k, v in node.items()}
     if isinstance(node, list):
@@ -345,7 +347,7 @@ def _literal_password(url: str) -> bool:
     return bool(match and match.group(1) and not ENV_REF.match(match.group(1)))
 
 
-def load_config(path: str | os.PathLike | None = None, environ=None) -> Config:
+def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read, resolve and validate the config; raise ConfigError naming every bad key."""
     environ = os.environ if environ is None else environ
     path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)

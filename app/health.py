@@ -11,16 +11,19 @@ so a load balancer or monitor can read it without a token.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from flask import Flask, Response
 
 from app.api.interactions import HEALTH, serves
 from app.api.state import ApiState
 from app.clock import instant_now_ms, micros_to_instant
+from app.store.audit_spool import AuditSpool
 from app.store.bookkeeping import health_rows
 
 
-def _instant(micros):
+def _instant(micros: int | None) -> str | None:
     return micros_to_instant(micros) if micros is not None else None
 
 
@@ -47,7 +50,7 @@ def source_health(rows: dict[str, tuple], names: list[str], now: int) -> list[di
 AUDIT_BACKLOG_SECONDS = 60
 
 
-def audit_health(spool, now: int) -> dict:
+def audit_health(spool: AuditSpool, now: int) -> dict:
     segments, oldest = spool.backlog()
     age = round((now - oldest) / 1_000_000, 1) if oldest is not None else None
     return {
@@ -64,10 +67,10 @@ def init_app(app: Flask, state: ApiState) -> None:
 
     @app.get("/health")
     @serves(HEALTH)
-    def health():
+    def health() -> Response:
         rows = health_rows(reader)
         now = instant_now_ms()[0]
-        body = {"status": "ok", "sources": source_health(rows, names, now)}
+        body: dict[str, Any] = {"status": "ok", "sources": source_health(rows, names, now)}
         if audit_log is not None:
             body["audit"] = audit_health(audit_log.spool, now)
         if any(s["status"] == "failing" for s in body["sources"]) or body.get("audit", {}).get("status") == "behind":

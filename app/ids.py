@@ -7,9 +7,10 @@ Study Instance UID as id; source names must obey it because they become Endpoint
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
-def valid_id(value: str | None) -> bool:
+def valid_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and FHIR_ID.fullmatch(value) is not None

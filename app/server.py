@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from gunicorn.app.base import BaseApplication
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from app.config import Config
 
 
 class FacadeServer(BaseApplication):
-    def __init__(self, config, options: dict):
+    def __init__(self, config: Config, options: dict[str, Any]):
         self._config = config
         self._options = options
         super().__init__()
 
-    def load_config(self):
+    def load_config(self) -> None:
         for key, value in self._options.items():
             self.cfg.set(key, value)
 
-    def load(self):
+    def load(self) -> Flask:
         from app.web import create_app
 
         return create_app(self._config)
 
 
-def run_gunicorn(config, host: str, port: int, workers: int) -> None:
+def run_gunicorn(config: Config, host: str, port: int, workers: int) -> None:
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,

@@ -30,7 +30,9 @@ from app.wado import gateway
 def create_app(config: Config, store: Store | None = None) -> Flask:
     app = Flask("imaging-facade")
     store = store or Store.from_config(config)
-    state = app.extensions[EXTENSION] = ApiState(config, store, AuditLog(store.url, config.security.audit_spool))
+    spool = config.security.audit_spool
+    assert spool is not None  # load_config places the spool (app/config.py _audit_spool)
+    state = app.extensions[EXTENSION] = ApiState(config, store, AuditLog(store.url, spool))
     errors.init_app(app)
     security.init_app(app, state)  # tokens and scopes before the routes; the Guard on every read
     audit.init_app(app, state)  # one AuditEvent per answered request

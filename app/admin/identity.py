@@ -11,31 +11,33 @@ FHIR; a blueprint of its own so that an admin scope can guard it as a whole.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 
 from app.api.interactions import IDENTITY_REVIEW, serves
 from app.api.state import ApiState, current_state
 from app.identity import review
 from app.identity.review import IdentityError
+from app.identity.settings import IdentityConfig
 from app.ids import valid_id
+from app.store.repository import Store
 
 bp = Blueprint("admin_identity", __name__)
 
 
-def _store():
+def _store() -> Store:
     return current_state().store
 
 
-def _rules():
+def _rules() -> IdentityConfig:
     return current_state().config.identity
 
 
 @bp.errorhandler(IdentityError)
-def _identity_error(err: IdentityError):
+def _identity_error(err: IdentityError) -> tuple[Response, int]:
     return jsonify({"error": str(err)}), err.status
 
 
-def _patient_id(value, name: str) -> str:
+def _patient_id(value: object, name: str) -> str:
     value = value.removeprefix("Patient/") if isinstance(value, str) else value
     if not valid_id(value):
         raise IdentityError(f"'{name}' must be a Patient id")
@@ -51,7 +53,7 @@ def _limit() -> int:
 
 @bp.get("/links")
 @serves(IDENTITY_REVIEW)
-def list_links():
+def list_links() -> Response:
     status = request.args.get("status", "review")
     patient = request.args.get("patient")
     pairs = review.list_pairs(
@@ -62,7 +64,7 @@ def list_links():
 
 @bp.get("/explain")
 @serves(IDENTITY_REVIEW)
-def explain():
+def explain() -> Response:
     a = _patient_id(request.args.get("a"), "a")
     b = _patient_id(request.args.get("b"), "b")
     return jsonify(review.explain(_store(), a, b, _rules()))
@@ -77,13 +79,13 @@ def _pair_body() -> tuple[str, str]:
 
 @bp.post("/link")
 @serves(IDENTITY_REVIEW)
-def link():
+def link() -> Response:
     return jsonify(review.link(_store(), *_pair_body(), _rules()))
 
 
 @bp.post("/unlink")
 @serves(IDENTITY_REVIEW)
-def unlink():
+def unlink() -> Response:
     return jsonify(review.unlink(_store(), *_pair_body(), _rules()))
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import click
 
 from app.cli.common import config_option, load
+from app.config import SecurityConfig
+from app.sources.base import ProtocolSettings
 from app.sources.dicomweb import DicomwebSettings
+from app.sources.dimse import DimseSettings
 from app.sources.folder import FolderSettings
 
 
-def _security_summary(security) -> str:
+def _security_summary(security: SecurityConfig) -> str:
     if security.open:
         return "OPEN (no token needed)"
     if security.jwks_uri:
@@ -30,11 +33,12 @@ def _redact(url: str) -> str:
     return url
 
 
-def _where(protocol) -> str:
+def _where(protocol: ProtocolSettings) -> str:
     if isinstance(protocol, FolderSettings):
         return str(protocol.path)
     if isinstance(protocol, DicomwebSettings):
         return protocol.url
+    assert isinstance(protocol, DimseSettings)  # the third protocol (app/sources/settings.py)
     return f"{protocol.host}:{protocol.port} (called {protocol.called_aet}, calling {protocol.calling_aet})"
 
 

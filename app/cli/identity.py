@@ -7,13 +7,21 @@ tab-separated (list) or JSON (link, unlink, explain); it shows patient ids, neve
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from app.cli.common import config_option, fail, load
 
+if TYPE_CHECKING:
+    from app.identity.settings import IdentityConfig
+    from app.store.repository import Store
 
-def _run(config_path, action):
+T = TypeVar("T")
+
+
+def _run(config_path: str | None, action: Callable[[Store, IdentityConfig], T]) -> T:
     """`action(store, identity rules)` on the configured store; a refusal ends the command."""
     from app.identity.review import IdentityError
     from app.store.repository import Store
@@ -29,7 +37,7 @@ def _run(config_path, action):
 
 
 @click.group()
-def identity():
+def identity() -> None:
     """Patient identity across archives: the review queue, links and why."""
 
 
@@ -42,7 +50,7 @@ def identity():
     type=click.Choice(["review", "linked", "manual-link", "manual-unlink", "all"]),
 )
 @click.option("--patient", default=None, help="only pairs with this Patient id")
-def identity_list(config_path, status, patient):
+def identity_list(config_path: str | None, status: str, patient: str | None) -> None:
     """Scored pairs of Patients, best first: patient a, patient b, status, points."""
     from app.identity.review import list_pairs
 
@@ -56,12 +64,12 @@ def identity_list(config_path, status, patient):
     click.echo(f"{len(pairs)} pairs", err=True)
 
 
-def _pair_command(name, action_name, help_text):
+def _pair_command(name: str, action_name: str, help_text: str) -> click.Command:
     @identity.command(name, help=help_text)
     @config_option
     @click.argument("a")
     @click.argument("b")
-    def command(config_path, a, b):
+    def command(config_path: str | None, a: str, b: str) -> None:
         from app.identity import review
 
         action = getattr(review, action_name)
@@ -81,7 +89,7 @@ _pair_command("explain", "explain", "Score two Patients feature by feature, and 
 
 @identity.command("rematch")
 @config_option
-def identity_rematch(config_path):
+def identity_rematch(config_path: str | None) -> None:
     """Score every Patient again, e.g. after changing the thresholds (a person's decisions stay)."""
     from app.identity.review import rematch
 

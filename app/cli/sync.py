@@ -4,11 +4,17 @@ summary, or continuous syncing until SIGTERM or Ctrl-C."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from app.cli.common import config_option, fail, load
 from app.config import ConfigError
+
+if TYPE_CHECKING:
+    from app.sources.settings import SourceSettings
+    from app.store.repository import Store
+    from app.sync.summary import SyncSummary
 
 
 @click.command()
@@ -37,7 +43,7 @@ def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
     sys.exit(1 if failed else 0)
 
 
-def _watch(store, sources) -> None:
+def _watch(store: Store, sources: list[SourceSettings]) -> None:
     """Poll until SIGTERM or SIGINT; the study in hand is finished first."""
     import signal
     import threading
@@ -48,7 +54,7 @@ def _watch(store, sources) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    def report(summary) -> None:
+    def report(summary: SyncSummary) -> None:
         if summary.error:
             click.echo(f"{summary.source}: poll failed: {summary.error}", err=True)
         elif summary.changed or summary.failed:
@@ -64,7 +70,7 @@ def _watch(store, sources) -> None:
     click.echo("stopped")
 
 
-def sync_with_progress(store, src):
+def sync_with_progress(store: Store, src: SourceSettings) -> SyncSummary:
     """One full sync of `src` with a progress bar on stderr, then its summary; the SyncSummary."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -82,7 +88,7 @@ def sync_with_progress(store, src):
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(src.name, total=None, rate=0.0)
 
-        def progress(summary, total) -> None:
+        def progress(summary: SyncSummary, total: int | None) -> None:
             elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
             bar.update(task, completed=summary.done, total=total, rate=summary.done / elapsed)
 
@@ -91,7 +97,7 @@ def sync_with_progress(store, src):
     return summary
 
 
-def _report(name: str, summary) -> None:
+def _report(name: str, summary: SyncSummary) -> None:
     stats = ", ".join(f"{k} {v}" for k, v in summary.source_stats.items())
     click.echo(
         f"{name}: {summary.new} new, {summary.updated} updated, {summary.unchanged} unchanged, "

@@ -4,12 +4,14 @@ unless the client asked for a `_summary` or `_elements` subset."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 
 from app.clock import instant_now_ms, micros_to_instant
 from app.search.elements import select_elements, summarize
+from app.store.search_sql import SearchResult
 
 
 def search_url(base_url: str, rtype: str, params: list[tuple[str, str]]) -> str:
@@ -30,7 +32,7 @@ def subset(content: bytes, summary: str = "false", elements: frozenset[str] | No
 
 
 def _bundle(kind: str, links: list[dict], entries: list[dict], total: int | None = None) -> bytes:
-    bundle = {
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
         "meta": {"lastUpdated": instant_now_ms()[1]},
@@ -52,7 +54,7 @@ def match_bundle(entries: list[dict], self_url: str) -> bytes:
 def searchset(
     base_url: str,
     rtype: str,
-    result,
+    result: SearchResult,
     self_url: str,
     next_url: str | None,
     summary: str = "false",

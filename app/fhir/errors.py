@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from app.api.outcome import outcome_response
 from app.errors import FhirError
@@ -15,7 +15,7 @@ from app.logsafe import describe
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {
+_HTTP_CODES: dict[int | None, str] = {
     400: "invalid",
     401: "login",
     403: "forbidden",
@@ -30,13 +30,13 @@ _HTTP_CODES = {
 
 def init_app(app: Flask) -> None:
     @app.errorhandler(FhirError)
-    def _fhir_error(err: FhirError):
+    def _fhir_error(err: FhirError) -> Response:
         return outcome_response(err.status, err.code, err.diagnostics, err.headers)
 
     @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException):
+    def _http_error(err: HTTPException) -> Response:
         headers = {}
-        if err.code == 405 and err.valid_methods:
+        if isinstance(err, MethodNotAllowed) and err.valid_methods:
             headers["Allow"] = ", ".join(err.valid_methods)
         message = err.description or err.name
         if err.code == 405:
@@ -44,6 +44,6 @@ def init_app(app: Flask) -> None:
         return outcome_response(err.code or 500, _HTTP_CODES.get(err.code, "processing"), message, headers)
 
     @app.errorhandler(Exception)
-    def _unexpected(err: Exception):
+    def _unexpected(err: Exception) -> Response:
         log.error("unexpected error while answering a request: %s", describe(err))
         return outcome_response(500, "exception", "internal error; the server log has the details")

@@ -66,7 +66,7 @@ def _negotiate() -> None:
 
 @bp.get("/metadata")
 @serves(CAPABILITIES)
-def metadata():
+def metadata() -> Response:
     return _json(current_state().capability)
 
 
@@ -90,7 +90,7 @@ def _not_modified(etag: str, micros: int) -> bool:
 _SUBSETTING = ("_summary", "_elements")
 
 
-def _subsetting(rtype: str):
+def _subsetting(rtype: str) -> tuple[str, frozenset[str] | None]:
     """`_summary` / `_elements` on a read: the (summary, elements) asked for, or 400."""
     items = [(k, v) for k, v in request.args.items(multi=True) if k in _SUBSETTING]
     if not items:
@@ -115,7 +115,7 @@ def _resource_response(rtype: str, rid: str, version: int, micros: int, content:
 
 @bp.get("/<rtype>/<rid>")
 @serves(READ)
-def read(rtype: str, rid: str):
+def read(rtype: str, rid: str) -> Response:
     _check_type(rtype)
     _check_id(rtype, rid)
     state = current_state()
@@ -138,7 +138,7 @@ def read(rtype: str, rid: str):
 
 @bp.get("/<rtype>/<rid>/_history/<vid>")
 @serves(VREAD)
-def vread(rtype: str, rid: str, vid: str):
+def vread(rtype: str, rid: str, vid: str) -> Response:
     _check_type(rtype)
     _check_id(rtype, rid)
     if not vid.isdigit() or len(vid) > 9:
@@ -154,7 +154,7 @@ def vread(rtype: str, rid: str, vid: str):
 
 @bp.get("/<rtype>/<rid>/_history")
 @serves(HISTORY_INSTANCE)
-def history_instance(rtype: str, rid: str):
+def history_instance(rtype: str, rid: str) -> Response:
     _check_type(rtype)
     _check_id(rtype, rid)
     state = current_state()
@@ -169,14 +169,14 @@ def history_instance(rtype: str, rid: str):
 
 @bp.get("/<rtype>")
 @serves(SEARCH_TYPE)
-def search_get(rtype: str):
+def search_get(rtype: str) -> Response:
     _check_type(rtype, SEARCHED_TYPES)
     return _search(rtype, list(request.args.items(multi=True)))
 
 
 @bp.post("/<rtype>/_search")
 @serves(SEARCH_TYPE)
-def search_post(rtype: str):
+def search_post(rtype: str) -> Response:
     _check_type(rtype, SEARCHED_TYPES)
     if request.mimetype != "application/x-www-form-urlencoded":
         raise FhirError(415, "not-supported", "POST _search takes an application/x-www-form-urlencoded body")
@@ -223,6 +223,7 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
     self_params = list(query.applied) + ([("_page", query.page)] if query.page is not None else [])
     next_url = None
     if result.has_more and result.matches:
+        assert result.cursor is not None  # a page of matches ends at its last one
         token = state.page_tokens.make(digest, result.cursor)
         next_url = search_url(state.base_url, rtype, list(query.applied) + [("_page", token)])
     return _json(
@@ -240,7 +241,7 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
 
 @bp.post("/Patient/$match")
 @serves(PATIENT_MATCH)
-def patient_match():
+def patient_match() -> Response:
     """FHIR MPI `$match`: a Parameters with a Patient in, a searchset of scored Patients out."""
     from app.identity.match import MATCH_GRADE, MatchInputError, match, parse_parameters
 

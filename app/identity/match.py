@@ -11,9 +11,13 @@ extension: `certain` from `auto_link` on, `probable` from `review`, `possible` f
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from app.identity.features import blocking_keys, features
 from app.identity.scoring import score
+from app.identity.settings import IdentityConfig
 from app.store import links
 
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -24,7 +28,7 @@ class MatchInputError(ValueError):
     """The Parameters of a $match request are not usable; the message names the parameter."""
 
 
-def parse_parameters(body) -> tuple[dict, bool, int | None]:
+def parse_parameters(body: Any) -> tuple[dict, bool, int | None]:
     """(Patient, onlyCertainMatches, count) from a Parameters resource."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise MatchInputError("the body must be a Parameters resource")
@@ -68,7 +72,7 @@ def _check_patient(patient: dict) -> None:
 
 
 def match(
-    conn, patient: dict, rules, only_certain: bool = False, count: int | None = None
+    conn: Connection, patient: dict, rules: IdentityConfig, only_certain: bool = False, count: int | None = None
 ) -> list[tuple[str, float, str, dict]]:
     """(patient id, score 0..1, grade, explanation) of the stored Patients that match, best first."""
     feats = features(patient, rules)

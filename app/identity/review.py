@@ -9,6 +9,8 @@ also starts or ends `ImagingStudy?patient=` finding the other record's studies.
 
 from __future__ import annotations
 
+from sqlalchemy.engine import Connection
+
 from app.identity.features import features
 from app.identity.reconcile import automatic_status
 from app.identity.scoring import score
@@ -25,7 +27,7 @@ class IdentityError(Exception):
         self.status = status
 
 
-def _both(conn, a: str, b: str) -> tuple[dict, dict]:
+def _both(conn: Connection, a: str, b: str) -> tuple[dict, dict]:
     if a == b:
         raise IdentityError("a Patient cannot be linked to itself")
     found = []
@@ -72,7 +74,9 @@ def _decide(store: Store, a: str, b: str, status: str, rules: IdentityConfig) ->
         links.put_link(conn, a, b, status, result.points, result.as_dict())
         if before != (status in links.LINKED):
             store.patients.refresh(conn, (a, b))
-        return links.get_link(conn, a, b).as_dict()
+        decided = links.get_link(conn, a, b)
+        assert decided is not None  # put just above, in this transaction
+        return decided.as_dict()
 
 
 def link(store: Store, a: str, b: str, rules: IdentityConfig) -> dict:
@@ -89,13 +93,16 @@ def rematch(store: Store, rules: IdentityConfig) -> int:
     """Score every Patient again (after the thresholds or namespace rules changed); returns how
     many Patients' links changed. A person's decisions stay as they are."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from app.identity.reconcile import reconcile_patient
     from app.store import tables as t
 
     with store.engine.connect() as conn:
         ids = list(
-            conn.execute(select(t.Resource.id).where(t.Resource.rtype == "Patient").order_by(t.Resource.id)).scalars()
+            conn.execute(
+                select(col(t.Resource.id)).where(col(t.Resource.rtype) == "Patient").order_by(col(t.Resource.id))
+            ).scalars()
         )
     changed: set[str] = set()
     for patient_id in ids:

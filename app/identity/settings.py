@@ -8,6 +8,7 @@ queue, anything lower is left alone. `possible` is the lowest score `Patient/$ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
@@ -24,7 +25,7 @@ class IdentitySchema(Schema):
     match_on_sync = fields.Boolean(load_default=True)
 
     @validates("same_namespace")
-    def _groups(self, value, **_):
+    def _groups(self, value: list[list[str]], **_: Any) -> None:
         seen: set[str] = set()
         for n, group in enumerate(value):
             if len(group) < 2:
@@ -35,7 +36,7 @@ class IdentitySchema(Schema):
                 seen.add(system)
 
     @validates_schema
-    def _order(self, data, **_):
+    def _order(self, data: dict[str, Any], **_: Any) -> None:
         if not data["possible"] <= data["review"] <= data["auto_link"]:
             raise ValidationError("thresholds must satisfy possible <= review <= auto_link", "auto_link")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
 from app.identity.settings import IdentityConfig
 from app.mapping.profile import Profile, base_profile
+from app.mapping.provenance import Recorder
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class MappingContext:
     #: the source's merged mapping profile (None: the base profile alone)
     profile: Profile | None = None
     #: a provenance Recorder while a study is explained; None while syncing
-    recorder: object | None = field(default=None, compare=False)
+    recorder: Recorder | None = field(default=None, compare=False)
     #: the deployment's identity rules: which issuers are one namespace (the Patient id)
     identity: IdentityConfig = IDENTITY_DEFAULT
 
@@ -52,7 +54,7 @@ class MappingContext:
         system = self.rules.accession_system
         return system, (self.rules.rule("accession", "system") if system else None)
 
-    def trace(self, path: str, tags=(), rule: str | None = None, note: str | None = None) -> None:
+    def trace(self, path: str, tags: Iterable[str] = (), rule: str | None = None, note: str | None = None) -> None:
         """Say where an element came from, when someone records it (see provenance.py)."""
         if self.recorder is not None:
             self.recorder.record(path, tags, rule, note)

@@ -24,7 +24,7 @@ from app.mapping.codings import codeable_concepts
 from app.mapping.context import MappingContext
 from app.mapping.datetimes import fhir_datetime
 from app.mapping.errors import MappingError
-from app.mapping.notes import annotations, note_text
+from app.mapping.notes import note_annotations, note_text
 from app.mapping.patient import map_patient
 from app.mapping.record import StudyRecord
 from app.mapping.request import accession_identifier, reasons
@@ -263,7 +263,7 @@ def _add_notes(study: dict, record: StudyRecord, repairs: list, ctx: MappingCont
     repairs as the notes word them, each once."""
     description = study.pop("description", None)  # R4 order: note, then description
     repairs = [note_text(note) for note in dict.fromkeys(repairs)]
-    notes = annotations([*(record.repairs or []), *repairs])
+    notes = note_annotations([*(record.repairs or []), *repairs])
     if notes:
         study["note"] = notes
         ctx.trace("ImagingStudy.note", (), None, "what was repaired or left out to read the study")

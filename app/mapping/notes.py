@@ -22,7 +22,7 @@ def note_text(note: object) -> str:
     return note if len(note) <= MAX_NOTE else note[: MAX_NOTE - 3] + "..."
 
 
-def annotations(repairs: list) -> list[dict]:
+def note_annotations(repairs: list) -> list[dict]:
     """ImagingStudy.note: one Annotation per repair the source or the mapping made."""
     texts = list(dict.fromkeys(note_text(note) for note in repairs))
     if len(texts) > MAX_NOTES:

@@ -107,6 +107,7 @@ def human_names(value: object, repairs: list | None = None, name_format: str = "
     """HumanNames of one PN value: one per non-empty component group; the ideographic and
     phonetic groups carry the iso21090-EN-representation extension (IDE / SYL)."""
     names: list[dict] = []
+    group: str | None
     for group, representation in zip(pn_groups(value), (None, "IDE", "SYL"), strict=True):
         group = clean_text(group, "PatientName", repairs)
         if not group:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from app.mapping.profile_layer import Layer, ProfileError, check_layer, read_layer, shown_path
 from app.mapping.profile_schema import EXTENSION_BASE, PRIVATE_TARGETS, snomed_meanings
@@ -76,7 +77,7 @@ class Profile:
     private_tags: tuple = ()
     rules: dict = field(default_factory=dict, compare=False, repr=False)  # key path -> "file:line"
 
-    def rule(self, *path) -> str | None:
+    def rule(self, *path: str | int) -> str | None:
         """Where the rule at `path` (e.g. "issuers", "HOSP_A") was written, as file:line."""
         return self.rules.get(tuple(path))
 
@@ -203,7 +204,8 @@ def _table(values: dict, prefix: tuple) -> dict:
     }
 
 
-def _one(values: dict, *path: str, default: object = None) -> object:
+def _one(values: dict, *path: str, default: Any = None) -> Any:
+    """The value at `path` (of the type the layer schema checked), else `default`."""
     value = values.get(path)
     return default if value is None else value
 
@@ -306,7 +308,7 @@ def _own_layer(profile: object, root: Path | None, label: str, lines: dict | Non
 def _vendor(vendor: str | None, own: Layer | None) -> str | None:
     """The source's vendor, given in its config or named by its own layer; both must agree."""
     named_vendor = own.data.get("vendor") if own else None
-    if vendor and named_vendor and vendor != named_vendor:
+    if own is not None and vendor and named_vendor and vendor != named_vendor:
         raise ProfileError(
             [f"{own.where(('vendor',))}: vendor {named_vendor!r} differs from the source's vendor {vendor!r}"]
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from typing import Any, cast
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -24,26 +25,26 @@ _HEX_BYTE = re.compile(r"[0-9A-Fa-f]{2}")
 # --- what a layer may say ------------------------------------------------------------------
 
 
-def _uri(value) -> None:
+def _uri(value: object) -> None:
     if not isinstance(value, str) or ":" not in value or any(c.isspace() for c in value):
         raise ValidationError(f"{value!r} is not a URI (e.g. urn:oid:1.2.3 or https://hospital.example/mrn)")
 
 
-def _modality_code(value) -> None:
+def _modality_code(value: object) -> None:
     if value not in modality_codes():
         raise ValidationError(
             f"{value!r} is not a DICOM modality code (CID 29 acquisition modalities or CID 33 modalities)"
         )
 
 
-def _snomed_code(value) -> None:
+def _snomed_code(value: object) -> None:
     if not isinstance(value, str) or value not in snomed_meanings():
         raise ValidationError(
             f"{value!r} is not a SNOMED CT code that DICOM PS3.16 lists (CID 4031 and the Annex L body parts are)"
         )
 
 
-def _strptime_format(value) -> None:
+def _strptime_format(value: object) -> None:
     if not isinstance(value, str) or "%" not in value:
         raise ValidationError(f"{value!r} is not a strptime format such as %d.%m.%Y")
     from datetime import datetime
@@ -99,7 +100,7 @@ class DatesSchema(Strict):
     formats = fields.List(fields.String(validate=_strptime_format))
 
 
-def _character_set(value) -> None:
+def _character_set(value: object) -> None:
     from pydicom.charset import python_encoding
 
     if value not in python_encoding or not value:
@@ -134,7 +135,7 @@ class PrivateTagSchema(Strict):
     level = fields.String(validate=validate.OneOf(["study", "series"]))
 
     @validates_schema(skip_on_field_errors=False)
-    def _shape(self, data, **_):
+    def _shape(self, data: dict[str, Any], **_: Any) -> None:
         problems: dict[str, list[str]] = {}
         group = data.get("group")
         if group is not None and (
@@ -196,8 +197,10 @@ def snomed_meanings() -> dict[str, str]:
     """SNOMED CT code -> meaning, for every SCT concept in pydicom's copy of PS3.16."""
     from pydicom.sr._concepts_dict import concepts
 
+    # {keyword: {code: (meaning, CIDs)}}, which pydicom's untyped table does not say
+    sct = cast(dict[str, dict[str, tuple[str, list[int]]]], concepts["SCT"])
     out: dict[str, str] = {}
-    for by_code in concepts["SCT"].values():
+    for by_code in sct.values():
         for code, (meaning, _cids) in by_code.items():
             out.setdefault(code, meaning)
     return out

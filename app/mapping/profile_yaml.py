@@ -11,6 +11,8 @@ turned into plain Python values here, with a side table from each key path to it
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 
 Path = tuple  # a key path: mapping keys (str) and sequence indexes (int)
@@ -49,7 +51,7 @@ def load_marked(text: str, label: str = "<profile>") -> tuple[object, dict[Path,
         loader.dispose()
 
 
-def _value(loader: yaml.SafeLoader, node, path: Path, lines: dict):
+def _value(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: dict) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # merge keys (<<) as PyYAML does
         out: dict = {}

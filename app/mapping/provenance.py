@@ -10,8 +10,10 @@ its nearest recorded ancestor (`Recorder.explain`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 
 @cache
@@ -43,7 +45,7 @@ class Recorder:
 
     origins: dict[str, Origin] = field(default_factory=dict)
 
-    def record(self, path: str, tags=(), rule: str | None = None, note: str | None = None) -> None:
+    def record(self, path: str, tags: Iterable[str] = (), rule: str | None = None, note: str | None = None) -> None:
         self.origins[path] = Origin(tuple(tags), rule, note)
 
     def explain(self, path: str) -> tuple[str, Origin] | None:
@@ -58,7 +60,7 @@ class Recorder:
         return None
 
 
-def leaves(value, path: str):
+def leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
     """(path, value) of every primitive in a FHIR JSON value, in document order."""
     if isinstance(value, dict):
         for key, item in value.items():

@@ -130,6 +130,8 @@ def _add_body(
     body_part = first(attrs, tags.BODY_PART)
     if body_part:
         body_part = clean_text(body_part, "BodyPartExamined", repairs)
+        # checked() took control characters out of the header: nothing is left to empty the value
+        assert body_part is not None
         series["bodySite"], rule = body_site(body_part, where, ctx, repairs)
         ctx.trace(at + ".bodySite", [tags.BODY_PART], rule)
     laterality = _laterality(attrs, instances, where, repairs)

@@ -9,7 +9,7 @@ are read in the server's configured zone.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -28,7 +28,7 @@ class DateFormatError(ValueError):
 
 
 @lru_cache(maxsize=64)
-def _zone(name: str):
+def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
@@ -49,6 +49,7 @@ def date_range(value: str, default_zone: str = "UTC") -> tuple[int, int]:
         raise DateFormatError(f"{value!r} is not a FHIR date or dateTime")
     g = match.groupdict()
     tz = g["tz"]
+    zone: tzinfo
     if tz == "Z":
         zone = UTC
     elif tz:

@@ -13,6 +13,8 @@ the whole resource.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: top-level elements of each type ([x] choices by their stem)
 ELEMENTS: dict[str, tuple[str, ...]] = {
     "ImagingStudy": (
@@ -216,7 +218,7 @@ def element_of(rtype: str, key: str) -> str | None:
     return None
 
 
-def _keep_summary(node, rtype: str, prefix: str):
+def _keep_summary(node: Any, rtype: str, prefix: str) -> Any:
     """The summary part of a backbone element (or of the resource when prefix is '')."""
     if isinstance(node, list):
         return [_keep_summary(item, rtype, prefix) for item in node]

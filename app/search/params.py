@@ -8,6 +8,7 @@ from the resource root, with lists flattened at every step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 R4_SP = "http://hl7.org/fhir/SearchParameter/"
@@ -46,21 +47,21 @@ class SearchParam:
 
 
 def _p(
-    resource,
-    name,
-    type_,
-    paths,
-    definition,
-    documentation,
-    targets=(),
-    column=None,
-    code_system=None,
-    identifiers=False,
-    matcher=None,
-    follows_links=False,
-    only_system=False,
-    modifiers=True,
-):
+    resource: str,
+    name: str,
+    type_: str,
+    paths: Iterable[str],
+    definition: str,
+    documentation: str,
+    targets: Iterable[str] = (),
+    column: str | None = None,
+    code_system: str | None = None,
+    identifiers: bool = False,
+    matcher: str | None = None,
+    follows_links: bool = False,
+    only_system: bool = False,
+    modifiers: bool = True,
+) -> SearchParam:
     return SearchParam(
         resource,
         name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias, cast
 
 from app.search.dates import DateFormatError, date_range
 from app.search.elements import ELEMENTS, SUMMARY_MODES
@@ -53,7 +54,7 @@ class SearchError(Exception):
 class Clause:
     param: SearchParam
     modifier: str | None
-    values: list
+    values: list[Any]
     #: the name=value text as the client sent it, for the self link
     raw: tuple[str, str] = ("", "")
     #: how the values are matched (token, string, date, reference, phonetic) and the name
@@ -61,7 +62,7 @@ class Clause:
     kind: str = ""
     index: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.kind = self.kind or self.param.type
         self.index = self.index or self.param.name
 
@@ -92,6 +93,10 @@ class HasClause:
     inner: Clause | ChainClause | HasClause
 
 
+#: one ANDed clause of a search
+SearchClause: TypeAlias = Clause | ChainClause | HasClause
+
+
 @dataclass(frozen=True)
 class Include:
     """An _include or _revinclude directive: `source`'s reference `param` points at `target`."""
@@ -113,14 +118,14 @@ class Restriction:
     """
 
     patients: tuple[str, ...] | None = None
-    alternatives: tuple[tuple, ...] | None = None
+    alternatives: tuple[tuple[SearchClause, ...], ...] | None = None
     deny: bool = False
 
 
 @dataclass
 class SearchQuery:
     rtype: str
-    clauses: list = field(default_factory=list)  # Clause | ChainClause | HasClause, ANDed
+    clauses: list[SearchClause] = field(default_factory=list)  # ANDed
     count: int = 50
     includes: list[Include] = field(default_factory=list)
     revincludes: list[Include] = field(default_factory=list)
@@ -147,7 +152,7 @@ def _unescape(value: str) -> str:
     return value.replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
 
 
-def _token(param: str, raw: str):
+def _token(param: str, raw: str) -> tuple[object, str]:
     if raw == "":
         raise SearchError("invalid", f"parameter '{param}': empty value")
     if "|" in raw.replace("\\|", ""):
@@ -156,7 +161,7 @@ def _token(param: str, raw: str):
     return ANY_SYSTEM, _unescape(raw)
 
 
-def _string(param: str, raw: str):
+def _string(param: str, raw: str) -> str:
     if raw == "":
         raise SearchError("invalid", f"parameter '{param}': empty value")
     return _unescape(raw)
@@ -165,8 +170,10 @@ def _string(param: str, raw: str):
 _PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$")
 
 
-def _date(param: str, raw: str, zone: str):
-    prefix, text = _PREFIX.match(raw).groups()
+def _date(param: str, raw: str, zone: str) -> tuple[str, int, int]:
+    # _PREFIX matches every value but one with a line break inside it (`.` stops there): such a
+    # value fails here (AttributeError on None), as it always has
+    prefix, text = cast(re.Match[str], _PREFIX.match(raw)).groups()
     try:
         low, high = date_range(text, zone)
     except DateFormatError:
@@ -178,13 +185,14 @@ def _date(param: str, raw: str, zone: str):
     return prefix or "eq", low, high
 
 
-def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str | None):
+def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str | None) -> tuple[str | None, str]:
     if raw == "":
         raise SearchError("invalid", f"parameter '{param.name}': empty value")
     value = raw
     if base_url and value.startswith(base_url + "/"):
         value = value[len(base_url) + 1 :]
     parts = value.split("/")
+    rtype: str | None
     if "://" in value:  # another server's resource
         external = external_reference(value)
         if external is None:
@@ -209,7 +217,7 @@ def _reference(param: SearchParam, raw: str, base_url: str, modifier_type: str |
     return rtype, rid
 
 
-def _token_of(param: SearchParam, raw: str):
+def _token_of(param: SearchParam, raw: str) -> tuple[object, str]:
     """A token value of `param`; where every code is in one system, a value naming another is refused."""
     system, code = _token(param.name, raw)
     if param.only_system and system is not ANY_SYSTEM and system not in ("", param.code_system):
@@ -217,7 +225,7 @@ def _token_of(param: SearchParam, raw: str):
     return system, code
 
 
-def _of_type(param: str, raw: str):
+def _of_type(param: str, raw: str) -> tuple[str, str]:
     """`system|code|value`: an identifier of that type with that value -> (system, 'code|value')."""
     parts = [_unescape(p) for p in re.split(r"(?<!\\)\|", raw)]
     if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -279,10 +287,11 @@ def _unknown(rtype: str, name: str, strict: bool) -> None:
         raise SearchError("not-supported", f"unknown search parameter '{name}' for {rtype}")
 
 
-def _parse_param(rtype: str, name: str, value: str, zone: str, base_url: str, strict: bool):
+def _parse_param(rtype: str, name: str, value: str, zone: str, base_url: str, strict: bool) -> SearchClause | None:
     """One name=value of `rtype`: a Clause, ChainClause or HasClause (None: unknown, lenient)."""
     if rtype not in BY_RESOURCE and (name.startswith("_has:") or "." in name):
-        return _unknown(rtype, name, strict)  # the audit trail is neither chained from nor into
+        _unknown(rtype, name, strict)  # the audit trail is neither chained from nor into
+        return None
     if name.startswith("_has:"):
         return _parse_has(rtype, name, value, zone, base_url, strict)
     head, dot, rest = name.partition(".")
@@ -291,15 +300,19 @@ def _parse_param(rtype: str, name: str, value: str, zone: str, base_url: str, st
     base, _, modifier = name.partition(":")
     param = SEARCHABLE[rtype].get(base)
     if param is None:
-        return _unknown(rtype, name, strict)
+        _unknown(rtype, name, strict)
+        return None
     return _clause(param, modifier or None, value, name, zone, base_url)
 
 
-def _parse_chain(rtype, head, rest, name, value, zone, base_url, strict):
+def _parse_chain(
+    rtype: str, head: str, rest: str, name: str, value: str, zone: str, base_url: str, strict: bool
+) -> ChainClause | None:
     base, _, type_modifier = head.partition(":")
     param = BY_RESOURCE[rtype].get(base)
     if param is None:
-        return _unknown(rtype, name, strict)
+        _unknown(rtype, name, strict)
+        return None
     if param.type != "reference":
         raise SearchError("invalid", f"parameter '{name}': only reference parameters can be chained")
     targets = (type_modifier,) if type_modifier else served_targets(param)
@@ -318,7 +331,7 @@ def _parse_chain(rtype, head, rest, name, value, zone, base_url, strict):
     return None if inner is None else ChainClause(param, targets[0], inner)
 
 
-def _parse_has(rtype, name, value, zone, base_url, strict):
+def _parse_has(rtype: str, name: str, value: str, zone: str, base_url: str, strict: bool) -> HasClause | None:
     parts = name.split(":", 3)
     if len(parts) < 4 or not all(parts[1:]):
         raise SearchError("invalid", f"parameter '{name}': use _has:Type:reference:parameter=value")
@@ -332,7 +345,7 @@ def _parse_has(rtype, name, value, zone, base_url, strict):
     return None if inner is None else HasClause(source, param, inner)
 
 
-def _inner(rtype, rest, name, value, zone, base_url, strict):
+def _inner(rtype: str, rest: str, name: str, value: str, zone: str, base_url: str, strict: bool) -> SearchClause | None:
     """Parse the part after a chain or _has; errors name the whole parameter as sent."""
     try:
         return _parse_param(rtype, rest, value, zone, base_url, strict)
@@ -342,7 +355,7 @@ def _inner(rtype, rest, name, value, zone, base_url, strict):
         raise SearchError(err.code, f"parameter '{name}': {err.diagnostics}") from None
 
 
-def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause:
+def _clause(param: SearchParam, modifier: str | None, value: str, name: str, zone: str, base_url: str) -> Clause:
     modifier_type = None
     if modifier:
         if not param.modifiers:
@@ -371,7 +384,7 @@ def _clause(param: SearchParam, modifier, value, name, zone, base_url) -> Clause
         return Clause(param, None, [phonetic_codes(_string(name, raw)) for raw in raws], (name, value), "phonetic")
     if param.matcher == "recorded-value":  # the value as recorded, whatever its form
         return Clause(param, None, [_string(name, raw) for raw in raws], (name, value), "recorded-value")
-    values = []
+    values: list[Any] = []
     for raw in raws:
         if param.type == "token":
             values.append(_token_of(param, raw))
@@ -408,7 +421,7 @@ def _include_directives(rtype: str, kind: str, value: str, iterate: bool) -> lis
     return [Include(source, pname, resolved, iterate)]
 
 
-def _control(query: SearchQuery, base, modifier, value, name, max_count) -> None:
+def _control(query: SearchQuery, base: str, modifier: str, value: str, name: str, max_count: int) -> None:
     if base == "_count":
         if not value.isdigit():
             raise SearchError("invalid", f"parameter '_count': {value!r} is not a non-negative integer")

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 from functools import partial
+from typing import TYPE_CHECKING, cast
 
-from flask import Flask, request
+from flask import Flask, Request, request
 
 from app.api.interactions import current_interaction
 from app.api.state import ApiState
@@ -26,6 +27,11 @@ from app.security.access import OPEN, set_access
 from app.security.authorize import access_from_claims, bearer_token, challenge, enforce, unauthorized
 from app.security.scope import ScopeGuard
 from app.security.tokens import AuthServerUnavailable, InvalidToken, TokenChecker
+
+if TYPE_CHECKING:
+    from werkzeug.local import LocalProxy
+
+    from app.config import Config
 
 
 def is_loopback(host: str) -> bool:
@@ -41,7 +47,7 @@ class OpenModeRefused(Exception):
     """The config would serve patient data without tokens on a network address."""
 
 
-def check_open_mode(config, host: str) -> str | None:
+def check_open_mode(config: Config, host: str) -> str | None:
     """Refuse (OpenModeRefused) to serve open on a network address unless explicitly allowed;
     return a warning for the log, if any."""
     if not config.security.open:
@@ -59,7 +65,7 @@ def check_open_mode(config, host: str) -> str | None:
     return "security.open is true: the FHIR API answers without any token"
 
 
-def _public(req) -> bool:
+def _public(req: Request) -> bool:
     if req.method == "OPTIONS" or req.endpoint is None:
         return True
     interaction = current_interaction()
@@ -80,7 +86,7 @@ def init_app(app: Flask, state: ApiState) -> None:
     if not security.checks_tokens:
 
         @app.before_request
-        def _require_token():
+        def _require_token() -> None:
             if _public(request):
                 return None
             raise FhirError(
@@ -97,8 +103,9 @@ def init_app(app: Flask, state: ApiState) -> None:
     checker = TokenChecker(security, partial(access_from_claims, security))
 
     @app.before_request
-    def _authorize():
-        req = request._get_current_object()
+    def _authorize() -> None:
+        # flask types `request` as the Request it stands for, not as the proxy it is
+        req = cast("LocalProxy[Request]", request)._get_current_object()
         if _public(req):
             return None
         token = bearer_token(req.headers, security.realm)

@@ -18,9 +18,10 @@ import logging
 import os
 import time
 import uuid
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlencode
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
 
 from app.api.hooks import Guard, served
@@ -34,10 +35,13 @@ from app.store.audit_record import event_record, outcome_code
 from app.store.reader import Reader
 from app.store.studies import study_subject, subjects_of
 
+if TYPE_CHECKING:
+    from werkzeug.local import LocalProxy
+
 log = logging.getLogger(__name__)
 
 
-def _query_text(req) -> str:
+def _query_text(req: Request) -> str:
     """The search as sent: the query string, and a POST _search form body after it."""
     text = req.query_string.decode("latin-1")
     if req.method == "POST" and req.mimetype == "application/x-www-form-urlencoded":
@@ -91,14 +95,20 @@ def record(response: Response) -> Response:
     interaction = current_interaction()
     if interaction is None or interaction.audit is None:
         return response
-    req = request._get_current_object()
+    # flask types `request` as the Request it stands for, not as the proxy it is
+    req = cast("LocalProxy[Request]", request)._get_current_object()
     state = current_state()
     try:
         status = response.status_code
         found = served()
         patients = touched_patients(state.reader, found.returned, found.contents) if status < 400 else []
         args = req.view_args or {}
-        read = ("ImagingStudy", args.get("study")) if "study" in args else (args.get("rtype"), args.get("rid"))
+        rtype: str | None
+        rid: str | None
+        if "study" in args:
+            rtype, rid = "ImagingStudy", args.get("study")
+        else:
+            rtype, rid = args.get("rtype"), args.get("rid")
         subtype, action = interaction.audit
         content, index = event_record(
             subtype=subtype,
@@ -109,7 +119,7 @@ def record(response: Response) -> Response:
             address=req.remote_addr,
             query=_query_text(req),
             path=req.path,
-            read=read if all(read) else None,
+            read=(rtype, rid) if rtype and rid else None,
             patients=patients,
         )
         state.audit_log.write(_event_ids.next(), time.time_ns() // 1000, outcome_code(status), content, index)

@@ -6,8 +6,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from flask import Request
+from werkzeug.datastructures import Headers
 
 from app.api.interactions import SEARCH_TYPE, Interaction, current_interaction
+from app.config import SecurityConfig
 from app.errors import FhirError
 from app.security import scope
 from app.security.access import Access
@@ -34,7 +39,7 @@ def challenge(realm: str, error: str | None = None, description: str | None = No
     return "Bearer " + ", ".join(parts)
 
 
-def bearer_token(headers, realm: str) -> str:
+def bearer_token(headers: Headers, realm: str) -> str:
     """The token of `Authorization: Bearer …`; 401 when there is none or it is malformed."""
     value = headers.get("Authorization")
     if not value or not value[:7].lower().startswith("bearer"):
@@ -66,14 +71,14 @@ def forbidden(realm: str, reason: str, scope: str | None = None) -> FhirError:
     )
 
 
-def _patient_id(value) -> str | None:
+def _patient_id(value: object) -> str | None:
     """SMART's `patient` is a Patient id; tolerate the `Patient/123` form some servers send."""
     if not isinstance(value, str) or not value:
         return None
     return value[len("Patient/") :] if value.startswith("Patient/") else value
 
 
-def access_from_claims(security, claims: dict) -> Access:
+def access_from_claims(security: SecurityConfig, claims: dict[str, Any]) -> Access:
     """A checked token's claims -> its Access. A token with patient/ scopes must name its
     patient (the launch context, claim `security.patient_claim`); it then sees that patient's
     compartment only, whatever other scopes it has. user/ and system/ scopes alone carry no
@@ -124,7 +129,7 @@ def _enforce_across_patients(access: Access, interaction: Interaction, realm: st
         )
 
 
-def enforce(access: Access, request, realm: str) -> None:
+def enforce(access: Access, request: Request, realm: str) -> None:
     """403 unless the scopes cover the request: checked before any query runs."""
     interaction = current_interaction()
     if interaction is None:  # a route that declares no interaction grants nothing beyond the token

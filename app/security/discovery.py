@@ -8,11 +8,14 @@ grammars) plus those the configured authorization server offers (`security.capab
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from flask import Flask, Response
 
 from app.api.interactions import SMART_CONFIGURATION, serves
 from app.api.state import ApiState
+from app.config import SecurityConfig
 from app.errors import FhirError
 from app.search.params import RESOURCE_TYPES
 
@@ -33,7 +36,7 @@ def scopes_supported() -> list[str]:
     return scopes
 
 
-def smart_configuration(security) -> dict | None:
+def smart_configuration(security: SecurityConfig) -> dict | None:
     """The discovery document, or None when this server checks no tokens."""
     if not security.checks_tokens:
         return None
@@ -42,7 +45,7 @@ def smart_configuration(security) -> dict | None:
         security.grant_types_supported
         or ((["authorization_code"] if security.authorization_endpoint else []) + ["client_credentials"])
     )
-    document = {}
+    document: dict[str, Any] = {}
     if security.issuer:
         document["issuer"] = security.issuer
     if security.jwks_uri:
@@ -61,7 +64,7 @@ def smart_configuration(security) -> dict | None:
     return document
 
 
-def rest_security(security) -> dict:
+def rest_security(security: SecurityConfig) -> dict:
     """`CapabilityStatement.rest.security`: CORS, the SMART service and its OAuth endpoints."""
     if security.open:
         return {
@@ -105,7 +108,7 @@ def init_app(app: Flask, state: ApiState) -> None:
 
     @app.get("/fhir/.well-known/smart-configuration")
     @serves(SMART_CONFIGURATION)
-    def smart_configuration_document():
+    def smart_configuration_document() -> Response:
         if body is None:
             raise FhirError(
                 404,

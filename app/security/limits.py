@@ -9,22 +9,23 @@ answers 431 before the request reaches the app.
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 from flask_cors import CORS
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.api.outcome import outcome_response
+from app.config import SecurityConfig
 
 #: headers a SMART app sends and reads across origins
 ALLOW_HEADERS = ["Authorization", "Content-Type", "Accept", "Prefer", "If-None-Match", "If-Modified-Since"]
 EXPOSE_HEADERS = ["ETag", "Last-Modified", "Location", "WWW-Authenticate", "Retry-After", "Content-Location"]
 
 
-def init_app(app: Flask, security) -> None:
+def init_app(app: Flask, security: SecurityConfig) -> None:
     app.config["MAX_CONTENT_LENGTH"] = security.max_body_bytes
 
     @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(_err):
+    def _too_large(_err: RequestEntityTooLarge) -> Response:
         return outcome_response(
             413,
             "too-costly",

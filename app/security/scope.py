@@ -22,8 +22,8 @@ from flask import g
 from app.api.state import current_state
 from app.errors import FhirError
 from app.search.params import RESOURCE_TYPES
-from app.search.query import ChainClause, Clause, Restriction, SearchError, SearchQuery, parse_search
-from app.security.access import READ, SEARCH, Access, current_access
+from app.search.query import ChainClause, Clause, Restriction, SearchClause, SearchError, SearchQuery, parse_search
+from app.security.access import READ, SEARCH, Access, ScopeGrant, current_access
 from app.store.patients import identifiers_of, linked_patients
 from app.store.search_sql import visible_ids
 
@@ -32,7 +32,7 @@ _settings = current_state
 
 def compartment(access: Access) -> tuple[str, ...] | None:
     """The Patient ids a patient-context access sees (None: no compartment); once per request."""
-    if not access.in_patient_context:
+    if not access.in_patient_context or access.patient is None:
         return None
     if "compartment" not in g:
         state = _settings()
@@ -40,7 +40,7 @@ def compartment(access: Access) -> tuple[str, ...] | None:
     return g.compartment
 
 
-def _grants(access: Access, rtype: str, interaction: str) -> list:
+def _grants(access: Access, rtype: str, interaction: str) -> list[ScopeGrant | None]:
     grants = [grant for grant in access.grants if grant.covers(rtype, interaction)]
     if rtype == "Endpoint" and not grants and any(grant.covers("ImagingStudy", interaction) for grant in access.grants):
         return [None]  # reached through the studies: an Endpoint grant without narrowing
@@ -56,7 +56,7 @@ def allows(access: Access, rtype: str, interaction: str) -> bool:
     return access.derived[key]
 
 
-def _narrowing(rtype: str, grant) -> tuple | None:
+def _narrowing(rtype: str, grant: ScopeGrant) -> tuple[SearchClause, ...] | None:
     """The clauses of one granular scope on `rtype`, or None when it cannot apply to it
     (a parameter unknown for the type, or not a filter): such a scope grants nothing."""
     if not grant.narrowing:
@@ -127,7 +127,7 @@ def require(rtype: str, interaction: str) -> None:
         raise FhirError(403, "forbidden", f"the access token has no scope to {verb} {rtype}")
 
 
-def _named_patients(rtype: str, clause) -> list[str]:
+def _named_patients(rtype: str, clause: SearchClause) -> list[str]:
     """Patients a search names explicitly: `patient=`/`subject=` on ImagingStudy (also as
     `patient._id=`), `_id=` on Patient."""
     if (

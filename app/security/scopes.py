@@ -17,6 +17,7 @@ alone, so a refusal never depends on what the store holds.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from app.api.interactions import Interaction
@@ -32,7 +33,7 @@ _V1 = {"read": frozenset({READ, SEARCH}), "*": frozenset({READ, SEARCH}), "write
 _UPDATES = re.compile(r"^(c?r?ud?s?|write|\*)$")
 
 
-def may_update_patients(scopes) -> bool:
+def may_update_patients(scopes: Iterable[str]) -> bool:
     """Whether raw scopes grant update on Patient at user or system level.
 
     Linking or unlinking two Patient records writes both (Patient.link), so the identity
@@ -76,7 +77,7 @@ def parse_scope(scope: str) -> ScopeGrant | None:
     return ScopeGrant(context, resource, interactions, narrowing)
 
 
-def parse_scopes(scope_text) -> tuple[tuple[str, ...], tuple[ScopeGrant, ...]]:
+def parse_scopes(scope_text: object) -> tuple[tuple[str, ...], tuple[ScopeGrant, ...]]:
     """A token's `scope` (space-separated string, or a list as some servers send `scp`) ->
     (the raw scopes, the resource grants among them that allow something here)."""
     if isinstance(scope_text, str):
@@ -89,7 +90,7 @@ def parse_scopes(scope_text) -> tuple[tuple[str, ...], tuple[ScopeGrant, ...]]:
     return scopes, grants
 
 
-def needed(interaction: Interaction, rtype: str | None, params) -> list[tuple[str, str, str]]:
+def needed(interaction: Interaction, rtype: str | None, params: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
     """What a request needs: (resource type, interaction, why) triples, checked in order.
 
     `params` are the request's (name, value) pairs. A search also needs `s` on every type its

@@ -18,11 +18,18 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import jwt
 import requests
 
+from app.config import SecurityConfig
+
 log = logging.getLogger("imaging_facade.security")
+
+#: what a checked token is made into (app/security/authorize.py: its Access)
+T = TypeVar("T")
 
 #: the JWK a signature algorithm needs: (kty, crv)
 _KEY_TYPES = {"RS256": ("RSA", None), "RS384": ("RSA", None), "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384")}
@@ -40,15 +47,15 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-class TokenCache:
+class TokenCache(Generic[T]):
     """Checked tokens by digest, each until its own expiry; bounded, least recently used out first."""
 
     def __init__(self, size: int):
         self.size = size
-        self._items: OrderedDict[bytes, tuple[float, object]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[float, T]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: bytes, now: float):
+    def get(self, key: bytes, now: float) -> T | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -59,7 +66,7 @@ class TokenCache:
             self._items.move_to_end(key)
             return item[1]
 
-    def put(self, key: bytes, until: float, value, now: float) -> None:
+    def put(self, key: bytes, until: float, value: T, now: float) -> None:
         if self.size <= 0 or until <= now:
             return
         with self._lock:
@@ -78,7 +85,14 @@ class JwksKeys:
     is down requests do not each wait for it (the keys held go on verifying meanwhile).
     """
 
-    def __init__(self, uri: str, min_refresh: float, max_age: float, timeout: float = 5.0, session=None):
+    def __init__(
+        self,
+        uri: str,
+        min_refresh: float,
+        max_age: float,
+        timeout: float = 5.0,
+        session: requests.Session | None = None,
+    ):
         self.uri = uri
         self.min_refresh = min_refresh
         self.max_age = max_age
@@ -86,8 +100,8 @@ class JwksKeys:
         self.session = session or requests.Session()
         #: kid -> [(the JWK as published, the key)]
         self._keys: dict[str | None, list[tuple[dict, jwt.PyJWK]]] = {}
-        self._fetched_at = None  # time of the last successful fetch
-        self._tried_at = None  # time of the last attempt
+        self._fetched_at: float | None = None  # time of the last successful fetch
+        self._tried_at: float | None = None  # time of the last attempt
         self._lock = threading.Lock()
 
     def find(self, kid: str | None, now: float) -> list[tuple[dict, jwt.PyJWK]]:
@@ -108,7 +122,7 @@ class JwksKeys:
                 keys = self._lookup(kid)
             return keys
 
-    def _lookup(self, kid):
+    def _lookup(self, kid: str | None) -> list[tuple[dict, jwt.PyJWK]]:
         if kid is None:
             return [k for keys in self._keys.values() for k in keys]
         return self._keys.get(kid, [])
@@ -137,7 +151,7 @@ class JwksKeys:
         log.info("fetched %d signing keys from %s", sum(map(len, held.values())), self.uri)
 
 
-def _usable_key(data) -> jwt.PyJWK | None:
+def _usable_key(data: object) -> jwt.PyJWK | None:
     """A JWK this server can verify with: a public signing key of a supported type."""
     if not isinstance(data, dict) or data.get("use", "sig") != "sig" or data.get("kty") not in ("RSA", "EC"):
         return None
@@ -158,7 +172,8 @@ class JwtValidator:
     """Signed JWT access tokens (RFC 9068): signature by the issuer's JWKS, `iss`, `aud`,
     `exp` and `nbf` (with `clock_skew` seconds of leeway)."""
 
-    def __init__(self, security, session=None):
+    def __init__(self, security: SecurityConfig, session: requests.Session | None = None):
+        assert security.jwks_uri is not None  # made for a server that checks tokens against its JWKS only
         self.issuer = security.issuer
         self.audience = security.audience
         self.algorithms = tuple(security.algorithms)
@@ -171,7 +186,7 @@ class JwtValidator:
         except jwt.PyJWTError:
             raise InvalidToken("the token is not a signed JWT") from None
         alg = header.get("alg")
-        if alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in self.algorithms:
             raise InvalidToken(
                 f"tokens signed with {str(alg)[:16]!r} are not accepted (accepted: {', '.join(self.algorithms)})"
             )
@@ -214,7 +229,8 @@ class IntrospectionValidator:
     this server's client credentials (HTTP Basic, RFC 7662 §2.1). An active answer must not
     name another audience or issuer, and must not be past its `exp`."""
 
-    def __init__(self, security, session=None):
+    def __init__(self, security: SecurityConfig, session: requests.Session | None = None):
+        assert security.introspection is not None  # made for a server that introspects tokens only
         self.config = security.introspection
         self.issuer = security.issuer
         self.audience = security.audience
@@ -256,18 +272,21 @@ class IntrospectionValidator:
         return min(until, exp) if isinstance(exp, (int, float)) else until
 
 
-class TokenChecker:
+class TokenChecker(Generic[T]):
     """Token -> whatever `build` makes of its claims, checked once and then cached."""
 
-    def __init__(self, security, build, session=None):
+    def __init__(
+        self, security: SecurityConfig, build: Callable[[dict[str, Any]], T], session: requests.Session | None = None
+    ):
+        self.validator: JwtValidator | IntrospectionValidator
         if security.jwks_uri:
             self.validator = JwtValidator(security, session)
         else:
             self.validator = IntrospectionValidator(security, session)
         self.build = build
-        self.cache = TokenCache(security.token_cache_size)
+        self.cache: TokenCache[T] = TokenCache(security.token_cache_size)
 
-    def check(self, token: str, now: float | None = None):
+    def check(self, token: str, now: float | None = None) -> T:
         now = time.time() if now is None else now
         key = token_digest(token)
         found = self.cache.get(key, now)

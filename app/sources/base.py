@@ -4,7 +4,7 @@ protocol), and how its settings open it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -12,6 +12,7 @@ from app.mapping.record import SeriesRecord, StudyRecord
 
 if TYPE_CHECKING:
     from app.mapping.profile import Profile
+    from app.sources.orthanc_changes import ChangeEvent, ChangesPage
 
 
 @dataclass
@@ -30,11 +31,11 @@ class ChangeFeed(Protocol):
         """Where the log ends now: a full listing that starts now goes on from here."""
         ...
 
-    def pages(self, since: int) -> Iterator:
+    def pages(self, since: int) -> Iterator[ChangesPage]:
         """Pages of change events after `since` (app/sources/orthanc_changes.py ChangesPage)."""
         ...
 
-    def deleted_studies(self, known) -> list:
+    def deleted_studies(self, known: Mapping[str, str | None]) -> list[ChangeEvent]:
         """Events for the studies in `known` (archive key -> study UID) the archive no longer holds."""
         ...
 

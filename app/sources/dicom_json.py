@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from pydicom import config
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from app.mapping import tags
 
@@ -26,7 +28,7 @@ _MISSPELLED_CHARSET = re.compile(r"Incorrect value for Specific Character Set '(
 
 
 @contextmanager
-def _converting():
+def _converting() -> Iterator[list[warnings.WarningMessage]]:
     """Convert values with pydicom's validation off, catching its warnings.
 
     pydicom's value validation warns (and logs) with the offending value quoted, patient
@@ -45,7 +47,7 @@ def _converting():
         yield caught
 
 
-def _label(tag) -> str:
+def _label(tag: int) -> str:
     return f"{tags.ALL.get(f'{tag:08X}', 'attribute')} ({tag:08X})"
 
 
@@ -88,12 +90,12 @@ def _charset_notes(ds: Dataset) -> list[str]:
     return notes
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _decoding_note(tag, ds: Dataset, warning) -> str:
+def _decoding_note(tag: int, ds: Dataset, warning: warnings.WarningMessage) -> str:
     message = str(warning.message)
     if "escape sequence" in message:
         return (
@@ -105,7 +107,7 @@ def _decoding_note(tag, ds: Dataset, warning) -> str:
     return f"{_label(tag)} was read with a pydicom warning ({warning.category.__name__})"
 
 
-def _unreadable(tag, ds: Dataset, exc: Exception) -> str:
+def _unreadable(tag: BaseTag, ds: Dataset, exc: Exception) -> str:
     if isinstance(exc, (UnicodeError, LookupError)):
         problem = f"could not be decoded with {_character_set(ds)}"
     elif isinstance(exc, (EOFError, OSError)):
@@ -117,7 +119,7 @@ def _unreadable(tag, ds: Dataset, exc: Exception) -> str:
     return f"{_label(tag)} {problem}; left out"
 
 
-def _padded_uid(tag, elem) -> bool:
+def _padded_uid(tag: BaseTag, elem: object) -> bool:
     """A raw UI value with padding other than the one trailing NUL PS3.5 allows."""
     if tag not in _UI_TAGS or type(elem) is not RawDataElement or elem.VR not in ("UI", None):
         return False
@@ -125,7 +127,7 @@ def _padded_uid(tag, elem) -> bool:
     return isinstance(value, bytes) and (value[-1:] == b" " or value[-2:] == b"\x00\x00")
 
 
-def dataset_to_dicom_json(ds: Dataset, wanted=MAPPED_TAGS) -> tuple[dict, list[str]]:
+def dataset_to_dicom_json(ds: Dataset, wanted: Sequence[BaseTag] = MAPPED_TAGS) -> tuple[dict, list[str]]:
     """Return (DICOM JSON of the wanted attributes, repairs).
 
     An attribute whose value pydicom cannot convert is left out and named in `repairs`
@@ -142,7 +144,7 @@ def dataset_to_dicom_json(ds: Dataset, wanted=MAPPED_TAGS) -> tuple[dict, list[s
     ]
     if present and _CHARSET in ds:
         repairs += _charset_notes(ds)
-    out = {}
+    out: dict[str, Any] = {}
     with _converting() as caught:
         for tag in present:  # what Dataset.to_json_dict does, one attribute at a time
             seen = len(caught)

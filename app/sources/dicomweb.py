@@ -34,9 +34,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -99,15 +99,15 @@ class DicomwebSchema(Schema):
     max_results = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
     @validates_schema(skip_on_field_errors=False)
-    def _dicomweb_keys(self, data, **_):
+    def _dicomweb_keys(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("type") == "dicomweb" and not data.get("url"):
             raise ValidationError("a dicomweb source needs a url", "url")
         if data.get("password") and not data.get("username"):
             raise ValidationError("a password needs a username", "username")
 
     @validates_schema(skip_on_field_errors=False)
-    def _change_feed(self, data, **_):
-        problems = {}
+    def _change_feed(self, data: dict[str, Any], **_: Any) -> None:
+        problems: dict[str, list[str]] = {}
         kind = data.get("type")
         if data.get("changes") is not None and kind != "dicomweb":
             problems["changes"] = ["changes: orthanc is for a dicomweb source on Orthanc (it reads Orthanc's REST API)"]
@@ -148,7 +148,9 @@ class DicomwebSettings(ProtocolSettings):
         """The settings of a checked config entry (DicomwebSchema's keys)."""
         rest_url = None
         if data["changes"] == "orthanc":
-            rest_url = (data["rest_url"] or orthanc_rest_url(data["url"])).rstrip("/")
+            rest_url = data["rest_url"] or orthanc_rest_url(data["url"])
+            assert rest_url is not None  # DicomwebSchema refuses changes: orthanc without one
+            rest_url = rest_url.rstrip("/")
         return cls(
             url=data["url"].rstrip("/"),
             username=data["username"],
@@ -163,7 +165,7 @@ class DicomwebSettings(ProtocolSettings):
         )
 
     def open(self, name: str, profile: Profile | None) -> DicomwebSource:
-        feed = None
+        feed: OrthancChanges | None = None
         if self.changes == "orthanc" and self.rest_url:
             feed = OrthancChanges(
                 name,
@@ -212,7 +214,7 @@ class DicomwebSource(QueriedArchive):
         backoff: float = 0.25,
         instance_metadata: bool = False,
         max_results: int | None = None,
-        private_tags=(),
+        private_tags: Iterable[int] = (),
         change_feed: OrthancChanges | None = None,
     ):
         if page_size < 1:
@@ -269,7 +271,7 @@ class DicomwebSource(QueriedArchive):
             "listing_gaps": 0,
         }
 
-    def _note_warning(self, response, *args, **kwargs):
+    def _note_warning(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         warning = response.headers.get("Warning")
         if warning and _CUT_WARNING.search(warning):
             self._cut = True
@@ -280,11 +282,12 @@ class DicomwebSource(QueriedArchive):
             text = text.replace(secret, "***")
         return text
 
-    def _call(self, fn: Callable, **kwargs) -> list[dict]:
+    def _call(self, fn: Callable[..., object], **kwargs: Any) -> list[dict]:
         """One QIDO request, retried on connection errors and 429/502/503/504."""
         attempt = 0
         while True:
             self.stats["requests"] += 1
+            error: requests.RequestException
             try:
                 answer = fn(**kwargs)
                 if not isinstance(answer, list) or not all(isinstance(a, dict) for a in answer):
@@ -307,7 +310,7 @@ class DicomwebSource(QueriedArchive):
             log.info("source %s: retry %d after %s", self.name, attempt, type(error).__name__)
             time.sleep(delay)
 
-    def _paged(self, fn: Callable, **kwargs) -> list[dict]:
+    def _paged(self, fn: Callable[..., object], **kwargs: Any) -> list[dict]:
         """All answers of a query, page by page, until a page comes back short.
 
         `self._cut` tells afterwards whether a page carried the server's "cut" warning.
@@ -329,17 +332,17 @@ class DicomwebSource(QueriedArchive):
     def _check_match(self, match: dict) -> None:
         qido_params(match)  # a value QIDO cannot carry is refused before the archive is asked
 
-    def _query_studies(self, session, keys: dict) -> tuple[list[dict], bool]:
+    def _query_studies(self, session: None, keys: dict) -> tuple[list[dict], bool]:
         answers = self._paged(
             self.client.search_for_studies, fields=STUDY_FIELDS, search_filters=qido_params(keys) or None
         )
         return answers, self._at_limit(answers)
 
-    def _query_series(self, session, study_uid: str) -> tuple[list[dict], bool]:
+    def _query_series(self, session: None, study_uid: str) -> tuple[list[dict], bool]:
         answers = self._paged(self.client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS)
         return answers, self._cut
 
-    def _query_instances(self, session, study_uid: str, series_uid: str) -> tuple[list[dict], bool]:
+    def _query_instances(self, session: None, study_uid: str, series_uid: str) -> tuple[list[dict], bool]:
         answers = self._paged(
             self.client.search_for_instances,
             study_instance_uid=study_uid,
@@ -399,6 +402,8 @@ class DicomwebSource(QueriedArchive):
         series = series_list[0]
         sop = first_uid(series.instances[0], "00080018")
         series_uid = first_uid(series.attrs, "0020000E")
+        # the listing refused series and instances without their UIDs (app/sources/queried.py)
+        assert series_uid is not None and sop is not None
         try:
             metadata = self._call(lambda: [self.client.retrieve_instance_metadata(uid, series_uid, sop)])[0]
         except (requests.RequestException, ValueError, IndexError, BadAnswer) as exc:

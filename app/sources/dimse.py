@@ -40,17 +40,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom import _config as _netdicom_config
+from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at import
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.status import code_to_category
 
 from app.mapping import tags
@@ -90,10 +95,16 @@ class _DimseError(Exception):
         self.status = status
 
 
-class _Answers(list):
+class _Answers(list[Dataset | None]):
     """The Pending identifiers of one C-FIND; `cut` when the archive ended it early."""
 
     cut = False
+
+
+def _note_rejection(event: evt.Event, rejections: list[A_ASSOCIATE_RJ]) -> None:
+    """Keep an association rejection as it arrives (an EVT_PDU_RECV handler)."""
+    if isinstance(event.pdu, A_ASSOCIATE_RJ):
+        rejections.append(event.pdu)
 
 
 def _identifier(level: str, wanted: list, keys: dict, sequences: bool) -> Dataset:
@@ -149,11 +160,11 @@ class DimseSchema(Schema):
     calling_aet = fields.String(load_default="FACADE", validate=check_aet)
 
     @validates_schema(skip_on_field_errors=False)
-    def _dimse_keys(self, data, **_):
+    def _dimse_keys(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("type") != "dimse":
             return
         # a key that failed its own check is absent here: its error is already reported
-        missing = {}
+        missing: dict[str, list[str]] = {}
         if "host" in data and not data["host"]:
             missing["host"] = ["a dimse source needs a host (the archive's address)"]
         if "called_aet" in data and not data["called_aet"]:
@@ -201,9 +212,9 @@ class _Session:
 
     def __init__(self, source: DimseSource):
         self.source = source
-        self.assoc = None
+        self.assoc: Association | None = None
 
-    def get(self):
+    def get(self) -> Association:
         if self.assoc is None or not self.assoc.is_established:
             self.assoc = None
             self.assoc = self.source._associate(FIND_MODEL)
@@ -305,7 +316,7 @@ class DimseSource(QueriedArchive):
             "listing_gaps": 0,
         }
 
-    def _associate(self, context: str):
+    def _associate(self, context: UID) -> Association:
         """An established association with `context` accepted, or a _DimseError."""
         self.stats["associations"] += 1
         opened: list[bool] = []
@@ -319,10 +330,7 @@ class DimseSource(QueriedArchive):
             ae_title=self.called_aet,
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, lambda _event: opened.append(True)),
-                (
-                    evt.EVT_PDU_RECV,
-                    lambda event: isinstance(event.pdu, A_ASSOCIATE_RJ) and rejections.append(event.pdu),
-                ),
+                (evt.EVT_PDU_RECV, lambda event: _note_rejection(event, rejections)),
             ],
         )
         if assoc.is_established:
@@ -346,7 +354,7 @@ class DimseSource(QueriedArchive):
             )
         raise _DimseError(f"association aborted or not answered within {self.timeout:g}s", transient=True)
 
-    def _run_find(self, assoc, identifier: Dataset) -> list[Dataset | None]:
+    def _run_find(self, assoc: Association, identifier: Dataset) -> _Answers:
         """Send one C-FIND; return the Pending identifiers (None for an undecodable one).
 
         The list's `cut` is True when the archive ended the matches with Cancel unasked.
@@ -379,7 +387,7 @@ class DimseSource(QueriedArchive):
             raise _DimseError("association no longer established", transient=True) from None
         raise _DimseError("C-FIND ended without a final status", transient=True)
 
-    def _find(self, session: _Session, level: str, wanted: list, keys: dict | None = None) -> list[Dataset | None]:
+    def _find(self, session: _Session, level: str, wanted: list, keys: dict | None = None) -> _Answers:
         """One C-FIND at `level`, retried on transient failures on a new association."""
         attempt = 0
         while True:

@@ -28,21 +28,22 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from marshmallow import Schema, ValidationError, fields, validates_schema
 from pydicom.charset import convert_encodings
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from app.ids import valid_id
 from app.mapping import tags
-from app.sources.base import ProtocolSettings, SeriesRecord, StudyFailure, StudyRecord
+from app.sources.base import ChangeFeed, ProtocolSettings, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.dicom_json import dataset_to_dicom_json
 from app.sources.errors import SourceError
 
@@ -60,7 +61,7 @@ _SERIES_TAGS = sorted(Tag(t) for t in tags.SERIES)
 _STUDY_TAGS = sorted(Tag(t) for t in {**tags.PATIENT, **tags.STUDY})
 # What pydicom keeps while parsing (it adds SpecificCharacterSet itself). A DICOMDIR's
 # record sequence is not kept: its references are found in its bytes (see _referenced_ids).
-_SPECIFIC_TAGS = sorted(Tag(t) for t in tags.ALL)
+_SPECIFIC_TAGS: list[BaseTag | int] = sorted(Tag(t) for t in tags.ALL)
 # Stop parsing past the highest mapped tag: nothing after it (pixel data, RT/SR content
 # of later groups, private groups) is read at all.
 _after_last_mapped = max(int(t, 16) for t in tags.ALL).__lt__
@@ -96,10 +97,10 @@ class FolderSchema(Schema):
     path = fields.String(load_default=None)
 
     @validates_schema(skip_on_field_errors=False)
-    def _folder_keys(self, data, **_):
+    def _folder_keys(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("type") != "folder":
             return
-        problems = {}
+        problems: dict[str, list[str]] = {}
         if not data.get("path"):
             raise ValidationError("a folder source needs a path", "path")
         if data.get("max_results") is not None:
@@ -124,11 +125,11 @@ class FolderSettings(ProtocolSettings):
         )
 
 
-def _stop(tag, vr, length) -> bool:
+def _stop(tag: BaseTag, vr: str | None, length: int) -> bool:
     return _after_last_mapped(tag)
 
 
-def _fast_value(elem, vr: str):
+def _fast_value(elem: DataElement | RawDataElement, vr: str) -> object:
     """DICOM JSON "Value" list of a raw ASCII element, or _NOT_FAST."""
     if type(elem) is not RawDataElement or (elem.VR is not None and vr != elem.VR):
         return _NOT_FAST
@@ -154,10 +155,10 @@ def _fast_value(elem, vr: str):
     return parts
 
 
-def _instance_json(ds) -> tuple[dict, list[str]]:
+def _instance_json(ds: Dataset) -> tuple[dict, list[str]]:
     """DICOM JSON of the key attributes of one file: what `dataset_to_dicom_json` gives."""
     out: dict = {}
-    slow = []
+    slow: list[BaseTag] = []
     get_item = ds.get_item
     for tag, key, vr in _FAST:
         elem = get_item(tag, keep_deferred=True)
@@ -178,7 +179,7 @@ def _instance_json(ds) -> tuple[dict, list[str]]:
     return {key: out[key] for key in sorted(out)}, repairs
 
 
-def _raw_text(elem) -> str:
+def _raw_text(elem: DataElement | RawDataElement | None) -> str:
     """Text of a raw or converted single-valued ASCII element ('' if absent)."""
     if elem is None:
         return ""
@@ -232,7 +233,7 @@ def _first_value(element: dict | None) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _cut_element(ds, size: int):
+def _cut_element(ds: Dataset, size: int) -> RawDataElement | None:
     """The mapped element the end of the file cuts short, if any (pydicom reads what is left)."""
     for tag in ds.keys():  # noqa: SIM118 - iterating a pydicom Dataset yields elements, not tags
         elem = ds.get_item(tag, keep_deferred=True)
@@ -289,7 +290,14 @@ class FolderSource:
     is how the text of files that declare no Specific Character Set is read.
     """
 
-    def __init__(self, name: str, path: str | Path, extra_tags=(), only=None, default_charset: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        path: str | Path,
+        extra_tags: Iterable[int] = (),
+        only: Iterable[str | Path] | None = None,
+        default_charset: str | None = None,
+    ):
         self.name = name
         self.path = Path(path)
         self._default_charset = default_charset
@@ -298,12 +306,14 @@ class FolderSource:
         extra = sorted({Tag(t) for t in extra_tags})
         self._study_tags = sorted({*_STUDY_TAGS, *extra}) if extra else _STUDY_TAGS
         self._series_tags = sorted({*_SERIES_TAGS, *extra}) if extra else _SERIES_TAGS
-        self._specific_tags = sorted({*_SPECIFIC_TAGS, *extra}) if extra else _SPECIFIC_TAGS
+        self._specific_tags: list[BaseTag | int] = sorted({*_SPECIFIC_TAGS, *extra}) if extra else _SPECIFIC_TAGS
         last = max([*extra, max(_SPECIFIC_TAGS)])
-        self._stop = (lambda tag, vr, length: tag > last) if extra else _stop
+        self._stop: Callable[[BaseTag, str | None, int], bool] = (
+            (lambda tag, vr, length: tag > last) if extra else _stop
+        )
         self.stats: dict = {}
         self.answers_queries = False
-        self.change_feed = None
+        self.change_feed: ChangeFeed | None = None
         #: a walk of the whole folder sees every study: what it did not see is gone
         self.listing_complete = True
         self._studies: dict[str, _Study] | None = None
@@ -381,6 +391,7 @@ class FolderSource:
         # a file name that is not UTF-8 cannot be stored as text: shown with U+FFFD instead
         location = location.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         self.stats["failed"] += 1
+        assert self._studies is not None  # failures are met while a scan fills it
         study = self._studies.get(uid) if uid else None
         if study is not None:
             study.repairs[f"left out {location}: {reason}"] = None
@@ -451,9 +462,10 @@ class FolderSource:
             dicomdirs.append(path)
             return True
 
-        charset_assumed = self._default_charset and 0x00080005 not in ds
+        charset_assumed = self._default_charset if self._default_charset and 0x00080005 not in ds else None
         if charset_assumed:
-            ds.set_original_encoding(*ds.original_encoding, convert_encodings([self._default_charset]))
+            implicit_vr, little_endian = ds.original_encoding
+            ds.set_original_encoding(implicit_vr, little_endian, convert_encodings([charset_assumed]))
         try:
             instance, repairs = _instance_json(ds)
         except Exception as exc:  # noqa: BLE001
@@ -483,6 +495,7 @@ class FolderSource:
             return True
 
         stats["dicom"] += 1
+        assert self._studies is not None  # files are read while a scan fills it
         study = self._studies.get(study_uid)
         if study is None:
             attrs, study_repairs = dataset_to_dicom_json(ds, self._study_tags)

@@ -94,7 +94,7 @@ def normalize_match(match: dict | None) -> dict:
     return out
 
 
-def _check_value(key: str, value) -> None:
+def _check_value(key: str, value: object) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{key}: every value must be a non-empty string")
     if key == "StudyInstanceUID" and (len(value) > 64 or not _UID.match(value)):
@@ -326,7 +326,7 @@ def sliced_listing(
     return listing
 
 
-def _ordinal(text) -> int | None:
+def _ordinal(text: object) -> int | None:
     if not isinstance(text, str) or not _DA.match(text.strip()):
         return None
     try:

@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import requests
@@ -277,7 +277,7 @@ class OrthancChanges:
 
     def _json(
         self, method: str, path: str, params: dict | None, data: str | None, what: str, *, missing_ok: bool = False
-    ):
+    ) -> Any:
         """One request, retried on connection errors and 429/502/503/504; its JSON answer.
 
         With `missing_ok`, a 404 gives None. Anything else raises SourceError.
@@ -285,6 +285,7 @@ class OrthancChanges:
         attempt = 0
         while True:
             self.stats["requests"] += 1
+            error: requests.RequestException
             try:
                 response = self.session.request(method, self.url + path, params=params, data=data, timeout=self.timeout)
                 if missing_ok and response.status_code == 404:

@@ -24,10 +24,11 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import orjson
 
-from app.sources.base import SeriesRecord, StudyFailure, StudyRecord
+from app.sources.base import ChangeFeed, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.counts import ShortAnswer, check_count
 from app.sources.dicom_json import first_uid
 from app.sources.errors import ARCHIVE_DOWN_AFTER, SourceError
@@ -78,7 +79,7 @@ class QueriedArchive:
     """
 
     answers_queries = True
-    change_feed = None
+    change_feed: ChangeFeed | None = None
     name: str
     stats: dict
     #: where the archive is, for messages (never with credentials)
@@ -98,29 +99,31 @@ class QueriedArchive:
     listing_gaps: list[str] = []
 
     # -- the protocol's hooks ---------------------------------------------------------------
-    def _session(self) -> AbstractContextManager:
-        """What the queries of one listing or study share (DIMSE: an association)."""
+    def _session(self) -> AbstractContextManager[Any]:
+        """What the queries of one listing or study share (DIMSE: an association); the hooks
+        get it as `session`."""
         return contextlib.nullcontext()
 
-    def _query_studies(self, session, keys: dict) -> tuple[list, bool]:
+    def _query_studies(self, session: Any, keys: dict) -> tuple[list, bool]:
         """One study-level query: its answers, and whether the archive cut them."""
         raise NotImplementedError
 
-    def _query_series(self, session, study_uid: str) -> tuple[list, bool]:
+    def _query_series(self, session: Any, study_uid: str) -> tuple[list, bool]:
         raise NotImplementedError
 
-    def _query_instances(self, session, study_uid: str, series_uid: str) -> tuple[list, bool]:
+    def _query_instances(self, session: Any, study_uid: str, series_uid: str) -> tuple[list, bool]:
         raise NotImplementedError
 
-    def _decode(self, answer, level: str) -> tuple[dict | None, list[str]]:
-        """An answer as DICOM JSON (None: undecodable) and the repairs that took."""
+    def _decode(self, answer: Any, level: str) -> tuple[dict | None, list[str]]:
+        """An answer (as the protocol's queries give it) as DICOM JSON (None: undecodable) and
+        the repairs that took."""
         return answer, []
 
-    def _study_date(self, answer) -> str | None:
+    def _study_date(self, answer: Any) -> str | None:
         """The StudyDate of a raw study answer (the listing slices by it)."""
         raise NotImplementedError
 
-    def _study_uid(self, answer) -> str | None:
+    def _study_uid(self, answer: Any) -> str | None:
         raise NotImplementedError
 
     def _cut_reason(self, level: str, series_uid: str | None = None) -> str:
@@ -200,7 +203,7 @@ class QueriedArchive:
                     self._study_date,
                     uids_per_query=self.uids_per_query,
                 )
-        except (*self.failures, BadAnswer) as exc:
+        except self.failures + (BadAnswer,) as exc:
             raise SourceError(self.name, self.location, f"cannot list studies: {self._describe(exc)}") from None
         self.stats["listing_queries"] = found.queries
         self.stats["listing_gaps"] = len(found.gaps)
@@ -222,10 +225,10 @@ class QueriedArchive:
         return listing
 
     # -- one study --------------------------------------------------------------------------
-    def _fetch_study(self, item) -> StudyRecord | StudyFailure:
+    def _fetch_study(self, item: tuple[dict | None, list[str]]) -> StudyRecord | StudyFailure:
         attrs, study_repairs = item
         uid = first_uid(attrs, STUDY_UID) if attrs is not None else None
-        if uid is None:
+        if attrs is None or uid is None:
             self.stats["failed"] += 1
             reason = self.undecodable if attrs is None else "study answer without StudyInstanceUID"
             return StudyFailure(uid=None, reason=reason, location=self.location)
@@ -240,7 +243,7 @@ class QueriedArchive:
             if series_list and series_list[0].instances:
                 attrs, more = self._complete(uid, attrs, series_list)
                 repairs += more
-        except (*self.failures, BadAnswer, ShortAnswer) as exc:
+        except self.failures + (BadAnswer, ShortAnswer) as exc:
             self._failing = self._failing + 1 if self._archive_fault(exc) else 0
             if self._unreachable(exc) or self._failing >= ARCHIVE_DOWN_AFTER:
                 # not this study's fault: end the run, the next one resumes
@@ -257,7 +260,7 @@ class QueriedArchive:
         self.stats["instances"] += sum(len(s.instances) for s in series_list)
         return StudyRecord(uid=uid, attrs=attrs, series=series_list, repairs=list(dict.fromkeys(repairs)))
 
-    def _read_series(self, session, uid: str, repairs: list[str]) -> tuple[list[SeriesRecord], int]:
+    def _read_series(self, session: Any, uid: str, repairs: list[str]) -> tuple[list[SeriesRecord], int]:
         """The study's series with their instances, and how many repeated answers were dropped."""
         answers, cut = self._query_series(session, uid)
         if cut:
@@ -283,7 +286,7 @@ class QueriedArchive:
             series_list.append(SeriesRecord(attrs=attrs, instances=instances))
         return series_list, duplicates
 
-    def _read_instances(self, session, uid: str, series_uid: str, repairs: list[str]) -> tuple[list[dict], int]:
+    def _read_instances(self, session: Any, uid: str, series_uid: str, repairs: list[str]) -> tuple[list[dict], int]:
         answers, cut = self._query_instances(session, uid, series_uid)
         if cut:
             raise ShortAnswer(self._cut_reason("instance", series_uid))

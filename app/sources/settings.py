@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
@@ -39,7 +40,7 @@ def check_uri(value: str) -> None:
         raise ValidationError(f"{value!r} is not a URI (e.g. urn:oid:1.2.3 or https://hospital.example/mrn)")
 
 
-def _check_profile(value) -> None:
+def _check_profile(value: object) -> None:
     if not isinstance(value, (str, dict)):
         raise ValidationError("must be the name of a mapping profile file, or a mapping of profile keys")
 
@@ -75,7 +76,7 @@ class SourceSchema(FolderSchema, DicomwebSchema, DimseSchema):
     on_demand = fields.Nested(OnDemandSchema, load_default=None)
 
     @validates("name")
-    def _name(self, value, **_):
+    def _name(self, value: str, **_: Any) -> None:
         if not valid_id(value):
             raise ValidationError(
                 "must be 1-64 letters, digits, '-' or '.', because it becomes the id of the source's Endpoint"

@@ -19,6 +19,9 @@ import sqlite3
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from app.store.audit_spool import AuditSpool, Event
 from app.store.reader import CONNECTION_ERRORS, Reader
@@ -50,19 +53,21 @@ class AuditLog(Reader):
         super().__init__(url)
         self.spool = AuditSpool(spool_dir, url, self._insert)
         self._drainer_lock = threading.Lock()
-        self._drainer_pid = None  # the process whose drain thread runs
+        self._drainer_pid: int | None = None  # the process whose drain thread runs
         self._stop = threading.Event()  # the running drain thread's
 
-    def _connect(self):
+    def _connect(self) -> sqlite3.Connection | psycopg.Connection[Any]:
         if self.is_sqlite:
+            # a SQLite URL names its database file
+            assert self._url.database is not None
             conn = sqlite3.connect(self._url.database, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
-        conn = super()._connect()
+        pg = super()._connect()
         # the events are on disk in the spool already; the database need not wait for its WAL
-        conn.execute("SET synchronous_commit TO off")
-        return conn
+        pg.execute("SET synchronous_commit TO off")
+        return pg
 
     def write(self, event_id: str, recorded: int, outcome: str, content: bytes, index: list[tuple[str, str]]) -> None:
         """Record one event and its lookup rows (param, value): on disk when this returns."""
@@ -109,7 +114,7 @@ class AuditLog(Reader):
         """Store events in one transaction; `may_exist`: skip those a crashed drain stored already."""
         conn = self.connection
         try:
-            if self.is_sqlite:
+            if isinstance(conn, sqlite3.Connection):
                 conn.execute("BEGIN IMMEDIATE")
                 if may_exist:
                     events = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from typing import Protocol
 
 import orjson
 
@@ -27,6 +28,17 @@ INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
 ENTITY_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/object-role"
 AGENT_SYSTEM = "urn:imaging-facade:agent"
+
+
+class Requester(Protocol):
+    """Who made a request, as far as its event says (app/security/access.py `Access`)."""
+
+    @property
+    def open(self) -> bool: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def client_id(self) -> str | None: ...
 
 
 def outcome_code(status: int) -> str:
@@ -75,13 +87,13 @@ def event_record(
     action: str,
     status: int,
     base_url: str,
-    access,
+    access: Requester,
     address: str | None,
     query: str,
     path: str,
     read: tuple[str, str] | None,
     patients: list[str],
-) -> tuple[bytes, list]:
+) -> tuple[bytes, list[tuple[str, str]]]:
     """What the event says, as the compact JSON the trail keeps, and its lookup rows (param, value).
 
     The lookup rows are the agents and patients; every event has a system-object entity (the

@@ -101,7 +101,8 @@ class Segment:
 
     def read(self) -> bytes:
         """What this process wrote, read through its own descriptor (whatever the name holds now)."""
-        chunks, offset = [], 0
+        chunks: list[bytes] = []
+        offset = 0
         while True:
             chunk = os.pread(self.fd, 1 << 20, offset)
             if not chunk:
@@ -127,7 +128,7 @@ class AuditSpool:
         self._lock = threading.Lock()  # guards _current against the drain
         self._drain_lock = threading.Lock()  # one drain at a time in this process
         self._current: Segment | None = None
-        self._pid = None
+        self._pid: int | None = None
         self._full: list[Segment] = []  # rotated out, not yet stored
 
     def _new_segment(self) -> Segment:

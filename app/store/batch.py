@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
 
 from app.store.engine import bulk_insert, commit_without_waiting_for_disk
 
@@ -23,20 +25,26 @@ _PENDING = "imaging-facade.pending-rows"
 #: Connection.info key under which a batch keeps what it read ahead for its studies
 _AHEAD = "imaging-facade.read-ahead"
 
+#: rows of one table, as column -> value dicts
+TableRows = tuple[type[SQLModel], list[dict[str, Any]]]
+#: what a batch writes at its end: (rtype, id) or (rtype, id, version) -> the rows of each table
+Pending = dict[tuple[str | int, ...], list[TableRows]]
+
 
 @contextmanager
 def batch(engine: Engine) -> Iterator[Connection]:
     """One transaction for many studies; its pending rows are written when it ends."""
     with engine.begin() as conn:
         commit_without_waiting_for_disk(conn)
-        conn.info[_PENDING] = pending = {}
+        pending: Pending = {}
+        conn.info[_PENDING] = pending
         conn.info[_AHEAD] = {}
         try:
             yield conn
         finally:
             del conn.info[_PENDING]
             del conn.info[_AHEAD]
-        by_table: dict = {}
+        by_table: dict[type[SQLModel], list[dict[str, Any]]] = {}
         for tables in pending.values():
             for table, values in tables:
                 by_table.setdefault(table, []).extend(values)
@@ -44,7 +52,7 @@ def batch(engine: Engine) -> Iterator[Connection]:
             bulk_insert(conn, table, values)
 
 
-def pending(conn: Connection) -> dict | None:
+def pending(conn: Connection) -> Pending | None:
     """The rows the batch on `conn` writes at its end (None outside a batch): key -> [(table, rows)]."""
     return conn.info.get(_PENDING)
 
@@ -65,7 +73,7 @@ def savepoint(conn: Connection) -> Iterator[Connection]:
     RELEASE would commit.
     """
     rows = pending(conn)
-    saved = dict(rows) if rows is not None else None
+    saved = dict(rows) if rows is not None else {}
     try:
         with conn.begin_nested():
             yield conn

@@ -3,21 +3,26 @@ when an archive was last asked for a patient (on-demand mode), and shared settin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from app.clock import instant_now_ms
 from app.ids import valid_id
 from app.store import tables as t
 from app.store.reader import Reader
 
-_QUARANTINED = select(t.Quarantine.study_uid).where(
-    t.Quarantine.source == bindparam("key_source"), t.Quarantine.study_uid.in_(bindparam("uids", expanding=True))
+_QUARANTINED = select(col(t.Quarantine.study_uid)).where(
+    col(t.Quarantine.source) == bindparam("key_source"),
+    col(t.Quarantine.study_uid).in_(bindparam("uids", expanding=True)),
 )
 _RELEASE = delete(t.Quarantine).where(
-    t.Quarantine.source == bindparam("key_source"), t.Quarantine.study_uid == bindparam("key_uid")
+    col(t.Quarantine.source) == bindparam("key_source"), col(t.Quarantine.study_uid) == bindparam("key_uid")
 )
 
 
@@ -47,16 +52,18 @@ class Quarantine:
             if study_uid:
                 conn.execute(
                     update(t.StudyCopy)
-                    .where(t.StudyCopy.source == source, t.StudyCopy.study_uid == study_uid)
+                    .where(col(t.StudyCopy.source) == source, col(t.StudyCopy.study_uid) == study_uid)
                     .values(last_seen=micros)
                 )
             found = conn.execute(
-                select(t.Quarantine.first_seen).where(t.Quarantine.source == source, t.Quarantine.key == key)
+                select(col(t.Quarantine.first_seen)).where(
+                    col(t.Quarantine.source) == source, col(t.Quarantine.key) == key
+                )
             ).first()
             if found:
                 conn.execute(
                     update(t.Quarantine)
-                    .where(t.Quarantine.source == source, t.Quarantine.key == key)
+                    .where(col(t.Quarantine.source) == source, col(t.Quarantine.key) == key)
                     .values(reason=reason, last_seen=micros, study_uid=study_uid)
                 )
             else:
@@ -78,19 +85,20 @@ class Quarantine:
     def waiting(source: str, uids: list[str], conn: Connection) -> set[str]:
         """Which of these studies of `source` wait in the quarantine: one query for a batch, so
         that the many studies that never failed are not each released for nothing."""
-        return set(conn.execute(_QUARANTINED, {"key_source": source, "uids": uids}).scalars())
+        # `study_uid IN (…)` never selects a NULL study_uid
+        return cast(set[str], set(conn.execute(_QUARANTINED, {"key_source": source, "uids": uids}).scalars()))
 
     def release_stale(self, source: str, before: int) -> int:
         """Release what a complete sync (started at `before`) did not quarantine again."""
         with self.engine.begin() as conn:
             return conn.execute(
-                delete(t.Quarantine).where(t.Quarantine.source == source, t.Quarantine.last_seen < before)
+                delete(t.Quarantine).where(col(t.Quarantine.source) == source, col(t.Quarantine.last_seen) < before)
             ).rowcount
 
     def entries(self, source: str | None = None) -> list[t.Quarantine]:
-        query = select(t.Quarantine).order_by(t.Quarantine.source, t.Quarantine.key)
+        query = select(t.Quarantine).order_by(col(t.Quarantine.source), col(t.Quarantine.key))
         if source:
-            query = query.where(t.Quarantine.source == source)
+            query = query.where(col(t.Quarantine.source) == source)
         with self.engine.connect() as conn:
             return [t.Quarantine(**row._mapping) for row in conn.execute(query)]
 
@@ -103,22 +111,24 @@ class SyncState:
 
     def get(self, source: str) -> t.SourceState | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(t.SourceState).where(t.SourceState.source == source)).first()
+            row = conn.execute(select(t.SourceState).where(col(t.SourceState.source) == source)).first()
         return t.SourceState(**row._mapping) if row else None
 
     def all(self) -> list[t.SourceState]:
         with self.engine.connect() as conn:
             return [
                 t.SourceState(**row._mapping)
-                for row in conn.execute(select(t.SourceState).order_by(t.SourceState.source))
+                for row in conn.execute(select(t.SourceState).order_by(col(t.SourceState.source)))
             ]
 
-    def update(self, source: str, **values) -> None:
+    def update(self, source: str, **values: Any) -> None:
         """Set some columns of a source's state (cursor as a dict), creating the row if needed."""
         if "cursor" in values:
             values["cursor"] = orjson.dumps(values["cursor"]).decode()
         with self.engine.begin() as conn:
-            done = conn.execute(update(t.SourceState).where(t.SourceState.source == source).values(**values)).rowcount
+            done = conn.execute(
+                update(t.SourceState).where(col(t.SourceState.source) == source).values(**values)
+            ).rowcount
             if not done:
                 conn.execute(insert(t.SourceState).values(source=source, **{"cursor": "{}", **values}))
 
@@ -146,13 +156,19 @@ class PatientFetches:
         """When the archive was last asked for this patient's studies (epoch micros), or None."""
         with self.engine.connect() as conn:
             return conn.execute(
-                select(t.PatientFetch.fetched).where(
-                    t.PatientFetch.source == source, t.PatientFetch.system == system, t.PatientFetch.value == value
+                select(col(t.PatientFetch.fetched)).where(
+                    col(t.PatientFetch.source) == source,
+                    col(t.PatientFetch.system) == system,
+                    col(t.PatientFetch.value) == value,
                 )
             ).scalar()
 
     def mark(self, source: str, system: str, value: str, when: int) -> None:
-        where = (t.PatientFetch.source == source, t.PatientFetch.system == system, t.PatientFetch.value == value)
+        where = (
+            col(t.PatientFetch.source) == source,
+            col(t.PatientFetch.system) == system,
+            col(t.PatientFetch.value) == value,
+        )
         with self.engine.begin() as conn:
             if not conn.execute(update(t.PatientFetch).where(*where).values(fetched=when)).rowcount:
                 conn.execute(insert(t.PatientFetch).values(source=source, system=system, value=value, fetched=when))
@@ -164,10 +180,10 @@ class Settings:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def get(self, key: str, make) -> str:
+    def get(self, key: str, make: Callable[[], str]) -> str:
         """Read a shared setting, creating it with `make()` the first time (race-safe)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(t.Setting.value).where(t.Setting.key == key)).first()
+            row = conn.execute(select(col(t.Setting.value)).where(col(t.Setting.key) == key)).first()
         if row:
             return row.value
         try:
@@ -176,7 +192,7 @@ class Settings:
         except IntegrityError:  # another process created it first: theirs is read below
             pass
         with self.engine.connect() as conn:
-            return conn.execute(select(t.Setting.value).where(t.Setting.key == key)).scalar_one()
+            return conn.execute(select(col(t.Setting.value)).where(col(t.Setting.key) == key)).scalar_one()
 
     def paging_secret(self) -> str:
         import secrets

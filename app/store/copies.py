@@ -12,20 +12,22 @@ Pure: no I/O; the same copies give the same resource.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 _NO_NUMBER = float("inf")
 
 
-def _rank(item: tuple[str, dict]):
+def _rank(item: tuple[str, dict]) -> tuple[int, str]:
     source, study = item
     return -(study.get("numberOfInstances") or 0), source
 
 
-def _series_order(series: dict):
+def _series_order(series: dict) -> tuple[int | float, str]:
     number = series.get("number")
     return (number if isinstance(number, int) else _NO_NUMBER, series["uid"])
 
 
-def _union(lists) -> list:
+def _union(lists: Iterable[list]) -> list:
     out: list = []
     for values in lists:
         for value in values:

@@ -8,9 +8,12 @@ whose connections are checked before use.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event, insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import SQLModel
 
 from app.store import tables  # noqa: F401 - registers every table with SQLModel.metadata
@@ -24,7 +27,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:
+        def _pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -54,14 +57,16 @@ def analyze(engine: Engine) -> None:
             conn.exec_driver_sql("ANALYZE")
 
 
-def bulk_insert(conn: Connection, table, values: list[dict]) -> None:
+def bulk_insert(conn: Connection, table: type[SQLModel], values: list[dict[str, Any]]) -> None:
     """Insert many rows of one table: COPY on PostgreSQL (a few µs a row, where an INSERT per
     row costs tens), one executemany on SQLite."""
     if conn.dialect.name != "postgresql":
         conn.execute(insert(table), values)
         return
     columns = list(values[0])
-    cursor = conn.connection.dbapi_connection.cursor()
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None  # `conn` is checked out of the pool: it has one
+    cursor = dbapi_connection.cursor()
     with cursor.copy(f"COPY {table.__tablename__} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in values:
             copy.write_row([row[c] for c in columns])

@@ -6,17 +6,21 @@ four narrow tables (token, string, date, reference) and never parses stored JSON
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import delete, insert
 from sqlalchemy.engine import Connection
+from sqlmodel import col
 
 from app.search.dates import DateFormatError, date_range
-from app.search.params import indexed
+from app.search.params import SearchParam, indexed
 from app.search.references import external_reference
 from app.search.text import normalize, phonetic_codes
 from app.store import batch
 from app.store import tables as t
+from app.store.batch import TableRows
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class IndexRows:
 TEXT, OF_TYPE, IDENTIFIER = ":text", ":of-type", ":identifier"
 
 
-def walk(node, path: str):
+def walk(node: Any, path: str) -> list[Any]:
     """Yield every value at a dotted element path, flattening lists at each step."""
     values = [node]
     for step in path.split("."):
@@ -60,7 +64,7 @@ def walk(node, path: str):
     return values
 
 
-def _tokens(value):
+def _tokens(value: Any) -> Iterator[tuple[str | None, str]]:
     if isinstance(value, bool):
         yield None, "true" if value else "false"
     elif isinstance(value, str):
@@ -76,7 +80,7 @@ def _tokens(value):
             yield value.get("system"), value["value"]
 
 
-def _token_texts(value):
+def _token_texts(value: Any) -> Iterator[str]:
     """The text a token's `:text` modifier searches: CodeableConcept.text, Coding.display,
     Identifier.type.text (FHIR R4 search 3.1.1.5.10)."""
     if not isinstance(value, dict):
@@ -91,7 +95,7 @@ def _token_texts(value):
         yield kind["text"]
 
 
-def _identifier_types(value):
+def _identifier_types(value: Any) -> Iterator[tuple[str | None, str]]:
     """(type system, type code) of an Identifier, for `:of-type`."""
     kind = value.get("type") if isinstance(value, dict) else None
     if isinstance(kind, dict) and value.get("value") is not None:
@@ -100,7 +104,7 @@ def _identifier_types(value):
                 yield coding.get("system"), coding["code"]
 
 
-def _strings(value):
+def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):  # HumanName (or Address): every string part
@@ -113,7 +117,7 @@ def _strings(value):
                     yield part
 
 
-def _reference(value, base_url: str | None):
+def _reference(value: Any, base_url: str | None) -> tuple[str, str] | None:
     ref = value.get("reference") if isinstance(value, dict) else None
     if not ref or ref.startswith("#"):
         return None
@@ -129,7 +133,7 @@ def _reference(value, base_url: str | None):
     return parts[-2], parts[-1]
 
 
-def _may_target(param, target, value: dict) -> bool:
+def _may_target(param: SearchParam, target: tuple[str, str] | None, value: dict) -> bool:
     """Whether a reference can point at one of the parameter's types, judged by its literal
     reference or its `type` (`patient:identifier` must not match a Group subject)."""
     if not param.targets:
@@ -141,7 +145,7 @@ def _may_target(param, target, value: dict) -> bool:
 class _Collector:
     """Index rows of one resource, each distinct row once."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows = IndexRows()
         self._seen: set = set()
 
@@ -150,7 +154,7 @@ class _Collector:
             self._seen.add((id(table), row))
             table.append(row)
 
-    def token(self, param: str, system, code: str) -> None:
+    def token(self, param: str, system: str | None, code: str) -> None:
         self._add(self.rows.tokens, (param, system, code))
 
     def string(self, param: str, text: str, norm: str | None = None) -> None:
@@ -202,7 +206,7 @@ def index_rows(resource: dict, default_zone: str = "UTC", base_url: str | None =
     return out.rows
 
 
-def index_values(body: dict, indexing: Indexing) -> list[tuple[type, list[dict]]]:
+def index_values(body: dict, indexing: Indexing) -> list[TableRows]:
     """The index rows of a resource, per table, as column -> value dicts."""
     rows = index_rows(body, indexing.zone, indexing.base_url)
     owner = {"rtype": body["resourceType"], "rid": body["id"]}
@@ -231,7 +235,7 @@ def write_index(conn: Connection, body: dict, indexing: Indexing) -> None:
 def drop_index(conn: Connection, rtype: str, rid: str) -> None:
     """A resource's index rows go (it changed, or left the store)."""
     for table in INDEX_TABLES:
-        conn.execute(delete(table).where(table.rtype == rtype, table.rid == rid))
+        conn.execute(delete(table).where(col(table.rtype) == rtype, col(table.rid) == rid))
     pending = batch.pending(conn)
     if pending is not None:
         pending.pop((rtype, rid), None)

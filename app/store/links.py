@@ -8,11 +8,13 @@ rebuilds a Patient (Store._refresh_patient).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, or_, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
+from sqlmodel import col
 
 from app.clock import instant_now_ms
 from app.store import tables as t
@@ -43,20 +45,20 @@ class LinkRow:
 
 
 # statements a sync runs for every stored patient, built once (see app/store/repository.py)
-_STORED_PATIENT = select(t.Resource.content).where(
-    t.Resource.rtype == "Patient", t.Resource.id == bindparam("key_patient")
+_STORED_PATIENT = select(col(t.Resource.content)).where(
+    col(t.Resource.rtype) == "Patient", col(t.Resource.id) == bindparam("key_patient")
 )
 _STORED_AND_FILED = (
-    select(t.Resource.content, t.PatientMatch.digest)
+    select(col(t.Resource.content), col(t.PatientMatch.digest))
     .select_from(t.Resource)
-    .outerjoin(t.PatientMatch, t.PatientMatch.patient_id == t.Resource.id)
-    .where(t.Resource.rtype == "Patient", t.Resource.id == bindparam("key_patient"))
+    .outerjoin(t.PatientMatch, col(t.PatientMatch.patient_id) == col(t.Resource.id))
+    .where(col(t.Resource.rtype) == "Patient", col(t.Resource.id) == bindparam("key_patient"))
 )
-_UPDATE_MATCH = update(t.PatientMatch).where(t.PatientMatch.patient_id == bindparam("key_patient"))
-_UNBLOCK = delete(t.PatientBlock).where(t.PatientBlock.patient_id == bindparam("key_patient"))
+_UPDATE_MATCH = update(t.PatientMatch).where(col(t.PatientMatch.patient_id) == bindparam("key_patient"))
+_UNBLOCK = delete(t.PatientBlock).where(col(t.PatientBlock.patient_id) == bindparam("key_patient"))
 _LINKS_OF = select(t.PatientLink).where(
-    or_(t.PatientLink.a == bindparam("key_patient"), t.PatientLink.b == bindparam("key_patient")),
-    t.PatientLink.status.in_(bindparam("statuses", expanding=True)),
+    or_(col(t.PatientLink.a) == bindparam("key_patient"), col(t.PatientLink.b) == bindparam("key_patient")),
+    col(t.PatientLink.status).in_(bindparam("statuses", expanding=True)),
 )
 
 
@@ -64,7 +66,7 @@ def pair(x: str, y: str) -> tuple[str, str]:
     return (x, y) if x < y else (y, x)
 
 
-def _row(r) -> LinkRow:
+def _row(r: Row) -> LinkRow:
     return LinkRow(r.a, r.b, r.status, r.points, orjson.loads(r.explanation), r.decided)
 
 
@@ -91,15 +93,17 @@ def file_patient(conn: Connection, patient_id: str, digest: str, features: dict,
 
 
 def unfile_patient(conn: Connection, patient_id: str) -> None:
-    conn.execute(delete(t.PatientBlock).where(t.PatientBlock.patient_id == patient_id))
-    conn.execute(delete(t.PatientMatch).where(t.PatientMatch.patient_id == patient_id))
+    conn.execute(delete(t.PatientBlock).where(col(t.PatientBlock.patient_id) == patient_id))
+    conn.execute(delete(t.PatientMatch).where(col(t.PatientMatch.patient_id) == patient_id))
 
 
 def features_of(conn: Connection, patient_ids: list[str]) -> dict[str, dict]:
     if not patient_ids:
         return {}
     rows = conn.execute(
-        select(t.PatientMatch.patient_id, t.PatientMatch.features).where(t.PatientMatch.patient_id.in_(patient_ids))
+        select(col(t.PatientMatch.patient_id), col(t.PatientMatch.features)).where(
+            col(t.PatientMatch.patient_id).in_(patient_ids)
+        )
     )
     return {r.patient_id: orjson.loads(r.features) for r in rows}
 
@@ -113,12 +117,12 @@ def candidates(conn: Connection, keys: list[str], exclude: str | None = None) ->
     """Features of the patients filed under any of `keys` (but `exclude`)."""
     if not keys:
         return {}
-    blocked = select(t.PatientBlock.patient_id).where(t.PatientBlock.key.in_(keys))
+    blocked = select(col(t.PatientBlock.patient_id)).where(col(t.PatientBlock.key).in_(keys))
     if exclude is not None:
-        blocked = blocked.where(t.PatientBlock.patient_id != exclude)
+        blocked = blocked.where(col(t.PatientBlock.patient_id) != exclude)
     rows = conn.execute(
-        select(t.PatientMatch.patient_id, t.PatientMatch.features)
-        .where(t.PatientMatch.patient_id.in_(blocked.distinct()))
+        select(col(t.PatientMatch.patient_id), col(t.PatientMatch.features))
+        .where(col(t.PatientMatch.patient_id).in_(blocked.distinct()))
         .limit(MAX_CANDIDATES)
     )
     return {r.patient_id: orjson.loads(r.features) for r in rows}
@@ -126,7 +130,7 @@ def candidates(conn: Connection, keys: list[str], exclude: str | None = None) ->
 
 def get_link(conn: Connection, x: str, y: str) -> LinkRow | None:
     a, b = pair(x, y)
-    r = conn.execute(select(t.PatientLink).where(t.PatientLink.a == a, t.PatientLink.b == b)).first()
+    r = conn.execute(select(t.PatientLink).where(col(t.PatientLink.a) == a, col(t.PatientLink.b) == b)).first()
     return _row(r) if r else None
 
 
@@ -138,17 +142,17 @@ def put_link(
     values = {"status": status, "points": float(points), "explanation": orjson.dumps(explanation)}
     if not keep_decided:
         values["decided"] = now
-    where = (t.PatientLink.a == a, t.PatientLink.b == b)
+    where = (col(t.PatientLink.a) == a, col(t.PatientLink.b) == b)
     if conn.execute(update(t.PatientLink).where(*where).values(**values)).rowcount == 0:
         conn.execute(insert(t.PatientLink).values(a=a, b=b, **{"decided": now, **values}))
 
 
 def drop_link(conn: Connection, x: str, y: str) -> None:
     a, b = pair(x, y)
-    conn.execute(delete(t.PatientLink).where(t.PatientLink.a == a, t.PatientLink.b == b))
+    conn.execute(delete(t.PatientLink).where(col(t.PatientLink.a) == a, col(t.PatientLink.b) == b))
 
 
-def links_of(conn: Connection, patient_id: str, statuses=STATUSES) -> list[LinkRow]:
+def links_of(conn: Connection, patient_id: str, statuses: Iterable[str] = STATUSES) -> list[LinkRow]:
     rows = conn.execute(_LINKS_OF, {"key_patient": patient_id, "statuses": list(statuses)})
     return [_row(r) for r in rows]
 
@@ -161,11 +165,11 @@ def linked_ids(conn: Connection, patient_id: str) -> list[str]:
 def list_links(
     conn: Connection, status: str | None = None, patient_id: str | None = None, limit: int = 1000
 ) -> list[LinkRow]:
-    query = select(t.PatientLink).order_by(t.PatientLink.points.desc(), t.PatientLink.a, t.PatientLink.b)
+    query = select(t.PatientLink).order_by(col(t.PatientLink.points).desc(), col(t.PatientLink.a), col(t.PatientLink.b))
     if status:
-        query = query.where(t.PatientLink.status == status)
+        query = query.where(col(t.PatientLink.status) == status)
     if patient_id:
-        query = query.where(or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id))
+        query = query.where(or_(col(t.PatientLink.a) == patient_id, col(t.PatientLink.b) == patient_id))
     return [_row(r) for r in conn.execute(query.limit(limit))]
 
 
@@ -174,7 +178,8 @@ def forget_patient(conn: Connection, patient_id: str) -> None:
     decisions stay (should it come back, they hold again)."""
     conn.execute(
         delete(t.PatientLink).where(
-            or_(t.PatientLink.a == patient_id, t.PatientLink.b == patient_id), t.PatientLink.status.not_in(MANUAL)
+            or_(col(t.PatientLink.a) == patient_id, col(t.PatientLink.b) == patient_id),
+            col(t.PatientLink.status).not_in(MANUAL),
         )
     )
     unfile_patient(conn, patient_id)

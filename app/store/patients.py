@@ -9,9 +9,12 @@ decisions (app/store/links.py) that identity matching and people make.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
+from sqlmodel import col
 
 from app.store import links
 from app.store import tables as t
@@ -26,12 +29,12 @@ from app.store.resources import NEW, Resources, read_current
 LINK_TYPE = "seealso"
 
 _THE_CONTRIBUTION = (
-    t.PatientContribution.source == bindparam("key_source"),
-    t.PatientContribution.study_uid == bindparam("key_uid"),
+    col(t.PatientContribution.source) == bindparam("key_source"),
+    col(t.PatientContribution.study_uid) == bindparam("key_uid"),
 )
 _UPDATE_CONTRIBUTION = update(t.PatientContribution).where(*_THE_CONTRIBUTION)
-_CONTRIBUTIONS_TO = select(t.PatientContribution.rank, t.PatientContribution.content).where(
-    t.PatientContribution.patient_id == bindparam("key_patient")
+_CONTRIBUTIONS_TO = select(col(t.PatientContribution.rank), col(t.PatientContribution.content)).where(
+    col(t.PatientContribution.patient_id) == bindparam("key_patient")
 )
 
 
@@ -68,7 +71,9 @@ class Patients:
     def __init__(self, resources: Resources):
         self.resources = resources
 
-    def contribute(self, conn: Connection, source: str, uid: str, patient: dict, rank: str, previous) -> None:
+    def contribute(
+        self, conn: Connection, source: str, uid: str, patient: dict, rank: str, previous: Row | None
+    ) -> None:
         """Keep what a study says about its patient (`previous`: what it said, or None) and
         rebuild the Patients that changes."""
         contribution = orjson.dumps(patient, option=orjson.OPT_SORT_KEYS)
@@ -91,12 +96,12 @@ class Patients:
     def withdraw(conn: Connection, source: str, uid: str) -> str | None:
         """The archive no longer holds the study: what it said about its patient goes. Returns
         that patient, whom the caller refreshes once the study is settled, or None."""
-        where = (t.PatientContribution.source == source, t.PatientContribution.study_uid == uid)
-        previous = conn.execute(select(t.PatientContribution.patient_id).where(*where)).first()
+        where = (col(t.PatientContribution.source) == source, col(t.PatientContribution.study_uid) == uid)
+        previous = conn.execute(select(col(t.PatientContribution.patient_id)).where(*where)).first()
         conn.execute(delete(t.PatientContribution).where(*where))
         return previous.patient_id if previous is not None else None
 
-    def refresh(self, conn: Connection, patient_ids) -> None:
+    def refresh(self, conn: Connection, patient_ids: Iterable[str]) -> None:
         """Store new versions of Patients whose links changed (in the caller's transaction)."""
         for patient_id in sorted(set(patient_ids)):
             self._refresh(conn, patient_id)
@@ -151,7 +156,7 @@ def linked_patients(reader: Reader, patient: str, base_url: str = "") -> tuple[s
     return tuple(sorted(ids))
 
 
-def identifiers_of(reader: Reader, patients) -> set[tuple[str, str]]:
+def identifiers_of(reader: Reader, patients: Sequence[str]) -> set[tuple[str, str]]:
     """(system, value) of every identifier of the stored Patients `patients`."""
     marks = ", ".join("?" * len(patients))
     sql = f"SELECT system, code FROM idx_token WHERE rtype = ? AND param = ? AND rid IN ({marks})"

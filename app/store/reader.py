@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+from typing import Any
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -25,8 +26,10 @@ class Reader:
         self._local = threading.local()
         self.is_sqlite = self._url.get_backend_name() == "sqlite"
 
-    def _connect(self):
+    def _connect(self) -> sqlite3.Connection | psycopg.Connection[Any]:
         if self.is_sqlite:
+            # a SQLite URL names its database file
+            assert self._url.database is not None
             conn = sqlite3.connect(self._url.database, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA query_only=ON")
             return conn
@@ -35,7 +38,7 @@ class Reader:
         return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
 
     @property
-    def connection(self):
+    def connection(self) -> sqlite3.Connection | psycopg.Connection[Any]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
@@ -44,20 +47,19 @@ class Reader:
     def _sql(self, sql: str) -> str:
         return sql if self.is_sqlite else sql.replace("?", "%s")
 
-    def all(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+    def all(self, sql: str, params: tuple | list = ()) -> list[tuple[Any, ...]]:
         try:
-            if self.is_sqlite:
-                cur = self.connection.execute(sql, tuple(params))
-            else:
-                # binary results: stored JSON arrives as its bytes, not as hex text twice its
-                # size to decode (a page of 50 studies is megabytes)
-                cur = self.connection.execute(self._sql(sql), tuple(params), binary=True)
-            return cur.fetchall()
+            conn = self.connection
+            if isinstance(conn, sqlite3.Connection):
+                return conn.execute(sql, tuple(params)).fetchall()
+            # binary results: stored JSON arrives as its bytes, not as hex text twice its
+            # size to decode (a page of 50 studies is megabytes)
+            return conn.execute(self._sql(sql), tuple(params), binary=True).fetchall()
         except Exception:
             self.reset()
             raise
 
-    def one(self, sql: str, params: tuple | list = ()):
+    def one(self, sql: str, params: tuple | list = ()) -> tuple[Any, ...] | None:
         rows = self.all(sql, params)
         return rows[0] if rows else None
 

@@ -14,6 +14,7 @@ Writes go through SQLAlchemy; the API's reads through plain SQL (reader.py, sear
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
@@ -24,6 +25,9 @@ from app.store.indexer import Indexing
 from app.store.patients import Patients
 from app.store.resources import Resources
 from app.store.studies import StudyCopies
+
+if TYPE_CHECKING:
+    from app.config import Config
 
 
 class Store:
@@ -41,7 +45,7 @@ class Store:
         self.settings = Settings(self.engine)
 
     @classmethod
-    def from_config(cls, config) -> Store:
+    def from_config(cls, config: Config) -> Store:
         """The store a loaded Config names, indexing dates in its zone and links on its base URL."""
         return cls(config.store, config.timezone, config.server.base_url)
 

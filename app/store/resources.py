@@ -9,10 +9,12 @@ claim in `meta.profile` is a new version (FHIR R4 http: versionId changes with e
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, null, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import bindparam, delete, insert, inspect, null, select, update
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlmodel import col
 
 from app.clock import instant_now_ms
 from app.store import batch
@@ -28,15 +30,15 @@ _VERSION_META = ("versionId", "lastUpdated")
 # its cache key costs some 0.3 ms, more than running it (0.07 ms on SQLite, 0.2 ms on
 # PostgreSQL), and a study runs about a dozen. Values go in as parameters (`key_*` in WHERE
 # clauses, column names in VALUES and SET).
-_THE_RESOURCE = (t.Resource.rtype == bindparam("key_rtype"), t.Resource.id == bindparam("key_id"))
+_THE_RESOURCE = (col(t.Resource.rtype) == bindparam("key_rtype"), col(t.Resource.id) == bindparam("key_id"))
 #: the stored version and hash of a resource, or else the version of its tombstone (content_hash
 #: NULL): a resource that is neither stored nor deleted costs one round trip, not two
 RESOURCE_STATE = (
-    select(t.Resource.version, t.Resource.content_hash)
+    select(col(t.Resource.version), col(t.Resource.content_hash))
     .where(*_THE_RESOURCE)
     .union_all(
-        select(t.Tombstone.version, null().cast(t.Resource.content_hash.type)).where(
-            t.Tombstone.rtype == bindparam("key_rtype"), t.Tombstone.id == bindparam("key_id")
+        select(col(t.Tombstone.version), null().cast(inspect(t.Resource).columns["content_hash"].type)).where(
+            col(t.Tombstone.rtype) == bindparam("key_rtype"), col(t.Tombstone.id) == bindparam("key_id")
         )
     )
 )
@@ -64,7 +66,7 @@ class Resources:
         with self.engine.begin() as conn:
             return self.put_in(conn, body)
 
-    def put_in(self, conn: Connection, body: dict, found: list | None = None) -> str:
+    def put_in(self, conn: Connection, body: dict, found: Sequence[Row] | None = None) -> str:
         """Store a resource's new version unless its content is the stored one; `found` is
         what RESOURCE_STATE gives for it, when the caller read it already."""
         rtype, rid = body["resourceType"], body["id"]
@@ -79,7 +81,7 @@ class Resources:
         gone = next((r for r in found if r.content_hash is None), None)
         if row is None and gone is not None:  # served before and deleted: its versions go on
             version = gone.version + 1
-            conn.execute(delete(t.Tombstone).where(t.Tombstone.rtype == rtype, t.Tombstone.id == rid))
+            conn.execute(delete(t.Tombstone).where(col(t.Tombstone.rtype) == rtype, col(t.Tombstone.id) == rid))
         micros, instant = instant_now_ms()
         stored = {
             "resourceType": rtype,
@@ -101,10 +103,12 @@ class Resources:
     @staticmethod
     def delete_in(conn: Connection, rtype: str, rid: str) -> None:
         """Take a resource out of search; a tombstone answers reads with 410 from now on."""
-        row = conn.execute(select(t.Resource.version).where(t.Resource.rtype == rtype, t.Resource.id == rid)).first()
+        row = conn.execute(
+            select(col(t.Resource.version)).where(col(t.Resource.rtype) == rtype, col(t.Resource.id) == rid)
+        ).first()
         if row is None:
             return
-        conn.execute(delete(t.Resource).where(t.Resource.rtype == rtype, t.Resource.id == rid))
+        conn.execute(delete(t.Resource).where(col(t.Resource.rtype) == rtype, col(t.Resource.id) == rid))
         drop_index(conn, rtype, rid)
         micros, _ = instant_now_ms()
         conn.execute(insert(t.Tombstone).values(rtype=rtype, id=rid, version=row.version + 1, deleted=micros))
@@ -115,7 +119,9 @@ class Resources:
         if not ids:
             return []
         found = set(
-            conn.execute(select(t.Resource.id).where(t.Resource.rtype == rtype, t.Resource.id.in_(ids))).scalars()
+            conn.execute(
+                select(col(t.Resource.id)).where(col(t.Resource.rtype) == rtype, col(t.Resource.id).in_(ids))
+            ).scalars()
         )
         return [i for i in ids if i in found]
 
@@ -133,17 +139,17 @@ def _write_version(conn: Connection, row: dict) -> None:
 # ---- the API's reads (plain SQL on the read path, app/store/reader.py)
 
 
-def read_current(reader: Reader, rtype: str, rid: str):
+def read_current(reader: Reader, rtype: str, rid: str) -> tuple[int, int, bytes] | None:
     """(version, last_updated, content) of the current version, or None."""
     return reader.one("SELECT version, last_updated, content FROM resource WHERE rtype = ? AND id = ?", [rtype, rid])
 
 
-def read_deleted(reader: Reader, rtype: str, rid: str):
+def read_deleted(reader: Reader, rtype: str, rid: str) -> tuple[int, int] | None:
     """(version, deleted) of a resource that was served and is gone, or None."""
     return reader.one("SELECT version, deleted FROM tombstone WHERE rtype = ? AND id = ?", [rtype, rid])
 
 
-def read_version(reader: Reader, rtype: str, rid: str, version: int):
+def read_version(reader: Reader, rtype: str, rid: str, version: int) -> tuple[int, bytes] | None:
     """(last_updated, content) of one stored version, or None."""
     return reader.one(
         "SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",

@@ -12,11 +12,22 @@ AuditEvent made of its record (app/store/audit_record.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from app.search.query import ANY_SYSTEM, ChainClause, Clause, HasClause, Restriction, SearchQuery
+from app.search.query import (
+    ANY_SYSTEM,
+    ChainClause,
+    Clause,
+    HasClause,
+    Include,
+    Restriction,
+    SearchClause,
+    SearchQuery,
+    SortKey,
+)
 from app.search.text import normalize
 from app.store.audit_record import render_event
 from app.store.reader import Reader
@@ -74,7 +85,7 @@ def _date_sql(low_col: str, high_col: str, prefix: str, low: int, high: int, par
     return f"({low_col} < ? AND {high_col} > ?)"
 
 
-def _value_sql(clause: Clause, value, params: list) -> str:
+def _value_sql(clause: Clause, value: Any, params: list) -> str:
     kind = clause.kind
     if kind == "token":
         system, code = value
@@ -107,7 +118,8 @@ def _value_sql(clause: Clause, value, params: list) -> str:
         params += [norm, norm[:-1] + chr(ord(norm[-1]) + 1), f"{pattern}%"]
         return "(norm >= ? AND norm < ? AND norm LIKE ? ESCAPE '\\')"
     if kind == "date":
-        return _date_sql("low", "high", *value, params)
+        prefix, low, high = value
+        return _date_sql("low", "high", prefix, low, high, params)
     if kind == "reference":
         rtype, rid = value
         if rid == "":
@@ -141,8 +153,9 @@ def _linked_patients_sql(rtype: str | None, rid: str, params: list) -> str:
 _COLUMN_SPAN = {"last_updated": 1000, "recorded": 1}
 
 
-def _column_sql(clause: Clause, value, params: list) -> str:
+def _column_sql(clause: Clause, value: Any, params: list) -> str:
     column = clause.param.column
+    assert column is not None  # called for parameters kept in a column only
     if clause.param.type == "token":
         system, code = value
         if column == "id" and system is not ANY_SYSTEM and system != "":
@@ -184,10 +197,11 @@ def _phonetic_sql(rtype: str, clause: Clause, codes: list[str], params: list) ->
     )
 
 
-def _lists_matches(clause) -> bool:
+def _lists_matches(clause: SearchClause) -> bool:
     """Whether the clause's SQL lists its matches (`id IN …`), so later clauses can probe them."""
-    modifier = getattr(clause, "modifier", None)
-    return modifier != "not" and not (modifier == "missing" and clause.values[0])
+    if not isinstance(clause, Clause):  # a chain or _has lists the resources it reaches
+        return True
+    return clause.modifier != "not" and not (clause.modifier == "missing" and clause.values[0])
 
 
 def restriction_sql(rtype: str, restrictions: dict[str, Restriction], params: list) -> str | None:
@@ -207,7 +221,12 @@ def restriction_sql(rtype: str, restrictions: dict[str, Restriction], params: li
     return " AND ".join(parts) if parts else None
 
 
-def _alternatives_sql(rtype: str, alternatives, restrictions, params: list) -> str:
+def _alternatives_sql(
+    rtype: str,
+    alternatives: tuple[tuple[SearchClause, ...], ...],
+    restrictions: dict[str, Restriction],
+    params: list,
+) -> str:
     """SMART v2 granular scopes: each scope's parameters ANDed, the scopes ORed.
 
     A chain inside a scope's parameters keeps to the compartment but not to the other
@@ -223,7 +242,7 @@ def _alternatives_sql(rtype: str, alternatives, restrictions, params: list) -> s
     return "(" + (" OR ".join(ors) or "1 = 0") + ")"
 
 
-def _studies_of(patients, params: list) -> str:
+def _studies_of(patients: Sequence[str], params: list) -> str:
     """ImagingStudy ids whose patient is one of `patients` (the lookup index, by target)."""
     if not patients:
         return "SELECT rid FROM idx_reference WHERE 1 = 0"
@@ -234,7 +253,7 @@ def _studies_of(patients, params: list) -> str:
     )
 
 
-def _compartment_sql(rtype: str, patients, restrictions, params: list) -> str:
+def _compartment_sql(rtype: str, patients: Sequence[str], restrictions: dict[str, Restriction], params: list) -> str:
     """Patient: the compartment's patients; ImagingStudy: their studies; Endpoint: those
     that a study the request may see points at (Endpoint is not in the Patient compartment)."""
     if rtype == "Patient":
@@ -260,13 +279,19 @@ def _compartment_sql(rtype: str, patients, restrictions, params: list) -> str:
     return "1 = 0"  # a type outside this server's compartment rules: nothing
 
 
-def _restricted(rtype: str, restrictions, params: list) -> str:
+def _restricted(rtype: str, restrictions: dict[str, Restriction] | None, params: list) -> str:
     """` AND <restriction>` for an inner `SELECT id FROM resource`, or nothing."""
     sql = restriction_sql(rtype, restrictions or {}, params) if restrictions else None
     return f" AND {sql}" if sql else ""
 
 
-def _clause_sql(rtype: str, clause, params: list, probe: bool = False, restrictions=None) -> str:
+def _clause_sql(
+    rtype: str,
+    clause: SearchClause,
+    params: list,
+    probe: bool = False,
+    restrictions: dict[str, Restriction] | None = None,
+) -> str:
     """SQL condition on `id` of the `rtype` resource for one (possibly chained) clause.
 
     `probe`: a clause ANDed after one that lists the candidates checks each candidate's own
@@ -276,6 +301,7 @@ def _clause_sql(rtype: str, clause, params: list, probe: bool = False, restricti
     cannot tell whether another patient's data exist.
     """
     if rtype in _TRAILS:
+        assert isinstance(clause, Clause)  # the trail is neither chained from nor into (app/search/query.py)
         return _trail_sql(clause, params)
     if isinstance(clause, ChainClause):
         params += [rtype, clause.param.name, clause.target, clause.target]
@@ -324,7 +350,7 @@ _SORT_AGGREGATE = {  # type -> (index table, value expression); ascending takes 
 }
 
 
-def _sort_expr(key, params: list, text_collation: str) -> str:
+def _sort_expr(key: SortKey, params: list, text_collation: str) -> str:
     """One _sort key as a value per resource: the value that comes first in the asked order.
 
     A repeating element sorts by its lowest value ascending and its highest descending
@@ -395,15 +421,22 @@ def _after_sql(query: SearchQuery, cursor: list, params: list, id_descending: bo
 
 
 def _count(reader: Reader, query: SearchQuery, table: _Table, where: str, params: list) -> int | None:
+    # COUNT(*) and EXPLAIN answer one row whatever matches
     if query.total != "estimate":
-        return reader.one(f"SELECT COUNT(*) FROM {table.name} WHERE {where}", params)[0]
-    limited = reader.one(
+        counted = reader.one(f"SELECT COUNT(*) FROM {table.name} WHERE {where}", params)
+        assert counted is not None
+        return counted[0]
+    counted = reader.one(
         f"SELECT COUNT(*) FROM (SELECT 1 FROM {table.name} WHERE {where} LIMIT ?) AS m",
         [*params, ESTIMATE_EXACT_UP_TO + 1],
-    )[0]
+    )
+    assert counted is not None
+    limited = counted[0]
     if limited <= ESTIMATE_EXACT_UP_TO or reader.is_sqlite:
         return limited if limited <= ESTIMATE_EXACT_UP_TO else None
-    plan = reader.one(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table.name} WHERE {where}", params)[0]
+    explained = reader.one(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table.name} WHERE {where}", params)
+    assert explained is not None
+    plan = explained[0]
     return max(int(plan[0]["Plan"]["Plan Rows"]), limited)
 
 
@@ -455,16 +488,16 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> Searc
     return SearchResult(matches, total, has_more, includes, last)
 
 
-def _chunks(values: list, size: int = 500):
+def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
 
 
-def _in(values) -> str:
+def _in(values: Sized) -> str:
     return ", ".join("?" * len(values))
 
 
-def _follow(reader: Reader, directive, ids: list[str], reverse: bool) -> set[str]:
+def _follow(reader: Reader, directive: Include, ids: list[str], reverse: bool) -> set[str]:
     """Ids one include step reaches from `ids` (forward: targets; reverse: referrers)."""
     found: set[str] = set()
     known, wanted = ("target_id", "rid") if reverse else ("rid", "target_id")
@@ -503,7 +536,7 @@ def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[
             in_bundle.setdefault(rtype, set()).update(more)
             added.setdefault(rtype, set()).update(more)
         first = False
-    out = []
+    out: list[tuple[str, str, bytes]] = []
     for rtype, target_ids in sorted(added.items()):
         for chunk in _chunks(sorted(target_ids)):
             rows = reader.all(
@@ -514,7 +547,7 @@ def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[
     return out
 
 
-def visible_ids(reader: Reader, rtype: str, ids, restrictions: dict[str, Restriction]) -> set[str]:
+def visible_ids(reader: Reader, rtype: str, ids: Collection[str], restrictions: dict[str, Restriction]) -> set[str]:
     """The `ids` of `rtype` the request may see (all of them when it is unrestricted)."""
     if rtype not in restrictions or not ids:
         return set(ids)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlmodel import col
 
 from app.clock import instant_now_ms
 from app.store import batch
@@ -21,7 +22,7 @@ from app.store.reader import Reader
 from app.store.resources import DELETED, Resources
 from app.store.study_state import StudyState, read_states
 
-_THE_COPY = (t.StudyCopy.source == bindparam("key_source"), t.StudyCopy.study_uid == bindparam("key_uid"))
+_THE_COPY = (col(t.StudyCopy.source) == bindparam("key_source"), col(t.StudyCopy.study_uid) == bindparam("key_uid"))
 _UPDATE_COPY = update(t.StudyCopy).where(*_THE_COPY)
 
 
@@ -87,7 +88,7 @@ class StudyCopies:
         return self.resources.put_in(conn, merge_copies(copies), state.resource)
 
     @staticmethod
-    def _save_copy(conn: Connection, source: str, study: dict, archive_key: str | None, found) -> None:
+    def _save_copy(conn: Connection, source: str, study: dict, archive_key: str | None, found: Row | None) -> None:
         """Keep the archive's copy (`found`: the one stored, or None) and note that this sync saw it."""
         uid = study["id"]
         micros, _ = instant_now_ms()
@@ -114,12 +115,12 @@ class StudyCopies:
         (updated or deleted), or None if the archive was not known to hold it.
         """
         with self.engine.begin() as conn:
-            where = (t.StudyCopy.source == source, t.StudyCopy.study_uid == uid)
+            where = (col(t.StudyCopy.source) == source, col(t.StudyCopy.study_uid) == uid)
             if conn.execute(delete(t.StudyCopy).where(*where)).rowcount == 0:
                 return None
             patient = self.patients.withdraw(conn, source, uid)
             others = conn.execute(
-                select(t.StudyCopy.source, t.StudyCopy.content).where(t.StudyCopy.study_uid == uid)
+                select(col(t.StudyCopy.source), col(t.StudyCopy.content)).where(col(t.StudyCopy.study_uid) == uid)
             ).all()
             if others:
                 outcome = self.resources.put_in(conn, merge_copies({r.source: orjson.loads(r.content) for r in others}))
@@ -135,9 +136,9 @@ class StudyCopies:
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
-                    select(t.StudyCopy.study_uid)
-                    .where(t.StudyCopy.source == source, t.StudyCopy.last_seen < since)
-                    .order_by(t.StudyCopy.study_uid)
+                    select(col(t.StudyCopy.study_uid))
+                    .where(col(t.StudyCopy.source) == source, col(t.StudyCopy.last_seen) < since)
+                    .order_by(col(t.StudyCopy.study_uid))
                 ).scalars()
             )
 
@@ -145,8 +146,8 @@ class StudyCopies:
         """The study an archive knows by its own id (Orthanc's study id)."""
         with self.engine.connect() as conn:
             return conn.execute(
-                select(t.StudyCopy.study_uid).where(
-                    t.StudyCopy.source == source, t.StudyCopy.archive_key == archive_key
+                select(col(t.StudyCopy.study_uid)).where(
+                    col(t.StudyCopy.source) == source, col(t.StudyCopy.archive_key) == archive_key
                 )
             ).scalar()
 
@@ -156,8 +157,8 @@ class StudyCopies:
             return {
                 r.archive_key: r.study_uid
                 for r in conn.execute(
-                    select(t.StudyCopy.archive_key, t.StudyCopy.study_uid).where(
-                        t.StudyCopy.source == source, t.StudyCopy.archive_key.is_not(None)
+                    select(col(t.StudyCopy.archive_key), col(t.StudyCopy.study_uid)).where(
+                        col(t.StudyCopy.source) == source, col(t.StudyCopy.archive_key).is_not(None)
                     )
                 )
             }
@@ -167,7 +168,9 @@ class StudyCopies:
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
-                    select(t.StudyCopy.source).where(t.StudyCopy.study_uid == uid).order_by(t.StudyCopy.source)
+                    select(col(t.StudyCopy.source))
+                    .where(col(t.StudyCopy.study_uid) == uid)
+                    .order_by(col(t.StudyCopy.source))
                 ).scalars()
             )
 
@@ -201,7 +204,7 @@ def subjects_of(reader: Reader, studies: list[str]) -> set[str]:
     # by the owner index: SQLite without statistics (a store not yet analyzed) would otherwise
     # scan every study's patient reference in the covering lookup index, 9 ms at 40,000 studies
     table = "idx_reference INDEXED BY ix_reference_owner" if reader.is_sqlite else "idx_reference"
-    found = set()
+    found: set[str] = set()
     for start in range(0, len(studies), 500):
         chunk = studies[start : start + 500]
         rows = reader.all(

@@ -14,28 +14,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, null, select
+from sqlalchemy import bindparam, inspect, null, select
 from sqlalchemy.engine import Connection, Row
+from sqlmodel import col
 
 from app.store import tables as t
 
-_COPIES = select(t.StudyCopy.study_uid, t.StudyCopy.source, t.StudyCopy.content, t.StudyCopy.archive_key).where(
-    t.StudyCopy.study_uid.in_(bindparam("uids", expanding=True))
-)
+_COPIES = select(
+    col(t.StudyCopy.study_uid), col(t.StudyCopy.source), col(t.StudyCopy.content), col(t.StudyCopy.archive_key)
+).where(col(t.StudyCopy.study_uid).in_(bindparam("uids", expanding=True)))
 _CONTRIBUTIONS = select(
-    t.PatientContribution.study_uid, t.PatientContribution.patient_id, t.PatientContribution.content
+    col(t.PatientContribution.study_uid), col(t.PatientContribution.patient_id), col(t.PatientContribution.content)
 ).where(
-    t.PatientContribution.source == bindparam("key_source"),
-    t.PatientContribution.study_uid.in_(bindparam("uids", expanding=True)),
+    col(t.PatientContribution.source) == bindparam("key_source"),
+    col(t.PatientContribution.study_uid).in_(bindparam("uids", expanding=True)),
 )
 #: content_hash NULL marks a tombstone's version (as Store._put reads it)
 _STUDIES = (
-    select(t.Resource.id, t.Resource.version, t.Resource.content_hash)
-    .where(t.Resource.rtype == "ImagingStudy", t.Resource.id.in_(bindparam("uids", expanding=True)))
+    select(col(t.Resource.id), col(t.Resource.version), col(t.Resource.content_hash))
+    .where(col(t.Resource.rtype) == "ImagingStudy", col(t.Resource.id).in_(bindparam("uids", expanding=True)))
     .union_all(
-        select(t.Tombstone.id, t.Tombstone.version, null().cast(t.Resource.content_hash.type)).where(
-            t.Tombstone.rtype == "ImagingStudy", t.Tombstone.id.in_(bindparam("uids", expanding=True))
-        )
+        select(
+            col(t.Tombstone.id), col(t.Tombstone.version), null().cast(inspect(t.Resource).columns["content_hash"].type)
+        ).where(col(t.Tombstone.rtype) == "ImagingStudy", col(t.Tombstone.id).in_(bindparam("uids", expanding=True)))
     )
 )
 
@@ -56,10 +57,10 @@ def read_states(conn: Connection, source: str, uids: list[str]) -> dict[str, Stu
     """The state of each study in `uids` before `source`'s copy of it is stored."""
     states = {uid: StudyState() for uid in uids}
     params = {"uids": list(states), "key_source": source}
-    for row in conn.execute(_COPIES, params):
-        states[row.study_uid].copies[row.source] = row
-    for row in conn.execute(_CONTRIBUTIONS, params):
-        states[row.study_uid].contribution = row
-    for row in conn.execute(_STUDIES, params):
-        states[row.id].resource.append(row)
+    for copy in conn.execute(_COPIES, params):
+        states[copy.study_uid].copies[copy.source] = copy
+    for said in conn.execute(_CONTRIBUTIONS, params):
+        states[said.study_uid].contribution = said
+    for version in conn.execute(_STUDIES, params):
+        states[version.id].resource.append(version)
     return states

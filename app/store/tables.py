@@ -63,7 +63,7 @@ class TokenIndex(SQLModel, table=True):
     code: str = Field(sa_column=Column(Text, nullable=False))
 
 
-def _value_statistics(table, columns: str) -> None:
+def _value_statistics(table: type[SQLModel], columns: str) -> None:
     """PostgreSQL statistics on `param` and the value together.
 
     A value belongs to one parameter (code "CT" only to `modality`), so the planner's
@@ -74,7 +74,7 @@ def _value_statistics(table, columns: str) -> None:
     """
     name = f"st_{table.__tablename__}_values"
     event.listen(
-        table.__table__,
+        table.__table__,  # type: ignore[attr-defined]  # SQLModel's types omit the __table__ of table models
         "after_create",
         DDL(f"CREATE STATISTICS {name} (mcv, dependencies) ON {columns} FROM {table.__tablename__}").execute_if(
             dialect="postgresql"

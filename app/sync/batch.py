@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
+from sqlalchemy.engine import Connection
+
 from app.identity.reconcile import pending, reconcile_pending
 from app.logsafe import describe
 from app.mapping import MappingError, map_study
 from app.mapping.context import MappingContext
-from app.sources.base import StudyFailure
+from app.sources.base import StudyFailure, StudyRecord
 from app.store.repository import Store
 from app.sync.summary import SyncSummary
 
@@ -58,10 +60,10 @@ class StudyBatch:
     def __enter__(self) -> StudyBatch:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.flush()
 
-    def add(self, item, archive_key: str | None = None) -> None:
+    def add(self, item: StudyRecord | StudyFailure, archive_key: str | None = None) -> None:
         """Map one study a source yielded and queue it, or quarantine it with the reason."""
         if isinstance(item, StudyFailure):
             self.quarantine(item.location or item.uid or "unknown", item.uid, item.reason)
@@ -129,7 +131,7 @@ class StudyBatch:
             self.summary.released += released
             self.summary.repaired += repaired
 
-    def _match(self, conn, patient_id: str) -> None:
+    def _match(self, conn: Connection, patient_id: str) -> None:
         """Identity matching for a stored patient; should it fail, the study stays stored and
         matching runs again when its patient next changes.
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.mapping import MappingError, map_endpoint, map_study
 from app.mapping.context import MappingContext
 from app.mapping.provenance import Recorder, leaves
 from app.sources.base import StudyFailure
 from app.sources.folder import FolderSource
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class ExplainError(Exception):
@@ -90,7 +94,7 @@ def _rows(resources: list[dict], recorder: Recorder) -> list[dict]:
     return rows
 
 
-def render(explanation: Explanation, console) -> None:
+def render(explanation: Explanation, console: Console) -> None:
     """The explanation as rich tables, one per resource."""
     from rich.markup import escape
     from rich.table import Table

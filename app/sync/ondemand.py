@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from app.clock import instant_now_ms
 from app.errors import FhirError
 from app.logsafe import describe
 from app.search.query import ANY_SYSTEM, ChainClause, Clause, SearchQuery
+from app.sources.base import Source
 from app.sources.errors import SourceError
 from app.sources.settings import SourceSettings
 from app.store.reader import Reader
@@ -62,7 +64,7 @@ def _identifier_values(clause: Clause) -> list[tuple[str, str]]:
     return [(system, code) for system, code in clause.values if system is not ANY_SYSTEM and system and code]
 
 
-def searched_identifiers(query: SearchQuery, read_patient) -> list[tuple[str, str]]:
+def searched_identifiers(query: SearchQuery, read_patient: Callable[[str], dict | None]) -> list[tuple[str, str]]:
     """(system, value) of the patients a search names; `read_patient(id)` gives a stored Patient."""
     pairs: list[tuple[str, str]] = []
     for clause in query.clauses:
@@ -110,8 +112,8 @@ class OnDemand:
         self._store = store
         self._reader = reader
         self._lock = threading.Lock()
-        self._running: dict[tuple[str, str, str], Future] = {}
-        self._built: dict[str, object] = {}
+        self._running: dict[tuple[str, str, str], Future[SyncSummary]] = {}
+        self._built: dict[str, Source] = {}
         self._source_locks = {src.name: threading.Lock() for src in self.sources}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="on-demand") if self.sources else None
 
@@ -129,16 +131,19 @@ class OnDemand:
         if allowed is not None:
             pairs = [pair for pair in pairs if pair in allowed]
         now, _ = instant_now_ms()
-        futures, deadline = [], 0.0
+        futures: list[Future[SyncSummary]] = []
+        deadline = 0.0
         for system, value in pairs:
             for src in self.sources:
                 if system not in claimed_systems(src):
                     continue
+                on_demand = src.on_demand
+                assert on_demand is not None  # self.sources holds the on-demand sources only
                 fetched = self._store.fetches.when(src.name, system, value)
-                if fetched is not None and now - fetched < src.on_demand.max_age * 1_000_000:
+                if fetched is not None and now - fetched < on_demand.max_age * 1_000_000:
                     continue
                 futures.append(self._start(src, system, value))
-                deadline = max(deadline, src.on_demand.deadline)
+                deadline = max(deadline, on_demand.deadline)
         if futures:
             _done, pending = wait(futures, timeout=deadline)
             if pending:
@@ -153,7 +158,8 @@ class OnDemand:
         found = read_current(self._reader, "Patient", rid)
         return orjson.loads(found[2]) if found else None
 
-    def _start(self, src: SourceSettings, system: str, value: str) -> Future:
+    def _start(self, src: SourceSettings, system: str, value: str) -> Future[SyncSummary]:
+        assert self._pool is not None  # there are on-demand sources, then
         key = (src.name, system, value)
         with self._lock:
             running = self._running.get(key)

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
+from types import TracebackType
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -23,6 +24,7 @@ from app.clock import instant_now_ms
 from app.mapping import map_endpoint
 from app.sources.base import ChangeFeed, Source
 from app.sources.errors import SourceError
+from app.sources.orthanc_changes import ChangeEvent
 from app.sources.settings import SourceSettings
 from app.store.repository import Store
 from app.sync.batch import StudyBatch
@@ -62,7 +64,9 @@ class Run:
         self.store.sync_state.update(self.src.name, last_attempt=self.started)
         return self
 
-    def __exit__(self, kind, error, _traceback) -> bool:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _traceback: TracebackType | None
+    ) -> bool:
         self.batch.flush()
         if isinstance(error, SourceError):
             self.summary.error = str(error)
@@ -206,7 +210,7 @@ def sync_changes(
     return run.finish(cursor)
 
 
-def _apply_change(batch: StudyBatch, source: Source, event) -> None:
+def _apply_change(batch: StudyBatch, source: Source, event: ChangeEvent) -> None:
     """Act on one change event: a deleted study's copy goes; a new or stable one is read again."""
     if event.kind == "deleted":
         batch.flush()  # the study may be waiting in it
@@ -214,6 +218,7 @@ def _apply_change(batch: StudyBatch, source: Source, event) -> None:
         if uid:
             batch.remove(uid)
         return
+    assert event.study_uid is not None  # the feed names the study of every "study" event
     found = False
     for item in source.iter_studies(match={"StudyInstanceUID": event.study_uid}):
         found = True

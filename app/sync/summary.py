@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from app.clock import instant_now_ms
 from app.store.repository import Store
@@ -44,7 +45,12 @@ class SyncSummary:
 
 
 def record_outcome(
-    store: Store, source_name: str, summary: SyncSummary, full: bool = False, started: int | None = None, **state
+    store: Store,
+    source_name: str,
+    summary: SyncSummary,
+    full: bool = False,
+    started: int | None = None,
+    **state: Any,
 ) -> None:
     """Note in the source's state how a run went (what the health endpoint reports)."""
     now, _ = instant_now_ms()

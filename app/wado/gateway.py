@@ -17,6 +17,9 @@ Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from typing import cast
+
 import orjson
 import requests
 from flask import Blueprint, Flask, Response, request, stream_with_context
@@ -63,7 +66,9 @@ def _source(name: str | None, study: str) -> SourceSettings:
     return by_name[candidates[0]]
 
 
-def _forward(source_name: str | None, study: str, rest: str, check_parts=lambda: None) -> Response:
+def _forward(
+    source_name: str | None, study: str, rest: str, check_parts: Callable[[], None] = lambda: None
+) -> Response:
     if not valid_id(study):
         raise FhirError(404, "not-found", "not a valid Study Instance UID")
     current_state().hooks.guard.before_read("ImagingStudy", study)
@@ -77,14 +82,20 @@ def _forward(source_name: str | None, study: str, rest: str, check_parts=lambda:
     headers.update(credentials)
     try:
         upstream = _session.get(
-            url, params=request.args, headers=headers, auth=auth, stream=True, timeout=src.protocol.timeout
+            url,
+            # a MultiDict is the Mapping of each name to its first value
+            params=cast("Mapping[str, str]", request.args),
+            headers=headers,
+            auth=auth,
+            stream=True,
+            timeout=src.protocol.timeout,
         )
     except requests.Timeout:
         raise FhirError(504, "timeout", f"archive {src.name} did not answer in time") from None
     except requests.RequestException:
         raise FhirError(502, "transient", f"archive {src.name} could not be reached") from None
 
-    def body():
+    def body() -> Iterator[bytes]:
         try:
             yield from upstream.raw.stream(CHUNK, decode_content=False)
         finally:
@@ -132,7 +143,7 @@ def _check_parts(study: str, series: str | None, instance: str | None) -> None:
 
 
 def _route(name: str, rule: str, rest: str) -> None:
-    def handler(study: str, source: str | None = None, **parts):
+    def handler(study: str, source: str | None = None, **parts: str) -> Response:
         for value in parts.values():
             if not all(c.isdigit() or c in ".," for c in value) or len(value) > 1024:
                 raise FhirError(404, "not-found", "not a valid UID or frame list")
