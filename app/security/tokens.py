@@ -26,7 +26,7 @@ import requests
 
 from app.config import SecurityConfig
 
-log = logging.getLogger("imaging_facade.security")
+log = logging.getLogger(__name__)
 
 #: what a checked token is made into (app/security/authorize.py: its Access)
 T = TypeVar("T")

@@ -150,10 +150,9 @@ class AuditLog(Reader):
             raise
 
     def reset(self) -> None:
+        """Drop this thread's connection, rolling back what a failed drain left open."""
         conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
+        if isinstance(conn, sqlite3.Connection) and conn.in_transaction:
             with contextlib.suppress(*CONNECTION_ERRORS):  # already broken; nothing more to do
-                if self.is_sqlite and conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                conn.close()
+                conn.execute("ROLLBACK")
+        super().reset()

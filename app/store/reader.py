@@ -1,7 +1,7 @@
 """The API's read path: plain SQL on one DB-API connection per thread, in autocommit.
 
-Reads are the hot path (BRIEF §6: a bare Flask endpoint answers in ~0.3 ms), and building
-and executing SQLAlchemy expressions cost more than the query itself. Writes, schema and
+Reads are the hot path (a bare Flask endpoint answers in ~0.3 ms on the machines this runs on),
+and building and executing SQLAlchemy expressions cost more than the query itself. Writes, schema and
 migrations stay with SQLAlchemy; reads here use SQL text with `?` placeholders that works
 unchanged on SQLite and PostgreSQL.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import weakref
 from typing import Any
 
 import psycopg
@@ -19,14 +20,25 @@ from sqlalchemy.engine import make_url
 #: what closing a connection that already broke may raise
 CONNECTION_ERRORS = (sqlite3.Error, psycopg.Error, OSError)
 
+Connection = sqlite3.Connection | psycopg.Connection[Any]
+
+
+def _close(connections: list[Connection]) -> None:
+    while connections:
+        with contextlib.suppress(*CONNECTION_ERRORS):  # already broken; nothing more to do
+            connections.pop().close()
+
 
 class Reader:
     def __init__(self, url: str):
         self._url = make_url(url)
         self._local = threading.local()
         self.is_sqlite = self._url.get_backend_name() == "sqlite"
+        #: every connection this reader opened (one per thread), closed when it goes
+        self._connections: list[Connection] = []
+        weakref.finalize(self, _close, self._connections)
 
-    def _connect(self) -> sqlite3.Connection | psycopg.Connection[Any]:
+    def _connect(self) -> Connection:
         if self.is_sqlite:
             # a SQLite URL names its database file
             assert self._url.database is not None
@@ -38,10 +50,11 @@ class Reader:
         return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
 
     @property
-    def connection(self) -> sqlite3.Connection | psycopg.Connection[Any]:
+    def connection(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
+            self._connections.append(conn)
         return conn
 
     def _sql(self, sql: str) -> str:
@@ -68,5 +81,11 @@ class Reader:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):  # already broken; nothing more to do
-                conn.close()
+            with contextlib.suppress(ValueError):
+                self._connections.remove(conn)
+            _close([conn])
+
+    def close(self) -> None:
+        """Close every thread's connection (a later read opens a new one)."""
+        _close(self._connections)
+        self._local = threading.local()

@@ -990,7 +990,7 @@ def test_fixed_server_bug_stays_fixed(bug, store_url, write_config):
 
 
 # ---------------------------------------------------------------------------- more fixed server bugs
-# Each asserts what R4 (or the README, where R4 leaves it to the server) says; each failed
+# Each asserts what R4 (or docs/search.md, where R4 leaves it to the server) says; each failed
 # before the server was fixed.
 
 GROUP_STUDY = {
@@ -1052,7 +1052,7 @@ def _study_with_endpoint(uid: str, reference: str) -> dict:
 def test_references_to_other_servers_sort_by_type_and_url(sort, store_url, write_config):
     """References to another server's resources sort by type and URL, not in an arbitrary order.
 
-    R4 leaves sort order to the server; the README sorts references by "Type/id", and one to
+    R4 leaves sort order to the server; docs/search.md sorts references by "Type/id", and one to
     another server by "Type/~URL". The server used to key those by a SHA-1 of the URL, so they
     came out in digest order: `http://d.example/fhir/Endpoint/2` before
     `http://c.example/fhir/Endpoint/1`.
@@ -1073,7 +1073,7 @@ def test_references_to_other_servers_sort_by_type_and_url(sort, store_url, write
 def test_id_order_is_code_point_order_on_any_database(postgres_url, write_config):
     """`_sort=_id`, and the id that breaks every tie, order ids by code point on any database.
 
-    In the README "ties are broken by id", and the server compares every other sort value by
+    In docs/search.md "ties are broken by id", and the server compares every other sort value by
     code point (`COLLATE "C"` on PostgreSQL, as SQLite compares). `_id` and the tie-break used
     the database's default collation, so on a PostgreSQL database created with a linguistic
     one (ICU `en-US` here; glibc's `en_US.UTF-8`, the default of many installations, orders

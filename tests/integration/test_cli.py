@@ -148,7 +148,7 @@ def test_serve_runs_gunicorn_and_serves_synced_studies(project):
         assert bundle["link"][0]["url"].startswith(f"http://127.0.0.1:{port}/fhir/ImagingStudy")
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # waits, and closes its pipes
 
 
 def test_serve_port_override_moves_links(project):
@@ -166,7 +166,7 @@ def test_serve_port_override_moves_links(project):
         assert bundle["entry"][0]["fullUrl"] == f"http://127.0.0.1:{port}/fhir/Endpoint/sample"
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # waits, and closes its pipes
 
 
 def test_open_server_refused_on_network_address(project):
@@ -194,4 +194,4 @@ def test_closed_server_needs_a_token(project, tmp_path):
         assert requests.get(f"http://127.0.0.1:{port}/fhir/Patient/x").status_code == 401
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # waits, and closes its pipes

@@ -482,7 +482,7 @@ class Oracle:
         R4: when an element repeats, "the sort is based on the item in the set of multiple
         parameters that comes earliest in the specified sort order", so the lowest value going
         up and the highest going down. What a value sorts as is the server's to define (R4
-        leaves it open); these follow the facade's README: strings in their normalized form
+        leaves it open); these follow docs/search.md: strings in their normalized form
         (`normalize`) and tokens by code, both by code point; references by `Type/id`, one to
         another server by `Type/~URL` (after the local ids of its type); dates by the start of
         their period, in both directions.

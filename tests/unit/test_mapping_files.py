@@ -1,4 +1,4 @@
-"""Mapping of REAL DICOM files (those shipped with pydicom) against the BRIEF §2 table.
+"""Mapping of REAL DICOM files (those shipped with pydicom) against the FHIR R4 ImagingStudy mapping table.
 
 Expected values are read from the pydicom Dataset independently of the mapping, or are the
 literal values of the file where the brief names them.
