@@ -1,18 +1,6 @@
-"""How well patient linking does on a multi-archive corpus, synced for real (testbed/identity_corpus.py).
-
-The same people are stored in two or three real Orthanc archives (started like the
-integration tests do) under each archive's own Patient IDs and issuer, as header-only
-copies of a real pydicom test file whose patient attributes are replaced. The copies carry
-what real archives carry: typos in a name, family and given name swapped, a birth date
-missing, its day and month transposed or one digit wrong, a middle name added, Japanese
-names with ideographic and phonetic groups whose romanization differs. Among the people are
-twins (same family name and birth date, another given name, often another sex) and
-namesakes (same names, another birth date): different people that must not be linked. Some
-copies in archive C name the archive-A record in Other Patient IDs, and some are filed under
-archive A's legacy issuer, which the config declares one namespace with A's.
-
-Every archive is then synced through the DICOMweb source into a fresh store, which runs the
-identity step, and the automatic links (Patient.link) are compared with the truth:
+"""How well patient linking does on a multi-archive corpus synced for real (testbed/identity_corpus.py
+makes the corpus: the same people in two or three real Orthancs, with the typos, swaps, twins and
+namesakes real archives hold):
 
     .venv/bin/python -m scripts.identity_corpus [--people 300] [--seed 7] [--store URL]
 

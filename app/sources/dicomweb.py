@@ -257,19 +257,6 @@ class DicomwebSource(QueriedArchive):
         self._reset_stats()
 
     # -- internals -------------------------------------------------------------------
-    def _reset_stats(self) -> None:
-        self.stats = {
-            "studies_listed": 0,
-            "requests": 0,
-            "retries": 0,
-            "studies": 0,
-            "series": 0,
-            "instances": 0,
-            "failed": 0,
-            "duplicates": 0,
-            "listing_queries": 0,
-            "listing_gaps": 0,
-        }
 
     def _note_warning(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         warning = response.headers.get("Warning")

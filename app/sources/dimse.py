@@ -236,6 +236,20 @@ class DimseSource(QueriedArchive):
 
     failures = (_DimseError,)
     uids_per_query = 500
+    stat_names = (
+        "studies_listed",
+        "associations",
+        "requests",
+        "retries",
+        "studies",
+        "series",
+        "instances",
+        "failed",
+        "duplicates",
+        "warnings",
+        "listing_queries",
+        "listing_gaps",
+    )
     undecodable = "study answer pynetdicom could not decode"
 
     def __init__(
@@ -300,21 +314,6 @@ class DimseSource(QueriedArchive):
             raise SourceError(self.name, self.location, f"C-ECHO answered status 0x{status.Status:04X}")
 
     # -- internals -------------------------------------------------------------------
-    def _reset_stats(self) -> None:
-        self.stats = {
-            "studies_listed": 0,
-            "associations": 0,
-            "requests": 0,
-            "retries": 0,
-            "studies": 0,
-            "series": 0,
-            "instances": 0,
-            "failed": 0,
-            "duplicates": 0,
-            "warnings": 0,
-            "listing_queries": 0,
-            "listing_gaps": 0,
-        }
 
     def _associate(self, context: UID) -> Association:
         """An established association with `context` accepted, or a _DimseError."""

@@ -151,8 +151,22 @@ class QueriedArchive:
     def _study_location(self, uid: str) -> str:
         raise NotImplementedError
 
+    #: the counters a listing starts from (`stats`, shown in a sync's summary in this order)
+    stat_names: tuple[str, ...] = (
+        "studies_listed",
+        "requests",
+        "retries",
+        "studies",
+        "series",
+        "instances",
+        "failed",
+        "duplicates",
+        "listing_queries",
+        "listing_gaps",
+    )
+
     def _reset_stats(self) -> None:
-        raise NotImplementedError
+        self.stats = dict.fromkeys(self.stat_names, 0)
 
     # -- the Source protocol ----------------------------------------------------------------
     @property
