@@ -80,6 +80,29 @@ class Run:
             self.stopped = True
         return self.stopped
 
+    def finish_listing(self, cursor: dict) -> SyncSummary:
+        """Record a full sync. One that saw every study also settles what it did not see: studies
+        gone from the archive leave, quarantined ones it did not quarantine again are released."""
+        store, name, summary = self.store, self.src.name, self.summary
+        complete = self.source.listing_complete
+        summary.incomplete = not complete
+        if not summary.error and not self.stopped and complete:
+            for uid in store.studies.not_seen_since(name, self.started):
+                if store.studies.remove(name, uid):
+                    summary.deleted += 1
+            summary.released += store.quarantine.release_stale(name, self.started)
+        if summary.changed:
+            store.analyze()
+        summary.seconds = time.perf_counter() - self.clock
+        summary.source_stats = dict(self.source.stats)
+        status = "failed" if summary.error else "stopped" if self.stopped else "ok" if complete else "incomplete"
+        store.sync_state.record_run(name, self.started, status, summary.as_dict())
+        if status == "ok":
+            record_outcome(store, name, summary, full=True, started=self.started, cursor=cursor)
+        else:
+            record_outcome(store, name, summary)
+        return summary
+
     def finish(self, cursor: dict | None) -> SyncSummary:
         """Record a poll: a run row only when it did something (a watcher polls every second or
         so), and the source's state, with the cursor it reached if any."""
@@ -139,26 +162,7 @@ def sync_source(
                 progress(run.summary, source.total())
             if run.stop_asked():
                 break
-    summary = run.summary
-    complete = source.listing_complete
-    summary.incomplete = not complete
-    if not summary.error and not run.stopped and complete:
-        # the run saw every study: what it did not see is gone, what it did not quarantine again now maps
-        for uid in store.studies.not_seen_since(src.name, run.started):
-            if store.studies.remove(src.name, uid):
-                summary.deleted += 1
-        summary.released += store.quarantine.release_stale(src.name, run.started)
-    if summary.changed:
-        store.analyze()
-    summary.seconds = time.perf_counter() - run.clock
-    summary.source_stats = dict(source.stats)
-    status = "failed" if summary.error else "stopped" if run.stopped else "ok" if complete else "incomplete"
-    store.sync_state.record_run(src.name, run.started, status, summary.as_dict())
-    if status == "ok":
-        record_outcome(store, src.name, summary, full=True, started=run.started, cursor=cursor)
-    else:
-        record_outcome(store, src.name, summary)
-    return summary
+    return run.finish_listing(cursor)
 
 
 def sync_incremental(store: Store, src: SourceSettings, source: Source, stop: Stop | None = None) -> SyncSummary:
