@@ -49,8 +49,7 @@ from scripts.bench_api import free_port
 from scripts.dataset import generate
 from testbed.orthanc import OrthancServer
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parents[1]
 
 POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -240,7 +239,7 @@ def _rss_mb(field: str) -> float:
 
 def memory(args, work: Path) -> None:
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", str(args.memory_studies), str(work)],
+        [sys.executable, "-m", "scripts.bench_sync", "--memory-child", str(args.memory_studies), str(work)],
         capture_output=True,
         text=True,
         check=True,
