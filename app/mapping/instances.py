@@ -32,7 +32,9 @@ def map_instances(instances: list[dict], series_uid: str, repairs: list) -> list
     """The series' instances by Instance Number then UID (instances without a number last),
     each UID once, so the output does not depend on the order the archive answered in."""
     problems: Counter = Counter()
-    rows = [row for row in (_row(inst, problems) for inst in instances) if row is not None]
+    bad_numbers: list[str] = []  # counted, not noted: one note per series
+    rows = [row for row in (_row(inst, problems, bad_numbers) for inst in instances) if row is not None]
+    problems["bad_numbers"] = len(bad_numbers)
     rows.sort(key=lambda row: row[:3])
     out = []
     seen: set[str] = set()
@@ -54,9 +56,10 @@ def map_instances(instances: list[dict], series_uid: str, repairs: list) -> list
     return out
 
 
-def _row(inst: dict, problems: Counter) -> tuple | None:
+def _row(inst: dict, problems: Counter, bad_numbers: list[str]) -> tuple | None:
     """(no number, number, UID, SOP Class UID, attributes) of a listable instance; None (and
-    the problem counted) for one that cannot be listed."""
+    the problem counted) for one that cannot be listed. An Instance Number that is not an
+    unsigned integer is left out and named in `bad_numbers`."""
     uid = first(inst, tags.SOP_INSTANCE_UID)
     if uid is None:
         problems["missing_uid"] += 1
@@ -70,9 +73,7 @@ def _row(inst: dict, problems: Counter) -> tuple | None:
         return None
     if not valid_uid(uid):
         problems["not_dicom_uid"] += 1
-    bad_number: list[str] = []  # counted, not noted: one note per series
-    number = unsigned(inst, tags.INSTANCE_NUMBER, "InstanceNumber", bad_number)
-    problems["bad_numbers"] += len(bad_number)
+    number = unsigned(inst, tags.INSTANCE_NUMBER, "InstanceNumber", bad_numbers)
     return number is None, number or 0, uid, sop_class, inst
 
 

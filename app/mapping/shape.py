@@ -78,7 +78,8 @@ def _checked_element(tag: str, element: object, notes: list) -> object:
     if not isinstance(element, dict):
         notes.append(f"{keyword} is not a DICOM JSON attribute; left out")
         return None
-    if not _vr_fits(element.get("vr"), keyword, vr, kind, notes):
+    found = element.get("vr")
+    if found != vr and not _vr_fits(found, keyword, vr, kind, notes):
         return None
     values = element.get("Value")
     if values is None:
@@ -98,13 +99,11 @@ def _checked_element(tag: str, element: object, notes: list) -> object:
 
 
 def _vr_fits(found: object, keyword: str, vr: str, kind: str, notes: list) -> bool:
-    """Whether values written under VR `found` can be read as the tag's VR `vr`.
+    """Whether values written under VR `found`, not the tag's VR `vr`, can be read as `vr`.
 
     A VR of the same kind (an LO for a SH) is read as the tag's; one whose values are of
     another JSON type (a US for a DA) cannot be.
     """
-    if found == vr:
-        return True
     if not isinstance(found, str):
         notes.append(f"{keyword} has no VR; read as {vr}")
     elif _kind(found) != kind:
