@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pydicom
 
-from app.sources.folder import FolderSettings
+from app.sources.folder_settings import FolderSettings
 from app.sources.settings import SourceSettings
 from app.store.repository import Store
 from app.sync import sync_source

@@ -7,9 +7,9 @@ import click
 from app.cli.common import config_option, load
 from app.config import SecurityConfig
 from app.sources.base import ProtocolSettings
-from app.sources.dicomweb import DicomwebSettings
-from app.sources.dimse import DimseSettings
-from app.sources.folder import FolderSettings
+from app.sources.dicomweb_settings import DicomwebSettings
+from app.sources.dimse_settings import DimseSettings
+from app.sources.folder_settings import FolderSettings
 
 
 def _security_summary(security: SecurityConfig) -> str:

@@ -39,10 +39,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -59,14 +56,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom m
 from pynetdicom.status import code_to_category
 
 from app.mapping import tags
-from app.sources.base import ProtocolSettings
 from app.sources.dicom_json import dataset_to_dicom_json
 from app.sources.errors import SourceError
 from app.sources.matching import cfind_keys
 from app.sources.queried import QueriedArchive
-
-if TYPE_CHECKING:
-    from app.mapping.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -137,74 +130,6 @@ def _study_uid(answer: Dataset | None) -> str | None:
     if value is None:
         return None
     return str(value).strip() or None
-
-
-def check_aet(value: str) -> None:
-    """A DICOM AE title (PS3.5 AE VR): 1-16 characters, no backslash or control
-    character, not only spaces (leading and trailing spaces are not significant)."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError("must be a DICOM AE title of 1-16 characters, not only spaces")
-    if len(value) > 16:
-        raise ValidationError(f"a DICOM AE title has at most 16 characters (this one has {len(value)})")
-    if "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValidationError("a DICOM AE title must not contain a backslash or control characters")
-
-
-class DimseSchema(Schema):
-    """The config keys of a `type: dimse` source (app/sources/settings.py joins them); `timeout`
-    and `max_results` are shared with dicomweb."""
-
-    host = fields.String(load_default=None, validate=validate.Length(min=1))
-    port = fields.Integer(load_default=104, validate=validate.Range(min=1, max=65535))
-    called_aet = fields.String(load_default=None, validate=check_aet)
-    calling_aet = fields.String(load_default="FACADE", validate=check_aet)
-
-    @validates_schema(skip_on_field_errors=False)
-    def _dimse_keys(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("type") != "dimse":
-            return
-        # a key that failed its own check is absent here: its error is already reported
-        missing: dict[str, list[str]] = {}
-        if "host" in data and not data["host"]:
-            missing["host"] = ["a dimse source needs a host (the archive's address)"]
-        if "called_aet" in data and not data["called_aet"]:
-            missing["called_aet"] = ["a dimse source needs a called_aet (the archive's AE title)"]
-        if missing:
-            raise ValidationError(missing)
-
-
-@dataclass(frozen=True)
-class DimseSettings(ProtocolSettings):
-    host: str
-    called_aet: str
-    port: int = 104
-    calling_aet: str = "FACADE"
-    timeout: float = 30.0
-    #: the most studies the archive answers to one C-FIND (Orthanc: LimitFindResults)
-    max_results: int | None = None
-
-    @classmethod
-    def from_data(cls, data: dict) -> DimseSettings:
-        """The settings of a checked config entry (DimseSchema's keys)."""
-        return cls(
-            host=data["host"],
-            called_aet=data["called_aet"].strip(),
-            port=data["port"],
-            calling_aet=data["calling_aet"].strip(),
-            timeout=data["timeout"],
-            max_results=data["max_results"],
-        )
-
-    def open(self, name: str, profile: Profile | None) -> DimseSource:
-        return DimseSource(
-            name,
-            self.host,
-            self.port,
-            self.called_aet,
-            calling_aet=self.calling_aet,
-            timeout=self.timeout,
-            max_results=self.max_results,
-        )
 
 
 class _Session:

@@ -29,12 +29,9 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import orjson
-from marshmallow import Schema, ValidationError, fields, validates_schema
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -43,12 +40,9 @@ from pydicom.tag import BaseTag, Tag
 
 from app.ids import valid_id
 from app.mapping import tags
-from app.sources.base import ChangeFeed, ProtocolSettings, SeriesRecord, StudyFailure, StudyRecord
+from app.sources.base import ChangeFeed, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.dicom_json import dataset_to_dicom_json
 from app.sources.errors import SourceError
-
-if TYPE_CHECKING:
-    from app.mapping.profile import Profile
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -89,40 +83,6 @@ _FAST = [(Tag(key), key, vr) for key, vr in sorted(_VR_OF.items())]
 _SLOW = [Tag(key) for key in sorted(k for k in tags.INSTANCE if k not in _VR_OF)]
 _IS_RE = re.compile(r" *[+-]?[0-9]{1,12} *")
 _NOT_FAST = object()
-
-
-class FolderSchema(Schema):
-    """The config keys of a `type: folder` source (app/sources/settings.py joins them)."""
-
-    path = fields.String(load_default=None)
-
-    @validates_schema(skip_on_field_errors=False)
-    def _folder_keys(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("type") != "folder":
-            return
-        problems: dict[str, list[str]] = {}
-        if not data.get("path"):
-            raise ValidationError("a folder source needs a path", "path")
-        if data.get("max_results") is not None:
-            problems["max_results"] = ["max_results is for dicomweb and dimse sources (a folder has no limit)"]
-        if data.get("on_demand"):
-            problems["on_demand"] = ["on-demand fetching needs an archive that answers queries (dicomweb or dimse)"]
-        if problems:
-            raise ValidationError(problems)
-
-
-@dataclass(frozen=True)
-class FolderSettings(ProtocolSettings):
-    #: the folder, resolved against the config file's directory
-    path: Path
-
-    def open(self, name: str, profile: Profile | None) -> FolderSource:
-        return FolderSource(
-            name,
-            self.path,
-            profile.private_tag_numbers() if profile else (),
-            default_charset=profile.default_character_set if profile else None,
-        )
 
 
 def _stop(tag: BaseTag, vr: str | None, length: int) -> bool:

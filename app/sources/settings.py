@@ -2,8 +2,9 @@
 on-demand, mapping profile), and its protocol's part, checked by that protocol's own schema.
 
 The config file keeps a source's keys in one flat mapping (`sources[n]`); `SourceSchema` is the
-keys every source has joined with each protocol's schema (folder.py, dicomweb.py, dimse.py),
-so a key is checked wherever it is written, and each protocol checks its own rules.
+keys every source has joined with each protocol's schema (folder_settings.py,
+dicomweb_settings.py, dimse_settings.py), so a key is checked wherever it is written, and each
+protocol checks its own rules.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from app.ids import valid_id
 from app.mapping.context import MappingContext
 from app.mapping.profile import Profile
 from app.sources.base import ProtocolSettings, Source
-from app.sources.dicomweb import DicomwebSchema, DicomwebSettings
-from app.sources.dimse import DimseSchema, DimseSettings
-from app.sources.folder import FolderSchema, FolderSettings
+from app.sources.dicomweb_settings import DicomwebSchema, DicomwebSettings
+from app.sources.dimse_settings import DimseSchema, DimseSettings
+from app.sources.folder_settings import FolderSchema, FolderSettings
 
 TYPES = ("folder", "dicomweb", "dimse")
 

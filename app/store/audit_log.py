@@ -19,12 +19,13 @@ import sqlite3
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from app.store.audit_spool import AuditSpool, Event
-from app.store.reader import CONNECTION_ERRORS, Reader
+from app.store.reader import Reader, connection_errors
+
+if TYPE_CHECKING:
+    from app.store.reader import Connection
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class AuditLog(Reader):
         self._drainer_pid: int | None = None  # the process whose drain thread runs
         self._stop = threading.Event()  # the running drain thread's
 
-    def _connect(self) -> sqlite3.Connection | psycopg.Connection[Any]:
+    def _connect(self) -> Connection:
         if self.is_sqlite:
             # a SQLite URL names its database file
             assert self._url.database is not None
@@ -153,6 +154,6 @@ class AuditLog(Reader):
         """Drop this thread's connection, rolling back what a failed drain left open."""
         conn = getattr(self._local, "conn", None)
         if isinstance(conn, sqlite3.Connection) and conn.in_transaction:
-            with contextlib.suppress(*CONNECTION_ERRORS):  # already broken; nothing more to do
+            with contextlib.suppress(*connection_errors()):  # already broken; nothing more to do
                 conn.execute("ROLLBACK")
         super().reset()

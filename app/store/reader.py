@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import psycopg
 from sqlalchemy.engine import make_url
 
-#: what closing a connection that already broke may raise
-CONNECTION_ERRORS = (sqlite3.Error, psycopg.Error, OSError)
+if TYPE_CHECKING:
+    import psycopg
 
-Connection = sqlite3.Connection | psycopg.Connection[Any]
+    Connection: TypeAlias = sqlite3.Connection | psycopg.Connection[Any]
+
+
+def connection_errors() -> tuple[type[Exception], ...]:
+    """What closing a connection that already broke may raise. psycopg is imported only by a
+    process that opens a PostgreSQL connection (a SQLite node never loads it)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error, OSError, psycopg.Error) if psycopg else (sqlite3.Error, OSError)
 
 
 def _close(connections: list[Connection]) -> None:
     while connections:
-        with contextlib.suppress(*CONNECTION_ERRORS):  # already broken; nothing more to do
+        with contextlib.suppress(*connection_errors()):  # already broken; nothing more to do
             connections.pop().close()
 
 
@@ -45,6 +52,8 @@ class Reader:
             conn = sqlite3.connect(self._url.database, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA query_only=ON")
             return conn
+
+        import psycopg
 
         url = self._url.set(drivername="postgresql")
         return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)

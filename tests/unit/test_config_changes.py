@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError, load_config
-from app.sources.dicomweb import DicomwebSettings
-from app.sources.dimse import DimseSettings
+from app.sources.dicomweb_settings import DicomwebSettings
+from app.sources.dimse_settings import DimseSettings
 from app.sources.orthanc_changes import OrthancChanges
 
 EXAMPLE = """\

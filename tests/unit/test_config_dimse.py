@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError, load_config
-from app.sources.dimse import DimseSettings
+from app.sources.dimse_settings import DimseSettings
 
 ISSUE_EXAMPLE = """\
 store: sqlite:///facade.db
