@@ -20,7 +20,7 @@ serves it, while large answers cost more anyway.
 Targets: p50 at L at most 1.3x p50 at S on PostgreSQL, at most 2x on SQLite.
 
 Orthanc: the same studies (at most `--orthanc-instances` instances per series, headers only,
-posted to /instances) go into an Orthanc started by tests/integration/orthanc.py and into
+posted to /instances) go into an Orthanc started by testbed/orthanc.py and into
 a fresh store of each database holding exactly that data; `ImagingStudy?patient=` and
 `/dicom-web/studies?PatientID=` for the same patients take turns. Target: FHIR p50 <= Orthanc p50.
 
