@@ -1,6 +1,6 @@
 """Build the bundled sample archive from the real DICOM files shipped inside pydicom.
 
-Usage: python scripts/make_sample_archive.py [TARGET_DIR]   (default: ./sample-archive)
+Usage: .venv/bin/python scripts/make_sample_archive.py [TARGET_DIR]   (default: ./sample-archive)
 
 The files are copied as they are, broken ones included, so the first sync shows what the
 facade does with real-world headers: most are indexed, a few are repaired or quarantined.
@@ -8,6 +8,7 @@ facade does with real-world headers: most are indexed, a few are repaired or qua
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -36,4 +37,6 @@ def main(target: str = "sample-archive") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", nargs="?", default="sample-archive", help="the folder to fill (default: %(default)s)")
+    sys.exit(main(parser.parse_args().target))

@@ -2,7 +2,7 @@
 the official base definitions, claimed by every resource the server emits and listed in the
 CapabilityStatement; every resource a sync of real DICOM files stores meets them.
 
-The constraints are read from the StructureDefinition files (tests/structure_check.py), so
+The constraints are read from the StructureDefinition files (tests/support/structure_check.py), so
 changing a profile changes what these tests demand.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -161,17 +163,22 @@ def test_changing_a_profile_file_changes_what_is_checked(mapped_ct):
 
 @pytest.fixture(scope="module")
 def synced_sample(tmp_path_factory):
-    """The sample archive (scripts/make_sample_archive.py: every file pydicom ships), synced
-    with the shipped config.yaml's source into a fresh SQLite store."""
-    import runpy
-
+    """The sample archive, built as the README's run command builds it
+    (scripts/make_sample_archive.py: every file pydicom ships), synced with the shipped
+    config.yaml's source into a fresh SQLite store."""
     import yaml
 
     from app.config import load_config
 
     repo = Path(__file__).resolve().parents[2]
     work = tmp_path_factory.mktemp("sample")
-    runpy.run_path(str(repo / "scripts" / "make_sample_archive.py"))["main"](str(work / "sample-archive"))
+    subprocess.run(
+        [sys.executable, "scripts/make_sample_archive.py", str(work / "sample-archive")],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     shipped = yaml.safe_load((repo / "config.yaml").read_text())
     shipped["store"] = f"sqlite:///{work / 'facade.db'}"
     (work / "config.yaml").write_text(yaml.safe_dump(shipped))
