@@ -368,7 +368,7 @@ def orthanc_tree(server) -> dict:
     }
     tree: dict = defaultdict(lambda: defaultdict(set))
     for uid in studies.values():
-        tree[uid]
+        tree[uid]  # a study without series still counts
     for instance in server.get("/instances", expand=""):
         study_uid, series_uid = series[instance["ParentSeries"]]
         tree[study_uid][series_uid].add(instance["MainDicomTags"]["SOPInstanceUID"])

@@ -2,7 +2,7 @@
 holds exactly what one clean full sync produces.
 
 Real Orthanc instances are stopped mid-sync, the sync process is killed mid-study, and (through
-the fault proxy in faults.py, the one stand-in here) the archive answers 500, hangs past the
+the fault proxy in tests/support/faults.py, the one stand-in here) the archive answers 500, hangs past the
 timeout, or drops a connection half-way through an answer.
 """
 

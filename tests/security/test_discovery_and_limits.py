@@ -210,3 +210,30 @@ def test_the_readme_configuration_example_loads(tmp_path):
     path.write_text(block)
     config = load_config(path, environ={"FACADE_PAGING_SECRET": "x", "PACS_USER": "u", "PACS_PASSWORD": "p"})
     assert config.security.checks_tokens and config.security.cors_origins == ("https://viewer.example.org",)
+
+
+def test_the_complete_configuration_example_of_the_reference_loads(tmp_path):
+    """docs/configuration.md's complete example, every section of it, is a valid config that
+    says what its comments say."""
+    import re
+    from pathlib import Path
+
+    from app.config import load_config
+
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = reference.split("## A complete example", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    path = tmp_path / "config.yaml"
+    path.write_text(block)
+    config = load_config(path, environ={"FACADE_PAGING_SECRET": "x", "PACS_USER": "u", "PACS_PASSWORD": "p"})
+    assert (config.server.workers, config.server.page_ttl, config.server.max_count) == (2, 3600, 1000)
+    assert config.security.checks_tokens and not config.security.open
+    assert [(s.name, s.type) for s in config.sources] == [
+        ("sample", "folder"),
+        ("main-pacs", "dicomweb"),
+        ("old-pacs", "dimse"),
+    ]
+    web, dimse = config.sources[1].protocol, config.sources[2].protocol
+    assert (web.username, web.password, web.page_size) == ("u", "p", 100)
+    assert (dimse.called_aet, dimse.port) == ("PACS", 104)
+    assert (config.identity.auto_link, config.identity.review) == (18, 10)

@@ -1,5 +1,5 @@
 """The leak matrix of tests/support/leaks.py, end to end: the same requests, each carrying a real
-bearer token signed by the authorization server process (tests/security/smart_auth.py) and
+bearer token signed by the authorization server process (tests/support/smart_auth.py) and
 checked by the server's token check, so the Access the compartment applies is the one the
 token check built from the token's `patient` claim and scopes, not one a test installed.
 """

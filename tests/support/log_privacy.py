@@ -20,7 +20,7 @@ import pydicom
 #: values too short or too common to be told from ordinary words and numbers in a log line
 _MIN_LENGTH = 5
 _GENERIC = {"anonymized", "anonymous", "test", "patient", "unknown", "none"}
-#: the security tests' patients (tests/security/access_fixtures.py): family names
+#: the security tests' patients (tests/support/access.py): family names
 _SECURITY_NAMES = ("Anders", "Baker", "Evans")
 
 

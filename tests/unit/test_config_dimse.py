@@ -1,4 +1,4 @@
-"""A `dimse` source in the config: the issue's example loads as written; errors name the key."""
+"""A `dimse` source in the config: a typical entry loads as written; errors name the key."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from app.config import ConfigError, load_config
 from app.sources.dimse_settings import DimseSettings
 
-ISSUE_EXAMPLE = """\
+DIMSE_EXAMPLE = """\
 store: sqlite:///facade.db
 sources:
   - name: old-pacs
@@ -38,8 +38,8 @@ def _source(**keys) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_issue_example_loads_as_written(tmp_path):
-    (src,) = _load(tmp_path, ISSUE_EXAMPLE).sources
+def test_the_dimse_example_loads_as_written(tmp_path):
+    (src,) = _load(tmp_path, DIMSE_EXAMPLE).sources
     dimse = src.protocol
     assert (src.name, src.type, dimse.host, dimse.port) == ("old-pacs", "dimse", "10.1.2.3", 104)
     assert (dimse.called_aet, dimse.calling_aet) == ("PACS", "FACADE")

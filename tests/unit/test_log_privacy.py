@@ -1,4 +1,4 @@
-"""The suite's log check (tests/log_privacy.py) finds patient data and only patient data.
+"""The suite's log check (tests/support/log_privacy.py) finds patient data and only patient data.
 
 It fails a whole run, so a false alarm blocks every change and a miss hides a leak."""
 

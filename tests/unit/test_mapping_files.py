@@ -1,7 +1,7 @@
 """Mapping of REAL DICOM files (those shipped with pydicom) against the FHIR R4 ImagingStudy mapping table.
 
 Expected values are read from the pydicom Dataset independently of the mapping, or are the
-literal values of the file where the brief names them.
+literal values of the file where the mapping table names them (docs/mapping.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Store.put_studies (the bulk load of the benchmarks) stores what put_study one by one stores."""
+"""store.studies.put_many (the bulk load of the benchmarks) stores what store.studies.put one by one
+stores."""
 
 from __future__ import annotations
 
