@@ -7,12 +7,9 @@ Orthanc, and from dcmtk's `findscu` (an independent DICOM stack), never from Dim
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
-import subprocess
 import warnings
 from collections import defaultdict
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -27,6 +24,7 @@ from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
 from testbed.orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree, source_tree
+from tests.support.dcmtk import findscu
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk]
 
@@ -43,33 +41,6 @@ def dimse_run(orthanc):
     source = dimse(orthanc)
     items = list(source.iter_studies())
     return source, items
-
-
-def findscu_studies(server, out: Path, *keys: str) -> list[pydicom.Dataset]:
-    """dcmtk's findscu at STUDY level (Study Root); its answers as pydicom datasets."""
-    binary = shutil.which("findscu")
-    assert binary, "dcmtk's findscu is needed: apt-get install -y dcmtk"
-    out.mkdir()
-    command = [
-        binary,
-        "-S",
-        "-aet",
-        CALLING_AET,
-        "-aec",
-        server.aet,
-        "-X",
-        "-od",
-        str(out),
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        "StudyInstanceUID",
-    ]
-    for key in keys:
-        command += ["-k", key]
-    done = subprocess.run(command + ["127.0.0.1", str(server.dicom_port)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
 # -- the whole archive -------------------------------------------------------------------
@@ -100,13 +71,14 @@ def test_same_studies_series_and_instances_as_dicomweb(orthanc, dimse_run):
 
 
 def test_findscu_sees_the_same_studies(orthanc, dimse_run, tmp_path):
-    answers = findscu_studies(
+    answers, _log = findscu(
         orthanc,
         tmp_path / "findscu",
         "PatientID",
         "ModalitiesInStudy",
         "NumberOfStudyRelatedInstances",
         "OtherPatientIDsSequence",
+        calling_aet=CALLING_AET,
     )
     _source, items = dimse_run
     assert {a.StudyInstanceUID for a in answers} == {r.uid for r in items}

@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import shutil
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +37,7 @@ from app.sources.orthanc_changes import (
     study_id_of,
 )
 from testbed.orthanc import OrthancServer, assert_whole_archive, free_port, orthanc_tree
+from tests.support.dcmtk import findscu
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk]
 
@@ -104,34 +103,6 @@ def rest_studies(server) -> dict[str, dict]:
     return out
 
 
-def findscu(server, out: Path, *keys: str) -> tuple[list[pydicom.Dataset], str]:
-    """dcmtk's findscu at STUDY level: its answers and its log (final status included)."""
-    binary = shutil.which("findscu")
-    assert binary, "dcmtk's findscu is needed: apt-get install -y dcmtk"
-    out.mkdir(parents=True)
-    command = [
-        binary,
-        "-v",
-        "-S",
-        "-aet",
-        CALLING_AET,
-        "-aec",
-        server.aet,
-        "-X",
-        "-od",
-        str(out),
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        "StudyInstanceUID",
-    ]
-    for key in keys:
-        command += ["-k", key]
-    done = subprocess.run(command + ["127.0.0.1", str(server.dicom_port)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))], done.stdout + done.stderr
-
-
 # -- a capped archive --------------------------------------------------------------------
 #: (StudyDate, PatientID, Modality) of each study: more per date, per patient and in all
 #: than the limit of 3, but never more than 2 per (date, patient)
@@ -193,7 +164,7 @@ def test_orthanc_caps_an_unsliced_query_silently_over_qido_and_with_cancel_over_
     assert "Warning" not in response.headers
     paged = requests.get(capped.dicomweb_url + "/studies", params={"limit": 100, "offset": CAP + 1}, timeout=10)
     assert paged.json() == []  # offset does not reach the studies beyond the limit
-    answers, log = findscu(capped, tmp_path / "all")
+    answers, log = findscu(capped, tmp_path / "all", calling_aet=CALLING_AET)
     assert len(answers) == CAP
     assert "Final Find Response (Cancel: MatchingTerminatedDueToCancelRequest)" in log
 
@@ -214,7 +185,9 @@ def test_findscu_by_date_and_patient_finds_the_same_dated_studies_as_the_sliced_
     dated = {uid for uid, s in truth.items() if s["date"]}
     found: set[str] = set()
     for date, patient in sorted({(s["date"], s["patient"]) for s in truth.values() if s["date"]}):
-        answers, log = findscu(capped, tmp_path / f"{date}-{patient}", f"StudyDate={date}", f"PatientID={patient}")
+        answers, log = findscu(
+            capped, tmp_path / f"{date}-{patient}", f"StudyDate={date}", f"PatientID={patient}", calling_aet=CALLING_AET
+        )
         assert 0 < len(answers) < CAP and "Cancel" not in log  # each of these queries is whole
         found |= {a.StudyInstanceUID for a in answers}
     assert found == dated
@@ -356,7 +329,7 @@ def test_qido_study_without_date_is_kept_from_the_capped_answer_and_the_gap_repo
 
 def test_c_find_study_without_date_is_listed_when_the_capped_answer_holds_it(odd, tmp_path):
     uids = odd.uids
-    capped_answer, _log = findscu(odd, tmp_path / "all")
+    capped_answer, _log = findscu(odd, tmp_path / "all", calling_aet=CALLING_AET)
     src = source("dimse", odd)
     found = {i.uid for i in src.iter_studies()}
     assert found - {uids["undated"]} == {uids["wide"], uids["deep"], uids["plain"]}
