@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError, load_config
+from tests.support.configs import config_problems
 
 README_EXAMPLE = """\
 store: sqlite:///data/facade.db        # or postgresql+psycopg://user@host/db
@@ -26,12 +27,6 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return path
-
-
-def _problems(tmp_path, text, environ=None) -> dict:
-    with pytest.raises(ConfigError) as info:
-        load_config(_write(tmp_path, text), environ=environ or {})
-    return info.value.problems
 
 
 def test_readme_example_loads_as_written(tmp_path):
@@ -89,13 +84,13 @@ def test_missing_file_is_named(tmp_path):
     ],
 )
 def test_errors_name_the_key_and_reason(tmp_path, text, key, reason):
-    problems = _problems(tmp_path, text)
+    problems = config_problems(tmp_path, text)
     assert key in problems, problems
     assert any(reason in r for r in problems[key]), problems[key]
 
 
 def test_all_problems_reported_at_once(tmp_path):
-    problems = _problems(tmp_path, "store: nope\nserver: {port: 0}\nsources: [{name: a, type: x}]\n")
+    problems = config_problems(tmp_path, "store: nope\nserver: {port: 0}\nsources: [{name: a, type: x}]\n")
     assert {"store", "server.port", "sources[0].type"} <= set(problems)
 
 
@@ -104,7 +99,7 @@ def test_secrets_must_be_environment_references(tmp_path):
         "store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
         "username: u, password: hunter2}\n"
     )
-    problems = _problems(tmp_path, text)
+    problems = config_problems(tmp_path, text)
     assert "environment variable" in problems["sources[0].password"][0]
     assert "hunter2" not in str(problems)
 
@@ -123,7 +118,7 @@ def test_unset_secret_variable_is_named(tmp_path):
         "store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb, url: 'http://h/dw', "
         "token: '${PACS_TOKEN}'}\n"
     )
-    problems = _problems(tmp_path, text)
+    problems = config_problems(tmp_path, text)
     assert problems["sources[0].token"] == ["environment variable PACS_TOKEN is not set"]
 
 
@@ -135,7 +130,7 @@ def test_postgres_url_and_absolute_paths_kept(tmp_path):
 
 
 def test_database_password_must_be_a_reference(tmp_path):
-    problems = _problems(tmp_path, "store: postgresql+psycopg://facade:hunter2@db/facade\n")
+    problems = config_problems(tmp_path, "store: postgresql+psycopg://facade:hunter2@db/facade\n")
     assert "database password" in problems["store"][0]
     assert "hunter2" not in str(problems)
 
@@ -144,7 +139,7 @@ def test_references_inside_a_value_are_resolved(tmp_path):
     text = "store: 'postgresql+psycopg://facade:${PGPASSWORD}@${PGHOST}/facade'\n"
     config = load_config(_write(tmp_path, text), environ={"PGPASSWORD": "s3cret", "PGHOST": "db.example"})
     assert config.store == "postgresql+psycopg://facade:s3cret@db.example/facade"
-    problems = _problems(tmp_path, text, environ={"PGPASSWORD": "s3cret"})
+    problems = config_problems(tmp_path, text, environ={"PGPASSWORD": "s3cret"})
     assert problems["store"] == ["environment variable PGHOST is not set"]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import ConfigError, load_config
 from app.sources.dicomweb_settings import DicomwebSettings
 from app.sources.dimse_settings import DimseSettings
 from app.sources.orthanc_changes import OrthancChanges
+from tests.support.configs import config_problems, load_text
 
 EXAMPLE = """\
 store: sqlite:///facade.db
@@ -27,18 +27,6 @@ sources:
 """
 
 
-def _load(tmp_path, text, environ=None):
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    return load_config(path, environ=environ or {})
-
-
-def _problems(tmp_path, text) -> dict:
-    with pytest.raises(ConfigError) as info:
-        _load(tmp_path, text)
-    return info.value.problems
-
-
 def _dicomweb(**keys) -> str:
     keys = {"url": "http://pacs:8042/dicom-web", **keys}
     lines = ["store: sqlite:///facade.db", "sources:", "  - name: pacs", "    type: dicomweb"]
@@ -47,7 +35,7 @@ def _dicomweb(**keys) -> str:
 
 
 def test_example_loads_and_rest_url_defaults_to_the_url_without_dicom_web(tmp_path):
-    web, dimse = _load(tmp_path, EXAMPLE, {"PACS_USER": "facade", "PACS_PASSWORD": "pw"}).sources
+    web, dimse = load_text(tmp_path, EXAMPLE, {"PACS_USER": "facade", "PACS_PASSWORD": "pw"}).sources
     web, dimse = web.protocol, dimse.protocol
     assert (web.changes, web.rest_url, web.max_results) == ("orthanc", "http://127.0.0.1:8042", 100)
     assert isinstance(dimse, DimseSettings) and dimse.max_results == 500  # DIMSE follows no change feed
@@ -61,17 +49,19 @@ def test_example_loads_and_rest_url_defaults_to_the_url_without_dicom_web(tmp_pa
     ],
 )
 def test_rest_url_default_handles_a_trailing_slash_and_a_path(tmp_path, url, rest_url):
-    (src,) = _load(tmp_path, _dicomweb(url=url, changes="orthanc")).sources
+    (src,) = load_text(tmp_path, _dicomweb(url=url, changes="orthanc")).sources
     assert src.protocol.rest_url == rest_url
 
 
 def test_an_explicit_rest_url_is_kept(tmp_path):
-    (src,) = _load(tmp_path, _dicomweb(url="http://pacs/wado", changes="orthanc", rest_url="http://pacs:8042/")).sources
+    (src,) = load_text(
+        tmp_path, _dicomweb(url="http://pacs/wado", changes="orthanc", rest_url="http://pacs:8042/")
+    ).sources
     assert (src.protocol.url, src.protocol.rest_url) == ("http://pacs/wado", "http://pacs:8042")
 
 
 def test_defaults_leave_incremental_sync_off(tmp_path):
-    (src,) = _load(tmp_path, _dicomweb()).sources
+    (src,) = load_text(tmp_path, _dicomweb()).sources
     assert (src.protocol.changes, src.protocol.rest_url, src.protocol.max_results) == (None, None, None)
 
 
@@ -102,19 +92,19 @@ def test_dicomweb_settings_default_to_no_change_feed_and_no_limit():
     ],
 )
 def test_errors_name_the_key_and_reason(tmp_path, text, key, reason):
-    problems = _problems(tmp_path, text)
+    problems = config_problems(tmp_path, text)
     assert list(problems) == [f"sources[0].{key}"], problems
     assert reason in problems[f"sources[0].{key}"][0]
 
 
 def test_change_feed_problems_come_with_the_others(tmp_path):
     text = "store: sqlite:///x.db\nsources: [{name: a, type: dicomweb, changes: orthanc, timezone: Nowhere}]\n"
-    problems = _problems(tmp_path, text)
+    problems = config_problems(tmp_path, text)
     assert {"sources[0].url", "sources[0].timezone"} <= set(problems)
 
 
 def test_the_change_feed_reader_is_built_from_the_config(tmp_path):
-    (src,) = _load(
+    (src,) = load_text(
         tmp_path,
         _dicomweb(changes="orthanc", username="'${U}'", password="'${P}'", timeout=5),
         {"U": "facade", "P": "s3cret"},
@@ -123,5 +113,5 @@ def test_the_change_feed_reader_is_built_from_the_config(tmp_path):
     assert isinstance(feed, OrthancChanges)
     assert (feed.name, feed.url, feed.timeout) == ("pacs", "http://pacs:8042", 5.0)
     assert feed.session.auth == ("facade", "s3cret")
-    (plain,) = _load(tmp_path, _dicomweb()).sources
+    (plain,) = load_text(tmp_path, _dicomweb()).sources
     assert plain.open().change_feed is None  # no changes: orthanc, no feed

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import ConfigError, load_config
 from app.sources.dimse_settings import DimseSettings
+from tests.support.configs import config_problems, load_text
 
 DIMSE_EXAMPLE = """\
 store: sqlite:///facade.db
@@ -20,18 +20,6 @@ sources:
 """
 
 
-def _load(tmp_path, text):
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    return load_config(path, environ={})
-
-
-def _problems(tmp_path, text) -> dict:
-    with pytest.raises(ConfigError) as info:
-        _load(tmp_path, text)
-    return info.value.problems
-
-
 def _source(**keys) -> str:
     lines = ["store: sqlite:///facade.db", "sources:", "  - name: old-pacs", "    type: dimse"]
     lines += [f"    {key}: {value}" for key, value in keys.items()]
@@ -39,7 +27,7 @@ def _source(**keys) -> str:
 
 
 def test_the_dimse_example_loads_as_written(tmp_path):
-    (src,) = _load(tmp_path, DIMSE_EXAMPLE).sources
+    (src,) = load_text(tmp_path, DIMSE_EXAMPLE).sources
     dimse = src.protocol
     assert (src.name, src.type, dimse.host, dimse.port) == ("old-pacs", "dimse", "10.1.2.3", 104)
     assert (dimse.called_aet, dimse.calling_aet) == ("PACS", "FACADE")
@@ -49,13 +37,13 @@ def test_the_dimse_example_loads_as_written(tmp_path):
 
 
 def test_defaults_port_104_and_calling_aet_facade(tmp_path):
-    (src,) = _load(tmp_path, _source(host="pacs.example.org", called_aet="PACS")).sources
+    (src,) = load_text(tmp_path, _source(host="pacs.example.org", called_aet="PACS")).sources
     assert (src.protocol.port, src.protocol.calling_aet) == (104, "FACADE")
     assert src.timezone == "UTC"  # the server default
 
 
 def test_ae_titles_are_stripped_of_insignificant_spaces(tmp_path):
-    (src,) = _load(tmp_path, _source(host="h", called_aet='" PACS "', calling_aet="'US  '")).sources
+    (src,) = load_text(tmp_path, _source(host="h", called_aet='" PACS "', calling_aet="'US  '")).sources
     assert (src.protocol.called_aet, src.protocol.calling_aet) == ("PACS", "US")
 
 
@@ -73,7 +61,7 @@ def test_dimse_settings_default_port_104_and_calling_aet_facade():
     ],
 )
 def test_missing_host_or_called_aet_names_the_key(tmp_path, keys, missing):
-    problems = _problems(tmp_path, _source(**keys))
+    problems = config_problems(tmp_path, _source(**keys))
     assert set(problems) == {f"sources[0].{key}" for key in missing}
     for key in missing:
         assert "dimse source needs" in problems[f"sources[0].{key}"][0]
@@ -93,27 +81,27 @@ def test_missing_host_or_called_aet_names_the_key(tmp_path, keys, missing):
 )
 def test_bad_ae_titles_name_the_key(tmp_path, key, value, reason):
     keys = {"host": "10.1.2.3", "called_aet": "PACS", key: value}
-    problems = _problems(tmp_path, _source(**keys))
+    problems = config_problems(tmp_path, _source(**keys))
     assert list(problems) == [f"sources[0].{key}"]
     assert reason in problems[f"sources[0].{key}"][0]
 
 
 def test_a_sixteen_character_ae_title_is_fine(tmp_path):
-    (src,) = _load(tmp_path, _source(host="h", called_aet="A234567890123456")).sources
+    (src,) = load_text(tmp_path, _source(host="h", called_aet="A234567890123456")).sources
     assert src.protocol.called_aet == "A234567890123456"
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1, '"abc"'])
 def test_bad_port_names_the_key(tmp_path, port):
-    problems = _problems(tmp_path, _source(host="h", called_aet="PACS", port=port))
+    problems = config_problems(tmp_path, _source(host="h", called_aet="PACS", port=port))
     assert list(problems) == ["sources[0].port"]
 
 
 def test_empty_host_names_the_key(tmp_path):
-    problems = _problems(tmp_path, _source(host='""', called_aet="PACS"))
+    problems = config_problems(tmp_path, _source(host='""', called_aet="PACS"))
     assert list(problems) == ["sources[0].host"]
 
 
 def test_unknown_type_still_refused(tmp_path):
-    problems = _problems(tmp_path, _source(host="h", called_aet="PACS").replace("type: dimse", "type: dimsex"))
+    problems = config_problems(tmp_path, _source(host="h", called_aet="PACS").replace("type: dimse", "type: dimsex"))
     assert "sources[0].type" in problems
