@@ -11,11 +11,7 @@ import pytest
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
-from tests.support.smart_auth import AUDIENCE, BackendClient
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
+from tests.support.smart_auth import AUDIENCE, BackendClient, bearer
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 from app.security.access import READ, SEARCH, ScopeGrant
 from app.security.scopes import parse_scope, parse_scopes
-from tests.support.smart_auth import BackendClient
+from tests.support.smart_auth import BackendClient, bearer
 
 RS = frozenset({READ, SEARCH})
 
@@ -74,10 +74,6 @@ def test_write_only_scopes_grant_nothing_on_a_read_only_server():
 def test_scopes_as_a_list_claim():
     _, grants = parse_scopes(["system/ImagingStudy.rs", 7])
     assert grants == (ScopeGrant("system", "ImagingStudy", RS),)
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

@@ -16,16 +16,13 @@ import requests
 import yaml
 from pydicom.data import get_testdata_file
 
-from tests.support.smart_auth import AUDIENCE, SAMPLE_FILES, BackendClient, free_port, rsa_jwk
+from testbed.orthanc import free_port
+from tests.support.smart_auth import AUDIENCE, SAMPLE_FILES, BackendClient, bearer, rsa_jwk
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.server
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def patient_words() -> set[str]:

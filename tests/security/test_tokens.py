@@ -14,11 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from app.security.tokens import JwksKeys
-from tests.support.smart_auth import BackendClient, rsa_jwk, unsigned
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
+from testbed.orthanc import free_port
+from tests.support.smart_auth import BackendClient, bearer, rsa_jwk, unsigned
 
 
 def test_backend_services_client_searches_end_to_end(app, auth_server, patients):
@@ -210,8 +207,6 @@ def test_a_cached_token_still_expires(make_app, auth_server):
 
 
 def test_unreachable_keys_answer_503_not_401(make_app, auth_server):
-    from tests.support.smart_auth import free_port
-
     app = make_app(jwks_uri=f"http://127.0.0.1:{free_port()}/jwks")
     response = app.test_client().get("/fhir/Endpoint", headers=bearer(auth_server.sign({"scope": "system/*.rs"})))
     assert response.status_code == 503 and response.headers["Retry-After"]
@@ -228,8 +223,6 @@ def test_jwks_keys_of_the_wrong_type_are_not_used(auth_server):
 
 
 def test_keys_are_fetched_again_after_max_age_and_kept_when_the_server_is_down(auth_server):
-    from tests.support.smart_auth import free_port
-
     keys = JwksKeys(auth_server.jwks_uri, min_refresh=30, max_age=60)
     now = time.time()
     before = auth_server.jwks_fetches()
@@ -244,7 +237,6 @@ def test_keys_are_fetched_again_after_max_age_and_kept_when_the_server_is_down(a
 
 def test_a_server_that_never_answered_is_not_asked_on_every_request(auth_server):
     from app.security.tokens import AuthServerUnavailable
-    from tests.support.smart_auth import free_port
 
     keys = JwksKeys(f"http://127.0.0.1:{free_port()}/jwks", min_refresh=30, max_age=60)
     now = time.time()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from testbed import services
+from testbed.orthanc import free_port
 
 HERE = Path(__file__).parent
 AUDIENCE = "http://testserver/fhir"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def bearer(token: str) -> dict:
+    """The request header that carries `token` (RFC 6750 2.1)."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def rsa_jwk(kid: str, alg: str = "RS384") -> tuple[dict, object]:
