@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError
 from app.search.params import BY_RESOURCE, RESOURCE_TYPES, SearchParam, served_targets
 from app.store.repository import Store
 from app.web import create_app
+from tests.support.bundles import next_link
 from tests.support.fhirpath_oracle import TEXT_ELEMENTS, Oracle, Ref, Token, date_range
 
 BASE = "http://testserver/fhir"
@@ -473,10 +474,7 @@ class Server:
             if pages == 0:
                 total = body.get("total")
             ids += [e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"]
-            url = next(
-                (lnk["url"].removeprefix("http://testserver") for lnk in body["link"] if lnk["relation"] == "next"),
-                None,
-            )
+            url = next_link(body)
             pages += 1
         return Answer(ids, total, pages)
 

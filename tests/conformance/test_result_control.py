@@ -18,6 +18,7 @@ from app.search.paging import PageTokens
 from app.search.query import SearchError
 from app.store.repository import Store
 from app.web import create_app
+from tests.support.bundles import next_link
 from tests.support.search_data import ids
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -132,14 +133,10 @@ def follow(api, url):
     """Match ids over every page, in order."""
     seen = []
     while url:
-        body = api.get(url.replace("http://testserver", "")).get_json()
+        body = api.get(url).get_json()
         seen += [e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"]
-        url = next((lnk["url"] for lnk in body["link"] if lnk["relation"] == "next"), None)
+        url = next_link(body)
     return seen
-
-
-def next_link(body):
-    return next(lnk["url"] for lnk in body["link"] if lnk["relation"] == "next").replace("http://testserver", "")
 
 
 # ------------------------------------------------------------------------------------------- _sort

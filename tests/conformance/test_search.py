@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.bundles import next_link
 from tests.support.search_data import BASE, DCM, all_pages, ids
 
 
@@ -151,8 +152,7 @@ def test_includes_are_marked_and_not_counted(client):
     assert ids(response) == ["1.2.1"]  # _count=1 counts matches only
     assert ids(response, "include") == ["alice", "pacs"]
     assert all(e["fullUrl"] == f"{BASE}/{e['resource']['resourceType']}/{e['resource']['id']}" for e in body["entry"])
-    nxt = next(lnk["url"] for lnk in body["link"] if lnk["relation"] == "next")
-    second = client.get(nxt.replace("http://testserver", ""))
+    second = client.get(next_link(body))
     assert ids(second) == ["1.2.2"]
     assert ids(second, "include") == ["alice", "pacs"]  # each page carries its own includes
 
@@ -186,7 +186,7 @@ def test_tampered_paging_token_is_400(client, token):
 
 def test_paging_token_of_another_type_is_refused(client):
     body = client.get("/fhir/Patient?_count=1").get_json()
-    token = next(lnk["url"] for lnk in body["link"] if lnk["relation"] == "next").split("_page=")[1]
+    token = next_link(body).split("_page=")[1]
     assert client.get(f"/fhir/ImagingStudy?_page={token}").status_code == 400
 
 

@@ -19,6 +19,7 @@ from app.store.repository import Store
 from app.store.studies import study_subject
 from app.sync import sync_source
 from app.web import create_app
+from tests.support.bundles import next_link
 from tests.support.structure_check import profile_problems
 
 
@@ -32,11 +33,11 @@ def _synced(config):
 def _every_page(client, url):
     entries = []
     while url:
-        response = client.get(url.replace("http://testserver", ""))
+        response = client.get(url)
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
         entries += body.get("entry", [])
-        url = next((lnk["url"] for lnk in body["link"] if lnk["relation"] == "next"), None)
+        url = next_link(body)
     return entries
 
 

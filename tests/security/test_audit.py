@@ -23,6 +23,7 @@ from app.store.repository import Store
 from app.store.tables import AuditIndexRow
 from app.web import create_app
 from tests.support.access import grant, load, patient_access, system_access
+from tests.support.bundles import next_link
 
 ACCESSES = {
     "alice": patient_access("alice", subject="user-1", client_id="viewer"),
@@ -265,14 +266,7 @@ def test_audit_event_search(audited):
     while url:
         response = audited.client.get(url, headers={"X-Test-Access": "auditor"})
         seen += [e["resource"]["id"] for e in response.get_json()["entry"]]
-        url = next(
-            (
-                lnk["url"].replace("http://testserver", "")
-                for lnk in response.get_json()["link"]
-                if lnk["relation"] == "next"
-            ),
-            None,
-        )
+        url = next_link(response.get_json())
     assert len(seen) == len(set(seen)) and set(e["id"] for e in events) <= set(seen)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.access import grant, patient_access, system_access
+from tests.support.bundles import next_link
 
 
 def _ids(response, kind="ImagingStudy"):
@@ -89,9 +90,7 @@ def test_narrowing_counts_and_pages(api):
     while url:
         body = api(url, "user-ct").get_json()
         seen += [e["resource"]["id"] for e in body["entry"]]
-        url = next(
-            (lnk["url"].replace("http://testserver", "") for lnk in body["link"] if lnk["relation"] == "next"), None
-        )
+        url = next_link(body)
     assert seen == ["1.2", "1.3", "2.2"]
 
 

@@ -5,6 +5,7 @@ it with test accesses, test_leaks_with_tokens.py with real tokens)."""
 from __future__ import annotations
 
 from tests.support.access import ALICE_ENDPOINTS, ALICE_PATIENTS, ALICE_STUDIES
+from tests.support.bundles import next_link
 
 
 def resources(response) -> list[dict]:
@@ -27,10 +28,10 @@ def outside(resource: dict) -> bool:
 def all_pages(api, url, who="alice"):
     found = []
     while url:
-        response = api(url.replace("http://testserver", ""), who)
+        response = api(url, who)
         assert response.status_code == 200, response.get_data(as_text=True)
         found += resources(response)
-        url = next((lnk["url"] for lnk in response.get_json()["link"] if lnk["relation"] == "next"), None)
+        url = next_link(response.get_json())
     return found
 
 

@@ -4,6 +4,7 @@ from the spec by reading the test), and helpers that read searchset Bundles."""
 from __future__ import annotations
 
 from app.store.repository import Store
+from tests.support.bundles import next_link
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 BASE = "http://testserver/fhir"
@@ -80,9 +81,9 @@ def ids(response, mode="match"):
 def all_pages(client, url):
     seen, pages = [], 0
     while url:
-        body = client.get(url.replace("http://testserver", "")).get_json()
+        body = client.get(url).get_json()
         seen += [e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"]
         assert body.get("entry") or pages == 0, "an empty page after a next link"
-        url = next((lnk["url"] for lnk in body["link"] if lnk["relation"] == "next"), None)
+        url = next_link(body)
         pages += 1
     return seen, pages

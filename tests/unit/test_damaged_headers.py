@@ -28,6 +28,7 @@ from app.sources.dicom_json import dataset_to_dicom_json
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
+from tests.support.bundles import next_link
 from tests.support.damaged_corpus import CASES, INTACT, _file, dataset_start, part10, real
 
 SOURCE = "damaged"
@@ -63,11 +64,11 @@ def _config(write_config, store_url: str, archive: Path):
 def _every(client, rtype: str) -> list[dict]:
     found, url = [], f"/fhir/{rtype}?_count=50"
     while url:
-        response = client.get(url.replace("http://testserver", ""))
+        response = client.get(url)
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
         found += [entry["resource"] for entry in body.get("entry", [])]
-        url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+        url = next_link(body)
     return found
 
 
