@@ -30,6 +30,7 @@ from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
 from app.identity.settings import IdentityConfig, IdentitySchema
 from app.mapping.profile import Profile, ProfileError, source_profile
 from app.mapping.profile_yaml import YamlProblem, load_marked
+from app.sources.http import Credentials
 from app.sources.settings import OnDemandSettings, SourceSchema, SourceSettings, check_zone, protocol_settings
 
 DEFAULT_CONFIG = "config.yaml"
@@ -472,6 +473,8 @@ def _source(
         accession_system=profile.accession_system,
         issuer_systems=dict(profile.issuers),
         wado_url=wado_url.rstrip("/") if wado_url else None,
+        wado_credentials=Credentials(src["username"], src["password"], src["token"]),
+        wado_timeout=src["timeout"],
         endpoint_url=f"{gateway}/{src['name']}" if gateway and wado_url else wado_url,
         endpoint_requires_token=bool(gateway and wado_url and not data["security"]["open"]),
         poll_interval=(

@@ -73,16 +73,9 @@ class Source(Protocol):
 class ProtocolSettings:
     """A protocol's part of a source's settings (folder, dicomweb, dimse): what opens its Source."""
 
-    #: seconds a request to the archive may take (the WADO-RS gateway waits as long)
-    timeout: float = 30.0
-
     def open(self, name: str, profile: Profile | None) -> Source:
         """The Source these settings describe, reading what the mapping profile maps."""
         raise NotImplementedError
-
-    def credentials(self) -> tuple[tuple[str, str] | None, dict[str, str]]:
-        """(HTTP basic auth, headers) for the archive's WADO-RS: none but for DICOMweb."""
-        return None, {}
 
 
 __all__ = ["ChangeFeed", "ProtocolSettings", "SeriesRecord", "Source", "StudyFailure", "StudyRecord"]

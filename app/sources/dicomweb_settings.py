@@ -138,7 +138,3 @@ class DicomwebSettings(ProtocolSettings):
             private_tags=profile.private_tag_numbers() if profile else (),
             change_feed=feed,
         )
-
-    def credentials(self) -> tuple[tuple[str, str] | None, dict[str, str]]:
-        auth = (self.username, self.password or "") if self.username else None
-        return auth, ({"Authorization": f"Bearer {self.token}"} if self.token else {})

@@ -25,6 +25,7 @@ from app.sources.base import ProtocolSettings, Source
 from app.sources.dicomweb_settings import DicomwebSchema, DicomwebSettings
 from app.sources.dimse_settings import DimseSchema, DimseSettings
 from app.sources.folder_settings import FolderSchema, FolderSettings
+from app.sources.http import Credentials
 
 TYPES = ("folder", "dicomweb", "dimse")
 
@@ -103,6 +104,11 @@ class SourceSettings:
     accession_system: str | None = None
     issuer_systems: dict = field(default_factory=dict)
     wado_url: str | None = None
+    #: how the WADO-RS gateway logs in to `wado_url` (the source's username, password or token,
+    #: whatever its type: a folder or DIMSE source's images may sit behind a login too)
+    wado_credentials: Credentials = Credentials()
+    #: seconds the WADO-RS gateway waits for `wado_url` (the source's `timeout`)
+    wado_timeout: float = 30.0
     #: the address its Endpoint shows: `wado_url`, or the facade's WADO-RS gateway for it
     endpoint_url: str | None = None
     #: the Endpoint's requires-access-token: true behind the gateway of a server needing tokens

@@ -78,17 +78,16 @@ def _forward(
     url = f"{src.wado_url}/studies/{study}{rest}"
     headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
     headers["Accept-Encoding"] = "identity"
-    auth, credentials = src.protocol.credentials()
-    headers.update(credentials)
+    headers.update(src.wado_credentials.headers())
     try:
         upstream = _session.get(
             url,
             # a MultiDict is the Mapping of each name to its first value
             params=cast("Mapping[str, str]", request.args),
             headers=headers,
-            auth=auth,
+            auth=src.wado_credentials.auth(),
             stream=True,
-            timeout=src.protocol.timeout,
+            timeout=src.wado_timeout,
         )
     except requests.Timeout:
         raise FhirError(504, "timeout", f"archive {src.name} did not answer in time") from None

@@ -272,3 +272,34 @@ def test_on_demand_fetches_only_the_compartments_patients(pacs, store_url, open_
     assert response.status_code == 200 and response.get_json()["total"] == 1
     assert store.fetches.when("pacs", system, ct["value"]) is not None  # its own patient: asked
     store.close()
+
+
+def test_a_folder_source_behind_a_login_is_reached_with_its_own_credentials(
+    tmp_path, store_url, open_config, monkeypatch
+):
+    """A folder of files whose images an archive serves behind HTTP basic auth: the gateway
+    logs in with the source's username and password, whatever the source's type."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(Path(FILES["CT"]).read_bytes())
+    with OrthancServer(users={"alice": "s3cret-pw"}) as secured:
+        secured.upload([FILES["CT"]])
+        source = {"name": "files", "type": "folder", "path": str(folder), "wado_url": secured.dicomweb_url}
+        results = {}
+        for password in ("s3cret-pw", "wrong"):
+            monkeypatch.setenv("GATEWAY_TEST_PASSWORD", password)
+            login = {"username": "alice", "password": "${GATEWAY_TEST_PASSWORD}"}
+            config = open_config(store_url, wado_gateway=True, sources=[{**source, **login}])
+            store = Store.from_config(config)
+            try:
+                assert sync_source(store, config.sources[0]).error is None
+                client = create_app(config, store).test_client()
+                study = client.get("/fhir/ImagingStudy").get_json()["entry"][0]["resource"]
+                answer = client.get("/wado-rs/files" + _instance_path(study), headers={"Accept": DICOM_PARTS})
+                results[password] = (answer.status_code, answer)
+            finally:
+                store.close()
+    assert results["wrong"][0] == 401  # the archive's own refusal, passed on: the login is really checked
+    status, answer = results["s3cret-pw"]
+    assert status == 200, answer.get_data(as_text=True)
+    assert _parts(answer) == [Path(FILES["CT"]).read_bytes()]
