@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.identity.keys import patient_key
 from app.ids import valid_id
 from app.mapping import claims, codes, private, tags
 from app.mapping.codings import codeable_concepts
@@ -43,9 +42,6 @@ class MappedStudy:
     imaging_study: dict
     patient: dict
     repairs: list[str] = field(default_factory=list)
-
-    #: (namespace system, value) the Patient is keyed by; None for a per-study Patient
-    patient_key: tuple[str, str] | None = None
 
 
 def map_study(record: StudyRecord, ctx: MappingContext) -> MappedStudy:
@@ -80,9 +76,7 @@ def map_study(record: StudyRecord, ctx: MappingContext) -> MappedStudy:
             "extension": study.pop("extension"),
             **study,
         }
-    return MappedStudy(
-        imaging_study=study, patient=patient, repairs=repairs, patient_key=patient_key(patient, ctx.identity)
-    )
+    return MappedStudy(imaging_study=study, patient=patient, repairs=repairs)
 
 
 def _usable_study_uid(record: StudyRecord, attrs: dict, ctx: MappingContext, repairs: list) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from app.config import ConfigError
 from app.identity.features import blocking_keys, features
-from app.identity.keys import patient_id
+from app.identity.keys import patient_id, patient_key
 from app.identity.scoring import score
 from app.identity.settings import DEFAULT, IdentityConfig
 from app.mapping import map_study
@@ -180,7 +180,7 @@ def test_a_patient_is_keyed_in_its_namespace():
     assert resolved.patient["id"] == patient_id("urn:a", "1")
     assert resolved.imaging_study["subject"]["reference"] == f"Patient/{patient_id('urn:a', '1')}"
     assert resolved.patient["identifier"] == old["identifier"]  # the identifier stays as the archive said
-    assert resolved.patient_key == ("urn:a", "1")
+    assert patient_key(resolved.patient, rules) == ("urn:a", "1")
     assert map_study(record, replace(ctx, identity=DEFAULT)).patient["id"] == old["id"]
 
 

@@ -190,7 +190,6 @@ def test_ct_small_patient():
     assert [i["value"] for i in patient["identifier"][1:]] == others
     assert patient["id"] == patient_id(CTX.patient_id_system, ds.PatientID)
     assert patient_key(patient) == (CTX.patient_id_system, "1CT1")
-    assert mapped.patient_key == (CTX.patient_id_system, "1CT1")
     assert ds.PatientSex == "O" and patient["gender"] == "other"
     assert patient["name"] == [{"family": ds.PatientName.family_name, "given": [ds.PatientName.given_name]}]
     assert "birthDate" not in patient  # empty in the file
