@@ -21,7 +21,7 @@ from pydicom.tag import BaseTag, Tag
 from app.mapping import tags
 
 MAPPED_TAGS = sorted(Tag(t) for t in tags.ALL)
-_UI_TAGS = frozenset(Tag(t) for t in ("00080016", "00080018", "0020000D", "0020000E"))
+_UI_TAGS = frozenset(Tag(t) for t in (tags.SOP_CLASS_UID, tags.SOP_INSTANCE_UID, tags.STUDY_UID, tags.SERIES_UID))
 _CHARSET = Tag(0x00080005)
 _UNKNOWN_CHARSET = re.compile(r"Unknown encoding '(.*)' - using default encoding")
 _MISSPELLED_CHARSET = re.compile(r"Incorrect value for Specific Character Set '(.*)' - assuming '(.*)'")

@@ -212,10 +212,10 @@ class DicomwebSource(QueriedArchive):
         return answers, self._cut
 
     def _study_uid(self, answer: dict) -> str | None:
-        return first_uid(answer, "0020000D")
+        return first_uid(answer, tags.STUDY_UID)
 
     def _study_date(self, answer: dict) -> str | None:
-        element = answer.get("00080020")
+        element = answer.get(tags.STUDY_DATE)
         values = element.get("Value") if isinstance(element, dict) else None
         return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
 
@@ -260,8 +260,8 @@ class DicomwebSource(QueriedArchive):
         if not self.instance_metadata:
             return attrs, []
         series = series_list[0]
-        sop = first_uid(series.instances[0], "00080018")
-        series_uid = first_uid(series.attrs, "0020000E")
+        sop = first_uid(series.instances[0], tags.SOP_INSTANCE_UID)
+        series_uid = first_uid(series.attrs, tags.SERIES_UID)
         # the listing refused series and instances without their UIDs (app/sources/queried.py)
         assert series_uid is not None and sop is not None
         try:

@@ -46,9 +46,6 @@ from app.sources.errors import SourceError
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
-_STUDY_UID = "0020000D"
-_SERIES_UID = "0020000E"
-_SOP_UID = "00080018"
 _DIRECTORY_RECORD_SEQUENCE = 0x00041220
 
 _SERIES_TAGS = sorted(Tag(t) for t in tags.SERIES)
@@ -69,16 +66,16 @@ _DEFER_SIZE = 1 << 20
 # pydicom would normalise) goes through `dataset_to_dicom_json`, as do the sequence and
 # text attributes; a unit test checks both paths give the same JSON on every test file.
 _ASCII_VR = {
-    "00080016": "UI",
-    "00080018": "UI",
-    _STUDY_UID: "UI",
-    _SERIES_UID: "UI",
-    "00200013": "IS",
-    "00080008": "CS",
-    "00700080": "CS",
-    "00200062": "CS",
+    tags.SOP_CLASS_UID: "UI",
+    tags.SOP_INSTANCE_UID: "UI",
+    tags.STUDY_UID: "UI",
+    tags.SERIES_UID: "UI",
+    tags.INSTANCE_NUMBER: "IS",
+    tags.IMAGE_TYPE: "CS",
+    tags.CONTENT_LABEL: "CS",
+    tags.IMAGE_LATERALITY: "CS",
 }
-_VR_OF = {k: vr for k, vr in _ASCII_VR.items() if k in tags.INSTANCE or k in (_STUDY_UID, _SERIES_UID)}
+_VR_OF = {k: vr for k, vr in _ASCII_VR.items() if k in tags.INSTANCE or k in (tags.STUDY_UID, tags.SERIES_UID)}
 _FAST = [(Tag(key), key, vr) for key, vr in sorted(_VR_OF.items())]
 _SLOW = [Tag(key) for key in sorted(k for k in tags.INSTANCE if k not in _VR_OF)]
 _IS_RE = re.compile(r" *[+-]?[0-9]{1,12} *")
@@ -434,9 +431,9 @@ class FolderSource:
                 return True
             stats["skipped"] += 1
             return False
-        study_uid = _first_value(instance.pop(_STUDY_UID, None))
-        series_uid = _first_value(instance.pop(_SERIES_UID, None))
-        sop_uid = _first_value(instance.get(_SOP_UID))
+        study_uid = _first_value(instance.pop(tags.STUDY_UID, None))
+        series_uid = _first_value(instance.pop(tags.SERIES_UID, None))
+        sop_uid = _first_value(instance.get(tags.SOP_INSTANCE_UID))
         if not part10 and not (study_uid and sop_uid):
             stats["skipped"] += 1  # read by force, but not an instance: not DICOM
             return False

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from app.mapping.tags import PATIENT_ID
 from app.sources.base import StudyFailure, StudyRecord
 from app.sources.errors import SourceError
 from app.sources.http import RETRY_STATUSES, public_url
@@ -146,7 +147,7 @@ class OrthancChanges:
         """Orthanc's own id of a study a listing yielded (how its deletions are reported)."""
         if isinstance(item, StudyFailure):
             return None
-        patient = (item.attrs or {}).get("00100020", {}).get("Value") or [None]
+        patient = (item.attrs or {}).get(PATIENT_ID, {}).get("Value") or [None]
         return orthanc_study_id(patient[0] if isinstance(patient[0], str) else None, item.uid)
 
     # -- the feed ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from app.mapping import tags
 from app.sources.base import ChangeFeed, SeriesRecord, StudyFailure, StudyRecord
 from app.sources.counts import ShortAnswer, check_count
 from app.sources.dicom_json import first_uid
@@ -35,10 +36,6 @@ from app.sources.errors import ARCHIVE_DOWN_AFTER, SourceError
 from app.sources.matching import match_key, normalize_match, sliced_listing
 
 log = logging.getLogger(__name__)
-
-STUDY_UID, SERIES_UID, SOP_INSTANCE_UID = "0020000D", "0020000E", "00080018"
-#: a study's NumberOfStudyRelatedSeries, a series' NumberOfSeriesRelatedInstances (PS3.4 C.6.1.1)
-STUDY_SERIES_COUNT, SERIES_INSTANCE_COUNT = "00201206", "00201209"
 
 
 class BadAnswer(Exception):
@@ -228,7 +225,7 @@ class QueriedArchive:
         seen: set[str | None] = set()
         for answer in found.answers:
             attrs, repairs = self._decode(answer, "STUDY")
-            uid = first_uid(attrs, STUDY_UID) if attrs is not None else None
+            uid = first_uid(attrs, tags.STUDY_UID) if attrs is not None else None
             if uid is not None and uid in seen:  # the archive changed while paging, or one UID, two Patient IDs
                 self.stats["duplicates"] += 1
                 continue
@@ -241,7 +238,7 @@ class QueriedArchive:
     # -- one study --------------------------------------------------------------------------
     def _fetch_study(self, item: tuple[dict | None, list[str]]) -> StudyRecord | StudyFailure:
         attrs, study_repairs = item
-        uid = first_uid(attrs, STUDY_UID) if attrs is not None else None
+        uid = first_uid(attrs, tags.STUDY_UID) if attrs is not None else None
         if attrs is None or uid is None:
             self.stats["failed"] += 1
             reason = self.undecodable if attrs is None else "study answer without StudyInstanceUID"
@@ -250,7 +247,7 @@ class QueriedArchive:
         try:
             with self._session() as session:
                 series_list, duplicates = self._read_series(session, uid, repairs)
-            check_count("the study", "series", len(series_list), attrs, STUDY_SERIES_COUNT)
+            check_count("the study", "series", len(series_list), attrs, tags.STUDY_SERIES_COUNT)
             if duplicates:
                 self.stats["duplicates"] += duplicates
                 repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
@@ -286,7 +283,7 @@ class QueriedArchive:
             attrs, more = self._decode(answer, "SERIES")
             if attrs is None:
                 raise BadAnswer("a series answer could not be decoded")
-            series_uid = first_uid(attrs, SERIES_UID)
+            series_uid = first_uid(attrs, tags.SERIES_UID)
             if series_uid is None:
                 raise BadAnswer("series answer without SeriesInstanceUID")
             if series_uid in seen:  # the same study UID under two Patient IDs
@@ -296,7 +293,7 @@ class QueriedArchive:
             repairs += more
             instances, repeated = self._read_instances(session, uid, series_uid, repairs)
             duplicates += repeated
-            check_count(f"series {series_uid}", "instance", len(instances), attrs, SERIES_INSTANCE_COUNT)
+            check_count(f"series {series_uid}", "instance", len(instances), attrs, tags.SERIES_INSTANCE_COUNT)
             series_list.append(SeriesRecord(attrs=attrs, instances=instances))
         return series_list, duplicates
 
@@ -311,7 +308,7 @@ class QueriedArchive:
             instance, more = self._decode(answer, "IMAGE")
             if instance is None:
                 raise BadAnswer(f"an instance answer in series {series_uid} could not be decoded")
-            sop = first_uid(instance, SOP_INSTANCE_UID)
+            sop = first_uid(instance, tags.SOP_INSTANCE_UID)
             if sop is None:
                 raise BadAnswer(f"instance answer without SOPInstanceUID in series {series_uid}")
             if sop in seen:
