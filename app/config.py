@@ -232,10 +232,6 @@ class ServerConfig:
     #: the client's address, as audit records it, is the one the outermost of them saw
     trusted_proxies: int = 0
 
-    @property
-    def wado_gateway_url(self) -> str:
-        return gateway_url(self.base_url)
-
 
 @dataclass(frozen=True)
 class IntrospectionConfig:

@@ -6,10 +6,6 @@ import click
 
 from app.cli.common import config_option, load
 from app.config import SecurityConfig
-from app.sources.base import ProtocolSettings
-from app.sources.dicomweb_settings import DicomwebSettings
-from app.sources.dimse_settings import DimseSettings
-from app.sources.folder_settings import FolderSettings
 
 
 def _security_summary(security: SecurityConfig) -> str:
@@ -33,15 +29,6 @@ def _redact(url: str) -> str:
     return url
 
 
-def _where(protocol: ProtocolSettings) -> str:
-    if isinstance(protocol, FolderSettings):
-        return str(protocol.path)
-    if isinstance(protocol, DicomwebSettings):
-        return protocol.url
-    assert isinstance(protocol, DimseSettings)  # the third protocol (app/sources/settings.py)
-    return f"{protocol.host}:{protocol.port} (called {protocol.called_aet}, calling {protocol.calling_aet})"
-
-
 @click.command("check-config")
 @config_option
 def check_config(config_path: str | None) -> None:
@@ -52,6 +39,6 @@ def check_config(config_path: str | None) -> None:
     click.echo(f"  FHIR base URL: {config.server.base_url}  (search dates without a zone read in {config.timezone})")
     click.echo(f"  security: {_security_summary(config.security)}")
     for src in config.sources:
-        click.echo(f"  source {src.name}: {src.type} {_where(src.protocol)} (local times in {src.timezone})")
+        click.echo(f"  source {src.name}: {src.type} {src.protocol.where()} (local times in {src.timezone})")
         if src.profile is not None:
             click.echo(f"    mapping profile: {' -> '.join(src.profile.layers)}")

@@ -77,5 +77,9 @@ class ProtocolSettings:
         """The Source these settings describe, reading what the mapping profile maps."""
         raise NotImplementedError
 
+    def where(self) -> str:
+        """Where the archive is, as `check-config` shows it."""
+        raise NotImplementedError
+
 
 __all__ = ["ChangeFeed", "ProtocolSettings", "SeriesRecord", "Source", "StudyFailure", "StudyRecord"]

@@ -111,6 +111,9 @@ class DicomwebSettings(ProtocolSettings):
             max_results=data["max_results"],
         )
 
+    def where(self) -> str:
+        return self.url
+
     def open(self, name: str, profile: Profile | None) -> DicomwebSource:
         from app.sources.dicomweb import DicomwebSource
         from app.sources.orthanc_changes import OrthancChanges

@@ -75,6 +75,9 @@ class DimseSettings(ProtocolSettings):
             max_results=data["max_results"],
         )
 
+    def where(self) -> str:
+        return f"{self.host}:{self.port} (called {self.called_aet}, calling {self.calling_aet})"
+
     def open(self, name: str, profile: Profile | None) -> DimseSource:
         from app.sources.dimse import DimseSource
 

@@ -54,3 +54,6 @@ class FolderSettings(ProtocolSettings):
             profile.private_tag_numbers() if profile else (),
             default_charset=profile.default_character_set if profile else None,
         )
+
+    def where(self) -> str:
+        return str(self.path)

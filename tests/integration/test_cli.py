@@ -59,6 +59,21 @@ def test_check_config_ok_and_default_location(project):
     assert "config OK" in result.stdout and "source sample: folder" in result.stdout
 
 
+def test_check_config_says_where_each_archive_is(tmp_path):
+    config = tmp_path / "config.yaml"
+    sources = [
+        {"name": "files", "type": "folder", "path": "./archive"},
+        {"name": "web", "type": "dicomweb", "url": "http://pacs:8042/dicom-web/"},
+        {"name": "dimse", "type": "dimse", "host": "pacs", "port": 4242, "called_aet": "ORTHANC"},
+    ]
+    config.write_text(yaml.safe_dump({"store": "sqlite:///x.db", "sources": sources}))
+    result = run("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"source files: folder {tmp_path / 'archive'} " in result.stdout
+    assert "source web: dicomweb http://pacs:8042/dicom-web (" in result.stdout
+    assert "source dimse: dimse pacs:4242 (called ORTHANC, calling FACADE) (" in result.stdout
+
+
 def test_check_config_names_the_bad_key_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("store: sqlite:///x.db\nsources:\n  - {name: pacs, type: dicomweb}\n")
