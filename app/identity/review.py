@@ -16,6 +16,7 @@ from app.identity.reconcile import automatic_status
 from app.identity.scoring import score
 from app.identity.settings import IdentityConfig
 from app.store import links
+from app.store.patients import all_patient_ids
 from app.store.repository import Store
 
 
@@ -92,18 +93,10 @@ def unlink(store: Store, a: str, b: str, rules: IdentityConfig) -> dict:
 def rematch(store: Store, rules: IdentityConfig) -> int:
     """Score every Patient again (after the thresholds or namespace rules changed); returns how
     many Patients' links changed. A person's decisions stay as they are."""
-    from sqlalchemy import select
-    from sqlmodel import col
-
     from app.identity.reconcile import reconcile_patient
-    from app.store import tables as t
 
     with store.engine.connect() as conn:
-        ids = list(
-            conn.execute(
-                select(col(t.Resource.id)).where(col(t.Resource.rtype) == "Patient").order_by(col(t.Resource.id))
-            ).scalars()
-        )
+        ids = all_patient_ids(conn)
     changed: set[str] = set()
     for patient_id in ids:
         changed.update(reconcile_patient(store, patient_id, rules, force=True))

@@ -162,3 +162,9 @@ def identifiers_of(reader: Reader, patients: Sequence[str]) -> set[tuple[str, st
     sql = f"SELECT system, code FROM idx_token WHERE rtype = ? AND param = ? AND rid IN ({marks})"
     rows = reader.all(sql, ["Patient", "identifier", *patients])
     return {(r[0], r[1]) for r in rows if r[0]}
+
+
+def all_patient_ids(conn: Connection) -> list[str]:
+    """The id of every stored Patient, in order (a rematch walks them all)."""
+    query = select(col(t.Resource.id)).where(col(t.Resource.rtype) == "Patient").order_by(col(t.Resource.id))
+    return list(conn.execute(query).scalars())
