@@ -30,8 +30,6 @@ import jellyfish
 from app.identity.settings import IdentityConfig
 
 EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
-#: name group of a HumanName: ABC alphabetic (no extension), IDE ideographic, SYL phonetic
-GROUPS = ("ABC", "IDE", "SYL")
 _WORD = re.compile(r"[^\W\d_]+")
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

@@ -24,8 +24,11 @@ EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-represe
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 
 
-def issuer_system(attrs: dict, ctx: MappingContext, label: str, repairs: list) -> tuple[str, str | None, str | None]:
-    """(Identifier.system, local issuer for assigner.display, identifier type code).
+def issuer_system_and_rule(
+    attrs: dict, ctx: MappingContext, label: str, repairs: list
+) -> tuple[str, str | None, str | None, str | None]:
+    """(Identifier.system, local issuer for assigner.display, identifier type code, the profile
+    rule (file:line) that gave the system if one did).
 
     Order: a usable Universal Entity ID in the Issuer of Patient ID Qualifiers Sequence;
     then the bare Issuer of Patient ID (0010,0021) through ctx.issuer_systems and the
@@ -33,14 +36,6 @@ def issuer_system(attrs: dict, ctx: MappingContext, label: str, repairs: list) -
     `urn:imaging-facade:issuer:<percent-encoded issuer>`; with no issuer at all,
     ctx.patient_id_system.
     """
-    system, local, type_code, _ = issuer_system_and_rule(attrs, ctx, label, repairs)
-    return system, local, type_code
-
-
-def issuer_system_and_rule(
-    attrs: dict, ctx: MappingContext, label: str, repairs: list
-) -> tuple[str, str | None, str | None, str | None]:
-    """issuer_system and the profile rule (file:line) that gave the system, if one did."""
     local = first(attrs, tags.ISSUER_OF_PATIENT_ID)
     qualifiers = items(attrs, tags.ISSUER_QUALIFIERS)
     qualifier = qualifiers[0] if qualifiers else {}

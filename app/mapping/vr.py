@@ -178,7 +178,6 @@ _DA_LEGACY = re.compile(r"(\d{4})[.\-](\d{2})[.\-](\d{2})")  # ACR-NEMA "YYYY.MM
 _TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?")
 _TM_LEGACY = re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?")  # "HH:MM:SS.frac"
 _OFFSET = re.compile(r"([+-])(\d{2})(\d{2})")
-_DT = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?([+-]\d{4})?")
 
 
 def parse_da(value: str | None) -> date | None:
@@ -242,23 +241,3 @@ def parse_offset(value: str | None) -> int | None:
     if total < -12 * 60 or total > 14 * 60:
         return None
     return total
-
-
-def parse_dt(value: str | None) -> tuple[date, tuple | None, int | None] | None:
-    """DT "YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]" as (date, time tuple or None, offset minutes
-    or None), or None. A DT with only year or year and month is not a full date: None."""
-    if not value:
-        return None
-    match = _DT.fullmatch(value.strip())
-    if match is None or match[3] is None:
-        return None
-    day = parse_da(match[1] + match[2] + match[3])
-    if day is None:
-        return None
-    clock = parse_tm(match[4]) if match[4] else None
-    if match[4] and clock is None:
-        return None
-    offset = parse_offset(match[5]) if match[5] else None
-    if match[5] and offset is None:
-        return None
-    return day, clock, offset
