@@ -27,15 +27,13 @@ from app.security.access import READ, SEARCH, Access, ScopeGrant, current_access
 from app.store.patients import identifiers_of, linked_patients
 from app.store.search_sql import visible_ids
 
-_settings = current_state
-
 
 def compartment(access: Access) -> tuple[str, ...] | None:
     """The Patient ids a patient-context access sees (None: no compartment); once per request."""
     if not access.in_patient_context or access.patient is None:
         return None
     if "compartment" not in g:
-        state = _settings()
+        state = current_state()
         g.compartment = linked_patients(state.reader, access.patient, state.base_url)
     return g.compartment
 
@@ -61,7 +59,7 @@ def _narrowing(rtype: str, grant: ScopeGrant) -> tuple[SearchClause, ...] | None
     (a parameter unknown for the type, or not a filter): such a scope grants nothing."""
     if not grant.narrowing:
         return ()
-    state = _settings()
+    state = current_state()
     try:
         parsed = parse_search(
             rtype,
@@ -185,7 +183,7 @@ def restrict_search(query: SearchQuery) -> None:
 def visible(rtype: str, rid: str) -> bool:
     """Whether a read of the current `rtype/rid` may show it (scope checked before)."""
     limits = restrictions(READ)
-    return not limits or bool(visible_ids(_settings().reader, rtype, [rid], limits))
+    return not limits or bool(visible_ids(current_state().reader, rtype, [rid], limits))
 
 
 def guard_read(rtype: str, rid: str) -> None:
@@ -212,7 +210,7 @@ def fetchable_identifiers() -> set[tuple[str, str]] | None:
     patients = compartment(current_access())
     if patients is None:
         return None
-    return identifiers_of(_settings().reader, patients)
+    return identifiers_of(current_state().reader, patients)
 
 
 def binding() -> str:

@@ -114,13 +114,6 @@ class SyncState:
             row = conn.execute(select(t.SourceState).where(col(t.SourceState.source) == source)).first()
         return t.SourceState(**row._mapping) if row else None
 
-    def all(self) -> list[t.SourceState]:
-        with self.engine.connect() as conn:
-            return [
-                t.SourceState(**row._mapping)
-                for row in conn.execute(select(t.SourceState).order_by(col(t.SourceState.source)))
-            ]
-
     def update(self, source: str, **values: Any) -> None:
         """Set some columns of a source's state (cursor as a dict), creating the row if needed."""
         if "cursor" in values:
