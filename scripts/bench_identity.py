@@ -31,7 +31,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import orjson
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 
 from app.identity.features import blocking_keys, features
 from app.identity.keys import patient_id
@@ -42,11 +42,12 @@ from app.store import tables as t
 from app.store.engine import bulk_insert
 from app.store.repository import Store
 from app.store.resources import content_hash
-from testbed.identity_corpus import FEMALE, MALE, _typo
+from testbed.identity_corpus import FEMALE, MALE, typo
+from testbed.postgres import ADMIN_URL, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
-POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", ADMIN_URL)
 SYLLABLES = [
     "ber",
     "man",
@@ -111,7 +112,7 @@ def variant(rng: random.Random, patient: dict, n: int) -> dict:
     name = other["name"][0]
     roll = rng.random()
     if roll < 0.2:
-        name["family"] = _typo(name["family"], rng)
+        name["family"] = typo(name["family"], rng)
     elif roll < 0.3:
         name["family"], name["given"] = name["given"][0], [name["family"]]
     elif roll < 0.4:
@@ -220,20 +221,6 @@ def bench(store: Store, existing: list[dict], queries: int, rng: random.Random) 
     }
 
 
-def postgres_database() -> tuple[str, callable]:
-    name = f"facade_bench_identity_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 FAMILIES: list[str] = []
 WEIGHTS: list[float] = []
 
@@ -254,12 +241,12 @@ def main() -> None:
         f"(half another archive's record of a stored patient)"
     )
     for kind in args.databases.split(","):
-        drop = None
         with tempfile.TemporaryDirectory() as tmp:
-            if kind == "sqlite":
-                url = f"sqlite:///{tmp}/bench.db"
-            else:
-                url, drop = postgres_database()
+            url = (
+                f"sqlite:///{tmp}/bench.db"
+                if kind == "sqlite"
+                else create_database("facade_bench_identity", POSTGRES_ADMIN)
+            )
             store = Store(url)
             try:
                 began = time.perf_counter()
@@ -268,8 +255,8 @@ def main() -> None:
                 result = bench(store, existing, args.queries, random.Random(args.seed + 1))
             finally:
                 store.close()
-                if drop:
-                    drop()
+                if kind != "sqlite":
+                    drop_database(url, POSTGRES_ADMIN)
         base50, base95 = result["baseline"]
         m50, m95 = result["match"]
         r50, r95 = result["reconcile"]

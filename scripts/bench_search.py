@@ -66,10 +66,11 @@ from app.web import create_app
 from scripts.bench_api import free_port, start
 from scripts.dataset import SIZES, ZONE, Archive, archive, load_orthanc, load_store, mapping_context
 from testbed.orthanc import OrthancServer
+from testbed.postgres import ADMIN_URL, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
-POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", ADMIN_URL)
 QUERIES = ["patient", "identifier", "started+CT", "name"]
 TARGET = {"sqlite": 2.0, "postgresql": 1.3}
 BASE = "/fhir"
@@ -177,33 +178,21 @@ class Databases:
     def url(self, kind: str, label: str) -> str:
         if kind == "sqlite":
             return f"sqlite:///{self.workdir / f'{label}.db'}"
-        from sqlalchemy import create_engine, text
-
-        name = f"bench_search_{label.lower()}_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        self.created.append(name)
-        return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        url = create_database(f"bench_search_{label.lower()}", POSTGRES_ADMIN)
+        self.created.append(url)
+        return url
 
     def drop(self, url: str) -> None:
         if url.startswith("sqlite:"):
             for suffix in ("", "-wal", "-shm"):
                 Path(url.split(":///", 1)[1] + suffix).unlink(missing_ok=True)
             return
-        from sqlalchemy import create_engine, text
-
-        name = url.rsplit("/", 1)[1]
-        admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        self.created.remove(name)
+        drop_database(url, POSTGRES_ADMIN)
+        self.created.remove(url)
 
     def drop_all(self) -> None:
-        for name in list(self.created):
-            self.drop(POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+        for url in list(self.created):
+            self.drop(url)
 
 
 def load(url: str, arch: Archive, max_instances: int | None = None) -> dict:

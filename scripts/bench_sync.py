@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import subprocess
 import sys
@@ -45,13 +44,11 @@ from app.sources.dicomweb import DicomwebSource
 from app.sources.queried import exact_bytes
 from app.store.repository import Store
 from app.sync import sync_source
-from scripts.bench_api import free_port
 from scripts.dataset import generate
-from testbed.orthanc import OrthancServer
+from testbed.orthanc import OrthancServer, free_port
+from testbed.postgres import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
-
-POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 class ReplaySource:
@@ -152,16 +149,20 @@ def capacity(args, work: Path) -> tuple[list[StudyRecord], dict]:
     count = _instances(records)
     stores = [("SQLite", f"sqlite:///{work / 'replay.db'}")]
     if not args.skip_postgres:
-        stores.append(("PostgreSQL", _postgres_db()))
+        stores.append(("PostgreSQL", create_database("bench_sync")))
     for name, url in stores:
         config = _config(work, url, "http://127.0.0.1:9/dicom-web")
         store = Store.from_config(config)
-        start = time.perf_counter()
-        summary = sync_source(store, config.sources[0], source=ReplaySource(records))
-        seconds = time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            summary = sync_source(store, config.sources[0], source=ReplaySource(records))
+            seconds = time.perf_counter() - start
+        finally:
+            store.close()
+            if url.startswith("postgresql"):
+                drop_database(url)
         assert summary.new == len(records) and summary.failed == 0, summary
         out[f"replay into {name}"] = count / seconds
-        store.close()
     print(
         f"\n1. capacity: {len(records)} studies, {count} instances ({args.series} series x "
         f"{args.instances} instances), recorded from Orthanc's QIDO-RS"
@@ -172,28 +173,6 @@ def capacity(args, work: Path) -> tuple[list[StudyRecord], dict]:
         print(f"{name:28} {rate:12.0f} {rate / base:10.1f}x")
     print("targets: >= 2,500 instances/s and >= 10x Orthanc's ingest")
     return records, out
-
-
-def _postgres_db() -> str:
-    from sqlalchemy import create_engine, text
-
-    name = f"bench_sync_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _drop_postgres_dbs() -> None:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        names = [r[0] for r in conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'bench_sync_%'"))]
-        for name in names:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def memory_child(recorded: Path, count: int, work: Path) -> None:
@@ -360,10 +339,7 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
         work = Path(tmp)
-        try:
-            capacity(args, work)
-        finally:
-            _drop_postgres_dbs()
+        capacity(args, work)
         if args.memory_studies:
             memory(args, work)
         if args.freshness:

@@ -316,7 +316,7 @@ def make_people(count: int, rng: random.Random) -> list[Person]:
     return people
 
 
-def _typo(word: str, rng: random.Random) -> str:
+def typo(word: str, rng: random.Random) -> str:
     i = rng.randrange(1, len(word))
     kind = rng.choice(["swap", "drop", "double", "replace"])
     if kind == "drop":
@@ -339,9 +339,9 @@ def _record(person: Person, archive: str, number: int, rng: random.Random, clean
         if not clean:
             roll = rng.random()
             if roll < 0.18:
-                family, errors = _typo(family, rng), ["family typo"]
+                family, errors = typo(family, rng), ["family typo"]
             elif roll < 0.32:
-                given, errors = _typo(given, rng), ["given typo"]
+                given, errors = typo(given, rng), ["given typo"]
             elif roll < 0.40:
                 family, given, errors = given, family, ["names swapped"]
             elif roll < 0.45:

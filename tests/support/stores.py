@@ -3,37 +3,28 @@ own, and the config of an open server over either."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
-from testbed import services
-
-POSTGRES_ADMIN = os.environ.get("FACADE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from testbed.postgres import ADMIN_URL, create_database, drop_database
 
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A PostgreSQL database of its own, dropped when done."""
-    services.require("PostgreSQL")
-    name = f"facade_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        raise RuntimeError(f"PostgreSQL at {POSTGRES_ADMIN} is needed by the tests: {exc}") from exc
+        url = create_database("facade_test")
+    except SQLAlchemyError as exc:
+        raise RuntimeError(f"PostgreSQL at {ADMIN_URL} is needed by the tests: {exc}") from exc
     try:
-        yield POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(url)
 
 
 def reset_postgres(url: str) -> None:
