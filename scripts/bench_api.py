@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import requests
 import yaml
 
 from scripts.dataset import generate
+from testbed.orthanc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +39,6 @@ app = Flask("bare")
 def hello():
     return "hello"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], env: dict, url: str) -> subprocess.Popen:
@@ -91,6 +85,13 @@ def wrk(base: str, paths: list[str], seconds: int, connections: int, workdir: Pa
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def print_rates(label: str, results: dict, base: float, width: int) -> None:
+    """One row per wrk result: req/s, p50, p99, its ratio to `base` req/s, and non-2xx answers."""
+    print(f"{label:{width}} {'req/s':>9} {'p50':>9} {'p99':>9} {'ratio':>6} {'non-2xx':>8}")
+    for name, r in results.items():
+        print(f"{name:{width}} {r['rps']:9.0f} {r['p50']:>9} {r['p99']:>9} {r['rps'] / base:6.2f} {r['errors']:8d}")
 
 
 def main(argv=None) -> int:
@@ -172,9 +173,7 @@ def main(argv=None) -> int:
         f"gunicorn sync workers: {args.workers}; wrk: {args.connections} connections, {args.seconds}s each; "
         f"cpu: {os.cpu_count()}"
     )
-    print(f"{'endpoint':32} {'req/s':>9} {'p50':>9} {'p99':>9} {'ratio':>6} {'non-2xx':>8}")
-    for name, r in results.items():
-        print(f"{name:32} {r['rps']:9.0f} {r['p50']:>9} {r['p99']:>9} {r['rps'] / base:6.2f} {r['errors']:8d}")
+    print_rates("endpoint", results, base, 32)
     print("target: ratio >= 0.50 for both FHIR rows")
     return 0
 

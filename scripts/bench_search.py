@@ -63,9 +63,9 @@ from app.store.reader import Reader
 from app.store.repository import Store
 from app.store.search_sql import SearchResult
 from app.web import create_app
-from scripts.bench_api import free_port, start
+from scripts.bench_api import start
 from scripts.dataset import SIZES, ZONE, Archive, archive, load_orthanc, load_store, mapping_context
-from testbed.orthanc import OrthancServer
+from testbed.orthanc import OrthancServer, free_port
 from testbed.postgres import ADMIN_URL, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,9 +34,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from scripts.bench_api import free_port, start, wrk
+from scripts.bench_api import print_rates, start, wrk
 from scripts.bench_search import Databases
 from scripts.dataset import generate
+from testbed.orthanc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,9 +203,7 @@ def main(argv=None) -> int:
         f"median of {args.rounds} turns of {args.seconds}s; "
         f"{args.tokens} distinct RS384 tokens; cpu: {os.cpu_count()}"
     )
-    print(f"{'mode':12} {'req/s':>9} {'p50':>9} {'p99':>9} {'ratio':>6} {'non-2xx':>8}")
-    for mode, r in results.items():
-        print(f"{mode:12} {r['rps']:9.0f} {r['p50']:>9} {r['p99']:>9} {r['rps'] / base:6.2f} {r['errors']:8d}")
+    print_rates("mode", results, base, 12)
     print("target: ratio >= 0.80 for token (token checking and audit together)")
     return 0
 
