@@ -16,8 +16,6 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import SQLModel
 
-from app.store import tables  # noqa: F401 - registers every table with SQLModel.metadata
-
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:"):
@@ -36,11 +34,6 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet (app/store/tables.py)."""
-    SQLModel.metadata.create_all(engine)
 
 
 def analyze(engine: Engine) -> None:

@@ -8,6 +8,8 @@
     store.fetches     on-demand asks per patient (bookkeeping.py)
     store.settings    shared server settings (bookkeeping.py)
 
+The schema's version is checked when a Store opens (schema.py, migrations/).
+
 Writes go through SQLAlchemy; the API's reads through plain SQL (reader.py, search_sql.py).
 """
 
@@ -18,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
-from app.store import batch
+from app.store import batch, schema
 from app.store.bookkeeping import PatientFetches, Quarantine, Settings, SyncState
-from app.store.engine import analyze, create_schema, make_engine
+from app.store.engine import analyze, make_engine
 from app.store.indexer import Indexing
 from app.store.patients import Patients
 from app.store.resources import Resources
@@ -34,7 +36,11 @@ class Store:
     def __init__(self, url: str, default_zone: str = "UTC", base_url: str | None = None):
         self.url = url
         self.engine = make_engine(url)
-        create_schema(self.engine)
+        try:
+            schema.check(self.engine)  # a new store is made; one behind or ahead is refused
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.indexing = Indexing(default_zone, base_url)
         self.resources = Resources(self.engine, self.indexing)
         self.patients = Patients(self.resources)
