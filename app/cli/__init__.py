@@ -6,13 +6,15 @@ import logging
 
 import click
 
-from app.cli import check_config, explain, identity, quarantine, serve, sync
+from app.cli import check_config, db, explain, identity, quarantine, serve, sync
 
 
 @click.group()
 def main() -> None:
     """FHIR R4 ImagingStudy facade over DICOM archives."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic says at INFO what it assumes of each connection; `db upgrade` turns it back on
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 main.add_command(check_config.check_config)
@@ -21,3 +23,4 @@ main.add_command(quarantine.quarantine)
 main.add_command(explain.map_file)
 main.add_command(serve.serve)
 main.add_command(identity.identity)
+main.add_command(db.db)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from app.config import CONFIG_ENV, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from app.store.repository import Store
 
 CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
 
@@ -26,3 +29,15 @@ def load(path: str | None) -> Config:
         return load_config(path)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def open_store(config: Config) -> Store:
+    """The configured store, or the end of the command when its schema is not this release's
+    (saying what to run: `imaging-facade db upgrade`)."""
+    from app.store.repository import Store
+    from app.store.schema import SchemaMismatch
+
+    try:
+        return Store.from_config(config)
+    except SchemaMismatch as exc:
+        fail(exc.advice(str(config.path)))

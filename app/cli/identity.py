@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from app.cli.common import config_option, fail, load
+from app.cli.common import config_option, fail, load, open_store
 
 if TYPE_CHECKING:
     from app.identity.settings import IdentityConfig
@@ -24,10 +24,9 @@ T = TypeVar("T")
 def _run(config_path: str | None, action: Callable[[Store, IdentityConfig], T]) -> T:
     """`action(store, identity rules)` on the configured store; a refusal ends the command."""
     from app.identity.review import IdentityError
-    from app.store.repository import Store
 
     config = load(config_path)
-    store = Store.from_config(config)
+    store = open_store(config)
     try:
         return action(store, config.identity)
     except IdentityError as exc:

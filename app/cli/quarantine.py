@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.cli.common import config_option, fail, load
+from app.cli.common import config_option, fail, load, open_store
 from app.config import ConfigError
 
 
@@ -19,7 +19,6 @@ def quarantine() -> None:
 def quarantine_list(config_path: str | None, source_name: str | None) -> None:
     """List quarantined studies: source, study UID, where it was found, since when, and why."""
     from app.clock import micros_to_instant
-    from app.store.repository import Store
 
     config = load(config_path)
     if source_name:
@@ -27,7 +26,7 @@ def quarantine_list(config_path: str | None, source_name: str | None) -> None:
             config.source(source_name)
         except ConfigError as exc:
             fail(str(exc))
-    store = Store.from_config(config)
+    store = open_store(config)
     entries = store.quarantine.entries(source_name)
     store.close()
     if not entries:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from app.cli.common import config_option, fail, load
+from app.cli.common import config_option, fail, load, open_store
 from app.cli.sync import sync_with_progress
 from app.config import Config
 
@@ -39,7 +39,6 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     """Serve the FHIR API at http://HOST:PORT/fhir with gunicorn."""
     from app.security import OpenModeRefused, check_open_mode
     from app.server import run_gunicorn
-    from app.store.repository import Store
 
     config = load(config_path)
     host = host or config.server.host
@@ -52,7 +51,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         fail(str(exc))
     if warning:
         log.warning(warning)
-    store = Store.from_config(config)  # creates tables before workers fork
+    store = open_store(config)  # creates tables before workers fork
     store.settings.paging_secret()
     if config.server.sync_on_start:
         for src in config.sources:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from app.cli.common import config_option, fail, load
+from app.cli.common import config_option, fail, load, open_store
 from app.config import ConfigError
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 @click.option("--watch", is_flag=True, help="keep syncing until stopped (SIGTERM or Ctrl-C)")
 def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
     """Run one sync of every source (or one) with a progress bar and a summary."""
-    from app.store.repository import Store
 
     config = load(config_path)
     try:
@@ -32,7 +31,7 @@ def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
         fail(str(exc))
     if not sources:
         fail("no sources configured")
-    store = Store.from_config(config)
+    store = open_store(config)
     if watch:
         _watch(store, sources)
         return
