@@ -1,0 +1,135 @@
+"""A store with a row in every table a deployment keeps, made through the real code from real
+DICOM files, and a snapshot of every table: a migration test fills a store made by the previous
+schema, upgrades it and compares the snapshots, so that nothing a hospital keeps is lost.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+from sqlalchemy import create_engine, inspect, text
+
+from app.config import Config
+from app.identity.keys import patient_id
+from app.identity.reconcile import reconcile_patient
+from app.store.audit_log import close_all as close_audit_logs
+from app.store.repository import Store
+from app.sync import sync_source
+from app.web import create_app
+
+#: real files shipped with pydicom: three studies of three patients
+FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")
+#: tables whose rows the filling must make, named by what they keep
+KEPT = (
+    "resource",  # resources
+    "resource_version",  # their versions
+    "tombstone",  # deletions
+    "study_copy",
+    "patient_contribution",
+    "patient_link",  # identity links, automatic and waiting for review
+    "patient_match",
+    "patient_block",
+    "quarantine",
+    "source_state",
+    "sync_run",
+    "patient_fetch",
+    "setting",
+    "audit_event",  # the audit trail
+    "audit_index",
+)
+
+
+def folder_source_config(store_url: str, archive: Path) -> dict:
+    """An open server that keeps an audit trail, over one folder source at `archive`."""
+    return {
+        "store": store_url,
+        "server": {"base_url": "http://testserver/fhir"},
+        "security": {"open": True, "audit": True},
+        "sources": [{"name": "archive", "type": "folder", "path": str(archive)}],
+    }
+
+
+def _person(system: str, value: str, family: str, given: str, birth: str | None) -> dict:
+    person = {
+        "resourceType": "Patient",
+        "id": patient_id(system, value),
+        "identifier": [{"system": system, "value": value}],
+        "name": [{"family": family, "given": [given]}],
+        "gender": "male",
+    }
+    if birth:
+        person["birthDate"] = birth
+    return person
+
+
+def _study(uid: str, patient: dict) -> dict:
+    return {
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
+        "subject": {"reference": f"Patient/{patient['id']}"},
+    }
+
+
+def fill(config: Config, archive: Path) -> None:
+    """Sync real files (one of them broken, one removed again), link records of one person,
+    ask on demand, and read through the API with the audit trail on."""
+    archive.mkdir(exist_ok=True)
+    for name in FILES:
+        shutil.copyfile(get_testdata_file(name), archive / name)
+    broken = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    del broken.StudyInstanceUID  # quarantined: a study needs its UID
+    broken.save_as(archive / "broken.dcm")
+    store = Store.from_config(config)
+    try:
+        src = config.sources[0]
+        sync_source(store, src)
+        (archive / "rtplan.dcm").unlink()  # gone from the archive: its study is deleted
+        sync_source(store, src)
+        same = _person("urn:oid:1.2.1", "1001", "Miller", "John", "1970-03-05")
+        again = _person("urn:oid:1.2.2", "A77", "MILLER", "John", "1970-05-03")  # linked automatically
+        unsure = _person("urn:oid:1.2.3", "10", "Miller", "John", None)  # waits for review
+        for uid, person, source in [("1.1", same, "a"), ("1.2", again, "b"), ("1.3", unsure, "c")]:
+            store.studies.put(_study(uid, person), person, source)
+            reconcile_patient(store, person["id"], config.identity)
+        store.fetches.mark(src.name, "urn:oid:1.2.1", "1001", 1_700_000_000_000_000)
+        client = create_app(config, store).test_client()
+        for url in ("/fhir/ImagingStudy", "/fhir/Patient?name=miller", f"/fhir/Patient/{same['id']}"):
+            assert client.get(url).status_code == 200, url
+        close_audit_logs()  # every event stored
+    finally:
+        store.close()
+
+
+def snapshot(url: str) -> dict[str, list[tuple]]:
+    """Every row of every table but Alembic's own, in a stable order."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = sorted(set(inspect(conn).get_table_names()) - {"alembic_version"})
+            return {name: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{name}"'))), key=repr) for name in names}
+    finally:
+        engine.dispose()
+
+
+def forget_version(url: str) -> None:
+    """Make the store look as the first release left it: its tables, no schema version."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE alembic_version"))
+    finally:
+        engine.dispose()
+
+
+def set_version(url: str, revision: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    finally:
+        engine.dispose()
