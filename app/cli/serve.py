@@ -51,7 +51,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         fail(str(exc))
     if warning:
         log.warning(warning)
-    store = open_store(config)  # creates tables before workers fork
+    store = open_store(config)  # a new store is made, one behind or ahead refused, before workers fork
     store.settings.paging_secret()
     if config.server.sync_on_start:
         for src in config.sources:

@@ -1,4 +1,4 @@
-"""The database engine and schema, and what every write path shares (bulk rows, commit mode).
+"""The database engine, and what every write path shares (bulk rows, commit mode).
 
 SQLite runs in WAL mode with `synchronous=NORMAL` (a commit is on disk as far as the operating
 system is concerned; no fsync per transaction); PostgreSQL through psycopg 3 with a small pool
