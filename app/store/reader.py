@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 def connection_errors() -> tuple[type[Exception], ...]:
     """What closing a connection that already broke may raise. psycopg is imported only by a
-    process that opens a PostgreSQL connection (a SQLite node never loads it)."""
-    psycopg = sys.modules.get("psycopg")
-    return (sqlite3.Error, OSError, psycopg.Error) if psycopg else (sqlite3.Error, OSError)
+    process that opens a PostgreSQL connection (a SQLite node never loads it); a reader's
+    finalizer may run while that import is half done (the garbage collector runs anywhere),
+    and then psycopg has no Error yet, nor any connection to close."""
+    error = getattr(sys.modules.get("psycopg"), "Error", None)
+    return (sqlite3.Error, OSError, error) if error else (sqlite3.Error, OSError)
 
 
 def _close(connections: list[Connection]) -> None:

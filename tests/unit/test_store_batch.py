@@ -4,7 +4,7 @@ stores."""
 from __future__ import annotations
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlmodel import SQLModel
 
 from app.store import tables as t
@@ -104,6 +104,8 @@ def test_put_studies_stores_what_put_study_stores(store_url):
     one_by_one = [store.studies.put(study, patient, "pacs") for study, patient in SEQUENCE]
     expected = _snapshot(store)
     SQLModel.metadata.drop_all(store.engine)
+    with store.engine.begin() as conn:  # an empty database again, without a schema version either
+        conn.execute(text("DROP TABLE alembic_version"))
     store.close()
 
     store = Store(store_url)
