@@ -57,7 +57,7 @@ class Proxy:
         self.max_in_flight = 0
         self._lock = threading.Lock()
         self._idle: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
-        self._sessions: list[requests.Session] = []
+        self._closed = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,8 +88,9 @@ class Proxy:
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
-            for session in self._sessions:
-                session.close()
+            self._closed = True  # a request still being answered closes its session itself
+        while not self._idle.empty():
+            self._idle.get().close()
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -119,7 +120,7 @@ class Proxy:
         length = int(handler.headers.get("Content-Length") or 0)
         data = handler.rfile.read(length) if length else None
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")}
-        session = self._session()
+        session = self._take_session()
         try:
             upstream = session.request(
                 handler.command, self.target + handler.path, data=data, headers=headers, timeout=60
@@ -127,20 +128,26 @@ class Proxy:
         except requests.RequestException:
             return Answer(502)
         finally:
-            self._idle.put(session)
+            self._give_back(session)
         kept = [(k, v) for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED]
         return Answer(upstream.status_code, kept, upstream.content)
 
-    def _session(self) -> requests.Session:
+    def _take_session(self) -> requests.Session:
         """An idle session to the archive (kept-alive connections), or a new one."""
         try:
             return self._idle.get_nowait()
         except queue.Empty:
             session = requests.Session()
             session.trust_env = False  # straight to the target, whatever the environment's proxies
-            with self._lock:
-                self._sessions.append(session)
             return session
+
+    def _give_back(self, session: requests.Session) -> None:
+        """Keep the session for the next request; once the proxy is closed, close it."""
+        with self._lock:
+            if not self._closed:
+                self._idle.put(session)
+                return
+        session.close()
 
     def _send(self, handler: BaseHTTPRequestHandler, answer: Answer) -> None:
         handler.send_response(answer.status)
