@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 #: headers about one hop (RFC 9110 7.6.1) or recomputed here, not copied from the archive's answer
 _NOT_FORWARDED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"})
@@ -142,6 +144,9 @@ class Proxy:
         except queue.Empty:
             session = requests.Session()
             session.trust_env = False  # straight to the target, whatever the environment's proxies
+            # the archive may close a kept-alive connection as it is reused: ask again on a new one
+            # (idempotent methods only, urllib3's default), rather than answer 502 for it
+            session.mount("http://", HTTPAdapter(max_retries=Retry(total=2, status=0, raise_on_status=False)))
             return session
 
     def _give_back(self, session: requests.Session) -> None:
