@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from requests.adapters import HTTPAdapter, Retry
 
 #: headers about one hop (RFC 9110 7.6.1) or recomputed here, not copied from the archive's answer
 _NOT_FORWARDED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"})
