@@ -27,12 +27,19 @@ StudyDate slices (`app.sources.matching`). Series and instance answers are cut t
 way (Orthanc: LimitFindResults, LimitFindInstances); a study whose series or instances
 are fewer than its own NumberOfStudyRelatedSeries / NumberOfSeriesRelatedInstances says
 is reported as a StudyFailure, rather than indexed with series or instances missing.
+
+Reading studies in parallel (`concurrency`): each reading thread has a requests.Session and a
+DICOMwebClient of its own, made like the source's (credentials, headers, response hook), over
+the source's connection pools (urllib3's pools are shared between threads safely); whether an
+answer was cut is noted per thread. A 429 or 503 with Retry-After holds back every thread's
+next request, not only the one that got it: the archive asked the client to wait.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,6 +47,7 @@ from urllib.parse import urlsplit
 
 import requests
 from dicomweb_client.api import DICOMwebClient
+from requests.adapters import HTTPAdapter
 
 from app.mapping import tags
 from app.sources.base import SeriesRecord
@@ -89,7 +97,9 @@ class DicomwebSource(QueriedArchive):
         max_results: int | None = None,
         private_tags: Iterable[int] = (),
         change_feed: OrthancChanges | None = None,
+        concurrency: int = 1,
     ):
+        super().__init__(concurrency)
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         if max_results is not None and max_results < 1:
@@ -105,24 +115,26 @@ class DicomwebSource(QueriedArchive):
         self._private_keys = frozenset(f"{tag:08X}" for tag in private_tags)
         #: the most studies the archive returns for one query (Orthanc: LimitFindResults)
         self.max_results = max_results
-        self._cut = False  # a response of the current query carried the PS3.18 "cut" warning
+        self.timeout = timeout
+        # per thread: its DICOMwebClient (`client`, for reading threads), and whether a response
+        # of its current query carried the PS3.18 "cut" warning (`cut`)
+        self._local = threading.local()
+        # time.monotonic() before which no request is sent: the archive answered Retry-After
+        self._resume_at = 0.0
+        self._resume_lock = threading.Lock()
         self._secrets = [s for s in (password, token, urlsplit(url).password) if s]
-        session = session if session is not None else requests.Session()
+        if session is None:
+            session = requests.Session()
+            if concurrency > 10:  # requests keeps 10 connections per host by default
+                for prefix in ("http://", "https://"):
+                    session.mount(prefix, HTTPAdapter(pool_maxsize=concurrency))
         if username is not None:
             session.auth = (username, password or "")
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
         session.hooks["response"].append(self._note_warning)
         self.session = session
-        self.client = DICOMwebClient(self.url, session=session, timeout=timeout, permissive_uid=True)
-        self.client.set_http_retry_params(retry=False)  # retried here, with short backoff
-        # dicomweb-client sends "Host: <host>" without the port; archives build their
-        # RetrieveURL (0008,1190) from it (Orthanc answers http://127.0.0.1/... for a
-        # server on :8042) and virtual hosts route on it: send host:port as RFC 9110 says
-        netloc = urlsplit(self.url)
-        if netloc.port is not None and netloc.hostname:
-            host = f"[{netloc.hostname}]" if ":" in netloc.hostname else netloc.hostname
-            self.client.host = f"{host}:{netloc.port}"
+        self.client = self._new_client(session)
         #: Orthanc's change feed at its REST API (`changes: orthanc`), or None
         self.change_feed = change_feed
         self.stats: dict = {}
@@ -131,11 +143,59 @@ class DicomwebSource(QueriedArchive):
 
     # -- internals -------------------------------------------------------------------
 
+    def _new_client(self, session: requests.Session) -> DICOMwebClient:
+        client = DICOMwebClient(self.url, session=session, timeout=self.timeout, permissive_uid=True)
+        client.set_http_retry_params(retry=False)  # retried here, with short backoff
+        # dicomweb-client sends "Host: <host>" without the port; archives build their
+        # RetrieveURL (0008,1190) from it (Orthanc answers http://127.0.0.1/... for a
+        # server on :8042) and virtual hosts route on it: send host:port as RFC 9110 says
+        netloc = urlsplit(self.url)
+        if netloc.port is not None and netloc.hostname:
+            host = f"[{netloc.hostname}]" if ":" in netloc.hostname else netloc.hostname
+            client.host = f"{host}:{netloc.port}"
+        return client
+
+    def _start_worker(self) -> None:
+        """A reading thread's own session, set up as the source's, over its connection pools:
+        requests does not promise that a Session may be shared between threads."""
+        base = self.session
+        session = requests.Session()
+        session.auth = base.auth
+        session.headers.update(base.headers)
+        session.hooks = {event: list(hooks) for event, hooks in base.hooks.items()}
+        session.cookies.update(base.cookies)
+        session.verify, session.cert, session.proxies = base.verify, base.cert, dict(base.proxies)
+        session.trust_env, session.max_redirects = base.trust_env, base.max_redirects
+        for prefix, adapter in base.adapters.items():
+            session.mount(prefix, adapter)
+        self._local.client = self._new_client(session)
+
+    @property
+    def _client(self) -> DICOMwebClient:
+        """The DICOMwebClient of this thread: a reading thread's own, else the source's."""
+        return getattr(self._local, "client", None) or self.client
+
+    @property
+    def _cut(self) -> bool:
+        """Whether a response of this thread's current query carried the "cut" warning."""
+        return bool(getattr(self._local, "cut", False))
+
     def _note_warning(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         warning = response.headers.get("Warning")
         if warning and _CUT_WARNING.search(warning):
-            self._cut = True
+            self._local.cut = True  # a response hook runs in the thread that sent the request
         return response
+
+    def _hold_requests(self, seconds: float) -> None:
+        """Send no request for `seconds`, from any thread."""
+        with self._resume_lock:
+            self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+
+    def _await_turn(self) -> None:
+        """Wait while the archive asked us to (Retry-After)."""
+        delay = self._resume_at - time.monotonic()
+        if delay > 0:
+            self._pause(delay)
 
     def _clean(self, text: str) -> str:
         for secret in self._secrets:
@@ -146,7 +206,8 @@ class DicomwebSource(QueriedArchive):
         """One QIDO request, retried on connection errors and 429/502/503/504."""
         attempt = 0
         while True:
-            self.stats["requests"] += 1
+            self._await_turn()
+            self._count("requests")
             error: requests.RequestException
             try:
                 answer = fn(**kwargs)
@@ -160,15 +221,17 @@ class DicomwebSource(QueriedArchive):
                 if response is None or response.status_code not in RETRY_STATUSES:
                     raise
                 error, wait = exc, response.headers.get("Retry-After")
-            if attempt >= self.retries:
+            if attempt >= self.retries or self._abandoned():
                 raise error
             delay = self.backoff * (2**attempt)
             if wait and wait.isdigit():
                 delay = max(delay, min(float(wait), 10.0))
+                # Retry-After (RFC 9110 10.2.3) asks the client to wait, not only this request
+                self._hold_requests(delay)
             attempt += 1
-            self.stats["retries"] += 1
+            self._count("retries")
             log.info("source %s: retry %d after %s", self.name, attempt, type(error).__name__)
-            time.sleep(delay)
+            self._pause(delay)
 
     def _paged(self, fn: Callable[..., object], **kwargs: Any) -> list[dict]:
         """All answers of a query, page by page, until a page comes back short.
@@ -177,7 +240,7 @@ class DicomwebSource(QueriedArchive):
         """
         answers: list[dict] = []
         offset = 0
-        self._cut = False
+        self._local.cut = False
         while True:
             page = self._call(fn, limit=self.page_size, offset=offset, **kwargs)
             answers.extend(page)
@@ -194,17 +257,17 @@ class DicomwebSource(QueriedArchive):
 
     def _query_studies(self, session: None, keys: dict) -> tuple[list[dict], bool]:
         answers = self._paged(
-            self.client.search_for_studies, fields=STUDY_FIELDS, search_filters=qido_params(keys) or None
+            self._client.search_for_studies, fields=STUDY_FIELDS, search_filters=qido_params(keys) or None
         )
         return answers, self._at_limit(answers)
 
     def _query_series(self, session: None, study_uid: str) -> tuple[list[dict], bool]:
-        answers = self._paged(self.client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS)
+        answers = self._paged(self._client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS)
         return answers, self._cut
 
     def _query_instances(self, session: None, study_uid: str, series_uid: str) -> tuple[list[dict], bool]:
         answers = self._paged(
-            self.client.search_for_instances,
+            self._client.search_for_instances,
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
             fields=INSTANCE_FIELDS,
@@ -265,7 +328,7 @@ class DicomwebSource(QueriedArchive):
         # the listing refused series and instances without their UIDs (app/sources/queried.py)
         assert series_uid is not None and sop is not None
         try:
-            metadata = self._call(lambda: [self.client.retrieve_instance_metadata(uid, series_uid, sop)])[0]
+            metadata = self._call(lambda: [self._client.retrieve_instance_metadata(uid, series_uid, sop)])[0]
         except (requests.RequestException, ValueError, IndexError, BadAnswer) as exc:
             return attrs, [f"instance metadata not read: {self._describe(exc)}"]
         merged = dict(attrs)

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from app.mapping.profile import Profile
     from app.sources.dicomweb import DicomwebSource
 
+#: studies a dicomweb or dimse source reads at once unless `concurrency` says otherwise
+DEFAULT_CONCURRENCY = 4
+#: the most `concurrency` accepts: each is a thread, a connection and an archive's worker
+MAX_CONCURRENCY = 64
+
 
 def orthanc_rest_url(dicomweb_url: str) -> str | None:
     """Orthanc's REST API root under its DICOMweb URL (…/dicom-web), or None if it is not one."""
@@ -44,6 +49,8 @@ class DicomwebSchema(Schema):
     rest_url = fields.URL(load_default=None, require_tld=False, schemes={"http", "https"})
     # dicomweb and dimse: the most studies the archive answers to one query
     max_results = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    # dicomweb and dimse: studies read at once (None: DEFAULT_CONCURRENCY)
+    concurrency = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_CONCURRENCY))
 
     @validates_schema(skip_on_field_errors=False)
     def _dicomweb_keys(self, data: dict[str, Any], **_: Any) -> None:
@@ -89,6 +96,8 @@ class DicomwebSettings(ProtocolSettings):
     rest_url: str | None = None
     #: the most studies the archive answers to one query (Orthanc: LimitFindResults)
     max_results: int | None = None
+    #: studies read at once, so requests in flight at most
+    concurrency: int = DEFAULT_CONCURRENCY
 
     @classmethod
     def from_data(cls, data: dict) -> DicomwebSettings:
@@ -109,6 +118,7 @@ class DicomwebSettings(ProtocolSettings):
             changes=data["changes"],
             rest_url=rest_url,
             max_results=data["max_results"],
+            concurrency=DEFAULT_CONCURRENCY if data["concurrency"] is None else data["concurrency"],
         )
 
     def where(self) -> str:
@@ -140,4 +150,5 @@ class DicomwebSettings(ProtocolSettings):
             max_results=self.max_results,
             private_tags=profile.private_tag_numbers() if profile else (),
             change_feed=feed,
+            concurrency=self.concurrency,
         )

@@ -7,7 +7,8 @@ SERIES level and one at IMAGE level per series. Each answer (the identifier of a
 response) is converted to DICOM JSON with `dataset_to_dicom_json`, so mapping gets what
 QIDO-RS would have returned.
 
-Associations: one for the listing and one per study, released when done. A query that
+Associations: one for the listing and one per study, released when done; with `concurrency`
+N, N studies are read at once, so at most N associations are open. A query that
 fails for a transient reason (connection refused or lost, association aborted, no answer
 within `timeout`, rejected-transient, Out of Resources) is repeated on a new association
 after a short backoff, up to `retries` times. If the archive refuses a query with
@@ -36,7 +37,6 @@ the application set a level for the `pynetdicom` logger itself.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -188,7 +188,9 @@ class DimseSource(QueriedArchive):
         retries: int = 2,
         backoff: float = 0.5,
         max_results: int | None = None,
+        concurrency: int = 1,
     ):
+        super().__init__(concurrency)
         if not host:
             raise ValueError("host is required")
         if not called_aet or not called_aet.strip():
@@ -226,7 +228,7 @@ class DimseSource(QueriedArchive):
         except _DimseError as exc:
             raise SourceError(self.name, self.location, f"C-ECHO failed: {exc}") from None
         try:
-            self.stats["requests"] += 1
+            self._count("requests")
             status = assoc.send_c_echo()
         finally:
             if assoc.is_established:
@@ -242,7 +244,7 @@ class DimseSource(QueriedArchive):
 
     def _associate(self, context: UID) -> Association:
         """An established association with `context` accepted, or a _DimseError."""
-        self.stats["associations"] += 1
+        self._count("associations")
         opened: list[bool] = []
         # the rejection as it arrives (pynetdicom's own verdict can miss it: a peer that rejects and
         # closes at once can beat the requestor to its check that the connection is up, which
@@ -283,7 +285,7 @@ class DimseSource(QueriedArchive):
 
         The list's `cut` is True when the archive ended the matches with Cancel unasked.
         """
-        self.stats["requests"] += 1
+        self._count("requests")
         answers = _Answers()
         try:
             responses = assoc.send_c_find(identifier, FIND_MODEL)
@@ -297,7 +299,7 @@ class DimseSource(QueriedArchive):
                     continue
                 if category in ("Success", "Warning"):
                     if category == "Warning":
-                        self.stats["warnings"] += 1
+                        self._count("warnings")
                     return answers
                 if code == CUT_STATUS:
                     answers.cut = True
@@ -334,12 +336,12 @@ class DimseSource(QueriedArchive):
                 continue
             if error.status is None:
                 session.drop()  # the association is in an unknown state
-            if not error.transient or attempt >= self.retries:
+            if not error.transient or attempt >= self.retries or self._abandoned():
                 raise error
             attempt += 1
-            self.stats["retries"] += 1
+            self._count("retries")
             log.info("source %s: retry %d after: %s", self.name, attempt, error)
-            time.sleep(self.backoff * (2 ** (attempt - 1)))
+            self._pause(self.backoff * (2 ** (attempt - 1)))
 
     # -- the protocol's hooks (app/sources/queried.py) -----------------------------------
     @contextmanager

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.sources.base import ProtocolSettings
+from app.sources.dicomweb_settings import DEFAULT_CONCURRENCY
 
 if TYPE_CHECKING:
     from app.mapping.profile import Profile
@@ -31,8 +32,8 @@ def check_aet(value: str) -> None:
 
 
 class DimseSchema(Schema):
-    """The config keys of a `type: dimse` source (app/sources/settings.py joins them); `timeout`
-    and `max_results` are shared with dicomweb."""
+    """The config keys of a `type: dimse` source (app/sources/settings.py joins them); `timeout`,
+    `max_results` and `concurrency` are shared with dicomweb."""
 
     host = fields.String(load_default=None, validate=validate.Length(min=1))
     port = fields.Integer(load_default=104, validate=validate.Range(min=1, max=65535))
@@ -62,6 +63,8 @@ class DimseSettings(ProtocolSettings):
     timeout: float = 30.0
     #: the most studies the archive answers to one C-FIND (Orthanc: LimitFindResults)
     max_results: int | None = None
+    #: studies read at once, so associations open at most
+    concurrency: int = DEFAULT_CONCURRENCY
 
     @classmethod
     def from_data(cls, data: dict) -> DimseSettings:
@@ -73,6 +76,7 @@ class DimseSettings(ProtocolSettings):
             calling_aet=data["calling_aet"].strip(),
             timeout=data["timeout"],
             max_results=data["max_results"],
+            concurrency=DEFAULT_CONCURRENCY if data["concurrency"] is None else data["concurrency"],
         )
 
     def where(self) -> str:
@@ -89,4 +93,5 @@ class DimseSettings(ProtocolSettings):
             calling_aet=self.calling_aet,
             timeout=self.timeout,
             max_results=self.max_results,
+            concurrency=self.concurrency,
         )

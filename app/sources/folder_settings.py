@@ -34,6 +34,8 @@ class FolderSchema(Schema):
             raise ValidationError("a folder source needs a path", "path")
         if data.get("max_results") is not None:
             problems["max_results"] = ["max_results is for dicomweb and dimse sources (a folder has no limit)"]
+        if data.get("concurrency") is not None:
+            problems["concurrency"] = ["concurrency is for dicomweb and dimse sources (a folder is read file by file)"]
         if data.get("on_demand"):
             problems["on_demand"] = ["on-demand fetching needs an archive that answers queries (dicomweb or dimse)"]
         if problems:

@@ -16,14 +16,24 @@ The rules they share:
 - a study that fails on the archive's side fails alone, but `ARCHIVE_DOWN_AFTER` such
   studies in a row (or an archive that cannot be reached at all) end the run: the archive,
   not the studies, is failing.
+
+With `concurrency` N above 1, N studies are read at once, each in a thread of its own, and
+given back in listing order: a thread only reads (`_read_study`); what is counted, and whether
+the run ends, is decided as each study is given back (`_settle`), so the caller gets the same
+studies, failures and counters as from a sequential run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -67,12 +77,26 @@ def _packed(listing: list) -> list:
     return packed
 
 
+@dataclass
+class _Reading:
+    """What reading one listed study gave, before it is counted: its series, or the failure."""
+
+    uid: str | None
+    attrs: dict | None
+    repairs: list[str]
+    series: list[SeriesRecord] = field(default_factory=list)
+    duplicates: int = 0
+    error: Exception | None = None
+
+
 class QueriedArchive:
-    """Every study of an archive that answers queries, listed first, then read one by one.
+    """Every study of an archive that answers queries, listed first, then read `concurrency`
+    at a time.
 
     A listing made by `total(match)` is used by the next `iter_studies(match)` with the same
     match. `match` narrows the listing to study-level matching keys (app.sources.matching);
-    the archive does the matching. A protocol gives the hooks marked below.
+    the archive does the matching. A protocol gives the hooks marked below; they may run in
+    several threads at once, and count with `_count`.
     """
 
     answers_queries = True
@@ -94,6 +118,15 @@ class QueriedArchive:
     _failing = 0  # studies in a row that failed on the archive's side
     #: where the last listing may have missed studies (a capped answer it could not cut)
     listing_gaps: list[str] = []
+
+    def __init__(self, concurrency: int = 1):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        #: studies read at once; 1 reads them one after the other, in the caller's thread
+        self.concurrency = concurrency
+        self._stats_lock = threading.Lock()
+        # set while the threads of a run that ended finish: a retry they would make is not waited for
+        self._ending = threading.Event()
 
     # -- the protocol's hooks ---------------------------------------------------------------
     def _session(self) -> AbstractContextManager[Any]:
@@ -148,6 +181,23 @@ class QueriedArchive:
     def _study_location(self, uid: str) -> str:
         raise NotImplementedError
 
+    def _start_worker(self) -> None:
+        """Prepare a thread that will read studies (DICOMweb: its own HTTP session)."""
+
+    # -- for the hooks ----------------------------------------------------------------------
+    def _count(self, name: str, n: int = 1) -> None:
+        """Add to a counter of `stats`: the hooks count from several threads at once."""
+        with self._stats_lock:
+            self.stats[name] += n
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before a retry; a run that ended does not wait."""
+        self._ending.wait(seconds)
+
+    def _abandoned(self) -> bool:
+        """Whether the run this study was read for has ended: its reading may stop retrying."""
+        return self._ending.is_set()
+
     #: the counters a listing starts from (`stats`, shown in a sync's summary in this order)
     stat_names: tuple[str, ...] = (
         "studies_listed",
@@ -195,8 +245,38 @@ class QueriedArchive:
         else:
             listing = _packed(self._list_studies(match))
             self._listed = key
-        for item in listing:
-            yield self._fetch_study(orjson.loads(item) if isinstance(item, bytes) else item)
+        studies = (orjson.loads(item) if isinstance(item, bytes) else item for item in listing)
+        if self.concurrency == 1 or len(listing) < 2:
+            for item in studies:
+                yield self._settle(self._read_study(item))
+        else:
+            yield from self._read_ahead(studies)
+
+    def _read_ahead(self, studies: Iterator[Any]) -> Iterator[StudyRecord | StudyFailure]:
+        """The studies read `concurrency` at a time, given back in listing order.
+
+        Each thread reads one study at a time, so at most `concurrency` requests (or DIMSE
+        associations) are open at once. At most twice that many studies are read ahead of the
+        one given back, so memory stays bounded while the caller stores. When the caller stops
+        (closes the iterator, or the archive is found failing), studies not started are
+        dropped and those being read end after their current request; no thread outlives it.
+        """
+        pool = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix=f"source-{self.name}", initializer=self._start_worker
+        )
+        pending: deque[Future[_Reading]] = deque()
+        try:
+            for item in itertools.islice(studies, 2 * self.concurrency):
+                pending.append(pool.submit(self._read_study, item))
+            while pending:
+                reading = pending.popleft().result()
+                for item in itertools.islice(studies, 1):
+                    pending.append(pool.submit(self._read_study, item))
+                yield self._settle(reading)
+        finally:
+            self._ending.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._ending.clear()
 
     # -- listing ----------------------------------------------------------------------------
     def _list_studies(self, match: dict | None = None) -> list[tuple[dict | None, list[str]]]:
@@ -236,40 +316,57 @@ class QueriedArchive:
         return listing
 
     # -- one study --------------------------------------------------------------------------
-    def _fetch_study(self, item: tuple[dict | None, list[str]]) -> StudyRecord | StudyFailure:
+    def _read_study(self, item: tuple[dict | None, list[str]]) -> _Reading:
+        """Read a listed study's series and instances. Only reads: it runs in the reading
+        threads, and what it found is counted by `_settle`."""
         attrs, study_repairs = item
         uid = first_uid(attrs, tags.STUDY_UID) if attrs is not None else None
+        reading = _Reading(uid=uid, attrs=attrs, repairs=list(study_repairs))
         if attrs is None or uid is None:
-            self.stats["failed"] += 1
-            reason = self.undecodable if attrs is None else "study answer without StudyInstanceUID"
-            return StudyFailure(uid=None, reason=reason, location=self.location)
-        repairs = list(study_repairs)
+            return reading
         try:
             with self._session() as session:
-                series_list, duplicates = self._read_series(session, uid, repairs)
+                series_list, duplicates = self._read_series(session, uid, reading.repairs)
             check_count("the study", "series", len(series_list), attrs, tags.STUDY_SERIES_COUNT)
+            reading.duplicates = duplicates
             if duplicates:
-                self.stats["duplicates"] += duplicates
-                repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
+                reading.repairs.append(f"ignored {duplicates} repeated series/instance answer(s)")
             if series_list and series_list[0].instances:
-                attrs, more = self._complete(uid, attrs, series_list)
-                repairs += more
+                reading.attrs, more = self._complete(uid, attrs, series_list)
+                reading.repairs += more
+            reading.series = series_list
         except self.failures + (BadAnswer, ShortAnswer) as exc:
+            reading.error = exc
+        return reading
+
+    def _settle(self, reading: _Reading) -> StudyRecord | StudyFailure:
+        """Count a study read and give it back as a record or a failure, or end the run with
+        SourceError when the archive, not the study, is failing. Called in listing order, so
+        failures in a row are counted as a sequential run counts them."""
+        uid, attrs = reading.uid, reading.attrs
+        if attrs is None or uid is None:
+            self._count("failed")
+            reason = self.undecodable if attrs is None else "study answer without StudyInstanceUID"
+            return StudyFailure(uid=None, reason=reason, location=self.location)
+        if reading.duplicates:
+            self._count("duplicates", reading.duplicates)
+        exc = reading.error
+        if exc is not None:
             self._failing = self._failing + 1 if self._archive_fault(exc) else 0
             if self._unreachable(exc) or self._failing >= ARCHIVE_DOWN_AFTER:
                 # not this study's fault: end the run, the next one resumes
                 raise SourceError(self.name, self.location, f"cannot read studies: {self._describe(exc)}") from None
-            self.stats["failed"] += 1
+            self._count("failed")
             return StudyFailure(
                 uid=uid,
                 reason=f"cannot read series/instances: {self._describe(exc)}",
                 location=self._study_location(uid),
             )
         self._failing = 0
-        self.stats["studies"] += 1
-        self.stats["series"] += len(series_list)
-        self.stats["instances"] += sum(len(s.instances) for s in series_list)
-        return StudyRecord(uid=uid, attrs=attrs, series=series_list, repairs=list(dict.fromkeys(repairs)))
+        self._count("studies")
+        self._count("series", len(reading.series))
+        self._count("instances", sum(len(s.instances) for s in reading.series))
+        return StudyRecord(uid=uid, attrs=attrs, series=reading.series, repairs=list(dict.fromkeys(reading.repairs)))
 
     def _read_series(self, session: Any, uid: str, repairs: list[str]) -> tuple[list[SeriesRecord], int]:
         """The study's series with their instances, and how many repeated answers were dropped."""

@@ -1,5 +1,6 @@
 """Faults during a sync lose and duplicate nothing: after recovery and one more sync, the store
-holds exactly what one clean full sync produces.
+holds exactly what one clean full sync (reading one study at a time) produces, whether the
+faulty run read one study at a time or several at once (`concurrency`).
 
 Real Orthanc instances are stopped mid-sync, the sync process is killed mid-study, and (through
 the fault proxy in tests/support/faults.py, the one stand-in here) the archive answers 500, hangs past the
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +55,7 @@ def archive():
 @pytest.fixture(scope="module")
 def clean(archive, tmp_path_factory, write_config_module):
     """What one clean full sync of the archive stores."""
-    config = write_config_module(tmp_path_factory.mktemp("clean"), archive.dicomweb_url)
+    config = write_config_module(tmp_path_factory.mktemp("clean"), archive.dicomweb_url, concurrency=1)
     store = Store.from_config(config)
     summary = sync_source(store, config.sources[0])
     assert summary.error is None and summary.new > 10
@@ -91,10 +93,16 @@ def _recover_and_compare(config, clean_contents) -> None:
     store.close()
 
 
-def test_archive_stopped_mid_sync(tmp_path, write_config_module, clean):
+def _studies_stored(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT COUNT(*) FROM resource WHERE rtype = 'ImagingStudy'").scalar()
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_archive_stopped_mid_sync(tmp_path, write_config_module, clean, concurrency):
     with OrthancServer() as pacs:
         pacs.upload(readable_testdata_files())
-        config = write_config_module(tmp_path, pacs.dicomweb_url, timeout=2)
+        config = write_config_module(tmp_path, pacs.dicomweb_url, timeout=2, concurrency=concurrency)
         store = Store.from_config(config)
 
         def stop_after_five(summary, _total):
@@ -102,9 +110,16 @@ def test_archive_stopped_mid_sync(tmp_path, write_config_module, clean):
                 pacs.halt()
 
         summary = sync_source(store, config.sources[0], progress=stop_after_five)
-        assert summary.error and "pacs" in summary.error  # the run ends with a clear error...
-        assert summary.done == 5 and summary.failed == 0  # ...instead of quarantining the rest
+        # the run ends with a clear error, the same however many studies it read at once...
+        assert summary.error and summary.error.startswith(f"source 'pacs' ({pacs.dicomweb_url}): cannot read studies: ")
+        assert summary.failed == 0  # ...instead of quarantining the rest
+        if concurrency == 1:
+            assert summary.done == 5
+        else:  # studies already read when the archive stopped are stored too
+            assert summary.done >= 5
+        assert _studies_stored(store) == summary.new == summary.done  # what was read is kept
         assert store.quarantine.entries() == []
+        assert [t for t in threading.enumerate() if t.name.startswith("source-")] == []
         store.close()
         pacs.resume()
         _recover_and_compare(config, clean)
@@ -135,10 +150,11 @@ def test_sync_process_killed_mid_study(tmp_path, archive, write_config_module, c
     _recover_and_compare(config, clean)
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 @pytest.mark.parametrize("fault", ["500", "hang", "drop", "transient"])
-def test_archive_errors(tmp_path, archive, write_config_module, clean, fault):
+def test_archive_errors(tmp_path, archive, write_config_module, clean, fault, concurrency):
     with FaultProxy(archive.url) as proxy:
-        config = write_config_module(tmp_path, proxy.url + "/dicom-web", timeout=1)
+        config = write_config_module(tmp_path, proxy.url + "/dicom-web", timeout=1, concurrency=concurrency)
         store = Store.from_config(config)
         proxy.only = "/series"  # the listing works; the archive fails while studies are read
         if fault == "500":
@@ -157,6 +173,7 @@ def test_archive_errors(tmp_path, archive, write_config_module, clean, fault):
             assert {"500": "HTTP 500", "hang": "timed out", "drop": "pacs"}[fault] in summary.error
             assert summary.source_stats["retries"] >= 1  # tried again before giving up
         # a 5xx study fails alone until several in a row show the archive is failing, not the study
+        # (counted in listing order, also when several are read at once)
         assert len(store.quarantine.entries()) == (ARCHIVE_DOWN_AFTER - 1 if fault == "500" else 0)
         store.close()
         proxy.clear()
