@@ -9,34 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main as cli
-from app.identity.keys import patient_id
 from app.identity.reconcile import reconcile_patient
 from app.store.repository import Store
 from app.web import create_app
+from tests.support.people import person, stored, study
 
 BASE = "http://testserver/fhir"
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
-
-
-def person(system, value, family, given, birth, gender):
-    return {
-        "resourceType": "Patient",
-        "id": patient_id(system, value),
-        "identifier": [{"system": system, "value": value}],
-        "name": [{"family": family, "given": [given]}],
-        "birthDate": birth,
-        "gender": gender,
-    }
-
-
-def study(uid, patient):
-    return {
-        "resourceType": "ImagingStudy",
-        "id": uid,
-        "status": "available",
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
-        "subject": {"reference": f"Patient/{patient['id']}"},
-    }
 
 
 A = person("urn:oid:1.2.1", "1001", "Miller", "John", "1970-03-05", "male")
@@ -57,7 +36,7 @@ def served(store_url, write_config, tmp_path):
         ("1.4", NAMESAKE, "c"),
         ("1.5", UNSURE, "c"),
     ]:
-        store.studies.put(study(uid, patient), {k: v for k, v in patient.items() if v is not None}, source)
+        store.studies.put(study(uid, patient), stored(patient), source)
         reconcile_patient(store, patient["id"], config.identity)
     yield create_app(config, store).test_client(), store, config
     store.close()

@@ -21,7 +21,15 @@ from app.store import schema
 from app.store.repository import Store
 from app.store.schema import SchemaMismatch
 from app.web import create_app
-from tests.support.full_store import KEPT, fill, folder_source_config, forget_version, set_version, snapshot
+from tests.support.full_store import (
+    KEPT,
+    connected,
+    fill,
+    folder_source_config,
+    forget_version,
+    set_version,
+    snapshot,
+)
 from tests.support.stores import reset_postgres
 
 
@@ -47,32 +55,24 @@ def run(*args: str):
 
 
 def revision_of(url: str) -> str | None:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return schema.version_of(conn).revision
-    finally:
-        engine.dispose()
+    with connected(url) as conn:
+        return schema.version_of(conn).revision
 
 
 def schema_of(url: str) -> dict:
     """Tables, columns (type, nullability, collation), keys and indexes; PostgreSQL's statistics."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            found = inspect(conn)
-            shape: dict = {}
-            for table in sorted(set(found.get_table_names()) - {"alembic_version"}):
-                shape[table] = (
-                    [(c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(table)],
-                    found.get_pk_constraint(table)["constrained_columns"],
-                    sorted((i["name"], tuple(i["column_names"]), i["unique"]) for i in found.get_indexes(table)),
-                )
-            if engine.dialect.name == "postgresql":
-                shape["statistics"] = sorted(conn.execute(text("SELECT stxname, stxkind FROM pg_statistic_ext")))
-            return shape
-    finally:
-        engine.dispose()
+    with connected(url) as conn:
+        found = inspect(conn)
+        shape: dict = {}
+        for table in sorted(set(found.get_table_names()) - {"alembic_version"}):
+            shape[table] = (
+                [(c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(table)],
+                found.get_pk_constraint(table)["constrained_columns"],
+                sorted((i["name"], tuple(i["column_names"]), i["unique"]) for i in found.get_indexes(table)),
+            )
+        if conn.dialect.name == "postgresql":
+            shape["statistics"] = sorted(conn.execute(text("SELECT stxname, stxkind FROM pg_statistic_ext")))
+        return shape
 
 
 def test_a_new_store_is_made_at_the_newest_revision(config_file, empty_url):
@@ -245,10 +245,8 @@ def test_stores_opened_at_once_are_made_once(empty_url):
     for thread in threads:
         thread.join()
     assert errors == []
-    engine = create_engine(empty_url)
-    with engine.connect() as conn:
+    with connected(empty_url) as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [schema.head()]
-    engine.dispose()
 
 
 def test_an_empty_store_is_made_by_db_upgrade(config_file, empty_url):
@@ -261,10 +259,8 @@ def test_an_empty_store_is_made_by_db_upgrade(config_file, empty_url):
 
 def test_a_database_of_something_else_is_not_taken_for_a_store(config_file, empty_url):
     path, _ = config_file
-    engine = create_engine(empty_url)
-    with engine.begin() as conn:
+    with connected(empty_url, write=True) as conn:
         conn.execute(text("CREATE TABLE orders (id INTEGER PRIMARY KEY)"))
-    engine.dispose()
     refused = run("db", "upgrade", "--config", path)
     assert refused.exit_code == 2
     assert "tables but no schema version" in refused.output and "not a store of this server" in refused.output

@@ -6,19 +6,22 @@ schema, upgrades it and compares the snapshots, so that nothing a hospital keeps
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Connection
 
 from app.config import Config
-from app.identity.keys import patient_id
 from app.identity.reconcile import reconcile_patient
 from app.store.audit_log import close_all as close_audit_logs
 from app.store.repository import Store
 from app.sync import sync_source
 from app.web import create_app
+from tests.support.people import person, stored, study
 
 #: real files shipped with pydicom: three studies of three patients
 FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")
@@ -52,29 +55,6 @@ def folder_source_config(store_url: str, archive: Path) -> dict:
     }
 
 
-def _person(system: str, value: str, family: str, given: str, birth: str | None) -> dict:
-    person = {
-        "resourceType": "Patient",
-        "id": patient_id(system, value),
-        "identifier": [{"system": system, "value": value}],
-        "name": [{"family": family, "given": [given]}],
-        "gender": "male",
-    }
-    if birth:
-        person["birthDate"] = birth
-    return person
-
-
-def _study(uid: str, patient: dict) -> dict:
-    return {
-        "resourceType": "ImagingStudy",
-        "id": uid,
-        "status": "available",
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
-        "subject": {"reference": f"Patient/{patient['id']}"},
-    }
-
-
 def fill(config: Config, archive: Path) -> None:
     """Sync real files (one of them broken, one removed again), link records of one person,
     ask on demand, and read through the API with the audit trail on."""
@@ -90,12 +70,12 @@ def fill(config: Config, archive: Path) -> None:
         sync_source(store, src)
         (archive / "rtplan.dcm").unlink()  # gone from the archive: its study is deleted
         sync_source(store, src)
-        same = _person("urn:oid:1.2.1", "1001", "Miller", "John", "1970-03-05")
-        again = _person("urn:oid:1.2.2", "A77", "MILLER", "John", "1970-05-03")  # linked automatically
-        unsure = _person("urn:oid:1.2.3", "10", "Miller", "John", None)  # waits for review
-        for uid, person, source in [("1.1", same, "a"), ("1.2", again, "b"), ("1.3", unsure, "c")]:
-            store.studies.put(_study(uid, person), person, source)
-            reconcile_patient(store, person["id"], config.identity)
+        same = person("urn:oid:1.2.1", "1001", "Miller", "John", "1970-03-05", "male")
+        again = person("urn:oid:1.2.2", "A77", "MILLER", "John", "1970-05-03", "male")  # linked automatically
+        unsure = person("urn:oid:1.2.3", "10", "Miller", "John", None, "male")  # waits for review
+        for uid, patient, source in [("1.1", same, "a"), ("1.2", again, "b"), ("1.3", unsure, "c")]:
+            store.studies.put(study(uid, patient), stored(patient), source)
+            reconcile_patient(store, patient["id"], config.identity)
         store.fetches.mark(src.name, "urn:oid:1.2.1", "1001", 1_700_000_000_000_000)
         client = create_app(config, store).test_client()
         for url in ("/fhir/ImagingStudy", "/fhir/Patient?name=miller", f"/fhir/Patient/{same['id']}"):
@@ -105,31 +85,31 @@ def fill(config: Config, archive: Path) -> None:
         store.close()
 
 
-def snapshot(url: str) -> dict[str, list[tuple]]:
-    """Every row of every table but Alembic's own, in a stable order."""
+@contextmanager
+def connected(url: str, write: bool = False) -> Iterator[Connection]:
+    """A connection to the database at `url` (in a transaction committed at the end when `write`),
+    on an engine of its own that is let go afterwards."""
     engine = create_engine(url)
     try:
-        with engine.connect() as conn:
-            names = sorted(set(inspect(conn).get_table_names()) - {"alembic_version"})
-            return {name: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{name}"'))), key=repr) for name in names}
+        with engine.begin() if write else engine.connect() as conn:
+            yield conn
     finally:
         engine.dispose()
+
+
+def snapshot(url: str) -> dict[str, list[tuple]]:
+    """Every row of every table but Alembic's own, in a stable order."""
+    with connected(url) as conn:
+        names = sorted(set(inspect(conn).get_table_names()) - {"alembic_version"})
+        return {name: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{name}"'))), key=repr) for name in names}
 
 
 def forget_version(url: str) -> None:
     """Make the store look as the first release left it: its tables, no schema version."""
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("DROP TABLE alembic_version"))
-    finally:
-        engine.dispose()
+    with connected(url, write=True) as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
 
 
 def set_version(url: str, revision: str) -> None:
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
-    finally:
-        engine.dispose()
+    with connected(url, write=True) as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
