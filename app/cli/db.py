@@ -1,4 +1,5 @@
-"""`imaging-facade db upgrade | current | history`: the store's schema version (Alembic).
+"""`imaging-facade db upgrade | current | history | backup | restore`: the store's schema
+version (Alembic), and its backups.
 
 `serve`, `sync` and the other commands refuse a store whose schema is behind or ahead of this
 release; `db upgrade` is the one command that moves it, so an operator upgrades when they choose
@@ -8,6 +9,7 @@ to (after a backup), never as a side effect of a restart.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -79,3 +81,46 @@ def history() -> None:
     for revision, doc in schema.history():
         marker = "  (newest)" if revision == schema.head() else ""
         click.echo(f"{revision}  {doc}{marker}")
+
+
+@db.command()
+@config_option
+@click.option("--to", "destination", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The backup file to write (must not exist).")  # fmt: skip
+def backup(config_path: str | None, destination: Path) -> None:
+    """Back up the store while it serves (SQLite's online backup, or pg_dump's custom format)."""
+    from app.store.backup import BackupError
+    from app.store.backup import backup as back_up
+
+    config = load(config_path)
+    try:
+        back_up(config.store, destination)
+    except BackupError as exc:
+        fail(str(exc))
+    click.echo(f"backed up the store to {destination}")
+
+
+@db.command()
+@config_option
+@click.option("--from", "backup_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A file written by `db backup`.")  # fmt: skip
+def restore(config_path: str | None, backup_file: Path) -> None:
+    """Fill the config's store, which must be new and empty, from a backup."""
+    from app.store import schema
+    from app.store.backup import BackupError
+    from app.store.backup import restore as restore_into
+
+    config = load(config_path)
+    try:
+        restore_into(backup_file, config.store)
+    except BackupError as exc:
+        fail(str(exc))
+    engine = _engine(config)
+    try:
+        with engine.connect() as conn:
+            version = schema.version_of(conn)
+    finally:
+        engine.dispose()
+    click.echo(f"restored {backup_file}: {schema.describe(version)}")
+    if version.revision != schema.head():
+        click.echo(f"before serving it, run `{schema.UPGRADE} --config {config.path}`")
