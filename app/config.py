@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
 from app.identity.settings import IdentityConfig, IdentitySchema
+from app.logs import LogSettings
 from app.mapping.profile import Profile, ProfileError, source_profile
 from app.mapping.profile_yaml import YamlProblem, load_marked
 from app.sources.http import Credentials
@@ -193,6 +194,11 @@ class SecuritySchema(Strict):
             raise ValidationError(problems)
 
 
+class LoggingSchema(Strict):
+    format = fields.String(load_default="text", validate=validate.OneOf(["text", "json"]))
+    level = fields.String(load_default="INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
+
+
 class ConfigSchema(Strict):
     store = fields.String(required=True)
     timezone = fields.String(load_default="UTC", validate=check_zone)
@@ -200,6 +206,7 @@ class ConfigSchema(Strict):
     security = fields.Nested(SecuritySchema, load_default=lambda: SecuritySchema().load({}))
     sources = fields.List(fields.Nested(SourceSchema), load_default=list)
     identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
+    logging = fields.Nested(LoggingSchema, load_default=lambda: LoggingSchema().load({}))
 
     @validates("store")
     def _store(self, value: str, **_: Any) -> None:
@@ -286,6 +293,7 @@ class Config:
     sources: list[SourceSettings] = field(default_factory=list)
     path: Path | None = None
     identity: IdentityConfig = IDENTITY_DEFAULT
+    logging: LogSettings = field(default_factory=LogSettings)
 
     def source(self, name: str) -> SourceSettings:
         for src in self.sources:
@@ -444,6 +452,7 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         sources=sources,
         path=path.resolve(),
         identity=identity,
+        logging=LogSettings(**data["logging"]),
     )
 
 

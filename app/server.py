@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
+from app.logs import gunicorn_logconfig
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -43,4 +45,7 @@ def run_gunicorn(config: Config, host: str, port: int, workers: int) -> None:
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
     }
+    if config.logging.format == "json":
+        options["logconfig_dict"] = gunicorn_logconfig(config.logging)
+    options["loglevel"] = config.logging.level.lower()
     FacadeServer(config, options).run()

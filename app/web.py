@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import health, security
 from app.admin import identity as admin_identity
+from app.api import request_log
 from app.api.state import EXTENSION, ApiState
 from app.config import Config
 from app.fhir import errors, routes
@@ -33,6 +34,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     spool = config.security.audit_spool
     assert spool is not None  # load_config places the spool (app/config.py _audit_spool)
     state = app.extensions[EXTENSION] = ApiState(config, store, AuditLog(store.url, spool))
+    request_log.init_app(app)  # first: every later hook's log lines carry the request's id
     errors.init_app(app)
     security.init_app(app, state)  # tokens and scopes before the routes; the Guard on every read
     audit.init_app(app, state)  # one AuditEvent per answered request

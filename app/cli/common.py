@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from app.config import CONFIG_ENV, Config, ConfigError, load_config
+from app.logs import LogSettings, configure
 
 if TYPE_CHECKING:
     from app.store.repository import Store
@@ -15,6 +17,23 @@ if TYPE_CHECKING:
 CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
 
 config_option = click.option("--config", "config_path", default=None, help=CONFIG_HELP)
+
+
+#: set by `load` when the config asks for JSON logs: then what a command says goes into the log
+_json_logs = False
+
+
+def say(message: str, err: bool = False) -> None:
+    """Tell the operator: a plain line on stdout (stderr when `err`), or, when the config asks
+    for JSON logs, a log record, so that a server's output is one JSON object per line."""
+    if _json_logs:
+        logging.getLogger("imaging_facade.cli").log(logging.WARNING if err else logging.INFO, message)
+    else:
+        click.echo(message, err=err)
+
+
+def json_logs() -> bool:
+    return _json_logs
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -26,9 +45,14 @@ def fail(message: str, status: int = 2) -> NoReturn:
 def load(path: str | None) -> Config:
     """The config, or the end of the command naming every bad key."""
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         fail(str(exc))
+    global _json_logs
+    if config.logging != LogSettings():  # the command line already logs plain lines at INFO
+        configure(config.logging)
+    _json_logs = config.logging.format == "json"
+    return config
 
 
 def open_store(config: Config) -> Store:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from app.cli.common import config_option, fail, load, open_store
+from app.cli.common import config_option, fail, load, open_store, say
 from app.cli.sync import sync_with_progress
 from app.config import Config
 
@@ -57,7 +57,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         for src in config.sources:
             sync_with_progress(store, src)
     store.close()
-    click.echo(f"serving FHIR R4 at http://{host}:{port}/fhir (base URL in links: {config.server.base_url})")
+    say(f"serving FHIR R4 at http://{host}:{port}/fhir (base URL in links: {config.server.base_url})")
     watcher = _start_watcher(config) if config.server.watch and config.sources else None
     try:
         run_gunicorn(config, host, port, workers)
@@ -69,5 +69,5 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
 
 def _start_watcher(config: Config) -> subprocess.Popen:
     """`sync --watch` as a child process: the API workers never wait for an archive."""
-    click.echo("server.watch: syncing continuously in a child process")
+    say("server.watch: syncing continuously in a child process")
     return subprocess.Popen([sys.executable, "-m", "app.cli", "sync", "--watch", "--config", str(config.path)])

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from app.cli.common import config_option, fail, load, open_store
+from app.cli.common import config_option, fail, json_logs, load, open_store, say
 from app.config import ConfigError
 
 if TYPE_CHECKING:
@@ -55,26 +55,31 @@ def _watch(store: Store, sources: list[SourceSettings]) -> None:
 
     def report(summary: SyncSummary) -> None:
         if summary.error:
-            click.echo(f"{summary.source}: poll failed: {summary.error}", err=True)
+            say(f"{summary.source}: poll failed: {summary.error}", err=True)
         elif summary.changed or summary.failed:
-            click.echo(
+            say(
                 f"{summary.source}: {summary.new} new, {summary.updated} updated, {summary.deleted} deleted, "
                 f"{summary.failed} failed"
             )
 
     names = ", ".join(src.name for src in sources)
-    click.echo(f"watching {names}; stop with SIGTERM or Ctrl-C")
+    say(f"watching {names}; stop with SIGTERM or Ctrl-C")
     watch(store, sources, stop, report)
     store.close()
-    click.echo("stopped")
+    say("stopped")
 
 
 def sync_with_progress(store: Store, src: SourceSettings) -> SyncSummary:
-    """One full sync of `src` with a progress bar on stderr, then its summary; the SyncSummary."""
+    """One full sync of `src` with a progress bar on stderr, then its summary; the SyncSummary.
+    With JSON logs, no bar: the summary goes into the log."""
+    from app.sync import sync_source
+
+    if json_logs():
+        summary = sync_source(store, src)
+        _report(src.name, summary)
+        return summary
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from app.sync import sync_source
 
     console = Console(stderr=True)
     columns = [
@@ -98,23 +103,21 @@ def sync_with_progress(store: Store, src: SourceSettings) -> SyncSummary:
 
 def _report(name: str, summary: SyncSummary) -> None:
     stats = ", ".join(f"{k} {v}" for k, v in summary.source_stats.items())
-    click.echo(
+    say(
         f"{name}: {summary.new} new, {summary.updated} updated, {summary.unchanged} unchanged, "
         f"{summary.failed} failed ({summary.repaired} repaired) in {summary.seconds:.1f}s"
         + (f" [{stats}]" if stats else "")
     )
     if summary.failed:
-        click.echo(
-            f"{name}: {summary.failed} studies quarantined; `imaging-facade quarantine list --source {name}` shows why"
-        )
+        say(f"{name}: {summary.failed} studies quarantined; `imaging-facade quarantine list --source {name}` shows why")
     if summary.released:
-        click.echo(f"{name}: {summary.released} studies left the quarantine")
+        say(f"{name}: {summary.released} studies left the quarantine")
     if summary.deleted:
-        click.echo(f"{name}: {summary.deleted} studies are no longer in the archive")
+        say(f"{name}: {summary.deleted} studies are no longer in the archive")
     if summary.incomplete:
-        click.echo(
+        say(
             f"{name}: the archive's listing was incomplete (it caps its answers); deleted studies were not looked for",
             err=True,
         )
     if summary.error:
-        click.echo(f"{name}: sync stopped: {summary.error}", err=True)
+        say(f"{name}: sync stopped: {summary.error}", err=True)

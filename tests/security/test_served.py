@@ -3,6 +3,7 @@ authorization server, and what ends up in its log (never a patient's name or id,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -66,8 +67,9 @@ def stop(proc, log) -> None:
     log.close()
 
 
-@pytest.fixture
-def served(tmp_path, archive, auth_server):
+@pytest.fixture(params=["text", "json"])
+def served(request, tmp_path, archive, auth_server):
+    """The secured server, logging plain lines or JSON objects (`logging.format`)."""
     port = free_port()
     config = {
         "store": f"sqlite:///{tmp_path / 'facade.db'}",
@@ -86,14 +88,15 @@ def served(tmp_path, archive, auth_server):
             "token_endpoint": auth_server.token_url,
         },
         "sources": [{"name": "sample", "type": "folder", "path": str(archive), "timezone": "UTC"}],
+        "logging": {"format": request.param},
     }
     proc, log = serve(config, tmp_path, port)
-    yield f"http://127.0.0.1:{port}/fhir", tmp_path / "serve.log"
+    yield f"http://127.0.0.1:{port}/fhir", tmp_path / "serve.log", request.param
     stop(proc, log)
 
 
 def test_served_end_to_end_and_nothing_personal_in_the_log(served, auth_server, app, caplog):
-    base, log_path = served
+    base, log_path, _ = served
     client = BackendClient(auth_server, "served-backend")
     token = client.token("system/*.rs")
     words = patient_words()
@@ -130,8 +133,32 @@ def test_served_end_to_end_and_nothing_personal_in_the_log(served, auth_server, 
             assert secret not in text, f"{where} contains patient data or a token"
 
 
+def test_a_json_log_is_one_object_per_line_with_each_requests_id_and_timing(served, auth_server):
+    base, log_path, log_format = served
+    token = auth_server.sign({"scope": "system/*.rs"})
+    asked = requests.get(f"{base}/Patient?name=Anders", headers={**bearer(token), "X-Request-ID": "ehr-7f3a"})
+    assert asked.status_code == 200
+    assert asked.headers["X-Request-ID"] == "ehr-7f3a", "the caller's id comes back"
+    made = requests.get(f"{base}/ImagingStudy", headers={**bearer(token), "X-Request-ID": "two words\tand a tab"})
+    assert len(made.headers["X-Request-ID"]) == 32 and " " not in made.headers["X-Request-ID"], "a new id, not that"
+    time.sleep(0.5)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    if log_format == "text":
+        assert not any(line.startswith("{") for line in lines)  # text: plain lines
+        return
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    for record in records:
+        assert {"time", "level", "logger", "event", "request_id"} <= set(record), record
+    assert any(r["logger"] == "gunicorn.error" and "Booting worker" in r["event"] for r in records)
+    ours = [r for r in records if r["request_id"] == "ehr-7f3a"]
+    assert ours and ours[-1]["route"] == "/fhir/<rtype>" and ours[-1]["status"] == 200
+    assert ours[-1]["duration_ms"] > 0 and ours[-1]["type"] == "Patient"
+    assert made.headers["X-Request-ID"] in {r["request_id"] for r in records}
+    assert "Anders" not in log_path.read_text(), "a search value never reaches the log"
+
+
 def test_an_oversized_header_gets_431(served, auth_server):
-    base, _ = served
+    base, _, _ = served
     response = requests.get(f"{base}/ImagingStudy", headers={"Authorization": "Bearer " + "a" * 9000})
     assert response.status_code == 431
     token = auth_server.sign({"scope": "system/*.rs"})
