@@ -199,6 +199,19 @@ class LoggingSchema(Strict):
     level = fields.String(load_default="INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
 
 
+class MetricsSchema(Strict):
+    port = fields.Integer(load_default=None, validate=validate.Range(min=1, max=65535))
+    host = fields.String(load_default="127.0.0.1", validate=validate.Length(min=1))
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """`metrics`: where Prometheus scrapes (app/metrics.py); no port, no metrics served."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+
+
 class ConfigSchema(Strict):
     store = fields.String(required=True)
     timezone = fields.String(load_default="UTC", validate=check_zone)
@@ -207,11 +220,19 @@ class ConfigSchema(Strict):
     sources = fields.List(fields.Nested(SourceSchema), load_default=list)
     identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
     logging = fields.Nested(LoggingSchema, load_default=lambda: LoggingSchema().load({}))
+    metrics = fields.Nested(MetricsSchema, load_default=lambda: MetricsSchema().load({}))
 
     @validates("store")
     def _store(self, value: str, **_: Any) -> None:
         if not re.match(r"^(sqlite|postgresql(\+psycopg)?)://", value):
             raise ValidationError("must be a sqlite:/// or postgresql+psycopg:// URL")
+
+    @validates_schema
+    def _metrics_port(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("metrics", {}).get("port") is not None and data["metrics"]["port"] == data.get("server", {}).get(
+            "port"
+        ):
+            raise ValidationError({"metrics": {"port": ["must differ from server.port: metrics are served apart"]}})
 
     @validates("sources")
     def _unique(self, value: list[Any], **_: Any) -> None:
@@ -294,6 +315,7 @@ class Config:
     path: Path | None = None
     identity: IdentityConfig = IDENTITY_DEFAULT
     logging: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def source(self, name: str) -> SourceSettings:
         for src in self.sources:
@@ -453,6 +475,7 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         path=path.resolve(),
         identity=identity,
         logging=LogSettings(**data["logging"]),
+        metrics=MetricsSettings(**data["metrics"]),
     )
 
 

@@ -45,7 +45,20 @@ def run_gunicorn(config: Config, host: str, port: int, workers: int) -> None:
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
     }
+    if config.metrics.port is not None:
+        _serve_metrics_from_the_arbiter(config, options)
     if config.logging.format == "json":
         options["logconfig_dict"] = gunicorn_logconfig(config.logging)
     options["loglevel"] = config.logging.level.lower()
     FacadeServer(config, options).run()
+
+
+def _serve_metrics_from_the_arbiter(config: Config, options: dict[str, Any]) -> None:
+    """Prometheus scrapes gunicorn's arbiter, which outlives its workers and adds up what each
+    counted (app/metrics.py); a worker's gauges leave with it."""
+    from prometheus_client import multiprocess
+
+    from app.metrics import serve_metrics
+
+    options["when_ready"] = lambda _arbiter: serve_metrics(config)
+    options["child_exit"] = lambda _arbiter, worker: multiprocess.mark_process_dead(worker.pid)

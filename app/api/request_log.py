@@ -1,4 +1,5 @@
-"""Each request's id and its one log line: route, status and time taken, never its content.
+"""Each request's id, its one log line and its count: route, status and time taken, never its
+content.
 
 The line names the route as written in the code (`/fhir/<rtype>/<rid>`), not the URL asked
 for: URLs carry search values (names, identifiers) that must not reach a log. With it the
@@ -13,9 +14,14 @@ import time
 
 from flask import Flask, Response, g, request
 
+from app.api.interactions import current_interaction
 from app.logs import REQUEST_ID, request_id_from
+from app.search.params import RESOURCE_TYPES
+from app.telemetry import count_request
 
 log = logging.getLogger("imaging_facade.request")
+#: the resource types a request's metrics are labelled with; any other path segment is "-"
+LABELLED_TYPES = frozenset((*RESOURCE_TYPES, "AuditEvent"))
 HEADER = "X-Request-ID"
 
 
@@ -33,6 +39,12 @@ def init_app(app: Flask) -> None:
             return response
         response.headers[HEADER] = request_id
         rule = request.url_rule
+        seconds = time.perf_counter() - g.request_started
+        interaction = current_interaction()
+        rtype = (request.view_args or {}).get("rtype")
+        rtype = rtype if rtype in LABELLED_TYPES else "-"  # a label never takes what a client typed
+        name = interaction.name if interaction else request.endpoint or "-"
+        count_request(name, rtype, response.status_code, seconds)
         log.info(
             "%s %s %d",
             request.method,
@@ -41,9 +53,9 @@ def init_app(app: Flask) -> None:
             extra={
                 "method": request.method,
                 "route": rule.rule if rule is not None else None,
-                "type": (request.view_args or {}).get("rtype"),
+                "type": None if rtype == "-" else rtype,
                 "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - g.request_started) * 1000, 2),
+                "duration_ms": round(seconds * 1000, 2),
             },
         )
         return response

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import click
 
@@ -37,10 +40,12 @@ def _with_bind(config: Config, host: str, port: int) -> Config:
 @click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: server.workers)")
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the FHIR API at http://HOST:PORT/fhir with gunicorn."""
+    config = load(config_path)
+    metrics_directory = _count_across_processes() if config.metrics.port is not None else None
+
     from app.security import OpenModeRefused, check_open_mode
     from app.server import run_gunicorn
 
-    config = load(config_path)
     host = host or config.server.host
     port = port or config.server.port
     workers = workers or config.server.workers
@@ -65,6 +70,19 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         if watcher is not None:
             watcher.terminate()  # SIGTERM: it finishes the study in hand
             watcher.wait(timeout=60)
+        if metrics_directory is not None:
+            shutil.rmtree(metrics_directory, ignore_errors=True)
+
+
+def _count_across_processes() -> str:
+    """A directory of this server's own for prometheus_client's multiprocess mode, named in the
+    environment before prometheus_client is first imported (it reads it then), so that the
+    workers, the watcher and this process count into it and a scrape adds them up."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
+    directory = tempfile.mkdtemp(prefix="imaging-facade-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # app/metrics.py MULTIPROC_ENV
+    return directory
 
 
 def _start_watcher(config: Config) -> subprocess.Popen:

@@ -3,6 +3,7 @@ summary, or continuous syncing until SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,10 @@ def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
         fail("no sources configured")
     store = open_store(config)
     if watch:
+        if config.metrics.port is not None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            from app.metrics import serve_metrics  # (under `serve`, its arbiter reports this process's counts)
+
+            serve_metrics(config)
         _watch(store, sources)
         return
     failed = False

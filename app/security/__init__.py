@@ -27,6 +27,7 @@ from app.security.access import OPEN, set_access
 from app.security.authorize import access_from_claims, bearer_token, challenge, enforce, unauthorized
 from app.security.scope import ScopeGuard
 from app.security.tokens import AuthServerUnavailable, InvalidToken, TokenChecker
+from app.telemetry import count_token, counting_tokens
 
 if TYPE_CHECKING:
     from werkzeug.local import LocalProxy
@@ -101,6 +102,7 @@ def init_app(app: Flask, state: ApiState) -> None:
         return
 
     checker = TokenChecker(security, partial(access_from_claims, security))
+    counting_tokens()
 
     @app.before_request
     def _authorize() -> None:
@@ -112,8 +114,10 @@ def init_app(app: Flask, state: ApiState) -> None:
         try:
             access = checker.check(token)
         except InvalidToken as err:
+            count_token(accepted=False)
             raise unauthorized(security.realm, str(err)) from None
         except AuthServerUnavailable as err:
             raise FhirError(503, "transient", f"{err}; try again shortly", headers={"Retry-After": "5"}) from None
+        count_token(accepted=True)
         enforce(access, req, security.realm)
         set_access(access)

@@ -7,6 +7,7 @@ from typing import Any
 
 from app.clock import instant_now_ms
 from app.store.repository import Store
+from app.telemetry import count_run
 
 
 @dataclass
@@ -52,7 +53,9 @@ def record_outcome(
     started: int | None = None,
     **state: Any,
 ) -> None:
-    """Note in the source's state how a run went (what the health endpoint reports)."""
+    """Note in the source's state how a run went (what the health endpoint reports), and count
+    it for the metrics."""
+    count_run(source_name, summary.as_dict(), failed=bool(summary.error))
     now, _ = instant_now_ms()
     if summary.error:
         state.update(last_error=summary.error, last_error_at=now)
