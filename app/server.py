@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.config import KNOWN_SETTINGS
+from gunicorn.glogging import Logger
 
 from app.logs import gunicorn_logconfig
+from app.logsafe import describe
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from app.config import Config
+
+#: how gunicorn (workers/base.py `handle_error`) starts its line about a request it could not parse
+_INVALID_REQUEST = "Invalid request from ip="
+#: what names the kind of parse error: plain words before the colon that precedes the quoted input
+_ERROR_KIND = re.compile(r"[A-Za-z][A-Za-z ]{0,60}")
+
+
+class RequestContentFilter(logging.Filter):
+    """Keeps what a client sent out of gunicorn's error log.
+
+    gunicorn quotes the offending input when it refuses a request (`Invalid HTTP Version:
+    '<id> HTTP/1.1'` for a request line with an unencoded space before a patient id), names
+    the URI when an application error escapes, and logs tracebacks whose messages may quote
+    data. Each becomes a line with the client address and the kind of error only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(_INVALID_REQUEST):
+            address, _, error = message[len(_INVALID_REQUEST) :].partition(": ")
+            kind = error.partition(":")[0].strip()
+            if not _ERROR_KIND.fullmatch(kind):
+                kind = "malformed request"
+            message = f"{_INVALID_REQUEST}{address}: {kind} (the request's content is not logged)"
+        elif message.startswith("Error handling request"):
+            message = "Error handling request"
+        if record.exc_info and record.exc_info[1] is not None:
+            message = f"{message}: {describe(record.exc_info[1])}"
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = message, ()
+        return True
+
+
+class PrivateLogger(Logger):
+    """gunicorn's logger with `RequestContentFilter` on its error log (set up again on reload)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        if not any(isinstance(f, RequestContentFilter) for f in self.error_log.filters):
+            self.error_log.addFilter(RequestContentFilter())
 
 
 class FacadeServer(BaseApplication):
@@ -30,8 +75,8 @@ class FacadeServer(BaseApplication):
         return create_app(self._config)
 
 
-def run_gunicorn(config: Config, host: str, port: int, workers: int) -> None:
-    options = {
+def gunicorn_options(config: Config, host: str, port: int, workers: int) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": "sync",
@@ -40,17 +85,26 @@ def run_gunicorn(config: Config, host: str, port: int, workers: int) -> None:
         # no access log: request lines carry patient ids in search parameters
         "accesslog": None,
         "errorlog": "-",
-        "loglevel": "info",
+        "loglevel": config.logging.level.lower(),
+        "logger_class": PrivateLogger,
         "limit_request_line": 8190,
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
     }
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        # gunicorn 25.1+ opens a control socket at one path per user ($XDG_RUNTIME_DIR or
+        # ~/.gunicorn/gunicorn.ctl): a second server on the host would take it over and either
+        # one's exit remove it. Nothing here uses `gunicornc`, so no server opens one.
+        options["control_socket_disable"] = True
     if config.metrics.port is not None:
         _serve_metrics_from_the_arbiter(config, options)
     if config.logging.format == "json":
         options["logconfig_dict"] = gunicorn_logconfig(config.logging)
-    options["loglevel"] = config.logging.level.lower()
-    FacadeServer(config, options).run()
+    return options
+
+
+def run_gunicorn(config: Config, host: str, port: int, workers: int) -> None:
+    FacadeServer(config, gunicorn_options(config, host, port, workers)).run()
 
 
 def _serve_metrics_from_the_arbiter(config: Config, options: dict[str, Any]) -> None:

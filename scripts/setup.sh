@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs; safe to run again (it only does what is missing).
 #   scripts/setup.sh            Python virtual environment + the package
-#   scripts/setup.sh --test     also test tools and Debian packages (Orthanc, DICOMweb plugin, dcmtk, npm)
+#   scripts/setup.sh --test     also test tools and Debian packages (Orthanc, DICOMweb plugin, dcmtk, npm, HAProxy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ if [ "$want_test" = 1 ]; then
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
   command -v findscu >/dev/null 2>&1 || missing+=(dcmtk)
   command -v npm >/dev/null 2>&1 || missing+=(npm)  # fetches the official R4 definitions
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the load balancer in front of several API nodes
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq

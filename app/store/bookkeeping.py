@@ -163,8 +163,15 @@ class PatientFetches:
             col(t.PatientFetch.value) == value,
         )
         with self.engine.begin() as conn:
-            if not conn.execute(update(t.PatientFetch).where(*where).values(fetched=when)).rowcount:
+            if conn.execute(update(t.PatientFetch).where(*where).values(fetched=when)).rowcount:
+                return
+        try:
+            with self.engine.begin() as conn:
                 conn.execute(insert(t.PatientFetch).values(source=source, system=system, value=value, fetched=when))
+        except IntegrityError:  # another API node fetched the same patient at the same moment
+            with self.engine.begin() as conn:
+                later = col(t.PatientFetch.fetched) < when
+                conn.execute(update(t.PatientFetch).where(*where, later).values(fetched=when))
 
 
 class Settings:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,14 +39,14 @@ def patient_words() -> set[str]:
     return words
 
 
-def serve(config: dict, workdir: Path, port: int):
+def serve(config: dict, workdir: Path, port: int, env: dict | None = None):
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(workdir / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--config", str(path)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -183,3 +186,81 @@ def test_serve_warns_at_start(tmp_path, security, warning):
     proc, log = serve(config, tmp_path, port)
     stop(proc, log)
     assert warning in (tmp_path / "serve.log").read_text()
+
+
+def open_server_config(tmp_path: Path, port: int) -> dict:
+    return {
+        "store": f"sqlite:///{tmp_path / 'facade.db'}",
+        "server": {"base_url": f"http://127.0.0.1:{port}/fhir", "host": "127.0.0.1", "port": port, "workers": 1},
+        "security": {"open": True},
+        "sources": [],
+    }
+
+
+def send_raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_malformed_requests_leave_no_request_content_in_the_log(tmp_path):
+    port = free_port()
+    proc, log = serve(open_server_config(tmp_path, port), tmp_path, port)
+    sentinel = "Quixotewhitlam"  # a made-up family name, in every part of a request gunicorn may quote
+    try:
+        for raw in (
+            f"GET /fhir/Patient?name={sentinel} Doe HTTP/1.1\r\nHost: x\r\n\r\n",  # unencoded space
+            f"GET /fhir/Patient/{sentinel} HTTP/9.{sentinel}\r\nHost: x\r\n\r\n",
+            f"{sentinel}\x7f /fhir/Patient HTTP/1.1\r\nHost: x\r\n\r\n",
+            f"GET /fhir/Patient?name={sentinel}\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+            f"GET /fhir/Patient HTTP/1.1\r\nHost: x\r\nX-{sentinel}\x01: 1\r\n\r\n",
+            f"GET /fhir/Patient HTTP/1.1\r\nHost: x\r\nX-Name: a\r\n {sentinel}\r\n\r\n",  # obsolete folding
+            f"GET /fhir/Patient?name={sentinel}{'x' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST /fhir/Patient/_search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n\r\n{sentinel}\r\nname={sentinel}\r\n0\r\n\r\n",
+        ):
+            assert send_raw(port, raw.encode("latin-1")).startswith(b"HTTP/1.1 ")
+        # the server still serves, and did log each refusal
+        assert requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=10).status_code == 200
+    finally:
+        time.sleep(0.5)  # let gunicorn flush its log
+        stop(proc, log)
+    served_log = (tmp_path / "serve.log").read_text()
+    assert sentinel.lower() not in served_log.lower()
+    assert served_log.count("Invalid request from ip=127.0.0.1") >= 6
+    assert "Invalid request from ip=127.0.0.1: Invalid HTTP Version (the request's content is not logged)" in served_log
+
+
+def test_two_servers_on_one_host_leave_each_others_control_socket_alone():
+    """gunicorn 25.1+ opens a control socket at one path per user; an instance started there
+    before (here a listener of the test's own, standing for another gunicorn) keeps its socket."""
+    home = Path(tempfile.mkdtemp(prefix="home-", dir="/tmp"))  # a Unix socket path is short
+    try:
+        (home / ".gunicorn").mkdir()
+        path = home / ".gunicorn" / "gunicorn.ctl"
+        other = socket.socket(socket.AF_UNIX)
+        other.bind(str(path))
+        other.listen()
+        before = path.stat().st_ino
+        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"} | {"HOME": str(home)}
+        servers = []
+        for name in ("one", "two"):
+            (home / name).mkdir()
+            port = free_port()
+            servers.append((serve(open_server_config(home / name, port), home / name, port, env), port))
+        for _, port in servers:
+            assert requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=10).status_code == 200
+        for (proc, log), _ in servers:
+            stop(proc, log)
+        assert path.stat().st_ino == before
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))  # still the other instance's listener
+        assert [p.name for p in (home / ".gunicorn").iterdir()] == ["gunicorn.ctl"]
+        for name in ("one", "two"):
+            assert "Control socket listening" not in (home / name / "serve.log").read_text()
+        other.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
