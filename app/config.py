@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,25 @@ def gateway_url(base_url: str) -> str:
     return base_url.rstrip("/").rsplit("/", 1)[0] + "/wado-rs"
 
 
+class TlsSchema(Strict):
+    certfile = fields.String(required=True, validate=validate.Length(min=1))
+    keyfile = fields.String(required=True, validate=validate.Length(min=1))
+    #: RFC 6797 Strict-Transport-Security max-age; 0 sends none
+    hsts_max_age = fields.Integer(load_default=31536000, validate=validate.Range(min=0))
+    reload_check = fields.Float(load_default=10.0, validate=validate.Range(min=1, max=3600))
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """`server.tls`: HTTPS served by the server itself (app/server.py)."""
+
+    certfile: Path
+    keyfile: Path
+    hsts_max_age: int = 31536000
+    #: seconds between looks at the files' modification times; a change reloads the workers
+    reload_check: float = 10.0
+
+
 class ServerSchema(Strict):
     base_url = fields.URL(load_default="http://127.0.0.1:8080/fhir", require_tld=False, schemes={"http", "https"})
     host = fields.String(load_default="127.0.0.1")
@@ -74,11 +94,17 @@ class ServerSchema(Strict):
     page_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=1, max=7 * 86400))
     wado_gateway = fields.Boolean(load_default=False)
     trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
+    tls = fields.Nested(TlsSchema, load_default=None)
 
     @validates_schema
     def _counts(self, data: dict[str, Any], **_: Any) -> None:
         if data["default_count"] > data["max_count"]:
             raise ValidationError("must not exceed server.max_count", "default_count")
+
+    @validates_schema
+    def _https_links(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("tls") and not data["base_url"].startswith("https://"):
+            raise ValidationError("must be an https:// URL when server.tls is set (links name it)", "base_url")
 
 
 #: JWS algorithms a token may be signed with: asymmetric only (RFC 8725 §3.1; SMART asks for
@@ -259,6 +285,7 @@ class ServerConfig:
     #: reverse proxies (load balancers) in front of the server that append to X-Forwarded-For:
     #: the client's address, as audit records it, is the one the outermost of them saw
     trusted_proxies: int = 0
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -454,6 +481,25 @@ def _security(sec: dict, base_url: str, store: str, root: Path) -> SecurityConfi
     )
 
 
+def _tls(tls: dict | None, root: Path, path: Path) -> TlsSettings | None:
+    """`server.tls` with its paths resolved, once the certificate and key are known to load
+    together (a key that does not match the certificate is named here, not by a worker)."""
+    if tls is None:
+        return None
+    settings = TlsSettings(**{**tls, "certfile": root / tls["certfile"], "keyfile": root / tls["keyfile"]})
+    for key in ("certfile", "keyfile"):
+        file = getattr(settings, key)
+        if not file.is_file() or not os.access(file, os.R_OK):
+            raise ConfigError(str(path), {f"server.tls.{key}": [f"{file} is not a readable file"]})
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(settings.certfile, settings.keyfile)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            str(path), {"server.tls.keyfile": [f"does not load with server.tls.certfile: {exc.reason or exc}"]}
+        ) from None
+    return settings
+
+
 def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Config:
     store = data["store"]
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
@@ -469,7 +515,9 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
     return Config(
         store=store,
         timezone=data["timezone"],
-        server=ServerConfig(**{**server, "base_url": server["base_url"].rstrip("/")}),
+        server=ServerConfig(
+            **{**server, "base_url": server["base_url"].rstrip("/"), "tls": _tls(server["tls"], root, path)}
+        ),
         security=_security(data["security"], server["base_url"].rstrip("/"), store, root),
         sources=sources,
         path=path.resolve(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
-from flask import Flask
+from flask import Flask, Response, request
 from flask_compress import Compress
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -46,10 +46,24 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     released = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     state.capability = orjson.dumps(capability_statement(state.base_url, released, state.rest_security))
     _compress(app)
+    if config.server.tls is not None and config.server.tls.hsts_max_age:
+        _strict_transport(app, config.server.tls.hsts_max_age)
     if config.server.trusted_proxies:
         # X-Forwarded-For from exactly that many proxies; a client cannot forge its address past them
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.server.trusted_proxies)  # type: ignore[method-assign]
     return app
+
+
+def _strict_transport(app: Flask, max_age: int) -> None:
+    """Tell browsers (a SMART app's, an operator's) to use HTTPS only, from then on (RFC 6797;
+    sent over HTTPS only, as §7.2 requires)."""
+    value = f"max-age={max_age}"
+
+    @app.after_request
+    def _hsts(response: Response) -> Response:
+        if request.is_secure:
+            response.headers["Strict-Transport-Security"] = value
+        return response
 
 
 def _compress(app: Flask) -> None:

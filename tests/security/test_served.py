@@ -39,7 +39,9 @@ def patient_words() -> set[str]:
     return words
 
 
-def serve(config: dict, workdir: Path, port: int, env: dict | None = None):
+def serve(config: dict, workdir: Path, port: int, env: dict | None = None, verify: str | bool = True):
+    """`imaging-facade serve` with `config`, once it answers /metadata (over HTTPS, checked
+    against the CA file `verify`, when the config has `server.tls`)."""
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(workdir / "serve.log", "w")
@@ -53,7 +55,8 @@ def serve(config: dict, workdir: Path, port: int, env: dict | None = None):
     deadline = time.time() + 60
     while True:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=1).status_code == 200:
+            scheme = "https" if config["server"].get("tls") else "http"
+            if requests.get(f"{scheme}://127.0.0.1:{port}/fhir/metadata", timeout=1, verify=verify).status_code == 200:
                 return proc, log
         except requests.RequestException:
             pass
