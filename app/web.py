@@ -19,7 +19,7 @@ from app.admin import identity as admin_identity
 from app.api import request_log
 from app.api.state import EXTENSION, ApiState
 from app.config import Config
-from app.fhir import errors, routes
+from app.fhir import definitions, errors, routes
 from app.fhir.capability import capability_statement
 from app.security import audit
 from app.store.audit_log import AuditLog
@@ -40,6 +40,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     audit.init_app(app, state)  # one AuditEvent per answered request
     ondemand.init_app(state.hooks, config.sources, store, state.reader)  # archives asked before a search
     routes.init_app(app, state)
+    definitions.init_app(app, state.base_url)
     gateway.init_app(app, state)
     health.init_app(app, state)
     admin_identity.init_app(app, state)

@@ -70,6 +70,30 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
             ],
         }
     )
+    resources.append(
+        {
+            "type": "StructureDefinition",
+            "profile": "http://hl7.org/fhir/StructureDefinition/StructureDefinition",
+            "documentation": "The profiles the served resources claim in meta.profile (fhir_profiles/structure); "
+            "readable without a token, like this statement. Also published as a FHIR NPM package.",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [
+                {"name": "url", "definition": "http://hl7.org/fhir/SearchParameter/conformance-url", "type": "uri"},
+                {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
+                {
+                    "name": "name",
+                    "definition": "http://hl7.org/fhir/SearchParameter/conformance-name",
+                    "type": "string",
+                    "documentation": "exact match",
+                },
+                {
+                    "name": "type",
+                    "definition": "http://hl7.org/fhir/SearchParameter/StructureDefinition-type",
+                    "type": "token",
+                },
+            ],
+        }
+    )
     security = {**security, "description": f"{security.get('description', '')} {COMPARTMENT_POLICY}".strip()}
     return {
         "resourceType": "CapabilityStatement",
