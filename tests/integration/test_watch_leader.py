@@ -248,3 +248,29 @@ def test_one_watcher_polls_and_another_takes_over(tmp_path, pacs, pg_store, faul
     assert again.error is None and again.new == again.updated == again.deleted == 0
     assert contents(store) == _clean_contents(tmp_path, pacs)
     store.close()
+
+
+def test_watcher_catches_up_within_5s_of_the_archive_answering_again(tmp_path, sqlite_url):
+    """Orthanc stopped long enough for a growing back-off to reach tens of seconds, then
+    started again and given a new study: the watcher stores it within 5 s of Orthanc answering."""
+    with OrthancServer() as archive:
+        archive.upload([get_testdata_file("CT_small.dcm")])
+        config = _config(tmp_path, sqlite_url, archive.dicomweb_url, archive.dicomweb_url, poll_interval=1, timeout=1)
+        watcher = Watcher(config, "only")
+        store = Store(sqlite_url)
+        try:
+            _wait_for(lambda: _study_count(store.engine) == 1, 30, "the first full sync")
+            archive.halt()
+            time.sleep(25)  # polls fail all along: doubling pauses from 1 s would reach 16-32 s
+            archive.resume()  # returns once Orthanc answers
+            answering = time.monotonic()
+            path, uid = _new_study(tmp_path, "new.dcm")  # dated today: the next date-window poll sees it
+            archive.upload([path])
+            _wait_for(lambda: _stored(store.engine, uid), 30, "the new study")
+            lag = time.monotonic() - answering
+        finally:
+            out = watcher.stop()
+            store.close()
+    sys.stderr.write(f"\nnew study stored {lag:.1f}s after the archive answered again\n")
+    assert lag < 5.0, out
+    assert "poll failed" in out and watcher.proc.returncode == 0
