@@ -30,7 +30,9 @@ from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
 from testbed.orthanc import OrthancServer
+from testbed.postgres import PrivatePostgres
 from testbed.proxy import Proxy
+from tests.support.netns import Host
 from tests.support.stores import reset_postgres
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.server, pytest.mark.postgres]
@@ -43,8 +45,8 @@ TAKEOVER_LIMIT = 30.0
 class RecordingProxy(Proxy):
     """The proxy of one watcher: when each of its requests arrived."""
 
-    def __init__(self, target: str, label: str):
-        super().__init__(target)
+    def __init__(self, target: str, label: str, host: str = "127.0.0.1"):
+        super().__init__(target, host=host)
         self.label = label
         self.arrivals: list[float] = []
 
@@ -103,12 +105,13 @@ def _config(folder: Path, store_url: str, url: str, wado_url: str, **source) -> 
 class Watcher:
     """One `imaging-facade sync --watch` process; its output is kept in a file."""
 
-    def __init__(self, config: Path, label: str):
+    def __init__(self, config: Path, label: str, host: Host | None = None):
         self.label = label
         self.out_path = config.parent / f"{label}.log"
         self._out = open(self.out_path, "wb")
+        argv = [CLI, "sync", "--watch", "--config", str(config)]
         self.proc = subprocess.Popen(
-            [CLI, "sync", "--watch", "--config", str(config)],
+            host.run(argv) if host else argv,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             env={**os.environ},
@@ -274,3 +277,70 @@ def test_watcher_catches_up_within_5s_of_the_archive_answering_again(tmp_path, s
     sys.stderr.write(f"\nnew study stored {lag:.1f}s after the archive answered again\n")
     assert lag < 5.0, out
     assert "poll failed" in out and watcher.proc.returncode == 0
+
+
+def _free_subnet() -> str:
+    """10.213.N, a /24 no interface of this machine is in."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+    return next(f"10.213.{n}" for n in range(100, 250) if f" 10.213.{n}." not in used)
+
+
+@pytest.mark.network
+def test_a_watcher_cut_off_from_the_network_is_taken_over(tmp_path, pacs):
+    """The leader runs on a second host (a network namespace) whose link goes down: the server
+    ends its silent session, the watcher left takes the source over within 30 s; when the link
+    comes back the old leader finds the source taken and stays a stand-by. Needs root (iproute2)."""
+    assert os.geteuid() == 0, "network namespaces need root: run the integration tests as root"
+    with Host(_free_subnet()) as host, PrivatePostgres(host.outer) as pg:
+        Store(pg.url).close()
+        engine = create_engine(pg.url)
+        proxies = {"cut": RecordingProxy(pacs.url, "cut", host=host.outer), "kept": RecordingProxy(pacs.url, "kept")}
+        watchers: list[Watcher] = []
+        try:
+            for label, proxy in proxies.items():
+                proxy.__enter__()
+                config = _config(
+                    tmp_path / label,
+                    pg.url,
+                    proxy.url + "/dicom-web",
+                    pacs.dicomweb_url,
+                    changes="orthanc",
+                    poll_interval=0.5,
+                    timeout=2,
+                )
+                watchers.append(Watcher(config, label, host if label == "cut" else None))
+                if label == "cut":  # the second host leads
+                    assert _wait_for(lambda: _holder(engine, watchers), 30, "the leader") is watchers[0]
+                    _wait_for(lambda: _study_count(engine) >= len(FILES), 60, "the first full sync")
+            cut, kept = watchers
+            time.sleep(2)
+            assert _holder(engine, watchers) is cut and not proxies["kept"].arrivals
+
+            host.cut()
+            lost_at = time.monotonic()
+            path, uid = _new_study(tmp_path, "after-cut.dcm")
+            pacs.upload([path])
+            _wait_for(lambda: _holder(engine, [kept]), TAKEOVER_LIMIT, "the watcher left taking over")
+            _wait_for(lambda: _stored(engine, uid), TAKEOVER_LIMIT - (time.monotonic() - lost_at), "its poll")
+            took = time.monotonic() - lost_at
+            assert took < TAKEOVER_LIMIT
+            sys.stderr.write(f"\nleader cut off: source taken over and new study stored {took:.1f}s later\n")
+
+            time.sleep(max(0.0, 15 - took))  # the cut host's requests of before the cut have timed out
+            host.restore()
+            restored = time.monotonic()
+            path, uid = _new_study(tmp_path, "after-restore.dcm")
+            pacs.upload([path])
+            _wait_for(lambda: _stored(engine, uid), 20, "a study after the link came back")
+            time.sleep(8)  # the old leader reconnects and asks for the lock: it stays a stand-by
+            assert _holder(engine, watchers) is kept
+            assert not any(t >= restored for t in proxies["cut"].arrivals)
+            assert _blocks(list(proxies.values())) == ["cut", "kept"]
+        finally:
+            outputs = {w.label: w.stop() for w in watchers}
+            for proxy in proxies.values():
+                proxy.__exit__(None, None, None)
+            engine.dispose()
+    assert "this process polls source pacs now" in outputs["kept"]
+    assert "no longer held by this process" in outputs["cut"] or "lost the database session" in outputs["cut"]
+    assert all("Traceback" not in out for out in outputs.values()), outputs
