@@ -285,7 +285,7 @@ def _free_subnet() -> str:
     return next(f"10.213.{n}" for n in range(100, 250) if f" 10.213.{n}." not in used)
 
 
-@pytest.mark.network
+@pytest.mark.netns
 def test_a_watcher_cut_off_from_the_network_is_taken_over(tmp_path, pacs):
     """The leader runs on a second host (a network namespace) whose link goes down: the server
     ends its silent session, the watcher left takes the source over within 30 s; when the link
