@@ -43,7 +43,7 @@ def failure_pause(poll_interval: float, failures: int, rand: Callable[[], float]
     """Seconds to wait after `failures` polls in a row failed: doubling from the poll interval,
     capped, with "equal jitter" (half fixed, half random) so watchers do not retry in step."""
     cap = max(FAILURE_PAUSE_MAX, poll_interval)
-    pause = min(poll_interval * 2 ** (failures - 1), cap)
+    pause = min(poll_interval * 2 ** min(failures - 1, 32), cap)  # an archive down for days: no overflow
     return pause / 2 + rand() * pause / 2
 
 
@@ -52,18 +52,14 @@ def watch(
     sources: list[SourceSettings],
     stop: threading.Event,
     on_poll: Callable[[SyncSummary], None] | None = None,
-    leases: Leases | None = None,
 ) -> None:
-    """Poll `sources` until `stop` is set (those whose lease this process holds)."""
-    own = leases is None
-    if leases is None:
-        leases = open_leases(store.url, [src.name for src in sources])
+    """Poll `sources` until `stop` is set; on PostgreSQL, those whose lock this process holds."""
+    leases = open_leases(store.url, [src.name for src in sources])
     try:
         leases.ready(5.0)
         _loop(store, sources, stop, on_poll, leases)
     finally:
-        if own:
-            leases.close()
+        leases.close()
 
 
 def _loop(

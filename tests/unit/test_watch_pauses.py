@@ -14,6 +14,7 @@ def test_failure_pause_stays_short_however_long_the_archive_is_down(interval):
     assert pauses[0] == interval  # the first retry comes after one interval
     assert pauses == sorted(pauses)  # then longer...
     assert max(pauses) == FAILURE_PAUSE_MAX  # ...up to a few seconds, not minutes
+    assert failure_pause(interval, 100_000, rand=lambda: 1.0) == FAILURE_PAUSE_MAX  # down for days
 
 
 def test_failure_pause_is_jittered_but_never_below_half():
