@@ -13,8 +13,8 @@ second. A session-level advisory lock is held until its session ends (PostgreSQL
 
 The holder trusts a lock only for `TRUST` seconds after the start of its last successful ping,
 less than either timeout: a holder cut off stops polling before the server can hand its lock
-to another. A poll is stopped between studies, so at most the study in hand is finished by a
-watcher that lost its lock; reading a study twice changes nothing.
+to another. A poll under way ends between studies; only a process frozen in the middle of one
+finishes, once it runs again, the studies it was reading. Reading a study twice changes nothing.
 
 On SQLite the store has one writing process: every source is held (`EveryLease`).
 """
