@@ -50,7 +50,7 @@ class Proxy:
     client that sends its next request only once it has an answer is never counted twice.
     """
 
-    def __init__(self, target: str, delay: float = 0.0, port: int = 0):
+    def __init__(self, target: str, delay: float = 0.0, port: int = 0, host: str = "127.0.0.1"):
         self.target = target.rstrip("/")
         self.delay = delay
         self.requests = 0
@@ -76,13 +76,15 @@ class Proxy:
             do_POST = do_GET
             do_DELETE = do_GET
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        # `host`: another local address, for a client in another network namespace
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def __enter__(self):
         self._thread.start()

@@ -2,7 +2,7 @@
 would; and the markers that say what each test needs from the machine.
 
 A test that needs a service is marked with it (`postgres`, `orthanc`, `dcmtk`, `npm`, `server`,
-`auth_server`, `network`) and with `slow`: by a fixture it uses (FIXTURE_NEEDS, and a PostgreSQL
+`auth_server`, `network`, `netns`) and with `slow`: by a fixture it uses (FIXTURE_NEEDS, and a PostgreSQL
 `store_url`), or by its module's or its own marker. `pytest -m "not slow"` is the fast tier:
 no service, seconds.
 """
@@ -25,7 +25,7 @@ from tests.support.stores import new_sqlite_store, open_config_data, postgres_da
 pytest_plugins = ["tests.support.log_privacy"]
 
 #: what a test may need beyond Python and the files of the repository
-SERVICES = ("postgres", "orthanc", "dcmtk", "npm", "server", "auth_server", "network")
+SERVICES = ("postgres", "orthanc", "dcmtk", "npm", "server", "auth_server", "network", "netns")
 #: fixtures that bring a need along
 FIXTURE_NEEDS = {
     "postgres_url": "postgres",

@@ -207,7 +207,7 @@ def sync_changes(
             cursor["seq"] = page.last
             store.sync_state.update(src.name, cursor=cursor)
         now = time.time()
-        if not run.stopped and now - cursor.get("deletions_checked", 0) >= DELETION_CHECK_EVERY:
+        if not run.stop_asked() and now - cursor.get("deletions_checked", 0) >= DELETION_CHECK_EVERY:
             for event in feed.deleted_studies(store.studies.archive_keys(src.name)):
                 _apply_change(run.batch, source, event)
             cursor["deletions_checked"] = now
