@@ -13,9 +13,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from app.fhir.definitions import STRUCTURE_DIR
+from app.fhir.package import NAME, build
 from app.mapping.claims import PROFILES
 from app.sync import sync_source
-from scripts.build_fhir_package import NAME, build
 
 FILES = {json.loads(p.read_text())["id"]: json.loads(p.read_text()) for p in STRUCTURE_DIR.glob("*.json")}
 
