@@ -1,8 +1,9 @@
 """Where security and on-demand plug into the request path, as interceptors do in other FHIR
 servers: routes call the hooks, never the rooms behind them.
 
-- the Guard says what the request may see: it refuses a read or search (403/404) or narrows a
-  search to what is visible (app/security/scope.py registers it);
+- the Guard says what the request may see: it refuses a read or search (403/404), narrows a
+  search to what is visible, and trims what a served resource says about others
+  (app/security/scope.py registers it);
 - before-search hooks run before the first page of a search (on-demand fetching,
   app/sync/ondemand.py; the audit trail storing this process's events before it is searched);
 - the record of what a response served (which resources, and the stored JSON of the studies
@@ -40,6 +41,11 @@ class Guard(Protocol):
         """Whether an older version of a visible resource may be shown too."""
         ...
 
+    def shown(self, rtype: str, content: bytes) -> bytes:
+        """What of a visible resource (stored JSON) the request may see: every resource a route
+        serves passes through here, also included ones and older versions."""
+        ...
+
     def binding(self) -> str:
         """A fingerprint of who asks, mixed into paging links so one client's links are not another's."""
         ...
@@ -63,6 +69,9 @@ class OpenGuard:
 
     def version_visible(self, rtype: str, content: bytes) -> bool:
         return True
+
+    def shown(self, rtype: str, content: bytes) -> bytes:
+        return content
 
     def binding(self) -> str:
         return ""
