@@ -54,6 +54,10 @@ class Guard(Protocol):
         """(system, value) of the patients an archive may be asked about for this request; None: any."""
         ...
 
+    def sees_operations(self) -> bool:
+        """Whether the request may see how the server runs (errors naming the archives' addresses)."""
+        ...
+
 
 class OpenGuard:
     """A server without access control: everything is visible (until security registers its Guard)."""
@@ -78,6 +82,9 @@ class OpenGuard:
 
     def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
         return None
+
+    def sees_operations(self) -> bool:
+        return True
 
 
 #: a hook run before the first page of a search is read: it may fetch, flush or refuse (FhirError)

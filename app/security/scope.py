@@ -24,6 +24,7 @@ from app.api.state import current_state
 from app.errors import FhirError
 from app.search.params import RESOURCE_TYPES
 from app.search.query import ChainClause, Clause, Restriction, SearchClause, SearchError, SearchQuery, parse_search
+from app.security import operators
 from app.security.access import READ, SEARCH, Access, ScopeGrant, current_access
 from app.store.patients import identifiers_of, linked_patients, links_within
 from app.store.search_sql import visible_ids
@@ -264,3 +265,6 @@ class ScopeGuard:
 
     def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
         return fetchable_identifiers()
+
+    def sees_operations(self) -> bool:
+        return operators.sees_operations()
