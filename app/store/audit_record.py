@@ -74,7 +74,8 @@ _MAYBE = (
 REDACTED = "REDACTED"
 
 
-def _is_credential(name: str, value: str) -> bool:
+def is_credential(name: str, value: str) -> bool:
+    """Whether a (decoded) parameter carries a credential: by its name, or by its value's shape."""
     return name.strip().lower() in CREDENTIAL_PARAMETERS or bool(_JWT.search(value) or _AUTH_SCHEME.match(value))
 
 
@@ -91,7 +92,7 @@ def redact_query(query: str) -> str:
         name, _, value = part.partition("=")
         if "%" in part or "+" in part:
             name, value = unquote_plus(name), unquote_plus(value)
-        if _is_credential(name, value):
+        if is_credential(name, value):
             parts[i] = part.partition("=")[0] + "=" + REDACTED
     return "&".join(parts)
 
