@@ -164,6 +164,7 @@ class SecuritySchema(Strict):
     )
     clock_skew = fields.Integer(load_default=30, validate=validate.Range(min=0, max=300))
     patient_claim = fields.String(load_default="patient", validate=validate.Length(min=1))
+    allow_plain_jwt = fields.Boolean(load_default=False)
     jwks_min_refresh = fields.Float(load_default=30.0, validate=validate.Range(min=0, max=3600))
     jwks_max_age = fields.Float(load_default=3600.0, validate=validate.Range(min=1))
     token_cache_size = fields.Integer(load_default=10000, validate=validate.Range(min=0, max=1_000_000))
@@ -315,6 +316,8 @@ class SecurityConfig:
     clock_skew: int = 30
     #: the claim carrying the patient in context (SMART's `patient` launch context)
     patient_claim: str = "patient"
+    #: also accept JWT access tokens typed `JWT` or untyped (servers that predate RFC 9068)
+    allow_plain_jwt: bool = False
     #: seconds between key set fetches caused by an unknown key id, and before keys are fetched again anyway
     jwks_min_refresh: float = 30.0
     jwks_max_age: float = 3600.0

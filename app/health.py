@@ -6,7 +6,9 @@ reconciliation ran, and the last error if it came after the last success. With a
 the audit trail's backlog on this host: events spooled but not yet in the store (they are
 moved every half second, so an old one means the database refuses them). No patient data:
 errors name archives and HTTP statuses, never studies or patients. Public, like /metadata,
-so a load balancer or monitor can read it without a token.
+so a load balancer or monitor can read it without a token; the last error itself, which
+names the archives' internal addresses, only to an operator (the request path's Guard says
+who is one: an administrator's token, or a request made on this host).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def _instant(micros: int | None) -> str | None:
     return micros_to_instant(micros) if micros is not None else None
 
 
-def source_health(rows: dict[str, tuple], names: list[str], now: int) -> list[dict]:
+def source_health(rows: dict[str, tuple], names: list[str], now: int, details: bool = True) -> list[dict]:
+    """Each source's freshness; `details`: with its last error's text (else without the key)."""
     out = []
     for name in names:
         last_success, last_full, last_error, last_error_at = rows.get(name, (None, None, None, None))
@@ -43,6 +46,8 @@ def source_health(rows: dict[str, tuple], names: list[str], now: int) -> list[di
                 "lastErrorAt": _instant(last_error_at) if failing else None,
             }
         )
+        if not details:
+            del out[-1]["lastError"]
     return out
 
 
@@ -70,7 +75,8 @@ def init_app(app: Flask, state: ApiState) -> None:
     def health() -> Response:
         rows = health_rows(reader)
         now = instant_now_ms()[0]
-        body: dict[str, Any] = {"status": "ok", "sources": source_health(rows, names, now)}
+        details = state.hooks.guard.sees_operations()
+        body: dict[str, Any] = {"status": "ok", "sources": source_health(rows, names, now, details)}
         if audit_log is not None:
             body["audit"] = audit_health(audit_log.spool, now)
         if any(s["status"] == "failing" for s in body["sources"]) or body.get("audit", {}).get("status") == "behind":

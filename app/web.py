@@ -29,7 +29,11 @@ from app.wado import gateway
 
 
 def create_app(config: Config, store: Store | None = None) -> Flask:
-    app = Flask("imaging-facade")
+    # no `static/` folder served from wherever the server happens to run
+    app = Flask("imaging-facade", static_folder=None)
+    # Werkzeug would answer `//` in a path with a redirect to the merged path on the request's
+    # own Host header, sending a client wherever that header says; such paths are not found
+    app.url_map.merge_slashes = False
     store = store or Store.from_config(config)
     spool = config.security.audit_spool
     assert spool is not None  # load_config places the spool (app/config.py _audit_spool)

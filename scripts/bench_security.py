@@ -104,7 +104,7 @@ class Keys:
             },
             self.key,
             algorithm="RS384",
-            headers={"kid": "bench-1"},
+            headers={"kid": "bench-1", "typ": "at+jwt"},  # an RFC 9068 access token
         )
 
 

@@ -1,8 +1,9 @@
 """Where security and on-demand plug into the request path, as interceptors do in other FHIR
 servers: routes call the hooks, never the rooms behind them.
 
-- the Guard says what the request may see: it refuses a read or search (403/404) or narrows a
-  search to what is visible (app/security/scope.py registers it);
+- the Guard says what the request may see: it refuses a read or search (403/404), narrows a
+  search to what is visible, and trims what a served resource says about others
+  (app/security/scope.py registers it);
 - before-search hooks run before the first page of a search (on-demand fetching,
   app/sync/ondemand.py; the audit trail storing this process's events before it is searched);
 - the record of what a response served (which resources, and the stored JSON of the studies
@@ -40,12 +41,21 @@ class Guard(Protocol):
         """Whether an older version of a visible resource may be shown too."""
         ...
 
+    def shown(self, rtype: str, content: bytes) -> bytes:
+        """What of a visible resource (stored JSON) the request may see: every resource a route
+        serves passes through here, also included ones and older versions."""
+        ...
+
     def binding(self) -> str:
         """A fingerprint of who asks, mixed into paging links so one client's links are not another's."""
         ...
 
     def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
         """(system, value) of the patients an archive may be asked about for this request; None: any."""
+        ...
+
+    def sees_operations(self) -> bool:
+        """Whether the request may see how the server runs (errors naming the archives' addresses)."""
         ...
 
 
@@ -64,11 +74,17 @@ class OpenGuard:
     def version_visible(self, rtype: str, content: bytes) -> bool:
         return True
 
+    def shown(self, rtype: str, content: bytes) -> bytes:
+        return content
+
     def binding(self) -> str:
         return ""
 
     def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
         return None
+
+    def sees_operations(self) -> bool:
+        return True
 
 
 #: a hook run before the first page of a search is read: it may fetch, flush or refuse (FhirError)

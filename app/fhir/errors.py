@@ -1,13 +1,14 @@
 """Every error leaves the API as an OperationOutcome, rendered in one place: the typed errors
 raised below (app/errors.py), Werkzeug's HTTP errors, and anything unexpected (500, logged
-without its message, which may quote what was being processed)."""
+without its message, which may quote what was being processed). Nothing is redirected."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from app.api.outcome import outcome_response
 from app.errors import FhirError
@@ -29,6 +30,14 @@ _HTTP_CODES: dict[int | None, str] = {
 
 
 def init_app(app: Flask) -> None:
+    @app.before_request
+    def _no_redirects() -> None:
+        """A path the router would tidy (`//` merged, a slash added) is not found rather than
+        redirected: the redirect's address is built from the request's `Host` header, which
+        is the client's word, and would send a client wherever a forged header said."""
+        if isinstance(request.routing_exception, RequestRedirect):
+            raise FhirError(404, "not-found", "nothing is served at this path (check its slashes)")
+
     @app.errorhandler(FhirError)
     def _fhir_error(err: FhirError) -> Response:
         return outcome_response(err.status, err.code, err.diagnostics, err.headers)

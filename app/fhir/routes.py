@@ -132,6 +132,7 @@ def read(rtype: str, rid: str) -> Response:
             )
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     version, micros, content = found
+    content = state.hooks.guard.shown(rtype, content)
     note_served([(rtype, rid)], {rid: content})
     return _resource_response(rtype, rid, version, micros, content)
 
@@ -149,7 +150,7 @@ def vread(rtype: str, rid: str, vid: str) -> Response:
     if row is None or not state.hooks.guard.version_visible(rtype, row[1]):
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
     note_served([(rtype, rid)])
-    return _resource_response(rtype, rid, int(vid), row[0], row[1])
+    return _resource_response(rtype, rid, int(vid), row[0], state.hooks.guard.shown(rtype, row[1]))
 
 
 @bp.get("/<rtype>/<rid>/_history")
@@ -160,7 +161,11 @@ def history_instance(rtype: str, rid: str) -> Response:
     state = current_state()
     guard = state.hooks.guard
     guard.before_read(rtype, rid)
-    versions = [v for v in read_history(state.reader, rtype, rid) if guard.version_visible(rtype, v[2])]
+    versions = [
+        (v, at, guard.shown(rtype, c))
+        for v, at, c in read_history(state.reader, rtype, rid)
+        if guard.version_visible(rtype, c)
+    ]
     if not versions:
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     note_served([(rtype, rid)])
@@ -216,6 +221,8 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
     if cursor is None:
         state.hooks.run_before_search(query)
     result = run_search(state.reader, query, cursor)
+    result.matches = [(rid, guard.shown(rtype, content)) for rid, content in result.matches]
+    result.includes = [(t, rid, guard.shown(t, content)) for t, rid, content in result.includes]
     # the audit reads the patients of the studies served off their JSON
     contents = dict(result.matches) if rtype == "ImagingStudy" else {}
     contents.update((rid, content) for t, rid, content in result.includes if t == "ImagingStudy")

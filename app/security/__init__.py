@@ -8,23 +8,24 @@ audit to read via `current_access()`. The Guard (app/security/scope.py), registe
 request path's hooks, is the one place that says what a scope lets a request see. Without a
 validator configured, a closed server answers every data request with 401. The public
 interactions (`/fhir/metadata`, `/fhir/.well-known/smart-configuration`, `/health`) need no
-token.
+token; a token sent to `/health` is checked all the same, since an operator's token shows
+the details there (app/security/operators.py), and one that fails is merely not counted.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from flask import Flask, Request, request
 
-from app.api.interactions import current_interaction
+from app.api.interactions import HEALTH, current_interaction
 from app.api.state import ApiState
 from app.errors import FhirError
 from app.security import discovery, limits
 from app.security.access import OPEN, set_access
 from app.security.authorize import access_from_claims, bearer_token, challenge, enforce, unauthorized
+from app.security.operators import is_loopback
 from app.security.scope import ScopeGuard
 from app.security.tokens import AuthServerUnavailable, InvalidToken, TokenChecker
 from app.telemetry import count_token, counting_tokens
@@ -33,15 +34,6 @@ if TYPE_CHECKING:
     from werkzeug.local import LocalProxy
 
     from app.config import Config
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OpenModeRefused(Exception):
@@ -109,6 +101,8 @@ def init_app(app: Flask, state: ApiState) -> None:
         # flask types `request` as the Request it stands for, not as the proxy it is
         req = cast("LocalProxy[Request]", request)._get_current_object()
         if _public(req):
+            if current_interaction() is HEALTH and "Authorization" in req.headers:
+                _operator_token(req)
             return None
         token = bearer_token(req.headers, security.realm)
         try:
@@ -121,3 +115,11 @@ def init_app(app: Flask, state: ApiState) -> None:
         count_token(accepted=True)
         enforce(access, req, security.realm)
         set_access(access)
+
+    def _operator_token(req: Request) -> None:
+        """The Access of a token sent where none is needed; none when it does not check out
+        (a health check answers whatever its token, only without the details)."""
+        try:
+            set_access(checker.check(bearer_token(req.headers, security.realm)))
+        except (FhirError, InvalidToken, AuthServerUnavailable):
+            return

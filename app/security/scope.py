@@ -5,7 +5,8 @@ compartment (for a patient-context token) and the SMART v2 granular scopes (e.g.
 `patient/ImagingStudy.rs?modality=MR`: its parameters ANDed with the search, several
 such scopes of one type ORed). The search SQL applies them to the matches, to every chain
 and `_has`, and to every include, so no path of a search reaches a resource outside them;
-a read of such a resource answers 404, as if it did not exist.
+a read of such a resource answers 404, as if it did not exist. What is served of a visible
+Patient is trimmed to links inside the compartment (`shown`).
 
 Endpoint is not in the Patient compartment (FHIR R4 CompartmentDefinition): under a patient
 context an Endpoint is visible when a study the token may see points at it, and an
@@ -23,8 +24,9 @@ from app.api.state import current_state
 from app.errors import FhirError
 from app.search.params import RESOURCE_TYPES
 from app.search.query import ChainClause, Clause, Restriction, SearchClause, SearchError, SearchQuery, parse_search
+from app.security import operators
 from app.security.access import READ, SEARCH, Access, ScopeGrant, current_access
-from app.store.patients import identifiers_of, linked_patients
+from app.store.patients import identifiers_of, linked_patients, links_within
 from app.store.search_sql import visible_ids
 
 
@@ -127,7 +129,8 @@ def require(rtype: str, interaction: str) -> None:
 
 def _named_patients(rtype: str, clause: SearchClause) -> list[str]:
     """Patients a search names explicitly: `patient=`/`subject=` on ImagingStudy (also as
-    `patient._id=`), `_id=` on Patient."""
+    `patient._id=`), `_id=` and `link=` on Patient (also as `patient.link=`: which record is
+    linked to another patient is that patient's business)."""
     if (
         isinstance(clause, ChainClause)
         and rtype == "ImagingStudy"
@@ -141,6 +144,8 @@ def _named_patients(rtype: str, clause: SearchClause) -> list[str]:
         return [rid for target, rid in clause.values if target in (None, "Patient") and rid]
     if rtype == "Patient" and clause.param.name == "_id":
         return [code for _, code in clause.values]
+    if rtype == "Patient" and clause.param.name == "link" and clause.kind == "reference":
+        return [rid for target, rid in clause.values if target in (None, "Patient") and rid]
     return []
 
 
@@ -204,6 +209,18 @@ def version_visible(rtype: str, content: bytes) -> bool:
     return reference.startswith("Patient/") and reference[len("Patient/") :] in patients
 
 
+def shown(rtype: str, content: bytes) -> bytes:
+    """A Patient served under a patient context keeps only its links into the compartment: a
+    record linked to the token's patient may link on to a record two hops away, which the
+    token may not read and whose link would still tell that it exists and is the same person."""
+    if rtype != "Patient":
+        return content
+    patients = compartment(current_access())
+    if patients is None:
+        return content
+    return links_within(content, patients, current_state().base_url)
+
+
 def fetchable_identifiers() -> set[tuple[str, str]] | None:
     """(system, value) identifiers an on-demand fetch may ask the archives about for this
     request: those of the compartment's stored Patients, or None (any) without a compartment."""
@@ -240,8 +257,14 @@ class ScopeGuard:
     def version_visible(self, rtype: str, content: bytes) -> bool:
         return version_visible(rtype, content)
 
+    def shown(self, rtype: str, content: bytes) -> bytes:
+        return shown(rtype, content)
+
     def binding(self) -> str:
         return binding()
 
     def fetchable_identifiers(self) -> set[tuple[str, str]] | None:
         return fetchable_identifiers()
+
+    def sees_operations(self) -> bool:
+        return operators.sees_operations()

@@ -5,7 +5,9 @@ Signatures are checked by PyJWT; this module decides which key and which algorit
 used, because that is where JWT validation goes wrong in practice (RFC 8725): the algorithm
 must be one configured (asymmetric only: never `none`, never HMAC, so a public key can never
 serve as a shared secret), the key comes from the issuer's JWKS by its `kid`, and the key's
-type and curve must fit the algorithm.
+type and curve must fit the algorithm. The token must be typed as an access token (RFC 9068
+§4: `typ` `at+jwt`), so an ID token or a client assertion signed by the same server is not
+taken for one (RFC 8725 §3.11), and its times must be numbers (RFC 7519 NumericDate).
 
 Checked tokens are cached by their SHA-256, until they expire, so a client repeating a token
 costs one signature check (or one introspection call), not one per request.
@@ -19,6 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from math import isfinite
 from typing import Any, Generic, TypeVar
 
 import jwt
@@ -33,6 +36,14 @@ T = TypeVar("T")
 
 #: the JWK a signature algorithm needs: (kty, crv)
 _KEY_TYPES = {"RS256": ("RSA", None), "RS384": ("RSA", None), "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384")}
+#: RFC 9068 §4: "The resource server MUST verify that the typ header value is at+jwt or
+#: application/at+jwt and reject tokens carrying any other value"; compared lowercased, as media
+#: types are (RFC 7515 §4.1.9)
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+#: what authorization servers that predate RFC 9068 send (`security.allow_plain_jwt`): JWT, or no typ
+PLAIN_JWT_TYPES = frozenset({"jwt", "application/jwt", None})
+#: the claims RFC 7519 §4.1 makes NumericDates (JSON numbers)
+_TIMES = ("exp", "nbf", "iat")
 
 
 class InvalidToken(Exception):
@@ -178,6 +189,7 @@ class JwtValidator:
         self.audience = security.audience
         self.algorithms = tuple(security.algorithms)
         self.leeway = security.clock_skew
+        self.types = ACCESS_TOKEN_TYPES | (PLAIN_JWT_TYPES if security.allow_plain_jwt else frozenset())
         self.keys = JwksKeys(security.jwks_uri, security.jwks_min_refresh, security.jwks_max_age, session=session)
 
     def claims(self, token: str, now: float) -> dict:
@@ -190,6 +202,13 @@ class JwtValidator:
             raise InvalidToken(
                 f"tokens signed with {str(alg)[:16]!r} are not accepted (accepted: {', '.join(self.algorithms)})"
             )
+        typ = header.get("typ")
+        if (typ.lower() if isinstance(typ, str) else typ) not in self.types:
+            raise InvalidToken(
+                f"the token is not an RFC 9068 access token (typ {str(typ)[:24]!r}; at+jwt expected)"
+                if typ is not None
+                else "the token is not an RFC 9068 access token (no typ; at+jwt expected)"
+            )
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise InvalidToken("the token's key id (kid) is not a string")
@@ -198,21 +217,22 @@ class JwtValidator:
             raise InvalidToken("the token was signed with a key the authorization server does not publish")
         for key in keys:
             try:
-                return jwt.decode(
+                claims = jwt.decode(
                     token,
                     key.key,
                     algorithms=[alg],
                     audience=self.audience,
                     issuer=self.issuer,
-                    leeway=self.leeway,
-                    options={"require": ["exp", "iss", "aud"]},
+                    # the times are checked below: PyJWT takes a string of digits for a number
+                    options={
+                        "require": ["exp", "iss", "aud"],
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
                 )
             except jwt.InvalidSignatureError:
                 continue
-            except jwt.ExpiredSignatureError:
-                raise InvalidToken("the token has expired") from None
-            except jwt.ImmatureSignatureError:
-                raise InvalidToken("the token is not valid yet (nbf or iat in the future)") from None
             except jwt.InvalidAudienceError:
                 raise InvalidToken(f"the token is not meant for this server (aud must be {self.audience})") from None
             except jwt.InvalidIssuerError:
@@ -221,7 +241,23 @@ class JwtValidator:
                 raise InvalidToken(f"the token has no '{exc.claim}' claim") from None
             except jwt.PyJWTError:
                 raise InvalidToken("the token could not be decoded") from None
+            self._check_times(claims, now)
+            return claims
         raise InvalidToken("the token's signature does not verify")
+
+    def _check_times(self, claims: dict, now: float) -> None:
+        """`exp` (required), `nbf` and `iat` are JSON numbers (RFC 7519 §2 NumericDate; a string,
+        a boolean or an infinity is refused, not read as one), with `clock_skew` seconds of leeway."""
+        for name in _TIMES:
+            value = claims.get(name)
+            if name in claims and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not isfinite(value)
+            ):
+                raise InvalidToken(f"the token's '{name}' is not a number (RFC 7519 NumericDate)")
+        if claims["exp"] <= now - self.leeway:
+            raise InvalidToken("the token has expired")
+        if claims.get("nbf", now) > now + self.leeway or claims.get("iat", now) > now + self.leeway:
+            raise InvalidToken("the token is not valid yet (nbf or iat in the future)")
 
 
 class IntrospectionValidator:

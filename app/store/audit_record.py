@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from typing import Protocol
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -28,6 +30,76 @@ INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
 ENTITY_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/object-role"
 AGENT_SYSTEM = "urn:imaging-facade:agent"
+
+
+#: parameters that carry a credential, never stored: RFC 6750 2.2/2.3 `access_token`; OAuth 2.0
+#: (RFC 6749) `code`, `refresh_token`, `client_secret`, `password`; RFC 7521 `assertion`,
+#: `client_assertion`; OpenID Connect `id_token`; RFC 7662/7009 `token`. None of them is a
+#: search parameter of a type served here. Matched case-insensitively.
+CREDENTIAL_PARAMETERS = frozenset(
+    {
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "token",
+        "code",
+        "client_secret",
+        "client_assertion",
+        "assertion",
+        "password",
+        "authorization",
+    }
+)
+#: a JWS/JWE compact serialization (RFC 7515/7516): base64url of a JSON header (`{"` is `eyJ`), dots
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*")
+#: an Authorization header's value (RFC 9110 11.4: scheme, space, credentials)
+_AUTH_SCHEME = re.compile(r"\s*(?:bearer|basic|dpop|digest|negotiate)\s+\S", re.IGNORECASE)
+#: what any credential contains somewhere (a name, a JWT, a scheme) or what could encode one: a
+#: query without any of these (compared lowercased) is stored without being taken apart
+_MAYBE = (
+    "token",
+    "code",
+    "secret",
+    "assert",
+    "passw",
+    "authori",
+    "eyj",
+    "bearer",
+    "basic",
+    "dpop",
+    "digest",
+    "negotiate",
+    "%",
+)
+REDACTED = "REDACTED"
+
+
+def is_credential(name: str, value: str) -> bool:
+    """Whether a (decoded) parameter carries a credential: by its name, or by its value's shape."""
+    return name.strip().lower() in CREDENTIAL_PARAMETERS or bool(_JWT.search(value) or _AUTH_SCHEME.match(value))
+
+
+def redact_query(query: str) -> str:
+    """The query as sent, each credential's value replaced by REDACTED: a token sent in the URL
+    or a form body is refused (only the Authorization header counts) but would otherwise stay in
+    the trail, readable by whoever may search it. Parameters are compared decoded, so no
+    percent-encoding hides one; the rest of the query stays as it was sent."""
+    lowered = query.lower()
+    if not any(hint in lowered for hint in _MAYBE):
+        return query
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name), unquote_plus(value)
+        if is_credential(name, value):
+            parts[i] = part.partition("=")[0] + "=" + REDACTED
+    return "&".join(parts)
+
+
+def redact_path(path: str) -> str:
+    """The path, a JWT pasted into it replaced (a path holds no other kind of credential)."""
+    return _JWT.sub(REDACTED, path)
 
 
 class Requester(Protocol):
@@ -97,8 +169,8 @@ def event_record(
     """What the event says, as the compact JSON the trail keeps, and its lookup rows (param, value).
 
     The lookup rows are the agents and patients; every event has a system-object entity (the
-    query) and a person entity exactly when it names patients, which AuditEvent search derives.
-    `render_event` makes the AuditEvent of it when the trail is read."""
+    query, its credentials redacted) and a person entity exactly when it names patients, which
+    AuditEvent search derives. `render_event` makes the AuditEvent of it when the trail is read."""
     who = access.subject or access.client_id
     record = {
         "status": status,
@@ -108,8 +180,8 @@ def event_record(
         "client": access.client_id,
         "open": access.open,
         "address": address,
-        "query": query,
-        "path": path,
+        "query": redact_query(query),
+        "path": redact_path(path),
         "read": f"{read[0]}/{read[1]}" if read else None,
         "patients": patients,
         "server": base_url,

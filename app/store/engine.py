@@ -1,5 +1,7 @@
 """The database engine, and what every write path shares (bulk rows, commit mode).
 
+A new SQLite store is created private to its owner (`create_private`).
+
 SQLite runs in WAL mode with `synchronous=NORMAL` (a commit is on disk as far as the operating
 system is concerned; no fsync per transaction); PostgreSQL through psycopg 3 with a small pool
 whose connections are checked before use.
@@ -7,21 +9,33 @@ whose connections are checked before use.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, insert
+from sqlalchemy import create_engine, event, insert, make_url
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import SQLModel
 
 
+def create_private(path: Path) -> None:
+    """Create an SQLite store's file, and its directory if missing, for their owner only (0600,
+    0700), as the audit spool is: the file holds every patient's data and the paging secret.
+    SQLite gives its write-ahead log and shared memory the file's permissions. Whatever exists
+    already is left as it is: an operator may have set it so on purpose."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            create_private(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

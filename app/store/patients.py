@@ -9,7 +9,7 @@ decisions (app/store/links.py) that identity matching and people make.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -154,6 +154,34 @@ def linked_patients(reader: Reader, patient: str, base_url: str = "") -> tuple[s
     )
     ids.update(r[0] for r in rows)
     return tuple(sorted(ids))
+
+
+def links_within(content: bytes, patients: Collection[str], base_url: str = "") -> bytes:
+    """A stored Patient's JSON with only the Patient.link entries that name one of `patients`.
+
+    A patient-context token sees its patient and the records linked one hop either way; the
+    links of those records may name records further away, and would tell that they exist and
+    belong to the same person. A Patient without links (most) is returned as it is, unparsed."""
+    if b'"link"' not in content:
+        return content
+    body = orjson.loads(content)
+    links = body.get("link")
+    if not isinstance(links, list):
+        return content
+    kept = [link for link in links if _names_one_of(link, patients, base_url)]
+    if len(kept) == len(links):
+        return content
+    if kept:
+        body["link"] = kept
+    else:
+        del body["link"]
+    return orjson.dumps(body)
+
+
+def _names_one_of(link: object, patients: Collection[str], base_url: str) -> bool:
+    other = link.get("other") if isinstance(link, dict) else None
+    reference = other.get("reference") if isinstance(other, dict) else None
+    return isinstance(reference, str) and _patient_id(reference, base_url) in patients
 
 
 def identifiers_of(reader: Reader, patients: Sequence[str]) -> set[tuple[str, str]]:

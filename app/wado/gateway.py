@@ -5,7 +5,8 @@ Endpoint points at `<gateway>/<source>` instead of the archive, and the Endpoint
 `requires-access-token: true` (SMART Imaging Access): the app presents the same token it
 searched with. The gateway applies the same scopes and compartment as a read of the
 ImagingStudy (404 outside them, 403 without an ImagingStudy scope), then forwards the
-request to the archive that holds the study, with the archive's own credentials, and
+request to the archive that holds the study, with the archive's own credentials (none of the
+app's: neither its Authorization header nor a token it put in the query string), and
 streams the answer back as it arrives (status, Content-Type with its multipart boundary,
 and the bytes unchanged), never holding a study in memory.
 
@@ -17,8 +18,7 @@ Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import cast
+from collections.abc import Callable, Iterator
 
 import orjson
 import requests
@@ -30,6 +30,7 @@ from app.api.state import ApiState, current_state
 from app.errors import FhirError
 from app.ids import valid_id
 from app.sources.settings import SourceSettings
+from app.store.audit_record import is_credential
 from app.store.resources import read_current
 from app.store.studies import holders_of
 
@@ -82,8 +83,8 @@ def _forward(
     try:
         upstream = _session.get(
             url,
-            # a MultiDict is the Mapping of each name to its first value
-            params=cast("Mapping[str, str]", request.args),
+            # each name's first value; never a credential of the app's (RFC 6750 2.3 access_token…)
+            params={name: value for name, value in request.args.items() if not is_credential(name, value)},
             headers=headers,
             auth=src.wado_credentials.auth(),
             stream=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import shutil
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -162,6 +163,71 @@ def test_unauthenticated_requests_are_audited(store_url, write_config):
     assert event["subtype"][0]["code"] == "search-type"
     assert next(a for a in event["agent"] if a["requestor"])["who"] == {"display": "unknown (no valid access token)"}
     assert base64.b64decode(event["entity"][0]["query"]) == b"patient=alice"
+
+
+#: a signed JWT's shape (header.payload.signature, base64url of JSON), and opaque credentials
+JWT = "eyJhbGciOiJSUzM4NCIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ1c2VyLTEiLCJwYXRpZW50IjoiYWxpY2UifQ.c2lnbmVkLWJ5LWFz"
+CREDENTIALS = [
+    ("access_token", JWT),  # RFC 6750 2.2 (form body) and 2.3 (URI query)
+    ("access_token", "opaque-7f3a9c"),
+    ("ACCESS_TOKEN", "opaque-4b1e"),
+    ("id_token", "opaque-id-5d2c"),
+    ("refresh_token", "opaque-refresh-88aa"),
+    ("token", "opaque-introspected-3c3c"),
+    ("code", "auth-code-91ff"),
+    ("client_secret", "client-secret-6e6e"),
+    ("client_assertion", "assertion-0b0b"),
+    ("name", f"Bearer {JWT[:20]}"),  # an Authorization header's value, wherever it is put
+    ("identifier", JWT),  # a JWT under any name
+]
+
+
+def _trail(app, store) -> tuple[bytes, list[str]]:
+    """Everything the trail holds (the spool segments on disk, then the stored rows, their
+    index and the AuditEvents made of them), and the queries its events record."""
+    audit_log = app.extensions["imaging-facade"].audit_log
+    spooled = b"".join(path.read_bytes() for path in audit_log.spool.directory.iterdir() if path.is_file())
+    audit_log.flush()
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, recorded, content FROM audit_event ORDER BY recorded")).all()
+        index = conn.execute(text("SELECT value FROM audit_index")).scalars().all()
+    events = [render_event(*r) for r in rows]
+    queries = [_query(orjson.loads(event)) for event in events]
+    stored = b"".join(bytes(r.content) for r in rows) + b"".join(events) + "".join(index).encode()
+    return spooled + stored + "".join(queries).encode(), queries
+
+
+@pytest.mark.parametrize("where", ["query", "form"])
+def test_tokens_sent_as_parameters_are_never_stored(store_url, write_config, where):
+    """RFC 6750 2.2/2.3 tokens (and other OAuth credentials) in the URL or a form body are
+    refused (only the Authorization header counts), and the trail records the request with
+    their values replaced: whoever may search AuditEvent must not find a usable token."""
+    config = write_config(
+        {"store": store_url, "server": {"base_url": "http://testserver/fhir"}, "security": {"open": False}}
+    )
+    store = Store.from_config(config)
+    load(store)
+    app = create_app(config, store)
+    client = app.test_client()
+    params = [("patient", "alice"), *CREDENTIALS]
+    if where == "query":
+        response = client.get("/fhir/ImagingStudy", query_string=params)
+    else:
+        response = client.post(
+            "/fhir/ImagingStudy/_search", data=urlencode(params), content_type="application/x-www-form-urlencoded"
+        )
+    assert response.status_code == 401
+    trail, queries = _trail(app, store)
+    store.close()
+    for _, value in CREDENTIALS:
+        secret = value.removeprefix("Bearer ")
+        assert secret[:12].encode() not in trail, secret
+    # the request is recorded, what is not a credential as sent, and which parameters were sent
+    assert queries == [
+        "patient=alice&access_token=REDACTED&access_token=REDACTED&ACCESS_TOKEN=REDACTED&id_token=REDACTED"
+        "&refresh_token=REDACTED&token=REDACTED&code=REDACTED&client_secret=REDACTED&client_assertion=REDACTED"
+        "&name=REDACTED&identifier=REDACTED"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,15 @@ def test_two_hops_are_not_followed(api):
     """eve's record links to dora's, dora's to alice's: eve is two hops from alice."""
     assert api("/fhir/Patient/eve").status_code == 404
     assert api("/fhir/Patient/eve", "system").status_code == 200
+    # nor does dora's record, which alice may read, name eve's to her
+    assert linked(api("/fhir/Patient/dora").get_json()) == ["alice"]
+    assert linked(api("/fhir/Patient/dora", "system").get_json()) == ["alice", "eve"]
+    assert api("/fhir/Patient?link=eve").status_code == 403
+    assert ids(api("/fhir/Patient?link=eve", "system")) == {"dora"}
+
+
+def linked(patient: dict) -> list[str]:
+    return sorted(link["other"]["reference"].removeprefix("Patient/") for link in patient.get("link", []))
 
 
 def test_forbidden_search_answers_403_before_any_data(api):

@@ -62,7 +62,7 @@ def _hs256_with_public_key(auth_server) -> str:
     """The classic key-confusion forgery: HMAC keyed with the server's public key (PEM).
     Built by hand, because PyJWT itself refuses to use a PEM key as an HMAC secret."""
     public_pem = auth_server.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    header = {"alg": "HS256", "typ": "JWT", "kid": "as-key-1"}
+    header = {"alg": "HS256", "typ": "at+jwt", "kid": "as-key-1"}
     now = int(time.time())
     claims = {
         "iss": auth_server.issuer,
@@ -96,6 +96,17 @@ REFUSED = {
     ),
     "HS256 with the public key": _hs256_with_public_key,
     "garbage": lambda s: "not-a-token",
+    # RFC 9068 4: typ must be at+jwt; a plain JWT (an ID token, a client assertion…) is not an access token
+    "typ JWT": lambda s: s.sign({"scope": "system/*.rs"}, typ="JWT"),
+    "no typ": lambda s: s.sign({"scope": "system/*.rs"}, typ=None),
+    "typ of another kind": lambda s: s.sign({"scope": "system/*.rs"}, typ="dpop+jwt"),
+    # RFC 7519 2: NumericDate is a JSON number; PyJWT takes "1700000000" for one
+    "exp a string": lambda s: s.sign({"scope": "system/*.rs", "exp": str(int(time.time()) + 300)}),
+    "exp a string, not a number": lambda s: s.sign({"scope": "system/*.rs", "exp": "tomorrow"}),
+    "exp true": lambda s: s.sign({"scope": "system/*.rs", "exp": True}),
+    "nbf a string": lambda s: s.sign({"scope": "system/*.rs", "nbf": str(int(time.time()) - 60)}),
+    "iat a string": lambda s: s.sign({"scope": "system/*.rs", "iat": str(int(time.time()))}),
+    "exp infinite": lambda s: s.sign({"scope": "system/*.rs", "exp": float("inf")}),
 }
 
 
@@ -104,6 +115,8 @@ def test_refused_tokens_get_401_with_an_explanation(app, auth_server, case):
     token = REFUSED[case](auth_server)
     if case == "no exp":
         assert "exp" not in jwt.decode(token, options={"verify_signature": False})
+    if case == "no typ":
+        assert "typ" not in jwt.get_unverified_header(token)
     response = app.test_client().get("/fhir/ImagingStudy", headers=bearer(token))
     assert response.status_code == 401, case
     challenge = response.headers["WWW-Authenticate"]
@@ -124,10 +137,43 @@ def test_refusal_reasons_name_the_problem(app, auth_server):
         "HS256 with the public key": "'HS256' are not accepted",
         "re-signed payload": "signature",
         "unknown key, unknown kid": "does not publish",
+        "typ JWT": "not an RFC 9068 access token",
+        "no typ": "not an RFC 9068 access token",
+        "exp a string": "'exp' is not a number",
+        "exp a string, not a number": "'exp' is not a number",
+        "iat a string": "'iat' is not a number",
     }
     for case, words in cases.items():
         diagnostics = api.get("/fhir/ImagingStudy", headers=bearer(REFUSED[case](auth_server))).get_json()
         assert words in diagnostics["issue"][0]["diagnostics"], case
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "AT+JWT", "Application/At+Jwt"])
+def test_access_tokens_typed_as_rfc_9068_says_are_accepted(app, auth_server, typ):
+    """RFC 9068 4 names both forms; media types compare case-insensitively (RFC 7515 4.1.9)."""
+    token = auth_server.sign({"scope": "system/*.rs"}, typ=typ)
+    assert app.test_client().get("/fhir/Endpoint", headers=bearer(token)).status_code == 200
+
+
+def test_plain_jwt_access_tokens_only_when_configured(make_app, auth_server):
+    """Some authorization servers predate RFC 9068 and type their access tokens `JWT`, or not
+    at all: `security.allow_plain_jwt` accepts those, still refusing any other type."""
+    api = make_app(allow_plain_jwt=True).test_client()
+    for typ in ("JWT", None, "at+jwt", "application/jwt"):
+        token = auth_server.sign({"scope": "system/*.rs"}, typ=typ)
+        assert api.get("/fhir/Endpoint", headers=bearer(token)).status_code == 200, typ
+    refused = api.get("/fhir/Endpoint", headers=bearer(auth_server.sign({"scope": "system/*.rs"}, typ="dpop+jwt")))
+    assert refused.status_code == 401
+    assert "not an RFC 9068 access token" in refused.get_json()["issue"][0]["diagnostics"]
+    # the checks after the type still hold
+    expired = auth_server.sign({"scope": "system/*.rs", "exp": int(time.time()) - 600}, typ="JWT")
+    assert api.get("/fhir/Endpoint", headers=bearer(expired)).status_code == 401
+
+
+def test_a_token_from_the_authorization_server_is_typed_at_jwt(auth_server):
+    """The tokens a real RFC 9068 server issues (authlib's) pass the type check unchanged."""
+    token = BackendClient(auth_server, "typed-backend").token("system/*.rs")
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
 
 
 def test_missing_token_gets_401_without_error_code(app):

@@ -25,6 +25,16 @@ def outside(resource: dict) -> bool:
     return rid not in ALICE_ENDPOINTS
 
 
+def links_outside(resource: dict) -> list[str]:
+    """The Patients outside alice's compartment a returned Patient names in its Patient.link:
+    a link from a record in it (dora) to one two hops away (eve) tells that eve exists and is
+    the same person."""
+    if resource["resourceType"] != "Patient":
+        return []
+    named = [link["other"]["reference"].removeprefix("Patient/") for link in resource.get("link", [])]
+    return [pid for pid in named if pid not in ALICE_PATIENTS]
+
+
 def all_pages(api, url, who="alice"):
     found = []
     while url:
@@ -57,6 +67,19 @@ FORBIDDEN_SEARCHES = [  # naming another patient explicitly: 403 (SMART Imaging 
     "/fhir/ImagingStudy?patient._id=bob",
     "/fhir/Patient?_id=bob",
     "/fhir/Patient?_id=alice,eve",
+    # the link parameter names a patient too: which record links to eve is eve's business
+    "/fhir/Patient?link=eve",
+    "/fhir/Patient?link=Patient/bob",
+    "/fhir/ImagingStudy?patient.link=bob",
+    "/fhir/ImagingStudy?subject:Patient.link=eve",
+]
+OWN_READS = [  # inside the compartment: served, with their links kept inside it too
+    "/fhir/Patient/dora",
+    "/fhir/Patient/dora/_history",
+    "/fhir/Patient/dora/_history/1",
+    "/fhir/Patient/dora/_history/2",
+    "/fhir/Patient/dora/_history/3",
+    "/fhir/Patient/alice",
 ]
 SEARCHES = [  # every other way in: only alice's compartment may come back
     "/fhir/ImagingStudy",
@@ -68,13 +91,21 @@ SEARCHES = [  # every other way in: only alice's compartment may come back
     "/fhir/ImagingStudy?subject:Patient.family=evans",
     "/fhir/ImagingStudy?endpoint=bob-pacs",
     "/fhir/ImagingStudy?endpoint.status=active",
-    "/fhir/ImagingStudy?patient.link=bob",
     "/fhir/ImagingStudy?patient._has:ImagingStudy:patient:modality=MR",
     "/fhir/Patient",
     "/fhir/Patient?name=baker",
     "/fhir/Patient?identifier=222",
     "/fhir/Patient?_id:not=alice",
     "/fhir/Patient?link=dora",
+    "/fhir/Patient?link:missing=false",
+    "/fhir/Patient?link:Patient.name=evans",
+    "/fhir/Patient?_has:Patient:link:_id=eve",
+    "/fhir/Patient?_has:Patient:link:name=evans",
+    "/fhir/Patient?_include=Patient:link",
+    "/fhir/Patient?_id=alice&_include=Patient:link&_include:iterate=Patient:link",
+    "/fhir/Patient?_id=alice&_revinclude=Patient:link&_revinclude:iterate=Patient:link",
+    "/fhir/Patient?_elements=link",
+    "/fhir/Patient?_summary=true",
     "/fhir/Patient?_has:ImagingStudy:patient:modality=MR",
     "/fhir/Patient?_has:ImagingStudy:patient:endpoint=bob-pacs",
     "/fhir/Endpoint",
@@ -98,6 +129,12 @@ SEARCHES = [  # every other way in: only alice's compartment may come back
 def leak_matrix(api) -> tuple[list, set]:
     """Try every way in as alice: (the leaks found, the (type, id) of everything reached)."""
     leaks, reached = [], set()
+    for url in OWN_READS:
+        response = api(url)
+        if response.status_code != 200:
+            leaks.append((url, response.status_code))
+        for resource in resources(response):
+            leaks.extend((url, "Patient.link", resource["id"], other) for other in links_outside(resource))
     for url in FOREIGN_READS:
         response = api(url)
         if response.status_code != 404:
@@ -114,12 +151,13 @@ def leak_matrix(api) -> tuple[list, set]:
             reached.add((resource["resourceType"], resource["id"]))
             if outside(resource):
                 leaks.append((url, resource["resourceType"], resource["id"]))
+            leaks.extend((url, "Patient.link", resource["id"], other) for other in links_outside(resource))
     return leaks, reached
 
 
 def assert_no_leak_and_all_reached(api) -> None:
     leaks, reached = leak_matrix(api)
-    assert leaks == []
+    assert leaks == [], leaks
     # and what alice may see is reachable through the same requests
     assert {rid for kind, rid in reached if kind == "ImagingStudy"} == ALICE_STUDIES
     assert {rid for kind, rid in reached if kind == "Patient"} == ALICE_PATIENTS

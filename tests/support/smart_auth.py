@@ -115,8 +115,11 @@ class AuthServer:
     def jwks_fetches(self) -> int:
         return requests.get(f"{self.url}/admin/stats", timeout=5).json()["jwks"]
 
-    def sign(self, claims: dict, key=None, alg: str = "RS384", kid: str | None = "as-key-1", **header) -> str:
-        """A token signed with the server's published key (or another), with any claims."""
+    def sign(
+        self, claims: dict, key=None, alg: str = "RS384", kid: str | None = "as-key-1", typ: str | None = "at+jwt"
+    ) -> str:
+        """A token signed with the server's published key (or another), with any claims; typed
+        `at+jwt` as an RFC 9068 access token is (`typ=None`: no `typ` header at all)."""
         now = int(time.time())
         payload = {
             "iss": self.issuer,
@@ -129,7 +132,8 @@ class AuthServer:
             **claims,
         }
         payload = {k: v for k, v in payload.items() if v is not None}  # None: leave the claim out
-        headers = {**header, **({"kid": kid} if kid else {})}
+        # PyJWT writes typ JWT unless told otherwise, and leaves a falsy typ out
+        headers = {"typ": typ or "", **({"kid": kid} if kid else {})}
         return jwt.encode(payload, key if key is not None else self.key, algorithm=alg, headers=headers)
 
 
@@ -182,7 +186,7 @@ def unsigned(claims: dict) -> str:
     def part(data):
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+    return f"{part({'alg': 'none', 'typ': 'at+jwt'})}.{part(claims)}."
 
 
 #: the real DICOM files (pydicom's test data) of the store the security tests' facades serve
