@@ -19,7 +19,7 @@ from app.admin import identity as admin_identity
 from app.api import request_log
 from app.api.state import EXTENSION, ApiState
 from app.config import Config
-from app.fhir import definitions, errors, routes
+from app.fhir import definitions, errors, formats, routes
 from app.fhir.capability import capability_statement
 from app.security import audit
 from app.store.audit_log import AuditLog
@@ -39,6 +39,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     assert spool is not None  # load_config places the spool (app/config.py _audit_spool)
     state = app.extensions[EXTENSION] = ApiState(config, store, AuditLog(store.url, spool))
     request_log.init_app(app)  # first: every later hook's log lines carry the request's id
+    formats.init_choice(app, config.security.max_body_bytes)  # JSON or XML, before anything may refuse
     errors.init_app(app)
     security.init_app(app, state)  # tokens and scopes before the routes; the Guard on every read
     audit.init_app(app, state)  # one AuditEvent per answered request
@@ -51,6 +52,7 @@ def create_app(config: Config, store: Store | None = None) -> Flask:
     released = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     state.capability = orjson.dumps(capability_statement(state.base_url, released, state.rest_security))
     _compress(app)
+    formats.init_render(app)  # registered after compression, so it runs before it
     if config.server.tls is not None and config.server.tls.hsts_max_age:
         _strict_transport(app, config.server.tls.hsts_max_age)
     if config.server.trusted_proxies:

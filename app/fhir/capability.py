@@ -105,7 +105,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         "software": {"name": "imaging-facade", "version": SOFTWARE_VERSION},
         "implementation": {"description": "FHIR R4 ImagingStudy facade over DICOM archives", "url": base_url},
         "fhirVersion": "4.0.1",
-        "format": ["json", "application/fhir+json", "application/json"],
+        "format": ["json", "application/fhir+json", "application/json", "xml", "application/fhir+xml"],
         "rest": [
             {
                 "mode": "server",

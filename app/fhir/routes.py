@@ -22,6 +22,7 @@ from app.api.state import ApiState, current_state
 from app.clock import micros_to_instant
 from app.errors import FhirError
 from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
+from app.fhir.formats import negotiate
 from app.ids import valid_id
 from app.search.paging import search_digest
 from app.search.params import RESOURCE_TYPES
@@ -30,7 +31,6 @@ from app.store.resources import read_current, read_deleted, read_history, read_v
 from app.store.search_sql import run_search
 
 bp = Blueprint("fhir", __name__)
-JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 #: the types a search may name: the served ones, and the audit trail (AuditEvent)
 SEARCHED_TYPES = (*RESOURCE_TYPES, "AuditEvent")
 
@@ -49,10 +49,7 @@ def _check_id(rtype: str, rid: str) -> None:
 
 
 def check_format() -> None:
-    fmt = request.args.get("_format")
-    # an unencoded "+" arrives as a space: application/fhir+json is meant
-    if fmt is not None and fmt.split(";")[0].strip().replace(" ", "+") not in JSON_FORMATS:
-        raise FhirError(406, "not-supported", f"parameter '_format': {fmt!r} is not supported; this server speaks JSON")
+    negotiate()  # 406 for a format or FHIR version not served (app/fhir/formats.py)
 
 
 def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
@@ -253,7 +250,7 @@ def patient_match() -> Response:
     from app.identity.match import MATCH_GRADE, MatchInputError, match, parse_parameters
 
     if request.mimetype not in ("application/fhir+json", "application/json"):
-        raise FhirError(415, "not-supported", "POST Patient/$match takes a JSON Parameters resource")
+        raise FhirError(415, "not-supported", "POST Patient/$match takes a Parameters resource in JSON or XML")
     state = current_state()
     try:
         patient, only_certain, count = parse_parameters(orjson.loads(request.get_data() or b"null"))

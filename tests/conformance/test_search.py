@@ -250,7 +250,8 @@ def test_read_etag_and_conditional_read(client):
 
 
 @pytest.mark.parametrize(
-    "fmt, status", [("json", 200), ("application/fhir+json", 200), ("application/json", 200), ("xml", 406)]
+    "fmt, status",
+    [("json", 200), ("application/fhir+json", 200), ("application/json", 200), ("xml", 200), ("ttl", 406)],
 )
 def test_format_parameter(client, fmt, status):
     assert client.get(f"/fhir/ImagingStudy?_format={fmt}").status_code == status

@@ -483,8 +483,10 @@ def test_audit_search_serves_each_event_whole_as_written_and_as_stored_before(au
     assert _search(audited, "agent=old")["entry"][0]["resource"] == earlier
 
 
-def test_audit_search_speaks_json_only(audited):
+def test_audit_search_speaks_json_and_xml_and_a_refused_format_is_audited(audited):
     response, event = audited("GET", "/fhir/AuditEvent?_format=xml", "auditor")
+    assert response.status_code == 200 and response.mimetype == "application/fhir+xml"
+    response, event = audited("GET", "/fhir/AuditEvent?_format=ttl", "auditor")
     assert response.status_code == 406 and event["outcome"] == "4"
 
 
