@@ -1,0 +1,152 @@
+"""Distributed sync on Celery against real peers: RabbitMQ (the machine's broker, a queue of
+this run's own), PostgreSQL, Orthanc, and `imaging-facade worker` processes of their own.
+
+A distributed sync must store what a local sync stores and say what it says; a worker killed
+mid-task has its task redelivered, and the store still ends as one clean sync leaves it: no
+study lost or stored twice, the quarantine as it was.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from sqlalchemy import create_engine, func, select
+
+from app.config import load_config
+from app.store.repository import Store
+from app.store.tables import Quarantine, Resource, ResourceVersion, StudyCopy, SyncRun
+from app.sync import sync_source
+from tests.support.damaged_corpus import CASES
+from tests.support.faults import FaultProxy
+from tests.support.stores import reset_postgres
+from tests.support.workers import WorkerProcess
+from testbed.orthanc import OrthancServer, readable_testdata_files
+from testbed.rabbitmq import delete_queue, queue_name
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.server]
+
+CLI = [sys.executable, "-m", "app.cli"]
+#: an archive's study that the mapping refuses (a StudyInstanceUID over 64 characters, PS3.5 9.1)
+DAMAGED = next(c for c in CASES if c.name == "study_uid_over_64")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """An Orthanc holding pydicom's readable test files and one study the mapping quarantines."""
+    damaged = tmp_path_factory.mktemp("damaged") / "damaged.dcm"
+    damaged.write_bytes(DAMAGED.build(DAMAGED))
+    with OrthancServer() as server:
+        server.upload([*readable_testdata_files(), str(damaged)])
+        yield server
+
+
+@pytest.fixture
+def queue(broker):
+    """A queue of this test's own on the shared broker, removed afterwards."""
+    name = queue_name()
+    yield name
+    delete_queue(name, broker)
+
+
+def _config(tmp_path: Path, store_url: str, url: str, broker: str, queue: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "store": store_url,
+                "security": {"open": True},
+                "queue": {"broker": broker, "name": queue, "studies_per_task": 4},
+                "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", "concurrency": 2}],
+            }
+        )
+    )
+    return path
+
+
+def _stored(store_url: str) -> dict:
+    """What a sync stored, without what differs from run to run (meta, times, order)."""
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        resources = conn.execute(select(Resource.rtype, Resource.id, Resource.content)).all()
+        copies = conn.execute(select(StudyCopy.study_uid, StudyCopy.archive_key, StudyCopy.content)).all()
+        quarantine = conn.execute(select(Quarantine.key, Quarantine.study_uid, Quarantine.reason)).all()
+    engine.dispose()
+    return {
+        "resources": {
+            (r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k != "meta"} for r in resources
+        },
+        "copies": {(c.study_uid, c.archive_key): orjson.loads(c.content) for c in copies},
+        "quarantine": sorted(quarantine),
+    }
+
+
+def _local_sync(store_url: str, config: Path) -> tuple[dict, dict]:
+    """A clean local sync into an empty store: (what it stored, its summary)."""
+    reset_postgres(store_url)
+    loaded = load_config(config)
+    store = Store.from_config(loaded)
+    try:
+        summary = sync_source(store, loaded.sources[0])
+    finally:
+        store.close()
+    assert summary.error is None
+    return _stored(store_url), summary.as_dict()
+
+
+def _recorded_summary(store_url: str) -> dict:
+    """The summary the last run recorded (the same the command prints)."""
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        summary = conn.execute(select(SyncRun.summary).order_by(SyncRun.started.desc()).limit(1)).scalar_one()
+    engine.dispose()
+    return orjson.loads(summary) if isinstance(summary, str | bytes) else summary
+
+
+def _damaged_quarantined(stored: dict) -> bool:
+    return any(all(word in reason for word in DAMAGED.words) for _, _, reason in stored["quarantine"])
+
+
+def _without_time(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "seconds"}
+
+
+def _printed(output: str) -> str:
+    """The command's summary lines, less the seconds it took."""
+    return re.sub(r" in [0-9.]+s", "", output)
+
+
+def _sync(config: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, "sync", "--config", str(config), *extra], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_two_workers_store_and_report_what_a_local_sync_does(archive, postgres_url, broker, queue, tmp_path):
+    config = _config(tmp_path, postgres_url, archive.dicomweb_url, broker, queue)
+    local = _sync(config)
+    assert local.returncode == 0, local.stderr
+    expected, expected_summary = _stored(postgres_url), _recorded_summary(postgres_url)
+    assert expected_summary["new"] >= 25 and expected_summary["failed"] >= 1
+    assert _damaged_quarantined(expected)
+
+    reset_postgres(postgres_url)
+    with (
+        WorkerProcess(config, tmp_path / "one.log") as one,
+        WorkerProcess(config, tmp_path / "two.log") as two,
+    ):
+        one.wait_ready()
+        two.wait_ready()
+        distributed = _sync(config, "--distributed")
+    assert distributed.returncode == 0, distributed.stderr
+    assert _stored(postgres_url) == expected  # the same resources, copies and quarantine
+    assert _without_time(_recorded_summary(postgres_url)) == _without_time(expected_summary)
+    assert _printed(distributed.stdout) == _printed(local.stdout)  # the same summary, counters included
+    # both workers took tasks: the studies were not all read in one process
+    assert one.count("succeeded") > 0 and two.count("succeeded") > 0
