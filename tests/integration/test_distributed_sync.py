@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.orthanc, pytest.mark.server]
 CLI = [sys.executable, "-m", "app.cli"]
 #: an archive's study that the mapping refuses (a StudyInstanceUID over 64 characters, PS3.5 9.1)
 DAMAGED = next(c for c in CASES if c.name == "study_uid_over_64")
+#: a few tasks per worker for the archive's 30 or so studies
+STUDIES_PER_TASK = 4
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def _config(tmp_path: Path, store_url: str, url: str, broker: str, queue: str, n
             {
                 "store": store_url,
                 "security": {"open": True},
-                "queue": {"broker": broker, "name": queue, "studies_per_task": 4},
+                "queue": {"broker": broker, "name": queue, "studies_per_task": STUDIES_PER_TASK},
                 "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", "concurrency": 2}],
             }
         )
@@ -150,3 +152,83 @@ def test_two_workers_store_and_report_what_a_local_sync_does(archive, postgres_u
     assert _printed(distributed.stdout) == _printed(local.stdout)  # the same summary, counters included
     # both workers took tasks: the studies were not all read in one process
     assert one.count("succeeded") > 0 and two.count("succeeded") > 0
+
+
+def _task_ids(log: str, event: str) -> list[str]:
+    return re.findall(r"Task imaging_facade\.sync_studies\[([0-9a-f-]+)\] " + event, log)
+
+
+def _in_hand(worker: WorkerProcess) -> set[str]:
+    text = worker.text()
+    return set(_task_ids(text, "received")) - set(_task_ids(text, "succeeded"))
+
+
+def _copies(store_url: str) -> int:
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(StudyCopy)).scalar_one()
+    engine.dispose()
+    return count
+
+
+def _versions(store_url: str) -> dict[str, int]:
+    """How many versions each ImagingStudy has: a study stored twice as a change has two."""
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ResourceVersion.id, func.count())
+            .where(ResourceVersion.rtype == "ImagingStudy")
+            .group_by(ResourceVersion.id)
+        ).all()
+    engine.dispose()
+    return dict(rows)
+
+
+def test_a_worker_killed_mid_task_loses_nothing_and_stores_nothing_twice(
+    archive, postgres_url, broker, queue, tmp_path
+):
+    with FaultProxy(archive.url) as proxy:
+        config = _config(tmp_path, postgres_url, proxy.url + "/dicom-web", broker, queue)
+        clean = _sync(config)
+        assert clean.returncode == 0, clean.stderr
+        expected, expected_summary = _stored(postgres_url), _recorded_summary(postgres_url)
+        assert _damaged_quarantined(expected)
+
+        reset_postgres(postgres_url)
+        proxy.delay = 0.1  # a slow network: each task takes a second or so
+        with WorkerProcess(config, tmp_path / "killed.log") as killed:
+            killed.wait_ready()
+            run = subprocess.Popen(
+                [*CLI, "sync", "--config", str(config), "--distributed"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                # kill it once the task in hand has stored part of its studies, not all
+                deadline = time.monotonic() + 120
+                while not (_in_hand(killed) and _copies(postgres_url) > STUDIES_PER_TASK * killed.count("succeeded")):
+                    assert time.monotonic() < deadline and run.poll() is None, killed.text()
+                    time.sleep(0.02)
+                in_hand = _in_hand(killed)
+                killed.kill()  # mid-task: its task's message is not acknowledged
+                proxy.delay = 0.0
+                with WorkerProcess(config, tmp_path / "other.log") as other:
+                    other.wait_ready()
+                    out, err = run.communicate(timeout=120)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+    assert run.returncode == 0, err
+    # the task the dead worker held was run again by the other one
+    assert in_hand <= set(_task_ids(other.text(), "succeeded"))
+    stored = _stored(postgres_url)
+    assert stored == expected  # no study lost, the quarantine intact
+    assert set(_versions(postgres_url).values()) == {1}  # none stored twice as a change
+    summary = _recorded_summary(postgres_url)
+    assert summary["failed"] == expected_summary["failed"]
+    # studies the dead worker stored before it died are counted as unchanged when redone
+    assert summary["new"] + summary["unchanged"] == expected_summary["new"]
+    assert summary["unchanged"] > 0  # the dead worker had stored part of its task
+    assert summary["error"] is None and "pacs:" in out
