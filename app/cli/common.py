@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
     from app.config import QueueConfig
     from app.store.repository import Store
-    from app.sync.distributed.work import Worker
 
 CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
 
@@ -47,7 +46,7 @@ def open_store(config: Config) -> Store:
         fail(exc.advice(str(config.path)))
 
 
-def task_queue(config: Config, command: str, worker: Worker | None = None) -> tuple[Celery, QueueConfig]:
+def task_queue(config: Config, command: str) -> tuple[Celery, QueueConfig]:
     """The Celery app of a distributed sync and its settings, or the end of the command naming
     the key at fault: no `queue` section, a store other than PostgreSQL (the workers of many
     hosts share it), or a broker that cannot be reached."""
@@ -63,7 +62,7 @@ def task_queue(config: Config, command: str, worker: Worker | None = None) -> tu
         )
     from app.sync.distributed.tasks import broker_problem, make_app
 
-    app = make_app(config.queue.broker, config.queue.name, config.store, worker)
+    app = make_app(config.queue.broker, config.queue.name, config.store)
     problem = broker_problem(app)
     if problem:
         fail(problem, status=1)

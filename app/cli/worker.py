@@ -23,11 +23,14 @@ from app.cli.common import config_option, load, open_store, task_queue
 )
 def worker(config_path: str | None, concurrency: int) -> None:
     """Run a worker of distributed syncs until SIGTERM (the tasks in hand are finished first)."""
+    config = load(config_path)
+    app, _ = task_queue(config, "worker")
+    store = open_store(config)
+
+    from app.sync.distributed.tasks import serve_tasks
     from app.sync.distributed.work import Worker
 
-    config = load(config_path)
-    store = open_store(config)
-    app, _ = task_queue(config, "worker", Worker(store, config.sources))
+    serve_tasks(app, Worker(store, config.sources))
     try:
         app.worker_main(
             [

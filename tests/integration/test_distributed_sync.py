@@ -19,16 +19,13 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, func, select
 
-from app.config import load_config
-from app.store.repository import Store
 from app.store.tables import Quarantine, Resource, ResourceVersion, StudyCopy, SyncRun
-from app.sync import sync_source
+from testbed.orthanc import OrthancServer, readable_testdata_files
+from testbed.rabbitmq import delete_queue, queue_name
 from tests.support.damaged_corpus import CASES
 from tests.support.faults import FaultProxy
 from tests.support.stores import reset_postgres
 from tests.support.workers import WorkerProcess
-from testbed.orthanc import OrthancServer, readable_testdata_files
-from testbed.rabbitmq import delete_queue, queue_name
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.server]
 
@@ -87,19 +84,6 @@ def _stored(store_url: str) -> dict:
         "copies": {(c.study_uid, c.archive_key): orjson.loads(c.content) for c in copies},
         "quarantine": sorted(quarantine),
     }
-
-
-def _local_sync(store_url: str, config: Path) -> tuple[dict, dict]:
-    """A clean local sync into an empty store: (what it stored, its summary)."""
-    reset_postgres(store_url)
-    loaded = load_config(config)
-    store = Store.from_config(loaded)
-    try:
-        summary = sync_source(store, loaded.sources[0])
-    finally:
-        store.close()
-    assert summary.error is None
-    return _stored(store_url), summary.as_dict()
 
 
 def _recorded_summary(store_url: str) -> dict:

@@ -40,9 +40,8 @@ def results_url(store_url: str) -> str:
     return "db+" + store_url
 
 
-def make_app(broker: str, queue: str, store_url: str, worker: Worker | None = None) -> Celery:
-    """The Celery app on `broker`'s `queue`, its results in the store; with `worker`, able to
-    run the task."""
+def make_app(broker: str, queue: str, store_url: str) -> Celery:
+    """The Celery app on `broker`'s `queue`, its results in the store."""
     app = Celery("imaging_facade", broker=broker, backend=results_url(store_url), set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -60,16 +59,19 @@ def make_app(broker: str, queue: str, store_url: str, worker: Worker | None = No
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    if worker is not None:
-        app.task(name=SYNC_STUDIES)(worker.sync_listed)
     return app
+
+
+def serve_tasks(app: Celery, worker: Worker) -> None:
+    """Let `app` run the task, in `worker`'s store (what `imaging-facade worker` does)."""
+    app.task(name=SYNC_STUDIES)(worker.sync_listed)
 
 
 def broker_problem(app: Celery, timeout: float = 5.0) -> str | None:
     """Why the broker cannot be reached (its address without the password), or None."""
     with app.connection_for_write() as conn:
         try:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            conn.ensure_connection(max_retries=0, timeout=timeout)
         except (OperationalError, OSError) as exc:
             return f"cannot reach the broker at {conn.as_uri()} (queue.broker): {exc}"
     return None
