@@ -9,6 +9,7 @@ study lost or stored twice, the quarantine as it was.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -22,10 +23,10 @@ from sqlalchemy import create_engine, func, select
 from app.store.tables import Quarantine, Resource, ResourceVersion, StudyCopy, SyncRun
 from testbed.orthanc import OrthancServer, readable_testdata_files
 from testbed.rabbitmq import delete_queue, queue_name
+from testbed.workers import WorkerProcess
 from tests.support.damaged_corpus import CASES
 from tests.support.faults import FaultProxy
 from tests.support.stores import reset_postgres
-from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.server]
 
@@ -216,3 +217,52 @@ def test_a_worker_killed_mid_task_loses_nothing_and_stores_nothing_twice(
     assert summary["new"] + summary["unchanged"] == expected_summary["new"]
     assert summary["unchanged"] > 0  # the dead worker had stored part of its task
     assert summary["error"] is None and "pacs:" in out
+
+
+def _rabbitmqctl(*args: str) -> None:
+    """Stop or start the machine's RabbitMQ application (the Erlang node stays up)."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    assert rabbitmqctl, "restarting the broker needs rabbitmqctl (Debian rabbitmq-server) on this machine"
+    subprocess.run([rabbitmqctl, *args], check=True, capture_output=True, timeout=120)
+
+
+def test_a_broker_restart_mid_sync_loses_no_task(archive, postgres_url, broker, queue, tmp_path):
+    with FaultProxy(archive.url) as proxy:
+        config = _config(tmp_path, postgres_url, proxy.url + "/dicom-web", broker, queue)
+        clean = _sync(config)
+        assert clean.returncode == 0, clean.stderr
+        expected, expected_summary = _stored(postgres_url), _recorded_summary(postgres_url)
+
+        reset_postgres(postgres_url)
+        proxy.delay = 0.1
+        with WorkerProcess(config, tmp_path / "worker.log") as worker:
+            worker.wait_ready()
+            run = subprocess.Popen(
+                [*CLI, "sync", "--config", str(config), "--distributed"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                deadline = time.monotonic() + 120
+                while not (worker.count("succeeded") >= 1 and _in_hand(worker)):
+                    assert time.monotonic() < deadline and run.poll() is None, worker.text()
+                    time.sleep(0.02)
+                try:
+                    _rabbitmqctl("stop_app")  # the tasks not done are in the broker, one in hand
+                    time.sleep(2)
+                finally:
+                    _rabbitmqctl("start_app")
+                proxy.delay = 0.0
+                out, err = run.communicate(timeout=180)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+    assert run.returncode == 0, err + worker.text()
+    assert "Connection to broker lost" in worker.text()  # the worker did lose the broker
+    assert _stored(postgres_url) == expected
+    assert set(_versions(postgres_url).values()) == {1}
+    summary = _recorded_summary(postgres_url)
+    assert summary["failed"] == expected_summary["failed"]
+    assert summary["new"] + summary["unchanged"] == expected_summary["new"]

@@ -1,5 +1,6 @@
-"""`imaging-facade worker` processes for the distributed-sync tests: each a real process of its
-own, started as a user starts it, stopped (or killed) by the test and never left behind."""
+"""`imaging-facade worker` processes for the distributed-sync tests and benchmark: each a real
+process of its own, started as a user starts it, stopped (or killed) by its caller and never
+left behind."""
 
 from __future__ import annotations
 
