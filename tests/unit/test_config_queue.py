@@ -94,3 +94,9 @@ def test_an_unreachable_broker_is_named_without_its_password(tmp_path, command):
 def test_watch_and_distributed_together_are_refused(tmp_path):
     result = _run(tmp_path, f"store: {PG}\nqueue: {{broker: '{BROKER}'}}\n{SOURCE}", "sync", "--watch", "--distributed")
     _refused(result, 2, "--watch and --distributed together are not supported")
+
+
+def test_check_config_shows_the_broker_without_its_password(tmp_path):
+    result = _run(tmp_path, f"store: sqlite:///facade.db\nqueue: {{broker: '{BROKER}'}}\n", "check-config")
+    assert result.exit_code == 0, result.output
+    assert "distributed sync: broker amqp://guest:***@127.0.0.1:5672//, queue imaging-facade-sync" in result.output

@@ -51,8 +51,10 @@ def make_app(broker: str, queue: str, store_url: str) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # a connection lost mid-task ends the task: the broker redelivers it anyway
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # a task running when the broker's connection is lost runs to its end (a thread cannot be
+        # cancelled); its acknowledgement is lost with the connection, so the broker hands it out
+        # again and it runs a second time, changing nothing
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         # results are read once by the coordinator, then forgotten; a day for a coordinator that died
         result_expires=86_400,
