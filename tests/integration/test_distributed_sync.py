@@ -117,6 +117,7 @@ def _sync(config: Path, *extra: str, timeout: float = 300) -> subprocess.Complet
 
 def test_two_workers_store_and_report_what_a_local_sync_does(archive, postgres_url, broker, queue, tmp_path):
     config = _config(tmp_path, postgres_url, archive.dicomweb_url, broker, queue)
+    reset_postgres(postgres_url)
     local = _sync(config)
     assert local.returncode == 0, local.stderr
     expected, expected_summary = _stored(postgres_url), _recorded_summary(postgres_url)
@@ -174,6 +175,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_stores_nothing_twice(
 ):
     with FaultProxy(archive.url) as proxy:
         config = _config(tmp_path, postgres_url, proxy.url + "/dicom-web", broker, queue)
+        reset_postgres(postgres_url)
         clean = _sync(config)
         assert clean.returncode == 0, clean.stderr
         expected, expected_summary = _stored(postgres_url), _recorded_summary(postgres_url)
@@ -229,6 +231,7 @@ def _rabbitmqctl(*args: str) -> None:
 def test_a_broker_restart_mid_sync_loses_no_task(archive, postgres_url, broker, queue, tmp_path):
     with FaultProxy(archive.url) as proxy:
         config = _config(tmp_path, postgres_url, proxy.url + "/dicom-web", broker, queue)
+        reset_postgres(postgres_url)
         clean = _sync(config)
         assert clean.returncode == 0, clean.stderr
         expected, expected_summary = _stored(postgres_url), _recorded_summary(postgres_url)
