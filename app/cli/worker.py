@@ -16,9 +16,10 @@ from app.cli.common import config_option, load, open_store, task_queue
 @config_option
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, 16),
+    type=click.IntRange(1, 8),
     default=2,
     show_default=True,
+    # each task holds one of the store's connections (at most 10) while its batch waits its turn
     help="tasks run at once (threads); each reads its source's `concurrency` studies at once",
 )
 def worker(config_path: str | None, concurrency: int) -> None:
