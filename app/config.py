@@ -239,8 +239,30 @@ class MetricsSettings:
     host: str = "127.0.0.1"
 
 
+#: brokers a distributed sync's workers take their tasks from (Celery's transports)
+BROKER_SCHEMES = ("amqp", "amqps", "redis", "rediss")
+#: RabbitMQ's own default account, which it lets in from the same host only: not a secret
+_RABBITMQ_DEFAULT_LOGIN = "guest:guest@"
+
+
+class QueueSchema(Strict):
+    broker = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^(amqps?|rediss?)://[^\s]*$",
+            error="must be a broker URL: amqp://user:${{BROKER_PASSWORD}}@host:5672// (RabbitMQ) or redis://host:6379/0",
+        ),
+    )
+    studies_per_task = fields.Integer(load_default=20, validate=validate.Range(min=1, max=1000))
+    name = fields.String(
+        load_default="imaging-facade-sync",
+        validate=validate.Regexp(r"^[A-Za-z0-9._:-]{1,200}$", error="must be a queue name: letters, digits, . _ : -"),
+    )
+
+
 class ConfigSchema(Strict):
     store = fields.String(required=True)
+    queue = fields.Nested(QueueSchema, load_default=None)
     timezone = fields.String(load_default="UTC", validate=check_zone)
     server = fields.Nested(ServerSchema, load_default=lambda: ServerSchema().load({}))
     security = fields.Nested(SecuritySchema, load_default=lambda: SecuritySchema().load({}))
@@ -336,6 +358,17 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """Where a distributed sync's tasks go (`sync --distributed`, `imaging-facade worker`)."""
+
+    broker: str
+    #: studies one task reads and stores
+    studies_per_task: int = 20
+    #: the broker queue: deployments (or tests) sharing a broker each use their own
+    name: str = "imaging-facade-sync"
+
+
+@dataclass(frozen=True)
 class Config:
     store: str
     timezone: str
@@ -346,6 +379,8 @@ class Config:
     identity: IdentityConfig = IDENTITY_DEFAULT
     logging: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: the broker of a distributed sync; None: every sync runs in its own process
+    queue: QueueConfig | None = None
 
     def source(self, name: str) -> SourceSettings:
         for src in self.sources:
@@ -388,6 +423,11 @@ def _resolve_env(node: Any, path: str, problems: dict, environ: Mapping[str, str
     if path == "store" and _literal_password(node):
         problems.setdefault(path, []).append(
             "the database password must not be written in the file; use user:${PGPASSWORD}@host"
+        )
+        return None
+    if path == "queue.broker" and _literal_password(node.replace(_RABBITMQ_DEFAULT_LOGIN, "", 1)):
+        problems.setdefault(path, []).append(
+            "the broker password must not be written in the file; use user:${BROKER_PASSWORD}@host"
         )
         return None
     unset = [var for var in ENV_IN_TEXT.findall(node) if var not in environ]
@@ -527,6 +567,7 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         identity=identity,
         logging=LogSettings(**data["logging"]),
         metrics=MetricsSettings(**data["metrics"]),
+        queue=QueueConfig(**data["queue"]) if data["queue"] else None,
     )
 
 

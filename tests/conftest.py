@@ -1,7 +1,7 @@
 """Shared fixtures: real stores (SQLite file, PostgreSQL database) and configs written as a user
 would; and the markers that say what each test needs from the machine.
 
-A test that needs a service is marked with it (`postgres`, `orthanc`, `dcmtk`, `npm`, `server`,
+A test that needs a service is marked with it (`postgres`, `orthanc`, `rabbitmq`, `dcmtk`, `npm`, `server`,
 `auth_server`, `network`, `netns`) and with `slow`: by a fixture it uses (FIXTURE_NEEDS, and a PostgreSQL
 `store_url`), or by its module's or its own marker. `pytest -m "not slow"` is the fast tier:
 no service, seconds.
@@ -25,11 +25,12 @@ from tests.support.stores import new_sqlite_store, open_config_data, postgres_da
 pytest_plugins = ["tests.support.log_privacy"]
 
 #: what a test may need beyond Python and the files of the repository
-SERVICES = ("postgres", "orthanc", "dcmtk", "npm", "server", "auth_server", "network", "netns")
+SERVICES = ("postgres", "orthanc", "rabbitmq", "dcmtk", "npm", "server", "auth_server", "network", "netns")
 #: fixtures that bring a need along
 FIXTURE_NEEDS = {
     "postgres_url": "postgres",
     "orthanc": "orthanc",
+    "broker": "rabbitmq",
     "auth_server": "auth_server",
     "official_search_parameters": "npm",
 }
@@ -60,6 +61,14 @@ def postgres_url():
     """A fresh PostgreSQL database for this test session, dropped at the end."""
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """The URL of the machine's RabbitMQ (testbed/rabbitmq.py), or a failure saying it is not up."""
+    from testbed.rabbitmq import require_broker
+
+    return require_broker()
 
 
 @pytest.fixture(scope="session")

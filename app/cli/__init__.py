@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from app.cli import check_config, db, explain, identity, quarantine, serve, sync
+from app.cli import check_config, db, explain, identity, quarantine, serve, sync, worker
 
 
 @click.group()
@@ -24,3 +24,4 @@ main.add_command(explain.map_file)
 main.add_command(serve.serve)
 main.add_command(identity.identity)
 main.add_command(db.db)
+main.add_command(worker.worker)

@@ -38,6 +38,11 @@ def check_config(config_path: str | None) -> None:
     click.echo(f"  store: {_redact(config.store)}")
     click.echo(f"  FHIR base URL: {config.server.base_url}  (search dates without a zone read in {config.timezone})")
     click.echo(f"  security: {_security_summary(config.security)}")
+    if config.queue is not None:
+        click.echo(
+            f"  distributed sync: broker {_redact(config.queue.broker)}, queue {config.queue.name}, "
+            f"{config.queue.studies_per_task} studies per task"
+        )
     for src in config.sources:
         click.echo(f"  source {src.name}: {src.type} {src.protocol.where()} (local times in {src.timezone})")
         if src.profile is not None:

@@ -12,6 +12,9 @@ from app.config import CONFIG_ENV, Config, ConfigError, load_config
 from app.logs import LogSettings, configure
 
 if TYPE_CHECKING:
+    from celery import Celery
+
+    from app.config import QueueConfig
     from app.store.repository import Store
 
 CONFIG_HELP = f"config file (default: ${CONFIG_ENV} or ./config.yaml)"
@@ -65,3 +68,26 @@ def open_store(config: Config) -> Store:
         return Store.from_config(config)
     except SchemaMismatch as exc:
         fail(exc.advice(str(config.path)))
+
+
+def task_queue(config: Config, command: str) -> tuple[Celery, QueueConfig]:
+    """The Celery app of a distributed sync and its settings, or the end of the command naming
+    the key at fault: no `queue` section, a store other than PostgreSQL (the workers of many
+    hosts share it), or a broker that cannot be reached."""
+    if config.queue is None:
+        fail(
+            f"invalid configuration in {config.path}:\n  queue: `{command}` needs a broker: add "
+            "queue:\n    broker: amqp://user:${BROKER_PASSWORD}@host:5672//"
+        )
+    if not config.store.startswith("postgresql"):
+        fail(
+            f"invalid configuration in {config.path}:\n  store: `{command}` needs a PostgreSQL store "
+            "(postgresql+psycopg://…) that every worker reaches; SQLite is one process's"
+        )
+    from app.sync.distributed.tasks import broker_problem, make_app
+
+    app = make_app(config.queue.broker, config.queue.name, config.store)
+    problem = broker_problem(app)
+    if problem:
+        fail(problem, status=1)
+    return app, config.queue

@@ -1,5 +1,6 @@
-"""`imaging-facade sync [--watch]`: one sync of every source (or one) with a progress bar and a
-summary, or continuous syncing until SIGTERM or Ctrl-C."""
+"""`imaging-facade sync [--watch] [--distributed]`: one sync of every source (or one) with a
+progress bar and a summary, or continuous syncing until SIGTERM or Ctrl-C; with
+`--distributed`, the studies are read and stored by `imaging-facade worker` processes."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from app.cli.common import config_option, fail, json_logs, load, open_store, say
+from app.cli.common import config_option, fail, json_logs, load, open_store, say, task_queue
 from app.config import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from celery import Celery
+
     from app.sources.settings import SourceSettings
     from app.store.repository import Store
+    from app.sync.run import Progress
     from app.sync.summary import SyncSummary
 
 
@@ -22,7 +28,10 @@ if TYPE_CHECKING:
 @config_option
 @click.option("--source", "source_name", default=None, help="sync only this source")
 @click.option("--watch", is_flag=True, help="keep syncing until stopped (SIGTERM or Ctrl-C)")
-def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
+@click.option(
+    "--distributed", is_flag=True, help="hand the studies to `imaging-facade worker` processes (needs `queue`)"
+)
+def sync(config_path: str | None, source_name: str | None, watch: bool, distributed: bool) -> None:
     """Run one sync of every source (or one) with a progress bar and a summary."""
 
     config = load(config_path)
@@ -32,6 +41,12 @@ def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
         fail(str(exc))
     if not sources:
         fail("no sources configured")
+    if distributed and watch:
+        fail("--watch and --distributed together are not supported: a watcher polls in its own process")
+    runner = None
+    if distributed:
+        app, queue = task_queue(config, "sync --distributed")
+        runner = _distributed(app, queue.studies_per_task)
     store = open_store(config)
     if watch:
         if config.metrics.port is not None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -42,9 +57,19 @@ def sync(config_path: str | None, source_name: str | None, watch: bool) -> None:
         return
     failed = False
     for src in sources:
-        summary = sync_with_progress(store, src)
+        summary = sync_with_progress(store, src, runner)
         failed = failed or bool(summary.error)
     sys.exit(1 if failed else 0)
+
+
+def _distributed(app: Celery, studies_per_task: int) -> Callable[[Store, SourceSettings, Progress], SyncSummary]:
+    """A full sync whose studies the workers read and store (app/sync/distributed)."""
+    from app.sync.distributed.coordinator import sync_distributed
+
+    def run(store: Store, src: SourceSettings, progress: Progress) -> SyncSummary:
+        return sync_distributed(store, src, app, studies_per_task, progress)
+
+    return run
 
 
 def _watch(store: Store, sources: list[SourceSettings]) -> None:
@@ -74,13 +99,18 @@ def _watch(store: Store, sources: list[SourceSettings]) -> None:
     say("stopped")
 
 
-def sync_with_progress(store: Store, src: SourceSettings) -> SyncSummary:
-    """One full sync of `src` with a progress bar on stderr, then its summary; the SyncSummary.
-    With JSON logs, no bar: the summary goes into the log."""
+def sync_with_progress(
+    store: Store,
+    src: SourceSettings,
+    runner: Callable[[Store, SourceSettings, Progress], SyncSummary] | None = None,
+) -> SyncSummary:
+    """One full sync of `src` (by `runner`, else in this process) with a progress bar on
+    stderr, then its summary; the SyncSummary. With JSON logs, no bar: the summary goes into
+    the log."""
     from app.sync import sync_source
 
     if json_logs():
-        summary = sync_source(store, src)
+        summary = (runner or sync_source)(store, src, lambda _summary, _total: None)
         _report(src.name, summary)
         return summary
     from rich.console import Console
@@ -101,7 +131,7 @@ def sync_with_progress(store: Store, src: SourceSettings) -> SyncSummary:
             elapsed = max(bar.tasks[0].elapsed or 0.0, 1e-6)
             bar.update(task, completed=summary.done, total=total, rate=summary.done / elapsed)
 
-        summary = sync_source(store, src, progress)
+        summary = (runner or sync_source)(store, src, progress)
     _report(src.name, summary)
     return summary
 

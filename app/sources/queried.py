@@ -77,6 +77,12 @@ def _packed(listing: list) -> list:
     return packed
 
 
+def listed_uid(text: bytes) -> str | None:
+    """The StudyInstanceUID of a study of `QueriedArchive.listing`, if its answer names one."""
+    attrs = orjson.loads(text)[0]
+    return first_uid(attrs, tags.STUDY_UID) if attrs is not None else None
+
+
 @dataclass
 class _Reading:
     """What reading one listed study gave, before it is counted: its series, or the failure."""
@@ -245,6 +251,29 @@ class QueriedArchive:
         else:
             listing = _packed(self._list_studies(match))
             self._listed = key
+        yield from self._read_listing(listing)
+
+    def listing(self, match: dict | None = None) -> list[bytes]:
+        """The listed studies as JSON texts, to be read elsewhere with `read_listed` (a
+        distributed sync hands them to its workers): the listing's counters are in `stats`.
+
+        Raises SourceError if the listing fails, ValueError for a `match` it cannot send.
+        """
+        texts = []
+        for item in _packed(self._list_studies(match)):
+            if not isinstance(item, bytes):
+                raise SourceError(self.name, self.location, "a listed study cannot be sent to a worker as JSON")
+            texts.append(item)
+        return texts
+
+    def read_listed(self, listing: list[bytes]) -> Iterator[StudyRecord | StudyFailure]:
+        """Read studies another process listed (`listing`), as `iter_studies` reads its own:
+        `stats` counts only this reading."""
+        self._reset_stats()
+        self._failing = 0
+        yield from self._read_listing(list(listing))
+
+    def _read_listing(self, listing: list) -> Iterator[StudyRecord | StudyFailure]:
         studies = (orjson.loads(item) if isinstance(item, bytes) else item for item in listing)
         if self.concurrency == 1 or len(listing) < 2:
             for item in studies:

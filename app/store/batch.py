@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from app.store.engine import bulk_insert, commit_without_waiting_for_disk
+from app.store.engine import bulk_insert, commit_without_waiting_for_disk, one_batch_at_a_time
 
 #: Connection.info key under which a batch collects, until it ends, the rows nothing in it reads
 #: back: index rows under (rtype, id), version rows under (rtype, id, version)
@@ -36,6 +36,7 @@ def batch(engine: Engine) -> Iterator[Connection]:
     """One transaction for many studies; its pending rows are written when it ends."""
     with engine.begin() as conn:
         commit_without_waiting_for_disk(conn)
+        one_batch_at_a_time(conn)
         pending: Pending = {}
         conn.info[_PENDING] = pending
         conn.info[_AHEAD] = {}

@@ -91,3 +91,22 @@ def commit_without_waiting_for_disk(conn: Connection) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
+#: the key of the lock a batch of studies holds on PostgreSQL (pg_advisory_xact_lock's two-key
+#: form, whose key space is apart from the one-key form's): "imfa", then 1 for the batches
+_BATCH_LOCK = (0x696D6661, 1)
+
+
+def one_batch_at_a_time(conn: Connection) -> None:
+    """On PostgreSQL, wait until no other process stores a batch of studies, and hold that
+    until this transaction ends.
+
+    Several processes store into one PostgreSQL store (the workers of a distributed sync, a
+    watcher and the API's on-demand fetches): two batches with studies of one patient would
+    each rebuild that Patient from the contributions they see, and the later commit would
+    drop the other's. Batches one at a time store what one process would have stored, while
+    the reading (the slow part) goes on in parallel. SQLite lets one writer in at a time anyway.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_BATCH_LOCK[0]}, {_BATCH_LOCK[1]})")

@@ -142,6 +142,17 @@ class StudyCopies:
                 ).scalars()
             )
 
+    def held_by(self, source: str) -> list[str]:
+        """Every study `source` holds, as far as the store knows."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(col(t.StudyCopy.study_uid))
+                    .where(col(t.StudyCopy.source) == source)
+                    .order_by(col(t.StudyCopy.study_uid))
+                ).scalars()
+            )
+
     def for_archive_key(self, source: str, archive_key: str) -> str | None:
         """The study an archive knows by its own id (Orthanc's study id)."""
         with self.engine.connect() as conn:

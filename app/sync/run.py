@@ -80,14 +80,22 @@ class Run:
             self.stopped = True
         return self.stopped
 
-    def finish_listing(self, cursor: dict) -> SyncSummary:
+    def finish_listing(self, cursor: dict, listed: set[str] | None = None) -> SyncSummary:
         """Record a full sync. One that saw every study also settles what it did not see: studies
-        gone from the archive leave, quarantined ones it did not quarantine again are released."""
+        gone from the archive leave, quarantined ones it did not quarantine again are released.
+
+        `listed`: the studies of the listing, when other processes stored them (a distributed
+        sync): the studies gone are then those not in it, whatever their hosts' clocks said.
+        """
         store, name, summary = self.store, self.src.name, self.summary
         complete = self.source.listing_complete
         summary.incomplete = not complete
         if not summary.error and not self.stopped and complete:
-            for uid in store.studies.not_seen_since(name, self.started):
+            if listed is None:
+                gone = store.studies.not_seen_since(name, self.started)
+            else:
+                gone = [uid for uid in store.studies.held_by(name) if uid not in listed]
+            for uid in gone:
                 if store.studies.remove(name, uid):
                     summary.deleted += 1
             summary.released += store.quarantine.release_stale(name, self.started)
