@@ -20,6 +20,7 @@ from app.clock import instant_now_ms
 from app.store import batch
 from app.store import tables as t
 from app.store.indexer import Indexing, drop_index, write_index
+from app.store.narrative import with_narrative
 from app.store.reader import Reader
 
 NEW, UPDATED, UNCHANGED, DELETED = "new", "updated", "unchanged", "deleted"
@@ -69,6 +70,7 @@ class Resources:
     def put_in(self, conn: Connection, body: dict, found: Sequence[Row] | None = None) -> str:
         """Store a resource's new version unless its content is the stored one; `found` is
         what RESOURCE_STATE gives for it, when the caller read it already."""
+        body = with_narrative(body)
         rtype, rid = body["resourceType"], body["id"]
         digest = content_hash(body)
         key = {"key_rtype": rtype, "key_id": rid}

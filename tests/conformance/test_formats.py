@@ -12,11 +12,25 @@ from fhir.resources.R4B import get_fhir_model_class
 XML = "application/fhir+xml"
 
 
+def _same_xhtml(node):
+    """Narratives compared as XHTML, not as text: XML may write `ë` as `&#235;`."""
+    from lxml import etree
+
+    if isinstance(node, dict):
+        return {
+            k: (etree.tostring(etree.fromstring(v), method="c14n") if k == "div" else _same_xhtml(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_same_xhtml(item) for item in node]
+    return node
+
+
 def normal(resource: dict) -> dict:
     """A resource as the R4 models read it, without what differs between two answers (a Bundle's
     own id and time)."""
     model = get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    found = model.model_dump(mode="json", exclude_none=True)
+    found = _same_xhtml(model.model_dump(mode="json", exclude_none=True))
     if found["resourceType"] == "Bundle":
         found.pop("id", None)
         found.pop("meta", None)

@@ -274,10 +274,14 @@ def test_summary_true_keeps_summary_elements_only(api, valid_r4):
 
 def test_summary_text_and_data(api):
     text = api.get("/fhir/ImagingStudy/1.2.1?_summary=text").get_json()
-    assert set(text) == {"resourceType", "id", "meta", "status", "subject"}  # text (none stored) + mandatory
+    assert set(text) == {"resourceType", "id", "meta", "text", "status", "subject"}  # the narrative + mandatory
+    assert text["text"]["status"] == "generated"
     data = api.get("/fhir/ImagingStudy/1.2.1?_summary=data").get_json()
     full = api.get("/fhir/ImagingStudy/1.2.1").get_json()
-    assert {k: v for k, v in data.items() if k != "meta"} == {k: v for k, v in full.items() if k != "meta"}
+    assert "text" in full and "text" not in data
+    assert {k: v for k, v in data.items() if k != "meta"} == {
+        k: v for k, v in full.items() if k not in ("meta", "text")
+    }
     assert _tags(data) == [SUBSETTED] and _tags(full) == []
 
 
