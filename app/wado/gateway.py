@@ -5,7 +5,7 @@ Endpoint points at `<gateway>/<source>` instead of the archive, and the Endpoint
 `requires-access-token: true` (SMART Imaging Access): the app presents the same token it
 searched with. The gateway applies the same scopes and compartment as a read of the
 ImagingStudy (404 outside them, 403 without an ImagingStudy scope), then forwards the
-request to the archive that holds the study, with the archive's own credentials, and
+request to the archive that holds the study, with the archive's own credentials and TLS keys, and
 streams the answer back as it arrives (status, Content-Type with its multipart boundary,
 and the bytes unchanged), never holding a study in memory.
 
@@ -17,6 +17,7 @@ Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import cast
 
@@ -29,7 +30,9 @@ from app.api.interactions import IMAGES, serves
 from app.api.state import ApiState, current_state
 from app.errors import FhirError
 from app.ids import valid_id
+from app.sources.https import mount_tls
 from app.sources.settings import SourceSettings
+from app.sources.tls import TlsSettings
 from app.store.resources import read_current
 from app.store.studies import holders_of
 
@@ -47,7 +50,19 @@ FORWARDED_RESPONSE = (
     "Last-Modified",
     "Warning",
 )
-_session = requests.Session()
+#: one session per set of TLS keys (a source's `tls`; None: none), made on first use
+_sessions: dict[TlsSettings | None, requests.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session_for(tls: TlsSettings | None) -> requests.Session:
+    """The session whose https:// requests carry these keys (sessions are reused across requests
+    for their connection pools)."""
+    with _sessions_lock:
+        session = _sessions.get(tls)
+        if session is None:
+            session = _sessions[tls] = mount_tls(requests.Session(), tls)
+        return session
 
 
 def _source(name: str | None, study: str) -> SourceSettings:
@@ -80,7 +95,7 @@ def _forward(
     headers["Accept-Encoding"] = "identity"
     headers.update(src.wado_credentials.headers())
     try:
-        upstream = _session.get(
+        upstream = _session_for(src.wado_tls).get(
             url,
             # a MultiDict is the Mapping of each name to its first value
             params=cast("Mapping[str, str]", request.args),
