@@ -17,6 +17,7 @@ Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import cast
@@ -32,10 +33,11 @@ from app.errors import FhirError
 from app.ids import valid_id
 from app.sources.https import mount_tls
 from app.sources.settings import SourceSettings
-from app.sources.tls import TlsSettings
+from app.sources.tls import TlsSettings, tls_reason
 from app.store.resources import read_current
 from app.store.studies import holders_of
 
+log = logging.getLogger(__name__)
 bp = Blueprint("wado", __name__)
 CHUNK = 64 * 1024
 #: request headers passed on to the archive (content negotiation); never the app's token
@@ -106,7 +108,14 @@ def _forward(
         )
     except requests.Timeout:
         raise FhirError(504, "timeout", f"archive {src.name} did not answer in time") from None
-    except requests.RequestException:
+    except requests.RequestException as exc:
+        # the reason for the operator (a certificate problem says which); the app learns only that
+        # the archive could not be reached
+        log.warning(
+            "WADO-RS gateway: archive %s could not be reached: %s",
+            src.name,
+            tls_reason(exc, client_cert=bool(src.wado_tls and src.wado_tls.certfile)) or type(exc).__name__,
+        )
         raise FhirError(502, "transient", f"archive {src.name} could not be reached") from None
 
     def body() -> Iterator[bytes]:

@@ -136,22 +136,29 @@ def test_a_sync_over_tls_with_a_client_certificate_stores_what_a_plain_one_does(
     assert over_tls == plain
 
 
-def test_the_wado_gateway_fetches_images_with_the_source_keys(pki, tls_orthanc, tmp_path):
-    config = _config(
-        tmp_path,
-        _source("dicomweb", tls_orthanc, _keys(pki.ca, pki.client)),
-        base_url="http://127.0.0.1:8080/fhir",
-        wado_gateway=True,
-    )
-    store = Store.from_config(config)
+def test_the_wado_gateway_fetches_images_with_the_source_keys(pki, tls_orthanc, tmp_path, caplog):
+    def config(keys: dict):
+        return _config(
+            tmp_path,
+            _source("dicomweb", tls_orthanc, keys),
+            base_url="http://127.0.0.1:8080/fhir",
+            wado_gateway=True,
+        )
+
+    right = config(_keys(pki.ca, pki.client))
+    store = Store.from_config(right)
     try:
-        assert sync_source(store, config.sources[0]).error is None
+        assert sync_source(store, right.sources[0]).error is None
         uid = tls_orthanc.studies()[0]["MainDicomTags"]["StudyInstanceUID"]
-        client = create_app(config, store).test_client()
-        answer = client.get(f"/wado-rs/pacs/studies/{uid}/metadata", headers={"Accept": "application/dicom+json"})
+        path, accept = f"/wado-rs/pacs/studies/{uid}/metadata", {"Accept": "application/dicom+json"}
+        answer = create_app(right, store).test_client().get(path, headers=accept)
         assert answer.status_code == 200, answer.get_data(as_text=True)
         instances = orjson.loads(answer.get_data())
         assert instances and all(i["0020000D"]["Value"] == [uid] for i in instances)
+        # without a client certificate the archive refuses: 502 to the app, the reason in the log
+        answer = create_app(config(_keys(pki.ca)), store).test_client().get(path, headers=accept)
+        assert answer.status_code == 502
+        assert "TLS failed: tlsv13 alert certificate required" in caplog.text
     finally:
         store.close()
 
