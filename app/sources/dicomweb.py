@@ -59,7 +59,7 @@ from app.sources.https import mount_tls
 from app.sources.matching import qido_params
 from app.sources.orthanc_changes import OrthancChanges
 from app.sources.queried import BadAnswer, QueriedArchive
-from app.sources.tls import TlsSettings, tls_reason
+from app.sources.tls import TlsSettings, certificate_refused, tls_reason
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +221,9 @@ class DicomwebSource(QueriedArchive):
                 if not isinstance(answer, list) or not all(isinstance(a, dict) for a in answer):
                     raise BadAnswer("answer is not a JSON array of DICOM JSON objects")
                 return answer
-            except requests.exceptions.SSLError:
-                raise  # a certificate is not fixed by asking again
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                if certificate_refused(exc):
+                    raise  # a certificate is not fixed by asking again
                 error, wait = exc, None
             except requests.HTTPError as exc:
                 response = exc.response

@@ -67,7 +67,7 @@ from app.sources.dicom_json import dataset_to_dicom_json
 from app.sources.errors import SourceError
 from app.sources.matching import cfind_keys
 from app.sources.queried import QueriedArchive
-from app.sources.tls import RecordingContext, TlsSettings, ssl_reason
+from app.sources.tls import RecordingContext, TlsSettings, refused, ssl_reason
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +283,10 @@ class DimseSource(QueriedArchive):
         )
         tls_error = self._tls.error_in(assoc.dul) if self._tls is not None else None
         if tls_error is not None and not assoc.is_established:
-            # a certificate is not fixed by asking again
-            raise _DimseError(f"TLS failed: {ssl_reason(tls_error, client_cert=self._client_cert)}", transient=False)
+            # a certificate is not fixed by asking again; a connection cut mid-handshake may be
+            raise _DimseError(
+                f"TLS failed: {ssl_reason(tls_error, client_cert=self._client_cert)}", transient=not refused(tls_error)
+            )
         if assoc.is_established:
             if not any(cx.abstract_syntax == context for cx in assoc.accepted_contexts):
                 assoc.release()

@@ -50,7 +50,7 @@ from app.sources.base import StudyFailure, StudyRecord
 from app.sources.errors import SourceError
 from app.sources.http import RETRY_STATUSES, public_url
 from app.sources.https import mount_tls
-from app.sources.tls import TlsSettings, tls_reason
+from app.sources.tls import TlsSettings, certificate_refused, tls_reason
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +300,9 @@ class OrthancChanges:
                 else:
                     response.raise_for_status()
                     return response.json()
-            except requests.exceptions.SSLError as exc:  # a certificate is not fixed by asking again
-                raise self._error(what, self._describe(exc)) from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                if certificate_refused(exc):  # a certificate is not fixed by asking again
+                    raise self._error(what, self._describe(exc)) from None
                 error, wait = exc, None
             except requests.HTTPError as exc:
                 raise self._error(what, self._describe(exc)) from None

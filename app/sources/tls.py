@@ -158,6 +158,15 @@ class _RecordingSocket(ssl.SSLSocket):
             _note(self.context, exc)
             raise
 
+    def shutdown(self, how: int) -> None:
+        # pynetdicom (3.0.4) closes a socket only if its shutdown succeeds, which it does not on a
+        # connection TLS failed on: close it here, so the failure leaks no descriptor
+        try:
+            super().shutdown(how)
+        except OSError:
+            self.close()
+            raise
+
 
 class RecordingContext(ssl.SSLContext):
     """An SSLContext whose sockets note their TLS errors: `error_in(thread)` gives the one a
@@ -221,6 +230,18 @@ def ssl_reason(error: ssl.SSLError, *, client_cert: bool) -> str:
             else " (the archive asks for a client certificate: set tls.certfile and tls.keyfile)"
         )
     return text
+
+
+def refused(error: ssl.SSLError) -> bool:
+    """Whether a TLS error is one side refusing the other's certificate (or the handshake): asking
+    again gives the same answer. A connection cut mid-way (an unexpected EOF) is worth another try."""
+    return isinstance(error, ssl.SSLCertVerificationError) or "alert" in str(error).lower()
+
+
+def certificate_refused(exc: BaseException) -> bool:
+    """Whether `exc` is, deep down, a TLS refusal (`refused`)."""
+    error = find_ssl_error(exc)
+    return error is not None and refused(error)
 
 
 def tls_reason(exc: BaseException, *, client_cert: bool) -> str | None:

@@ -196,14 +196,16 @@ def test_a_wrong_ca_stops_the_sync_naming_the_reason_and_loses_nothing(kind, pki
 def test_an_expired_archive_certificate_stops_the_sync(kind, pki, expired_orthanc, tmp_path):
     config = _config(tmp_path, _source(kind, expired_orthanc, _keys(pki.ca)))
     store = Store.from_config(config)
+    source = config.sources[0].open()
     try:
-        summary = sync_source(store, config.sources[0])
+        summary = sync_source(store, config.sources[0], source=source)
         assert summary.error is not None
         assert "source 'pacs'" in summary.error
         assert "TLS failed: certificate verify failed: certificate has expired" in summary.error
         assert summary.new == 0
     finally:
         store.close()
+    assert source.stats["retries"] == 0  # a certificate is not fixed by asking again
 
 
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse"])

@@ -11,7 +11,7 @@ import pytest
 
 from app.sources.dicomweb_settings import DicomwebSettings
 from app.sources.dimse_settings import DimseSettings
-from app.sources.tls import TlsSettings, ssl_reason, tls_reason
+from app.sources.tls import TlsSettings, certificate_refused, refused, ssl_reason, tls_reason
 from testbed.certs import TestPki
 from tests.support.configs import config_problems, load_text
 
@@ -115,3 +115,13 @@ def test_tls_reasons_read_as_openssl_says_them():
         "TLS failed: tlsv13 alert certificate required (the archive refused the client certificate)"
     )
     assert tls_reason(ConnectionRefusedError(111, "refused"), client_cert=False) is None
+
+
+def test_a_refused_certificate_is_final_and_a_cut_connection_is_not():
+    expired = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)")
+    cut = ssl.SSLEOFError(8, "[SSL: UNEXPECTED_EOF_WHILE_READING] unexpected eof while reading (_ssl.c:1006)")
+    assert refused(expired) and refused(alert) and not refused(cut)
+    wrapped = ConnectionError("Max retries exceeded")
+    wrapped.__context__ = cut
+    assert not certificate_refused(wrapped) and not certificate_refused(ConnectionResetError())
