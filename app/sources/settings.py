@@ -155,6 +155,10 @@ def source_tls(data: dict, root: Path) -> TlsSettings | None:
     ValidationError keyed `tls.<key>` for a file that is missing or wrong."""
     if not data.get("tls"):
         return None
+    https = [data.get(key) for key in ("url", "rest_url", "wado_url") if (data.get(key) or "").startswith("https://")]
+    if data["type"] != "dimse" and not https:
+        where = "its url, rest_url or wado_url" if data["type"] == "dicomweb" else "its wado_url"
+        raise ValidationError({"tls": [f"tls is for https:// addresses and DIMSE, and {where} is not https://"]})
     try:
         return TlsSettings.from_data(data["tls"], root)
     except ValidationError as exc:

@@ -125,3 +125,11 @@ def test_a_refused_certificate_is_final_and_a_cut_connection_is_not():
     wrapped = ConnectionError("Max retries exceeded")
     wrapped.__context__ = cut
     assert not certificate_refused(wrapped) and not certificate_refused(ConnectionResetError())
+
+
+@pytest.mark.parametrize("kind", ["dicomweb", "folder"])
+def test_tls_on_a_source_without_an_https_address_is_refused(kind, certs):
+    text = _text(kind, KEYS).replace("https://pacs.example", "http://pacs.example")
+    problems = config_problems(certs.parent, text)
+    assert list(problems) == ["sources[0].tls"]
+    assert "is not https://" in problems["sources[0].tls"][0]
