@@ -1,10 +1,10 @@
 """requests sessions that speak to an archive with its source's TLS keys (app/sources/tls.py).
 
 The keys are set on the transport adapter, not only as the session's `verify` and `cert`:
-requests lets the REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE environment variables override a
-session's `verify` (psf/requests#3829), and a source's CA bundle must win over the host's
-environment. Every session made from an adapter mounted this way (DICOMweb's reading threads
-share the source's adapters) connects with the same keys.
+requests (2.34) lets the REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE environment variables override a
+session's `verify`, and a source's CA bundle must win over the host's environment. Every session
+made from an adapter mounted this way (DICOMweb's reading threads share the source's adapters)
+connects with the same keys.
 """
 
 from __future__ import annotations
