@@ -33,7 +33,14 @@ from app.logs import LogSettings
 from app.mapping.profile import Profile, ProfileError, source_profile
 from app.mapping.profile_yaml import YamlProblem, load_marked
 from app.sources.http import Credentials
-from app.sources.settings import OnDemandSettings, SourceSchema, SourceSettings, check_zone, protocol_settings
+from app.sources.settings import (
+    OnDemandSettings,
+    SourceSchema,
+    SourceSettings,
+    check_zone,
+    protocol_settings,
+    source_tls,
+)
 
 DEFAULT_CONFIG = "config.yaml"
 CONFIG_ENV = "IMAGING_FACADE_CONFIG"
@@ -583,18 +590,23 @@ def _source(
 ) -> SourceSettings:
     """One checked `sources[index]` entry as settings: its profile merged, its paths resolved."""
     profile = _profile(src, index, root, path, lines)
+    try:
+        tls = source_tls(src, root)
+    except ValidationError as exc:
+        raise ConfigError(str(path), _flatten(exc.messages, f"sources[{index}]")) from None
     wado_url = src["wado_url"] or (src["url"] if src["type"] == "dicomweb" else None)
     return SourceSettings(
         name=src["name"],
         type=src["type"],
         timezone=src["timezone"] or data["timezone"],
         patient_id_system=profile.patient_id_system or f"urn:imaging-facade:source:{src['name']}",
-        protocol=protocol_settings(src, root),
+        protocol=protocol_settings(src, root, tls),
         accession_system=profile.accession_system,
         issuer_systems=dict(profile.issuers),
         wado_url=wado_url.rstrip("/") if wado_url else None,
         wado_credentials=Credentials(src["username"], src["password"], src["token"]),
         wado_timeout=src["timeout"],
+        wado_tls=tls,
         endpoint_url=f"{gateway}/{src['name']}" if gateway and wado_url else wado_url,
         endpoint_requires_token=bool(gateway and wado_url and not data["security"]["open"]),
         poll_interval=(

@@ -7,6 +7,9 @@ temporary directory that is removed on exit. It is never a system service.
     with OrthancServer() as pacs:
         pacs.upload(paths)
         client = DICOMwebClient(pacs.dicomweb_url)
+
+Plain HTTP and DIMSE by default; `tls=OrthancTls(...)` serves HTTPS and DICOM TLS instead
+(certificates from testbed/certs.py).
 """
 
 from __future__ import annotations
@@ -23,13 +26,19 @@ import time
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import requests
 from pydicom.data import get_testdata_files
 
 from testbed import services
+
+if TYPE_CHECKING:
+    from testbed.certs import Issued
+    from testbed.tls_front import TlsFront
 
 ORTHANC_BINARY = "Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -69,6 +78,35 @@ def find_orthanc() -> tuple[str, str]:
     return binary, plugin
 
 
+@dataclass(frozen=True)
+class OrthancTls:
+    """TLS on the archive's HTTP and DICOM ports, for one test.
+
+    `server` (issued by `ca`) is the certificate of both. `client_ca` (a PEM of the CAs whose
+    client certificates are accepted) turns on client verification: a connection without such a
+    certificate is refused. DICOM TLS is Orthanc's own (DCMTK, PS3.15 B.1: DicomTlsEnabled...);
+    HTTPS is HAProxy's in front of Orthanc's plain HTTP (testbed/tls_front.py says why).
+    """
+
+    ca: Issued
+    server: Issued
+    client_ca: Path | None = None
+    https: bool = True
+    dicom: bool = True
+
+    def orthanc_config(self) -> dict:
+        if not self.dicom:
+            return {}
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(self.server.cert),
+            "DicomTlsPrivateKey": str(self.server.key),
+            # Orthanc 1.10 wants this file even when no client certificate is required
+            "DicomTlsTrustedCertificates": str(self.client_ca or self.ca.cert),
+            "DicomTlsRemoteCertificateRequired": self.client_ca is not None,
+        }
+
+
 class OrthancServer:
     """Context manager around one throw-away Orthanc process.
 
@@ -87,8 +125,10 @@ class OrthancServer:
         startup_timeout: float = 30.0,
         stop_grace: float = 1.0,
         extra_config: dict | None = None,
+        tls: OrthancTls | None = None,
     ):
         self.users = dict(users or {})
+        self.tls = tls
         self.aet = aet
         self.startup_timeout = startup_timeout
         # Orthanc needs 3-5 s to stop cleanly (its threads poll once a second); the
@@ -104,12 +144,21 @@ class OrthancServer:
         self._process: subprocess.Popen | None = None
         self._log = None
         self._session = requests.Session()
+        self._front: TlsFront | None = None
         if self.users:
             self._session.auth = next(iter(self.users.items()))
 
     # -- addresses -----------------------------------------------------------------
     @property
     def url(self) -> str:
+        """Where clients reach the REST API and DICOMweb (HTTPS with `tls`)."""
+        if self._front is not None:
+            return f"https://127.0.0.1:{self._front.port}"
+        return self._plain_url
+
+    @property
+    def _plain_url(self) -> str:
+        """Orthanc's own HTTP port: the testbed's requests (uploads, readiness) go there."""
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
@@ -149,8 +198,15 @@ class OrthancServer:
             "SaveJobs": False,
             "StorageCompression": False,
             "Plugins": [plugin],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Ssl": False},
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": False,
+                "Ssl": self.tls is not None and self.tls.https,
+            },
         }
+        if self.tls is not None:
+            config.update(self.tls.orthanc_config())
         config.update(self.extra_config)
         return config
 
@@ -176,6 +232,7 @@ class OrthancServer:
             atexit.register(self._terminate)  # never leave an Orthanc behind
             try:
                 self._wait_ready()
+                self._start_front()
                 return
             except OrthancError as exc:
                 last_error = str(exc)
@@ -192,7 +249,7 @@ class OrthancServer:
             if self._process.poll() is not None:
                 raise OrthancError(f"Orthanc exited with code {self._process.returncode}")
             try:
-                response = self._session.get(self.url + "/system", timeout=2)
+                response = self._session.get(self._plain_url + "/system", timeout=2)
             except requests.RequestException:
                 time.sleep(0.05)
                 continue
@@ -200,13 +257,24 @@ class OrthancServer:
                 raise OrthancError(f"another server answers on port {self.http_port}")
             if response.status_code == 200:
                 # Orthanc starts without a plugin it cannot load: check DICOMweb is there
-                plugins = self._session.get(self.url + "/plugins", timeout=5).json()
+                plugins = self._session.get(self._plain_url + "/plugins", timeout=5).json()
                 if "dicom-web" not in plugins:
                     self._terminate()
                     raise OrthancError(f"Orthanc runs without its DICOMweb plugin (plugins: {plugins}): {INSTALL_HINT}")
                 return
             time.sleep(0.05)
         raise OrthancError(f"/system did not answer within {self.startup_timeout:.0f}s")
+
+    def _start_front(self) -> None:
+        """HTTPS in front of Orthanc's HTTP port, with `tls` (testbed/tls_front.py)."""
+        if self.tls is None or not self.tls.https:
+            return
+        from testbed.tls_front import TlsFront
+
+        try:
+            self._front = TlsFront(self.tmpdir, self.http_port, self.tls.server.bundle, self.tls.client_ca)
+        except RuntimeError as exc:
+            raise OrthancError(str(exc)) from None
 
     def _terminate(self) -> None:
         atexit.unregister(self._terminate)
@@ -241,6 +309,9 @@ class OrthancServer:
         self._wait_ready()
 
     def stop(self) -> None:
+        if self._front is not None:
+            self._front.stop()
+            self._front = None
         self._terminate()
         self._session.close()
         if self.tmpdir is not None:
@@ -252,12 +323,12 @@ class OrthancServer:
 
     # -- REST helpers --------------------------------------------------------------
     def get(self, path: str, **params):
-        response = self._session.get(self.url + path, params=params or None, timeout=30)
+        response = self._session.get(self._plain_url + path, params=params or None, timeout=30)
         response.raise_for_status()
         return response.json()
 
     def delete(self, path: str) -> None:
-        response = self._session.delete(self.url + path, timeout=30)
+        response = self._session.delete(self._plain_url + path, timeout=30)
         response.raise_for_status()
 
     def upload(self, paths, workers: int = 4) -> list[dict]:
@@ -279,7 +350,7 @@ class OrthancServer:
                 session = local.session = requests.Session()
                 session.auth = self._session.auth
             response = session.post(
-                self.url + "/instances",
+                self._plain_url + "/instances",
                 data=Path(path).read_bytes(),
                 headers={"Content-Type": "application/dicom"},
                 timeout=60,

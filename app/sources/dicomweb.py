@@ -30,9 +30,10 @@ is reported as a StudyFailure, rather than indexed with series or instances miss
 
 Reading studies in parallel (`concurrency`): each reading thread has a requests.Session and a
 DICOMwebClient of its own, made like the source's (credentials, headers, response hook), over
-the source's connection pools (urllib3's pools are shared between threads safely); whether an
-answer was cut is noted per thread. A 429 or 503 with Retry-After holds back every thread's
-next request, not only the one that got it: the archive asked the client to wait.
+the source's connection pools and TLS keys (urllib3's pools are shared between threads safely,
+app/sources/https.py); whether an answer was cut is noted per thread. A 429 or 503 with
+Retry-After holds back every thread's next request, not only the one that got it: the archive
+asked the client to wait.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ from app.sources.base import SeriesRecord
 from app.sources.counts import ShortAnswer
 from app.sources.dicom_json import first_uid
 from app.sources.http import RETRY_STATUSES, public_url
+from app.sources.https import mount_tls
 from app.sources.matching import qido_params
 from app.sources.orthanc_changes import OrthancChanges
 from app.sources.queried import BadAnswer, QueriedArchive
+from app.sources.tls import TlsSettings, certificate_refused, tls_reason
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class DicomwebSource(QueriedArchive):
         private_tags: Iterable[int] = (),
         change_feed: OrthancChanges | None = None,
         concurrency: int = 1,
+        tls: TlsSettings | None = None,
     ):
         super().__init__(concurrency)
         if page_size < 1:
@@ -128,6 +132,9 @@ class DicomwebSource(QueriedArchive):
             if concurrency > 10:  # requests keeps 10 connections per host by default
                 for prefix in ("http://", "https://"):
                     session.mount(prefix, HTTPAdapter(pool_maxsize=concurrency))
+            mount_tls(session, tls, concurrency)
+        #: whether a client certificate is shown (what a TLS refusal means)
+        self._client_cert = tls is not None and tls.certfile is not None
         if username is not None:
             session.auth = (username, password or "")
         if token:
@@ -215,6 +222,8 @@ class DicomwebSource(QueriedArchive):
                     raise BadAnswer("answer is not a JSON array of DICOM JSON objects")
                 return answer
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                if certificate_refused(exc):
+                    raise  # a certificate is not fixed by asking again
                 error, wait = exc, None
             except requests.HTTPError as exc:
                 response = exc.response
@@ -310,7 +319,8 @@ class DicomwebSource(QueriedArchive):
                 return self._clean(f"authentication refused (HTTP {status})")
             return self._clean(f"HTTP {status} {exc.response.reason or ''}".strip())
         if isinstance(exc, requests.ConnectionError):
-            return self._clean(f"cannot connect ({type(exc).__name__})")
+            reason = tls_reason(exc, client_cert=self._client_cert)
+            return self._clean(reason or f"cannot connect ({type(exc).__name__})")
         if isinstance(exc, requests.Timeout):
             return "timed out"
         if isinstance(exc, ValueError):

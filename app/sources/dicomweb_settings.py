@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.sources.base import ProtocolSettings
+from app.sources.tls import TlsSettings
 
 if TYPE_CHECKING:
     from app.mapping.profile import Profile
@@ -98,9 +99,11 @@ class DicomwebSettings(ProtocolSettings):
     max_results: int | None = None
     #: studies read at once, so requests in flight at most
     concurrency: int = DEFAULT_CONCURRENCY
+    #: the CAs trusted and the client certificate shown over HTTPS (`tls`)
+    tls: TlsSettings | None = None
 
     @classmethod
-    def from_data(cls, data: dict) -> DicomwebSettings:
+    def from_data(cls, data: dict, tls: TlsSettings | None = None) -> DicomwebSettings:
         """The settings of a checked config entry (DicomwebSchema's keys)."""
         rest_url = None
         if data["changes"] == "orthanc":
@@ -119,6 +122,7 @@ class DicomwebSettings(ProtocolSettings):
             rest_url=rest_url,
             max_results=data["max_results"],
             concurrency=DEFAULT_CONCURRENCY if data["concurrency"] is None else data["concurrency"],
+            tls=tls,
         )
 
     def where(self) -> str:
@@ -137,6 +141,7 @@ class DicomwebSettings(ProtocolSettings):
                 password=self.password,
                 token=self.token,
                 timeout=self.timeout,
+                tls=self.tls,
             )
         return DicomwebSource(
             name,
@@ -151,4 +156,5 @@ class DicomwebSettings(ProtocolSettings):
             private_tags=profile.private_tag_numbers() if profile else (),
             change_feed=feed,
             concurrency=self.concurrency,
+            tls=self.tls,
         )

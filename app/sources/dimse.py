@@ -29,6 +29,12 @@ listing asks again by StudyDate slices (`app.sources.matching`). A cut series or
 answer, or fewer series/instances than the archive's own NumberOfStudyRelatedSeries /
 NumberOfSeriesRelatedInstances, makes the study a StudyFailure instead of a partial record.
 
+DIMSE over TLS (`tls`, DICOM PS3.15 Annex B.1): each association is opened over TLS 1.2 or
+later with the source's CA bundle and client certificate. pynetdicom connects and reads in the
+association's own thread and only logs a TLS failure (with a traceback): the source's SSL
+context notes it for the association (app/sources/tls.py), the association's failure names it,
+and pynetdicom's traceback of it is left out of the log.
+
 pynetdicom logs the identifiers it receives at INFO level by default (patient names and
 IDs): that is switched off here, and its chatty INFO lines are lowered to WARNING unless
 the application set a level for the `pynetdicom` logger itself.
@@ -37,6 +43,7 @@ the application set a level for the `pynetdicom` logger itself.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -60,12 +67,22 @@ from app.sources.dicom_json import dataset_to_dicom_json
 from app.sources.errors import SourceError
 from app.sources.matching import cfind_keys
 from app.sources.queried import QueriedArchive
+from app.sources.tls import RecordingContext, TlsSettings, refused, ssl_reason
 
 log = logging.getLogger(__name__)
 
 _netdicom_config.LOG_RESPONSE_IDENTIFIERS = False  # they carry patient data
 if logging.getLogger("pynetdicom").level == logging.NOTSET:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _without_tls_traceback(record: logging.LogRecord) -> bool:
+    """Drop pynetdicom's traceback of a TLS failure: the source reports its reason itself."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ssl.SSLError))
+
+
+for _logger in ("pynetdicom.transport", "pynetdicom.dul"):  # where pynetdicom 3.0 logs them
+    logging.getLogger(_logger).addFilter(_without_tls_traceback)
 
 FIND_MODEL = StudyRootQueryRetrieveInformationModelFind
 
@@ -189,6 +206,7 @@ class DimseSource(QueriedArchive):
         backoff: float = 0.5,
         max_results: int | None = None,
         concurrency: int = 1,
+        tls: TlsSettings | None = None,
     ):
         super().__init__(concurrency)
         if not host:
@@ -209,6 +227,9 @@ class DimseSource(QueriedArchive):
         self.max_results = max_results
         #: where the archive is, for messages (no credentials in DIMSE)
         self.location = f"{host}:{self.port} ({self.called_aet})"
+        #: DIMSE over TLS: the context every association's connection is wrapped in
+        self._tls: RecordingContext | None = tls.ssl_context() if tls is not None else None
+        self._client_cert = tls is not None and tls.certfile is not None
         self._ae = AE(ae_title=self.calling_aet)
         self._ae.add_requested_context(FIND_MODEL)
         self._ae.add_requested_context(Verification)
@@ -258,7 +279,14 @@ class DimseSource(QueriedArchive):
                 (evt.EVT_CONN_OPEN, lambda _event: opened.append(True)),
                 (evt.EVT_PDU_RECV, lambda event: _note_rejection(event, rejections)),
             ],
+            tls_args=(self._tls, self.host) if self._tls is not None else None,
         )
+        tls_error = self._tls.error_in(assoc.dul) if self._tls is not None else None
+        if tls_error is not None and not assoc.is_established:
+            # a certificate is not fixed by asking again; a connection cut mid-handshake may be
+            raise _DimseError(
+                f"TLS failed: {ssl_reason(tls_error, client_cert=self._client_cert)}", transient=not refused(tls_error)
+            )
         if assoc.is_established:
             if not any(cx.abstract_syntax == context for cx in assoc.accepted_contexts):
                 assoc.release()

@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from app.sources.base import ProtocolSettings
 from app.sources.dicomweb_settings import DEFAULT_CONCURRENCY
+from app.sources.tls import TlsSettings
 
 if TYPE_CHECKING:
     from app.mapping.profile import Profile
@@ -65,9 +66,11 @@ class DimseSettings(ProtocolSettings):
     max_results: int | None = None
     #: studies read at once, so associations open at most
     concurrency: int = DEFAULT_CONCURRENCY
+    #: DIMSE over TLS (PS3.15 B.1) with these keys; None: plain TCP
+    tls: TlsSettings | None = None
 
     @classmethod
-    def from_data(cls, data: dict) -> DimseSettings:
+    def from_data(cls, data: dict, tls: TlsSettings | None = None) -> DimseSettings:
         """The settings of a checked config entry (DimseSchema's keys)."""
         return cls(
             host=data["host"],
@@ -77,10 +80,12 @@ class DimseSettings(ProtocolSettings):
             timeout=data["timeout"],
             max_results=data["max_results"],
             concurrency=DEFAULT_CONCURRENCY if data["concurrency"] is None else data["concurrency"],
+            tls=tls,
         )
 
     def where(self) -> str:
-        return f"{self.host}:{self.port} (called {self.called_aet}, calling {self.calling_aet})"
+        over = " over TLS" if self.tls is not None else ""
+        return f"{self.host}:{self.port}{over} (called {self.called_aet}, calling {self.calling_aet})"
 
     def open(self, name: str, profile: Profile | None) -> DimseSource:
         from app.sources.dimse import DimseSource
@@ -94,4 +99,5 @@ class DimseSettings(ProtocolSettings):
             timeout=self.timeout,
             max_results=self.max_results,
             concurrency=self.concurrency,
+            tls=self.tls,
         )

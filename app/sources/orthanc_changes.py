@@ -49,6 +49,8 @@ from app.mapping.tags import PATIENT_ID
 from app.sources.base import StudyFailure, StudyRecord
 from app.sources.errors import SourceError
 from app.sources.http import RETRY_STATUSES, public_url
+from app.sources.https import mount_tls
+from app.sources.tls import TlsSettings, certificate_refused, tls_reason
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ class OrthancChanges:
         session: requests.Session | None = None,
         retries: int = 3,
         backoff: float = 0.25,
+        tls: TlsSettings | None = None,
     ):
         self.name = name
         self.url = rest_url.rstrip("/")
@@ -135,7 +138,8 @@ class OrthancChanges:
         self.retries = retries
         self.backoff = backoff
         self._secrets = [s for s in (password, token, urlsplit(rest_url).password) if s]
-        session = session if session is not None else requests.Session()
+        session = session if session is not None else mount_tls(requests.Session(), tls)
+        self._client_cert = tls is not None and tls.certfile is not None
         if username is not None:
             session.auth = (username, password or "")
         if token:
@@ -297,6 +301,8 @@ class OrthancChanges:
                     response.raise_for_status()
                     return response.json()
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                if certificate_refused(exc):  # a certificate is not fixed by asking again
+                    raise self._error(what, self._describe(exc)) from None
                 error, wait = exc, None
             except requests.HTTPError as exc:
                 raise self._error(what, self._describe(exc)) from None
@@ -321,7 +327,7 @@ class OrthancChanges:
                 return "HTTP 404: no Orthanc REST API there (check rest_url)"
             return self._clean(f"HTTP {status} {exc.response.reason or ''}".strip())
         if isinstance(exc, requests.ConnectionError):
-            return f"cannot connect ({type(exc).__name__})"
+            return tls_reason(exc, client_cert=self._client_cert) or f"cannot connect ({type(exc).__name__})"
         if isinstance(exc, requests.Timeout):
             return f"no answer within {self.timeout:g}s"
         return self._clean(f"{type(exc).__name__}: {exc}"[:300])

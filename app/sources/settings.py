@@ -26,6 +26,7 @@ from app.sources.dicomweb_settings import DicomwebSchema, DicomwebSettings
 from app.sources.dimse_settings import DimseSchema, DimseSettings
 from app.sources.folder_settings import FolderSchema, FolderSettings
 from app.sources.http import Credentials
+from app.sources.tls import TlsSchema, TlsSettings
 
 TYPES = ("folder", "dicomweb", "dimse")
 
@@ -76,6 +77,8 @@ class SourceSchema(FolderSchema, DicomwebSchema, DimseSchema):
     full_every = fields.Float(load_default=86400.0, validate=validate.Range(min=10))
     window_overlap_days = fields.Integer(load_default=1, validate=validate.Range(min=0, max=366))
     on_demand = fields.Nested(OnDemandSchema, load_default=None)
+    # the CAs trusted and the client certificate shown, over HTTPS and DIMSE over TLS (app/sources/tls.py)
+    tls = fields.Nested(TlsSchema, load_default=None)
 
     @validates("name")
     def _name(self, value: str, **_: Any) -> None:
@@ -109,6 +112,8 @@ class SourceSettings:
     wado_credentials: Credentials = Credentials()
     #: seconds the WADO-RS gateway waits for `wado_url` (the source's `timeout`)
     wado_timeout: float = 30.0
+    #: the TLS keys the WADO-RS gateway uses for `wado_url` (the source's `tls`)
+    wado_tls: TlsSettings | None = None
     #: the address its Endpoint shows: `wado_url`, or the facade's WADO-RS gateway for it
     endpoint_url: str | None = None
     #: the Endpoint's requires-access-token: true behind the gateway of a server needing tokens
@@ -145,10 +150,26 @@ class SourceSettings:
         )
 
 
-def protocol_settings(data: dict, root: Path) -> ProtocolSettings:
-    """The protocol part of a checked `sources[n]` entry; relative paths are against `root`."""
+def source_tls(data: dict, root: Path) -> TlsSettings | None:
+    """The TLS keys of a checked `sources[n]` entry, their files checked (paths against `root`);
+    ValidationError keyed `tls.<key>` for a file that is missing or wrong."""
+    if not data.get("tls"):
+        return None
+    https = [data.get(key) for key in ("url", "rest_url", "wado_url") if (data.get(key) or "").startswith("https://")]
+    if data["type"] != "dimse" and not https:
+        where = "its url, rest_url or wado_url" if data["type"] == "dicomweb" else "its wado_url"
+        raise ValidationError({"tls": [f"tls is for https:// addresses and DIMSE, and {where} is not https://"]})
+    try:
+        return TlsSettings.from_data(data["tls"], root)
+    except ValidationError as exc:
+        raise ValidationError({"tls": exc.messages}) from None
+
+
+def protocol_settings(data: dict, root: Path, tls: TlsSettings | None = None) -> ProtocolSettings:
+    """The protocol part of a checked `sources[n]` entry; relative paths are against `root`;
+    `tls`: its checked TLS keys (`source_tls`)."""
     if data["type"] == "folder":
         return FolderSettings(path=(root / data["path"]).resolve())
     if data["type"] == "dicomweb":
-        return DicomwebSettings.from_data(data)
-    return DimseSettings.from_data(data)
+        return DicomwebSettings.from_data(data, tls)
+    return DimseSettings.from_data(data, tls)

@@ -5,7 +5,7 @@ Endpoint points at `<gateway>/<source>` instead of the archive, and the Endpoint
 `requires-access-token: true` (SMART Imaging Access): the app presents the same token it
 searched with. The gateway applies the same scopes and compartment as a read of the
 ImagingStudy (404 outside them, 403 without an ImagingStudy scope), then forwards the
-request to the archive that holds the study, with the archive's own credentials (none of the
+request to the archive that holds the study, with the archive's own credentials and TLS keys (none of the
 app's: neither its Authorization header nor a token it put in the query string), and
 streams the answer back as it arrives (status, Content-Type with its multipart boundary,
 and the bytes unchanged), never holding a study in memory.
@@ -18,6 +18,8 @@ Paths (PS3.18 WADO-RS, under the gateway): `studies/{study}`, `…/metadata`,
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -29,11 +31,14 @@ from app.api.interactions import IMAGES, serves
 from app.api.state import ApiState, current_state
 from app.errors import FhirError
 from app.ids import valid_id
+from app.sources.https import mount_tls
 from app.sources.settings import SourceSettings
+from app.sources.tls import TlsSettings, tls_reason
 from app.store.audit_record import is_credential
 from app.store.resources import read_current
 from app.store.studies import holders_of
 
+log = logging.getLogger(__name__)
 bp = Blueprint("wado", __name__)
 CHUNK = 64 * 1024
 #: request headers passed on to the archive (content negotiation); never the app's token
@@ -48,7 +53,19 @@ FORWARDED_RESPONSE = (
     "Last-Modified",
     "Warning",
 )
-_session = requests.Session()
+#: one session per set of TLS keys (a source's `tls`; None: none), made on first use
+_sessions: dict[TlsSettings | None, requests.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session_for(tls: TlsSettings | None) -> requests.Session:
+    """The session whose https:// requests carry these keys (sessions are reused across requests
+    for their connection pools)."""
+    with _sessions_lock:
+        session = _sessions.get(tls)
+        if session is None:
+            session = _sessions[tls] = mount_tls(requests.Session(), tls)
+        return session
 
 
 def _source(name: str | None, study: str) -> SourceSettings:
@@ -81,7 +98,7 @@ def _forward(
     headers["Accept-Encoding"] = "identity"
     headers.update(src.wado_credentials.headers())
     try:
-        upstream = _session.get(
+        upstream = _session_for(src.wado_tls).get(
             url,
             # each name's first value; never a credential of the app's (RFC 6750 2.3 access_token…)
             params={name: value for name, value in request.args.items() if not is_credential(name, value)},
@@ -92,7 +109,14 @@ def _forward(
         )
     except requests.Timeout:
         raise FhirError(504, "timeout", f"archive {src.name} did not answer in time") from None
-    except requests.RequestException:
+    except requests.RequestException as exc:
+        # the reason for the operator (a certificate problem says which); the app learns only that
+        # the archive could not be reached
+        log.warning(
+            "WADO-RS gateway: archive %s could not be reached: %s",
+            src.name,
+            tls_reason(exc, client_cert=bool(src.wado_tls and src.wado_tls.certfile)) or type(exc).__name__,
+        )
         raise FhirError(502, "transient", f"archive {src.name} could not be reached") from None
 
     def body() -> Iterator[bytes]:

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from app.cli import main as cli
+from testbed.certs import Issued, TestPki
 from testbed.orthanc import free_port
 from tests.security.test_served import serve, stop
-from tests.support.certificates import Authority
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -46,12 +46,28 @@ def negotiated(port: int, ca: str, version: ssl.TLSVersion) -> str:
         return f"refused: {exc}"
 
 
+class Authority:
+    """A CA of the test's own (testbed/certs.py) and the server certificates it issues."""
+
+    def __init__(self, folder):
+        self.pki = TestPki(folder)
+        self.ca = self.pki.ca("Test CA")
+        self.certfile = self.ca.cert
+
+    def issue(self, name: str) -> Issued:
+        return self.pki.issue(self.ca, name, server=True)
+
+
+def serial(issued: Issued) -> int:
+    return issued.certificate.serial_number
+
+
 def https_config(tmp_path, port: int, authority: Authority, **tls) -> dict:
     issued = authority.issue("server")
     live = tmp_path / "live"
     live.mkdir()
-    shutil.copyfile(issued.certfile, live / "server.pem")
-    shutil.copyfile(issued.keyfile, live / "server.key")
+    shutil.copyfile(issued.cert, live / "server.pem")
+    shutil.copyfile(issued.key, live / "server.key")
     return {
         "store": f"sqlite:///{tmp_path / 'facade.db'}",
         "server": {
@@ -82,7 +98,7 @@ def test_https_with_tls_1_2_or_later_and_hsts(https):
     assert answer.status_code == 200
     assert answer.headers["Strict-Transport-Security"] == "max-age=31536000"
     assert answer.json()["implementation"]["url"].startswith("https://")
-    assert served_serial(port, str(authority.certfile)) == issued.serial
+    assert served_serial(port, str(authority.certfile)) == serial(issued)
 
     assert negotiated(port, str(authority.certfile), ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
     assert negotiated(port, str(authority.certfile), ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
@@ -115,16 +131,16 @@ def test_a_renewed_certificate_is_served_without_a_failed_request(https):
         thread.start()
     time.sleep(1.5)
     renewed = authority.issue("renewed")
-    shutil.copyfile(renewed.keyfile, tmp_path / "live" / "server.key")  # as a renewal tool does it: key, then cert
-    shutil.copyfile(renewed.certfile, tmp_path / "live" / "server.pem")
+    shutil.copyfile(renewed.key, tmp_path / "live" / "server.key")  # as a renewal tool does it: key, then cert
+    shutil.copyfile(renewed.cert, tmp_path / "live" / "server.pem")
     deadline = time.monotonic() + 30
-    while served_serial(port, ca) != renewed.serial and time.monotonic() < deadline:
+    while served_serial(port, ca) != serial(renewed) and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(2)  # the old workers finish what they hold meanwhile
     stop_load.set()
     for thread in threads:
         thread.join()
-    assert served_serial(port, ca) == renewed.serial, "the renewed certificate is served"
+    assert served_serial(port, ca) == serial(renewed), "the renewed certificate is served"
     assert answered > 20
     assert failures == [], f"{len(failures)} of {answered + len(failures)} requests failed: {failures[:5]}"
 
@@ -148,7 +164,7 @@ def test_a_missing_certificate_a_key_that_does_not_match_and_plain_links_are_nam
     assert status == 2 and "server.tls.certfile" in output and "nowhere.pem" in output
 
     config["server"]["tls"]["certfile"] = str(tmp_path / "live" / "server.pem")
-    config["server"]["tls"]["keyfile"] = str(other.keyfile)
+    config["server"]["tls"]["keyfile"] = str(other.key)
     status, output = run_check(config, tmp_path)
     assert status == 2 and "server.tls.keyfile" in output
 
