@@ -102,6 +102,13 @@ def _check_common(event, who, client_id, outcome):
             ["Patient/alice", "Patient/alice-b", "Patient/dora"],
         ),
         ("/fhir/Endpoint/pacs", "read", "R", []),
+        (
+            "/fhir/ImagingStudy/_history?_count=50",
+            "history-type",
+            "E",
+            ["Patient/alice", "Patient/alice-b", "Patient/dora"],
+        ),
+        ("/fhir/_history?_count=50", "history-system", "E", ["Patient/alice", "Patient/alice-b", "Patient/dora"]),
     ],
 )
 def test_each_interaction_writes_one_event(audited, url, subtype, action, patients):
@@ -296,7 +303,9 @@ def test_audit_event_search_needs_a_user_or_system_scope(audited, who, status):
 def test_audit_events_stay_out_of_resource_searches(audited):
     audited("GET", "/fhir/ImagingStudy/1.1", "alice")
     event_id = audited.events()[-1]["id"]
-    assert audited.client.get(f"/fhir/AuditEvent/{event_id}").status_code == 404
+    # readable by id with the trail's own permission only (tests/security/test_batch.py)
+    assert audited.client.get(f"/fhir/AuditEvent/{event_id}", headers={"X-Test-Access": "alice"}).status_code == 403
+    assert audited.client.get(f"/fhir/ImagingStudy/{event_id}").status_code == 404
     body = audited.client.get("/fhir/Patient?_revinclude=*&_include:iterate=*&_count=50").get_json()
     assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Patient", "ImagingStudy", "Endpoint"}
 
