@@ -371,10 +371,10 @@ def test_health_has_no_audit_part_when_audit_is_off(store_url, write_config):
     assert health["status"] == "ok" and "audit" not in health
 
 
-def test_capability_statement_lists_the_audit_search(audited):
+def test_capability_statement_lists_the_audit_search_and_read(audited):
     body = audited.client.get("/fhir/metadata").get_json()
     audit = next(r for r in body["rest"][0]["resource"] if r["type"] == "AuditEvent")
-    assert [i["code"] for i in audit["interaction"]] == ["search-type"]
+    assert [i["code"] for i in audit["interaction"]] == ["read", "search-type"]
     for param in audit["searchParam"]:  # each listed parameter is understood (strict: unknown ones are 400)
         value = {"date": "ge2000-01-01", "patient": "alice", "agent": "x", "entity-type": "1", "outcome": "0"}
         response = audited.client.get(
