@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.search.params import RESOURCE_TYPES
 from app.search.query import Restriction
 from app.store.reader import Reader
 from app.store.search_sql import restriction_sql
+
+#: the types whose versions the table holds
+SERVED = RESOURCE_TYPES
 
 
 @dataclass(frozen=True)
@@ -61,37 +65,65 @@ class HistoryPage:
     cursor: list | None
 
 
-def _where(scope: HistoryScope, params: list) -> str:
-    conditions: list[str] = []
-    if scope.rid is not None:
-        assert scope.rtype is not None  # an instance has a type
-        conditions.append("v.rtype = ? AND v.id = ?")
-        params += [scope.rtype, scope.rid]
-    elif scope.rtype is not None:
-        conditions.append("v.rtype = ?")
-        params.append(scope.rtype)
-        visible = _visible(scope.rtype, scope.restrictions, params)
-        if visible:
-            conditions.append(visible)
-    else:
-        alternatives = []
-        for rtype in scope.types:
-            typed: list = [rtype]
-            visible = _visible(rtype, scope.restrictions, typed)
-            alternatives.append("(v.rtype = ?" + (f" AND {visible})" if visible else ")"))
-            params += typed
-        conditions.append("(" + (" OR ".join(alternatives) or "1 = 0") + ")")
+def _common(scope: HistoryScope, params: list) -> list[str]:
+    """`_since` and `_at`: conditions on each version whatever its type."""
+    conditions = []
     if scope.since is not None:
         conditions.append("v.last_updated >= ?")
         params.append(scope.since)
     if scope.at is not None:
         low, high = scope.at
+        # versions are numbered without gaps (app/store/resources.py): the one after is version + 1,
+        # found by the primary key
         conditions.append(
             "v.last_updated < ? AND NOT EXISTS (SELECT 1 FROM resource_version n WHERE n.rtype = v.rtype "
-            "AND n.id = v.id AND n.version > v.version AND n.last_updated <= ?)"
+            "AND n.id = v.id AND n.version = v.version + 1 AND n.last_updated <= ?)"
         )
         params += [high, low]
-    return " AND ".join(conditions)
+    return conditions
+
+
+def _branches(scope: HistoryScope) -> list[tuple[list[str], list]]:
+    """Per type listed: the conditions that keep its versions to what the request may see."""
+    if scope.rid is not None:
+        assert scope.rtype is not None  # an instance has a type
+        return [(["v.rtype = ?", "v.id = ?"], [scope.rtype, scope.rid])]
+    branches = []
+    for rtype in (scope.rtype,) if scope.rtype is not None else scope.types:
+        params: list = [rtype]
+        visible = _visible(rtype, scope.restrictions, params)
+        branches.append((["v.rtype = ?"] + ([visible] if visible else []), params))
+    return branches
+
+
+#: a compartment with more resources than this is read in time order like an unrestricted history
+_FEW = 1000
+
+
+def _compartment_branches(reader: Reader, scope: HistoryScope) -> list[tuple[list[str], list]] | None:
+    """Per type, the versions of the resources the compartment may see, by their ids: the ids are
+    read first (from `resource`, whose ids compare with the index rows' in one collation), so the
+    versions are found by the primary key. None when there are too many for that."""
+    branches = []
+    for rtype in (scope.rtype,) if scope.rtype is not None else scope.types:
+        params: list = [rtype]
+        visible = _visible(rtype, scope.restrictions, params)
+        ids = [r[0] for r in reader.all(f"SELECT id FROM resource WHERE rtype = ? AND {visible}", params)]
+        if len(ids) > _FEW:
+            return None
+        if ids:
+            branches.append((["v.rtype = ?", f"v.id IN ({', '.join('?' * len(ids))})"], [rtype, *ids]))
+    return branches
+
+
+def _in_compartment(scope: HistoryScope) -> bool:
+    """Whether a patient compartment narrows the versions listed (to a few resources' versions)."""
+    types = (scope.rtype,) if scope.rtype is not None else scope.types
+    restrictions = scope.restrictions or {}
+    return scope.rid is None and all(
+        rtype in restrictions and (restrictions[rtype].patients is not None or restrictions[rtype].deny)
+        for rtype in types
+    )
 
 
 def _visible(rtype: str, restrictions: dict[str, Restriction] | None, params: list) -> str | None:
@@ -100,28 +132,62 @@ def _visible(rtype: str, restrictions: dict[str, Restriction] | None, params: li
     return restriction_sql(rtype, restrictions, params) if restrictions else None
 
 
+_COLUMNS = "v.rtype, v.id, v.version, v.last_updated, v.content"
+
+
 def read_page(reader: Reader, scope: HistoryScope, count: int, cursor: list | None) -> HistoryPage:
-    """One page of at most `count` versions, newest first; `cursor` is the previous page's."""
-    params: list = []
-    where = _where(scope, params)
+    """One page of at most `count` versions, newest first; `cursor` is the previous page's.
+
+    Unrestricted, a page is the first rows of the time index (on SQLite named: its planner would
+    rather sort the rows of the type index). Under a patient compartment the few resources it may
+    see drive the query instead: their versions, per type, are gathered first and then sorted;
+    read in time order, every version of the store would be passed over to find them.
+    """
     if count == 0:
         return HistoryPage([], False, None)
     if scope.rid is not None:
         order, keys = "v.version DESC", ["v.version"]
+    elif scope.rtype is not None:  # one type: its index orders by (last_updated, id, version)
+        order, keys = "v.last_updated DESC, v.id DESC, v.version DESC", ["v.last_updated", "v.id", "v.version"]
     else:
         keys = ["v.last_updated", "v.rtype", "v.id", "v.version"]
         order = ", ".join(f"{key} DESC" for key in keys)
-        if scope.rtype is not None:
-            keys = keys[:1] + keys[2:]  # one type: its index orders by (last_updated, id, version)
-            order = "v.last_updated DESC, v.id DESC, v.version DESC"
+    common_params: list = []
+    common = _common(scope, common_params)
     if cursor is not None:
-        where += f" AND ({', '.join(keys)}) < ({', '.join('?' * len(keys))})" if len(keys) > 1 else " AND v.version < ?"
-        params += cursor
-    rows = reader.all(
-        f"SELECT v.rtype, v.id, v.version, v.last_updated, v.content FROM resource_version v WHERE {where} "
-        f"ORDER BY {order} LIMIT ?",
-        [*params, count + 1],
-    )
+        common.append(f"({', '.join(keys)}) < ({', '.join('?' * len(keys))})" if len(keys) > 1 else "v.version < ?")
+        common_params += cursor
+    few = _compartment_branches(reader, scope) if _in_compartment(scope) else None
+    branches = few if few is not None else _branches(scope)
+    params: list = []
+    if few is not None:
+        if not few:
+            return HistoryPage([], False, None)
+        parts = []
+        for conditions, branch_params in branches:
+            parts.append(f"SELECT {_COLUMNS} FROM resource_version v WHERE {' AND '.join(conditions + common)}")
+            params += branch_params + common_params
+        sql = f"WITH m AS MATERIALIZED ({' UNION ALL '.join(parts)}) SELECT * FROM m v ORDER BY {order} LIMIT ?"
+    else:
+        wheres = []
+        if (
+            scope.rid is not None
+            or scope.rtype is not None
+            or set(scope.types) != set(SERVED)
+            or any(len(conditions) > 1 for conditions, _ in branches)
+        ):
+            wheres.append("(" + " OR ".join(f"({' AND '.join(c)})" for c, _ in branches) + ")" if branches else "1 = 0")
+            params += [p for _, branch_params in branches for p in branch_params]
+        wheres += common
+        params += common_params
+        hint = ""
+        if reader.is_sqlite and scope.rid is None and all(len(c) == 1 for c, _ in branches):
+            hint = " INDEXED BY ix_version_type_time" if scope.rtype is not None else " INDEXED BY ix_version_time"
+        sql = (
+            f"SELECT {_COLUMNS} FROM resource_version v{hint} WHERE {' AND '.join(wheres) or '1 = 1'} "
+            f"ORDER BY {order} LIMIT ?"
+        )
+    rows = reader.all(sql, [*params, count + 1])
     versions = [Version(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows[:count]]
     has_more = len(rows) > count
     last = versions[-1] if has_more else None
