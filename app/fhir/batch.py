@@ -33,8 +33,9 @@ bp = Blueprint("fhir_batch", __name__)
 
 #: entries one batch may hold: each is a request of its own
 MAX_ENTRIES = 100
-#: headers of the batch request each entry carries, as the client sent them
-_CARRIED = ("Authorization", "Prefer", "Accept")
+#: headers of the batch request each entry carries, as the client sent them (not Accept: the
+#: batch-response is JSON, and so is each entry in it)
+_CARRIED = ("Authorization", "Prefer")
 
 
 @bp.before_request

@@ -97,6 +97,25 @@ def test_each_entry_is_checked_as_if_sent_alone(app, auth_server, studies):
         assert failed["response"]["outcome"]["resourceType"] == "OperationOutcome"
 
 
+def test_conditional_entries(app, auth_server, studies):
+    """An entry's ifNoneMatch / ifModifiedSince act as the headers of the request alone would."""
+    own = studies[0][0]
+    token = auth_server.sign({"scope": "system/*.rs"})
+    etag = app.test_client().get(f"/fhir/ImagingStudy/{own}", headers=bearer(token)).headers["ETag"]
+    response = _post(
+        app,
+        token,
+        _batch(
+            {"method": "GET", "url": f"ImagingStudy/{own}", "ifNoneMatch": etag},
+            {"method": "GET", "url": f"ImagingStudy/{own}", "ifNoneMatch": 'W/"999"'},
+        ),
+    )
+    assert _statuses(response) == ["304 Not Modified", "200 OK"]
+    unchanged, changed = response.get_json()["entry"]
+    assert "resource" not in unchanged and unchanged["response"]["etag"] == etag
+    assert changed["resource"]["id"] == own
+
+
 def test_each_entry_is_audited_as_if_sent_alone(app, auth_server, studies, trail):
     (own, patient), (foreign, _) = studies[0], next(s for s in studies if s[1] != studies[0][1])
     token = auth_server.sign({"scope": "patient/ImagingStudy.rs", "patient": patient})
