@@ -40,6 +40,13 @@ VREAD = Interaction("vread", "vread", "r", ("vread", "R"))
 HISTORY_INSTANCE = Interaction("history-instance", "history-instance", "r", ("history-instance", "R"))
 #: R (read) and E (execute: a search is a query), FHIR R4 AuditEvent.action
 SEARCH_TYPE = Interaction("search-type", "search-type", "s", ("search-type", "E"))
+#: SMART v2 grants type and system history with `s` (search), and they are audited like one
+HISTORY_TYPE = Interaction("history-type", "history-type", "s", ("history-type", "E"))
+#: every served type the token may search, each as its type history would show it (the route asks the Guard)
+HISTORY_SYSTEM = Interaction("history-system", "history-system", None, ("history-system", "E"))
+#: a batch Bundle (FHIR R4 http 3.1.0.11): each entry is checked and audited as the request it
+#: stands for; the batch itself needs a token and is audited too
+BATCH = Interaction("batch", "batch", None, ("batch", "E"))
 #: FHIR R4 OperationDefinition Patient-match
 PATIENT_MATCH = Interaction("Patient/$match", "operation", "s", across_patients=True)
 #: WADO-RS through the gateway: a read of the study's images (PS3.18 10.4)
@@ -48,7 +55,9 @@ IMAGES = Interaction("WADO-RS", audit=("read", "R"))
 IDENTITY_REVIEW = Interaction("the identity review API", permission="u", across_patients=True)
 
 #: what every served resource type offers, as the CapabilityStatement lists it
-TYPE_INTERACTIONS = (READ, VREAD, HISTORY_INSTANCE, SEARCH_TYPE)
+TYPE_INTERACTIONS = (READ, VREAD, HISTORY_INSTANCE, HISTORY_TYPE, SEARCH_TYPE)
+#: what the server offers at its base (CapabilityStatement.rest.interaction)
+SYSTEM_INTERACTIONS = (HISTORY_SYSTEM, BATCH)
 
 View = TypeVar("View", bound=Callable)
 

@@ -11,6 +11,7 @@ import orjson
 
 from app.clock import instant_now_ms, micros_to_instant
 from app.search.elements import select_elements, summarize
+from app.store.history import Version
 from app.store.search_sql import SearchResult
 
 
@@ -84,22 +85,30 @@ def searchset(
     return _bundle("searchset", links, entries, result.total)
 
 
-def history(base_url: str, rtype: str, rid: str, versions: list[tuple[int, int, bytes]], self_url: str) -> bytes:
-    """The instance history, newest version first (FHIR R4 http 3.1.0.12)."""
-    entries = [
-        {
-            "fullUrl": f"{base_url}/{rtype}/{rid}",
-            "resource": orjson.Fragment(content),
-            "request": {
-                "method": "POST" if version == 1 else "PUT",
-                "url": rtype if version == 1 else f"{rtype}/{rid}",
-            },
-            "response": {
-                "status": "201 Created" if version == 1 else "200 OK",
-                "etag": f'W/"{version}"',
-                "lastModified": micros_to_instant(micros),
-            },
-        }
-        for version, micros, content in versions
-    ]
-    return _bundle("history", [{"relation": "self", "url": self_url}], entries, len(entries))
+def _history_entry(base_url: str, v: Version) -> dict:
+    """One version as a history entry (FHIR R4 http 3.1.0.12): the resource with the request that
+    would have made it; a deletion has request.method DELETE and no resource."""
+    response = {"etag": f'W/"{v.version}"', "lastModified": micros_to_instant(v.last_updated)}
+    entry: dict[str, Any] = {"fullUrl": f"{base_url}/{v.rtype}/{v.rid}"}
+    if v.deleted:
+        entry["request"] = {"method": "DELETE", "url": f"{v.rtype}/{v.rid}"}
+        entry["response"] = {"status": "204 No Content", **response}
+        return entry
+    entry["resource"] = orjson.Fragment(v.content)
+    if v.version == 1:
+        entry["request"] = {"method": "POST", "url": v.rtype}
+        entry["response"] = {"status": "201 Created", **response}
+    else:
+        entry["request"] = {"method": "PUT", "url": f"{v.rtype}/{v.rid}"}
+        entry["response"] = {"status": "200 OK", **response}
+    return entry
+
+
+def history(
+    base_url: str, versions: list[Version], self_url: str, next_url: str | None, total: int | None = None
+) -> bytes:
+    """A history Bundle, newest version first as `versions` come."""
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    return _bundle("history", links, [_history_entry(base_url, v) for v in versions], total)

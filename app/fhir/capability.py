@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.api.interactions import SEARCH_TYPE, TYPE_INTERACTIONS
+from app.api.interactions import READ, SEARCH_TYPE, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS
 from app.mapping.claims import PROFILES
 from app.search.params import AUDIT_EVENT_PARAMS, BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
@@ -20,6 +20,15 @@ COMPARTMENT_POLICY = (
     "read of their type and ORed among themselves. Paging links are valid only for the token that made them. "
     "Every read, search and refused request is recorded as an AuditEvent (IHE Basic Audit Log Patterns), "
     "searchable at AuditEvent with a user- or system-level AuditEvent scope."
+)
+
+
+#: what the system-level interactions (SYSTEM_INTERACTIONS, in their order) do here
+SYSTEM_DOCUMENTATION = (
+    "Every version of every served type the token may search, newest first, deletions as entries without a "
+    "resource; _since, _at, _count and signed paging links, as for type history.",
+    "A batch Bundle of GET entries (at most 100), each checked and audited as if sent alone; other methods get "
+    "405 in their entry, and a transaction Bundle is refused with 405.",
 )
 
 
@@ -61,9 +70,9 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         {
             "type": "AuditEvent",
             "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
-            "documentation": "The audit trail of this server, newest first; needs a user- or system-level "
-            "AuditEvent scope (a patient-context token gets 403).",
-            "interaction": [{"code": SEARCH_TYPE.restful}],
+            "documentation": "The audit trail of this server, newest first; searching it and reading one event "
+            "(AuditEvent/{id}) need a user- or system-level AuditEvent scope (a patient-context token gets 403).",
+            "interaction": [{"code": READ.restful}, {"code": SEARCH_TYPE.restful}],
             "searchParam": [
                 {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
                 for p in AUDIT_EVENT_PARAMS
@@ -130,6 +139,11 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
                     "PostgreSQL's planner estimate (absent on SQLite). _summary (true, text, data, count, false) "
                     "and _elements work on searches and reads; _elements applies to the matches, _summary to "
                     "included resources too. Responses are gzip-compressed when the client accepts it. "
+                    "History (instance, type and system) is newest first, lists a deletion as an entry with "
+                    "request.method DELETE and no resource (a vread of that version answers 410), and takes _since "
+                    "(an instant), _at (versions current during the period a dateTime covers), _count and signed "
+                    "paging links; type and system history need the search permission and show only what a search "
+                    "would. "
                     "A study that no archive holds any more answers 410 on read; a study held by several "
                     "archives is one ImagingStudy with an Endpoint for each. Sources in on-demand mode may "
                     "answer a patient search with 503 and Retry-After while the archive is asked. "
@@ -141,6 +155,10 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
                 ),
                 "security": security,
                 "resource": resources,
+                "interaction": [
+                    {"code": interaction.restful, "documentation": documentation}
+                    for interaction, documentation in zip(SYSTEM_INTERACTIONS, SYSTEM_DOCUMENTATION, strict=True)
+                ],
             }
         ],
     }

@@ -16,18 +16,19 @@ import orjson
 from flask import Blueprint, Flask, Response, request
 
 from app.api.hooks import note_served
-from app.api.interactions import CAPABILITIES, HISTORY_INSTANCE, PATIENT_MATCH, READ, SEARCH_TYPE, VREAD, serves
+from app.api.interactions import CAPABILITIES, PATIENT_MATCH, READ, SEARCH_TYPE, VREAD, serves
 from app.api.outcome import FHIR_JSON
 from app.api.state import ApiState, current_state
 from app.clock import micros_to_instant
 from app.errors import FhirError
-from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
+from app.fhir.bundle import match_bundle, search_url, searchset, subset
 from app.fhir.formats import negotiate
+from app.fhir.versions import deleted_version, version_shown
 from app.ids import valid_id
 from app.search.paging import search_digest
 from app.search.params import RESOURCE_TYPES
 from app.search.query import SearchError, SearchQuery, parse_search
-from app.store.resources import read_current, read_deleted, read_history, read_version
+from app.store.resources import read_current, read_deleted, read_version
 from app.store.search_sql import run_search
 
 bp = Blueprint("fhir", __name__)
@@ -144,29 +145,12 @@ def vread(rtype: str, rid: str, vid: str) -> Response:
     state = current_state()
     state.hooks.guard.before_read(rtype, rid)
     row = read_version(state.reader, rtype, rid, int(vid))
-    if row is None or not state.hooks.guard.version_visible(rtype, row[1]):
+    if row is None or not version_shown(state.hooks.guard, state.reader, rtype, rid, int(vid), row[1]):
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid}")
+    if not row[1]:
+        raise deleted_version(rtype, rid, int(vid), row[0])
     note_served([(rtype, rid)])
     return _resource_response(rtype, rid, int(vid), row[0], state.hooks.guard.shown(rtype, row[1]))
-
-
-@bp.get("/<rtype>/<rid>/_history")
-@serves(HISTORY_INSTANCE)
-def history_instance(rtype: str, rid: str) -> Response:
-    _check_type(rtype)
-    _check_id(rtype, rid)
-    state = current_state()
-    guard = state.hooks.guard
-    guard.before_read(rtype, rid)
-    versions = [
-        (v, at, guard.shown(rtype, c))
-        for v, at, c in read_history(state.reader, rtype, rid)
-        if guard.version_visible(rtype, c)
-    ]
-    if not versions:
-        raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
-    note_served([(rtype, rid)])
-    return _json(history(state.base_url, rtype, rid, versions, f"{state.base_url}/{rtype}/{rid}/_history"))
 
 
 @bp.get("/<rtype>")
@@ -281,4 +265,8 @@ def patient_match() -> Response:
 
 
 def init_app(app: Flask, state: ApiState) -> None:
+    from app.fhir import batch, history, trail
+
     app.register_blueprint(bp, url_prefix="/fhir")
+    for more in (history.bp, batch.bp, trail.bp):
+        app.register_blueprint(more, url_prefix="/fhir")

@@ -24,6 +24,9 @@ from app.store.narrative import with_narrative
 from app.store.reader import Reader
 
 NEW, UPDATED, UNCHANGED, DELETED = "new", "updated", "unchanged", "deleted"
+#: the content of the version a deletion makes: history lists the deletion as an entry without a
+#: resource and a vread of that version answers 410 (FHIR R4 http 3.1.0.12, 3.1.0.3)
+DELETION = b""
 
 _VERSION_META = ("versionId", "lastUpdated")
 
@@ -104,7 +107,8 @@ class Resources:
 
     @staticmethod
     def delete_in(conn: Connection, rtype: str, rid: str) -> None:
-        """Take a resource out of search; a tombstone answers reads with 410 from now on."""
+        """Take a resource out of search; a tombstone answers reads with 410 from now on, and the
+        deletion is a version of its own (content DELETION), kept in its history."""
         row = conn.execute(
             select(col(t.Resource.version)).where(col(t.Resource.rtype) == rtype, col(t.Resource.id) == rid)
         ).first()
@@ -113,7 +117,9 @@ class Resources:
         conn.execute(delete(t.Resource).where(col(t.Resource.rtype) == rtype, col(t.Resource.id) == rid))
         drop_index(conn, rtype, rid)
         micros, _ = instant_now_ms()
-        conn.execute(insert(t.Tombstone).values(rtype=rtype, id=rid, version=row.version + 1, deleted=micros))
+        version = row.version + 1
+        conn.execute(insert(t.Tombstone).values(rtype=rtype, id=rid, version=version, deleted=micros))
+        _write_version(conn, dict(rtype=rtype, id=rid, version=version, last_updated=micros, content=DELETION))
 
     @staticmethod
     def existing(conn: Connection, rtype: str, ids: list[str]) -> list[str]:
@@ -152,16 +158,13 @@ def read_deleted(reader: Reader, rtype: str, rid: str) -> tuple[int, int] | None
 
 
 def read_version(reader: Reader, rtype: str, rid: str, version: int) -> tuple[int, bytes] | None:
-    """(last_updated, content) of one stored version, or None."""
+    """(last_updated, content) of one stored version, or None; content DELETION for a deletion."""
     return reader.one(
         "SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",
         [rtype, rid, version],
     )
 
 
-def read_history(reader: Reader, rtype: str, rid: str) -> list[tuple[int, int, bytes]]:
-    """(version, last_updated, content) of every stored version, newest first."""
-    return reader.all(
-        "SELECT version, last_updated, content FROM resource_version WHERE rtype = ? AND id = ? ORDER BY version DESC",
-        [rtype, rid],
-    )
+def read_audit_event(reader: Reader, event_id: str) -> tuple[int, bytes] | None:
+    """(recorded, stored record) of one event of the audit trail, or None."""
+    return reader.one("SELECT recorded, content FROM audit_event WHERE id = ?", [event_id])

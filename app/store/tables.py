@@ -39,9 +39,18 @@ class Resource(SQLModel, table=True):
 
 
 class ResourceVersion(SQLModel, table=True):
-    """Every version ever stored, for history and `vread`."""
+    """Every version ever stored, for history and `vread`; a deletion is a version too, with empty
+    content (app/store/resources.py DELETION).
+
+    Type and system history read it newest first a page at a time (app/store/history.py): each
+    along an index in that order, so a page costs its rows, not a sort of every version.
+    """
 
     __tablename__ = "resource_version"
+    __table_args__ = (
+        Index("ix_version_type_time", "rtype", "last_updated", "id", "version"),
+        Index("ix_version_time", "last_updated", "rtype", "id", "version"),
+    )
     rtype: str = Field(primary_key=True, max_length=32)
     id: str = Field(primary_key=True, max_length=64)
     version: int = Field(primary_key=True)

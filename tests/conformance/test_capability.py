@@ -44,7 +44,28 @@ def test_every_listed_parameter_and_include_works(client):
             for include in resource[f"search{kind}"]:
                 response = client.get(f"/fhir/{rtype}?_{kind.lower()}={include}", headers={"Prefer": "handling=strict"})
                 assert response.status_code == 200, (rtype, kind, include)
-        assert {i["code"] for i in resource["interaction"]} == {"read", "vread", "history-instance", "search-type"}
+        assert {i["code"] for i in resource["interaction"]} == {
+            "read",
+            "vread",
+            "history-instance",
+            "history-type",
+            "search-type",
+        }
+        history = client.get(f"/fhir/{rtype}/_history?_count=1", headers={"Prefer": "handling=strict"})
+        assert history.status_code == 200 and history.get_json()["type"] == "history", rtype
+
+
+def test_listed_system_interactions_work(client):
+    """history-system and batch at the base (FHIR R4 http 3.1.0.11, 3.1.0.12), and AuditEvent read."""
+    body = client.get("/fhir/metadata").get_json()
+    rest = body["rest"][0]
+    assert {i["code"] for i in rest["interaction"]} == {"history-system", "batch"}
+    assert client.get("/fhir/_history?_count=1").get_json()["type"] == "history"
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "metadata"}}]}
+    answered = client.post("/fhir", json=batch, headers={"Content-Type": "application/fhir+json"})
+    assert answered.status_code == 200 and answered.get_json()["type"] == "batch-response"
+    trail = next(r for r in rest["resource"] if r["type"] == "AuditEvent")
+    assert {i["code"] for i in trail["interaction"]} == {"read", "search-type"}
 
 
 def test_missing_modifier_partitions_the_results(client):

@@ -229,6 +229,52 @@ def test_a_store_at_the_previous_revision_is_refused_then_upgraded_intact(config
     Store.from_config(config).close()  # at the newest revision now: opened
 
 
+@pytest.mark.slow
+def test_revision_0002_gives_every_deletion_its_version_and_history_its_indexes(config_file, empty_url, tmp_path):
+    """Revision 0001 kept a deletion only as a tombstone: history could not list it, nor a vread
+    of its version answer 410 (FHIR R4 http 3.1.0.12); 0002 adds a version for each, and the
+    indexes type and system history read along."""
+    path, config = config_file
+    fill(config, tmp_path / "archive")
+    deletion = {"deletion": b""}
+    with connected(empty_url, write=True) as conn:  # as 0001 left it
+        conn.execute(text("DELETE FROM resource_version WHERE content = :deletion"), deletion)
+        conn.execute(text("DROP INDEX ix_version_type_time"))
+        conn.execute(text("DROP INDEX ix_version_time"))
+    set_version(empty_url, "0001")
+    before = snapshot(empty_url)
+    tombstones = before["tombstone"]
+    assert tombstones and all(row[4] for row in before["resource_version"])
+
+    refused = run("sync", "--config", path)
+    assert refused.exit_code == 2 and "revision 0001, behind this release's" in refused.output
+    upgraded = run("db", "upgrade", "--config", path)
+    assert upgraded.exit_code == 0, upgraded.output
+    assert revision_of(empty_url) == schema.head()
+
+    after = snapshot(empty_url)
+    added = set(after["resource_version"]) - set(before["resource_version"])
+    assert {(r[0], r[1], r[2], r[3], bytes(r[4])) for r in added} == {(*row, b"") for row in tombstones}
+    assert set(before["resource_version"]) <= set(after["resource_version"])
+    assert {k: v for k, v in after.items() if k != "resource_version"} == {
+        k: v for k, v in before.items() if k != "resource_version"
+    }
+    with connected(empty_url) as conn:
+        indexes = {i["name"]: tuple(i["column_names"]) for i in inspect(conn).get_indexes("resource_version")}
+    assert indexes["ix_version_type_time"] == ("rtype", "last_updated", "id", "version")
+    assert indexes["ix_version_time"] == ("last_updated", "rtype", "id", "version")
+    again = run("db", "upgrade", "--config", path)
+    assert again.exit_code == 0 and "up to date" in again.output
+
+    rtype, rid, version, _ = tombstones[0]
+    store = Store.from_config(config)
+    client = create_app(config, store).test_client()
+    assert client.get(f"/fhir/{rtype}/{rid}/_history/{version}").status_code == 410
+    entry = client.get(f"/fhir/{rtype}/{rid}/_history").get_json()["entry"][0]
+    assert entry["request"]["method"] == "DELETE" and "resource" not in entry
+    store.close()
+
+
 def test_stores_opened_at_once_are_made_once(empty_url):
     """Several processes starting on a new store (API nodes, a watcher) make it once, without error."""
     errors: list[BaseException] = []

@@ -103,6 +103,13 @@ def _check_common(event, who, client_id, outcome):
             ["Patient/alice", "Patient/alice-b", "Patient/dora"],
         ),
         ("/fhir/Endpoint/pacs", "read", "R", []),
+        (
+            "/fhir/ImagingStudy/_history?_count=50",
+            "history-type",
+            "E",
+            ["Patient/alice", "Patient/alice-b", "Patient/dora"],
+        ),
+        ("/fhir/_history?_count=50", "history-system", "E", ["Patient/alice", "Patient/alice-b", "Patient/dora"]),
     ],
 )
 def test_each_interaction_writes_one_event(audited, url, subtype, action, patients):
@@ -362,7 +369,9 @@ def test_audit_event_search_needs_a_user_or_system_scope(audited, who, status):
 def test_audit_events_stay_out_of_resource_searches(audited):
     audited("GET", "/fhir/ImagingStudy/1.1", "alice")
     event_id = audited.events()[-1]["id"]
-    assert audited.client.get(f"/fhir/AuditEvent/{event_id}").status_code == 404
+    # readable by id with the trail's own permission only (tests/security/test_batch.py)
+    assert audited.client.get(f"/fhir/AuditEvent/{event_id}", headers={"X-Test-Access": "alice"}).status_code == 403
+    assert audited.client.get(f"/fhir/ImagingStudy/{event_id}").status_code == 404
     body = audited.client.get("/fhir/Patient?_revinclude=*&_include:iterate=*&_count=50").get_json()
     assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Patient", "ImagingStudy", "Endpoint"}
 
@@ -428,10 +437,10 @@ def test_health_has_no_audit_part_when_audit_is_off(store_url, write_config):
     assert health["status"] == "ok" and "audit" not in health
 
 
-def test_capability_statement_lists_the_audit_search(audited):
+def test_capability_statement_lists_the_audit_search_and_read(audited):
     body = audited.client.get("/fhir/metadata").get_json()
     audit = next(r for r in body["rest"][0]["resource"] if r["type"] == "AuditEvent")
-    assert [i["code"] for i in audit["interaction"]] == ["search-type"]
+    assert [i["code"] for i in audit["interaction"]] == ["read", "search-type"]
     for param in audit["searchParam"]:  # each listed parameter is understood (strict: unknown ones are 400)
         value = {"date": "ge2000-01-01", "patient": "alice", "agent": "x", "entity-type": "1", "outcome": "0"}
         response = audited.client.get(

@@ -70,6 +70,8 @@ def _snapshot(store: Store) -> dict:
             return sorted(tuple(r) for r in conn.execute(select(*[getattr(table, c) for c in columns])))
 
     def without_time(r) -> tuple:
+        if not r.content:  # a deletion's version holds no resource
+            return r.rtype, r.id, r.version, b""
         body = {**orjson.loads(r.content), "meta": {"versionId": str(r.version)}}
         return r.rtype, r.id, r.version, orjson.dumps(body)
 
