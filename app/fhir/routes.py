@@ -25,7 +25,7 @@ from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
 from app.ids import valid_id
 from app.search.paging import search_digest
 from app.search.params import RESOURCE_TYPES
-from app.search.query import SearchError, SearchQuery, parse_search
+from app.search.query import SearchError, SearchLimits, SearchQuery, parse_search
 from app.store.resources import read_current, read_deleted, read_history, read_version
 from app.store.search_sql import run_search
 
@@ -141,7 +141,7 @@ def read(rtype: str, rid: str) -> Response:
 def vread(rtype: str, rid: str, vid: str) -> Response:
     _check_type(rtype)
     _check_id(rtype, rid)
-    if not vid.isdigit() or len(vid) > 9:
+    if not (vid.isascii() and vid.isdigit()) or len(vid) > 9:  # isdigit() alone takes "²"
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid!r}")
     state = current_state()
     state.hooks.guard.before_read(rtype, rid)
@@ -191,14 +191,16 @@ def _strict() -> bool:
 
 def _parse(rtype: str, items: list[tuple[str, str]]) -> SearchQuery:
     state = current_state()
+    server = state.config.server
     return parse_search(
         rtype,
         items,
         zone=state.config.timezone,
         base_url=state.base_url,
-        default_count=state.config.server.default_count,
-        max_count=state.config.server.max_count,
+        default_count=server.default_count,
+        max_count=server.max_count,
         strict=_strict(),
+        limits=SearchLimits(server.max_chain_depth, server.max_chains, server.max_includes),
     )
 
 
@@ -215,7 +217,10 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
         raise FhirError(400, err.code, err.diagnostics) from None
     if cursor is None:
         state.hooks.run_before_search(query)
-    result = run_search(state.reader, query, cursor)
+    try:
+        result = run_search(state.reader, query, cursor)
+    except SearchError as err:  # too costly to finish: too many includes, the statement timeout
+        raise FhirError(400, err.code, err.diagnostics) from None
     # the audit reads the patients of the studies served off their JSON
     contents = dict(result.matches) if rtype == "ImagingStudy" else {}
     contents.update((rid, content) for t, rid, content in result.includes if t == "ImagingStudy")

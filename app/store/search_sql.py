@@ -25,12 +25,13 @@ from app.search.query import (
     Include,
     Restriction,
     SearchClause,
+    SearchError,
     SearchQuery,
     SortKey,
 )
 from app.search.text import normalize
 from app.store.audit_record import render_event
-from app.store.reader import Reader
+from app.store.reader import Reader, StatementTimeout
 
 _TABLE = {"token": "idx_token", "string": "idx_string", "date": "idx_date", "reference": "idx_reference"}
 
@@ -441,7 +442,20 @@ def _count(reader: Reader, query: SearchQuery, table: _Table, where: str, params
 
 
 def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
-    """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page)."""
+    """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page).
+
+    SearchError ("too-costly") when it includes too much or one of its statements runs out of time."""
+    try:
+        return _run_search(reader, query, cursor)
+    except StatementTimeout as exc:
+        raise SearchError(
+            "too-costly",
+            f"the search took longer than the {exc.seconds:g} s one statement may run here; narrow it "
+            "(fewer chains, _has, values or includes) or ask for _total=none",
+        ) from None
+
+
+def _run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
     table = _TRAILS.get(query.rtype, _RESOURCES)
     params: list = [query.rtype] if table.typed else []
     conditions, driven = (["rtype = ?"] if table.typed else []), False
@@ -535,6 +549,12 @@ def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[
         for rtype, more in frontier.items():
             in_bundle.setdefault(rtype, set()).update(more)
             added.setdefault(rtype, set()).update(more)
+        if sum(map(len, added.values())) > query.max_includes:
+            raise SearchError(
+                "too-costly",
+                f"parameters '_include' and '_revinclude': a page includes at most {query.max_includes} "
+                "resources here; ask for fewer matches per page (_count)",
+            )
         first = False
     out: list[tuple[str, str, bytes]] = []
     for rtype, target_ids in sorted(added.items()):
