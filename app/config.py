@@ -73,7 +73,7 @@ class ServerSchema(Strict):
     page_ttl = fields.Integer(load_default=3600, validate=validate.Range(min=1, max=7 * 86400))
     wado_gateway = fields.Boolean(load_default=False)
     trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
-    max_chain_depth = fields.Integer(load_default=4, validate=validate.Range(min=1, max=20))
+    max_chain_depth = fields.Integer(load_default=3, validate=validate.Range(min=1, max=20))
     max_chains = fields.Integer(load_default=5, validate=validate.Range(min=0, max=50))
     max_includes = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100_000))
     statement_timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=60))
@@ -236,7 +236,7 @@ class ServerConfig:
     #: the client's address, as audit records it, is the one the outermost of them saw
     trusted_proxies: int = 0
     #: what one search may cost (app/search/query.py SearchLimits)
-    max_chain_depth: int = 4
+    max_chain_depth: int = 3
     max_chains: int = 5
     max_includes: int = 1000
     #: seconds one SQL statement of a request may run on PostgreSQL

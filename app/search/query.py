@@ -131,7 +131,7 @@ class SearchLimits:
     """
 
     #: levels of one chained or `_has` parameter (`patient.identifier`: 1)
-    chain_depth: int = 4
+    chain_depth: int = 3
     #: chained and `_has` parameters in one search
     chains: int = 5
     #: resources `_include` and `_revinclude` add to one page

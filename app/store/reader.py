@@ -44,12 +44,21 @@ def _close(connections: list[Connection]) -> None:
             connections.pop().close()
 
 
-class StatementTimeout(Exception):
+class TooCostly(Exception):
+    """The database refused or cancelled a statement for what it would cost; the message says what."""
+
+
+class StatementTimeout(TooCostly):
     """A statement ran longer than the reader's statement timeout and was cancelled."""
 
     def __init__(self, seconds: float):
-        super().__init__(f"statement cancelled after {seconds:g} s")
+        super().__init__(f"the search took longer than the {seconds:g} s one statement may run here")
         self.seconds = seconds
+
+
+def _too_deep(exc: Exception) -> bool:
+    """SQLite's parser refuses subqueries nested beyond its stack (about four levels of chain)."""
+    return isinstance(exc, sqlite3.OperationalError) and "parser stack overflow" in str(exc)
 
 
 def _broken(conn: Connection) -> bool:
@@ -123,6 +132,8 @@ class Reader:
                 return self._all(sql, params, retry=False)
             if not lost and _cancelled(exc) and self._statement_timeout is not None:
                 raise StatementTimeout(self._statement_timeout) from None
+            if _too_deep(exc):
+                raise TooCostly("the search nests more subqueries than SQLite can parse") from None
             raise
 
     def one(self, sql: str, params: tuple | list = ()) -> tuple[Any, ...] | None:

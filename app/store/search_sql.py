@@ -31,7 +31,7 @@ from app.search.query import (
 )
 from app.search.text import normalize
 from app.store.audit_record import render_event
-from app.store.reader import Reader, StatementTimeout
+from app.store.reader import Reader, TooCostly
 
 _TABLE = {"token": "idx_token", "string": "idx_string", "date": "idx_date", "reference": "idx_reference"}
 
@@ -447,11 +447,9 @@ def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> Searc
     SearchError ("too-costly") when it includes too much or one of its statements runs out of time."""
     try:
         return _run_search(reader, query, cursor)
-    except StatementTimeout as exc:
+    except TooCostly as exc:
         raise SearchError(
-            "too-costly",
-            f"the search took longer than the {exc.seconds:g} s one statement may run here; narrow it "
-            "(fewer chains, _has, values or includes) or ask for _total=none",
+            "too-costly", f"{exc}; narrow it (fewer chains, _has, values or includes) or ask for _total=none"
         ) from None
 
 
