@@ -74,10 +74,11 @@ def _http_date(micros: int) -> str:
     return format_datetime(datetime.fromtimestamp(micros // 1_000_000, tz=UTC), usegmt=True)
 
 
-def _not_modified(etag: str, micros: int) -> bool:
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match is not None:
-        return etag in [tag.strip() for tag in if_none_match.split(",")] or if_none_match.strip() == "*"
+def _not_modified(version: int, micros: int) -> bool:
+    if "If-None-Match" in request.headers:
+        # RFC 9110 §13.1.2: If-None-Match compares weakly, so "1" and W/"1" both match W/"1";
+        # and it wins over If-Modified-Since (§13.2.2)
+        return request.if_none_match.contains_weak(str(version))
     since = request.headers.get("If-Modified-Since")
     if since:
         try:
@@ -108,7 +109,7 @@ def _resource_response(rtype: str, rid: str, version: int, micros: int, content:
     summary, elements = _subsetting(rtype)
     etag = f'W/"{version}"'
     headers = {"ETag": etag, "Last-Modified": _http_date(micros)}
-    if _not_modified(etag, micros):
+    if _not_modified(version, micros):
         return Response(status=304, headers=headers)
     return _json(subset(content, summary, elements), headers=headers)
 
