@@ -40,6 +40,9 @@ class SearchParam:
     only_system: bool = False
     #: whether modifiers apply (the audit trail's parameters take none)
     modifiers: bool = True
+    #: references the mapping may give as a display name alone (a DICOM person name, no resource
+    #: to point at): no index row records them, so `:missing` cannot tell and is refused
+    bare_display: bool = False
 
     @property
     def sortable(self) -> bool:
@@ -61,6 +64,7 @@ def _p(
     follows_links: bool = False,
     only_system: bool = False,
     modifiers: bool = True,
+    bare_display: bool = False,
 ) -> SearchParam:
     return SearchParam(
         resource,
@@ -77,6 +81,7 @@ def _p(
         follows_links,
         only_system,
         modifiers,
+        bare_display,
     )
 
 
@@ -167,6 +172,7 @@ PARAMS: list[SearchParam] = [
         "ImagingStudy-interpreter",
         "Who interpreted the images",
         PRACTITIONER_LIKE,
+        bare_display=True,
     ),
     _p("ImagingStudy", "modality", "token", ["series.modality"], "ImagingStudy-modality", "The modality of the series"),
     _p(
@@ -187,6 +193,7 @@ PARAMS: list[SearchParam] = [
         "ImagingStudy-performer",
         "The person who performed the study",
         PRACTITIONER_LIKE,
+        bare_display=True,
     ),
     _p("ImagingStudy", "reason", "token", ["reasonCode"], "ImagingStudy-reason", "The reason for the study"),
     _p(
@@ -197,6 +204,7 @@ PARAMS: list[SearchParam] = [
         "ImagingStudy-referrer",
         "The referring physician",
         ["Practitioner", "PractitionerRole"],
+        bare_display=True,
     ),
     _p(
         "ImagingStudy",
