@@ -25,7 +25,7 @@ from app.fhir.bundle import history, match_bundle, search_url, searchset, subset
 from app.ids import valid_id
 from app.search.paging import search_digest
 from app.search.params import RESOURCE_TYPES
-from app.search.query import SearchError, SearchLimits, SearchQuery, parse_search
+from app.search.query import SearchError, SearchLimits, SearchQuery, check_pretty, parse_search
 from app.store.resources import read_current, read_deleted, read_history, read_version
 from app.store.search_sql import run_search
 
@@ -56,7 +56,20 @@ def check_format() -> None:
 
 
 def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
+    if _pretty():  # presentation only: the stored bytes as they are, unless asked
+        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
     return Response(body, status=status, headers=headers, content_type=FHIR_JSON)
+
+
+def _pretty() -> bool:
+    """`_pretty` of the query string, or of a POST _search's form body."""
+    value = request.args.get("_pretty")
+    if value is None and request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
+        value = request.form.get("_pretty")
+    try:
+        return value is not None and check_pretty(value)
+    except SearchError as err:
+        raise FhirError(400, err.code, err.diagnostics) from None
 
 
 @bp.before_request

@@ -416,10 +416,22 @@ AUDIT_EVENT_PARAMS: list[SearchParam] = [
 #: the types a search can name: the served ones, and the audit trail
 SEARCHABLE: dict[str, dict[str, SearchParam]] = {**BY_RESOURCE, "AuditEvent": {p.name: p for p in AUDIT_EVENT_PARAMS}}
 
-#: result parameters the server understands (everything else is an unknown parameter)
-CONTROL = {"_count", "_include", "_revinclude", "_page", "_format", "_total", "_summary", "_elements", "_sort"}
+#: result parameters the server understands (everything else is an unknown parameter); `_format`
+#: and `_pretty` are general parameters of every interaction (FHIR R4 http.html 3.1.0.1.10)
+CONTROL = {
+    "_count",
+    "_include",
+    "_revinclude",
+    "_page",
+    "_format",
+    "_pretty",
+    "_total",
+    "_summary",
+    "_elements",
+    "_sort",
+}
 #: ... and those the audit trail takes: it pages, newest first, and is served whole
-TRAIL_CONTROL = {"_count", "_page", "_format"}
+TRAIL_CONTROL = {"_count", "_page", "_format", "_pretty"}
 
 
 def controls(rtype: str) -> set[str]:

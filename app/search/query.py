@@ -499,7 +499,16 @@ def _control(query: SearchQuery, base: str, modifier: str, value: str, name: str
     elif base == "_sort":
         query.sort = _sort_keys(query.rtype, value)
         query.applied.append((name, value))
-    # _format is handled by the content negotiation in routes
+    elif base == "_pretty":
+        check_pretty(value)
+    # _format is handled by the content negotiation in routes, and so is the indentation of _pretty
+
+
+def check_pretty(value: str) -> bool:
+    """`_pretty=true|false` (FHIR R4 http.html 3.1.0.1.10): whether to indent the answer."""
+    if value not in ("true", "false"):
+        raise SearchError("invalid", "parameter '_pretty': must be true or false")
+    return value == "true"
 
 
 def _elements(rtype: str, value: str) -> frozenset[str]:
