@@ -102,6 +102,10 @@ class ServerSchema(Strict):
     wado_gateway = fields.Boolean(load_default=False)
     trusted_proxies = fields.Integer(load_default=0, validate=validate.Range(min=0, max=5))
     tls = fields.Nested(TlsSchema, load_default=None)
+    max_chain_depth = fields.Integer(load_default=3, validate=validate.Range(min=1, max=20))
+    max_chains = fields.Integer(load_default=5, validate=validate.Range(min=0, max=50))
+    max_includes = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100_000))
+    statement_timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=60))
 
     @validates_schema
     def _counts(self, data: dict[str, Any], **_: Any) -> None:
@@ -316,6 +320,12 @@ class ServerConfig:
     #: the client's address, as audit records it, is the one the outermost of them saw
     trusted_proxies: int = 0
     tls: TlsSettings | None = None
+    #: what one search may cost (app/search/query.py SearchLimits)
+    max_chain_depth: int = 3
+    max_chains: int = 5
+    max_includes: int = 1000
+    #: seconds one SQL statement of a request may run on PostgreSQL
+    statement_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

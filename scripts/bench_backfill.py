@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,4,8", help="the concurrency values to compare, first the base")
     args = parser.parse_args(argv)
     args.concurrency = [int(n) for n in args.concurrency.split(",")]
-    arch = archive(int(args.size) if args.size.isdigit() else args.size)
+    arch = archive(int(args.size) if args.size.isascii() and args.size.isdigit() else args.size)
     with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp, OrthancServer() as pacs:
         loaded = load_orthanc(pacs.url, arch, args.orthanc_instances)
         print(

@@ -46,7 +46,7 @@ def _patient_id(value: object, name: str) -> str:
 
 def _limit() -> int:
     raw = request.args.get("limit", "1000")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10000:
         raise IdentityError("'limit' must be a whole number from 1 to 10000")
     return int(raw)
 

@@ -21,7 +21,7 @@ class ApiState:
         self.config = config
         self.store = store
         #: the read path: plain SQL on one connection per thread (app/store/reader.py)
-        self.reader = Reader(store.url)
+        self.reader = Reader(store.url, statement_timeout=config.server.statement_timeout)
         self.audit_log = audit_log
         self.base_url = config.server.base_url
         self.page_tokens = PageTokens(config.server.secret or store.settings.paging_secret(), config.server.page_ttl)

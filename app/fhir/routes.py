@@ -27,7 +27,7 @@ from app.fhir.versions import deleted_version, version_shown
 from app.ids import valid_id
 from app.search.paging import search_digest
 from app.search.params import RESOURCE_TYPES
-from app.search.query import SearchError, SearchQuery, parse_search
+from app.search.query import SearchError, SearchLimits, SearchQuery, check_pretty, parse_search
 from app.store.resources import read_current, read_deleted, read_version
 from app.store.search_sql import run_search
 
@@ -54,7 +54,20 @@ def check_format() -> None:
 
 
 def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
+    if _pretty():  # presentation only: the stored bytes as they are, unless asked
+        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
     return Response(body, status=status, headers=headers, content_type=FHIR_JSON)
+
+
+def _pretty() -> bool:
+    """`_pretty` of the query string, or of a POST _search's form body."""
+    value = request.args.get("_pretty")
+    if value is None and request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
+        value = request.form.get("_pretty")
+    try:
+        return value is not None and check_pretty(value)
+    except SearchError as err:
+        raise FhirError(400, err.code, err.diagnostics) from None
 
 
 @bp.before_request
@@ -72,10 +85,11 @@ def _http_date(micros: int) -> str:
     return format_datetime(datetime.fromtimestamp(micros // 1_000_000, tz=UTC), usegmt=True)
 
 
-def _not_modified(etag: str, micros: int) -> bool:
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match is not None:
-        return etag in [tag.strip() for tag in if_none_match.split(",")] or if_none_match.strip() == "*"
+def _not_modified(version: int, micros: int) -> bool:
+    if "If-None-Match" in request.headers:
+        # RFC 9110 §13.1.2: If-None-Match compares weakly, so "1" and W/"1" both match W/"1";
+        # and it wins over If-Modified-Since (§13.2.2)
+        return request.if_none_match.contains_weak(str(version))
     since = request.headers.get("If-Modified-Since")
     if since:
         try:
@@ -106,7 +120,7 @@ def _resource_response(rtype: str, rid: str, version: int, micros: int, content:
     summary, elements = _subsetting(rtype)
     etag = f'W/"{version}"'
     headers = {"ETag": etag, "Last-Modified": _http_date(micros)}
-    if _not_modified(etag, micros):
+    if _not_modified(version, micros):
         return Response(status=304, headers=headers)
     return _json(subset(content, summary, elements), headers=headers)
 
@@ -140,7 +154,7 @@ def read(rtype: str, rid: str) -> Response:
 def vread(rtype: str, rid: str, vid: str) -> Response:
     _check_type(rtype)
     _check_id(rtype, rid)
-    if not vid.isdigit() or len(vid) > 9:
+    if not (vid.isascii() and vid.isdigit()) or len(vid) > 9:  # isdigit() alone takes "²"
         raise FhirError(404, "not-found", f"{rtype}/{rid} has no version {vid!r}")
     state = current_state()
     state.hooks.guard.before_read(rtype, rid)
@@ -177,14 +191,16 @@ def _strict() -> bool:
 
 def _parse(rtype: str, items: list[tuple[str, str]]) -> SearchQuery:
     state = current_state()
+    server = state.config.server
     return parse_search(
         rtype,
         items,
         zone=state.config.timezone,
         base_url=state.base_url,
-        default_count=state.config.server.default_count,
-        max_count=state.config.server.max_count,
+        default_count=server.default_count,
+        max_count=server.max_count,
         strict=_strict(),
+        limits=SearchLimits(server.max_chain_depth, server.max_chains, server.max_includes),
     )
 
 
@@ -201,7 +217,10 @@ def _search(rtype: str, items: list[tuple[str, str]]) -> Response:
         raise FhirError(400, err.code, err.diagnostics) from None
     if cursor is None:
         state.hooks.run_before_search(query)
-    result = run_search(state.reader, query, cursor)
+    try:
+        result = run_search(state.reader, query, cursor)
+    except SearchError as err:  # too costly to finish: too many includes, the statement timeout
+        raise FhirError(400, err.code, err.diagnostics) from None
     result.matches = [(rid, guard.shown(rtype, content)) for rid, content in result.matches]
     result.includes = [(t, rid, guard.shown(t, content)) for t, rid, content in result.includes]
     # the audit reads the patients of the studies served off their JSON

@@ -21,7 +21,7 @@ from app.identity.settings import IdentityConfig
 from app.store import links
 
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
-_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
+_DATE = re.compile(r"[0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?")
 
 
 class MatchInputError(ValueError):
@@ -33,7 +33,10 @@ def parse_parameters(body: Any) -> tuple[dict, bool, int | None]:
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise MatchInputError("the body must be a Parameters resource")
     patient, only_certain, count = None, False, None
-    for param in body.get("parameter") or []:
+    params = body.get("parameter") or []
+    if not isinstance(params, list):
+        raise MatchInputError("Parameters.parameter must be a list of parameters")
+    for param in params:
         if not isinstance(param, dict):
             raise MatchInputError("Parameters.parameter entries must be objects")
         name = param.get("name")
@@ -67,7 +70,7 @@ def _check_patient(patient: dict) -> None:
     if not isinstance(idents, list) or not all(isinstance(i, dict) for i in idents):
         raise MatchInputError("parameter 'resource': Patient.identifier must be a list of Identifier")
     birth = patient.get("birthDate")
-    if birth is not None and not (isinstance(birth, str) and _DATE.match(birth)):
+    if birth is not None and not (isinstance(birth, str) and _DATE.fullmatch(birth)):
         raise MatchInputError("parameter 'resource': Patient.birthDate must be a date (YYYY, YYYY-MM or YYYY-MM-DD)")
 
 

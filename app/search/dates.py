@@ -13,10 +13,12 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+#: digits are ASCII (`\d` would take any Unicode digit); the zone offset is one the FHIR R4
+#: dateTime pattern allows, -14:00 to +14:00 (and so always less than the 24 h a timezone holds)
 _DATE = re.compile(
-    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2})"
+    r"(?:T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(?::(?P<S>[0-9]{2})(?:\.(?P<f>[0-9]{1,9}))?)?"
+    r"(?P<tz>Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))?)?)?)?"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: 10000-01-01T00:00:00Z: where the range of a value at the end of year 9999 ends
@@ -44,7 +46,7 @@ def _add_months(year: int, month: int, n: int) -> tuple[int, int]:
 
 def date_range(value: str, default_zone: str = "UTC") -> tuple[int, int]:
     """Return [low, high) in epoch microseconds for a FHIR date/dateTime/instant string."""
-    match = _DATE.match(value or "")
+    match = _DATE.fullmatch(value or "")  # fullmatch: `$` would let a trailing newline through
     if not match:
         raise DateFormatError(f"{value!r} is not a FHIR date or dateTime")
     g = match.groupdict()

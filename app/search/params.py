@@ -40,6 +40,9 @@ class SearchParam:
     only_system: bool = False
     #: whether modifiers apply (the audit trail's parameters take none)
     modifiers: bool = True
+    #: references the mapping may give as a display name alone (a DICOM person name, no resource
+    #: to point at): no index row records them, so `:missing` cannot tell and is refused
+    bare_display: bool = False
 
     @property
     def sortable(self) -> bool:
@@ -61,6 +64,7 @@ def _p(
     follows_links: bool = False,
     only_system: bool = False,
     modifiers: bool = True,
+    bare_display: bool = False,
 ) -> SearchParam:
     return SearchParam(
         resource,
@@ -77,6 +81,7 @@ def _p(
         follows_links,
         only_system,
         modifiers,
+        bare_display,
     )
 
 
@@ -167,6 +172,7 @@ PARAMS: list[SearchParam] = [
         "ImagingStudy-interpreter",
         "Who interpreted the images",
         PRACTITIONER_LIKE,
+        bare_display=True,
     ),
     _p("ImagingStudy", "modality", "token", ["series.modality"], "ImagingStudy-modality", "The modality of the series"),
     _p(
@@ -187,6 +193,7 @@ PARAMS: list[SearchParam] = [
         "ImagingStudy-performer",
         "The person who performed the study",
         PRACTITIONER_LIKE,
+        bare_display=True,
     ),
     _p("ImagingStudy", "reason", "token", ["reasonCode"], "ImagingStudy-reason", "The reason for the study"),
     _p(
@@ -197,6 +204,7 @@ PARAMS: list[SearchParam] = [
         "ImagingStudy-referrer",
         "The referring physician",
         ["Practitioner", "PractitionerRole"],
+        bare_display=True,
     ),
     _p(
         "ImagingStudy",
@@ -408,10 +416,22 @@ AUDIT_EVENT_PARAMS: list[SearchParam] = [
 #: the types a search can name: the served ones, and the audit trail
 SEARCHABLE: dict[str, dict[str, SearchParam]] = {**BY_RESOURCE, "AuditEvent": {p.name: p for p in AUDIT_EVENT_PARAMS}}
 
-#: result parameters the server understands (everything else is an unknown parameter)
-CONTROL = {"_count", "_include", "_revinclude", "_page", "_format", "_total", "_summary", "_elements", "_sort"}
+#: result parameters the server understands (everything else is an unknown parameter); `_format`
+#: and `_pretty` are general parameters of every interaction (FHIR R4 http.html 3.1.0.1.10)
+CONTROL = {
+    "_count",
+    "_include",
+    "_revinclude",
+    "_page",
+    "_format",
+    "_pretty",
+    "_total",
+    "_summary",
+    "_elements",
+    "_sort",
+}
 #: ... and those the audit trail takes: it pages, newest first, and is served whole
-TRAIL_CONTROL = {"_count", "_page", "_format"}
+TRAIL_CONTROL = {"_count", "_page", "_format", "_pretty"}
 
 
 def controls(rtype: str) -> set[str]:

@@ -122,6 +122,22 @@ class Restriction:
     deny: bool = False
 
 
+@dataclass(frozen=True)
+class SearchLimits:
+    """What one search may cost, checked before it runs (the `server.max_*` keys, docs/configuration.md).
+
+    Each level of a chain or `_has` nests a subquery in the SQL, and each chain or `_has`
+    adds one such nest: a few hundred levels in one GET held a worker for a minute.
+    """
+
+    #: levels of one chained or `_has` parameter (`patient.identifier`: 1)
+    chain_depth: int = 3
+    #: chained and `_has` parameters in one search
+    chains: int = 5
+    #: resources `_include` and `_revinclude` add to one page
+    includes: int = 1000
+
+
 @dataclass
 class SearchQuery:
     rtype: str
@@ -140,6 +156,8 @@ class SearchQuery:
     applied: list[tuple[str, str]] = field(default_factory=list)
     #: resource type -> what this request may see of it; a type not named is unrestricted
     restrictions: dict[str, Restriction] = field(default_factory=dict)
+    #: at most this many included resources on a page (SearchLimits.includes)
+    max_includes: int = SearchLimits.includes
 
 
 def _split(value: str) -> list[str]:
@@ -167,13 +185,12 @@ def _string(param: str, raw: str) -> str:
     return _unescape(raw)
 
 
-_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$")
+#: matches every value (DOTALL: a line break too); date_range refuses what follows a bad prefix
+_PREFIX = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)", re.DOTALL)
 
 
 def _date(param: str, raw: str, zone: str) -> tuple[str, int, int]:
-    # _PREFIX matches every value but one with a line break inside it (`.` stops there): such a
-    # value fails here (AttributeError on None), as it always has
-    prefix, text = cast(re.Match[str], _PREFIX.match(raw)).groups()
+    prefix, text = cast(re.Match[str], _PREFIX.fullmatch(raw)).groups()
     try:
         low, high = date_range(text, zone)
     except DateFormatError:
@@ -251,11 +268,12 @@ def parse_search(
     default_count: int,
     max_count: int,
     strict: bool,
+    limits: SearchLimits = SearchLimits(),
 ) -> SearchQuery:
     """Turn (name, value) pairs from the query string or form body into a SearchQuery."""
     if rtype not in SEARCHABLE:
         raise KeyError(rtype)
-    query = SearchQuery(rtype=rtype, count=default_count, sort=default_sort(rtype))
+    query = SearchQuery(rtype=rtype, count=default_count, sort=default_sort(rtype), max_includes=limits.includes)
     accepted = controls(rtype)
     if len(items) > MAX_PARAMETERS:
         raise SearchError("too-costly", f"at most {MAX_PARAMETERS} search parameters are accepted in one search")
@@ -274,12 +292,38 @@ def parse_search(
                 raise SearchError("not-supported", f"parameter '{name}': {base} takes no modifier")
             _control(query, base, modifier, value, name, max_count)
             continue
+        _check_cost(name, query, limits)
         clause = _parse_param(rtype, name, value, zone, base_url, strict)
         if clause is not None:
             query.clauses.append(clause)
             query.applied.append((name, value))
     check_result_controls(query)
     return query
+
+
+def _shown(name: str) -> str:
+    """A parameter's name for a message: a name thousands of characters long, shortened."""
+    return name if len(name) <= 80 else name[:80] + "…"
+
+
+def _check_cost(name: str, query: SearchQuery, limits: SearchLimits) -> None:
+    """Refuse a chain or `_has` deeper, or one more of them, than the limits allow, before its
+    levels are parsed (one recursion each: a few hundred of them overflow Python's stack)."""
+    depth = name.count(".") + name.count("_has:")
+    if not depth:
+        return
+    if depth > limits.chain_depth:
+        raise SearchError(
+            "too-costly",
+            f"parameter '{_shown(name)}': chains and _has reach at most {limits.chain_depth} levels here, "
+            f"this one {depth}",
+        )
+    chains = sum(1 for c in query.clauses if not isinstance(c, Clause))
+    if chains >= limits.chains:
+        raise SearchError(
+            "too-costly",
+            f"parameter '{_shown(name)}': at most {limits.chains} chained or _has parameters in one search",
+        )
 
 
 def _unknown(rtype: str, name: str, strict: bool) -> None:
@@ -370,6 +414,11 @@ def _clause(param: SearchParam, modifier: str | None, value: str, name: str, zon
         ):
             raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
     if modifier == "missing":
+        if param.bare_display:
+            raise SearchError(
+                "not-supported",
+                f"parameter '{name}': :missing is not supported here, since a {param.name} may be a name alone",
+            )
         return Clause(param, "missing", [_missing(param.name, value)], (name, value))
     raws = _split(value)
     if len(raws) > MAX_VALUES:
@@ -423,7 +472,7 @@ def _include_directives(rtype: str, kind: str, value: str, iterate: bool) -> lis
 
 def _control(query: SearchQuery, base: str, modifier: str, value: str, name: str, max_count: int) -> None:
     if base == "_count":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):  # str.isdigit() alone takes "²", which int() refuses
             raise SearchError("invalid", f"parameter '_count': {value!r} is not a non-negative integer")
         query.count = min(int(value), max_count)
         query.applied.append((name, str(query.count)))
@@ -450,7 +499,16 @@ def _control(query: SearchQuery, base: str, modifier: str, value: str, name: str
     elif base == "_sort":
         query.sort = _sort_keys(query.rtype, value)
         query.applied.append((name, value))
-    # _format is handled by the content negotiation in routes
+    elif base == "_pretty":
+        check_pretty(value)
+    # _format is handled by the content negotiation in routes, and so is the indentation of _pretty
+
+
+def check_pretty(value: str) -> bool:
+    """`_pretty=true|false` (FHIR R4 http.html 3.1.0.1.10): whether to indent the answer."""
+    if value not in ("true", "false"):
+        raise SearchError("invalid", "parameter '_pretty': must be true or false")
+    return value == "true"
 
 
 def _elements(rtype: str, value: str) -> frozenset[str]:

@@ -28,7 +28,8 @@ def first_count(answer: dict, key: str) -> int | None:
         return None
     if isinstance(value, (int, float)):
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+    digits = value.strip().lstrip("+") if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit():  # isdigit() alone takes "²", which int() refuses
         return int(value.strip())
     return None
 

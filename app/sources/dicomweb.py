@@ -233,7 +233,7 @@ class DicomwebSource(QueriedArchive):
             if attempt >= self.retries or self._abandoned():
                 raise error
             delay = self.backoff * (2**attempt)
-            if wait and wait.isdigit():
+            if wait and wait.isascii() and wait.isdigit():
                 delay = max(delay, min(float(wait), 10.0))
                 # Retry-After (RFC 9110 10.2.3) asks the client to wait, not only this request
                 self._hold_requests(delay)

@@ -311,7 +311,7 @@ class OrthancChanges:
             if attempt >= self.retries:
                 raise self._error(what, self._describe(error)) from None
             delay = self.backoff * (2**attempt)
-            if wait and wait.isdigit():
+            if wait and wait.isascii() and wait.isdigit():
                 delay = max(delay, min(float(wait), 10.0))
             attempt += 1
             self.stats["retries"] += 1

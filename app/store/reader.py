@@ -32,15 +32,48 @@ def connection_errors() -> tuple[type[Exception], ...]:
     return (sqlite3.Error, OSError, error) if error else (sqlite3.Error, OSError)
 
 
+def _cancelled(exc: Exception) -> bool:
+    """Whether PostgreSQL cancelled the statement (SQLSTATE 57014 query_canceled: its statement
+    timeout, or a cancel request)."""
+    return getattr(exc, "sqlstate", None) == "57014"
+
+
 def _close(connections: list[Connection]) -> None:
     while connections:
         with contextlib.suppress(*connection_errors()):  # already broken; nothing more to do
             connections.pop().close()
 
 
+class TooCostly(Exception):
+    """The database refused or cancelled a statement for what it would cost; the message says what."""
+
+
+class StatementTimeout(TooCostly):
+    """A statement ran longer than the reader's statement timeout and was cancelled."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the search took longer than the {seconds:g} s one statement may run here")
+        self.seconds = seconds
+
+
+def _too_deep(exc: Exception) -> bool:
+    """SQLite's parser refuses subqueries nested beyond its stack (about four levels of chain)."""
+    return isinstance(exc, sqlite3.OperationalError) and "parser stack overflow" in str(exc)
+
+
+def _broken(conn: Connection) -> bool:
+    """Whether a PostgreSQL connection is known to be dead (psycopg marks it once a read or
+    write on it failed); asks nothing of the server."""
+    return not isinstance(conn, sqlite3.Connection) and (conn.closed or conn.broken)
+
+
 class Reader:
-    def __init__(self, url: str):
+    """`statement_timeout`: seconds one statement may run on PostgreSQL before it is cancelled
+    (StatementTimeout); None: no limit (a sync's reads)."""
+
+    def __init__(self, url: str, statement_timeout: float | None = None):
         self._url = make_url(url)
+        self._statement_timeout = statement_timeout
         self._local = threading.local()
         self.is_sqlite = self._url.get_backend_name() == "sqlite"
         #: every connection this reader opened (one per thread), closed when it goes
@@ -58,11 +91,18 @@ class Reader:
         import psycopg
 
         url = self._url.set(drivername="postgresql")
-        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        pg = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        if self._statement_timeout is not None:
+            # for the session (autocommit): every statement of this connection
+            pg.execute(f"SET statement_timeout = {int(self._statement_timeout * 1000)}")
+        return pg
 
     @property
     def connection(self) -> Connection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and _broken(conn):
+            self.reset()
+            conn = None
         if conn is None:
             conn = self._local.conn = self._connect()
             self._connections.append(conn)
@@ -72,15 +112,28 @@ class Reader:
         return sql if self.is_sqlite else sql.replace("?", "%s")
 
     def all(self, sql: str, params: tuple | list = ()) -> list[tuple[Any, ...]]:
+        """Every row of one statement. A connection found dead by this statement (the server
+        restarted, or an administrator ended the session) is replaced and the statement run
+        once more: it failed before it returned a row, and a read is safe to repeat."""
+        return self._all(sql, params, retry=True)
+
+    def _all(self, sql: str, params: tuple | list, retry: bool) -> list[tuple[Any, ...]]:
+        conn = self.connection
         try:
-            conn = self.connection
             if isinstance(conn, sqlite3.Connection):
                 return conn.execute(sql, tuple(params)).fetchall()
             # binary results: stored JSON arrives as its bytes, not as hex text twice its
             # size to decode (a page of 50 studies is megabytes)
             return conn.execute(self._sql(sql), tuple(params), binary=True).fetchall()
-        except Exception:
+        except Exception as exc:
+            lost = _broken(conn)
             self.reset()
+            if lost and retry:
+                return self._all(sql, params, retry=False)
+            if not lost and _cancelled(exc) and self._statement_timeout is not None:
+                raise StatementTimeout(self._statement_timeout) from None
+            if _too_deep(exc):
+                raise TooCostly("the search nests more subqueries than SQLite can parse") from None
             raise
 
     def one(self, sql: str, params: tuple | list = ()) -> tuple[Any, ...] | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from app.search.params import BY_RESOURCE, SearchParam
 from app.search.query import (
     ANY_SYSTEM,
     ChainClause,
@@ -25,12 +26,14 @@ from app.search.query import (
     Include,
     Restriction,
     SearchClause,
+    SearchError,
     SearchQuery,
     SortKey,
 )
 from app.search.text import normalize
 from app.store.audit_record import render_event
-from app.store.reader import Reader
+from app.store.indexer import IDENTIFIER, TEXT
+from app.store.reader import Reader, TooCostly
 
 _TABLE = {"token": "idx_token", "string": "idx_string", "date": "idx_date", "reference": "idx_reference"}
 
@@ -186,6 +189,25 @@ def _trail_sql(clause: Clause, params: list) -> str:
     return f"id IN (SELECT event_id FROM audit_index WHERE param = ? AND value IN ({_in(values)}))"
 
 
+def _present_sql(rtype: str, param: SearchParam, params: list) -> str:
+    """The `rtype` resources in which `param`'s element is present, whatever it holds (FHIR R4
+    search 3.1.1.5.2, `:missing`): every index row a value of it can give counts, those of its
+    modifiers too: a CodeableConcept with a text alone has only `:text` rows, a Reference with an
+    identifier alone (`basedOn`: an accession) only `:identifier` rows."""
+    if param.matcher == "phonetic":  # codes only of names with letters: any string row of the element
+        names = [p.name for p in BY_RESOURCE[rtype].values() if p.type == "string" and p.paths == param.paths]
+        rows = [("idx_string", name) for name in names]
+    elif param.type == "token":
+        rows = [("idx_token", param.name), ("idx_string", param.name + TEXT)]
+    elif param.type == "reference":
+        rows = [("idx_reference", param.name), ("idx_token", param.name + IDENTIFIER)]
+    else:
+        rows = [(_TABLE[param.type], param.name)]
+    for _, name in rows:
+        params += [rtype, name]
+    return " UNION ALL ".join(f"SELECT rid FROM {table} WHERE rtype = ? AND param = ?" for table, _ in rows)
+
+
 def _phonetic_sql(rtype: str, clause: Clause, codes: list[str], params: list) -> str:
     """Every word's code among the resource's codes (a value without letters matches nothing)."""
     if not codes:
@@ -327,11 +349,12 @@ def _clause_sql(
         return f"NOT {values}" if clause.modifier == "not" else values
     if clause.kind == "phonetic":
         return "(" + " OR ".join(_phonetic_sql(rtype, clause, codes, params) for codes in clause.values) + ")"
+    if clause.modifier == "missing":
+        present = _present_sql(rtype, param, params)
+        return f"id NOT IN ({present})" if clause.values[0] else f"id IN ({present})"
     table = _TABLE[clause.kind]
     params += [rtype, clause.index]
     owned = f"SELECT rid FROM {table} WHERE rtype = ? AND param = ?"
-    if clause.modifier == "missing":
-        return f"id NOT IN ({owned})" if clause.values[0] else f"id IN ({owned})"
     values = " OR ".join(_value_sql(clause, v, params) for v in clause.values)
     negate = "NOT " if clause.modifier == "not" else ""
     if probe and not negate:
@@ -441,7 +464,18 @@ def _count(reader: Reader, query: SearchQuery, table: _Table, where: str, params
 
 
 def run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
-    """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page)."""
+    """One page of matches; `cursor` is the previous page's `SearchResult.cursor` (None: first page).
+
+    SearchError ("too-costly") when it includes too much or one of its statements runs out of time."""
+    try:
+        return _run_search(reader, query, cursor)
+    except TooCostly as exc:
+        raise SearchError(
+            "too-costly", f"{exc}; narrow it (fewer chains, _has, values or includes) or ask for _total=none"
+        ) from None
+
+
+def _run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> SearchResult:
     table = _TRAILS.get(query.rtype, _RESOURCES)
     params: list = [query.rtype] if table.typed else []
     conditions, driven = (["rtype = ?"] if table.typed else []), False
@@ -535,6 +569,12 @@ def _includes(reader: Reader, query: SearchQuery, ids: list[str]) -> list[tuple[
         for rtype, more in frontier.items():
             in_bundle.setdefault(rtype, set()).update(more)
             added.setdefault(rtype, set()).update(more)
+        if sum(map(len, added.values())) > query.max_includes:
+            raise SearchError(
+                "too-costly",
+                f"parameters '_include' and '_revinclude': a page includes at most {query.max_includes} "
+                "resources here; ask for fewer matches per page (_count)",
+            )
         first = False
     out: list[tuple[str, str, bytes]] = []
     for rtype, target_ids in sorted(added.items()):

@@ -169,7 +169,7 @@ def _check_parts(study: str, series: str | None, instance: str | None) -> None:
 def _route(name: str, rule: str, rest: str) -> None:
     def handler(study: str, source: str | None = None, **parts: str) -> Response:
         for value in parts.values():
-            if not all(c.isdigit() or c in ".," for c in value) or len(value) > 1024:
+            if not all(c in "0123456789.," for c in value) or len(value) > 1024:
                 raise FhirError(404, "not-found", "not a valid UID or frame list")
         response = _forward(
             source, study, rest.format(**parts), lambda: _check_parts(study, parts.get("series"), parts.get("instance"))

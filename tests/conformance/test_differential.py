@@ -602,7 +602,9 @@ class Queries:
     @cache
     def modifiers(self, rtype: str, param: SearchParam) -> list[str]:
         types = self.oracle.element_types(rtype, param.name)
-        return [m for m in MODIFIERS[param.type] if m not in MODIFIER_ELEMENTS or set(MODIFIER_ELEMENTS[m]) & types]
+        usable = [m for m in MODIFIERS[param.type] if m not in MODIFIER_ELEMENTS or set(MODIFIER_ELEMENTS[m]) & types]
+        # names alone: `:missing` is refused there (tests/conformance/test_missing.py)
+        return [m for m in usable if not (m == "missing" and param.bare_display)]
 
     @cache
     def chains(self, rtype: str) -> list[tuple[str, str]]:

@@ -250,6 +250,29 @@ def test_read_etag_and_conditional_read(client):
 
 
 @pytest.mark.parametrize(
+    "tags, status",
+    [
+        ('W/"{v}"', 304),
+        ('"{v}"', 304),  # RFC 9110 §13.1.2: If-None-Match compares weakly, W/ or not
+        ('"x", W/"{v}"', 304),
+        ('"x",  "{v}" ', 304),
+        ("*", 304),
+        ('"{v}0"', 200),
+        ('W/"x"', 200),
+        ('"W/{v}"', 200),  # W/ inside the quotes is part of the opaque tag
+        ("", 200),
+    ],
+)
+def test_if_none_match_compares_weakly(client, tags, status):
+    version = client.get("/fhir/ImagingStudy/1.2.1").get_json()["meta"]["versionId"]
+    response = client.get("/fhir/ImagingStudy/1.2.1", headers={"If-None-Match": tags.format(v=version)})
+    assert response.status_code == status
+    assert response.headers["ETag"] == f'W/"{version}"'
+    vread = client.get(f"/fhir/ImagingStudy/1.2.1/_history/{version}", headers={"If-None-Match": f'"{version}"'})
+    assert vread.status_code == 304
+
+
+@pytest.mark.parametrize(
     "fmt, status",
     [("json", 200), ("application/fhir+json", 200), ("application/json", 200), ("xml", 200), ("ttl", 406)],
 )

@@ -307,8 +307,7 @@ class Oracle:
         A value is what a search of the parameter's type can match: a Coding or Identifier
         needs a code (value) or a system, a Reference a literal `reference`. A display-only
         Coding or Reference, or a logical reference (identifier only), therefore offers
-        nothing, and `:missing=true` finds its resource (R4 search.html#missing: "resources
-        that don't have a value for the parameter").
+        nothing to match; `:missing` asks whether the element is there at all (`present`).
         """
         element_type = node.path if isinstance(node, ResourceNode) else None
         data = node.data if isinstance(node, ResourceNode) else node
@@ -385,6 +384,13 @@ class Oracle:
 
     # ------------------------------------------------------------------ search
 
+    def present(self, rtype: str, rid: str, code: str) -> bool:
+        """Whether resource `rtype/rid` has an element parameter `code` reaches, whatever it holds:
+        what `:missing` asks (R4 search.html#missing: "resources that do (not) have a value for
+        the element"; a text-only CodeableConcept or an identifier-only Reference is a value)."""
+        resource = self.by_type[rtype][rid]
+        return any(evaluate(resource) for _, evaluate in self._compiled(rtype, code))
+
     def search(self, rtype: str, items: list[tuple[str, str]]) -> set[str]:
         """Ids of `rtype` matching every (name, value) pair: repetition is AND."""
         found = set(self.by_type.get(rtype, {}))
@@ -416,6 +422,10 @@ class Oracle:
                 if any((ref.type, ref.id) in hits for ref in self.values(rtype, rid, ref_code))
             }
         code, _, modifier = name.partition(":")
+        if modifier == "missing":
+            if value not in ("true", "false"):
+                raise Unsupported(f"{code}:missing={value}")
+            return {rid for rid in self.by_type.get(rtype, {}) if self.present(rtype, rid, code) != (value == "true")}
         test = self._clause_test(rtype, code, modifier, value)
         aspect = modifier if modifier in ASPECT_MODIFIERS else ""
         return {rid for rid in self.by_type.get(rtype, {}) if test(self.values(rtype, rid, code, aspect))}
@@ -429,10 +439,6 @@ class Oracle:
     def _clause_test(self, rtype: str, code: str, modifier: str, value: str) -> Callable[[list], bool]:
         """Whether a resource's values (see `values`) satisfy `code[:modifier]=value`; commas are OR."""
         kind = self.search_parameter(rtype, code)["type"]
-        if modifier == "missing":
-            if value not in ("true", "false"):
-                raise Unsupported(f"{code}:missing={value}")
-            return lambda values: (not values) == (value == "true")
         alternatives = split_escaped(value, ",")
         if (kind == "token" and modifier in ("", "not")) or (kind == "reference" and modifier == "identifier"):
             tokens = [_parse_token(raw) for raw in alternatives]
