@@ -182,7 +182,14 @@ def restrict_search(query: SearchQuery) -> None:
             raise FhirError(
                 403, "forbidden", "the search names a patient outside the patient in context of the access token"
             )
+        if query.rtype == "Patient" and any(_asks_links_exist(clause) for clause in query.clauses):
+            # whether a record has links at all would count the ones trimmed away (`shown`)
+            raise FhirError(403, "forbidden", "Patient?link:missing is not open to a patient-context access token")
     query.restrictions = restrictions(SEARCH)
+
+
+def _asks_links_exist(clause: SearchClause) -> bool:
+    return isinstance(clause, Clause) and clause.param.name == "link" and clause.modifier == "missing"
 
 
 def visible(rtype: str, rid: str) -> bool:

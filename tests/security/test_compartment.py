@@ -92,6 +92,10 @@ def test_two_hops_are_not_followed(api):
     assert linked(api("/fhir/Patient/dora", "system").get_json()) == ["alice", "eve"]
     assert api("/fhir/Patient?link=eve").status_code == 403
     assert ids(api("/fhir/Patient?link=eve", "system")) == {"dora"}
+    # nor may alice ask which records have links at all: it would count the ones trimmed away
+    assert api("/fhir/Patient?link:missing=false").status_code == 403
+    assert api("/fhir/Patient?link:missing=true").status_code == 403
+    assert "dora" in ids(api("/fhir/Patient?link:missing=false&_count=50", "system"))
 
 
 def linked(patient: dict) -> list[str]:

@@ -67,6 +67,9 @@ FORBIDDEN_SEARCHES = [  # naming another patient explicitly: 403 (SMART Imaging 
     "/fhir/ImagingStudy?patient._id=bob",
     "/fhir/Patient?_id=bob",
     "/fhir/Patient?_id=alice,eve",
+    # whether a record has links at all would count those trimmed away from it
+    "/fhir/Patient?link:missing=false",
+    "/fhir/Patient?link:missing=true",
     # the link parameter names a patient too: which record links to eve is eve's business
     "/fhir/Patient?link=eve",
     "/fhir/Patient?link=Patient/bob",
@@ -97,7 +100,6 @@ SEARCHES = [  # every other way in: only alice's compartment may come back
     "/fhir/Patient?identifier=222",
     "/fhir/Patient?_id:not=alice",
     "/fhir/Patient?link=dora",
-    "/fhir/Patient?link:missing=false",
     "/fhir/Patient?link:Patient.name=evans",
     "/fhir/Patient?_has:Patient:link:_id=eve",
     "/fhir/Patient?_has:Patient:link:name=evans",
