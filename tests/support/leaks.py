@@ -125,6 +125,10 @@ SEARCHES = [  # every other way in: only alice's compartment may come back
     "&_revinclude:iterate=ImagingStudy:endpoint",
     "/fhir/Endpoint?_revinclude=ImagingStudy:endpoint&_include:iterate=ImagingStudy:patient",
     "/fhir/Endpoint?_revinclude=*&_include:iterate=*&_revinclude:iterate=*",
+    # type and system history, with every older version (a record's links as they were too)
+    "/fhir/Patient/_history?_count=100",
+    "/fhir/ImagingStudy/_history?_count=100",
+    "/fhir/_history?_count=100",
 ]
 
 
