@@ -29,9 +29,9 @@ one value of each query, and fails the query if any node is a sequential scan of
 
 Then the size on disk per table and per study (pg_total_relation_size: table, indexes, TOAST).
 
-With `--reconcile`: a full sync of the regional archive `bench` (most of the store) from a
-listing that no longer shows 0.1% of its studies, through app/sync/run.py sync_source, in a
-child process: minutes, peak resident memory (target: under 300 MB), and the deletions found.
+With `--reconcile`: a full sync of one archive (`--source`, default site01) from a listing
+that no longer shows one study in `--gone`, through app/sync/run.py sync_source, in a child
+process: minutes, peak resident memory (target: under 300 MB), and the deletions found.
 The listing is replayed from the generated archive with no network, so the figure is the
 facade's own cost of reconciling, not the archive's.
 """
@@ -60,7 +60,7 @@ from app.sync import sync_source
 from scripts import million
 from scripts.bench_api import ROOT
 from scripts.bench_search import Facade, Samples, preflight, statements, wrk
-from scripts.dataset import SOURCE, ZONE, Archive, mapping_context
+from scripts.dataset import ZONE, Archive, mapping_context
 from testbed.postgres import ADMIN_URL, create_database, drop_database
 
 POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", ADMIN_URL)
@@ -230,6 +230,10 @@ def cmd_measure(args) -> int:
         raise SystemExit("the million store is empty: run `bench_million load` first")
     print(f"big store: {loaded} studies; planning the archive ...", flush=True)
     arch = million.plan(args.studies)
+    store = Store(big_url, ZONE)
+    prefix = million.stored_prefix(store, arch)
+    store.close()
+    print(f"queries use the first {prefix} studies of the archive, all stored", flush=True)
     small_arch = million.plan(SMALL)
     work = Path(tempfile.mkdtemp(prefix="bench-million-"))
     small_url = create_database("bench_million_small", POSTGRES_ADMIN)
@@ -242,7 +246,7 @@ def cmd_measure(args) -> int:
         seconds = vacuum(big_url)
         vacuum(small_url)
         print(f"VACUUM ANALYZE of the big store: {seconds:.0f} s", flush=True)
-        paths = {"big": query_paths(arch, loaded), "small": query_paths(small_arch, SMALL)}
+        paths = {"big": query_paths(arch, prefix), "small": query_paths(small_arch, SMALL)}
         facades = {"big": Facade(big_url, work, "big"), "small": Facade(small_url, work, "small")}
         matches = {k: {q: preflight(facades[k].base, paths[k][q]) for q in QUERIES} for k in facades}
         samples: dict[tuple[str, str], Samples] = {}
@@ -311,7 +315,7 @@ class ListedArchive:
     listing held as JSON bytes (app/sources/queried.py holds it so), each study's series and
     instances made when it is read. Every `gone`-th study is missing from the listing."""
 
-    def __init__(self, arch: Archive, loaded: int, max_instances: int | None, gone: int, name: str):
+    def __init__(self, arch: Archive, stored: set[str], max_instances: int | None, gone: int, name: str):
         self.arch = arch
         self.max_instances = max_instances
         self.name = name
@@ -319,10 +323,9 @@ class ListedArchive:
         self.listing_complete = True
         self.answers_queries = True
         self.change_feed = None
-        self.numbers = [s for s in range(loaded) if million.source_of(arch.studies[s].patient) == SOURCE and s % gone]
-        self.missing = sum(1 for s in range(loaded) if million.source_of(arch.studies[s].patient) == SOURCE) - len(
-            self.numbers
-        )
+        held = [s for s, study in enumerate(arch.studies) if study.uid in stored]
+        self.numbers = [s for k, s in enumerate(held) if (k + 1) % gone]
+        self.missing = len(held) - len(self.numbers)
 
     def total(self, match=None) -> int:
         return len(self.numbers)
@@ -344,11 +347,15 @@ def _rss_mb(field: str) -> float:
 
 
 def reconcile_child(args) -> None:
-    """In a process of its own: a full sync of `bench`; prints its figures as JSON."""
+    """In a process of its own: a full sync of one archive; prints its figures as JSON."""
     arch = million.plan(args.studies)
     store = Store(database_url(), ZONE)
-    loaded = million.stored_studies(store)
-    source = ListedArchive(arch, loaded, args.max_instances, args.gone, args.source)
+    with store.engine.connect() as conn:
+        stored = set(
+            conn.exec_driver_sql("SELECT study_uid FROM study_copy WHERE source = %s", (args.source,)).scalars()
+        )
+    source = ListedArchive(arch, stored, args.max_instances, args.gone, args.source)
+    del stored
     settings = SourceSettings(
         name=args.source,
         type="dicomweb",

@@ -59,6 +59,14 @@ def _map_chunk(args: tuple) -> list[tuple[str, dict, dict]]:
     return out
 
 
+def stored_prefix(store: Store, arch: Archive) -> int:
+    """How many of `arch`'s first studies the store holds, all of them (parallel writers stopped
+    mid-load may have stored a chunk or two beyond a gap)."""
+    with store.engine.connect() as conn:
+        stored = set(conn.exec_driver_sql("SELECT study_uid FROM study_copy").scalars())
+    return next((s for s, study in enumerate(arch.studies) if study.uid not in stored), arch.size)
+
+
 def stored_studies(store: Store) -> int:
     with store.engine.connect() as conn:
         return int(conn.exec_driver_sql("SELECT count(*) FROM study_copy").scalar() or 0)
