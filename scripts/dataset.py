@@ -274,12 +274,17 @@ class Archive:
         self.size = studies
         self.seed = seed
         families = max(8, studies // 12)  # ~3.4 patients per family name (3.5 studies per patient)
+        # no name is the start of another (a prefix search finds one family); past L's 3,333
+        # families, longer names, as 2 and 3 syllables give too few prefix-free ones
+        lengths = (2, 3, 3) if families <= 4_000 else (3, 4, 4)
         pool: list[str] = []
         seen: set[str] = set()
+        starts: set[str] = set()  # every start of every name in the pool
         while len(pool) < families:
-            name = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3, 3)))).capitalize()
-            if name not in seen and all(not other.startswith(name) and not name.startswith(other) for other in seen):
+            name = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice(lengths))).capitalize()
+            if name not in starts and not any(name[:k] in seen for k in range(1, len(name))):
                 seen.add(name)
+                starts.update(name[:k] for k in range(1, len(name) + 1))
                 pool.append(name)
         kinds = [k for k, w in KINDS for _ in range(w)]
         self.patients: list[PatientPlan] = []

@@ -95,6 +95,13 @@ class Reader:
         if self._statement_timeout is not None:
             # for the session (autocommit): every statement of this connection
             pg.execute(f"SET statement_timeout = {int(self._statement_timeout * 1000)}")
+        # psycopg prepares a statement run five times, and PostgreSQL then plans it once for any
+        # values (a generic plan) when that plan's estimate looks no worse. For a search that
+        # ANDs clauses it cannot tell a narrow value from a wide one then: `started=ge<last
+        # week>&modality=CT` was driven from every CT study (a third of the store) instead of
+        # the week's few, 442 ms instead of 3 ms at 15,000 studies, and growing with the store.
+        # Planning each run for its values costs well under a millisecond.
+        pg.execute("SET plan_cache_mode = force_custom_plan")
         return pg
 
     @property
