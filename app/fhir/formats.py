@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -96,9 +97,25 @@ def negotiate() -> str:
     return best
 
 
+#: characters XML 1.0 cannot carry (https://www.w3.org/TR/xml/#charsets), which JSON can: a
+#: diagnostics text may quote what a client sent
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(node: Any) -> Any:
+    if isinstance(node, str):
+        return _NOT_XML.sub("\ufffd", node)
+    if isinstance(node, dict):
+        return {key: _xml_safe(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_xml_safe(item) for item in node]
+    return node
+
+
 def to_xml(body: bytes) -> bytes:
-    """The FHIR XML of a JSON resource (a Bundle with everything in it, an OperationOutcome…)."""
-    resource = orjson.loads(body)
+    """The FHIR XML of a JSON resource (a Bundle with everything in it, an OperationOutcome…);
+    a character XML cannot carry becomes U+FFFD."""
+    resource = _xml_safe(orjson.loads(body))
     model = get_fhir_model_class(resource["resourceType"]).model_validate(resource)
     xml: bytes | str = model.model_dump_xml()
     return xml if isinstance(xml, bytes) else xml.encode()

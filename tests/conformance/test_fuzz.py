@@ -13,6 +13,7 @@ import zlib
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
+from lxml import etree
 
 from testbed.fuzz import FuzzRequest, requests_strategy
 
@@ -41,7 +42,10 @@ def test_no_request_gets_a_5xx(client):
         elif response.headers.get("Content-Encoding") == "deflate":
             body = zlib.decompress(body)
         if req.url.startswith("/fhir") and body and (response.status_code == 200 or response.status_code >= 400):
-            assert "resourceType" in orjson.loads(body), req.describe()
+            if response.mimetype == "application/fhir+xml":  # asked for XML: a FHIR resource in XML
+                assert etree.QName(etree.fromstring(body)).namespace == "http://hl7.org/fhir", req.describe()
+            else:
+                assert "resourceType" in orjson.loads(body), req.describe()
 
     check()
     assert len(sent) >= REQUESTS_PER_DATABASE

@@ -94,11 +94,11 @@ def _config(folder: Path, source: dict, **server):
 
 def contents(store: Store) -> dict:
     """(type, id) -> the resource without meta and the archive's address (another port for each
-    Orthanc, another scheme over TLS)."""
+    Orthanc, another scheme over TLS), nor the narrative, which names it."""
     with store.engine.connect() as conn:
         rows = conn.execute(select(Resource.rtype, Resource.id, Resource.content)).all()
     return {
-        (r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k not in ("meta", "address")}
+        (r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k not in ("meta", "address", "text")}
         for r in rows
     }
 

@@ -35,11 +35,12 @@ CLI = str(Path(sys.executable).parent / "imaging-facade")
 
 def contents(store: Store) -> dict:
     """(type, id) -> the resource without meta (and without the archive's address, which is
-    another port for each Orthanc): what a clean sync must also produce."""
+    another port for each Orthanc, nor the narrative, which names it): what a clean sync must
+    also produce."""
     with store.engine.connect() as conn:
         rows = conn.execute(select(Resource.rtype, Resource.id, Resource.content)).all()
     return {
-        (r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k not in ("meta", "address")}
+        (r.rtype, r.id): {k: v for k, v in orjson.loads(r.content).items() if k not in ("meta", "address", "text")}
         for r in rows
     }
 
