@@ -9,7 +9,8 @@ What is read is what a search by the client would find, with the same SQL:
   in the compartment but is what the studies' images are fetched from; the IG lets a server add
   resources that help to interpret the patients' data);
 - `_since` as `_lastUpdated=gt`, `_typeFilter` as the queries it names, several of one type ORed:
-  each query runs on its own, in id order, and their pages are merged by id without repeats.
+  each query runs on its own, in id order, and their pages are merged by id without repeats;
+  a large Group is read the same way, a slice of its members per query.
 
 Between pages the run reports its progress and renews its claim on the job (`keep_going`); when
 that fails (the job was cancelled, or its claim passed to another node) it stops at once.
@@ -29,6 +30,10 @@ from app.search.params import RESOURCE_TYPES
 from app.search.query import Restriction, SearchClause, SearchError, SearchQuery
 from app.store.reader import Reader
 from app.store.search_sql import run_search
+
+#: Group members named in one query: a statement takes at most 65,535 parameters on PostgreSQL
+#: (32,766 on SQLite), so a larger Group is read as several queries, merged by id like ORed filters
+MEMBERS_PER_QUERY = 10_000
 
 #: per type: None (every resource of it), or the granular scopes' parameters, ORed
 Narrowing = dict[str, list[list[tuple[str, str]]] | None]
@@ -124,7 +129,10 @@ def run_export(
 ) -> dict:
     """Write the export into `directory`; its manifest's files as {"output": [{type, file,
     count}], "error": [...]}. Stopped when `keep_going` says so."""
-    limits = restrictions(narrowing, members, where)
+    slices: list[list[str] | None] = [None]
+    if members is not None:
+        slices = [members[at : at + MEMBERS_PER_QUERY] for at in range(0, len(members), MEMBERS_PER_QUERY)] or [[]]
+    limits = [restrictions(narrowing, part, where) for part in slices]
     output: list[dict] = []
     errors = TypeFiles(directory, "OperationOutcome", max_per_file)
     written = 0
@@ -143,9 +151,11 @@ def run_export(
                 return sum(count for _, count in files.files)
 
             try:
-                queries = _queries(rtype, request, where, page_size)
-                for query in queries:
-                    query.restrictions = limits
+                queries = []
+                for limit in limits:
+                    for query in _queries(rtype, request, where, page_size):
+                        query.restrictions = limit
+                        queries.append(query)
                 streams = [_matches(reader, query, page_done) for query in queries]
                 for _, content in _merged(streams):
                     files.write(content)

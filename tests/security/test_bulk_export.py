@@ -136,3 +136,19 @@ def test_every_kickoff_status_download_and_cancel_is_audited(exporting, auth_ser
     assert (file_url, "R", "0", "backend-a") in seen
     assert (file_url, "R", "4", "backend-b") in seen  # refused, and recorded as such
     assert seen[-1] == (status_path, "D", "0", "backend-a")
+
+
+@pytest.mark.parametrize(
+    "scope, claims, status",
+    [
+        ("system/*.rs", {}, 200),
+        ("user/Group.rs", {}, 200),
+        ("system/ImagingStudy.rs", {}, 403),
+        ("patient/*.rs", {"patient": "any"}, 403),
+    ],
+)
+def test_groups_need_a_group_scope_and_no_patient(exporting, auth_server, scope, claims, status):
+    client = exporting.test_client()
+    who = token(auth_server, scope, **claims)
+    assert client.get("/fhir/Group/sample", headers=who).status_code == status
+    assert client.get("/fhir/Group", headers=who).status_code == status
