@@ -5,8 +5,9 @@ resident memory of the exporting process, on PostgreSQL (or SQLite).
 
 The store holds `studies` ImagingStudies of realistic size (three series, an Endpoint, about 2 kB
 of JSON each). Each export runs in a process of its own (its peak resident memory is its own),
-after one unmeasured read that warms the database's cache: first the baseline, one plain `SELECT content` read in pages of the same size and written to a
-file with a newline after each; then the export as the server runs it (app/export/run.py: the
+after one unmeasured read that warms the database's cache: first the baseline, one plain
+`SELECT content` read in pages of the same size and written to a file with a newline after
+each; then the export as the server runs it (app/export/run.py: the
 search SQL, keyset pages, the ndjson writer). It prints both rates, their ratio, and each
 process's peak resident memory. Targets (issue 14): at least 5,000 resources/s, under 300 MB.
 """

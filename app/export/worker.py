@@ -3,9 +3,11 @@ them and removes the files of jobs past their expiry.
 
 Every API node runs one (embedded: no broker needed); the store decides which node runs a job
 (app/store/export_jobs.py), so several nodes sharing a store each run different jobs, and a job
-whose node died is taken up again by another once its claim runs out (from the start: its
-partial files are removed first). A node starts its worker with its first export request, or at
-start-up when the store holds jobs (to finish or expire them).
+whose node died is taken up again by another once its claim runs out (from the start, into a
+folder of its own; the dead run's partial files go when the job expires). With several nodes,
+`export.directory` must be the same shared folder on each, so any node serves any job's files.
+A node starts its worker with its first export request, or at start-up when the store holds
+jobs (to finish or expire them).
 """
 
 from __future__ import annotations
@@ -100,11 +102,15 @@ class ExportWorker:
             export_jobs.remove(self.engine, job_id)
 
     def remove_files(self, job_id: str) -> None:
+        """Every file of the job, of every run of it."""
         shutil.rmtree(self.job_directory(job_id), ignore_errors=True)
 
     def run(self, job: Job) -> None:
-        directory = self.job_directory(job.id)
-        self.remove_files(job.id)  # a run taken over from a node that died starts again
+        """Run a claimed job into a folder of this run's own (`<job>/<run>/`): a run taken over
+        from a node that died starts afresh, and a node that lost its claim removes only its
+        own files, never those of the node that runs the job now (with `export.directory` shared)."""
+        run_id = uuid.uuid4().hex[:12]
+        directory = self.job_directory(job.id) / run_id
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         lease = int(self.settings.lease * 1_000_000)
 
@@ -127,20 +133,21 @@ class ExportWorker:
                 self.settings.max_file_resources,
                 keep_going,
             )
-        except Stopped:
-            self.remove_files(job.id)  # cancelled (or another node runs it now, into a fresh directory)
+        except Stopped:  # cancelled, or another node runs it now
+            shutil.rmtree(directory, ignore_errors=True)
             return
         except Exception as err:  # noqa: BLE001 - a job that fails is reported on its status, not lost
             log.error("bulk export %s failed: %s", job.id, describe(err))
             now = now_micros()
-            self.remove_files(job.id)
+            shutil.rmtree(directory, ignore_errors=True)
             expires = now + self.settings.retention * 1_000_000
             export_jobs.finish(self.engine, job.id, self.node, FAILED, now, expires, None, describe(err))
             return
         now = now_micros()
         expires = now + self.settings.retention * 1_000_000
+        manifest["run"] = run_id
         if not export_jobs.finish(self.engine, job.id, self.node, DONE, now, expires, orjson.dumps(manifest), None):
-            self.remove_files(job.id)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _loop(ref: weakref.ref[ExportWorker], wake: threading.Event) -> None:

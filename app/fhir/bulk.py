@@ -207,7 +207,7 @@ def export_file(job_id: str, name: str) -> Response:
     files = orjson.loads(job.manifest)
     if name not in {f["file"] for f in files["output"] + files["error"]}:
         raise FhirError(404, "not-found", f"this export has no file {name[:64]!r}")
-    path = _worker().job_directory(job.id) / name
+    path = _worker().job_directory(job.id) / files["run"] / name
     if not path.is_file():
         raise FhirError(404, "not-found", "this export's files were removed")
     response = send_file(path, mimetype=NDJSON, conditional=False, etag=False, max_age=0)
