@@ -58,8 +58,8 @@ class StoreCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        *figures, exports = rows
-        yield from self._sources(*figures)
+        state, held, quarantined, review, exports = rows
+        yield from self._sources(state, held, quarantined, review)
         yield from self._exports(exports)
         yield from self._audit()
 
