@@ -41,7 +41,7 @@ class SearchParam:
     #: whether modifiers apply (the audit trail's parameters take none)
     modifiers: bool = True
     #: references the mapping may give as a display name alone (a DICOM person name, no resource
-    #: to point at): no index row records them, so `:missing` cannot tell and is refused
+    #: to point at): a presence row of their own tells `:missing` they are there
     bare_display: bool = False
 
     @property

@@ -414,11 +414,6 @@ def _clause(param: SearchParam, modifier: str | None, value: str, name: str, zon
         ):
             raise SearchError("not-supported", f"parameter '{name}': modifier ':{modifier}' is not supported")
     if modifier == "missing":
-        if param.bare_display:
-            raise SearchError(
-                "not-supported",
-                f"parameter '{name}': :missing is not supported here, since a {param.name} may be a name alone",
-            )
         return Clause(param, "missing", [_missing(param.name, value)], (name, value))
     raws = _split(value)
     if len(raws) > MAX_VALUES:

@@ -45,6 +45,9 @@ class IndexRows:
 
 #: index rows for modifiers live under the parameter's name with the modifier appended
 TEXT, OF_TYPE, IDENTIFIER = ":text", ":of-type", ":identifier"
+#: a row saying a reference parameter's element is there, for those that may hold a display
+#: name alone (no target to index): `:missing` counts it (FHIR R4 search 3.1.1.5.2)
+PRESENT = ":present"
 
 
 def walk(node: Any, path: str) -> list[Any]:
@@ -203,6 +206,8 @@ def index_rows(resource: dict, default_zone: str = "UTC", base_url: str | None =
                     ident = value.get("identifier") if isinstance(value, dict) else None
                     if isinstance(ident, dict) and ident.get("value") is not None and _may_target(param, target, value):
                         out.token(name + IDENTIFIER, ident.get("system"), ident["value"])
+                    if param.bare_display:
+                        out.string(name + PRESENT, "", "")
     return out.rows
 
 

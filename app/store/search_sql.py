@@ -32,7 +32,7 @@ from app.search.query import (
 )
 from app.search.text import normalize
 from app.store.audit_record import render_event
-from app.store.indexer import IDENTIFIER, TEXT
+from app.store.indexer import IDENTIFIER, PRESENT, TEXT
 from app.store.reader import Reader, TooCostly
 
 _TABLE = {"token": "idx_token", "string": "idx_string", "date": "idx_date", "reference": "idx_reference"}
@@ -199,6 +199,8 @@ def _present_sql(rtype: str, param: SearchParam, params: list) -> str:
         rows = [("idx_string", name) for name in names]
     elif param.type == "token":
         rows = [("idx_token", param.name), ("idx_string", param.name + TEXT)]
+    elif param.bare_display:  # a name alone has no target: its presence row says it is there
+        rows = [("idx_string", param.name + PRESENT)]
     elif param.type == "reference":
         rows = [("idx_reference", param.name), ("idx_token", param.name + IDENTIFIER)]
     else:

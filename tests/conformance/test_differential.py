@@ -602,9 +602,7 @@ class Queries:
     @cache
     def modifiers(self, rtype: str, param: SearchParam) -> list[str]:
         types = self.oracle.element_types(rtype, param.name)
-        usable = [m for m in MODIFIERS[param.type] if m not in MODIFIER_ELEMENTS or set(MODIFIER_ELEMENTS[m]) & types]
-        # names alone: `:missing` is refused there (tests/conformance/test_missing.py)
-        return [m for m in usable if not (m == "missing" and param.bare_display)]
+        return [m for m in MODIFIERS[param.type] if m not in MODIFIER_ELEMENTS or set(MODIFIER_ELEMENTS[m]) & types]
 
     @cache
     def chains(self, rtype: str) -> list[tuple[str, str]]:

@@ -54,6 +54,11 @@ def client(request, tmp_path_factory, _empty_sqlite_store):
             if accession:
                 study["basedOn"] = [{"type": "ServiceRequest", "identifier": {"type": ACSN, "value": accession}}]
             store.studies.put(study, alice, "pacs")
+        named = search_data._study("1.3.3", "alice", ["MR"], "2022")  # people as names alone, as DICOM gives them
+        named["referrer"] = {"display": "Referring^Rita"}
+        named["interpreter"] = [{"display": "Reading^Ray"}]
+        named["series"][0]["performer"] = [{"actor": {"display": "Operator^Olga"}}]
+        store.studies.put(named, alice, "pacs")
         yield create_app(config, store).test_client()
 
 
@@ -67,7 +72,7 @@ def test_an_identifier_only_reference_is_present(client):
     present = _ids(client, "/fhir/ImagingStudy?basedon:missing=false")
     missing = _ids(client, "/fhir/ImagingStudy?basedon:missing=true")
     assert present == {"1.3.1"}
-    assert missing == {"1.2.1", "1.2.2", "1.2.3", "1.3.2"}
+    assert missing == {"1.2.1", "1.2.2", "1.2.3", "1.3.2", "1.3.3"}
 
 
 def test_a_text_only_code_is_present(client):
@@ -80,7 +85,7 @@ def test_a_text_only_code_is_present(client):
 def test_missing_true_and_false_split_every_type(client, rtype):
     everything = _ids(client, f"/fhir/{rtype}?_count=100")
     for name, param in BY_RESOURCE[rtype].items():
-        if not param.modifiers or name in ("referrer", "interpreter", "performer"):
+        if not param.modifiers:
             continue
         missing = _ids(client, f"/fhir/{rtype}?{name}:missing=true&_count=100")
         present = _ids(client, f"/fhir/{rtype}?{name}:missing=false&_count=100")
@@ -88,9 +93,9 @@ def test_missing_true_and_false_split_every_type(client, rtype):
 
 
 @pytest.mark.parametrize("name", ["referrer", "interpreter", "performer"])
-def test_missing_is_refused_where_a_reference_may_be_a_name_alone(client, name):
+def test_a_reference_given_as_a_name_alone_is_present(client, name):
     """The mapping gives these references as a display name only (DICOM person names, no
-    resource to point at): no index row tells whether one is there, so no answer is given."""
-    response = client.get(f"/fhir/ImagingStudy?{name}:missing=true")
-    assert response.status_code == 400
-    assert f"'{name}:missing'" in response.get_json()["issue"][0]["diagnostics"]
+    resource to point at): such a reference is there all the same."""
+    everything = _ids(client, "/fhir/ImagingStudy?_count=100")
+    assert _ids(client, f"/fhir/ImagingStudy?{name}:missing=false") == {"1.3.3"}
+    assert _ids(client, f"/fhir/ImagingStudy?{name}:missing=true&_count=100") == everything - {"1.3.3"}

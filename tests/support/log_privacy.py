@@ -21,7 +21,7 @@ import pytest
 
 #: values too short or too common to be told from ordinary words and numbers in a log line
 _MIN_LENGTH = 5
-_GENERIC = {"anonymized", "anonymous", "test", "patient", "unknown", "none"}
+_GENERIC = {"anonymized", "anonymous", "test", "patient", "unknown", "none", "first", "last"}
 #: the security tests' patients (tests/support/access.py): family names
 _SECURITY_NAMES = ("Anders", "Baker", "Evans")
 
