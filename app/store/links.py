@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlmodel import col
 
@@ -166,7 +167,7 @@ def linked_ids(conn: Connection, patient_id: str) -> list[str]:
 PAGE_ORDER = (col(t.PatientLink.points).desc(), col(t.PatientLink.a), col(t.PatientLink.b))
 
 
-def _listed(query, status: str | None, patient_id: str | None):  # type: ignore[no-untyped-def]
+def _listed(query: Select[Any], status: str | None, patient_id: str | None) -> Select[Any]:
     if status:
         query = query.where(col(t.PatientLink.status) == status)
     if patient_id:
