@@ -18,7 +18,7 @@ reading every patient. Each key is built to survive one kind of error the scorin
   order, so a swap of the two still meets (typos in the birth date, or none at all);
 - `f:<code>|<year>` and `d:<code>|<month/day>`: one name with the birth year, or with the day
   and month (a typo in the other name and one in the birth date);
-- `p:<code>|<three letters>`: the sound of one name with the first three letters of the
+- `p:<code>|<four letters>`: the sound of one name with the first four letters of the
   other, filed both ways (family-given and given-family), so a typo that changes the sound of
   one name still meets when the birth date is missing or wrong too, and so does a swap of
   family and given name with a typo in one; the family name counts with its parts joined
@@ -125,8 +125,8 @@ def blocking_keys(feats: dict) -> list[str]:
                 keys.append(f"d:{word}|{day_of_year}")
         whole_family, first_given = _joined(name["family"]), name["given"][0] if name["given"] else None
         if whole_family and first_given:
-            keys.append(f"p:{sound(whole_family)}|{first_given[:3]}")
-            keys.append(f"p:{sound(first_given)}|{whole_family[:3]}")
+            keys.append(f"p:{sound(whole_family)}|{first_given[:4]}")
+            keys.append(f"p:{sound(first_given)}|{whole_family[:4]}")
         initials.add("".join(sorted(w[0] for w in (whole_family, first_given) if w)))
     for _, value in feats["ids"][1:]:
         if len(value) in TYPO_ID_LENGTHS:

@@ -164,11 +164,12 @@ def test_blocking_keys_survive_a_name_typo_with_the_birth_date_missing_or_wrong(
         return {k for k in blocking_keys(features(p, DEFAULT)) if not k.startswith("i:")}
 
     base = keys(patient(family="Akroyd", given=["Imogen"], birth=None))
-    typo = keys(patient(family="Akroyd", given=["Imoxen"], birth="1930-12-06"))  # sound of Imogen lost
-    assert base & typo == {f"p:{sound('akroyd')}|imo"}
+    typo = keys(patient(family="Akroyd", given=["Imogxn"], birth="1930-12-06"))  # sound of Imogen lost
+    assert base & typo == {f"p:{sound('akroyd')}|imog"}
     # family and given swapped, and a typo that changes the sound of one of them
     swapped = keys(patient(family="Snell", given=["Sophie"], birth=None))
-    assert swapped & keys(patient(family="Sophie", given=["Snekl"], birth="1923-11-14")) == {f"p:{sound('sophie')}|sne"}
+    typo_swapped = keys(patient(family="Sophie", given=["Snelk"], birth="1923-11-14"))
+    assert swapped & typo_swapped == {f"p:{sound('sophie')}|snel"}
     compound = keys(patient(family="Sal T", given=["Lachan"], birth="1927-03-29"))
     assert compound & keys(patient(family="Salt", given=["Lachlan"], birth=None))
     assert not base & keys(patient(family="Akroyd", given=["Zoe"], birth=None))
