@@ -69,10 +69,11 @@ def _print_pages(
 ) -> None:
     from app.identity.review import page_pairs
 
-    printed = 0
+    printed, total = 0, 0
     while True:
-        page = page_pairs(store, wanted, patient, limit, cursor)
-        if page["total"] == 0:
+        page = page_pairs(store, wanted, patient, limit, cursor, counted=printed == 0)
+        total = page["total"] if printed == 0 else total
+        if total == 0:
             click.echo(f"no pairs ({status})")
             return
         if printed == 0 and page["pairs"]:
@@ -83,7 +84,7 @@ def _print_pages(
         cursor = page["next"]
         if not (every and cursor):
             break
-    click.echo(f"{printed} pairs printed, {page['total']} in all ({status})", err=True)
+    click.echo(f"{printed} pairs printed, {total} in all ({status})", err=True)
     if cursor:
         more = f" --patient {patient}" if patient else ""
         click.echo(

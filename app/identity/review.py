@@ -83,17 +83,20 @@ def page_pairs(
     patient_id: str | None = None,
     limit: int = 1000,
     cursor: str | None = None,
+    counted: bool = True,
 ) -> dict:
     """One page of scored pairs, best first (the review queue by default; status None for every
-    pair): `pairs`, `total` (all pages together) and `next`, the cursor of the page after this
-    one, or None on the last page. Following `next` from the first page meets every pair once."""
+    pair): `pairs`, `total` (all pages together; None with `counted` False, for a caller that
+    counted on the first page: a count reads the whole listing) and `next`, the cursor of the
+    page after this one, or None on the last page. Following `next` from the first page meets
+    every pair once."""
     if status is not None and status not in links.STATUSES:
         raise IdentityError(f"status must be one of {', '.join(links.STATUSES)}")
     if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
         raise IdentityError(f"'limit' must be a whole number from 1 to {MAX_PAGE}")
     after = _after(cursor, status, patient_id) if cursor is not None else None
     with store.engine.connect() as conn:
-        total = links.count_links(conn, status, patient_id)
+        total = links.count_links(conn, status, patient_id) if counted else None
         rows, more = links.page_links(conn, status, patient_id, limit, after)
     last = rows[-1] if rows else None
     following = _cursor(status, patient_id, (last.points, last.a, last.b)) if more and last else None

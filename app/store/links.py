@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, Row
 from sqlmodel import col
 
@@ -163,8 +163,9 @@ def linked_ids(conn: Connection, patient_id: str) -> list[str]:
     return sorted((r.b if r.a == patient_id else r.a) for r in links_of(conn, patient_id, LINKED))
 
 
-#: a listing's order, best first: (points descending, a, b) is total, since (a, b) is the key
-PAGE_ORDER = (col(t.PatientLink.points).desc(), col(t.PatientLink.a), col(t.PatientLink.b))
+#: a listing's order, best first: (points, a, b) descending is total, since (a, b) is the key,
+#: and one index reads it backwards (ix_link_order, or ix_link_status within one status)
+PAGE_ORDER = (col(t.PatientLink.points).desc(), col(t.PatientLink.a).desc(), col(t.PatientLink.b).desc())
 
 
 def _listed(query: Select[Any], status: str | None, patient_id: str | None) -> Select[Any]:
@@ -196,16 +197,8 @@ def page_links(
     pages does not shift the pairs after it onto a page already read (as an OFFSET would)."""
     query = _listed(select(t.PatientLink), status, patient_id)
     if after is not None:
-        points, a, b = after
-        query = query.where(
-            or_(
-                col(t.PatientLink.points) < points,
-                and_(
-                    col(t.PatientLink.points) == points,
-                    or_(col(t.PatientLink.a) > a, and_(col(t.PatientLink.a) == a, col(t.PatientLink.b) > b)),
-                ),
-            )
-        )
+        sort_key = tuple_(col(t.PatientLink.points), col(t.PatientLink.a), col(t.PatientLink.b))
+        query = query.where(sort_key < tuple_(*after))
     rows = [_row(r) for r in conn.execute(query.order_by(*PAGE_ORDER).limit(limit + 1))]
     return rows[:limit], len(rows) > limit
 

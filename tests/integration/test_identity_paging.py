@@ -72,8 +72,8 @@ def walk_api(client, query: str) -> tuple[list[dict], list[int]]:
 
 
 def best_first(pairs: list[dict]) -> bool:
-    keys = [(-p["points"], *p["patients"]) for p in pairs]
-    return keys == sorted(keys)
+    keys = [(p["points"], *p["patients"]) for p in pairs]
+    return keys == sorted(keys, reverse=True)
 
 
 def test_every_pair_once_over_the_admin_api_and_the_cli(queue):
