@@ -236,7 +236,8 @@ def _other(draw: st.DrawFn) -> FuzzRequest:
         )
     if kind == 1:
         limit = quote(draw(st.one_of(_count, _text)), safe="")
-        return FuzzRequest("GET", f"/admin/identity/links?limit={limit}&status={quote(draw(_text), safe='')}")
+        status, cursor = quote(draw(_text), safe=""), quote(draw(_text), safe="")
+        return FuzzRequest("GET", f"/admin/identity/links?limit={limit}&status={status}&cursor={cursor}")
     if kind == 2:
         return FuzzRequest("GET", f"/fhir/metadata?{_query([('_format', draw(_text)), ('_pretty', draw(_text))])}")
     method = draw(st.sampled_from(["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]))

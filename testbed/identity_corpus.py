@@ -520,7 +520,7 @@ def evaluate(store: Store, records: list[Record], people: list[Person], rules: I
     person_of = {(system_of[r.issuer], r.patient_id): r.person for r in records}
     with store.engine.connect() as conn:
         rows = conn.execute(select(t.Resource.id, t.Resource.content).where(t.Resource.rtype == "Patient")).all()
-        pairs = links.list_links(conn, None, limit=10**6)
+        pairs = list(links.iter_links(conn))
     owner: dict[str, int] = {}
     namespace_merged = 0
     holder: dict[tuple, str] = {}

@@ -3,13 +3,17 @@
 The same functions as `imaging-facade identity …` (app/identity/review.py). Plain JSON, not
 FHIR; a blueprint of its own so that an admin scope can guard it as a whole.
 
-- `GET  /admin/identity/links?status=review|linked|manual-link|manual-unlink|all&patient=ID&limit=N`
+- `GET  /admin/identity/links?status=review|linked|manual-link|manual-unlink|all&patient=ID&limit=N&cursor=C`:
+  a page of pairs, best first, with `total` (how many pairs the listing holds, all pages
+  together) and, when more follow, `next` (the URL of the next page) and `cursor` (its token)
 - `GET  /admin/identity/explain?a=ID&b=ID`
 - `POST /admin/identity/link`   `{"a": ID, "b": ID}`
 - `POST /admin/identity/unlink` `{"a": ID, "b": ID}`
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
@@ -46,8 +50,8 @@ def _patient_id(value: object, name: str) -> str:
 
 def _limit() -> int:
     raw = request.args.get("limit", "1000")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10000:
-        raise IdentityError("'limit' must be a whole number from 1 to 10000")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= review.MAX_PAGE:
+        raise IdentityError(f"'limit' must be a whole number from 1 to {review.MAX_PAGE}")
     return int(raw)
 
 
@@ -56,10 +60,20 @@ def _limit() -> int:
 def list_links() -> Response:
     status = request.args.get("status", "review")
     patient = request.args.get("patient")
-    pairs = review.list_pairs(
-        _store(), None if status == "all" else status, _patient_id(patient, "patient") if patient else None, _limit()
+    limit = _limit()
+    page = review.page_pairs(
+        _store(),
+        None if status == "all" else status,
+        _patient_id(patient, "patient") if patient else None,
+        limit,
+        request.args.get("cursor"),
     )
-    return jsonify({"status": status, "count": len(pairs), "pairs": pairs})
+    answer = {"status": status, "total": page["total"], "count": len(page["pairs"]), "pairs": page["pairs"]}
+    if page["next"] is not None:
+        query = {"status": status, **({"patient": patient} if patient else {}), "limit": limit, "cursor": page["next"]}
+        answer["cursor"] = page["next"]
+        answer["next"] = f"{request.script_root}{request.path}?{urlencode(query)}"
+    return jsonify(answer)
 
 
 @bp.get("/explain")

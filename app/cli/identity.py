@@ -49,18 +49,48 @@ def identity() -> None:
     type=click.Choice(["review", "linked", "manual-link", "manual-unlink", "all"]),
 )
 @click.option("--patient", default=None, help="only pairs with this Patient id")
-def identity_list(config_path: str | None, status: str, patient: str | None) -> None:
-    """Scored pairs of Patients, best first: patient a, patient b, status, points."""
-    from app.identity.review import list_pairs
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 10000), help="pairs on one page")
+@click.option("--cursor", default=None, help="the page after the one that printed this cursor")
+@click.option("--all", "every", is_flag=True, help="every page, one after the other")
+def identity_list(
+    config_path: str | None, status: str, patient: str | None, limit: int, cursor: str | None, every: bool
+) -> None:
+    """Scored pairs of Patients, best first: patient a, patient b, status, points.
 
-    pairs = _run(config_path, lambda store, _rules: list_pairs(store, None if status == "all" else status, patient))
-    if not pairs:
-        click.echo(f"no pairs ({status})")
-        return
-    click.echo("patient a\tpatient b\tstatus\tpoints")
-    for p in pairs:
-        click.echo("\t".join([*p["patients"], p["status"], f"{p['points']:g}"]))
-    click.echo(f"{len(pairs)} pairs", err=True)
+    One page at a time; the end says how many pairs there are in all and, when more follow,
+    the command that prints the next page (or --all prints them all)."""
+    wanted = None if status == "all" else status
+    patient = patient.removeprefix("Patient/") if patient else None
+    _run(config_path, lambda store, _rules: _print_pages(store, status, wanted, patient, limit, cursor, every))
+
+
+def _print_pages(
+    store: Store, status: str, wanted: str | None, patient: str | None, limit: int, cursor: str | None, every: bool
+) -> None:
+    from app.identity.review import page_pairs
+
+    printed, total = 0, 0
+    while True:
+        page = page_pairs(store, wanted, patient, limit, cursor, counted=printed == 0)
+        total = page["total"] if printed == 0 else total
+        if total == 0:
+            click.echo(f"no pairs ({status})")
+            return
+        if printed == 0 and page["pairs"]:
+            click.echo("patient a\tpatient b\tstatus\tpoints")
+        for p in page["pairs"]:
+            click.echo("\t".join([*p["patients"], p["status"], f"{p['points']:g}"]))
+        printed += len(page["pairs"])
+        cursor = page["next"]
+        if not (every and cursor):
+            break
+    click.echo(f"{printed} pairs printed, {total} in all ({status})", err=True)
+    if cursor:
+        more = f" --patient {patient}" if patient else ""
+        click.echo(
+            f"next page: imaging-facade identity list --status {status}{more} --limit {limit} --cursor {cursor}",
+            err=True,
+        )
 
 
 def _pair_command(name: str, action_name: str, help_text: str) -> click.Command:

@@ -17,7 +17,24 @@ reading every patient. Each key is built to survive one kind of error the scorin
 - `n:<code>|<code>`: the sound of the family name and of the first given name, in sorted
   order, so a swap of the two still meets (typos in the birth date, or none at all);
 - `f:<code>|<year>` and `d:<code>|<month/day>`: one name with the birth year, or with the day
-  and month (a typo in the other name and one in the birth date).
+  and month (a typo in the other name and one in the birth date);
+- `p:<code>|<four letters>`: the sound of one name with the first four letters of the
+  other, filed both ways (family-given and given-family), so a typo that changes the sound of
+  one name still meets when the birth date is missing or wrong too, and so does a swap of
+  family and given name with a typo in one; the family name counts with its parts joined
+  (`Sal T` and `Salt` are one);
+- `e:<value, or value less one character>|<initials>`: each Other Patient ID as it is and
+  with one character left out, once per character, beside the initials of the family and
+  given name. Two numbers one typo apart (a digit changed, added, dropped, or two neighbours
+  swapped) share one of these (the deletion neighbourhood of Wolf Garbe's SymSpell), and the
+  initials keep a number sequence that is dense (every neighbour of a number is someone
+  else's) from filing strangers together. The Patient ID itself (the first identifier) gets
+  none: an archive's own numbers are such a sequence, and one of them a typo away is another
+  patient of it. Values from 5 to 16 characters only (shorter ones collide, longer ones are
+  not typed by hand).
+
+Every key family was kept for the true pairs of the Febrl sets it finds that the others miss
+(scripts/bench_blocking.py measures them; docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations
@@ -77,6 +94,14 @@ def features(patient: dict, rules: IdentityConfig) -> dict:
     return {"names": names, "birth": birth, "gender": gender, "ids": ids}
 
 
+#: lengths of an Other Patient ID that get one-typo keys (`e:`)
+TYPO_ID_LENGTHS = range(5, 17)
+
+
+def _joined(words: list[str]) -> str | None:
+    return "".join(words) if words else None
+
+
 def blocking_keys(feats: dict) -> list[str]:
     """The keys under which a patient with these features is filed (see the module doc)."""
     keys: list[str] = [f"i:{value}" for _, value in feats["ids"]]
@@ -87,6 +112,7 @@ def blocking_keys(feats: dict) -> list[str]:
         month, day = birth[5:7], birth[8:10]
         day_of_year = f"{min(month, day)}-{max(month, day)}"
         keys.append(f"b:{year}-{day_of_year}")
+    initials = set()
     for name in feats["names"]:
         family = sound(name["family"][0]) if name["family"] else None
         given = sound(name["given"][0]) if name["given"] else None
@@ -97,5 +123,14 @@ def blocking_keys(feats: dict) -> list[str]:
                 keys.append(f"f:{word}|{year}")
             if word and day_of_year:
                 keys.append(f"d:{word}|{day_of_year}")
+        whole_family, first_given = _joined(name["family"]), name["given"][0] if name["given"] else None
+        if whole_family and first_given:
+            keys.append(f"p:{sound(whole_family)}|{first_given[:4]}")
+            keys.append(f"p:{sound(first_given)}|{whole_family[:4]}")
+        initials.add("".join(sorted(w[0] for w in (whole_family, first_given) if w)))
+    for _, value in feats["ids"][1:]:
+        if len(value) in TYPO_ID_LENGTHS:
+            less_one = dict.fromkeys([value, *(value[:i] + value[i + 1 :] for i in range(len(value)))])
+            keys.extend(f"e:{shorter}|{pair}" for shorter in less_one for pair in sorted(initials))
     unique = list(dict.fromkeys(k[:200] for k in keys))
     return unique

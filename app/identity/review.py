@@ -9,12 +9,16 @@ also starts or ends `ImagingStudy?patient=` finding the other record's studies.
 
 from __future__ import annotations
 
+import base64
+
+import orjson
 from sqlalchemy.engine import Connection
 
 from app.identity.features import features
 from app.identity.reconcile import automatic_status
 from app.identity.scoring import score
 from app.identity.settings import IdentityConfig
+from app.ids import valid_id
 from app.store import links
 from app.store.patients import all_patient_ids
 from app.store.repository import Store
@@ -40,14 +44,63 @@ def _both(conn: Connection, a: str, b: str) -> tuple[dict, dict]:
     return found[0], found[1]
 
 
-def list_pairs(
-    store: Store, status: str | None = "review", patient_id: str | None = None, limit: int = 1000
-) -> list[dict]:
-    """Scored pairs, best first: the review queue by default; status None for every pair."""
+#: most pairs on one page of a listing
+MAX_PAGE = 10000
+
+
+def _cursor(status: str | None, patient_id: str | None, after: tuple[float, str, str]) -> str:
+    """An opaque cursor: where the next page starts (the last pair's sort key) and the listing
+    it belongs to, so that it cannot be replayed against another status or patient."""
+    body = orjson.dumps({"v": 1, "s": status or "", "p": patient_id or "", "k": list(after)})
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def _after(cursor: str, status: str | None, patient_id: str | None) -> tuple[float, str, str]:
+    refused = IdentityError("'cursor' is not one this listing gave; list again without it")
+    try:
+        body = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:  # binascii.Error, orjson.JSONDecodeError and non-ASCII text all are
+        raise refused from None
+    if not isinstance(body, dict) or body.get("v") != 1:
+        raise refused
+    key = body.get("k")
+    if not (
+        isinstance(key, list)
+        and len(key) == 3
+        and isinstance(key[0], (int, float))
+        and not isinstance(key[0], bool)
+        and all(isinstance(k, str) and valid_id(k) for k in key[1:])
+    ):
+        raise refused
+    if body.get("s") != (status or "") or body.get("p") != (patient_id or ""):
+        raise IdentityError("'cursor' belongs to a listing of another status or patient")
+    return float(key[0]), key[1], key[2]
+
+
+def page_pairs(
+    store: Store,
+    status: str | None = "review",
+    patient_id: str | None = None,
+    limit: int = 1000,
+    cursor: str | None = None,
+    counted: bool = True,
+) -> dict:
+    """One page of scored pairs, best first (the review queue by default; status None for every
+    pair): `pairs`, `total` (all pages together; None with `counted` False, for a caller that
+    counted on the first page: a count reads the whole listing) and `next`, the cursor of the
+    page after this one, or None on the last page. Following `next` from the first page meets
+    every pair once."""
     if status is not None and status not in links.STATUSES:
         raise IdentityError(f"status must be one of {', '.join(links.STATUSES)}")
+    if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise IdentityError(f"'limit' must be a whole number from 1 to {MAX_PAGE}")
+    after = _after(cursor, status, patient_id) if cursor is not None else None
     with store.engine.connect() as conn:
-        return [row.as_dict() for row in links.list_links(conn, status, patient_id, limit)]
+        total = links.count_links(conn, status, patient_id) if counted else None
+        rows, more = links.page_links(conn, status, patient_id, limit, after)
+    last = rows[-1] if rows else None
+    following = _cursor(status, patient_id, (last.points, last.a, last.b)) if more and last else None
+    return {"total": total, "pairs": [row.as_dict() for row in rows], "next": following}
 
 
 def explain(store: Store, a: str, b: str, rules: IdentityConfig) -> dict:

@@ -8,11 +8,12 @@ rebuilds a Patient (Store._refresh_patient).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, Row
 from sqlmodel import col
 
@@ -162,15 +163,55 @@ def linked_ids(conn: Connection, patient_id: str) -> list[str]:
     return sorted((r.b if r.a == patient_id else r.a) for r in links_of(conn, patient_id, LINKED))
 
 
-def list_links(
-    conn: Connection, status: str | None = None, patient_id: str | None = None, limit: int = 1000
-) -> list[LinkRow]:
-    query = select(t.PatientLink).order_by(col(t.PatientLink.points).desc(), col(t.PatientLink.a), col(t.PatientLink.b))
+#: a listing's order, best first: (points, a, b) descending is total, since (a, b) is the key,
+#: and one index reads it backwards (ix_link_order, or ix_link_status within one status)
+PAGE_ORDER = (col(t.PatientLink.points).desc(), col(t.PatientLink.a).desc(), col(t.PatientLink.b).desc())
+
+
+def _listed(query: Select[Any], status: str | None, patient_id: str | None) -> Select[Any]:
     if status:
         query = query.where(col(t.PatientLink.status) == status)
     if patient_id:
         query = query.where(or_(col(t.PatientLink.a) == patient_id, col(t.PatientLink.b) == patient_id))
-    return [_row(r) for r in conn.execute(query.limit(limit))]
+    return query
+
+
+def count_links(conn: Connection, status: str | None = None, patient_id: str | None = None) -> int:
+    """How many pairs a listing with these filters holds, all pages together."""
+    query = _listed(select(func.count()).select_from(t.PatientLink), status, patient_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def page_links(
+    conn: Connection,
+    status: str | None = None,
+    patient_id: str | None = None,
+    limit: int = 1000,
+    after: tuple[float, str, str] | None = None,
+) -> tuple[list[LinkRow], bool]:
+    """Up to `limit` pairs in PAGE_ORDER that come after the pair whose sort key (points, a, b)
+    is `after`, and whether more follow.
+
+    Keyset paging: each page is an index range from where the last one stopped, so a page
+    deep in a million pairs costs what the first one does, and a pair decided between two
+    pages does not shift the pairs after it onto a page already read (as an OFFSET would)."""
+    query = _listed(select(t.PatientLink), status, patient_id)
+    if after is not None:
+        sort_key = tuple_(col(t.PatientLink.points), col(t.PatientLink.a), col(t.PatientLink.b))
+        query = query.where(sort_key < tuple_(*after))
+    rows = [_row(r) for r in conn.execute(query.order_by(*PAGE_ORDER).limit(limit + 1))]
+    return rows[:limit], len(rows) > limit
+
+
+def iter_links(conn: Connection, status: str | None = None, page: int = 1000) -> Iterator[LinkRow]:
+    """Every pair of a listing, in PAGE_ORDER, read a page at a time."""
+    after = None
+    while True:
+        rows, more = page_links(conn, status, None, page, after)
+        yield from rows
+        if not more:
+            return
+        after = (rows[-1].points, rows[-1].a, rows[-1].b)
 
 
 def forget_patient(conn: Connection, patient_id: str) -> None:

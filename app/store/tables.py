@@ -286,7 +286,13 @@ class PatientLink(SQLModel, table=True):
     """
 
     __tablename__ = "patient_link"
-    __table_args__ = (Index("ix_link_b", "b"), Index("ix_link_status", "status", "points"))
+    # a listing reads pages best first, (points, a, b) descending, from where the last stopped:
+    # one index range per page, of every pair or of one status (app/store/links.py)
+    __table_args__ = (
+        Index("ix_link_b", "b"),
+        Index("ix_link_status", "status", "points", "a", "b"),
+        Index("ix_link_order", "points", "a", "b"),
+    )
     a: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
     b: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
     status: str = Field(max_length=16)

@@ -7,9 +7,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import delete, select
 
 from app.cli import main as cli
+from app.identity.features import blocking_keys, features
 from app.identity.reconcile import reconcile_patient
+from app.store import tables as t
 from app.store.repository import Store
 from app.web import create_app
 from tests.support.people import person, stored, study
@@ -264,3 +267,26 @@ def test_a_manual_link_holds_when_a_deleted_patient_comes_back(served):
     store.studies.put(study("1.4", NAMESAKE), NAMESAKE, "c")
     assert f"Patient/{NAMESAKE['id']}" in {lnk["other"]["reference"] for lnk in links(client, A["id"])}
     assert f"Patient/{A['id']}" in {lnk["other"]["reference"] for lnk in links(client, NAMESAKE["id"])}
+
+
+def test_rematch_files_every_patient_under_the_current_blocking_keys(served):
+    """A store filed before a kind of blocking key existed gets it from `identity rematch`."""
+    _, store, config = served
+    from app.identity.review import rematch
+
+    def filed() -> dict[str, set[str]]:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(t.PatientBlock.key, t.PatientBlock.patient_id)).all()
+        keys: dict[str, set[str]] = {}
+        for key, patient in rows:
+            keys.setdefault(patient, set()).add(key)
+        return keys
+
+    current = filed()
+    with store.engine.begin() as conn:  # as an older release filed them: no p: keys
+        conn.execute(delete(t.PatientBlock).where(t.PatientBlock.key.like("p:%")))
+    assert not any(k.startswith("p:") for keys in filed().values() for k in keys)
+    rematch(store, config.identity)
+    assert filed() == current
+    for patient in (A, B, TWIN, NAMESAKE, UNSURE):
+        assert current[patient["id"]] == set(blocking_keys(features(stored(patient), config.identity)))

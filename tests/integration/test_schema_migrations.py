@@ -275,6 +275,47 @@ def test_revision_0002_gives_every_deletion_its_version_and_history_its_indexes(
     store.close()
 
 
+@pytest.mark.slow
+def test_revision_0005_gives_the_review_queue_its_paging_indexes(config_file, empty_url, tmp_path):
+    """Revision 0004 had the pairs of one status indexed by (status, points) alone and every
+    pair not at all: each page of `identity list` sorted the whole listing. 0005 indexes the
+    listing's order, rows intact, and the queue pages through them in that order."""
+    path, config = config_file
+    fill(config, tmp_path / "archive")
+    store = Store.from_config(config)
+    from app.store import links
+
+    with store.engine.begin() as conn:
+        for n in range(30):
+            links.put_link(conn, f"p{n:03d}", f"q{n % 7:03d}", "review" if n % 3 else "linked", float(n % 4), {})
+    store.close()
+    with connected(empty_url, write=True) as conn:  # as 0004 left it
+        conn.execute(text("DROP INDEX ix_link_order"))
+        conn.execute(text("DROP INDEX ix_link_status"))
+        conn.execute(text("CREATE INDEX ix_link_status ON patient_link (status, points)"))
+    set_version(empty_url, "0004")
+    before = snapshot(empty_url)
+
+    refused = run("sync", "--config", path)
+    assert refused.exit_code == 2 and "revision 0004, behind this release's" in refused.output
+    upgraded = run("db", "upgrade", "--config", path)
+    assert upgraded.exit_code == 0, upgraded.output
+    assert revision_of(empty_url) == schema.head()
+    assert snapshot(empty_url) == before
+    with connected(empty_url) as conn:
+        indexes = {i["name"]: tuple(i["column_names"]) for i in inspect(conn).get_indexes("patient_link")}
+    assert indexes["ix_link_order"] == ("points", "a", "b")
+    assert indexes["ix_link_status"] == ("status", "points", "a", "b")
+
+    listed = run("identity", "list", "--config", path, "--status", "all", "--limit", "7", "--all")
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split("\t") for line in listed.stdout.splitlines()[1:]]
+    pairs = len(before["patient_link"])
+    assert pairs >= 30 and len(rows) == pairs and f"{pairs} pairs printed, {pairs} in all" in listed.stderr
+    keys = [(float(points), a, b) for a, b, _, points in rows]
+    assert keys == sorted(keys, reverse=True)
+
+
 def test_stores_opened_at_once_are_made_once(empty_url):
     """Several processes starting on a new store (API nodes, a watcher) make it once, without error."""
     errors: list[BaseException] = []

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from app.config import ConfigError
-from app.identity.features import blocking_keys, features
+from app.identity.features import blocking_keys, features, sound
 from app.identity.keys import patient_id, patient_key
 from app.identity.scoring import score
 from app.identity.settings import DEFAULT, IdentityConfig
@@ -157,6 +157,40 @@ def test_blocking_keys_survive_the_errors_scoring_forgives():
     assert base & keys(patient(birth="1971-03-05", family="Müllner"))  # year typo and family typo
     assert "i:1" in base
     assert not base & keys(patient(family="Smith", given=["Bob"], birth="1980-01-01", ids=[("urn:b", "5")]))
+
+
+def test_blocking_keys_survive_a_name_typo_with_the_birth_date_missing_or_wrong():
+    def keys(p):
+        return {k for k in blocking_keys(features(p, DEFAULT)) if not k.startswith("i:")}
+
+    base = keys(patient(family="Akroyd", given=["Imogen"], birth=None))
+    typo = keys(patient(family="Akroyd", given=["Imogxn"], birth="1930-12-06"))  # sound of Imogen lost
+    assert base & typo == {f"p:{sound('akroyd')}|imog"}
+    # family and given swapped, and a typo that changes the sound of one of them
+    swapped = keys(patient(family="Snell", given=["Sophie"], birth=None))
+    typo_swapped = keys(patient(family="Sophie", given=["Snelk"], birth="1923-11-14"))
+    assert swapped & typo_swapped == {f"p:{sound('sophie')}|snel"}
+    compound = keys(patient(family="Sal T", given=["Lachan"], birth="1927-03-29"))
+    assert compound & keys(patient(family="Salt", given=["Lachlan"], birth=None))
+    assert not base & keys(patient(family="Akroyd", given=["Zoe"], birth=None))
+
+
+def test_blocking_keys_meet_an_other_patient_id_one_typo_away():
+    def keys(family, given, other):
+        ids = (("urn:archive", family + given), ("urn:national", other))
+        found = blocking_keys(features(patient(family=family, given=[given], birth=None, ids=ids), DEFAULT))
+        return {k for k in found if k.startswith("e:")}
+
+    base = keys("Excell", "Alice", "4503763")
+    assert base & keys("Ebert", "Anna", "4503673")  # two digits swapped; other names, same initials
+    assert base & keys("Ebert", "Anna", "4503768")  # one digit changed
+    assert base & keys("Ebert", "Anna", "450376")  # one digit dropped
+    assert base & keys("Anna", "Ebert", "45037631")  # one digit added (and the names swapped)
+    assert not base & keys("Riding", "Zoe", "4503673")  # other initials: a dense number sequence
+    assert not base & keys("Ebert", "Anna", "4530673")  # two typos
+    # an archive's own Patient IDs get no such keys: its neighbouring numbers are other patients
+    own = set(blocking_keys(features(patient(ids=(("urn:a", "1234567"),)), DEFAULT)))
+    assert not {k for k in own if k.startswith("e:")}
 
 
 def test_a_patient_is_keyed_in_its_namespace():
