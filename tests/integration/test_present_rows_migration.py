@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from app.cli import main as cli
+from app.store.audit_log import close_all as close_audit_logs
 from app.store.repository import Store
 from app.web import create_app
 from tests.support.full_store import connected, fill, folder_source_config, set_version, snapshot
@@ -35,7 +36,7 @@ def _present_rows(url: str) -> list[tuple]:
 
 
 def _answers(config, store_url: str) -> dict[str, set[str]]:
-    """The ids each `:missing` search of the three finds."""
+    """The ids each `:missing` search of the three finds (their audit events stored by the end)."""
     store = Store.from_config(config)
     try:
         client = create_app(config, store).test_client()
@@ -46,6 +47,7 @@ def _answers(config, store_url: str) -> dict[str, set[str]]:
                 found[f"{name}:missing={missing}"] = {e["resource"]["id"] for e in bundle.get("entry", [])}
         return found
     finally:
+        close_audit_logs()
         store.close()
 
 
