@@ -84,7 +84,7 @@ def task_queue(config: Config, command: str) -> tuple[Celery, QueueConfig]:
             f"invalid configuration in {config.path}:\n  store: `{command}` needs a PostgreSQL store "
             "(postgresql+psycopg://…) that every worker reaches; SQLite is one process's"
         )
-    from app.sync.distributed.tasks import broker_problem, make_app
+    from app.taskqueue import broker_problem, make_app
 
     app = make_app(config.queue.broker, config.queue.name, config.store)
     problem = broker_problem(app)

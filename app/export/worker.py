@@ -8,6 +8,10 @@ folder of its own; the dead run's partial files go when the job expires). With s
 `export.directory` must be the same shared folder on each, so any node serves any job's files.
 A node starts its worker with its first export request, or at start-up when the store holds
 jobs (to finish or expire them).
+
+With `queue:` configured the jobs are run by `imaging-facade worker` processes instead
+(app/export/tasks.py, `run_job`: the same claim and lease, one task per job); the API nodes'
+thread then only removes what expired (`runs_jobs` False).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from app.export.run import Stopped, Where, run_export
 from app.export.settings import ExportSettings
 from app.logsafe import describe
 from app.store import export_jobs
-from app.store.export_jobs import DONE, FAILED, Job
+from app.store.export_jobs import DONE, FAILED, QUEUED, RUNNING, Job
 from app.store.reader import Reader
 
 log = logging.getLogger(__name__)
@@ -51,12 +55,14 @@ class ExportWorker:
         settings: ExportSettings,
         where: Where,
         members: Callable[[str], list[str]],
+        runs_jobs: bool = True,
     ):
         self.engine = engine
         self.reader = reader
         self.settings = settings
         self.where = where
         self.members = members
+        self.runs_jobs = runs_jobs
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
         self._stopped = False
@@ -90,11 +96,34 @@ class ExportWorker:
     def step(self) -> bool:
         """Remove what expired, then run one job if there is one; whether one ran."""
         self.sweep()
+        if not self.runs_jobs:
+            return False
         job = export_jobs.claim(self.engine, self.node, now_micros(), int(self.settings.lease * 1_000_000))
         if job is None:
             return False
         self.run(job)
         return True
+
+    def run_job(self, job_id: str) -> None:
+        """Run this job unless it has ended (a worker's task, app/export/tasks.py). While another
+        process holds its claim, wait: it ends the job, or dies and its claim runs out, and then
+        this one takes it (a redelivered task of a worker killed mid-job does so)."""
+        while not self._stopped:
+            job = export_jobs.get(self.engine, job_id)
+            if job is None or job.status not in (QUEUED, RUNNING):
+                return
+            run_id = uuid.uuid4().hex[:12]
+            claimed = export_jobs.claim_one(
+                self.engine, job_id, f"{self.node}/{run_id}", now_micros(), int(self.settings.lease * 1_000_000)
+            )
+            if claimed is not None:
+                self.run(claimed, run_id)
+                return
+            if job.lease_until is not None:
+                wait = (job.lease_until - now_micros()) / 1_000_000
+            else:
+                wait = self.settings.poll_interval
+            time.sleep(min(max(wait, 0.05), self.settings.poll_interval * 5))
 
     def sweep(self) -> None:
         for job_id in export_jobs.expired(self.engine, now_micros()):
@@ -105,17 +134,22 @@ class ExportWorker:
         """Every file of the job, of every run of it."""
         shutil.rmtree(self.job_directory(job_id), ignore_errors=True)
 
-    def run(self, job: Job) -> None:
-        """Run a claimed job into a folder of this run's own (`<job>/<run>/`): a run taken over
-        from a node that died starts afresh, and a node that lost its claim removes only its
-        own files, never those of the node that runs the job now (with `export.directory` shared)."""
-        run_id = uuid.uuid4().hex[:12]
+    def run(self, job: Job, run_id: str | None = None) -> None:
+        """Run a claimed job (claimed by `job.node`) into a folder of this run's own
+        (`<job>/<run>/`): a run taken over from a node that died starts afresh and removes what
+        the dead runs left, and a node that lost its claim removes only its own files, never
+        those of the node that runs the job now (with `export.directory` shared)."""
+        run_id = run_id or uuid.uuid4().hex[:12]
+        node = job.node or self.node
         directory = self.job_directory(job.id) / run_id
+        for left in self.job_directory(job.id).glob("*"):
+            if left.name != run_id:  # a dead run's: its claim ran out, so it can write no more
+                shutil.rmtree(left, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         lease = int(self.settings.lease * 1_000_000)
 
         def keep_going(progress: str) -> bool:
-            return export_jobs.renew(self.engine, job.id, self.node, now_micros() + lease, progress)
+            return export_jobs.renew(self.engine, job.id, node, now_micros() + lease, progress)
 
         params = orjson.loads(job.params)
         request = ExportRequest.from_json(params["request"])
@@ -141,12 +175,12 @@ class ExportWorker:
             now = now_micros()
             shutil.rmtree(directory, ignore_errors=True)
             expires = now + self.settings.retention * 1_000_000
-            export_jobs.finish(self.engine, job.id, self.node, FAILED, now, expires, None, describe(err))
+            export_jobs.finish(self.engine, job.id, node, FAILED, now, expires, None, describe(err))
             return
         now = now_micros()
         expires = now + self.settings.retention * 1_000_000
         manifest["run"] = run_id
-        if not export_jobs.finish(self.engine, job.id, self.node, DONE, now, expires, orjson.dumps(manifest), None):
+        if not export_jobs.finish(self.engine, job.id, node, DONE, now, expires, orjson.dumps(manifest), None):
             shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -9,8 +9,11 @@
 - output files: `GET` each manifest URL, `application/fhir+ndjson`.
 
 Status, files and cancel are the kick-off client's only (another client gets 404, as for a job
-that does not exist). The work is done in the background (app/export/worker.py); each request
-here is audited as an operation (app/security/audit.py).
+that does not exist). The work is done in the background (app/export/worker.py): by this node,
+or, with `queue:` configured and a PostgreSQL store, by `imaging-facade worker` processes, the
+kick-off sending a task that names the job (app/export/tasks.py); a broker that does not take
+the task makes the kick-off a 503 and the job is dropped, so nothing waits for a task never
+sent. Each request here is audited as an operation (app/security/audit.py).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from app.store.groups import group_members
 
 bp = Blueprint("fhir_bulk", __name__)
 EXTENSION = "imaging-facade-export"
+#: the Celery app export tasks are sent on, when `queue:` is configured
+QUEUE_EXTENSION = "imaging-facade-export-queue"
 NDJSON = "application/fhir+ndjson"
 
 
@@ -117,7 +122,21 @@ def _kickoff(kind: str, group: str | None) -> Response:
     params = {"request": asked.to_json(), "types": types, "narrowing": {t: grant.types[t] for t in types}}
     export_jobs.create(state.store.engine, job_id, grant.owner, request_url, orjson.dumps(params), now_micros())
     worker.start()
-    worker.wake()
+    tasks = current_app.extensions.get(QUEUE_EXTENSION)
+    if tasks is None:
+        worker.wake()
+    else:
+        from app.export.tasks import send_export
+
+        problem = send_export(tasks, job_id)
+        if problem is not None:
+            export_jobs.remove(state.store.engine, job_id)
+            raise FhirError(
+                503,
+                "transient",
+                f"the export could not be handed to the workers ({problem}); try again later",
+                headers={"Retry-After": str(settings.retry_after * 5)},
+            )
     body = outcome("informational", f"the export was accepted; poll {_status_url(job_id)}", severity="information")
     return Response(
         orjson.dumps(body), status=202, headers={"Content-Location": _status_url(job_id)}, content_type=FHIR_JSON
@@ -217,17 +236,26 @@ def export_file(job_id: str, name: str) -> Response:
 
 def init_app(app: Flask, state: ApiState) -> None:
     """The node's export worker; started at once when the store holds jobs (to finish or expire
-    them), else with the first export request."""
+    them), else with the first export request. With `queue:` and a PostgreSQL store the jobs go
+    to the workers and this node's thread only removes what expired; an SQLite store is one
+    process's, so its node runs its jobs itself whatever `queue:` says."""
     config = state.config
     settings: ExportSettings = config.export or export_settings(None, config.store, _config_root(state))
+    queued = config.queue is not None and config.store.startswith("postgresql")
     worker = ExportWorker(
         state.store.engine,
         state.reader,
         settings,
         Where(config.timezone, state.base_url),
         lambda group: group_members(state.reader, group),
+        runs_jobs=not queued,
     )
     app.extensions[EXTENSION] = worker
+    if queued:
+        from app.taskqueue import make_app
+
+        assert config.queue is not None
+        app.extensions[QUEUE_EXTENSION] = make_app(config.queue.broker, config.queue.name, config.store)
     if export_jobs.any_jobs(state.store.engine):
         worker.start()
 

@@ -88,17 +88,23 @@ def claim(engine: Engine, node: str, now: int, lease_micros: int) -> Job | None:
             {"q": QUEUED, "r": RUNNING, "now": now},
         ).all()
     for (job_id,) in candidates:
-        with engine.begin() as conn:
-            taken = conn.execute(
-                text(
-                    "UPDATE export_job SET status = :r, node = :node, lease_until = :until, transaction_time = :now, "
-                    "progress = NULL WHERE id = :id AND (status = :q OR (status = :r AND lease_until < :now))"
-                ),
-                {"r": RUNNING, "q": QUEUED, "node": node, "until": now + lease_micros, "now": now, "id": job_id},
-            ).rowcount
-        if taken == 1:
-            return get(engine, job_id)
+        job = claim_one(engine, job_id, node, now, lease_micros)
+        if job is not None:
+            return job
     return None
+
+
+def claim_one(engine: Engine, job_id: str, node: str, now: int, lease_micros: int) -> Job | None:
+    """Claim this job as `claim` does, if nobody runs it (a worker's task names its job)."""
+    with engine.begin() as conn:
+        taken = conn.execute(
+            text(
+                "UPDATE export_job SET status = :r, node = :node, lease_until = :until, transaction_time = :now, "
+                "progress = NULL WHERE id = :id AND (status = :q OR (status = :r AND lease_until < :now))"
+            ),
+            {"r": RUNNING, "q": QUEUED, "node": node, "until": now + lease_micros, "now": now, "id": job_id},
+        ).rowcount
+    return get(engine, job_id) if taken == 1 else None
 
 
 def renew(engine: Engine, job_id: str, node: str, until: int, progress: str) -> bool:
