@@ -360,3 +360,29 @@ class ExportJob(SQLModel, table=True):
     finished: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     #: when its files are removed (epoch micros)
     expires: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class SubscriptionRow(SQLModel, table=True):
+    """One topic-based Subscription (Subscriptions R5 Backport IG v1.1.0, R4 profile
+    backport-subscription), as its client created it: `resource` is the Subscription as this
+    server serves it (id, meta and status set here), the other columns are what searches,
+    `$status` and the ownership checks read without parsing it."""
+
+    __tablename__ = "subscription"
+    __table_args__ = (Index("ix_subscription_owner", "owner", "id"),)
+    id: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    #: the client that created it: only it may read, search, delete it ("" in open mode)
+    owner: str = Field(sa_column=Column(Text, nullable=False))
+    #: Subscription.status (R4 subscription-status: requested, active, error, off)
+    status: str = Field(max_length=16)
+    #: Subscription.criteria: the topic's canonical URL
+    topic: str = Field(sa_column=Column(Text, nullable=False))
+    #: Subscription.channel.endpoint (the `url` search parameter)
+    endpoint: str = Field(sa_column=Column(Text, nullable=False))
+    #: the Subscription resource as served (JSON)
+    resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: how many events were recorded for it (SubscriptionStatus eventsSinceSubscriptionStart)
+    events: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    #: why its status is `error` (no patient data)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
