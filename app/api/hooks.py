@@ -110,16 +110,18 @@ class SubscriptionGrant:
     app/security/subscriptions.py): who owns the subscriptions it creates and sees (only that
     client and user may read, search and delete them; "" in open mode), the patient its token
     is bound to (None: not bound), and its SMART v2 permissions on Subscription ("c", "r", "s",
-    "d")."""
+    "d"); whether its scopes let it read any ImagingStudy it may be notified of (a
+    `full-resource` payload carries the study only then, else `id-only`)."""
 
     owner: str
     patient: str | None
     permissions: frozenset[str]
+    reads_studies: bool = False
 
 
 def open_subscription_grant() -> SubscriptionGrant:
     """A server without access control: every permission, no owner, no patient."""
-    return SubscriptionGrant("", None, frozenset("crsd"))
+    return SubscriptionGrant("", None, frozenset("crsd"), reads_studies=True)
 
 
 #: a hook run before the first page of a search is read: it may fetch, flush or refuse (FhirError)

@@ -75,6 +75,7 @@ SUBSCRIPTION_READ = Interaction("Subscription read", "read", audit=("read", "R")
 SUBSCRIPTION_SEARCH = Interaction("Subscription search", "search-type", audit=("search-type", "E"))
 SUBSCRIPTION_DELETE = Interaction("Subscription delete", "delete", audit=("delete", "D"))
 SUBSCRIPTION_STATUS = Interaction("Subscription $status", "operation", audit=("operation", "E"))
+SUBSCRIPTION_EVENTS = Interaction("Subscription $events", "operation", audit=("operation", "R"))
 
 #: what every served resource type offers, as the CapabilityStatement lists it
 TYPE_INTERACTIONS = (READ, VREAD, HISTORY_INSTANCE, HISTORY_TYPE, SEARCH_TYPE)

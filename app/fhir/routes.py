@@ -290,3 +290,4 @@ def init_app(app: Flask, state: ApiState) -> None:
     for more in (history.bp, batch.bp, trail.bp, groups.bp, bulk.bp, subscriptions.bp):
         app.register_blueprint(more, url_prefix="/fhir")
     bulk.init_app(app, state)  # Bulk Data export: its jobs' worker
+    subscriptions.init_app(app, state)  # Subscriptions: the node's notification worker

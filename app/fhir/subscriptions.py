@@ -21,27 +21,32 @@ import time
 import uuid
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 
 from app.api.hooks import SubscriptionGrant
 from app.api.interactions import (
     SUBSCRIPTION_CREATE,
     SUBSCRIPTION_DELETE,
+    SUBSCRIPTION_EVENTS,
     SUBSCRIPTION_READ,
     SUBSCRIPTION_SEARCH,
     SUBSCRIPTION_STATUS,
     serves,
 )
 from app.api.outcome import FHIR_JSON, outcome
-from app.api.state import current_state
+from app.api.state import ApiState, current_state
 from app.clock import micros_to_instant
 from app.errors import FhirError
 from app.fhir.routes import check_format
-from app.fhir.subscription_body import PROFILE, BodyError, check
+from app.fhir.subscription_body import CONTENTS, PROFILE, BodyError, check
+from app.notify.bundle import notification
+from app.notify.worker import NotifyWorker
 from app.store import subscriptions
+from app.store.resources import read_current
 from app.store.subscriptions import Subscription
 
 bp = Blueprint("fhir_subscriptions", __name__)
+EXTENSION = "imaging-facade-notify"
 STATUS_PROFILE = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
 #: R4 subscription-status codes
 STATUSES = ("requested", "active", "error", "off")
@@ -57,6 +62,19 @@ _SUB = "Subscription"
 @bp.before_request
 def _negotiate() -> None:
     check_format()
+
+
+def _worker() -> NotifyWorker:
+    return current_app.extensions[EXTENSION]
+
+
+def init_app(app: Flask, state: ApiState) -> None:
+    """The node's notification worker; started at once when the store holds live subscriptions
+    (to send what is left after a restart), else with the first Subscription created."""
+    worker = NotifyWorker(state.store.engine, state.reader, state.config.subscriptions, state.base_url)
+    app.extensions[EXTENSION] = worker
+    if subscriptions.any_live(state.store.engine):
+        worker.start()
 
 
 def _grant(permission: str) -> SubscriptionGrant:
@@ -140,8 +158,15 @@ def create() -> Response:
             created=now,
             events=0,
             error=None,
+            content=asked.content,
+            filters=tuple(asked.filters),
+            heartbeat=asked.heartbeat or None,
+            may_read=1 if grant.reads_studies else 0,
         ),
     )
+    worker = _worker()
+    worker.start()
+    worker.wake()  # its handshake now
     location = f"{state.base_url}/Subscription/{rid}/_history/1"
     return _json(resource, 201, {"Location": location, "ETag": 'W/"1"'})
 
@@ -270,3 +295,42 @@ def status_type() -> Response:
 @serves(SUBSCRIPTION_STATUS)
 def status_instance(rid: str, rtype: str) -> Response:
     return _status_bundle([_own(rid, _grant("s"))])
+
+
+def _number(name: str) -> int | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise FhirError(400, "invalid", f"parameter '{name}': an event number (a whole number) is needed")
+    return int(value)
+
+
+@bp.get("/Subscription/<rid>/$events", defaults={"rtype": _SUB})
+@serves(SUBSCRIPTION_EVENTS)
+def events(rid: str, rtype: str) -> Response:
+    """IG OperationDefinition backport-subscription-events: past events by number
+    (eventsSinceNumber, eventsUntilNumber, both inclusive; at most server.max_count of them),
+    as a notification Bundle of type history whose status is of type query-event. `content`
+    (empty, id-only, full-resource) is a hint: full-resource only where the creator's scopes
+    allow, as for notifications."""
+    grant = _grant("r")
+    sub = _own(rid, grant)
+    state = current_state()
+    since = _number("eventsSinceNumber") or 1
+    until = _number("eventsUntilNumber")
+    until = sub.events if until is None else min(until, sub.events)
+    content = request.args.get("content", sub.content)
+    if content not in CONTENTS:
+        raise FhirError(400, "invalid", f"parameter 'content': one of {', '.join(CONTENTS)}")
+    if content == "full-resource" and not (sub.may_read and grant.reads_studies):
+        content = "id-only"
+    found = subscriptions.events(state.store.engine, sub.id, since, until, state.config.server.max_count)
+    resources: dict[str, bytes] = {}
+    if content == "full-resource":
+        for event in found:
+            current = read_current(state.reader, "ImagingStudy", event.study)
+            if current is not None:
+                resources[event.study] = bytes(current[2])
+    body = notification(sub, state.base_url, "query-event", found, content, resources, time.time_ns() // 1000)
+    return _json(body)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from app.api.hooks import SubscriptionGrant
-from app.security.access import current_access
+from app.security.access import READ, current_access
 
 _CONTEXTS = ("patient", "user", "system")
 _V2 = re.compile(r"^c?r?u?d?s?$")
@@ -41,6 +41,10 @@ def permissions(scopes: tuple[str, ...]) -> frozenset[str]:
 def grant() -> SubscriptionGrant:
     access = current_access()
     if access.open:
-        return SubscriptionGrant("", None, frozenset("crsd"))
+        return SubscriptionGrant("", None, frozenset("crsd"), reads_studies=True)
     owner = f"client:{access.client_id or ''}|sub:{access.subject or ''}"
-    return SubscriptionGrant(owner, access.patient, permissions(access.scopes))
+    # a `full-resource` notification carries the whole study: only to a token that may read every
+    # ImagingStudy it can be notified of, with no granular narrowing (a patient-bound token is
+    # notified of its own patient's studies only, app/fhir/subscriptions.py)
+    reads = any(g.covers("ImagingStudy", READ) and not g.narrowing for g in access.grants)
+    return SubscriptionGrant(owner, access.patient, permissions(access.scopes), reads_studies=reads)

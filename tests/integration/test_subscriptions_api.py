@@ -13,6 +13,7 @@ from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.subscription import Subscription
 from sqlalchemy import text
 
+from app.notify.worker import NotifyWorker
 from app.store.repository import Store
 from app.web import create_app
 
@@ -48,6 +49,13 @@ def subscription(topic: str = AVAILABLE, content: str = "id-only", filters=(), *
             **channel,
         },
     }
+
+
+@pytest.fixture(autouse=True)
+def _no_sending(monkeypatch):
+    """These tests are about the API alone: the node's notification worker does not start (sending
+    is tested in tests/integration/test_subscription_delivery.py)."""
+    monkeypatch.setattr(NotifyWorker, "start", lambda self: None)
 
 
 @pytest.fixture

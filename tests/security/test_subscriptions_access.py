@@ -10,11 +10,19 @@ import orjson
 import pytest
 from sqlalchemy import text
 
+from app.notify.worker import NotifyWorker
 from app.store.audit_record import render_event
 from tests.integration.test_subscriptions_api import subscription
 from tests.support.smart_auth import bearer
 
 JSON = {"Content-Type": "application/fhir+json"}
+
+
+@pytest.fixture(autouse=True)
+def _no_sending(monkeypatch):
+    """These tests are about the API alone: the node's notification worker does not start (sending
+    is tested in tests/integration/test_subscription_delivery.py)."""
+    monkeypatch.setattr(NotifyWorker, "start", lambda self: None)
 
 
 def token(auth_server, scope: str, client_id: str = "ehr-a", sub: str | None = None, **claims) -> dict:
