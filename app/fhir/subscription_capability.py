@@ -12,6 +12,7 @@ SUBSCRIPTION_SERVER = (
     "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/backport-subscription-server-r4"
 )
 _STATUS = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
+_EVENTS = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"
 
 
 def subscription_resource(base_url: str) -> dict:
@@ -28,7 +29,11 @@ def subscription_resource(base_url: str) -> dict:
             f"'ImagingStudy?name=value', ANDed): {filters}. Channel rest-hook (http or https endpoint) with "
             "payload application/fhir+json and backport-payload-content empty, id-only or full-resource; "
             "channel.header, backport-heartbeat-period, backport-timeout and backport-max-count are kept. "
-            "POST is the only create; a new Subscription is 'requested'. Creating needs a scope such as "
+            "POST is the only create; a new Subscription is 'requested' until its endpoint answers the "
+            "handshake with 2xx ('active'; 'error' otherwise, retried with backoff). Notifications are history "
+            "Bundles, at least once and in event-number order per subscription; 'error' after repeated failures, "
+            "'active' again once a notification is acknowledged. full-resource carries the study only when the "
+            "creator's scopes let it read ImagingStudy without narrowing, else id-only. Creating needs a scope such as "
             "user/Subscription.c or system/Subscription.c, reading .r, searching and $status .s, deleting .d; a "
             "token bound to a patient may subscribe only with the filter patient=<its patient>. A Subscription is "
             "visible to the client and user that created it only."
@@ -57,6 +62,12 @@ def subscription_resource(base_url: str) -> dict:
                 "definition": _STATUS,
                 "documentation": "GET [base]/Subscription/[id]/$status or [base]/Subscription/$status?id=&status=: "
                 "a searchset Bundle of backport-subscription-status-r4 Parameters (type query-status).",
-            }
+            },
+            {
+                "name": "events",
+                "definition": _EVENTS,
+                "documentation": "GET [base]/Subscription/[id]/$events?eventsSinceNumber=&eventsUntilNumber=&content=: "
+                "past events by number as a history Bundle (status type query-event); needs Subscription .r.",
+            },
         ],
     }

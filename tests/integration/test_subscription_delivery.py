@@ -276,3 +276,19 @@ def test_what_was_recorded_while_no_node_ran_is_sent_after_a_restart(setup, rece
     Bundle.model_validate(bundle)
     assert _status(bundle)["type"]["valueCode"] == "query-event"
     assert [e["event-number"]["valueString"] for e in _events(bundle)] == ["2"]
+
+
+def test_heartbeats_come_every_heartbeat_period(setup, receiver):
+    _, _, _, app = setup
+    client = app().test_client()
+    sent = subscription(endpoint=receiver.url)
+    sent["channel"]["extension"][0]["valueUnsignedInt"] = 1  # backport-heartbeat-period: 1 second
+    assert client.post("/fhir/Subscription", json=sent, headers=JSON).status_code == 201
+    wait_for(lambda: receiver.bundles("handshake"))
+    started = time.monotonic()
+    beats = wait_for(lambda: len(receiver.bundles("heartbeat")) >= 2 and receiver.bundles("heartbeat"), timeout=10)
+    assert time.monotonic() - started >= 1.5  # not sooner than the period
+    for beat in beats:
+        Bundle.model_validate(beat)
+        assert len(beat["entry"]) == 1 and _events(beat) == []
+        assert _status(beat)["status"]["valueCode"] == "active"

@@ -86,7 +86,7 @@ def test_the_topics_are_announced_on_the_subscription_entry_of_the_capability_st
     }
     assert announced == TOPICS
     assert {i["code"] for i in entry["interaction"]} == {"create", "read", "search-type", "delete"}
-    assert [o["name"] for o in entry["operation"]] == ["status"]
+    assert [o["name"] for o in entry["operation"]] == ["status", "events"]
 
 
 @pytest.mark.parametrize("content", ["empty", "id-only", "full-resource"])
