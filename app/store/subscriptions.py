@@ -161,7 +161,19 @@ def dispatch(engine: Engine, limit: int = 500) -> int:
     subscriptions they match, each its next event number, and delete them: all in one
     transaction, so a change becomes each matching subscription's event exactly once. On
     PostgreSQL, nodes dispatching at once skip each other's changes (FOR UPDATE SKIP LOCKED);
-    SQLite has one writer at a time. Returns how many changes were handed on."""
+    SQLite has one writer at a time. Returns how many changes were handed on (0 also when
+    another node took them first)."""
+    try:
+        return _dispatch(engine, limit)
+    except _Lost:  # rolled back: nothing of it was written
+        return 0
+
+
+class _Lost(Exception):
+    """Another node handed these changes on first."""
+
+
+def _dispatch(engine: Engine, limit: int) -> int:
     lock = " FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
     with engine.begin() as conn:
         changes = conn.execute(
@@ -170,6 +182,14 @@ def dispatch(engine: Engine, limit: int = 500) -> int:
         ).all()
         if not changes:
             return 0
+        # deleting them first is the claim: a node that finds fewer left than it read lost a race
+        # to another (SQLite reads outside the write lock) and leaves them to it
+        taken = conn.execute(
+            text("DELETE FROM study_change WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
+            {"ids": [row[0] for row in changes]},
+        ).rowcount
+        if taken != len(changes):
+            raise _Lost
         live = [
             _row(tuple(row))
             for row in conn.execute(
@@ -195,11 +215,16 @@ def dispatch(engine: Engine, limit: int = 500) -> int:
                     ),
                     {"sub": sub.id, "number": number, "recorded": recorded, "kind": kind, "study": study},
                 )
-        conn.execute(
-            text("DELETE FROM study_change WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
-            {"ids": [row[0] for row in changes]},
-        )
         return len(changes)
+
+
+#: a live subscription with something to send now that no other node holds a claim on
+_DUE = (
+    "status IN ('requested', 'active', 'error') AND next_try <= :now "
+    "AND (lease_until IS NULL OR lease_until < :now OR node = :node) "
+    "AND (status = 'requested' OR last_sent = 0 OR delivered < events "
+    "OR (heartbeat IS NOT NULL AND last_sent + heartbeat * 1000000 <= :now))"
+)
 
 
 def due(engine: Engine, node: str, now: int, lease_micros: int, limit: int = 50) -> list[Subscription]:
@@ -209,23 +234,15 @@ def due(engine: Engine, node: str, now: int, lease_micros: int, limit: int = 50)
     conditional UPDATE per subscription, so two nodes never send for the same one at once."""
     with engine.connect() as conn:
         candidates = conn.execute(
-            text(
-                "SELECT id FROM subscription WHERE status IN ('requested', 'active', 'error') AND next_try <= :now "
-                "AND (lease_until IS NULL OR lease_until < :now OR node = :node) "
-                "AND (status = 'requested' OR last_sent = 0 OR delivered < events "
-                "OR (heartbeat IS NOT NULL AND last_sent + heartbeat * 1000000 <= :now)) "
-                "ORDER BY next_try, id LIMIT :limit"
-            ),
+            text(f"SELECT id FROM subscription WHERE {_DUE} ORDER BY next_try, id LIMIT :limit"),
             {"now": now, "node": node, "limit": limit},
         ).all()
     claimed = []
     for (sub_id,) in candidates:
         with engine.begin() as conn:
             taken = conn.execute(
-                text(
-                    "UPDATE subscription SET node = :node, lease_until = :until WHERE id = :id "
-                    "AND (lease_until IS NULL OR lease_until < :now OR node = :node)"
-                ),
+                # the condition again: another node may have sent it meanwhile
+                text(f"UPDATE subscription SET node = :node, lease_until = :until WHERE id = :id AND {_DUE}"),
                 {"node": node, "until": now + lease_micros, "id": sub_id, "now": now},
             ).rowcount
         if taken == 1:

@@ -292,3 +292,21 @@ def test_heartbeats_come_every_heartbeat_period(setup, receiver):
         Bundle.model_validate(beat)
         assert len(beat["entry"]) == 1 and _events(beat) == []
         assert _status(beat)["status"]["valueCode"] == "active"
+
+
+def test_with_two_nodes_each_event_is_sent_once(setup, receiver):
+    config, store, archive, app = setup
+    first, second = app(), app()  # two API nodes on one store, each with its sender
+    second.extensions["imaging-facade-notify"].start()
+    create(first.test_client(), receiver)
+    wait_for(lambda: receiver.bundles("handshake"))
+    for name in FILES:
+        sync(config, store, archive, names=(name,))
+    wait_for(lambda: sum(len(_events(b)) for b in receiver.bundles("event-notification")) >= 2)
+    time.sleep(0.5)  # a repeat from the other node would come now
+    assert len(receiver.bundles("handshake")) == 1
+    numbers = [
+        int(e["event-number"]["valueString"]) for b in receiver.bundles("event-notification") for e in _events(b)
+    ]
+    assert numbers == [1, 2]
+    assert receiver.bundles("heartbeat") == []
