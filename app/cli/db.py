@@ -58,11 +58,11 @@ def upgrade(config_path: str | None, batch: int) -> None:
 
 
 def _rekey_patients(engine: Engine, config: Config, batch: int) -> None:
-    """Re-key the store's Patient ids from the old, unkeyed scheme (app/store/rekey.py): every
+    """Re-key the store's Patient ids from the old, unkeyed scheme (app/identity/rekey.py): every
     batch one transaction, progress said as it goes; nothing but counts is printed."""
     import time
 
-    from app.store import rekey
+    from app.identity import rekey
     from app.store.patient_ids import KeyMismatch, resolve_key
 
     if not rekey.needed(engine):

@@ -12,7 +12,7 @@ config's `identity.secret`); the sync layer hands it in through `IdentityConfig.
 mapping refuses to make an id without it.
 
 Stores made before the key kept `legacy_patient_id`s (unkeyed SHA-256); `imaging-facade db
-upgrade` re-keys them (app/store/rekey.py).
+upgrade` re-keys them (app/identity/rekey.py).
 
 A study without a Patient ID gets a Patient of its own, keyed by the study: it is never
 merged with anybody (two anonymous studies are not known to be one person).

@@ -10,7 +10,7 @@ with another key is refused before it writes a single id the others would not ma
 
 Stores made before the key hold unkeyed ids, which anyone who knows the issuer can reverse by
 trying every Patient ID. Such a store has Patients but no `patient-ids` setting: every command
-that opens it is refused until `imaging-facade db upgrade` has re-keyed it (app/store/rekey.py),
+that opens it is refused until `imaging-facade db upgrade` has re-keyed it (app/identity/rekey.py),
 as it is when its schema is behind. A store without any Patient yet is marked at once.
 """
 
