@@ -54,7 +54,11 @@ from app.store.resources import content_hash
 from app.store.tables import ID_TEXT
 
 PROGRESS_SETTING = "patient-rekey"
-_OLD_ID = re.compile(rb"[ps][0-9a-f]{40}(?![0-9a-f])")
+#: an old id anywhere (the audit trail's queries and paths, quarantine reasons, link explanations)
+_OLD_ID = re.compile(rb"()([ps][0-9a-f]{40})(?![0-9a-f])")
+#: a reference to a Patient (ImagingStudy.subject, Patient.link): the literal prefix lets the
+#: search skip along large study contents instead of trying a match at every byte
+_REFERENCE = re.compile(rb"(Patient/)([ps][0-9a-f]{40})(?![0-9a-f])")
 
 _work = MetaData()
 WORK = Table(
@@ -346,10 +350,10 @@ class _Rekey:
         )
         if not rows:
             return None, 0
-        names = self._names_in(conn, [bytes(r.content) for r in rows])
+        names = self._names_in(conn, [bytes(r.content) for r in rows], pattern=_REFERENCE)
         changed = []
         for r in rows:
-            content = _replace(bytes(r.content), names)
+            content = _replace(bytes(r.content), names, _REFERENCE)
             if content != bytes(r.content):
                 changed.append(
                     {"rtype": r.rtype, "id": r.id, "content": content, "hash": content_hash(orjson.loads(content))}
@@ -370,11 +374,16 @@ class _Rekey:
         )
         if not rows:
             return None, 0
-        names = self._names_in(conn, [bytes(r.content) for r in rows])
+        names = self._names_in(conn, [bytes(r.content) for r in rows], pattern=_REFERENCE)
         changed = [
-            {"rtype": r.rtype, "id": r.id, "version": r.version, "content": _replace(bytes(r.content), names)}
+            {
+                "rtype": r.rtype,
+                "id": r.id,
+                "version": r.version,
+                "content": _replace(bytes(r.content), names, _REFERENCE),
+            }
             for r in rows
-            if names and _OLD_ID.search(bytes(r.content))
+            if names and _REFERENCE.search(bytes(r.content))
         ]
         if changed:
             conn.execute(
@@ -392,11 +401,11 @@ class _Rekey:
         )
         if not rows:
             return None, 0
-        names = self._names_in(conn, [bytes(r.content) for r in rows])
+        names = self._names_in(conn, [bytes(r.content) for r in rows], pattern=_REFERENCE)
         changed = [
-            {"source": r.source, "uid": r.study_uid, "content": _replace(bytes(r.content), names)}
+            {"source": r.source, "uid": r.study_uid, "content": _replace(bytes(r.content), names, _REFERENCE)}
             for r in rows
-            if names and _OLD_ID.search(bytes(r.content))
+            if names and _REFERENCE.search(bytes(r.content))
         ]
         if changed:
             conn.execute(
@@ -448,11 +457,17 @@ class _Rekey:
             params.update({f"k{i}": value for i, value in enumerate(after)})
         return list(conn.execute(text(f"{select}{where} ORDER BY {columns} LIMIT :n"), params).all())
 
-    def _names_in(self, conn: Connection, contents: list[bytes], known: dict[str, str] | None = None) -> dict[str, str]:
-        """old id -> new id of every old id these contents name."""
+    def _names_in(
+        self,
+        conn: Connection,
+        contents: list[bytes],
+        known: dict[str, str] | None = None,
+        pattern: re.Pattern[bytes] = _OLD_ID,
+    ) -> dict[str, str]:
+        """old id -> new id of every old id these contents name (as `pattern` finds them)."""
         found: set[str] = set()
         for content in contents:
-            found.update(m.decode() for m in _OLD_ID.findall(content))
+            found.update(m[1].decode() for m in pattern.findall(content))
         names = dict(known or {})
         names.update(self._lookup(conn, [f for f in found if f not in names]))
         return names
@@ -470,10 +485,16 @@ class _Rekey:
         return {old: new for old, new in rows}
 
 
-def _replace(content: bytes, names: dict[str, str]) -> bytes:
+def _replace(content: bytes, names: dict[str, str], pattern: re.Pattern[bytes] = _OLD_ID) -> bytes:
+    """`content` with each old id `pattern` finds that `names` knows replaced by its new id."""
     if not names or not content:
         return content
-    return _OLD_ID.sub(lambda m: names.get(m.group().decode(), m.group().decode()).encode(), content)
+
+    def new(match: re.Match[bytes]) -> bytes:
+        old = match[2].decode()
+        return match[1] + names[old].encode() if old in names else match[0]
+
+    return pattern.sub(new, content)
 
 
 def _audit_text(content: bytes) -> bytes:
