@@ -72,6 +72,7 @@ def _rekey_patients(engine: Engine, config: Config, batch: int) -> None:
     except KeyMismatch as exc:
         fail(f"invalid configuration in {config.path}:\n  {exc}")
     click.echo("re-keying Patient ids (the old ones reveal the Patient ID); safe to stop and run again")
+    _store_spooled_events(config)
     started = last = time.monotonic()
 
     def told(step: str, done: int) -> None:
@@ -83,6 +84,24 @@ def _rekey_patients(engine: Engine, config: Config, batch: int) -> None:
 
     count = rekey.rekey(engine, key, config.identity, batch, told)
     click.echo(f"re-keyed {count} Patient ids in {time.monotonic() - started:.1f} s")
+
+
+def _store_spooled_events(config: Config) -> None:
+    """Move the AuditEvents that stopped servers left in the audit spool into the store first:
+    they name Patients by their old ids, and once the re-key has begun nothing could map them.
+    A segment a live process holds stays (servers must be stopped for an upgrade)."""
+    from app.store.audit_log import AuditLog
+
+    spool = config.security.audit_spool
+    if spool is None or not spool.is_dir():
+        return
+    audit_log = AuditLog(config.store, spool)
+    try:
+        stored = audit_log.flush()
+    finally:
+        audit_log.close()
+    if stored:
+        click.echo(f"stored {stored} audit events left in the audit spool")
 
 
 @db.command()

@@ -69,6 +69,38 @@ def make_old_store(monkeypatch, write_config, tmp_path: Path, url: str, name: st
     return config
 
 
+SPOOLED = "spooled-before-the-upgrade"
+
+
+def leave_in_spool(spool: Path, url: str, old_patient: str) -> None:
+    """An AuditEvent naming a Patient by its old id, left in the audit spool by a server process
+    that ended without storing it (it is stored by the next process, here the upgrade)."""
+    record = {
+        "status": 200,
+        "subtype": "read",
+        "action": "R",
+        "who": None,
+        "client": None,
+        "open": True,
+        "address": "127.0.0.1",
+        "query": f"_id={old_patient}",
+        "path": f"/fhir/Patient/{old_patient}",
+        "read": f"Patient/{old_patient}",
+        "patients": [old_patient],
+        "server": "http://testserver/fhir",
+    }
+    code = (
+        "import os, sys, orjson\n"
+        "from app.store.audit_spool import AuditSpool\n"
+        "spool = AuditSpool(sys.argv[1], sys.argv[2], lambda events, may_exist: None)\n"
+        "spool.append(sys.argv[3], 1700000000000000, '0', sys.argv[4].encode(), [['patient', sys.argv[5]]])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(spool), url, SPOOLED, orjson.dumps(record).decode(), old_patient], check=True
+    )
+
+
 def old_to_new(before: dict, key: bytes) -> dict[str, str]:
     """Each old Patient id and the id the key gives its identifier, found independently of the
     re-key: from the identifiers of the Patient's versions, or the study of a Patient of its own."""
@@ -120,10 +152,20 @@ def test_an_old_store_is_refused_then_rekeyed_with_every_row_intact(monkeypatch,
     result = CliRunner().invoke(cli, ["sync", "--config", str(config.path)])
     assert result.exit_code != 0 and "imaging-facade db upgrade" in result.output
 
+    old_same = legacy_patient_id("urn:oid:1.2.1", "1001")
+    leave_in_spool(config.security.audit_spool, empty_url, old_same)
     result = CliRunner().invoke(cli, ["db", "upgrade", "--config", str(config.path), "--batch", "2"])
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output
+    assert "stored 1 audit events left in the audit spool" in result.output
     after = snapshot(empty_url)
+    spooled = [row for row in after["audit_event"] if row[0] == SPOOLED]
+    assert len(spooled) == 1 and old_same.encode() not in bytes(spooled[0][3])
+    assert ("patient", patient_id("urn:oid:1.2.1", "1001", SECRET.encode())) in [
+        (param, value) for _pk, event, param, value in after["audit_index"] if event == SPOOLED
+    ]
+    after["audit_event"] = [row for row in after["audit_event"] if row[0] != SPOOLED]
+    after["audit_index"] = [row for row in after["audit_index"] if row[1] != SPOOLED]
 
     mapping = old_to_new(before, SECRET.encode())
     patients = {r[1] for r in before["resource_version"] if r[0] == "Patient"}
