@@ -117,6 +117,7 @@ class _Rekey:
 
     def run(self) -> int:
         if current(self.engine):
+            WORK.drop(self.engine, checkfirst=True)  # left by a re-key stopped after its last batch
             return 0
         WORK.create(self.engine, checkfirst=True)
         with self.engine.connect() as conn:
