@@ -246,24 +246,24 @@ class _Rekey:
                 {"old": r.id, "new": mapping[r.id], "content": content, "hash": content_hash(orjson.loads(content))}
             )
         if updates:
-            conn.execute(
-                text(
-                    "UPDATE resource SET id = :new, content = :content, content_hash = :hash "
-                    "WHERE rtype = 'Patient' AND id = :old"
-                ),
-                updates,
+            _update_rows(
+                conn,
+                "resource",
+                {"id": "new", "content": "content", "content_hash": "hash"},
+                {"rtype": "rtype", "id": "old"},
+                [dict(u, rtype="Patient") for u in updates],
             )
         versions = [
             {"old": r.id, "new": mapping[r.id], "version": r.version, "content": _replace(bytes(r.content), names)}
             for r in version_rows
         ]
         if versions:
-            conn.execute(
-                text(
-                    "UPDATE resource_version SET id = :new, content = :content "
-                    "WHERE rtype = 'Patient' AND id = :old AND version = :version"
-                ),
-                versions,
+            _update_rows(
+                conn,
+                "resource_version",
+                {"id": "new", "content": "content"},
+                {"rtype": "rtype", "id": "old", "version": "version"},
+                [dict(v, rtype="Patient") for v in versions],
             )
         # the rows that name these Patients in an id column: one statement per table and batch,
         # each row's new id looked up in the work table by its primary key, the rows found by
@@ -299,11 +299,11 @@ class _Rekey:
             {"ids": olds},
         ).all()
         if rows:
-            conn.execute(
-                text(
-                    "UPDATE patient_contribution SET patient_id = :new, content = :content "
-                    "WHERE source = :source AND study_uid = :uid"
-                ),
+            _update_rows(
+                conn,
+                "patient_contribution",
+                {"patient_id": "new", "content": "content"},
+                {"source": "source", "study_uid": "uid"},
                 [
                     {
                         "new": mapping[r.patient_id],
@@ -371,8 +371,11 @@ class _Rekey:
                     {"rtype": r.rtype, "id": r.id, "content": content, "hash": content_hash(orjson.loads(content))}
                 )
         if changed:
-            conn.execute(
-                text("UPDATE resource SET content = :content, content_hash = :hash WHERE rtype = :rtype AND id = :id"),
+            _update_rows(
+                conn,
+                "resource",
+                {"content": "content", "content_hash": "hash"},
+                {"rtype": "rtype", "id": "id"},
                 changed,
             )
         return [rows[-1].rtype, rows[-1].id], len(rows)
@@ -398,11 +401,11 @@ class _Rekey:
             if names and _REFERENCE.search(bytes(r.content))
         ]
         if changed:
-            conn.execute(
-                text(
-                    "UPDATE resource_version SET content = :content "
-                    "WHERE rtype = :rtype AND id = :id AND version = :version"
-                ),
+            _update_rows(
+                conn,
+                "resource_version",
+                {"content": "content"},
+                {"rtype": "rtype", "id": "id", "version": "version"},
                 changed,
             )
         return [rows[-1].rtype, rows[-1].id, rows[-1].version], len(rows)
@@ -420,9 +423,7 @@ class _Rekey:
             if names and _REFERENCE.search(bytes(r.content))
         ]
         if changed:
-            conn.execute(
-                text("UPDATE study_copy SET content = :content WHERE source = :source AND study_uid = :uid"), changed
-            )
+            _update_rows(conn, "study_copy", {"content": "content"}, {"source": "source", "study_uid": "uid"}, changed)
         return [rows[-1].source, rows[-1].study_uid], len(rows)
 
     def _quarantine(self, conn: Connection, after: list | None) -> tuple[list | None, int]:
@@ -495,6 +496,18 @@ class _Rekey:
             {"ids": sorted(set(ids))},
         )
         return {old: new for old, new in rows}
+
+
+def _update_rows(conn: Connection, table: str, sets: dict[str, str], match: dict[str, str], rows: list[dict]) -> None:
+    """Write each row's values (`sets`: column -> field of the row) into the row of `table` it
+    matches on its primary key (`match`: column -> field): a statement a row, sent together
+    (psycopg pipelines them), each one an index lookup whatever the table's statistics say. A
+    join of the table with the batch's values (UPDATE … FROM) was measured no faster on
+    PostgreSQL, and planned as a hash join over the whole table."""
+    if rows:
+        assign = ", ".join(f"{column} = :{field}" for column, field in sets.items())
+        where = " AND ".join(f"{column} = :{field}" for column, field in match.items())
+        conn.execute(text(f"UPDATE {table} SET {assign} WHERE {where}"), rows)
 
 
 def _replace(content: bytes, names: dict[str, str], pattern: re.Pattern[bytes] = _OLD_ID) -> bytes:
