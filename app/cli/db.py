@@ -34,7 +34,7 @@ def db() -> None:
 
 @db.command()
 @config_option
-@click.option("--batch", default=1000, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(min=1, max=10000),
               help="Patients (or rows) per transaction of a re-key of Patient ids.")  # fmt: skip
 def upgrade(config_path: str | None, batch: int) -> None:
     """Migrate the store to this release's schema (an empty store is made at it), then re-key
