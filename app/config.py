@@ -27,6 +27,7 @@ from marshmallow import (
 )
 from sqlalchemy.engine import make_url
 
+from app.export.settings import ExportSchema, ExportSettings, export_settings
 from app.identity.settings import DEFAULT as IDENTITY_DEFAULT
 from app.identity.settings import IdentityConfig, IdentitySchema
 from app.logs import LogSettings
@@ -281,6 +282,7 @@ class ConfigSchema(Strict):
     identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
     logging = fields.Nested(LoggingSchema, load_default=lambda: LoggingSchema().load({}))
     metrics = fields.Nested(MetricsSchema, load_default=lambda: MetricsSchema().load({}))
+    export = fields.Nested(ExportSchema, load_default=lambda: ExportSchema().load({}))
 
     @validates("store")
     def _store(self, value: str, **_: Any) -> None:
@@ -398,6 +400,8 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     #: the broker of a distributed sync; None: every sync runs in its own process
     queue: QueueConfig | None = None
+    #: Bulk Data export (app/export); None only for configs built without the loader
+    export: ExportSettings | None = None
 
     def source(self, name: str) -> SourceSettings:
         for src in self.sources:
@@ -585,6 +589,7 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         logging=LogSettings(**data["logging"]),
         metrics=MetricsSettings(**data["metrics"]),
         queue=QueueConfig(**data["queue"]) if data["queue"] else None,
+        export=export_settings(data["export"], store, root),
     )
 
 

@@ -6,7 +6,7 @@ the network (or the host's firewall) decides who may. The figures are the counte
 process keeps (app/telemetry.py, added up across gunicorn's workers by prometheus_client's
 multiprocess mode) and what the store knows when the scrape comes, read with one short
 connection: each source's freshness, studies held and quarantined, the identity review queue,
-and this host's audit backlog. Source names are labels; nothing about a patient is.
+the Bulk Data export jobs by status, and this host's audit backlog. Source names are labels; nothing about a patient is.
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ from app.clock import instant_now_ms
 from app.config import Config
 from app.logsafe import describe
 from app.store.audit_spool import AuditSpool
+from app.store.export_jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 log = logging.getLogger(__name__)
 #: prometheus_client reads this when it is imported: `serve` sets it before anything imports it
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: the states of an export job, each a series even when no job is in it
+EXPORT_STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 
 
 class StoreCollector(Collector):
@@ -55,10 +58,12 @@ class StoreCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield from self._sources(*rows)
+        state, held, quarantined, review, exports = rows
+        yield from self._sources(state, held, quarantined, review)
+        yield from self._exports(exports)
         yield from self._audit()
 
-    def _read(self) -> tuple[dict[str, tuple], dict[str, int], dict[str, int], int]:
+    def _read(self) -> tuple[dict[str, tuple], dict[str, int], dict[str, int], int, dict[str, int]]:
         with self.engine.connect() as conn:
             state = {
                 r[0]: tuple(r[1:])
@@ -71,7 +76,10 @@ class StoreCollector(Collector):
                 r[0]: r[1] for r in conn.execute(text("SELECT source, count(*) FROM quarantine GROUP BY source"))
             }
             review = conn.execute(text("SELECT count(*) FROM patient_link WHERE status = 'review'")).scalar_one()
-        return state, held, quarantined, review
+            exports: dict[str, int] = {
+                r[0]: r[1] for r in conn.execute(text("SELECT status, count(*) FROM export_job GROUP BY status"))
+            }
+        return state, held, quarantined, review, exports
 
     def _sources(
         self, state: dict[str, tuple], held: dict[str, int], quarantined: dict[str, int], review: int
@@ -115,6 +123,16 @@ class StoreCollector(Collector):
         queue = GaugeMetricFamily("facade_identity_review_queue", "Pairs of Patient records waiting for review")
         queue.add_metric([], review)
         yield from (success, lag, full, failing, studies, held_back, queue)
+
+    def _exports(self, exports: dict[str, int]) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "facade_export_jobs",
+            "Bulk Data export jobs kept in the store, by status (queued, running, done, failed, cancelled)",
+            labels=["status"],
+        )
+        for status in EXPORT_STATUSES:
+            jobs.add_metric([status], exports.get(status, 0))
+        yield jobs
 
     def _audit(self) -> Iterator[Metric]:
         if self.spool is None:

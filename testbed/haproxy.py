@@ -18,6 +18,7 @@ from pathlib import Path
 import requests
 
 from testbed.orthanc import free_port
+from testbed.services import end_process
 
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "haproxy.cfg"
 #: the response header that names the node (test-only)
@@ -100,11 +101,5 @@ class HAProxy:
         return {(row[0], row[1]): dict(zip(header, row, strict=False)) for row in rows[1:] if len(row) > 1}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
         self._log.close()

@@ -279,13 +279,8 @@ class OrthancServer:
     def _terminate(self) -> None:
         atexit.unregister(self._terminate)
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=self.stop_grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            services.end_process(process, self.stop_grace)
         if self._log is not None:
             self._log.close()
             self._log = None

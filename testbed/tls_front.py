@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from testbed.orthanc import free_port
+from testbed.services import end_process
 
 
 def front_config(port: int, target: int, bundle: Path, client_ca: Path | None) -> str:
@@ -69,11 +70,5 @@ class TlsFront:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
         self._log.close()

@@ -87,6 +87,23 @@ class OpenGuard:
         return True
 
 
+@dataclass(frozen=True)
+class BulkGrant:
+    """What a Bulk Data request may export (SMART Backend Services, app/security/bulk.py): who
+    owns its jobs (only that client may poll, download or cancel them; "" in open mode) and, per
+    served type it may read, None (all of it) or its granular scopes' parameters, ORed."""
+
+    owner: str
+    types: dict[str, list[list[tuple[str, str]]] | None]
+
+
+def open_bulk_grant() -> BulkGrant:
+    """A server without access control: every served type, no owner."""
+    from app.search.params import RESOURCE_TYPES
+
+    return BulkGrant("", dict.fromkeys(RESOURCE_TYPES))
+
+
 #: a hook run before the first page of a search is read: it may fetch, flush or refuse (FhirError)
 BeforeSearch = Callable[[SearchQuery, Guard], None]
 
@@ -95,6 +112,8 @@ BeforeSearch = Callable[[SearchQuery, Guard], None]
 class Hooks:
     guard: Guard = field(default_factory=OpenGuard)
     before_search: list[BeforeSearch] = field(default_factory=list)
+    #: what the request's client may export, and who it is (security registers its own)
+    bulk_grant: Callable[[], BulkGrant] = open_bulk_grant
 
     def run_before_search(self, query: SearchQuery) -> None:
         for hook in self.before_search:

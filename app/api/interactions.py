@@ -30,6 +30,10 @@ class Interaction:
     public: bool = False
     #: looks across every patient: refused to a token bound to one patient
     across_patients: bool = False
+    #: the type whose scope an across-patients interaction needs (with `permission`)
+    scoped_on: str = "Patient"
+    #: a Bulk Data export request (SMART Backend Services: system-level scopes only)
+    bulk: bool = False
 
 
 CAPABILITIES = Interaction("metadata", restful="capabilities", public=True)
@@ -53,6 +57,17 @@ PATIENT_MATCH = Interaction("Patient/$match", "operation", "s", across_patients=
 IMAGES = Interaction("WADO-RS", audit=("read", "R"))
 #: linking two Patients writes both (Patient.link): an update, across patients
 IDENTITY_REVIEW = Interaction("the identity review API", permission="u", across_patients=True)
+
+#: a source's patients as a Group (Bulk Data Access IG v2.0.0): membership spans patients
+GROUP_READ = Interaction("Group read", "read", "r", ("read", "R"), across_patients=True, scoped_on="Group")
+GROUP_SEARCH = Interaction(
+    "Group search", "search-type", "s", ("search-type", "E"), across_patients=True, scoped_on="Group"
+)
+#: Bulk Data export (IG v2.0.0): kick-off, status, output file download and cancel, each audited
+EXPORT = Interaction("$export", "operation", audit=("operation", "E"), bulk=True)
+EXPORT_STATUS = Interaction("$export status", audit=("operation", "R"), bulk=True)
+EXPORT_FILE = Interaction("$export file", audit=("operation", "R"), bulk=True)
+EXPORT_DELETE = Interaction("$export delete", audit=("operation", "D"), bulk=True)
 
 #: what every served resource type offers, as the CapabilityStatement lists it
 TYPE_INTERACTIONS = (READ, VREAD, HISTORY_INSTANCE, HISTORY_TYPE, SEARCH_TYPE)

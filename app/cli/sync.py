@@ -1,6 +1,7 @@
 """`imaging-facade sync [--watch] [--distributed]`: one sync of every source (or one) with a
 progress bar and a summary, or continuous syncing until SIGTERM or Ctrl-C; with
-`--distributed`, the studies are read and stored by `imaging-facade worker` processes."""
+`--distributed`, the studies are read and stored by `imaging-facade worker` processes (a
+watcher keeps the steps along a change feed, and which source is polled when)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from app.sources.settings import SourceSettings
     from app.store.repository import Store
-    from app.sync.run import Progress
+    from app.sync.run import Delegate, Progress
     from app.sync.summary import SyncSummary
 
 
@@ -41,19 +42,18 @@ def sync(config_path: str | None, source_name: str | None, watch: bool, distribu
         fail(str(exc))
     if not sources:
         fail("no sources configured")
-    if distributed and watch:
-        fail("--watch and --distributed together are not supported: a watcher polls in its own process")
-    runner = None
+    runner = delegate = None
     if distributed:
-        app, queue = task_queue(config, "sync --distributed")
+        app, queue = task_queue(config, "sync --watch --distributed" if watch else "sync --distributed")
         runner = _distributed(app, queue.studies_per_task)
+        delegate = _workers(app, queue.studies_per_task)
     store = open_store(config)
     if watch:
         if config.metrics.port is not None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             from app.metrics import serve_metrics  # (under `serve`, its arbiter reports this process's counts)
 
             serve_metrics(config)
-        _watch(store, sources)
+        _watch(store, sources, delegate)
         return
     failed = False
     for src in sources:
@@ -72,7 +72,14 @@ def _distributed(app: Celery, studies_per_task: int) -> Callable[[Store, SourceS
     return run
 
 
-def _watch(store: Store, sources: list[SourceSettings]) -> None:
+def _workers(app: Celery, studies_per_task: int) -> Delegate:
+    """A watcher's delegate: its full syncs and date-window polls go to the workers."""
+    from app.sync.distributed.coordinator import Workers
+
+    return Workers(app, studies_per_task)
+
+
+def _watch(store: Store, sources: list[SourceSettings], delegate: Delegate | None = None) -> None:
     """Poll until SIGTERM or SIGINT; the study in hand is finished first."""
     import signal
     import threading
@@ -94,7 +101,7 @@ def _watch(store: Store, sources: list[SourceSettings]) -> None:
 
     names = ", ".join(src.name for src in sources)
     say(f"watching {names}; stop with SIGTERM or Ctrl-C")
-    watch(store, sources, stop, report)
+    watch(store, sources, stop, report, delegate)
     store.close()
     say("stopped")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.api.interactions import READ, SEARCH_TYPE, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS
+from app.fhir import bulk_capability
 from app.mapping.claims import PROFILES
 from app.search.params import AUDIT_EVENT_PARAMS, BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
@@ -64,7 +65,8 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
                     "documentation": "POST a Parameters with 'resource' (a Patient), optional 'onlyCertainMatches' and "
                     "'count'; answers a searchset with search.score and the match-grade extension "
                     "(certain, probable, possible), scored like automatic record linkage.",
-                }
+                },
+                bulk_capability.patient_operation(),
             ]
     resources.append(
         {
@@ -79,6 +81,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
             ],
         }
     )
+    resources.append(bulk_capability.group_resource())
     resources.append(
         {
             "type": "StructureDefinition",
@@ -111,6 +114,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         "date": released,
         "publisher": "imaging-facade",
         "kind": "instance",
+        "instantiates": [bulk_capability.BULK_DATA],
         "software": {"name": "imaging-facade", "version": SOFTWARE_VERSION},
         "implementation": {"description": "FHIR R4 ImagingStudy facade over DICOM archives", "url": base_url},
         "fhirVersion": "4.0.1",
@@ -161,6 +165,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
                     {"code": interaction.restful, "documentation": documentation}
                     for interaction, documentation in zip(SYSTEM_INTERACTIONS, SYSTEM_DOCUMENTATION, strict=True)
                 ],
+                "operation": [bulk_capability.system_operation()],
             }
         ],
     }

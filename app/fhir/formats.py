@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 JSON_TYPES = frozenset({"json", "application/json", "application/fhir+json"})
 XML_TYPES = frozenset({"xml", "application/xml", "application/fhir+xml", "text/xml"})
+#: Bulk Data output files (Bulk Data Access IG v2.0.0): JSON lines; an error about them is JSON
+NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
 FHIR_XML = "application/fhir+xml; charset=utf-8"
 #: the FHIR versions this server answers in (http.html#version-parameter)
 VERSIONS = frozenset({"4.0", "4.0.1"})
@@ -84,6 +86,8 @@ def negotiate() -> str:
         media, params, q = _media(item)
         chosen = _format_of(media, params)
         if chosen is None and media in ("*/*", "application/*") and params.get("fhirversion", "4.0") in VERSIONS:
+            chosen = "json"
+        if chosen is None and media in NDJSON_TYPES:
             chosen = "json"
         if chosen is not None and q > best_q:
             best, best_q = chosen, q

@@ -284,8 +284,9 @@ def patient_match() -> Response:
 
 
 def init_app(app: Flask, state: ApiState) -> None:
-    from app.fhir import batch, history, trail
+    from app.fhir import batch, bulk, groups, history, trail
 
     app.register_blueprint(bp, url_prefix="/fhir")
-    for more in (history.bp, batch.bp, trail.bp):
+    for more in (history.bp, batch.bp, trail.bp, groups.bp, bulk.bp):
         app.register_blueprint(more, url_prefix="/fhir")
+    bulk.init_app(app, state)  # Bulk Data export: its jobs' worker

@@ -14,7 +14,7 @@ from werkzeug.datastructures import Headers
 from app.api.interactions import SEARCH_TYPE, Interaction, current_interaction
 from app.config import SecurityConfig
 from app.errors import FhirError
-from app.security import scope
+from app.security import bulk, scope
 from app.security.access import Access
 from app.security.scopes import may_update_patients, needed, parse_scopes
 
@@ -121,11 +121,12 @@ def _enforce_across_patients(access: Access, interaction: Interaction, realm: st
                 "(linking writes both Patients)",
                 scope="user/Patient.u system/Patient.u",
             )
-    elif not scope.allows(access, "Patient", interaction.permission or "s"):
+    elif not scope.allows(access, interaction.scoped_on, interaction.permission or "s"):
+        rtype = interaction.scoped_on
         raise forbidden(
             realm,
-            f"{interaction.name} needs a scope such as user/Patient.rs or system/Patient.rs",
-            scope="user/Patient.rs system/Patient.rs",
+            f"{interaction.name} needs a scope such as user/{rtype}.rs or system/{rtype}.rs",
+            scope=f"user/{rtype}.rs system/{rtype}.rs",
         )
 
 
@@ -133,6 +134,9 @@ def enforce(access: Access, request: Request, realm: str) -> None:
     """403 unless the scopes cover the request: checked before any query runs."""
     interaction = current_interaction()
     if interaction is None:  # a route that declares no interaction grants nothing beyond the token
+        return
+    if interaction.bulk:
+        bulk.enforce(access, interaction, realm)
         return
     if interaction.across_patients:
         _enforce_across_patients(access, interaction, realm)

@@ -320,3 +320,37 @@ class AuditIndexRow(SQLModel, table=True):
     event_id: str = Field(sa_column=Column(ID_TEXT, nullable=False))
     param: str = Field(max_length=32)
     value: str = Field(sa_column=Column(REF_TEXT, nullable=False))
+
+
+class ExportJob(SQLModel, table=True):
+    """One Bulk Data export (Bulk Data Access IG v2.0.0): what was asked, who asked, and where
+    it stands. Any API node may run a job: it claims the row for `lease` seconds and renews
+    the claim while it writes (app/export/jobs.py), so a job runs on one node at a time and a
+    node that dies hands it on. `manifest` holds the finished job's output and error files."""
+
+    __tablename__ = "export_job"
+    __table_args__ = (Index("ix_export_status", "status", "lease_until"), Index("ix_export_owner", "owner", "status"))
+    id: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    #: the client that may poll, download and cancel ("" in open mode)
+    owner: str = Field(sa_column=Column(Text, nullable=False))
+    #: queued, running, done, failed or cancelled
+    status: str = Field(max_length=16)
+    #: the kick-off request's URL, as the manifest's `request` gives it
+    request: str = Field(sa_column=Column(Text, nullable=False))
+    #: what to export, as JSON (app/export/params.py ExportRequest)
+    params: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: epoch micros the export's reads began at (the manifest's transactionTime)
+    transaction_time: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: the node running it, and until when its claim holds (epoch micros)
+    node: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    lease_until: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: what is done so far, for X-Progress
+    progress: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: {"output": [...], "error": [...]} of a finished job, file names relative to its directory
+    manifest: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    #: why a failed job failed (no patient data)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    finished: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: when its files are removed (epoch micros)
+    expires: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from types import TracebackType
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -174,17 +175,35 @@ def sync_source(
     return run.finish_listing(cursor)
 
 
-def sync_incremental(store: Store, src: SourceSettings, source: Source, stop: Stop | None = None) -> SyncSummary:
+class Delegate(Protocol):
+    """Who reads and stores the studies of a watcher's full syncs and date-window polls, when
+    not the watcher itself: the workers of a distributed sync (app/sync/distributed)."""
+
+    def full(self, store: Store, src: SourceSettings, source: Source, stop: Stop | None) -> SyncSummary: ...
+
+    def window(
+        self, store: Store, src: SourceSettings, source: Source, cursor: dict, stop: Stop | None
+    ) -> SyncSummary: ...
+
+
+def sync_incremental(
+    store: Store, src: SourceSettings, source: Source, stop: Stop | None = None, delegate: Delegate | None = None
+) -> SyncSummary:
     """One poll in watch mode: a full sync when one is due (or none was ever done), else only
-    what changed since the cursor."""
+    what changed since the cursor. With a `delegate`, the full syncs and the date-window polls
+    are its; a step along a change feed stays here (its events are applied in their order)."""
     state = store.sync_state.get(src.name)
     now, _ = instant_now_ms()
     due = state is None or state.last_full is None or now - state.last_full >= src.full_every * 1_000_000
     cursor = orjson.loads(state.cursor) if state is not None else {}
     if due or not source.answers_queries or not ("seq" in cursor or "window_end" in cursor):
+        if delegate is not None:
+            return delegate.full(store, src, source, stop)
         return sync_source(store, src, source=source, stop=stop)
     if source.change_feed is not None and "seq" in cursor:
         return sync_changes(store, src, source, cursor, stop)
+    if delegate is not None:
+        return delegate.window(store, src, source, cursor, stop)
     return sync_window(store, src, source, cursor, stop)
 
 
@@ -248,11 +267,18 @@ def sync_window(
     A date window cannot see deletions, or studies stored late with an old date; the full
     reconciliation every `full_every` seconds finds those.
     """
-    today = _today(src)
-    start = min(date.fromisoformat(cursor["window_end"]), today) - timedelta(days=src.window_overlap_days)
+    match, reached = window_match(src, cursor)
     with Run(store, src, source, stop, "poll") as run:
-        for item in source.iter_studies(match={"StudyDate": f"{start:%Y%m%d}-"}):
+        for item in source.iter_studies(match=match):
             run.batch.add(item)
             if run.stop_asked():
                 break
-    return run.finish(None if run.stopped or run.summary.error else {"window_end": today.isoformat()})
+    return run.finish(None if run.stopped or run.summary.error else reached)
+
+
+def window_match(src: SourceSettings, cursor: dict) -> tuple[dict, dict]:
+    """The query of a date-window poll from `cursor` (studies dated from its day, less the
+    overlap, on: a DICOM date range, PS3.4 C.2.2.2.5), and the cursor it reaches once done."""
+    today = _today(src)
+    start = min(date.fromisoformat(cursor["window_end"]), today) - timedelta(days=src.window_overlap_days)
+    return {"StudyDate": f"{start:%Y%m%d}-"}, {"window_end": today.isoformat()}

@@ -28,7 +28,7 @@ from app.sources.base import Source
 from app.sources.settings import SourceSettings
 from app.store.leases import Leases, open_leases
 from app.store.repository import Store
-from app.sync.run import sync_incremental
+from app.sync.run import Delegate, sync_incremental
 from app.sync.summary import SyncSummary, record_outcome
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,15 @@ def watch(
     sources: list[SourceSettings],
     stop: threading.Event,
     on_poll: Callable[[SyncSummary], None] | None = None,
+    delegate: Delegate | None = None,
 ) -> None:
-    """Poll `sources` until `stop` is set; on PostgreSQL, those whose lock this process holds."""
+    """Poll `sources` until `stop` is set; on PostgreSQL, those whose lock this process holds.
+    With a `delegate` (the workers of a distributed sync), it reads and stores the studies of
+    the full syncs and date-window polls; this process still decides what is polled when."""
     leases = open_leases(store.url, [src.name for src in sources])
     try:
         leases.ready(5.0)
-        _loop(store, sources, stop, on_poll, leases)
+        _loop(store, sources, stop, on_poll, leases, delegate)
     finally:
         leases.close()
 
@@ -68,6 +71,7 @@ def _loop(
     stop: threading.Event,
     on_poll: Callable[[SyncSummary], None] | None,
     leases: Leases,
+    delegate: Delegate | None,
 ) -> None:
     built = {src.name: src.open() for src in sources}
     due = {src.name: 0.0 for src in sources}
@@ -83,7 +87,7 @@ def _loop(
                 failures[src.name] = 0
                 continue
             name = src.name
-            summary = _poll(store, src, built[name], _stop_or_lost(stop, leases, name))
+            summary = _poll(store, src, built[name], _stop_or_lost(stop, leases, name), delegate)
             failures[name] = failures[name] + 1 if summary.error else 0
             pause = failure_pause(src.poll_interval, failures[name]) if failures[name] else src.poll_interval
             due[name] = time.monotonic() + pause
@@ -97,9 +101,11 @@ def _stop_or_lost(stop: threading.Event, leases: Leases, name: str) -> Callable[
     return lambda: stop.is_set() or not leases.holds(name)
 
 
-def _poll(store: Store, src: SourceSettings, source: Source, stop: Callable[[], bool]) -> SyncSummary:
+def _poll(
+    store: Store, src: SourceSettings, source: Source, stop: Callable[[], bool], delegate: Delegate | None
+) -> SyncSummary:
     try:
-        return sync_incremental(store, src, source, stop)
+        return sync_incremental(store, src, source, stop, delegate)
     except Exception as exc:  # noqa: BLE001 - a store or mapping failure must not end the watcher
         summary = SyncSummary(src.name, error=f"poll failed: {describe(exc)}")
         log.error("poll of source %s failed: %s", src.name, describe(exc))

@@ -8,19 +8,24 @@ study lost or stored twice, the quarantine as it was.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import orjson
+import pydicom
 import pytest
 import yaml
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, func, select
 
-from app.store.tables import Quarantine, Resource, ResourceVersion, StudyCopy, SyncRun
+from app.store.tables import Quarantine, Resource, ResourceVersion, SourceState, StudyCopy, SyncRun
 from testbed.orthanc import OrthancServer, readable_testdata_files
 from testbed.rabbitmq import delete_queue, queue_name
 from testbed.workers import WorkerProcess
@@ -63,7 +68,9 @@ def _one_patient_id_key(monkeypatch):
     monkeypatch.setenv("PATIENT_ID_SECRET", "the-patient-id-key-of-these-tests")
 
 
-def _config(tmp_path: Path, store_url: str, url: str, broker: str, queue: str, name: str = "config.yaml") -> Path:
+def _config(
+    tmp_path: Path, store_url: str, url: str, broker: str, queue: str, name: str = "config.yaml", **source
+) -> Path:
     path = tmp_path / name
     path.write_text(
         yaml.safe_dump(
@@ -72,7 +79,9 @@ def _config(tmp_path: Path, store_url: str, url: str, broker: str, queue: str, n
                 "security": {"open": True},
                 "identity": {"secret": "${PATIENT_ID_SECRET}"},
                 "queue": {"broker": broker, "name": queue, "studies_per_task": STUDIES_PER_TASK},
-                "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", "concurrency": 2}],
+                "sources": [
+                    {"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", "concurrency": 2, **source}
+                ],
             }
         )
     )
@@ -278,3 +287,79 @@ def test_a_broker_restart_mid_sync_loses_no_task(archive, postgres_url, broker, 
     summary = _recorded_summary(postgres_url)
     assert summary["failed"] == expected_summary["failed"]
     assert summary["new"] + summary["unchanged"] == expected_summary["new"]
+
+
+def _new_study(folder: Path) -> tuple[Path, str]:
+    """A copy of a real file as a new study dated today (a date-window poll's): (path, StudyInstanceUID)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyDate = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+    path = folder / "new.dcm"
+    ds.save_as(path)
+    return path, str(ds.StudyInstanceUID)
+
+
+def _full_sync_done(store_url: str) -> bool:
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        done = conn.execute(select(SourceState.last_full).where(SourceState.source == "pacs")).scalar_one_or_none()
+    engine.dispose()
+    return done is not None
+
+
+def _holds(store_url: str, study_uid: str) -> bool:
+    return ("ImagingStudy", study_uid) in _stored(store_url)["resources"]
+
+
+def _wait_for(check, timeout: float, what: str, watcher: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert watcher.poll() is None, f"the watcher ended: {watcher.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.2)
+
+
+def test_a_watcher_hands_its_full_sync_and_its_polls_to_the_workers(archive, postgres_url, broker, queue, tmp_path):
+    """`sync --watch --distributed`: the first full sync and then a date-window poll that finds a
+    new study are read and stored by the worker (its tasks), and the store ends as a clean
+    local sync of the same archive leaves it."""
+    config = _config(tmp_path, postgres_url, archive.dicomweb_url, broker, queue, poll_interval=0.5)
+    reset_postgres(postgres_url)
+    path, uid = _new_study(tmp_path)
+    log = tmp_path / "watcher.log"
+    added = None
+    try:
+        with WorkerProcess(config, tmp_path / "worker.log") as worker, log.open("w") as err:
+            worker.wait_ready()
+            watcher = subprocess.Popen(
+                [*CLI, "sync", "--config", str(config), "--watch", "--distributed"],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+            try:
+                _wait_for(lambda: _full_sync_done(postgres_url), 180, "the first full sync", watcher)
+                sent = [int(n) for n in re.findall(r"sent to the workers as (\d+) tasks", log.read_text())]
+                assert sent and sent[0] >= 25 // STUDIES_PER_TASK
+                _wait_for(lambda: worker.count("succeeded") >= sent[0], 10, "the full sync's tasks", watcher)
+
+                added = archive.upload([path])[0]["ParentStudy"]
+                _wait_for(lambda: _holds(postgres_url, uid), 60, "the new study", watcher)
+                sent = [int(n) for n in re.findall(r"sent to the workers as (\d+) tasks", log.read_text())]
+                assert len(sent) >= 2 and sum(sent[1:]) >= 1  # the polls listed the window and sent it
+                _wait_for(lambda: worker.count("succeeded") >= sum(sent), 10, "the polls' tasks", watcher)
+            finally:
+                watcher.send_signal(signal.SIGTERM)
+                out, _ = watcher.communicate(timeout=60)
+        assert watcher.returncode == 0, log.read_text()[-3000:]
+        assert "pacs: 1 new" in out
+        watched = _stored(postgres_url)
+
+        reset_postgres(postgres_url)
+        clean = _sync(config)
+        assert clean.returncode == 0, clean.stderr
+        assert _stored(postgres_url) == watched
+    finally:
+        if added is not None:  # the module's archive as the other tests know it
+            archive.delete(f"/studies/{added}")

@@ -1,6 +1,6 @@
 """Prometheus metrics (`metrics.port`) of `imaging-facade serve` as it runs under gunicorn with
 several workers: every request counted once whichever worker answered it, the sync's studies,
-each source's freshness and quarantine, the identity review queue and the audit backlog from
+each source's freshness and quarantine, the identity review queue, export jobs and the audit backlog from
 the store, token refusals; no label or value carries patient data."""
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ def test_every_worker_counts_into_one_scrape_with_the_stores_figures(served):
     base, metrics_port, tmp_path = served
     searches, misses = 40, 7
     session = requests.Session()
+    kickoff = session.get(f"{base}/$export", headers={"Prefer": "respond-async"})
+    assert kickoff.status_code == 202, kickoff.text
+    deadline = time.monotonic() + 60
+    while session.get(kickoff.headers["Content-Location"]).status_code == 202:
+        assert time.monotonic() < deadline, "the export did not finish"
+        time.sleep(0.2)
     for _ in range(searches):
         assert session.get(f"{base}/ImagingStudy").status_code == 200
     for n in range(misses):
@@ -92,6 +98,7 @@ def test_every_worker_counts_into_one_scrape_with_the_stores_figures(served):
     assert 0 <= value("facade_source_lag_seconds", source="sample") < 300
     assert value("facade_source_last_success_timestamp_seconds", source="sample") > time.time() - 300
     assert value("facade_identity_review_queue") == 0
+    assert value("facade_export_jobs", status="done") == 1 and value("facade_export_jobs", status="queued") == 0
     assert value("facade_store_up") == 1
     assert ("facade_audit_spooled_segments", ()) in found
     labels = {value for (_, pairs) in found for _, value in pairs}

@@ -4,7 +4,8 @@ Every log record the suite's processes emit in-process (at INFO, the level `imag
 logs at) is kept while the suite runs; at the end, the patient names and IDs of the DICOM
 files the tests sync (pydicom's test data) and of the security tests' data set are looked
 for in them. Any hit fails the run, naming the record's logger and the kind of value, not
-the value. Served processes (gunicorn, the CLI) are checked by their own tests
+the value. Under pytest-xdist each process looks at its own records and its controller
+reports what they found. Served processes (gunicorn, the CLI) are checked by their own tests
 (tests/security/test_served.py), which read their output.
 """
 
@@ -16,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import pydicom
+import pytest
 
 #: values too short or too common to be told from ordinary words and numbers in a log line
 _MIN_LENGTH = 5
@@ -88,6 +90,12 @@ def patient_data_hits(lines: list[tuple[str, str]], values: dict[str, str]) -> d
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     hits = patient_data_hits(_KEEP.lines, _patient_values())
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist process: its controller reports for the run
+        workeroutput["log_privacy_hits"] = [[logger, kind, count] for (logger, kind), count in hits.items()]
+        return
+    for logger, kind, count in _FROM_WORKERS:
+        hits[(logger, kind)] = hits.get((logger, kind), 0) + count
     if hits:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         lines = [
@@ -97,3 +105,13 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         if reporter is not None:
             reporter.write_line(message, red=True)
         session.exitstatus = 1
+
+
+#: what each pytest-xdist process found, gathered by the controller as the processes end
+_FROM_WORKERS: list[tuple[str, str, int]] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    for logger, kind, count in getattr(node, "workeroutput", {}).get("log_privacy_hits", []):
+        _FROM_WORKERS.append((logger, kind, count))

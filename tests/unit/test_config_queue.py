@@ -66,7 +66,7 @@ def _refused(result, status: int, *words: str) -> None:
         assert word in result.stderr, result.stderr
 
 
-COMMANDS = [("sync", "--distributed"), ("worker",)]
+COMMANDS = [("sync", "--distributed"), ("sync", "--watch", "--distributed"), ("worker",)]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -89,11 +89,6 @@ def test_an_unreachable_broker_is_named_without_its_password(tmp_path, command):
     result = _run(tmp_path, f"store: {PG}\nqueue: {{broker: '{broker}'}}\n{SOURCE}", *command)
     _refused(result, 1, f"cannot reach the broker at amqp://guest:**@127.0.0.1:{port}// (queue.broker)")
     assert "guest:guest" not in result.stderr
-
-
-def test_watch_and_distributed_together_are_refused(tmp_path):
-    result = _run(tmp_path, f"store: {PG}\nqueue: {{broker: '{BROKER}'}}\n{SOURCE}", "sync", "--watch", "--distributed")
-    _refused(result, 2, "--watch and --distributed together are not supported")
 
 
 def test_check_config_shows_the_broker_without_its_password(tmp_path):

@@ -13,6 +13,11 @@ The coordinator does what only one process can do, the rest goes to the workers:
    the listing, not by the time a worker stored a study), quarantine entries no task renewed
    are released, the run and the source's state are recorded.
 
+A watcher (`sync --watch --distributed`) hands the workers its full syncs and its date-window
+polls the same way (`Workers`); it keeps the steps along a change feed, whose events are
+applied in their order, and the choice of what to poll when, which only the source's elected
+poller makes (app/store/leases.py).
+
 A folder source is read here, as a local sync reads it: its files are on this host.
 """
 
@@ -25,11 +30,12 @@ from celery.result import AsyncResult
 
 from app.logsafe import describe
 from app.mapping import map_endpoint
+from app.sources.base import Source
 from app.sources.queried import QueriedArchive, listed_uid
 from app.sources.settings import SourceSettings
 from app.store.repository import Store
 from app.sync.distributed.tasks import SYNC_STUDIES
-from app.sync.run import Progress, Run, cursor_before_listing, sync_source
+from app.sync.run import Progress, Run, Stop, cursor_before_listing, sync_source, sync_window, window_match
 from app.sync.summary import SyncSummary
 
 log = logging.getLogger(__name__)
@@ -41,33 +47,83 @@ _POLL = 0.2
 
 
 def sync_distributed(
-    store: Store, src: SourceSettings, app: Celery, studies_per_task: int, progress: Progress | None = None
+    store: Store,
+    src: SourceSettings,
+    app: Celery,
+    studies_per_task: int,
+    progress: Progress | None = None,
+    source: Source | None = None,
+    stop: Stop | None = None,
 ) -> SyncSummary:
     """One full sync of `src`, its studies read and stored by the workers; what it did, as
-    `sync_source` says it."""
-    source = src.open()
+    `sync_source` says it. `stop()` is asked between task results: a run told to stop waits
+    no more (the tasks sent run anyway, changing nothing a later run would not) and, being
+    incomplete, deletes nothing."""
+    source = source or src.open()
     if not isinstance(source, QueriedArchive):
-        return sync_source(store, src, progress, source)
+        return sync_source(store, src, progress, source, stop)
     listed: set[str] = set()
     cursor: dict = {}
-    with Run(store, src, source, None, "sync") as run:
+    with Run(store, src, source, stop, "sync") as run:
         cursor = cursor_before_listing(src, source)
         store.resources.put(map_endpoint(run.ctx))
         listing = source.listing()
         listed = {uid for uid in map(listed_uid, listing) if uid is not None}
-        total = len(listing)
-        tasks = [
-            app.send_task(SYNC_STUDIES, args=(src.name, [text.decode() for text in listing[i : i + studies_per_task]]))
-            for i in range(0, total, studies_per_task)
-        ]
-        log.info("source %s: %d studies listed, sent to the workers as %d tasks", src.name, total, len(tasks))
+        _hand_over(run, app, listing, studies_per_task, progress)
+    return run.finish_listing(cursor, listed=listed)
+
+
+def poll_window_distributed(
+    store: Store,
+    src: SourceSettings,
+    app: Celery,
+    studies_per_task: int,
+    source: Source,
+    cursor: dict,
+    stop: Stop | None = None,
+) -> SyncSummary:
+    """A watcher's date-window poll (app/sync/run.py `sync_window`), its studies read and
+    stored by the workers; the cursor moves only once every task is done."""
+    if not isinstance(source, QueriedArchive):
+        return sync_window(store, src, source, cursor, stop)
+    match, reached = window_match(src, cursor)
+    with Run(store, src, source, stop, "poll") as run:
+        _hand_over(run, app, source.listing(match=match), studies_per_task, None)
+    return run.finish(None if run.stopped or run.summary.error else reached)
+
+
+class Workers:
+    """A watcher's delegate (app/sync/run.py `Delegate`): its full syncs and date-window polls
+    go to the workers of `app`."""
+
+    def __init__(self, app: Celery, studies_per_task: int):
+        self.app = app
+        self.studies_per_task = studies_per_task
+
+    def full(self, store: Store, src: SourceSettings, source: Source, stop: Stop | None) -> SyncSummary:
+        return sync_distributed(store, src, self.app, self.studies_per_task, None, source, stop)
+
+    def window(self, store: Store, src: SourceSettings, source: Source, cursor: dict, stop: Stop | None) -> SyncSummary:
+        return poll_window_distributed(store, src, self.app, self.studies_per_task, source, cursor, stop)
+
+
+def _hand_over(run: Run, app: Celery, listing: list[bytes], studies_per_task: int, progress: Progress | None) -> None:
+    """Send `listing` to the workers in tasks of `studies_per_task` studies and add up their
+    results, in order, into the run; stop waiting when the run is told to stop."""
+    src, total = run.src, len(listing)
+    tasks = [
+        app.send_task(SYNC_STUDIES, args=(src.name, [text.decode() for text in listing[i : i + studies_per_task]]))
+        for i in range(0, total, studies_per_task)
+    ]
+    log.info("source %s: %d studies listed, sent to the workers as %d tasks", src.name, total, len(tasks))
+    if progress:
+        progress(run.summary, total)
+    for task in tasks:
+        if run.stop_asked():
+            break
+        _add(run.summary, run.source.stats, _result(task))
         if progress:
             progress(run.summary, total)
-        for task in tasks:
-            _add(run.summary, source.stats, _result(task))
-            if progress:
-                progress(run.summary, total)
-    return run.finish_listing(cursor, listed=listed)
 
 
 def _result(task: AsyncResult) -> dict:
