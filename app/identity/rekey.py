@@ -20,8 +20,8 @@ is a function of the key and the old id's identifier. Steps:
    whose identifier cannot be found any more gets an id keyed on the old id itself.
 2. `patients`: each Patient's own rows and the rows naming it by id column, a batch of Patients
    at a time; a link decision moves with the first of its two Patients.
-3. `resources`, `versions`, `copies`, `quarantine`, `audit`: the other rows whose content names
-   a Patient, each in key order; every old id found in the content is replaced.
+3. `resources`, `versions`, `copies`, `quarantine`, `audit`, `exports`: the other rows whose
+   content names a Patient, each in key order; every old id found in the content is replaced.
 
 Old ids are "p"/"s" and 40 hex digits, and a content is searched for that shape; only ids in
 the work table are replaced. Deletions (versions with empty content) keep their empty content.
@@ -91,7 +91,7 @@ def _move(table: str, column: str, where: str) -> TextClause:
 
 #: what a re-key tells as it goes: (step, rows of the step done so far)
 Progress = Callable[[str, int], None]
-STEPS = ("map", "patients", "resources", "versions", "copies", "quarantine", "audit")
+STEPS = ("map", "patients", "resources", "versions", "copies", "quarantine", "audit", "exports")
 
 
 def needed(engine: Engine) -> bool:
@@ -454,6 +454,41 @@ class _Rekey:
                     changed.append({"id": r.id, "content": content})
         if changed:
             conn.execute(text("UPDATE audit_event SET content = :content WHERE id = :id"), changed)
+        return [rows[-1].id], len(rows)
+
+    def _exports(self, conn: Connection, after: list | None) -> tuple[list | None, int]:
+        """Bulk Data export jobs: their request and parameters may name Patients (Patient/$export
+        `patient`, `_typeFilter`), and so may a finished job's manifest and error. The files a job
+        wrote stay as they are until the job expires."""
+        rows = self._page(
+            conn, "SELECT id, request, params, progress, manifest, error FROM export_job WHERE 1 = 1", ("id",), after
+        )
+        if not rows:
+            return None, 0
+        texts = ("request", "progress", "error")
+        blobs = ("params", "manifest")
+        contents = [
+            b"\n".join(
+                [
+                    *(getattr(r, f).encode() for f in texts if getattr(r, f)),
+                    *(bytes(getattr(r, f)) for f in blobs if getattr(r, f)),
+                ]
+            )
+            for r in rows
+        ]
+        names = self._names_in(conn, contents)
+        changed = []
+        for r, content in zip(rows, contents, strict=True):
+            if names and _OLD_ID.search(content):
+                row = {"id": r.id}
+                for f in texts:
+                    value = getattr(r, f)
+                    row[f] = _replace(value.encode(), names).decode() if value else value
+                for f in blobs:
+                    value = getattr(r, f)
+                    row[f] = _replace(bytes(value), names) if value else value
+                changed.append(row)
+        _update_rows(conn, "export_job", {f: f for f in (*texts, *blobs)}, {"id": "id"}, changed)
         return [rows[-1].id], len(rows)
 
     # ---- helpers

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -61,7 +60,18 @@ def make_old_store(monkeypatch, write_config, tmp_path: Path, url: str, name: st
     with monkeypatch.context() as m:
         m.setattr(keys, "_digest", _unkeyed)
         fill(config, tmp_path / "archive")
+    old = legacy_patient_id("urn:oid:1.2.1", "1001")
     with connected(url, write=True) as conn:
+        conn.execute(  # a Patient/$export naming the patient (the export API makes these)
+            text(
+                "INSERT INTO export_job (id, owner, status, request, params, created) "
+                "VALUES ('job-1', 'someone', 'complete', :request, :params, 1)"
+            ),
+            {
+                "request": f"http://testserver/fhir/Patient/$export?patient=Patient/{old}",
+                "params": orjson.dumps({"patient": [f"Patient/{old}"]}),
+            },
+        )
         conn.execute(
             text("DELETE FROM setting WHERE key IN (:a, :b, :c)"),
             {"a": patient_ids.SCHEME_SETTING, "b": patient_ids.KEY_SETTING, "c": patient_ids.CHECK_SETTING},
@@ -206,26 +216,33 @@ def test_an_old_store_is_refused_then_rekeyed_with_every_row_intact(monkeypatch,
         store.close()
 
 
-def _kill_midway(config_path: Path, url: str) -> None:
-    """Start `db upgrade` one Patient per batch and kill it (SIGKILL) once the re-key is under way."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "db", "upgrade", "--config", str(config_path), "--batch", "1"],
+#: a re-key, one row a batch, that kills itself (SIGKILL, as `kill -9` would) once the step named
+#: on its command line has committed that many batches
+_KILLED_REKEY = """
+import os, signal, sys
+from app.config import load_config
+from app.identity import rekey
+from app.store.engine import make_engine
+from app.store.patient_ids import resolve_key
+
+config = load_config(sys.argv[1])
+engine = make_engine(config.store)
+
+def told(step, done):
+    if step == sys.argv[2] and done >= int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+rekey.rekey(engine, resolve_key(engine, config.identity.secret), config.identity, 1, told)
+"""
+
+
+def _kill_midway(config_path: Path, step: str, batches: int) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_REKEY, str(config_path), step, str(batches)],
         env={**os.environ, "PATIENT_ID_SECRET": SECRET},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            with connected(url) as conn:
-                state = conn.execute(text("SELECT value FROM setting WHERE key = 'patient-rekey'")).scalar()
-            if state and orjson.loads(state)["step"] in ("patients", "resources"):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the re-key ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
 
 
 def test_a_rekey_killed_midway_ends_as_one_run_in_one_go(monkeypatch, write_config, tmp_path, empty_url):
@@ -241,9 +258,11 @@ def test_a_rekey_killed_midway_ends_as_one_run_in_one_go(monkeypatch, write_conf
         assert CliRunner().invoke(cli, ["db", "upgrade", "--config", str(twin.path)]).exit_code == 0
         in_one_go = snapshot(twin_url)
 
-    _kill_midway(config.path, empty_url)
-    with connected(empty_url) as conn:
-        assert conn.execute(text("SELECT value FROM setting WHERE key = 'patient-rekey'")).scalar()
+    for step, batches in (("patients", 2), ("resources", 3), ("versions", 1)):
+        _kill_midway(config.path, step, batches)
+        with connected(empty_url) as conn:
+            state = orjson.loads(conn.execute(text("SELECT value FROM setting WHERE key = 'patient-rekey'")).scalar())
+        assert state["step"] == step and state["done"] == batches  # killed there, the batches before kept
     with pytest.raises(SchemaMismatch):  # half re-keyed: still refused
         Store.from_config(config)
     result = CliRunner().invoke(cli, ["db", "upgrade", "--config", str(config.path), "--batch", "3"])
