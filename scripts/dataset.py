@@ -42,6 +42,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from app.identity.settings import DEFAULT as DEFAULT_IDENTITY
 from app.mapping import map_endpoint, map_study
 from app.mapping.context import MappingContext
 from app.sources.base import SeriesRecord, StudyRecord
@@ -383,8 +384,18 @@ def archive(size: str | int, seed: int = 7) -> Archive:
     return Archive(SIZES[size] if isinstance(size, str) else size, seed)
 
 
+#: the Patient id key of the benchmarks' stores, which they fill without a sync (a deployment's
+#: store generates its own, app/store/patient_ids.py)
+BENCH_KEY = b"benchmark-patient-id-key-not-for-any-deployment"
+
+
 def mapping_context(source: str = SOURCE) -> MappingContext:
-    return MappingContext(source=source, timezone=ZONE, patient_id_system=f"urn:imaging-facade:source:{source}")
+    return MappingContext(
+        source=source,
+        timezone=ZONE,
+        patient_id_system=f"urn:imaging-facade:source:{source}",
+        identity=DEFAULT_IDENTITY.with_key(BENCH_KEY),
+    )
 
 
 def _mapped(args) -> list[tuple[dict, dict]]:
