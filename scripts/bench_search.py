@@ -260,9 +260,9 @@ class RecordingReader(Reader):
         super().__init__(url)
         self.statements: list[tuple[str, list]] = []
 
-    def all(self, sql, params=()):
+    def all(self, sql, params=(), any_values=False):
         self.statements.append((sql, list(params)))
-        return super().all(sql, params)
+        return super().all(sql, params, any_values)
 
 
 def statements(config_path: Path, path: str) -> tuple[Reader, list[tuple[str, list]]]:

@@ -1,13 +1,13 @@
 """Generated data sets for the benchmarks: a folder of DICOM files, or S/M/L archives in DICOM JSON.
 
-Folder (bench_api.py, bench_folder_sync.py):
+Folder (bench_folder_sync.py, bench_security.py):
     .venv/bin/python -m scripts.dataset OUT_DIR [--studies N] [--series S] [--instances I] [--patients P]
 
 Each study takes a real file shipped with pydicom as its template (CT, MR, ...), keeps its
 headers, drops the pixel data and gets new UIDs, patients and dates; patients have several
 studies each. Deterministic for the same arguments, so runs can be compared.
 
-Search data sets (bench_search.py):
+Search data sets (bench_search.py, bench_api.py):
     .venv/bin/python -m scripts.dataset --size S|M|L --store URL            # straight into a store
     .venv/bin/python -m scripts.dataset --size S --orthanc http://127.0.0.1:8042 [--orthanc-instances 2]
 
