@@ -12,6 +12,8 @@ labels are interaction names, resource types, status codes, source names and out
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 #: seconds; a FHIR search answers in milliseconds, an on-demand fetch from an archive in seconds
@@ -47,9 +49,18 @@ SYNC_RUNS = Counter(
 _OUTCOMES = ("new", "updated", "unchanged", "failed", "deleted")
 
 
+#: (interaction, type, status) -> its request counter and latency histogram: looked up once, since
+#: every request counts (the labels are few: interactions, types and statuses the server answers)
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def count_request(interaction: str, rtype: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(interaction, rtype, str(status)).inc()
-    LATENCY.labels(interaction, rtype).observe(seconds)
+    series = _REQUEST_SERIES.get((interaction, rtype, status))
+    if series is None:
+        series = (REQUESTS.labels(interaction, rtype, str(status)), LATENCY.labels(interaction, rtype))
+        _REQUEST_SERIES[(interaction, rtype, status)] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def counting_tokens() -> None:

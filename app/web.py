@@ -7,7 +7,9 @@ app/api/hooks.py, in their own init_app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from flask import Flask, Response, request
@@ -28,9 +30,26 @@ from app.sync import ondemand
 from app.wado import gateway
 
 
+class _Flask(Flask):
+    """Flask, asking once per function whether it is a coroutine: Flask asks on every call of
+    every hook and view (a dozen per request), and the answer never changes."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        known = self._sync.get(func)
+        if known is None:
+            known = super().ensure_sync(func)
+            if len(self._sync) < 1000:  # the app's registered functions; never one per request
+                self._sync[func] = known
+        return known
+
+
 def create_app(config: Config, store: Store | None = None) -> Flask:
     # no `static/` folder served from wherever the server happens to run
-    app = Flask("imaging-facade", static_folder=None)
+    app = _Flask("imaging-facade", static_folder=None)
     # Werkzeug would answer `//` in a path with a redirect to the merged path on the request's
     # own Host header, sending a client wherever that header says; such paths are not found
     app.url_map.merge_slashes = False

@@ -42,6 +42,7 @@ from app.store import tables as t
 from app.store.engine import bulk_insert
 from app.store.repository import Store
 from app.store.resources import content_hash
+from scripts.dataset import BENCH_KEY
 from testbed.identity_corpus import FEMALE, MALE, typo
 from testbed.postgres import ADMIN_URL, create_database, drop_database
 
@@ -96,7 +97,7 @@ def make_patient(rng: random.Random, families: list[str], weights: list[float], 
     value = f"{n:08d}"
     return {
         "resourceType": "Patient",
-        "id": patient_id(system, value),
+        "id": patient_id(system, value, BENCH_KEY),
         "identifier": [{"system": system, "value": value}],
         "name": [{"family": rng.choices(families, weights)[0], "given": [rng.choice(MALE if sex == "M" else FEMALE)]}],
         "gender": "male" if sex == "M" else "female",
@@ -108,7 +109,7 @@ def variant(rng: random.Random, patient: dict, n: int) -> dict:
     """Another archive's record of the same person, with one error now and then."""
     other = orjson.loads(orjson.dumps(patient))
     system, value = "urn:oid:1.2.826.0.1.3680043.10.99", f"X{n:07d}"
-    other["id"], other["identifier"] = patient_id(system, value), [{"system": system, "value": value}]
+    other["id"], other["identifier"] = patient_id(system, value, BENCH_KEY), [{"system": system, "value": value}]
     name = other["name"][0]
     roll = rng.random()
     if roll < 0.2:

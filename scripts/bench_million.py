@@ -60,7 +60,7 @@ from app.sync import sync_source
 from scripts import million
 from scripts.bench_api import ROOT
 from scripts.bench_search import Facade, Samples, preflight, statements, wrk
-from scripts.dataset import SOURCE, ZONE, Archive, mapping_context
+from scripts.dataset import BENCH_KEY, SOURCE, ZONE, Archive, mapping_context
 from testbed.postgres import ADMIN_URL, create_database, drop_database
 
 POSTGRES_ADMIN = os.environ.get("FACADE_BENCH_POSTGRES", ADMIN_URL)
@@ -135,7 +135,10 @@ def query_paths(arch: Archive, loaded: int, per_query: int = 200, seed: int = 11
     patients = list(million.loaded_prefix(arch, loaded))
     few = [p for p in patients if 3 <= len(arch.patients[p].studies) <= 5]
     picked = rng.sample(few, min(per_query, len(few)))
-    ids = [patient_id(mapping_context(million.source_of(p)).patient_id_system, arch.patients[p].mrn) for p in picked]
+    ids = [
+        patient_id(mapping_context(million.source_of(p)).patient_id_system, arch.patients[p].mrn, BENCH_KEY)
+        for p in picked
+    ]
     studies = [arch.studies[s] for s in rng.sample(range(loaded), min(per_query, loaded))]
     days = sorted((arch.studies[s].day for s in range(loaded)), reverse=True)
     families: dict[str, int] = {}

@@ -64,7 +64,7 @@ from app.store.repository import Store
 from app.store.search_sql import SearchResult
 from app.web import create_app
 from scripts.bench_api import start
-from scripts.dataset import SIZES, ZONE, Archive, archive, load_orthanc, load_store, mapping_context
+from scripts.dataset import BENCH_KEY, SIZES, ZONE, Archive, archive, load_orthanc, load_store, mapping_context
 from testbed.orthanc import OrthancServer, free_port
 from testbed.postgres import ADMIN_URL, create_database, drop_database
 
@@ -96,7 +96,7 @@ def query_paths(arch: Archive, per_query: int = 200, seed: int = 11) -> dict[str
         families[p.family] = families.get(p.family, 0) + 1
     names = sorted(f for f, n in families.items() if 2 <= n <= 5)
     return {
-        "patient": [f"{BASE}/ImagingStudy?patient={patient_id(system, p.mrn)}" for p in picked],
+        "patient": [f"{BASE}/ImagingStudy?patient={patient_id(system, p.mrn, BENCH_KEY)}" for p in picked],
         "identifier": [
             f"{BASE}/ImagingStudy?identifier=" + (_q(s.accession) if i % 2 else _q(f"urn:dicom:uid|urn:oid:{s.uid}"))
             for i, s in enumerate(studies)
@@ -260,9 +260,9 @@ class RecordingReader(Reader):
         super().__init__(url)
         self.statements: list[tuple[str, list]] = []
 
-    def all(self, sql, params=()):
+    def all(self, sql, params=(), any_values=False):
         self.statements.append((sql, list(params)))
-        return super().all(sql, params)
+        return super().all(sql, params, any_values)
 
 
 def statements(config_path: Path, path: str) -> tuple[Reader, list[tuple[str, list]]]:

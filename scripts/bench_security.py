@@ -16,44 +16,22 @@ mode keeps at least 80% of the baseline's throughput. A mode is a set of `securi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import jwt
 import requests
 import yaml
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
-from scripts.bench_api import print_rates, start, wrk
+from scripts.bench_api import Keys, print_rates, start, token_security, wrk
 from scripts.bench_search import Databases
 from scripts.dataset import generate
 from testbed.orthanc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-AUDIENCE = "https://imaging.example.org/fhir"
-SCOPE = "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs"
-
-
-def token_security(jwks_uri: str, issuer: str) -> dict:
-    return {
-        "open": False,
-        "issuer": issuer,
-        "audience": AUDIENCE,
-        "jwks_uri": jwks_uri,
-        "token_endpoint": f"{issuer}/token",
-    }
-
 
 #: mode -> (security keys for the config, whether requests carry a token)
 MODES = {
@@ -61,51 +39,6 @@ MODES = {
     "open+audit": (lambda jwks_uri, issuer: {"open": True}, False),
     "token": (token_security, True),  # tokens and audit (a server that checks tokens audits)
 }
-
-
-class Keys:
-    """An RSA signing key and a loopback HTTP server publishing its JWKS."""
-
-    def __init__(self):
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        public = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
-        public.update({"kid": "bench-1", "alg": "RS384", "use": "sig"})
-        body = json.dumps({"keys": [public]}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.issuer = f"http://127.0.0.1:{self.port}"
-        self.jwks_uri = f"{self.issuer}/jwks"
-
-    def token(self, client: str) -> str:
-        now = int(time.time())
-        return jwt.encode(
-            {
-                "iss": self.issuer,
-                "aud": AUDIENCE,
-                "sub": client,
-                "client_id": client,
-                "scope": SCOPE,
-                "iat": now,
-                "exp": now + 3600,
-                "jti": uuid.uuid4().hex,
-            },
-            self.key,
-            algorithm="RS384",
-            headers={"kid": "bench-1", "typ": "at+jwt"},  # an RFC 9068 access token
-        )
 
 
 def main(argv=None) -> int:

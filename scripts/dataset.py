@@ -1,13 +1,13 @@
 """Generated data sets for the benchmarks: a folder of DICOM files, or S/M/L archives in DICOM JSON.
 
-Folder (bench_api.py, bench_folder_sync.py):
+Folder (bench_folder_sync.py, bench_security.py):
     .venv/bin/python -m scripts.dataset OUT_DIR [--studies N] [--series S] [--instances I] [--patients P]
 
 Each study takes a real file shipped with pydicom as its template (CT, MR, ...), keeps its
 headers, drops the pixel data and gets new UIDs, patients and dates; patients have several
 studies each. Deterministic for the same arguments, so runs can be compared.
 
-Search data sets (bench_search.py):
+Search data sets (bench_search.py, bench_api.py):
     .venv/bin/python -m scripts.dataset --size S|M|L --store URL            # straight into a store
     .venv/bin/python -m scripts.dataset --size S --orthanc http://127.0.0.1:8042 [--orthanc-instances 2]
 
@@ -42,6 +42,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from app.identity.settings import DEFAULT as DEFAULT_IDENTITY
 from app.mapping import map_endpoint, map_study
 from app.mapping.context import MappingContext
 from app.sources.base import SeriesRecord, StudyRecord
@@ -383,8 +384,18 @@ def archive(size: str | int, seed: int = 7) -> Archive:
     return Archive(SIZES[size] if isinstance(size, str) else size, seed)
 
 
+#: the Patient id key of the benchmarks' stores, which they fill without a sync (a deployment's
+#: store generates its own, app/store/patient_ids.py)
+BENCH_KEY = b"benchmark-patient-id-key-not-for-any-deployment"
+
+
 def mapping_context(source: str = SOURCE) -> MappingContext:
-    return MappingContext(source=source, timezone=ZONE, patient_id_system=f"urn:imaging-facade:source:{source}")
+    return MappingContext(
+        source=source,
+        timezone=ZONE,
+        patient_id_system=f"urn:imaging-facade:source:{source}",
+        identity=DEFAULT_IDENTITY.with_key(BENCH_KEY),
+    )
 
 
 def _mapped(args) -> list[tuple[dict, dict]]:

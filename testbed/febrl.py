@@ -27,11 +27,14 @@ from app.mapping.patient import map_patient
 SETS = ("febrl1", "febrl2", "febrl3")
 ARCHIVE_ISSUER = "FEBRL"
 NATIONAL_ISSUER = "SSN"
+#: the Patient id key these records are mapped with (a deployment's is its store's own)
+FEBRL_KEY = b"febrl-patient-id-key-not-for-any-deployment"
 _CONTEXT = MappingContext(
     source="febrl",
     timezone="UTC",
     patient_id_system="urn:oid:2.999.18.1",
     issuer_systems={ARCHIVE_ISSUER: "urn:oid:2.999.18.1", NATIONAL_ISSUER: "urn:oid:2.999.18.2"},
+    identity=DEFAULT.with_key(FEBRL_KEY),
 )
 
 

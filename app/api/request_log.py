@@ -45,6 +45,8 @@ def init_app(app: Flask) -> None:
         rtype = rtype if rtype in LABELLED_TYPES else "-"  # a label never takes what a client typed
         name = interaction.name if interaction else request.endpoint or "-"
         count_request(name, rtype, response.status_code, seconds)
+        if not log.isEnabledFor(logging.INFO):  # the line's fields are not worth building for nobody
+            return response
         log.info(
             "%s %s %d",
             request.method,

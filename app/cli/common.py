@@ -59,15 +59,23 @@ def load(path: str | None) -> Config:
 
 
 def open_store(config: Config) -> Store:
-    """The configured store, or the end of the command when its schema is not this release's
-    (saying what to run: `imaging-facade db upgrade`)."""
+    """The configured store, or the end of the command when its schema is not this release's or
+    its Patient ids are not re-keyed yet (saying what to run: `imaging-facade db upgrade`), or
+    when the config's `identity.secret` is not the key its Patient ids were made with."""
+    from app.store.patient_ids import KeyMismatch
     from app.store.repository import Store
     from app.store.schema import SchemaMismatch
 
     try:
-        return Store.from_config(config)
+        store = Store.from_config(config)
     except SchemaMismatch as exc:
         fail(exc.advice(str(config.path)))
+    try:
+        store.patient_id_key(config.identity.secret)
+    except KeyMismatch as exc:
+        store.close()
+        fail(f"invalid configuration in {config.path}:\n  {exc}")
+    return store
 
 
 def task_queue(config: Config, command: str) -> tuple[Celery, QueueConfig]:

@@ -34,8 +34,11 @@ def db() -> None:
 
 @db.command()
 @config_option
-def upgrade(config_path: str | None) -> None:
-    """Migrate the store to this release's schema (an empty store is made at it)."""
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(min=1, max=10000),
+              help="Patients (or rows) per transaction of a re-key of Patient ids.")  # fmt: skip
+def upgrade(config_path: str | None, batch: int) -> None:
+    """Migrate the store to this release's schema (an empty store is made at it), then re-key
+    its Patient ids if they are of the old scheme (in batches; run it again after a stop)."""
     from app.store import schema
 
     config = load(config_path)
@@ -43,14 +46,62 @@ def upgrade(config_path: str | None) -> None:
     engine = _engine(config)
     try:
         before, after = schema.upgrade(engine)
+        if before == after:
+            click.echo(f"the store is up to date: {schema.describe(after)}")
+        else:
+            click.echo(f"the store was {schema.describe(before)}; now {schema.describe(after)}")
+        _rekey_patients(engine, config, batch)
     except schema.SchemaMismatch as exc:
         fail(exc.advice())
     finally:
         engine.dispose()
-    if before == after:
-        click.echo(f"the store is up to date: {schema.describe(after)}")
-    else:
-        click.echo(f"the store was {schema.describe(before)}; now {schema.describe(after)}")
+
+
+def _rekey_patients(engine: Engine, config: Config, batch: int) -> None:
+    """Re-key the store's Patient ids from the old, unkeyed scheme (app/identity/rekey.py): every
+    batch one transaction, progress said as it goes; nothing but counts is printed."""
+    import time
+
+    from app.identity import rekey
+    from app.store.patient_ids import KeyMismatch, resolve_key
+
+    if not rekey.needed(engine):
+        return
+    try:
+        key = resolve_key(engine, config.identity.secret)
+    except KeyMismatch as exc:
+        fail(f"invalid configuration in {config.path}:\n  {exc}")
+    click.echo("re-keying Patient ids (the old ones reveal the Patient ID); safe to stop and run again")
+    _store_spooled_events(config)
+    started = last = time.monotonic()
+
+    def told(step: str, done: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 2.0:
+            click.echo(f"  {step}: {done} done ({now - started:.0f} s)")
+            last = now
+
+    count = rekey.rekey(engine, key, config.identity, batch, told)
+    click.echo(f"re-keyed {count} Patient ids in {time.monotonic() - started:.1f} s")
+
+
+def _store_spooled_events(config: Config) -> None:
+    """Move the AuditEvents that stopped servers left in the audit spool into the store first:
+    they name Patients by their old ids, and once the re-key has begun nothing could map them.
+    A segment a live process holds stays (servers must be stopped for an upgrade)."""
+    from app.store.audit_log import AuditLog
+
+    spool = config.security.audit_spool
+    if spool is None or not spool.is_dir():
+        return
+    audit_log = AuditLog(config.store, spool)
+    try:
+        stored = audit_log.flush()
+    finally:
+        audit_log.close()
+    if stored:
+        click.echo(f"stored {stored} audit events left in the audit spool")
 
 
 @db.command()

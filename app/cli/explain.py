@@ -20,6 +20,9 @@ from app.config import ConfigError
 @click.option("--json", "as_json", is_flag=True, help="print JSON: the resources and each element's origin")
 def map_file(file: str, source_name: str | None, config_path: str | None, as_json: bool) -> None:
     """Print the FHIR resources FILE becomes, with the DICOM tags and profile rule behind each element."""
+    from dataclasses import replace
+    from secrets import token_bytes
+
     import orjson
     from rich.console import Console
 
@@ -34,6 +37,11 @@ def map_file(file: str, source_name: str | None, config_path: str | None, as_jso
             fail(str(exc))
     else:
         ctx = MappingContext(source="explain", timezone="UTC", patient_id_system="urn:imaging-facade:source:explain")
+    # without a store at hand, a key of this run's own: the Patient id shown is of the right
+    # form, not the one a store would give (that takes the deployment's key)
+    ctx = replace(
+        ctx, identity=ctx.identity.with_key(ctx.identity.secret.encode() if ctx.identity.secret else token_bytes(32))
+    )
     try:
         explanation = explain_file(file, ctx)
     except ExplainError as exc:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 import orjson
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, g, request
 
 from app.api.hooks import note_served
 from app.api.interactions import CAPABILITIES, PATIENT_MATCH, READ, SEARCH_TYPE, VREAD, serves
@@ -50,7 +50,10 @@ def _check_id(rtype: str, rid: str) -> None:
 
 
 def check_format() -> None:
-    negotiate()  # 406 for a format or FHIR version not served (app/fhir/formats.py)
+    """406 for a format or FHIR version not served (app/fhir/formats.py). The app's first hook
+    has chosen the format of every /fhir request it let through; asked again only without it."""
+    if "fhir_format" not in g:
+        negotiate()
 
 
 def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Response:

@@ -7,7 +7,7 @@ queue, anything lower is left alone. `possible` is the lowest score `Patient/$ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
@@ -23,6 +23,9 @@ class IdentitySchema(Schema):
     possible = fields.Float(load_default=6.0)
     #: false: no probabilistic matching at sync (deterministic keys and manual links only)
     match_on_sync = fields.Boolean(load_default=True)
+    #: the Patient id key (HMAC, app/identity/keys.py), as a `${VAR}` reference; None: the key
+    #: the store generated and keeps in its settings
+    secret = fields.String(load_default=None, validate=validate.Length(min=16))
 
     @validates("same_namespace")
     def _groups(self, value: list[list[str]], **_: Any) -> None:
@@ -50,6 +53,11 @@ class IdentityConfig:
     match_on_sync: bool = True
     #: system -> the system that names its namespace (the first of its group)
     canonical: dict = field(default_factory=dict, compare=False)
+    #: the config's `identity.secret` (None: the store keeps the key)
+    secret: str | None = field(default=None, compare=False, repr=False)
+    #: the Patient id key in force, which the sync layer resolves against the store
+    #: (app/store/patient_ids.py) before anything is mapped; None: no Patient id can be made
+    key: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_data(cls, data: dict) -> IdentityConfig:
@@ -62,7 +70,12 @@ class IdentityConfig:
             float(data.get("possible", 6.0)),
             bool(data.get("match_on_sync", True)),
             canonical,
+            data.get("secret"),
         )
+
+    def with_key(self, key: bytes) -> IdentityConfig:
+        """These rules with the deployment's Patient id key in force."""
+        return replace(self, key=key)
 
     def namespace(self, system: str) -> str:
         """The system that stands for `system`'s namespace (itself unless a rule joins it)."""

@@ -95,13 +95,6 @@ class Reader:
         if self._statement_timeout is not None:
             # for the session (autocommit): every statement of this connection
             pg.execute(f"SET statement_timeout = {int(self._statement_timeout * 1000)}")
-        # psycopg prepares a statement run five times, and PostgreSQL then plans it once for any
-        # values (a generic plan) when that plan's estimate looks no worse. For a search that
-        # ANDs clauses it cannot tell a narrow value from a wide one then: `started=ge<last
-        # week>&modality=CT` was driven from every CT study (a third of the store) instead of
-        # the week's few, 442 ms instead of 3 ms at 15,000 studies, and growing with the store.
-        # Planning each run for its values costs well under a millisecond.
-        pg.execute("SET plan_cache_mode = force_custom_plan")
         return pg
 
     @property
@@ -118,33 +111,44 @@ class Reader:
     def _sql(self, sql: str) -> str:
         return sql if self.is_sqlite else sql.replace("?", "%s")
 
-    def all(self, sql: str, params: tuple | list = ()) -> list[tuple[Any, ...]]:
+    def all(self, sql: str, params: tuple | list = (), any_values: bool = False) -> list[tuple[Any, ...]]:
         """Every row of one statement. A connection found dead by this statement (the server
         restarted, or an administrator ended the session) is replaced and the statement run
-        once more: it failed before it returned a row, and a read is safe to repeat."""
-        return self._all(sql, params, retry=True)
+        once more: it failed before it returned a row, and a read is safe to repeat.
 
-    def _all(self, sql: str, params: tuple | list, retry: bool) -> list[tuple[Any, ...]]:
+        On PostgreSQL a statement is planned for its values each time it runs (sent unprepared),
+        unless `any_values` says one plan serves every value: then it is prepared on this
+        connection and PostgreSQL may keep one plan for it (a generic plan). Planning for the
+        values is what a search that ANDs clauses needs: planned once for any values, PostgreSQL
+        cannot tell a narrow value from a wide one, and drove `started=ge<last week>&modality=CT`
+        from every CT study (a third of the store) instead of the week's few, 442 ms instead of
+        3 ms at 15,000 studies, and growing with the store. A lookup by a key (a resource by id,
+        a patient's studies) is one index probe whatever the value, and planning it again on
+        every run cost more than running it (0.5 ms of the server's time against 0.1 ms)."""
+        return self._all(sql, params, any_values, retry=True)
+
+    def _all(self, sql: str, params: tuple | list, any_values: bool, retry: bool) -> list[tuple[Any, ...]]:
         conn = self.connection
         try:
             if isinstance(conn, sqlite3.Connection):
                 return conn.execute(sql, tuple(params)).fetchall()
             # binary results: stored JSON arrives as its bytes, not as hex text twice its
-            # size to decode (a page of 50 studies is megabytes)
-            return conn.execute(self._sql(sql), tuple(params), binary=True).fetchall()
+            # size to decode (a page of 50 studies is megabytes). An unprepared statement is
+            # planned for its values whatever the session's plan_cache_mode (a one-off plan)
+            return conn.execute(self._sql(sql), tuple(params), prepare=any_values, binary=True).fetchall()
         except Exception as exc:
             lost = _broken(conn)
             self.reset()
             if lost and retry:
-                return self._all(sql, params, retry=False)
+                return self._all(sql, params, any_values, retry=False)
             if not lost and _cancelled(exc) and self._statement_timeout is not None:
                 raise StatementTimeout(self._statement_timeout) from None
             if _too_deep(exc):
                 raise TooCostly("the search nests more subqueries than SQLite can parse") from None
             raise
 
-    def one(self, sql: str, params: tuple | list = ()) -> tuple[Any, ...] | None:
-        rows = self.all(sql, params)
+    def one(self, sql: str, params: tuple | list = (), any_values: bool = False) -> tuple[Any, ...] | None:
+        rows = self.all(sql, params, any_values)
         return rows[0] if rows else None
 
     def reset(self) -> None:

@@ -8,7 +8,8 @@
     store.fetches     on-demand asks per patient (bookkeeping.py)
     store.settings    shared server settings (bookkeeping.py)
 
-The schema's version is checked when a Store opens (schema.py, migrations/).
+The schema's version is checked when a Store opens (schema.py, migrations/), and so is the scheme
+of its Patient ids (patient_ids.py).
 
 Writes go through SQLAlchemy; the API's reads through plain SQL (reader.py, search_sql.py).
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
-from app.store import batch, schema
+from app.store import batch, patient_ids, schema
 from app.store.bookkeeping import PatientFetches, Quarantine, Settings, SyncState
 from app.store.engine import analyze, make_engine
 from app.store.indexer import Indexing
@@ -38,6 +39,7 @@ class Store:
         self.engine = make_engine(url)
         try:
             schema.check(self.engine)  # a new store is made; one behind or ahead is refused
+            patient_ids.check(self.engine)  # so is one whose Patient ids are not re-keyed yet
         except BaseException:
             self.engine.dispose()
             raise
@@ -49,11 +51,19 @@ class Store:
         self.sync_state = SyncState(self.engine)
         self.fetches = PatientFetches(self.engine)
         self.settings = Settings(self.engine)
+        self._patient_id_keys: dict[str | None, bytes] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> Store:
         """The store a loaded Config names, indexing dates in its zone and links on its base URL."""
         return cls(config.store, config.timezone, config.server.base_url)
+
+    def patient_id_key(self, secret: str | None = None) -> bytes:
+        """The deployment's Patient id key (the config's `identity.secret`, or the store's own),
+        checked against the store once per process (patient_ids.py; KeyMismatch)."""
+        if secret not in self._patient_id_keys:
+            self._patient_id_keys[secret] = patient_ids.resolve_key(self.engine, secret)
+        return self._patient_id_keys[secret]
 
     def batch(self) -> AbstractContextManager[Connection]:
         """One transaction for many studies (app/store/batch.py)."""

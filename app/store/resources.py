@@ -149,12 +149,17 @@ def _write_version(conn: Connection, row: dict) -> None:
 
 def read_current(reader: Reader, rtype: str, rid: str) -> tuple[int, int, bytes] | None:
     """(version, last_updated, content) of the current version, or None."""
-    return reader.one("SELECT version, last_updated, content FROM resource WHERE rtype = ? AND id = ?", [rtype, rid])
+    # by primary key: one plan for any id (app/store/reader.py)
+    return reader.one(
+        "SELECT version, last_updated, content FROM resource WHERE rtype = ? AND id = ?", [rtype, rid], any_values=True
+    )
 
 
 def read_deleted(reader: Reader, rtype: str, rid: str) -> tuple[int, int] | None:
     """(version, deleted) of a resource that was served and is gone, or None."""
-    return reader.one("SELECT version, deleted FROM tombstone WHERE rtype = ? AND id = ?", [rtype, rid])
+    return reader.one(
+        "SELECT version, deleted FROM tombstone WHERE rtype = ? AND id = ?", [rtype, rid], any_values=True
+    )
 
 
 def read_version(reader: Reader, rtype: str, rid: str, version: int) -> tuple[int, bytes] | None:
@@ -162,9 +167,10 @@ def read_version(reader: Reader, rtype: str, rid: str, version: int) -> tuple[in
     return reader.one(
         "SELECT last_updated, content FROM resource_version WHERE rtype = ? AND id = ? AND version = ?",
         [rtype, rid, version],
+        any_values=True,
     )
 
 
 def read_audit_event(reader: Reader, event_id: str) -> tuple[int, bytes] | None:
     """(recorded, stored record) of one event of the audit trail, or None."""
-    return reader.one("SELECT recorded, content FROM audit_event WHERE id = ?", [event_id])
+    return reader.one("SELECT recorded, content FROM audit_event WHERE id = ?", [event_id], any_values=True)

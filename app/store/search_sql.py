@@ -445,10 +445,25 @@ def _after_sql(query: SearchQuery, cursor: list, params: list, id_descending: bo
     return "(" + (" OR ".join(alternatives) or "1 = 0") + ")"
 
 
+def _by_patient(query: SearchQuery) -> bool:
+    """Whether the search is a lookup of the resources of given patients and nothing else
+    (`ImagingStudy?patient=…`, in a compartment or not): an index probe whose cost follows the
+    few resources of a patient, whatever the patient, so one plan serves every value
+    (app/store/reader.py `any_values`). Anything else is planned for its values."""
+    if query.sort or query.rtype in _TRAILS or not query.clauses:
+        return False
+    if any(r.alternatives is not None for r in query.restrictions.values()):
+        return False
+    return all(
+        isinstance(c, Clause) and c.kind == "reference" and c.param.follows_links and not c.modifier
+        for c in query.clauses
+    )
+
+
 def _count(reader: Reader, query: SearchQuery, table: _Table, where: str, params: list) -> int | None:
     # COUNT(*) and EXPLAIN answer one row whatever matches
     if query.total != "estimate":
-        counted = reader.one(f"SELECT COUNT(*) FROM {table.name} WHERE {where}", params)
+        counted = reader.one(f"SELECT COUNT(*) FROM {table.name} WHERE {where}", params, _by_patient(query))
         assert counted is not None
         return counted[0]
     counted = reader.one(
@@ -506,7 +521,7 @@ def _run_search(reader: Reader, query: SearchQuery, cursor: list | None) -> Sear
     if cursor is not None:
         sql = f"SELECT * FROM ({sql}) AS s WHERE {_after_sql(query, cursor, page_params, table.id_descending)}"
     page_params.append(query.count + 1)
-    rows = reader.all(f"{sql} ORDER BY {order} LIMIT ?", page_params)
+    rows = reader.all(f"{sql} ORDER BY {order} LIMIT ?", page_params, _by_patient(query))
     has_more = len(rows) > query.count
     rows = rows[: query.count]
     serve = table.serve

@@ -35,6 +35,7 @@ from app.store.reader import Reader
 from app.store.repository import Store
 from app.store.resources import read_current
 from app.sync.batch import StudyBatch
+from app.sync.keyed import keyed_context
 from app.sync.summary import SyncSummary
 
 
@@ -173,7 +174,7 @@ class OnDemand:
         try:
             with self._source_locks[src.name]:
                 source = self._built.get(src.name) or self._built.setdefault(src.name, src.open())
-                ctx = src.mapping_context()
+                ctx = keyed_context(self._store, src)
                 for item in source.iter_studies(match={"PatientID": value}):
                     with StudyBatch(self._store, src.name, ctx, summary) as batch:
                         batch.add(item)

@@ -29,6 +29,7 @@ from app.sources.orthanc_changes import ChangeEvent
 from app.sources.settings import SourceSettings
 from app.store.repository import Store
 from app.sync.batch import StudyBatch
+from app.sync.keyed import keyed_context
 from app.sync.summary import SyncSummary, record_outcome
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Run:
         self.started, _ = instant_now_ms()
         self.clock = time.perf_counter()
         self.stopped = False
-        self.ctx = src.mapping_context()
+        self.ctx = keyed_context(store, src)
         self.batch = StudyBatch(store, src.name, self.ctx, self.summary)
 
     def __enter__(self) -> Run:

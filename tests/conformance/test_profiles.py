@@ -29,6 +29,7 @@ from app.store.repository import Store
 from app.store.tables import Resource
 from app.sync import sync_source
 from tests.support import r4_package
+from tests.support.keys import TEST_IDENTITY
 from tests.support.structure_check import STRUCTURE_DIR, Checker, profile_problems, structure_definitions
 
 SMART = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/"
@@ -102,7 +103,7 @@ def test_capability_statement_names_our_profiles():
 
 @pytest.fixture(scope="module")
 def mapped_ct():
-    ctx = MappingContext("pacs", "UTC", "urn:x", wado_url="http://pacs/dicom-web")
+    ctx = MappingContext("pacs", "UTC", "urn:x", wado_url="http://pacs/dicom-web", identity=TEST_IDENTITY)
     path = Path(get_testdata_file("CT_small.dcm"))
     record = next(iter(FolderSource("pacs", path.parent, only=[path]).iter_studies()))
     mapped = map_study(record, ctx)

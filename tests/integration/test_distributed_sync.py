@@ -60,6 +60,14 @@ def queue(broker):
     delete_queue(name, broker)
 
 
+@pytest.fixture(autouse=True)
+def _one_patient_id_key(monkeypatch):
+    """The tests compare the stores of two runs (local, distributed) row for row, each run in a
+    store of its own: they share the Patient id key through `identity.secret`, as the stores of
+    one deployment would (subprocesses and workers inherit the variable)."""
+    monkeypatch.setenv("PATIENT_ID_SECRET", "the-patient-id-key-of-these-tests")
+
+
 def _config(
     tmp_path: Path, store_url: str, url: str, broker: str, queue: str, name: str = "config.yaml", **source
 ) -> Path:
@@ -69,6 +77,7 @@ def _config(
             {
                 "store": store_url,
                 "security": {"open": True},
+                "identity": {"secret": "${PATIENT_ID_SECRET}"},
                 "queue": {"broker": broker, "name": queue, "studies_per_task": STUDIES_PER_TASK},
                 "sources": [
                     {"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", "concurrency": 2, **source}

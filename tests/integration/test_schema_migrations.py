@@ -30,6 +30,7 @@ from tests.support.full_store import (
     set_version,
     snapshot,
 )
+from tests.support.keys import TEST_KEY
 from tests.support.stores import reset_postgres
 
 
@@ -140,8 +141,8 @@ def test_a_first_release_store_full_of_data_is_refused_then_upgraded_intact(conf
     client = create_app(config, store).test_client()
     studies = client.get("/fhir/ImagingStudy").get_json()
     assert studies["total"] == sum(1 for row in before["resource"] if row[0] == "ImagingStudy")
-    linked = client.get(f"/fhir/Patient/{patient_id('urn:oid:1.2.1', '1001')}").get_json()
-    other = f"Patient/{patient_id('urn:oid:1.2.2', 'A77')}"
+    linked = client.get(f"/fhir/Patient/{patient_id('urn:oid:1.2.1', '1001', TEST_KEY)}").get_json()
+    other = f"Patient/{patient_id('urn:oid:1.2.2', 'A77', TEST_KEY)}"
     assert linked["link"] == [{"other": {"reference": other}, "type": "seealso"}]
     store.close()
 

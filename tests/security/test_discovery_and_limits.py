@@ -225,8 +225,10 @@ def test_the_complete_configuration_example_of_the_reference_loads(tmp_path):
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     path = tmp_path / "config.yaml"
     path.write_text(block)
-    config = load_config(path, environ={"FACADE_PAGING_SECRET": "x", "PACS_USER": "u", "PACS_PASSWORD": "p"})
+    secrets = {"FACADE_PAGING_SECRET": "x", "PATIENT_ID_SECRET": "a-patient-id-key-of-the-example"}
+    config = load_config(path, environ={**secrets, "PACS_USER": "u", "PACS_PASSWORD": "p"})
     assert (config.server.workers, config.server.page_ttl, config.server.max_count) == (2, 3600, 1000)
+    assert config.identity.secret == secrets["PATIENT_ID_SECRET"]
     assert config.security.checks_tokens and not config.security.open
     assert [(s.name, s.type) for s in config.sources] == [
         ("sample", "folder"),

@@ -4,6 +4,7 @@ for tests that put them in a store directly."""
 from __future__ import annotations
 
 from app.identity.keys import patient_id
+from tests.support.keys import TEST_KEY
 
 
 def person(system: str, value: str, family: str, given: str, birth: str | None, gender: str) -> dict:
@@ -11,7 +12,7 @@ def person(system: str, value: str, family: str, given: str, birth: str | None, 
     putting it in a store drops the empty values)."""
     return {
         "resourceType": "Patient",
-        "id": patient_id(system, value),
+        "id": patient_id(system, value, TEST_KEY),
         "identifier": [{"system": system, "value": value}],
         "name": [{"family": family, "given": [given]}],
         "birthDate": birth,

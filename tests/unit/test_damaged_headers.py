@@ -30,6 +30,7 @@ from app.sync import sync_source
 from app.web import create_app
 from tests.support.bundles import next_link
 from tests.support.damaged_corpus import CASES, INTACT, _file, dataset_start, part10, real
+from tests.support.keys import TEST_IDENTITY
 
 SOURCE = "damaged"
 #: values written into the corpus that are patient data: the logs must never show them
@@ -185,7 +186,9 @@ def test_random_byte_damage_never_stops_the_sync(tmp_path, store_url, write_conf
 
 # ---------------------------------------------------------------------- DICOM JSON from an archive
 
-CTX = MappingContext(source="main-pacs", timezone="Europe/Berlin", patient_id_system="urn:oid:2.999.10")
+CTX = MappingContext(
+    source="main-pacs", timezone="Europe/Berlin", patient_id_system="urn:oid:2.999.10", identity=TEST_IDENTITY
+)
 
 
 def _base_record() -> StudyRecord:

@@ -18,8 +18,9 @@ from app.mapping.context import MappingContext
 from app.mapping.profile import BASE_FILE, VENDORS_DIR
 from app.sync.explain import ExplainError, explain_file
 from testbed.orthanc import readable_testdata_files
+from tests.support.keys import TEST_IDENTITY
 
-CTX = MappingContext("explain", "UTC", "urn:imaging-facade:source:explain")
+CTX = MappingContext("explain", "UTC", "urn:imaging-facade:source:explain", identity=TEST_IDENTITY)
 
 
 def line_of(path: Path, text: str) -> int:
@@ -78,7 +79,9 @@ def test_profile_rules_are_cited_with_their_file_and_line(tmp_path):
 def test_vendor_private_tag_rules_are_cited(tmp_path):
     from app.mapping.profile import source_profile
 
-    ctx = MappingContext("ge", "UTC", "urn:x", profile=source_profile("ge", None, None, "config.yaml"))
+    ctx = MappingContext(
+        "ge", "UTC", "urn:x", profile=source_profile("ge", None, None, "config.yaml"), identity=TEST_IDENTITY
+    )
     rows = by_path(explain_file(get_testdata_file("CT_small.dcm"), ctx))
     ge = VENDORS_DIR / "ge.yaml"
     row = rows["ImagingStudy.series[0].extension[0].valueString"]

@@ -14,6 +14,7 @@ from app.identity.settings import DEFAULT, IdentityConfig
 from app.mapping import map_study
 from app.mapping.context import MappingContext
 from app.mapping.record import SeriesRecord, StudyRecord
+from tests.support.keys import TEST_KEY
 
 IDE = {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "IDE"}
 SYL = {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "SYL"}
@@ -194,10 +195,10 @@ def test_blocking_keys_meet_an_other_patient_id_one_typo_away():
 
 
 def test_a_patient_is_keyed_in_its_namespace():
-    rules = IdentityConfig.from_data({"same_namespace": [["urn:a", "urn:a-old"]]})
+    rules = IdentityConfig.from_data({"same_namespace": [["urn:a", "urn:a-old"]]}).with_key(TEST_KEY)
     old = {
         "resourceType": "Patient",
-        "id": patient_id("urn:a-old", "1"),
+        "id": patient_id("urn:a-old", "1", TEST_KEY),
         "identifier": [{"system": "urn:a-old", "value": "1"}],
     }
     record = StudyRecord(
@@ -211,11 +212,11 @@ def test_a_patient_is_keyed_in_its_namespace():
     )
     ctx = MappingContext(source="a", timezone="UTC", patient_id_system="urn:a-old", identity=rules)
     resolved = map_study(record, ctx)
-    assert resolved.patient["id"] == patient_id("urn:a", "1")
-    assert resolved.imaging_study["subject"]["reference"] == f"Patient/{patient_id('urn:a', '1')}"
+    assert resolved.patient["id"] == patient_id("urn:a", "1", TEST_KEY)
+    assert resolved.imaging_study["subject"]["reference"] == f"Patient/{patient_id('urn:a', '1', TEST_KEY)}"
     assert resolved.patient["identifier"] == old["identifier"]  # the identifier stays as the archive said
     assert patient_key(resolved.patient, rules) == ("urn:a", "1")
-    assert map_study(record, replace(ctx, identity=DEFAULT)).patient["id"] == old["id"]
+    assert map_study(record, replace(ctx, identity=DEFAULT.with_key(TEST_KEY))).patient["id"] == old["id"]
 
 
 @pytest.mark.parametrize(

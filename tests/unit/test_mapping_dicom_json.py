@@ -17,6 +17,7 @@ from app.mapping import MappedStudy, MappingError, map_endpoint, map_study
 from app.mapping.context import MappingContext
 from app.mapping.values import MAX_TEXT
 from app.sources.base import SeriesRecord, StudyRecord
+from tests.support.keys import TEST_IDENTITY, TEST_KEY
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT = "http://snomed.info/sct"
@@ -28,6 +29,7 @@ CTX = MappingContext(
     patient_id_system="urn:oid:2.999.10",
     issuer_systems={"HOSPA": "urn:oid:1.2.3.4", "ACC-LOCAL": "http://hospa.example/accession"},
     wado_url="https://pacs.example/dicom-web/",
+    identity=TEST_IDENTITY,
 )
 
 
@@ -107,7 +109,7 @@ def test_started(date, time, offset, zone, expected):
         extra["00080030"] = el("TM", time)
     if offset is not None:
         extra["00080201"] = el("SH", offset)
-    ctx = MappingContext("main-pacs", zone, "urn:oid:2.999.10")
+    ctx = MappingContext("main-pacs", zone, "urn:oid:2.999.10", identity=TEST_IDENTITY)
     result = mapped(record(**extra), ctx)
     assert result.imaging_study["started"] == expected
     assert not result.imaging_study["started"].endswith("Z")
@@ -153,7 +155,7 @@ def test_series_started_uses_the_study_offset():
 def test_unknown_time_zone_is_a_mapping_error():
     rec = record(**{"00080020": el("DA", "20230715"), "00080030": el("TM", "101500")})
     with pytest.raises(MappingError, match="Mars/Olympus"):
-        map_study(rec, MappingContext("main-pacs", "Mars/Olympus", "urn:x"))
+        map_study(rec, MappingContext("main-pacs", "Mars/Olympus", "urn:x", identity=TEST_IDENTITY))
 
 
 # --- patient identifiers and identity -------------------------------------------------------
@@ -198,8 +200,8 @@ def test_patient_identifier_system_from_issuer(issuer, quals, system, assigner):
     assert identifier["system"] == system
     assert identifier["value"] == "MRN-0042"
     assert identifier.get("assigner") == ({"display": assigner} if assigner else None)
-    assert result.patient["id"] == patient_id(system, "MRN-0042")
-    assert patient_key(result.patient) == (system, "MRN-0042")
+    assert result.patient["id"] == patient_id(system, "MRN-0042", TEST_KEY)
+    assert patient_key(result.patient, TEST_IDENTITY) == (system, "MRN-0042")
 
 
 def test_identifier_type_code_gives_identifier_type():
@@ -246,13 +248,13 @@ def test_other_patient_ids_follow_the_same_issuer_rules():
         ("urn:oid:2.999.10", "X-3"),
     ]
     # the key is the primary identifier only
-    assert result.patient["id"] == patient_id("urn:oid:2.999.10", "MRN-0042")
+    assert result.patient["id"] == patient_id("urn:oid:2.999.10", "MRN-0042", TEST_KEY)
 
 
 def test_study_without_patient_id_gets_its_own_patient():
     a = mapped(record(**{"00100020": el("LO")}))
     b = mapped(record(uid="1.2.826.0.1.3680043.8.498.2", **{"00100020": el("LO", "  ")}))
-    assert a.patient["id"] == patient_id_for_study(STUDY_UID)
+    assert a.patient["id"] == patient_id_for_study(STUDY_UID, TEST_KEY)
     assert a.patient["id"] != b.patient["id"]
     assert "identifier" not in a.patient and patient_key(a.patient, CTX.identity) is None
     assert a.patient["name"] == [{"family": "Doe", "given": ["Jane"]}]
@@ -349,7 +351,7 @@ def test_accession_identifier_and_based_on(issuer, ctx_system, system):
     extra = {"00080050": el("SH", "ACC123")}
     if issuer is not None:
         extra["00080051"] = issuer
-    ctx = MappingContext("main-pacs", "UTC", "urn:x", CTX.issuer_systems, ctx_system)
+    ctx = MappingContext("main-pacs", "UTC", "urn:x", CTX.issuer_systems, ctx_system, identity=TEST_IDENTITY)
     study = mapped(record(**extra), ctx).imaging_study
     accession = study["identifier"][1]
     assert accession["value"] == "ACC123"
@@ -750,7 +752,7 @@ def test_endpoint_with_wado_url():
 
 
 def test_endpoint_without_image_service_is_off():
-    endpoint = map_endpoint(MappingContext("local-folder", "UTC", "urn:x"))
+    endpoint = map_endpoint(MappingContext("local-folder", "UTC", "urn:x", identity=TEST_IDENTITY))
     assert endpoint["status"] == "off"
     assert endpoint["address"] == "urn:imaging-facade:source:local-folder"
     assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
@@ -758,7 +760,7 @@ def test_endpoint_without_image_service_is_off():
 
 
 def test_source_name_must_be_a_fhir_id():
-    bad = MappingContext("main pacs", "UTC", "urn:x")
+    bad = MappingContext("main pacs", "UTC", "urn:x", identity=TEST_IDENTITY)
     with pytest.raises(MappingError):
         map_endpoint(bad)
     with pytest.raises(MappingError):

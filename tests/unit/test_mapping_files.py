@@ -26,6 +26,7 @@ from app.mapping import map_endpoint, map_study
 from app.mapping.context import MappingContext
 from app.sources.base import SeriesRecord, StudyRecord
 from app.sources.dicom_json import dataset_to_dicom_json
+from tests.support.keys import TEST_IDENTITY, TEST_KEY
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT = "http://snomed.info/sct"
@@ -34,6 +35,7 @@ CTX = MappingContext(
     timezone="America/New_York",
     patient_id_system="urn:oid:2.999.1",
     wado_url="http://pacs.example/dicom-web/",
+    identity=TEST_IDENTITY,
 )
 
 
@@ -129,7 +131,7 @@ def test_every_study_of_every_readable_file_validates_as_r4():
 
 def test_endpoint_validates_as_r4():
     Endpoint.model_validate(map_endpoint(CTX))
-    Endpoint.model_validate(map_endpoint(MappingContext("folder", "UTC", "urn:x")))
+    Endpoint.model_validate(map_endpoint(MappingContext("folder", "UTC", "urn:x", identity=TEST_IDENTITY)))
 
 
 def test_every_instance_of_every_file_is_in_its_study():
@@ -188,8 +190,8 @@ def test_ct_small_patient():
     others = [item.PatientID for item in ds.OtherPatientIDsSequence]
     assert others == ["ABCD1234", "1234ABCD"]
     assert [i["value"] for i in patient["identifier"][1:]] == others
-    assert patient["id"] == patient_id(CTX.patient_id_system, ds.PatientID)
-    assert patient_key(patient) == (CTX.patient_id_system, "1CT1")
+    assert patient["id"] == patient_id(CTX.patient_id_system, ds.PatientID, TEST_KEY)
+    assert patient_key(patient, TEST_IDENTITY) == (CTX.patient_id_system, "1CT1")
     assert ds.PatientSex == "O" and patient["gender"] == "other"
     assert patient["name"] == [{"family": ds.PatientName.family_name, "given": [ds.PatientName.given_name]}]
     assert "birthDate" not in patient  # empty in the file
@@ -264,8 +266,8 @@ def test_sr_document_title_from_concept_name_and_own_patient_without_id():
     assert instance["title"] == ds.ConceptNameCodeSequence[0].CodeMeaning
     assert ds.PatientID == ""
     patient = mapped.patient
-    assert patient["id"] == patient_id_for_study(ds.StudyInstanceUID)
-    assert "identifier" not in patient and patient_key(patient) is None
+    assert patient["id"] == patient_id_for_study(ds.StudyInstanceUID, TEST_KEY)
+    assert "identifier" not in patient and patient_key(patient, TEST_IDENTITY) is None
     assert mapped.imaging_study["referrer"] == {"display": "First Name Last Name"}
     assert str(ds.ReferringPhysicianName) == "Last Name^First Name"
 

@@ -22,6 +22,7 @@ from app.mapping.claims import STRUCTURE_DEFINITION
 from app.mapping.context import MappingContext
 from app.mapping.endpoint import REQUIRES_ACCESS_TOKEN
 from app.mapping.profile import BASE_FILE, VENDORS_DIR, base_profile, source_profile
+from tests.support.keys import TEST_IDENTITY, keyed
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT = "http://snomed.info/sct"
@@ -75,7 +76,8 @@ def config_with(tmp_path, archive):
 
 def mapped_studies(src):
     return {
-        m.imaging_study["id"]: m for m in (map_study(item, src.mapping_context()) for item in src.open().iter_studies())
+        m.imaging_study["id"]: m
+        for m in (map_study(item, keyed(src.mapping_context())) for item in src.open().iter_studies())
     }
 
 
@@ -312,7 +314,7 @@ def test_a_vendor_modality_synonym_normalizes_a_vendor_term(tmp_path, archive):
     ds.Modality = "CAT"  # an old vendor term for CT
     root = archive()
     ds.save_as(root / "cat.dcm")  # one file, the real header with the vendor's modality term
-    ctx = MappingContext("s", "UTC", "urn:x")
+    ctx = MappingContext("s", "UTC", "urn:x", identity=TEST_IDENTITY)
     from app.sources.folder import FolderSource
 
     record = next(iter(FolderSource("s", root).iter_studies()))
@@ -337,7 +339,7 @@ def test_name_format_reads_given_family_names(tmp_path, archive):
     from app.sources.folder import FolderSource
 
     record = next(iter(FolderSource("s", root).iter_studies()))
-    ctx = MappingContext("s", "UTC", "urn:x")
+    ctx = MappingContext("s", "UTC", "urn:x", identity=TEST_IDENTITY)
     assert map_study(record, ctx).patient["name"] == [{"family": "JANE Q PUBLIC"}]  # DICOM: all family
     profiled = replace(
         ctx, profile=source_profile(None, {"names": {"format": "given-family"}}, tmp_path, "config.yaml")
@@ -356,7 +358,7 @@ def test_date_formats_read_a_vendor_date_and_say_so(tmp_path, archive):
     from app.sources.folder import FolderSource
 
     record = next(iter(FolderSource("s", root).iter_studies()))
-    ctx = MappingContext("s", "UTC", "urn:x")
+    ctx = MappingContext("s", "UTC", "urn:x", identity=TEST_IDENTITY)
     assert "started" not in map_study(record, ctx).imaging_study
     profiled = replace(ctx, profile=source_profile(None, {"dates": {"formats": ["%d.%m.%Y"]}}, tmp_path, "config.yaml"))
     result = map_study(record, profiled)
@@ -365,7 +367,7 @@ def test_date_formats_read_a_vendor_date_and_say_so(tmp_path, archive):
 
 
 def test_requires_access_token_comes_from_the_profile(tmp_path):
-    ctx = MappingContext("pacs", "UTC", "urn:x", wado_url="http://pacs/dicom-web")
+    ctx = MappingContext("pacs", "UTC", "urn:x", wado_url="http://pacs/dicom-web", identity=TEST_IDENTITY)
     assert map_endpoint(ctx)["extension"] == [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": False}]
     profiled = replace(
         ctx, profile=source_profile(None, {"endpoint": {"requires_access_token": True}}, tmp_path, "config.yaml")
@@ -424,7 +426,7 @@ def test_a_default_character_set_reads_undeclared_utf8(tmp_path, archive):
     ds["PatientName"] = DataElement(0x00100010, "PN", "Müller^Hans".encode())
     root = archive()
     ds.save_as(root / "utf8.dcm")
-    ctx = MappingContext("s", "UTC", "urn:x")
+    ctx = MappingContext("s", "UTC", "urn:x", identity=TEST_IDENTITY)
     plain = map_study(next(iter(FolderSource("s", root).iter_studies())), ctx)
     assert plain.imaging_study["location"] == {"display": "Klinik SÃ¼d"}
 

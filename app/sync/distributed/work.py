@@ -19,6 +19,7 @@ from app.sources.queried import QueriedArchive
 from app.sources.settings import SourceSettings
 from app.store.repository import Store
 from app.sync.batch import StudyBatch
+from app.sync.keyed import keyed_context
 from app.sync.summary import SyncSummary
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class Worker:
     def _context(self, src: SourceSettings) -> MappingContext:
         with self._lock:
             if src.name not in self._contexts:
-                self._contexts[src.name] = src.mapping_context()
+                self._contexts[src.name] = keyed_context(self.store, src)
             return self._contexts[src.name]
 
     def sync_listed(self, source_name: str, listing: list[str]) -> dict:
