@@ -11,7 +11,8 @@ Backport IG v1.1.0 (StructureDefinition backport-subscription) and what this ser
 - `channel` may carry `backport-heartbeat-period` (unsignedInt, seconds), `backport-timeout`
   (unsignedInt, seconds) and `backport-max-count` (positiveInt);
 - `status` is `requested` (FHIR R4 Subscription: a client asks; the server decides), `reason`
-  is required (R4 Subscription.reason 1..1).
+  is required (R4 Subscription.reason 1..1); `end` is refused (a Subscription lasts until it
+  is deleted).
 
 Whatever is wrong is raised as a BodyError naming the element, for a 400 OperationOutcome.
 """
@@ -116,6 +117,8 @@ def check(body: object, base_url: str) -> Requested:
         raise BodyError("Subscription.status must be 'requested' (the server activates a subscription)")
     if not isinstance(body.get("reason"), str) or not body["reason"].strip():
         raise BodyError("Subscription.reason is required")
+    if "end" in body:
+        raise BodyError("Subscription.end is not supported here: DELETE the Subscription when it is no longer wanted")
     criteria = body.get("criteria")
     if not isinstance(criteria, str) or not criteria:
         raise BodyError("Subscription.criteria is required: the canonical URL of a topic")

@@ -122,6 +122,7 @@ BROKEN = [
     (lambda s: s.update(resourceType="Patient"), "resourceType"),
     (lambda s: s.update(status="active"), "Subscription.status"),
     (lambda s: s.pop("reason"), "Subscription.reason"),
+    (lambda s: s.update(end="2030-01-01T00:00:00Z"), "Subscription.end"),
     (lambda s: s.update(criteria="ImagingStudy?modality=MR"), "Subscription.criteria"),
     (lambda s: s.update(criteria=f"{BASE}/SubscriptionTopic/encounter-start"), "Subscription.criteria"),
     (
