@@ -39,7 +39,7 @@ from app.clock import micros_to_instant
 from app.errors import FhirError
 from app.fhir.routes import check_format
 from app.fhir.subscription_body import CONTENTS, PROFILE, BodyError, check
-from app.notify.bundle import notification
+from app.notify.bundle import notification, shown
 from app.notify.worker import NotifyWorker
 from app.store import subscriptions
 from app.store.resources import read_current
@@ -330,7 +330,7 @@ def events(rid: str, rtype: str) -> Response:
     if content == "full-resource":
         for event in found:
             current = read_current(state.reader, "ImagingStudy", event.study)
-            if current is not None:
+            if current is not None and shown(sub, bytes(current[2])):
                 resources[event.study] = bytes(current[2])
     body = notification(sub, state.base_url, "query-event", found, content, resources, time.time_ns() // 1000)
     return _json(body)

@@ -80,3 +80,14 @@ def notification(
         "timestamp": micros_to_instant(now),
         "entry": entries,
     }
+
+
+def shown(sub: Subscription, content: bytes) -> bool:
+    """Whether a `full-resource` notification may carry this study: when the subscription is
+    narrowed to a patient (a token bound to a patient must narrow it so), only while the study is
+    that patient's; a study that moved to another patient is then sent as id-only."""
+    patients = {value for name, value in sub.filters if name == "patient"}
+    if not patients:
+        return True
+    subject = orjson.loads(content).get("subject", {}).get("reference", "")
+    return subject.startswith("Patient/") and subject[len("Patient/") :] in patients

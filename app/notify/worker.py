@@ -36,7 +36,7 @@ import requests
 from sqlalchemy.engine import Engine
 
 from app.logsafe import describe
-from app.notify.bundle import notification
+from app.notify.bundle import notification, shown
 from app.notify.settings import NotifySettings
 from app.store import subscriptions
 from app.store.reader import Reader
@@ -131,7 +131,7 @@ class NotifyWorker:
         if content == "full-resource":
             for event in events:
                 current = read_current(self.reader, "ImagingStudy", event.study)
-                if current is not None:
+                if current is not None and shown(sub, bytes(current[2])):
                     found[event.study] = bytes(current[2])
         body = orjson.dumps(notification(sub, self.base_url, kind, events, content, found, now))
         timeout = self.settings.timeout

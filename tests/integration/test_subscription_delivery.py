@@ -310,3 +310,27 @@ def test_with_two_nodes_each_event_is_sent_once(setup, receiver):
     ]
     assert numbers == [1, 2]
     assert receiver.bundles("heartbeat") == []
+
+
+def test_a_study_that_moved_to_another_patient_is_not_shown_to_the_first_patients_subscriber(setup, receiver):
+    config, store, archive, app = setup
+    client = app().test_client()
+    sync(config, store, archive, names=("CT_small.dcm",))
+    (content,) = studies(store).values()
+    patient = orjson.loads(content)["subject"]["reference"]
+    create(
+        client,
+        receiver,
+        topic=f"{BASE}/SubscriptionTopic/imagingstudy-changed",
+        content="full-resource",
+        filters=[f"ImagingStudy?patient={patient}"],
+    )
+    wait_for(lambda: receiver.bundles("handshake"))
+    moved = pydicom.dcmread(archive / "CT_small.dcm")
+    moved.PatientID = "SOMEONE-ELSE"
+    moved.save_as(archive / "CT_small.dcm")
+    sync_source(store, config.sources[0])
+    (got,) = wait_for(lambda: receiver.bundles("event-notification"))
+    (entry,) = got["entry"][1:]
+    assert orjson.loads(next(iter(studies(store).values())))["subject"]["reference"] != patient
+    assert "resource" not in entry and entry["request"]["method"] == "PUT"  # id-only: no longer theirs
