@@ -33,6 +33,7 @@ from app.identity.settings import IdentityConfig, IdentitySchema
 from app.logs import LogSettings
 from app.mapping.profile import Profile, ProfileError, source_profile
 from app.mapping.profile_yaml import YamlProblem, load_marked
+from app.notify.settings import NotifySchema, NotifySettings
 from app.sources.http import Credentials
 from app.sources.settings import (
     OnDemandSettings,
@@ -283,6 +284,7 @@ class ConfigSchema(Strict):
     logging = fields.Nested(LoggingSchema, load_default=lambda: LoggingSchema().load({}))
     metrics = fields.Nested(MetricsSchema, load_default=lambda: MetricsSchema().load({}))
     export = fields.Nested(ExportSchema, load_default=lambda: ExportSchema().load({}))
+    subscriptions = fields.Nested(NotifySchema, load_default=lambda: NotifySchema().load({}))
 
     @validates("store")
     def _store(self, value: str, **_: Any) -> None:
@@ -402,6 +404,8 @@ class Config:
     queue: QueueConfig | None = None
     #: Bulk Data export (app/export); None only for configs built without the loader
     export: ExportSettings | None = None
+    #: how Subscription notifications are sent (app/notify)
+    subscriptions: NotifySettings = field(default_factory=NotifySettings)
 
     def source(self, name: str) -> SourceSettings:
         for src in self.sources:
@@ -590,6 +594,7 @@ def _build(data: dict, root: Path, path: Path, lines: dict | None = None) -> Con
         metrics=MetricsSettings(**data["metrics"]),
         queue=QueueConfig(**data["queue"]) if data["queue"] else None,
         export=export_settings(data["export"], store, root),
+        subscriptions=NotifySettings(**data["subscriptions"]),
     )
 
 

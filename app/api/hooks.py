@@ -104,6 +104,26 @@ def open_bulk_grant() -> BulkGrant:
     return BulkGrant("", dict.fromkeys(RESOURCE_TYPES))
 
 
+@dataclass(frozen=True)
+class SubscriptionGrant:
+    """What a request may do with Subscriptions (SMART scopes on the Subscription type,
+    app/security/subscriptions.py): who owns the subscriptions it creates and sees (only that
+    client and user may read, search and delete them; "" in open mode), the patient its token
+    is bound to (None: not bound), and its SMART v2 permissions on Subscription ("c", "r", "s",
+    "d"); whether its scopes let it read any ImagingStudy it may be notified of (a
+    `full-resource` payload carries the study only then, else `id-only`)."""
+
+    owner: str
+    patient: str | None
+    permissions: frozenset[str]
+    reads_studies: bool = False
+
+
+def open_subscription_grant() -> SubscriptionGrant:
+    """A server without access control: every permission, no owner, no patient."""
+    return SubscriptionGrant("", None, frozenset("crsd"), reads_studies=True)
+
+
 #: a hook run before the first page of a search is read: it may fetch, flush or refuse (FhirError)
 BeforeSearch = Callable[[SearchQuery, Guard], None]
 
@@ -114,6 +134,8 @@ class Hooks:
     before_search: list[BeforeSearch] = field(default_factory=list)
     #: what the request's client may export, and who it is (security registers its own)
     bulk_grant: Callable[[], BulkGrant] = open_bulk_grant
+    #: what the request's client may do with Subscriptions, and who it is (security registers its own)
+    subscription_grant: Callable[[], SubscriptionGrant] = open_subscription_grant
 
     def run_before_search(self, query: SearchQuery) -> None:
         for hook in self.before_search:

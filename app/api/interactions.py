@@ -68,6 +68,14 @@ EXPORT = Interaction("$export", "operation", audit=("operation", "E"), bulk=True
 EXPORT_STATUS = Interaction("$export status", audit=("operation", "R"), bulk=True)
 EXPORT_FILE = Interaction("$export file", audit=("operation", "R"), bulk=True)
 EXPORT_DELETE = Interaction("$export delete", audit=("operation", "D"), bulk=True)
+#: topic-based Subscriptions (Subscriptions R5 Backport IG v1.1.0): the route checks the
+#: Subscription scopes itself (app/fhir/subscriptions.py), each request is audited
+SUBSCRIPTION_CREATE = Interaction("Subscription create", "create", audit=("create", "C"))
+SUBSCRIPTION_READ = Interaction("Subscription read", "read", audit=("read", "R"))
+SUBSCRIPTION_SEARCH = Interaction("Subscription search", "search-type", audit=("search-type", "E"))
+SUBSCRIPTION_DELETE = Interaction("Subscription delete", "delete", audit=("delete", "D"))
+SUBSCRIPTION_STATUS = Interaction("Subscription $status", "operation", audit=("operation", "E"))
+SUBSCRIPTION_EVENTS = Interaction("Subscription $events", "operation", audit=("operation", "R"))
 
 #: what every served resource type offers, as the CapabilityStatement lists it
 TYPE_INTERACTIONS = (READ, VREAD, HISTORY_INSTANCE, HISTORY_TYPE, SEARCH_TYPE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.api.interactions import READ, SEARCH_TYPE, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS
-from app.fhir import bulk_capability
+from app.fhir import bulk_capability, subscription_capability
 from app.mapping.claims import PROFILES
 from app.search.params import AUDIT_EVENT_PARAMS, BY_RESOURCE, INCLUDES, RESOURCE_TYPES, REVINCLUDES
 
@@ -82,6 +82,7 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
         }
     )
     resources.append(bulk_capability.group_resource())
+    resources.append(subscription_capability.subscription_resource(base_url))
     resources.append(
         {
             "type": "StructureDefinition",
@@ -123,7 +124,8 @@ def capability_statement(base_url: str, released: str, security: dict) -> dict:
             {
                 "mode": "server",
                 "documentation": (
-                    "Read-only (POST Patient/$match only reads too). Search results are ordered by resource id; "
+                    "Read-only (POST Patient/$match only reads too), but for Subscriptions: a client creates and "
+                    "deletes its own. Search results are ordered by resource id; "
                     "paging links are signed and stateless. "
                     "Date search values without a time zone are read in the server's configured zone. "
                     "Search by POST [type]/_search with a form body returns what GET returns. "

@@ -287,9 +287,10 @@ def patient_match() -> Response:
 
 
 def init_app(app: Flask, state: ApiState) -> None:
-    from app.fhir import batch, bulk, groups, history, trail
+    from app.fhir import batch, bulk, groups, history, subscriptions, trail
 
     app.register_blueprint(bp, url_prefix="/fhir")
-    for more in (history.bp, batch.bp, trail.bp, groups.bp, bulk.bp):
+    for more in (history.bp, batch.bp, trail.bp, groups.bp, bulk.bp, subscriptions.bp):
         app.register_blueprint(more, url_prefix="/fhir")
     bulk.init_app(app, state)  # Bulk Data export: its jobs' worker
+    subscriptions.init_app(app, state)  # Subscriptions: the node's notification worker

@@ -22,7 +22,7 @@ from flask import Flask, Request, request
 from app.api.interactions import HEALTH, current_interaction
 from app.api.state import ApiState
 from app.errors import FhirError
-from app.security import bulk, discovery, limits
+from app.security import bulk, discovery, limits, subscriptions
 from app.security.access import OPEN, set_access
 from app.security.authorize import access_from_claims, bearer_token, challenge, enforce, unauthorized
 from app.security.operators import is_loopback
@@ -73,6 +73,7 @@ def init_app(app: Flask, state: ApiState) -> None:
     discovery.init_app(app, state)
     state.hooks.guard = ScopeGuard()
     state.hooks.bulk_grant = bulk.grant  # who may export what (Bulk Data, SMART Backend Services)
+    state.hooks.subscription_grant = subscriptions.grant  # who may subscribe, and to what
     if security.open:
         app.before_request(lambda: set_access(OPEN))
         return

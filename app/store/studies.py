@@ -14,12 +14,12 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlmodel import col
 
 from app.clock import instant_now_ms
-from app.store import batch
+from app.store import batch, study_events
 from app.store import tables as t
 from app.store.copies import merge_copies
 from app.store.patients import Patients
 from app.store.reader import Reader
-from app.store.resources import DELETED, Resources
+from app.store.resources import DELETED, NEW, UPDATED, Resources
 from app.store.study_state import StudyState, read_states
 
 _THE_COPY = (col(t.StudyCopy.source) == bindparam("key_source"), col(t.StudyCopy.study_uid) == bindparam("key_uid"))
@@ -85,7 +85,14 @@ class StudyCopies:
             source: study,
             **{other: orjson.loads(r.content) for other, r in state.copies.items() if other != source},
         }
-        return self.resources.put_in(conn, merge_copies(copies), state.resource)
+        merged = merge_copies(copies)
+        outcome = self.resources.put_in(conn, merged, state.resource)
+        if outcome == NEW:
+            study_events.record(conn, uid, None, merged)
+        elif outcome == UPDATED:  # what it was, for the topics (app/store/study_events.py)
+            before = {other: orjson.loads(r.content) for other, r in state.copies.items()}
+            study_events.record(conn, uid, merge_copies(before) if before else None, merged)
+        return outcome
 
     @staticmethod
     def _save_copy(conn: Connection, source: str, study: dict, archive_key: str | None, found: Row | None) -> None:
@@ -115,17 +122,25 @@ class StudyCopies:
         (updated or deleted), or None if the archive was not known to hold it.
         """
         with self.engine.begin() as conn:
-            where = (col(t.StudyCopy.source) == source, col(t.StudyCopy.study_uid) == uid)
-            if conn.execute(delete(t.StudyCopy).where(*where)).rowcount == 0:
-                return None
-            patient = self.patients.withdraw(conn, source, uid)
-            others = conn.execute(
+            held = conn.execute(
                 select(col(t.StudyCopy.source), col(t.StudyCopy.content)).where(col(t.StudyCopy.study_uid) == uid)
             ).all()
+            if not any(r.source == source for r in held):
+                return None
+            conn.execute(
+                delete(t.StudyCopy).where(col(t.StudyCopy.source) == source, col(t.StudyCopy.study_uid) == uid)
+            )
+            patient = self.patients.withdraw(conn, source, uid)
+            before = merge_copies({r.source: orjson.loads(r.content) for r in held})
+            others = [r for r in held if r.source != source]
             if others:
-                outcome = self.resources.put_in(conn, merge_copies({r.source: orjson.loads(r.content) for r in others}))
+                after = merge_copies({r.source: orjson.loads(r.content) for r in others})
+                outcome = self.resources.put_in(conn, after)
+                if outcome == UPDATED:
+                    study_events.record(conn, uid, before, after)
             else:
                 self.resources.delete_in(conn, "ImagingStudy", uid)
+                study_events.record(conn, uid, before, None)
                 outcome = DELETED
             if patient is not None:
                 self.patients.refresh(conn, [patient])

@@ -13,10 +13,12 @@ instance); the token one also holds the code, so such a probe never reads the ta
 
 from __future__ import annotations
 
-from sqlalchemy import DDL, BigInteger, Column, Index, LargeBinary, String, Text, event
+from sqlalchemy import DDL, BigInteger, Column, Index, Integer, LargeBinary, String, Text, event
 from sqlmodel import Field, SQLModel
 
 ID_TEXT = String(64).with_variant(String(64, collation="C"), "postgresql")
+#: an id the database counts up (SQLite autoincrements only an INTEGER PRIMARY KEY)
+SERIAL = BigInteger().with_variant(Integer(), "sqlite")
 #: index rows name resources (rid, target_id) in the collation of resource.id: PostgreSQL
 #: compares columns of two collations without the index of either, so `rid = id` and
 #: `id IN (SELECT rid …)` would probe nothing and scan instead
@@ -360,3 +362,75 @@ class ExportJob(SQLModel, table=True):
     finished: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     #: when its files are removed (epoch micros)
     expires: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class SubscriptionRow(SQLModel, table=True):
+    """One topic-based Subscription (Subscriptions R5 Backport IG v1.1.0, R4 profile
+    backport-subscription), as its client created it: `resource` is the Subscription as this
+    server serves it (id, meta and status set here), the other columns are what searches,
+    `$status` and the ownership checks read without parsing it."""
+
+    __tablename__ = "subscription"
+    __table_args__ = (Index("ix_subscription_owner", "owner", "id"),)
+    id: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    #: the client that created it: only it may read, search, delete it ("" in open mode)
+    owner: str = Field(sa_column=Column(Text, nullable=False))
+    #: Subscription.status (R4 subscription-status: requested, active, error, off)
+    status: str = Field(max_length=16)
+    #: Subscription.criteria: the topic's canonical URL
+    topic: str = Field(sa_column=Column(Text, nullable=False))
+    #: Subscription.channel.endpoint (the `url` search parameter)
+    endpoint: str = Field(sa_column=Column(Text, nullable=False))
+    #: the Subscription resource as served (JSON)
+    resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: how many events were recorded for it (SubscriptionStatus eventsSinceSubscriptionStart)
+    events: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    #: why its status is `error` (no patient data)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: backport-payload-content: empty, id-only or full-resource
+    content: str = Field(max_length=16)
+    #: its filters as JSON [[name, value], ...] (app/fhir/topics.py), ANDed
+    filters: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    #: the last event number its endpoint acknowledged (2xx); events after it are still to send
+    delivered: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    #: the node sending its notifications, and until when that claim holds (epoch micros)
+    node: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    lease_until: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: failed sends in a row, and when to try again (epoch micros; backoff)
+    failures: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    next_try: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    #: when its endpoint last got a notification (heartbeats are counted from it)
+    last_sent: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    #: backport-heartbeat-period in seconds, None: no heartbeats
+    heartbeat: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: 1 when its creator's scopes let it read every study it is notified of (full-resource is
+    #: then sent as asked), else 0 (id-only instead)
+    may_read: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class StudyChange(SQLModel, table=True):
+    """A topic event of a study (app/store/study_events.py), written in the transaction that
+    stores the change and deleted once handed to the subscriptions it matches."""
+
+    __tablename__ = "study_change"
+    id: int | None = Field(default=None, sa_column=Column(SERIAL, primary_key=True, autoincrement=True))
+    recorded: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: available, changed or removed
+    kind: str = Field(max_length=16)
+    study: str = Field(sa_column=Column(ID_TEXT, nullable=False))
+    #: what the filters match on, JSON {name: [values]}
+    keys: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class SubscriptionEvent(SQLModel, table=True):
+    """One event of one subscription, numbered from 1 without gaps (SubscriptionStatus
+    eventsSinceSubscriptionStart, Subscriptions R5 Backport IG): kept for `$events` and for
+    delivery after a restart until the subscription is deleted."""
+
+    __tablename__ = "subscription_event"
+    subscription: str = Field(sa_column=Column(ID_TEXT, primary_key=True))
+    number: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    recorded: int = Field(sa_column=Column(BigInteger, nullable=False))
+    kind: str = Field(max_length=16)
+    study: str = Field(sa_column=Column(ID_TEXT, nullable=False))

@@ -72,6 +72,17 @@ def make_old_store(monkeypatch, write_config, tmp_path: Path, url: str, name: st
                 "params": orjson.dumps({"patient": [f"Patient/{old}"]}),
             },
         )
+        conn.execute(  # a Subscription to the patient's studies (the Subscription API makes these)
+            text(
+                "INSERT INTO subscription (id, owner, status, topic, endpoint, resource, created, events, content, "
+                "filters, delivered, failures, next_try, last_sent, may_read) VALUES ('sub-1', 'someone', 'off', "
+                "'t', 'https://ehr.example.org', :resource, 1, 0, 'id-only', :filters, 0, 0, 0, 0, 0)"
+            ),
+            {
+                "resource": orjson.dumps({"valueString": f"ImagingStudy?patient=Patient/{old}"}),
+                "filters": orjson.dumps([["patient", old]]),
+            },
+        )
         conn.execute(
             text("DELETE FROM setting WHERE key IN (:a, :b, :c)"),
             {"a": patient_ids.SCHEME_SETTING, "b": patient_ids.KEY_SETTING, "c": patient_ids.CHECK_SETTING},
