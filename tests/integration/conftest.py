@@ -5,6 +5,16 @@ from __future__ import annotations
 import pytest
 
 from testbed.orthanc import OrthancServer, readable_testdata_files
+from tests.support.keys import SHARED_SECRET, SHARED_SECRET_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_patient_id_key():
+    """The key a config's `identity.secret: ${PATIENT_ID_SECRET}` names (tests/support/keys.py),
+    set for the whole session: module fixtures make stores before any test's own fixtures run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SHARED_SECRET_ENV, SHARED_SECRET)
+        yield
 
 
 @pytest.fixture(scope="session")

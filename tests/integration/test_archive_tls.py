@@ -27,6 +27,7 @@ from app.sync import sync_source
 from app.web import create_app
 from testbed.certs import Issued, TestPki
 from testbed.orthanc import OrthancServer, OrthancTls, readable_testdata_files
+from tests.support.keys import SHARED_IDENTITY, SHARED_SECRET, SHARED_SECRET_ENV
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
 CLI = str(Path(sys.executable).parent / "imaging-facade")
@@ -85,11 +86,17 @@ def _source(kind: str, server: OrthancServer, tls: dict | None) -> dict:
 
 def _config(folder: Path, source: dict, **server):
     path = folder / "config.yaml"
-    data = {"store": "sqlite:///facade.db", "security": {"open": True}, "sources": [source]}
+    # the stores of separate runs are compared row for row: one Patient id key
+    data = {
+        "store": "sqlite:///facade.db",
+        "security": {"open": True},
+        "identity": SHARED_IDENTITY,
+        "sources": [source],
+    }
     if server:
         data["server"] = server
     path.write_text(yaml.safe_dump(data))
-    return load_config(path, environ={})
+    return load_config(path, environ={SHARED_SECRET_ENV: SHARED_SECRET})
 
 
 def contents(store: Store) -> dict:
@@ -180,7 +187,7 @@ def test_a_wrong_ca_stops_the_sync_naming_the_reason_and_loses_nothing(kind, pki
     assert "Traceback" not in result.stderr + result.stdout
     assert "pacs" in result.stderr and "TLS failed: certificate verify failed" in result.stderr, result.stderr
 
-    wrong = load_config(tmp_path / "config.yaml", environ={})
+    wrong = load_config(tmp_path / "config.yaml", environ={SHARED_SECRET_ENV: SHARED_SECRET})
     store = Store.from_config(wrong)
     try:
         assert versions(store) == before  # nothing changed, nothing deleted as "gone from the archive"

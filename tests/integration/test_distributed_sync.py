@@ -31,6 +31,7 @@ from testbed.rabbitmq import delete_queue, queue_name
 from testbed.workers import WorkerProcess
 from tests.support.damaged_corpus import CASES
 from tests.support.faults import FaultProxy
+from tests.support.keys import SHARED_IDENTITY
 from tests.support.stores import reset_postgres
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.server]
@@ -60,14 +61,6 @@ def queue(broker):
     delete_queue(name, broker)
 
 
-@pytest.fixture(autouse=True)
-def _one_patient_id_key(monkeypatch):
-    """The tests compare the stores of two runs (local, distributed) row for row, each run in a
-    store of its own: they share the Patient id key through `identity.secret`, as the stores of
-    one deployment would (subprocesses and workers inherit the variable)."""
-    monkeypatch.setenv("PATIENT_ID_SECRET", "the-patient-id-key-of-these-tests")
-
-
 def _config(
     tmp_path: Path, store_url: str, url: str, broker: str, queue: str, name: str = "config.yaml", **source
 ) -> Path:
@@ -77,7 +70,7 @@ def _config(
             {
                 "store": store_url,
                 "security": {"open": True},
-                "identity": {"secret": "${PATIENT_ID_SECRET}"},
+                "identity": SHARED_IDENTITY,  # stores of separate runs are compared row for row
                 "queue": {"broker": broker, "name": queue, "studies_per_task": STUDIES_PER_TASK},
                 "sources": [
                     {"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", "concurrency": 2, **source}

@@ -28,6 +28,7 @@ from app.store.tables import Resource
 from app.sync import sync_source
 from testbed.orthanc import OrthancServer, readable_testdata_files
 from tests.support.faults import FaultProxy
+from tests.support.keys import SHARED_IDENTITY
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.server]
 CLI = str(Path(sys.executable).parent / "imaging-facade")
@@ -76,6 +77,7 @@ def write_config_module():
                 {
                     "store": "sqlite:///facade.db",
                     "security": {"open": True},
+                    "identity": SHARED_IDENTITY,  # the stores of separate runs are compared row for row
                     "sources": [{"name": "pacs", "type": "dicomweb", "url": url, "timezone": "UTC", **source}],
                 }
             )

@@ -22,6 +22,7 @@ from app.store.repository import Store
 from app.store.tables import Resource, StudyCopy
 from app.sync import sync_source
 from tests.support.faults import AssociationRelay, FaultProxy
+from tests.support.keys import SHARED_IDENTITY
 
 pytestmark = [pytest.mark.orthanc]
 
@@ -47,20 +48,13 @@ def _open(kind: str, orthanc, concurrency: int) -> DicomwebSource | DimseSource:
     return DimseSource("pacs", "127.0.0.1", orthanc.dicom_port, orthanc.aet, concurrency=concurrency)
 
 
-@pytest.fixture(autouse=True)
-def _one_patient_id_key(monkeypatch):
-    """Stores of separate syncs are compared row for row: they share the Patient id key, as the
-    stores of one deployment would."""
-    monkeypatch.setenv("PATIENT_ID_SECRET", "the-patient-id-key-of-these-tests")
-
-
 def _sync(write_config, tmp_path, name: str, keys: dict, concurrency: int):
     """One full sync into a store of its own: (summary, store), the store still open."""
     config = write_config(
         {
             "store": f"sqlite:///{tmp_path / name}.db",
             "security": {"open": True},
-            "identity": {"secret": "${PATIENT_ID_SECRET}"},
+            "identity": SHARED_IDENTITY,  # stores of separate runs are compared row for row
             "sources": [{**keys, "concurrency": concurrency}],
         },
         name=f"{name}.yaml",

@@ -15,3 +15,11 @@ TEST_IDENTITY = DEFAULT.with_key(TEST_KEY)
 def keyed(ctx: MappingContext) -> MappingContext:
     """A source's mapping context with the tests' key, as the sync layer gives it a store's."""
     return replace(ctx, identity=ctx.identity.with_key(TEST_KEY))
+
+
+#: how tests that compare the stores of separate runs row for row share one Patient id key: through
+#: `identity.secret`, as the stores of one deployment would (tests/integration/conftest.py sets
+#: the variable for every integration test, and the processes they start inherit it)
+SHARED_SECRET_ENV = "PATIENT_ID_SECRET"
+SHARED_SECRET = "the-patient-id-key-of-these-tests"
+SHARED_IDENTITY = {"secret": "${PATIENT_ID_SECRET}"}
