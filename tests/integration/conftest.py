@@ -6,6 +6,7 @@ import pytest
 
 from testbed.orthanc import OrthancServer, readable_testdata_files
 from tests.support.keys import SHARED_SECRET, SHARED_SECRET_ENV
+from tests.support.stores import reset_postgres
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,3 +24,13 @@ def orthanc():
     with OrthancServer() as server:
         server.upload(readable_testdata_files())
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path):
+    """A database with no tables at all, once SQLite and once PostgreSQL (the migration tests)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'facade.db'}"
+    url = request.getfixturevalue("postgres_url")
+    reset_postgres(url)
+    return url

@@ -15,16 +15,6 @@ from app.store.repository import Store
 from app.web import create_app
 from tests.support.bulk import download, kickoff, stored, wait, worker
 from tests.support.full_store import KEPT, connected, fill, folder_source_config, set_version, snapshot
-from tests.support.stores import reset_postgres
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'facade.db'}"
-    url = request.getfixturevalue("postgres_url")
-    reset_postgres(url)
-    return url
 
 
 @pytest.mark.slow

@@ -14,20 +14,10 @@ from app.store.audit_log import close_all as close_audit_logs
 from app.store.repository import Store
 from app.web import create_app
 from tests.support.full_store import connected, fill, folder_source_config, set_version, snapshot
-from tests.support.stores import reset_postgres
 
 PRESENT_ROWS = "SELECT rtype, rid, param, norm, value FROM idx_string WHERE param LIKE :like"
 LIKE = {"like": "%:present"}
 NAMES = ("referrer", "interpreter", "performer")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'facade.db'}"
-    url = request.getfixturevalue("postgres_url")
-    reset_postgres(url)
-    return url
 
 
 def _present_rows(url: str) -> list[tuple]:

@@ -32,18 +32,9 @@ from app.store.schema import SchemaMismatch
 from app.sync import sync_source
 from app.web import create_app
 from tests.support.full_store import KEPT, connected, fill, folder_source_config, snapshot
-from tests.support.stores import postgres_database, reset_postgres
+from tests.support.stores import postgres_database
 
 SECRET = "a-deployment-secret-for-the-rekey-tests"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'facade.db'}"
-    url = request.getfixturevalue("postgres_url")
-    reset_postgres(url)
-    return url
 
 
 def _unkeyed(key: bytes, text_: str) -> str:

@@ -34,16 +34,6 @@ from tests.support.keys import TEST_KEY
 from tests.support.stores import reset_postgres
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request, tmp_path):
-    """A database with no tables at all."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'facade.db'}"
-    url = request.getfixturevalue("postgres_url")
-    reset_postgres(url)
-    return url
-
-
 @pytest.fixture
 def config_file(tmp_path, empty_url, write_config):
     """A config over the empty store and a folder source; its path and the loaded config."""
