@@ -20,16 +20,15 @@ import logging
 import os
 import shutil
 import socket
-import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 from sqlalchemy.engine import Engine
 
+from app.background import BackgroundLoop
 from app.export.params import ExportRequest
 from app.export.run import Stopped, Where, run_export
 from app.export.settings import ExportSettings
@@ -45,8 +44,10 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
-class ExportWorker:
+class ExportWorker(BackgroundLoop):
     """`members(group)`: the Patient ids of a Group (a source), read when its job runs."""
+
+    name = "bulk-export"
 
     def __init__(
         self,
@@ -64,34 +65,13 @@ class ExportWorker:
         self.members = members
         self.runs_jobs = runs_jobs
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        super().__init__()
 
     def job_directory(self, job_id: str) -> Path:
         return self.settings.directory / job_id
 
-    def start(self) -> None:
-        """Start the thread once (a forked worker process starts its own)."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stopped = False
-            self._thread = threading.Thread(
-                target=_loop, args=(weakref.ref(self), self._wake), name="bulk-export", daemon=True
-            )
-            self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopped = True
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+    def pause(self) -> float:
+        return self.settings.poll_interval
 
     def step(self) -> bool:
         """Remove what expired, then run one job if there is one; whether one ran."""
@@ -182,26 +162,3 @@ class ExportWorker:
         manifest["run"] = run_id
         if not export_jobs.finish(self.engine, job.id, node, DONE, now, expires, orjson.dumps(manifest), None):
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def _loop(ref: weakref.ref[ExportWorker], wake: threading.Event) -> None:
-    """Run jobs until the worker is stopped or let go (its app is gone)."""
-    failures = 0
-    while True:
-        worker = ref()
-        if worker is None or worker._stopped:
-            return
-        wait = worker.settings.poll_interval
-        try:
-            ran = worker.step()
-            failures = 0
-        except Exception as err:  # noqa: BLE001 - the store may be down for a while; try again later
-            failures += 1
-            ran = False
-            if failures in (1, 10) or failures % 100 == 0:
-                log.warning("bulk export worker: %s (failure %d; retrying)", describe(err), failures)
-            wait = min(60.0, wait * (2 ** min(failures, 6)))
-        del worker
-        if not ran:
-            wake.wait(wait)
-            wake.clear()

@@ -26,16 +26,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
-import weakref
 
 import orjson
 import requests
 from sqlalchemy.engine import Engine
 
-from app.logsafe import describe
+from app.background import BackgroundLoop
 from app.notify.bundle import notification, shown
 from app.notify.settings import NotifySettings
 from app.store import subscriptions
@@ -67,7 +65,9 @@ def _headers(resource: dict) -> dict[str, str]:
     return headers
 
 
-class NotifyWorker:
+class NotifyWorker(BackgroundLoop):
+    name = "subscription-notify"
+
     def __init__(self, engine: Engine, reader: Reader, settings: NotifySettings, base_url: str):
         self.engine = engine
         self.reader = reader
@@ -75,30 +75,10 @@ class NotifyWorker:
         self.base_url = base_url
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.session = requests.Session()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        super().__init__()
 
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stopped = False
-            self._thread = threading.Thread(
-                target=_loop, args=(weakref.ref(self), self._wake), name="subscription-notify", daemon=True
-            )
-            self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopped = True
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+    def pause(self) -> float:
+        return self.settings.poll_interval
 
     def step(self) -> bool:
         """Dispatch recorded changes, then send what is due; whether anything was done."""
@@ -163,26 +143,3 @@ class NotifyWorker:
             self.settings.max_failures,
             kind == "handshake",
         )
-
-
-def _loop(ref: weakref.ref[NotifyWorker], wake: threading.Event) -> None:
-    """Work until the worker is stopped or let go (its app is gone)."""
-    failures = 0
-    while True:
-        worker = ref()
-        if worker is None or worker._stopped:
-            return
-        wait = worker.settings.poll_interval
-        try:
-            worked = worker.step()
-            failures = 0
-        except Exception as err:  # noqa: BLE001 - the store may be down for a while; try again later
-            failures += 1
-            worked = False
-            if failures in (1, 10) or failures % 100 == 0:
-                log.warning("subscription notifications: %s (failure %d; retrying)", describe(err), failures)
-            wait = min(60.0, wait * (2 ** min(failures, 6)))
-        del worker
-        if not worked:
-            wake.wait(wait)
-            wake.clear()
