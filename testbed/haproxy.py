@@ -81,7 +81,7 @@ class HAProxy:
             try:
                 requests.get(f"{self.url}/health", timeout=1)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or its first check still slow
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.stop()
                     raise RuntimeError(f"HAProxy did not start: {self.log_path.read_text()[-2000:]}") from None

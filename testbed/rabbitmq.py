@@ -2,22 +2,68 @@
 (`FACADE_TEST_BROKER`, else amqp://guest:guest@127.0.0.1:5672//), never started here.
 
 Each test or benchmark run takes a queue of its own on it (`queue_name`), so runs sharing the
-broker never take each other's tasks.
+broker never take each other's tasks. A test that stops the broker would break any other using
+it at the time, in another pytest-xdist process or another run on the machine: those that use it
+hold `BROKER_LOCK` shared, the one that restarts it holds it alone (an flock on a file of the
+machine's temporary directory).
 
     python -m testbed.rabbitmq   # exit status 0 when the broker answers, else says why
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from kombu import Connection
 
 from testbed import services
 
 BROKER_URL = os.environ.get("FACADE_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+class BrokerLock:
+    """Shared by the tests using the machine's RabbitMQ, exclusive for one that restarts it."""
+
+    path = Path(tempfile.gettempdir()) / "imaging-facade-rabbitmq.lock"
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._users = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        if self._users == 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._fd is not None:
+                os.close(self._fd)  # the lock goes with it
+                self._fd = None
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Within `shared`: wait until no other process uses the broker, and keep it so."""
+        assert self._fd is not None, "alone() is for a test that holds the broker shared"
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # the shared lock of this file becomes exclusive
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+
+#: this process's hold on the broker
+BROKER_LOCK = BrokerLock()
 
 
 def broker_problem(url: str = BROKER_URL) -> str | None:

@@ -47,14 +47,6 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(name)
         if needs:
             item.add_marker("slow")
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item, needs)))
-
-
-def _xdist_group(item, needs: set[str]) -> str:
-    """Which of pytest-xdist's processes runs a test (`--dist loadgroup`): a module's tests run in
-    one process, so its module fixtures (an Orthanc, a loaded store) are made once; the tests of
-    the machine's RabbitMQ run in one process, one after another, since one of them restarts it."""
-    return "rabbitmq" if "rabbitmq" in needs else item.module.__name__
 
 
 @pytest.fixture(autouse=True)
@@ -71,12 +63,14 @@ def postgres_url():
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def broker():
-    """The URL of the machine's RabbitMQ (testbed/rabbitmq.py), or a failure saying it is not up."""
-    from testbed.rabbitmq import require_broker
+    """The URL of the machine's RabbitMQ (testbed/rabbitmq.py), or a failure saying it is not up;
+    held shared while the test runs, so that no other test restarts it meanwhile."""
+    from testbed.rabbitmq import BROKER_LOCK, require_broker
 
-    return require_broker()
+    with BROKER_LOCK.shared():
+        yield require_broker()
 
 
 @pytest.fixture(scope="session")

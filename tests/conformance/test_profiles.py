@@ -21,6 +21,7 @@ from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
 from app.fhir.capability import capability_statement
+from app.fhir.subscription_body import PROFILE as SUBSCRIPTION_PROFILE
 from app.mapping import map_endpoint, map_study
 from app.mapping.claims import CANONICAL, PROFILES
 from app.mapping.context import MappingContext
@@ -90,9 +91,12 @@ def test_profiles_carry_what_smart_imaging_access_asks_for():
 
 def test_capability_statement_names_our_profiles():
     body = capability_statement("http://x/fhir", "2026-01-01", {"cors": False, "description": "open"})
-    # the served resources claim our profiles; the audit trail (AuditEvent) is the base R4 one
-    profiled = [r for r in body["rest"][0]["resource"] if "supportedProfile" in r]
+    # the served resources claim our profiles; the audit trail (AuditEvent) is the base R4 one, and
+    # Subscription the Subscriptions Backport IG's (app/fhir/subscription_body.py)
+    profiled = [r for r in body["rest"][0]["resource"] if "supportedProfile" in r and r["type"] != "Subscription"]
     assert {r["type"] for r in profiled} == set(PROFILES)
+    (subscription,) = [r for r in body["rest"][0]["resource"] if r["type"] == "Subscription"]
+    assert subscription["supportedProfile"] == [SUBSCRIPTION_PROFILE]
     for resource in profiled:
         assert resource["supportedProfile"] == [PROFILES[resource["type"]]]
         assert any(json.loads(p.read_text())["url"] == PROFILES[resource["type"]] for p in STRUCTURE_DIR.glob("*.json"))

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, func, select
 
 from app.store.tables import Quarantine, Resource, ResourceVersion, SourceState, StudyCopy, SyncRun
 from testbed.orthanc import OrthancServer, readable_testdata_files
-from testbed.rabbitmq import delete_queue, queue_name
+from testbed.rabbitmq import BROKER_LOCK, delete_queue, queue_name
 from testbed.workers import WorkerProcess
 from tests.support.damaged_corpus import CASES
 from tests.support.faults import FaultProxy
@@ -262,11 +262,12 @@ def test_a_broker_restart_mid_sync_loses_no_task(archive, postgres_url, broker, 
                 while not (worker.count("succeeded") >= 1 and _in_hand(worker)):
                     assert time.monotonic() < deadline and run.poll() is None, worker.text()
                     time.sleep(0.02)
-                try:
-                    _rabbitmqctl("stop_app")  # the tasks not done are in the broker, one in hand
-                    time.sleep(2)
-                finally:
-                    _rabbitmqctl("start_app")
+                with BROKER_LOCK.alone():  # no other test uses the broker while it is down
+                    try:
+                        _rabbitmqctl("stop_app")  # the tasks not done are in the broker, one in hand
+                        time.sleep(2)
+                    finally:
+                        _rabbitmqctl("start_app")
                 proxy.delay = 0.0
                 out, err = run.communicate(timeout=180)
             finally:
