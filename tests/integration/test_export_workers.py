@@ -23,7 +23,7 @@ from testbed.rabbitmq import delete_queue, queue_name
 from testbed.workers import WorkerProcess
 from tests.support.access import _patient, _study, load
 from tests.support.bulk import ASYNC, download, kickoff, stored, wait, worker
-from tests.support.stores import reset_postgres
+from tests.support.stores import postgres_database
 
 pytestmark = [pytest.mark.server]
 
@@ -34,6 +34,16 @@ def queue(broker):
     name = queue_name()
     yield name
     delete_queue(name, broker)
+
+
+@pytest.fixture
+def own_postgres(postgres_url):
+    """A PostgreSQL database of this test's own: an export thread that an earlier test of this
+    process left running (it ends when its app is collected) polls the session's database, and
+    would take the job this test queues for the worker. (It asks for `postgres_url`, whose use
+    marks a test as needing PostgreSQL, tests/conftest.py.)"""
+    with postgres_database() as url:
+        yield url
 
 
 def _data(store_url: str, exports: Path, tmp_path: Path, **export) -> dict:
@@ -73,11 +83,10 @@ def _files(manifest: dict) -> list[tuple[str, int]]:
 
 
 def test_a_worker_runs_the_export_and_writes_what_the_api_node_writes(
-    postgres_url, broker, queue, tmp_path, write_config
+    own_postgres, broker, queue, tmp_path, write_config
 ):
-    reset_postgres(postgres_url)
-    local = write_config(_data(postgres_url, tmp_path / "local", tmp_path), name="local.yaml")
-    queued_data = _data(postgres_url, tmp_path / "shared", tmp_path)
+    local = write_config(_data(own_postgres, tmp_path / "local", tmp_path), name="local.yaml")
+    queued_data = _data(own_postgres, tmp_path / "shared", tmp_path)
     queued = write_config({**queued_data, "queue": {"broker": broker, "name": queue}}, name="queued.yaml")
     store = Store.from_config(local)
     try:
@@ -119,11 +128,10 @@ def test_a_worker_runs_the_export_and_writes_what_the_api_node_writes(
 
 
 def test_a_worker_killed_mid_job_has_its_job_finished_once_by_another(
-    postgres_url, broker, queue, tmp_path, write_config
+    own_postgres, broker, queue, tmp_path, write_config
 ):
-    reset_postgres(postgres_url)
     # pages of one resource and the shortest lease: the job takes seconds, a dead claim two
-    data = _data(postgres_url, tmp_path / "shared", tmp_path, page_size=1, lease=2)
+    data = _data(own_postgres, tmp_path / "shared", tmp_path, page_size=1, lease=2)
     config = write_config({**data, "queue": {"broker": broker, "name": queue}})
     store = Store.from_config(config)
     try:
@@ -165,9 +173,8 @@ def test_a_worker_killed_mid_job_has_its_job_finished_once_by_another(
         store.close()
 
 
-def test_a_broker_that_cannot_be_reached_makes_the_kickoff_a_503_and_keeps_no_job(postgres_url, tmp_path, write_config):
-    reset_postgres(postgres_url)
-    data = _data(postgres_url, tmp_path / "shared", tmp_path)
+def test_a_broker_that_cannot_be_reached_makes_the_kickoff_a_503_and_keeps_no_job(own_postgres, tmp_path, write_config):
+    data = _data(own_postgres, tmp_path / "shared", tmp_path)
     # a port nothing listens on (the broker is down)
     config = write_config({**data, "queue": {"broker": "amqp://guest:guest@127.0.0.1:9//", "name": "nowhere"}})
     store = Store.from_config(config)
